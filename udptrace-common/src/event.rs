@@ -1,0 +1,188 @@
+//! The record every kernel hook writes into the ring buffer.
+//!
+//! One fixed-size layout for all kinds keeps the kernel side simple (one reservation size, no
+//! dynamic sizes for the verifier to doubt) and costs ~30 bytes of unused detail per event.
+//! `version` lets the decoder refuse records from a mismatched object instead of misreading them.
+
+/// Bumped whenever [`Event`]'s layout changes.
+pub const EVENT_VERSION: u8 = 1;
+
+/// What happened; selects which [`EventDetail`] fields are meaningful.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `kfree_skb` of a UDP datagram: `reason`, `location`.
+    Drop = 1,
+    /// ICMPv4 or ICMPv6 error sent about a UDP datagram: `icmp_type`, `icmp_code`; the tuple is
+    /// the quoted datagram's.
+    IcmpError = 2,
+    /// Error reported to a socket (`sk->sk_err`): `error` is the positive errno.
+    SockError = 3,
+    /// A UDP send returned an error: `error` is the positive errno.
+    SendError = 4,
+    /// A UDP receive returned an error: `error` is the positive errno.
+    RecvError = 5,
+}
+
+impl EventKind {
+    pub const fn from_u8(raw: u8) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Drop,
+            2 => Self::IcmpError,
+            3 => Self::SockError,
+            4 => Self::SendError,
+            5 => Self::RecvError,
+            _ => return None,
+        })
+    }
+}
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// A datagram's addresses and ports, as parsed from its headers (or a socket's, for socket
+/// events). Ports are in host byte order; an IPv4 address fills the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    /// [`AF_INET`], [`AF_INET6`], or 0 when nothing could be parsed.
+    pub family: u8,
+    /// Transport protocol of the datagram described ([`IPPROTO_UDP`] for everything traced).
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+/// Fields common to every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    pub kind: u8,
+    pub version: u8,
+    /// Which attach mechanism produced the event ([`Mechanism`] as u8).
+    pub mechanism: u8,
+    pub _pad: u8,
+    /// CPU the hook ran on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Address of the `struct sk_buff` (0 for socket events): correlates hops of one datagram.
+    pub skb: u64,
+    /// Inode of the network namespace (`net->ns.inum`), 0 when unknown.
+    pub netns: u32,
+    /// Device index in that namespace, 0 when unknown.
+    pub ifindex: u32,
+    /// Thread-group id of the process the hook ran for; 0 when the hook runs in softirq
+    /// context, where the on-CPU task is unrelated to the datagram.
+    pub pid: u32,
+    pub tid: u32,
+    /// `comm` of that process (NUL-padded, untrusted).
+    pub comm: [u8; 16],
+    /// Device name (`net_device.name`, NUL-padded, untrusted).
+    pub ifname: [u8; 16],
+}
+
+/// Kind-specific fields; see [`EventKind`] for which are set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventDetail {
+    /// Kernel text address: the caller of `kfree_skb` for drops.
+    pub location: u64,
+    /// Value of `enum skb_drop_reason` (numbering differs between kernels: name it from BTF).
+    pub reason: u32,
+    /// Positive errno for socket and send/receive errors.
+    pub error: u32,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 6],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Event {
+    pub header: EventHeader,
+    pub tuple: Tuple,
+    pub detail: EventDetail,
+}
+
+/// Attach mechanisms, best first for a given hook.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mechanism {
+    Fentry = 1,
+    Kprobe = 2,
+    TpBtf = 3,
+    RawTracepoint = 4,
+    Tracepoint = 5,
+}
+
+impl Mechanism {
+    pub const ALL: [Self; 5] = [
+        Self::Fentry,
+        Self::Kprobe,
+        Self::TpBtf,
+        Self::RawTracepoint,
+        Self::Tracepoint,
+    ];
+
+    pub const fn from_u8(raw: u8) -> Option<Self> {
+        Some(match raw {
+            1 => Self::Fentry,
+            2 => Self::Kprobe,
+            3 => Self::TpBtf,
+            4 => Self::RawTracepoint,
+            5 => Self::Tracepoint,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::TpBtf => "tp_btf",
+            Self::RawTracepoint => "raw_tp",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Index into the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// UDP-related occurrences a hook examined (after the cheap non-UDP early exits).
+    Seen = 0,
+    /// Rejected by the filter or a selector in the kernel.
+    FilteredOut = 1,
+    /// Written to the ring buffer.
+    Submitted = 2,
+    /// Could not be written: the ring buffer was full.
+    Lost = 3,
+    /// A kernel memory read failed, the event was abandoned.
+    ReadErrors = 4,
+}
+
+pub const COUNTER_COUNT: u32 = 5;
+
+impl Counter {
+    pub const ALL: [Self; COUNTER_COUNT as usize] = [
+        Self::Seen,
+        Self::FilteredOut,
+        Self::Submitted,
+        Self::Lost,
+        Self::ReadErrors,
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] data with no padding-dependent invariants; any bit pattern is valid.
+    unsafe impl aya::Pod for super::Event {}
+}

@@ -1,0 +1,48 @@
+//! Names of programs, maps and globals in the eBPF object, shared so that the loader and the
+//! kernel crate cannot drift apart. A program's function name is its ELF symbol and the key
+//! `Ebpf::program_mut` looks it up by.
+
+/// Ring buffer every event goes through.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Per-CPU `u64` counters indexed by [`crate::event::Counter`].
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Global holding [`crate::offsets::KernelOffsets`], set before load.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Global holding [`crate::filter::Filter`], set before load.
+pub const FILTER_GLOBAL: &str = "FILTER";
+/// Global holding [`crate::filter::Selectors`], set before load.
+pub const SELECTORS_GLOBAL: &str = "SELECTORS";
+
+/// `skb:kfree_skb`: every freed skb with a drop reason.
+pub const PROG_DROP_TP_BTF: &str = "drop_tp_btf";
+pub const PROG_DROP_RAW_TP: &str = "drop_raw_tp";
+pub const PROG_DROP_TRACEPOINT: &str = "drop_tracepoint";
+
+/// `icmp:icmp_send`: every ICMPv4 error the kernel sends.
+pub const PROG_ICMP_TP_BTF: &str = "icmp_send_tp_btf";
+pub const PROG_ICMP_RAW_TP: &str = "icmp_send_raw_tp";
+pub const PROG_ICMP_TRACEPOINT: &str = "icmp_send_tracepoint";
+
+/// `net:net_dev_queue`: packets handed to a device; parsed for ICMPv6 errors, which have no
+/// tracepoint of their own.
+pub const PROG_DEV_QUEUE_TP_BTF: &str = "dev_queue_tp_btf";
+pub const PROG_DEV_QUEUE_RAW_TP: &str = "dev_queue_raw_tp";
+pub const PROG_DEV_QUEUE_TRACEPOINT: &str = "dev_queue_tracepoint";
+
+/// `sock:inet_sk_error_report`: an error (ECONNREFUSED, ...) was reported to a socket.
+pub const PROG_SK_ERROR_TP_BTF: &str = "sk_error_tp_btf";
+pub const PROG_SK_ERROR_RAW_TP: &str = "sk_error_raw_tp";
+
+/// Result of a UDP send: `fexit` on `udp_sendmsg`/`udpv6_sendmsg` where the kernel allows it,
+/// else `sock:sock_send_length`.
+pub const PROG_SEND_FEXIT_V4: &str = "send_fexit_udp_sendmsg";
+pub const PROG_SEND_FEXIT_V6: &str = "send_fexit_udpv6_sendmsg";
+pub const PROG_SEND_TP_BTF: &str = "send_tp_btf";
+pub const PROG_SEND_RAW_TP: &str = "send_raw_tp";
+pub const PROG_SEND_TRACEPOINT: &str = "send_tracepoint";
+
+/// `sock:sock_recv_length`: result of a receive (a connected socket's pending ECONNREFUSED
+/// surfaces here, in the receiving process).
+pub const PROG_RECV_TP_BTF: &str = "recv_tp_btf";
+pub const PROG_RECV_RAW_TP: &str = "recv_raw_tp";
+pub const PROG_RECV_TRACEPOINT: &str = "recv_tracepoint";

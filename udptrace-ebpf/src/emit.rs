@@ -1,0 +1,95 @@
+//! The last step of every hook: selectors and filter, then the ring buffer, with every outcome
+//! counted in `COUNTERS` so that nothing is lost silently. Filtering happens before anything
+//! reaches the ring buffer, so traffic nobody asked about costs no ring space and no wake-up.
+//!
+//! Events are assembled in a per-CPU scratch slot, not on the stack: an `Event` plus the
+//! parsing state of the inlined hooks exceeds the 512-byte BPF stack.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid,
+    generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+};
+use udptrace_common::event::{Counter, EVENT_VERSION, Event, EventKind, Mechanism};
+
+use crate::{COUNTERS, EVENTS, FILTER, SCRATCH, SELECTORS};
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; a BPF program is not preempted on its CPU while it runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// This CPU's scratch event. Hooks overwrite every field they use; `submit` fills the header.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Event> {
+    // SAFETY: per-CPU slot 0 of a one-entry array, used by one program at a time on a CPU.
+    SCRATCH.get_ptr_mut(0).map(|event| unsafe { &mut *event })
+}
+
+/// Whose context the hook runs in. Receive-side hooks run in softirq on whatever task the CPU
+/// interrupted, so they must not claim a process.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    Process,
+    Softirq,
+}
+
+/// Completes the header of `event` (tuple, detail and place already filled by the hook),
+/// applies selectors and filter, and writes it to the ring buffer.
+#[inline(always)]
+pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context: Context, skb: u64) {
+    count(Counter::Seen);
+    let pid_tgid = if context == Context::Process {
+        bpf_get_current_pid_tgid()
+    } else {
+        0
+    };
+    let header = &mut event.header;
+    header.pid = (pid_tgid >> 32) as u32;
+    if !selected(header.netns, header.ifindex, header.pid, context)
+        || !FILTER.matches(&event.tuple, kind == EventKind::IcmpError)
+    {
+        count(Counter::FilteredOut);
+        return;
+    }
+    header.kind = kind as u8;
+    header.version = EVENT_VERSION;
+    header.mechanism = mechanism as u8;
+    header.skb = skb;
+    header.tid = pid_tgid as u32;
+    header.comm = if context == Context::Process {
+        bpf_get_current_comm().unwrap_or([0; 16])
+    } else {
+        [0; 16]
+    };
+    // SAFETY: plain helpers without preconditions.
+    unsafe {
+        header.cpu = bpf_get_smp_processor_id();
+        header.ts_ns = bpf_ktime_get_ns();
+    }
+    if EVENTS.output::<Event>(&*event, 0).is_ok() {
+        count(Counter::Submitted);
+    } else {
+        count(Counter::Lost);
+    }
+}
+
+/// `--netns`, `-i` and `--pid`; a selector only rejects events that carry the information.
+#[inline(always)]
+fn selected(netns: u32, ifindex: u32, pid: u32, context: Context) -> bool {
+    // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
+    let (want_netns, want_ifindex, want_pid) = unsafe {
+        (
+            read_volatile(&raw const SELECTORS.netns),
+            read_volatile(&raw const SELECTORS.ifindex),
+            read_volatile(&raw const SELECTORS.pid),
+        )
+    };
+    (want_netns == 0 || netns == 0 || netns == want_netns)
+        && (want_ifindex == 0 || ifindex == 0 || ifindex == want_ifindex)
+        && (want_pid == 0 || context == Context::Softirq || pid == want_pid)
+}

@@ -1,0 +1,60 @@
+//! Drops: `skb:kfree_skb`.
+//!
+//! `TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason, ...)`
+//! (include/trace/events/skb.h; 6.12 appended `struct sock *rx_sk`, the first three are stable).
+//! The classic record moved `reason` from offset 28 (6.1) to 36 (6.12), so the classic program
+//! reads offsets userspace took from the format file.
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    EbpfContext as _,
+};
+use udptrace_common::{
+    event::{EventDetail, EventKind, Mechanism},
+    offsets::ClassicTracepoint,
+};
+
+use crate::{
+    emit::{Context, scratch, submit},
+    hooks::{classic_args, finish},
+    kernel::{self, ReadError},
+};
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_drop(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_drop(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::RawTracepoint))
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
+    // skbaddr and location are pointers, reason an enum (4 bytes).
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb, [8, 8, 4]).and_then(
+            |[skb, location, reason]| on_drop(skb, location, reason as u32, Mechanism::Tracepoint),
+        ),
+    )
+}
+
+#[inline(always)]
+fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result<(), ReadError> {
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    if !kernel::udp_datagram(skb, &mut event.tuple)? {
+        return Ok(());
+    }
+    kernel::skb_place(skb, &mut event.header);
+    event.detail = EventDetail {
+        location,
+        reason,
+        ..EventDetail::default()
+    };
+    submit(event, EventKind::Drop, mechanism, Context::Softirq, skb);
+    Ok(())
+}

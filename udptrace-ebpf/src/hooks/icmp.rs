@@ -1,0 +1,128 @@
+//! ICMP errors about UDP datagrams.
+//!
+//! IPv4: `icmp:icmp_send`, `TP_PROTO(const struct sk_buff *skb, int type, int code)`
+//! (include/trace/events/icmp.h): `skb` is the offending datagram, so its headers give the
+//! quoted tuple directly.
+//! IPv6 has no such tracepoint: `icmp6_send` is caught where its packet reaches a device,
+//! `net:net_dev_queue`, `TP_PROTO(struct sk_buff *skb)` (include/trace/events/net.h), by
+//! parsing the outgoing ICMPv6 error and the datagram it quotes.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use udptrace_common::{
+    event::{AF_INET6, EventDetail, EventKind, IPPROTO_ICMPV6, IPPROTO_UDP, Mechanism, Tuple},
+    offsets::ClassicTracepoint,
+};
+
+use crate::{
+    emit::{Context, scratch, submit},
+    hooks::{classic_args, finish},
+    kernel::{self, ReadError},
+};
+
+#[btf_tracepoint(function = "icmp_send")]
+pub fn icmp_send_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_icmp_send(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "icmp_send")]
+pub fn icmp_send_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_icmp_send(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::RawTracepoint))
+}
+
+#[tracepoint(category = "icmp", name = "icmp_send")]
+pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::IcmpSend, [8, 4, 4]).and_then(
+            |[skb, icmp_type, code]| {
+                on_icmp_send(skb, icmp_type as i32, code as i32, Mechanism::Tracepoint)
+            },
+        ),
+    )
+}
+
+#[inline(always)]
+fn on_icmp_send(skb: u64, icmp_type: i32, code: i32, mechanism: Mechanism) -> Result<(), ReadError> {
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    if !kernel::udp_datagram(skb, &mut event.tuple)? {
+        return Ok(());
+    }
+    kernel::skb_place(skb, &mut event.header);
+    event.detail = EventDetail {
+        icmp_type: icmp_type as u8,
+        icmp_code: code as u8,
+        ..EventDetail::default()
+    };
+    submit(event, EventKind::IcmpError, mechanism, Context::Softirq, skb);
+    Ok(())
+}
+
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn dev_queue_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_dev_queue(ctx.arg(0), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn dev_queue_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_dev_queue(ctx.arg(0), Mechanism::RawTracepoint))
+}
+
+#[tracepoint(category = "net", name = "net_dev_queue")]
+pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetDevQueue, [8, 0, 0])
+            .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
+    )
+}
+
+/// ICMPv6 error types (RFC 4443 §3): destination unreachable, packet too big, time exceeded,
+/// parameter problem.
+const ICMPV6_ERROR_MAX: u8 = 4;
+
+#[inline(always)]
+fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+    // Every transmitted packet passes here: leave non-IPv6 and non-ICMPv6 after two reads.
+    let Some(net) = kernel::network_header(skb)? else {
+        return Ok(());
+    };
+    if net.family != AF_INET6 {
+        return Ok(());
+    }
+    let nexthdr: u8 = kernel::read(net.header, 6)?;
+    if nexthdr != IPPROTO_ICMPV6 {
+        return Ok(());
+    }
+    // struct icmp6hdr: type @0, code @1, checksum, 4 bytes of data; the invoking packet
+    // follows at 8.
+    let icmp = net.header + 40;
+    let [icmp_type, icmp_code]: [u8; 2] = kernel::read(icmp, 0)?;
+    if icmp_type == 0 || icmp_type > ICMPV6_ERROR_MAX {
+        return Ok(());
+    }
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    let quoted = kernel::Network {
+        family: AF_INET6,
+        header: icmp + 8,
+    };
+    event.tuple = Tuple::default();
+    let (protocol, udp) = kernel::ip_header(&quoted, &mut event.tuple)?;
+    if protocol != IPPROTO_UDP {
+        return Ok(());
+    }
+    kernel::udp_ports(udp, &mut event.tuple)?;
+    kernel::skb_place(skb, &mut event.header);
+    event.detail = EventDetail {
+        icmp_type,
+        icmp_code,
+        ..EventDetail::default()
+    };
+    submit(event, EventKind::IcmpError, mechanism, Context::Softirq, skb);
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Reading kernel objects (sk_buff, net_device, sock) through the offsets userspace resolved
+//! from the running kernel's BTF. Every read goes through `bpf_probe_read_kernel`, so the same
+//! code serves tp_btf, raw tracepoint, classic tracepoint and fexit programs alike.
+
+use core::ptr::read_volatile;
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use udptrace_common::{
+    event::{AF_INET, AF_INET6, EventHeader, IPPROTO_UDP, Tuple},
+    offsets::{KernelOffsets, OFFSET_MISSING},
+};
+
+use crate::OFFSETS;
+
+/// A kernel read failed or needed an offset this kernel lacks.
+pub struct ReadError;
+
+/// Reads one field of `OFFSETS`; volatile so the compiler cannot fold the placeholder value.
+#[inline(always)]
+pub fn offset(field: impl Fn(&KernelOffsets) -> &u32) -> u32 {
+    // SAFETY: a reference into our own static.
+    unsafe { read_volatile(field(&OFFSETS)) }
+}
+
+/// Reads a `T` at `base + off` from kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, off: u32) -> Result<T, ReadError> {
+    if base == 0 || off == OFFSET_MISSING {
+        return Err(ReadError);
+    }
+    // SAFETY: bpf_probe_read_kernel validates the address; a bad one is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + u64::from(off)) as *const T) }.map_err(|_| ReadError)
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+/// `network_header`/`transport_header` value meaning "not set" (include/linux/skbuff.h:
+/// `skb_transport_header_was_set` compares with `(typeof(skb->transport_header))~0U`).
+const HEADER_UNSET: u16 = 0xffff;
+
+/// Network layer of an skb: the family and where the IP header starts.
+pub struct Network {
+    pub family: u8,
+    pub header: u64,
+}
+
+/// Locates the IP header of `skb` (`skb->head + skb->network_header`), or `None` when the skb
+/// is not IPv4/IPv6 (`skb->protocol`) or has no network header yet.
+#[inline(always)]
+pub fn network_header(skb: u64) -> Result<Option<Network>, ReadError> {
+    let protocol = u16::from_be(read::<u16>(skb, offset(|o| &o.skb_protocol))?);
+    let family = match protocol {
+        ETH_P_IP => AF_INET,
+        ETH_P_IPV6 => AF_INET6,
+        _ => return Ok(None),
+    };
+    let nh: u16 = read(skb, offset(|o| &o.skb_network_header))?;
+    if nh == HEADER_UNSET {
+        return Ok(None);
+    }
+    let head: u64 = read(skb, offset(|o| &o.skb_head))?;
+    Ok(Some(Network {
+        family,
+        header: head + u64::from(nh),
+    }))
+}
+
+/// Reads the addresses, the next protocol and the transport header's address from the IP
+/// header at `net`. IPv6 extension headers are not walked: a UDP datagram behind them is
+/// reported with the extension's protocol and skipped by callers.
+#[inline(always)]
+pub fn ip_header(net: &Network, tuple: &mut Tuple) -> Result<(u8, u64), ReadError> {
+    tuple.family = net.family;
+    if net.family == AF_INET {
+        // struct iphdr: version/ihl @0, protocol @9, saddr @12, daddr @16.
+        let version_ihl: u8 = read(net.header, 0)?;
+        let protocol: u8 = read(net.header, 9)?;
+        let saddr: [u8; 4] = read(net.header, 12)?;
+        let daddr: [u8; 4] = read(net.header, 16)?;
+        tuple.saddr = ipv4_in_16(saddr);
+        tuple.daddr = ipv4_in_16(daddr);
+        let ihl = u64::from(version_ihl & 0x0f) * 4;
+        Ok((protocol, net.header + ihl))
+    } else {
+        // struct ipv6hdr: nexthdr @6, saddr @8, daddr @24, 40 bytes.
+        let nexthdr: u8 = read(net.header, 6)?;
+        tuple.saddr = read(net.header, 8)?;
+        tuple.daddr = read(net.header, 24)?;
+        Ok((nexthdr, net.header + 40))
+    }
+}
+
+/// Reads source and destination port of the UDP header at `udp`.
+#[inline(always)]
+pub fn udp_ports(udp: u64, tuple: &mut Tuple) -> Result<(), ReadError> {
+    let ports: [u16; 2] = read(udp, 0)?;
+    tuple.proto = IPPROTO_UDP;
+    tuple.sport = u16::from_be(ports[0]);
+    tuple.dport = u16::from_be(ports[1]);
+    Ok(())
+}
+
+/// Fills `tuple` with the UDP datagram an skb carries; `false` for anything else (checked
+/// cheaply first: `kfree_skb` fires for every packet the host frees).
+#[inline(always)]
+pub fn udp_datagram(skb: u64, tuple: &mut Tuple) -> Result<bool, ReadError> {
+    let Some(net) = network_header(skb)? else {
+        return Ok(false);
+    };
+    *tuple = Tuple::default();
+    let (protocol, transport) = ip_header(&net, tuple)?;
+    if protocol != IPPROTO_UDP {
+        return Ok(false);
+    }
+    udp_ports(transport, tuple)?;
+    Ok(true)
+}
+
+/// Records where an skb is: its device and that device's network namespace, else the
+/// namespace of the socket that owns it.
+#[inline(always)]
+pub fn skb_place(skb: u64, header: &mut EventHeader) {
+    let dev: u64 = read(skb, offset(|o| &o.skb_dev)).unwrap_or(0);
+    header.ifindex = 0;
+    header.ifname = [0; 16];
+    header.netns = 0;
+    if dev != 0 {
+        header.ifindex = read(dev, offset(|o| &o.dev_ifindex)).unwrap_or(0);
+        header.ifname = read(dev, offset(|o| &o.dev_name)).unwrap_or([0; 16]);
+        header.netns = read::<u64>(dev, offset(|o| &o.dev_net))
+            .and_then(|net| read(net, offset(|o| &o.net_inum)))
+            .unwrap_or(0);
+    }
+    if header.netns == 0 {
+        let sk: u64 = read(skb, offset(|o| &o.skb_sk)).unwrap_or(0);
+        header.netns = sock_netns(sk);
+    }
+}
+
+/// Records a socket's place: its namespace (sockets have no device).
+#[inline(always)]
+pub fn sock_place(sk: u64, header: &mut EventHeader) {
+    header.ifindex = 0;
+    header.ifname = [0; 16];
+    header.netns = sock_netns(sk);
+}
+
+#[inline(always)]
+pub fn sock_netns(sk: u64) -> u32 {
+    read::<u64>(sk, offset(|o| &o.sk_net))
+        .and_then(|net| read(net, offset(|o| &o.net_inum)))
+        .unwrap_or(0)
+}
+
+/// Fills `tuple` with a UDP socket's own addresses: `saddr:sport` is the local (bound) side,
+/// `daddr:dport` the connected peer (zero when unconnected). `false` for other protocols and
+/// families.
+#[inline(always)]
+pub fn udp_sock_tuple(sk: u64, tuple: &mut Tuple) -> Result<bool, ReadError> {
+    let protocol: u16 = read(sk, offset(|o| &o.sk_protocol))?;
+    if protocol != u16::from(IPPROTO_UDP) {
+        return Ok(false);
+    }
+    let family: u16 = read(sk, offset(|o| &o.sk_family))?;
+    *tuple = Tuple::default();
+    if family == u16::from(AF_INET) {
+        tuple.saddr = ipv4_in_16(read(sk, offset(|o| &o.sk_rcv_saddr))?);
+        tuple.daddr = ipv4_in_16(read(sk, offset(|o| &o.sk_daddr))?);
+    } else if family == u16::from(AF_INET6) {
+        tuple.saddr = read(sk, offset(|o| &o.sk_v6_rcv_saddr))?;
+        tuple.daddr = read(sk, offset(|o| &o.sk_v6_daddr))?;
+    } else {
+        return Ok(false);
+    }
+    tuple.family = family as u8;
+    tuple.proto = IPPROTO_UDP;
+    tuple.sport = read(sk, offset(|o| &o.sk_num))?;
+    tuple.dport = u16::from_be(read(sk, offset(|o| &o.sk_dport))?);
+    Ok(true)
+}
+
+/// Reads the raw tracepoint argument that a classic tracepoint record stores at `off`
+/// (`size` bytes, sign-extended for 4-byte ints), so classic programs can share the raw
+/// programs' code. `OFFSET_MISSING` when the kernel's format lacks the field.
+#[inline(always)]
+pub fn record_field(record: u64, off: u32, size: u32) -> Result<u64, ReadError> {
+    if size == 8 {
+        read::<u64>(record, off)
+    } else {
+        read::<i32>(record, off).map(|value| value as i64 as u64)
+    }
+}
+
+/// An IPv4 address in the first 4 bytes of a `Tuple` address field (spelled out: slice copies
+/// can pull in a bounds-check panic path the verifier rejects).
+#[inline(always)]
+fn ipv4_in_16(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}

@@ -1,0 +1,59 @@
+//! udptrace's kernel programs. Entry points live in `hooks/`, one file per hook family, each
+//! offering every attach mechanism for its hook side by side (fexit, tp_btf, raw tracepoint,
+//! classic tracepoint); userspace (`udptrace/src/probes/`) picks the best one the running kernel
+//! accepts. Everything below the entry points is shared: `kernel` reads kernel memory through
+//! the offsets userspace resolved from BTF, `emit` applies the filter and writes the ring buffer.
+#![no_std]
+#![no_main]
+
+mod emit;
+mod hooks;
+mod kernel;
+
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{PerCpuArray, RingBuf};
+use udptrace_common::{
+    event::{COUNTER_COUNT, Event},
+    filter::{Filter, Selectors},
+    offsets::KernelOffsets,
+};
+
+/// Resolved by userspace from BTF and tracefs before load (`names::OFFSETS_GLOBAL`).
+#[unsafe(no_mangle)]
+static OFFSETS: KernelOffsets = KernelOffsets::MISSING;
+
+/// Compiled filter expression (`names::FILTER_GLOBAL`); the default matches everything.
+#[unsafe(no_mangle)]
+static FILTER: Filter = Filter::MATCH_ALL;
+
+/// `--netns`, `-i`, `--pid` (`names::SELECTORS_GLOBAL`); zero means any.
+#[unsafe(no_mangle)]
+static SELECTORS: Selectors = Selectors {
+    netns: 0,
+    ifindex: 0,
+    pid: 0,
+    _pad: 0,
+};
+
+/// Every event; userspace sizes it with `--ring-size` before load.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Per-CPU counters indexed by `event::Counter`.
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Per-CPU slot where hooks assemble an event (see `emit`).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Several helpers used here (probe_read_kernel, ringbuf) are GPL-only.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

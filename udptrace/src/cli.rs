@@ -1,0 +1,197 @@
+//! Command-line definitions only (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use udptrace_common::event::Mechanism;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "udptrace",
+    version,
+    about = "Live tracer for the kernel's UDP path: drops with reasons, ICMP errors, socket errors",
+    after_help = "FILTER is a tcpdump-style expression, e.g. 'port 4000', \
+                  'udp and dst port 53 and not host 192.0.2.1', 'portrange 5000-5100 or net 2001:db8::/32'.\n\
+                  Examples:\n  sudo udptrace 'port 4000'\n  sudo udptrace --json -c 10 'dst port 53'\n  \
+                  sudo udptrace doctor\n  sudo udptrace lab run closed-port --trace",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the kernel, permissions and every hook; exits non-zero when a core hook is missing.
+    Doctor {
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Only try this attach mechanism.
+        #[arg(long, value_enum)]
+        probes: Option<ProbeMechanism>,
+    },
+    /// Reproduce classic UDP incidents in private network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// List the scenarios.
+    List,
+    /// Build a scenario's namespaces, run its peers, clean up; with --trace, trace it.
+    Run {
+        /// Scenario name (see `udptrace lab list`).
+        name: String,
+        /// Run the tracer on the scenario and show what it saw.
+        #[arg(long)]
+        trace: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// NDJSON output, one object per line (schema: docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Only try this attach mechanism for every hook.
+    #[arg(long, value_enum)]
+    pub probes: Option<ProbeMechanism>,
+    /// Ring buffer size in bytes (power of two, at least one page).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size)]
+    pub ring_size: u32,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TraceArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Stop after N events.
+    #[arg(short = 'c', long)]
+    pub count: Option<u64>,
+    /// Stop after SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Only events on this device (name as seen in --netns, else in udptrace's namespace).
+    #[arg(short = 'i', long, value_name = "NAME")]
+    pub interface: Option<String>,
+    /// Only events in this network namespace: a name from /run/netns, a path, a PID, or an
+    /// inode number.
+    #[arg(long, value_name = "NAME|PATH|PID|INODE")]
+    pub netns: Option<String>,
+    /// Only socket events of this process (drops and ICMP errors are not tied to a process).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// tcpdump-style filter expression.
+    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub filter: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProbeMechanism {
+    Fentry,
+    Kprobe,
+    TpBtf,
+    RawTp,
+    Tracepoint,
+}
+
+impl From<ProbeMechanism> for Mechanism {
+    fn from(value: ProbeMechanism) -> Self {
+        match value {
+            ProbeMechanism::Fentry => Self::Fentry,
+            ProbeMechanism::Kprobe => Self::Kprobe,
+            ProbeMechanism::TpBtf => Self::TpBtf,
+            ProbeMechanism::RawTp => Self::RawTracepoint,
+            ProbeMechanism::Tracepoint => Self::Tracepoint,
+        }
+    }
+}
+
+fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(format!("{size} must be a power of two of at least 4096"));
+    }
+    Ok(size)
+}
+
+/// Where `--netns` points, before resolution to an inode.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NetnsSpec {
+    Inode(u32),
+    Path(PathBuf),
+}
+
+impl NetnsSpec {
+    /// A number is a PID when /proc has it, else an inode; a word is a name in /run/netns.
+    pub fn parse(text: &str) -> Self {
+        if let Ok(number) = text.parse::<u32>() {
+            let proc_path = PathBuf::from(format!("/proc/{number}/ns/net"));
+            if proc_path.exists() {
+                return Self::Path(proc_path);
+            }
+            return Self::Inode(number);
+        }
+        if text.contains('/') {
+            Self::Path(PathBuf::from(text))
+        } else {
+            Self::Path(PathBuf::from("/run/netns").join(text))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn filter_words_are_positional() {
+        let cli = Cli::try_parse_from(["udptrace", "--json", "port", "4000", "or", "53"]).unwrap();
+        assert!(cli.command.is_none());
+        assert!(cli.trace.output.json);
+        assert_eq!(cli.trace.filter, ["port", "4000", "or", "53"]);
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::try_parse_from(["udptrace", "lab", "run", "closed-port", "--trace"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Lab {
+                command: LabCommand::Run { trace: true, .. }
+            })
+        ));
+        let cli = Cli::try_parse_from(["udptrace", "doctor"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Doctor { .. })));
+    }
+
+    #[test]
+    fn ring_size_is_validated() {
+        assert!(Cli::try_parse_from(["udptrace", "--ring-size", "1000"]).is_err());
+        assert!(Cli::try_parse_from(["udptrace", "--ring-size", "65536"]).is_ok());
+    }
+
+    #[test]
+    fn netns_specs() {
+        assert_eq!(NetnsSpec::parse("4026531840"), NetnsSpec::Inode(4_026_531_840));
+        assert_eq!(NetnsSpec::parse("1"), NetnsSpec::Path("/proc/1/ns/net".into()));
+        assert_eq!(NetnsSpec::parse("blue"), NetnsSpec::Path("/run/netns/blue".into()));
+        assert_eq!(
+            NetnsSpec::parse("/var/run/netns/x"),
+            NetnsSpec::Path("/var/run/netns/x".into())
+        );
+    }
+}

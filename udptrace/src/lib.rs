@@ -1,0 +1,20 @@
+//! udptrace: what happens to UDP datagrams inside the Linux kernel, and why they die.
+//!
+//! Data flows one way through these modules:
+//! kernel hooks (`udptrace-ebpf`) → `probes` (load/attach) → `stream` (ring buffer, counters)
+//! → `decode` (raw records → domain events) → `render` (text / JSON).
+//! `kernel` holds everything learnt from the running kernel at start-up (BTF offsets, tracefs
+//! formats, drop-reason names, symbols); `filter` compiles expressions for the kernel; `lab`
+//! builds private namespaces and peers that reproduce incidents.
+pub mod probes;
+pub mod cli;
+pub mod clock;
+pub mod decode;
+pub mod doctor;
+pub mod host;
+pub mod knowledge;
+pub mod render;
+pub mod sanitize;
+pub mod session;
+pub mod shutdown;
+pub mod stream;

@@ -1,0 +1,171 @@
+//! The hook table: for each logical hook, its attach mechanisms best first. Adding a mechanism
+//! for a hook means adding its program in `udptrace-ebpf/src/hooks/` and a row here.
+//!
+//! Order: a function probe (fexit) where the hook is a kernel function and the kernel allows
+//! trampolines, then the BTF tracepoint (typed arguments, cheapest), the raw tracepoint (no BTF
+//! needed), and the classic tracefs tracepoint (needs tracefs and its format file).
+
+use udptrace_common::{
+    event::Mechanism,
+    names::{
+        PROG_DEV_QUEUE_RAW_TP, PROG_DEV_QUEUE_TP_BTF, PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP,
+        PROG_DROP_TP_BTF, PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF,
+        PROG_ICMP_TRACEPOINT, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT,
+        PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF,
+        PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
+    },
+    offsets::ClassicTracepoint,
+};
+
+/// Where one program attaches.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// fexit on a kernel function (BTF trampoline).
+    Fexit(&'static str),
+    /// BTF-typed tracepoint (`tp_btf/<name>`).
+    TpBtf(&'static str),
+    /// Raw tracepoint (`raw_tp/<name>`).
+    RawTp(&'static str),
+    /// Classic tracefs tracepoint; the program reads the record through offsets from the
+    /// event's format file.
+    Tracepoint(ClassicTracepoint),
+}
+
+/// A way to attach a hook: every program listed must attach for it to count.
+#[derive(Clone, Copy, Debug)]
+pub struct Attachment {
+    pub mechanism: Mechanism,
+    pub programs: &'static [(&'static str, Target)],
+}
+
+/// A logical hook: what udptrace observes, independent of how.
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// Without a core hook udptrace cannot do its job: `doctor` exits non-zero and tracing
+    /// refuses to start.
+    pub core: bool,
+    pub attachments: &'static [Attachment],
+}
+
+/// Every hook udptrace attaches, in attach order.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        name: "drop",
+        description: "every freed UDP datagram with its drop reason and kernel location (skb:kfree_skb)",
+        core: true,
+        attachments: &[
+        Attachment {
+            mechanism: Mechanism::TpBtf,
+            programs: &[(PROG_DROP_TP_BTF, Target::TpBtf("kfree_skb"))],
+        },
+        Attachment {
+            mechanism: Mechanism::RawTracepoint,
+            programs: &[(PROG_DROP_RAW_TP, Target::RawTp("kfree_skb"))],
+        },
+        Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(PROG_DROP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::KfreeSkb))],
+        },
+        ],
+    },
+    Hook {
+        name: "icmp_error",
+        description: "ICMPv4 errors sent about UDP datagrams (icmp:icmp_send)",
+        core: true,
+        attachments: &[
+        Attachment {
+            mechanism: Mechanism::TpBtf,
+            programs: &[(PROG_ICMP_TP_BTF, Target::TpBtf("icmp_send"))],
+        },
+        Attachment {
+            mechanism: Mechanism::RawTracepoint,
+            programs: &[(PROG_ICMP_RAW_TP, Target::RawTp("icmp_send"))],
+        },
+        Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(PROG_ICMP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::IcmpSend))],
+        },
+        ],
+    },
+    Hook {
+        name: "icmp6_error",
+        description: "ICMPv6 errors about UDP datagrams, parsed where they reach a device (net:net_dev_queue)",
+        core: false,
+        attachments: &[
+        Attachment {
+            mechanism: Mechanism::TpBtf,
+            programs: &[(PROG_DEV_QUEUE_TP_BTF, Target::TpBtf("net_dev_queue"))],
+        },
+        Attachment {
+            mechanism: Mechanism::RawTracepoint,
+            programs: &[(PROG_DEV_QUEUE_RAW_TP, Target::RawTp("net_dev_queue"))],
+        },
+        Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(PROG_DEV_QUEUE_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::NetDevQueue))],
+        },
+        ],
+    },
+    Hook {
+        name: "sock_error",
+        description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report)",
+        core: false,
+        attachments: &[
+        Attachment {
+            mechanism: Mechanism::TpBtf,
+            programs: &[(PROG_SK_ERROR_TP_BTF, Target::TpBtf("inet_sk_error_report"))],
+        },
+        Attachment {
+            mechanism: Mechanism::RawTracepoint,
+            programs: &[(PROG_SK_ERROR_RAW_TP, Target::RawTp("inet_sk_error_report"))],
+        },
+        ],
+    },
+    Hook {
+        name: "send_error",
+        description: "failed UDP sends with the sending process (udp_sendmsg/udpv6_sendmsg, sock:sock_send_length)",
+        core: false,
+        attachments: &[
+        Attachment {
+            mechanism: Mechanism::Fentry,
+            programs: &[
+                (PROG_SEND_FEXIT_V4, Target::Fexit("udp_sendmsg")),
+                (PROG_SEND_FEXIT_V6, Target::Fexit("udpv6_sendmsg")),
+            ],
+        },
+        Attachment {
+            mechanism: Mechanism::TpBtf,
+            programs: &[(PROG_SEND_TP_BTF, Target::TpBtf("sock_send_length"))],
+        },
+        Attachment {
+            mechanism: Mechanism::RawTracepoint,
+            programs: &[(PROG_SEND_RAW_TP, Target::RawTp("sock_send_length"))],
+        },
+        Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(PROG_SEND_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockSendLength))],
+        },
+        ],
+    },
+    Hook {
+        name: "recv_error",
+        description: "failed UDP receives with the receiving process (sock:sock_recv_length)",
+        core: false,
+        attachments: &[
+        Attachment {
+            mechanism: Mechanism::TpBtf,
+            programs: &[(PROG_RECV_TP_BTF, Target::TpBtf("sock_recv_length"))],
+        },
+        Attachment {
+            mechanism: Mechanism::RawTracepoint,
+            programs: &[(PROG_RECV_RAW_TP, Target::RawTp("sock_recv_length"))],
+        },
+        Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(PROG_RECV_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockRecvLength))],
+        },
+        ],
+    },
+];

@@ -1,0 +1,74 @@
+//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `stats`).
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use super::{Output, Stats};
+use crate::{decode::TraceEvent, probes::attach::HookOutcome};
+
+pub struct JsonOutput<W: Write> {
+    out: W,
+}
+
+impl<W: Write> JsonOutput<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+
+    fn line(&mut self, value: &Value) {
+        // A closed stdout (e.g. `| head`) must not panic; the run ends on its own.
+        let _ = writeln!(self.out, "{value}");
+        let _ = self.out.flush();
+    }
+}
+
+pub fn probes_json(probes: &[HookOutcome]) -> Value {
+    Value::Array(
+        probes
+            .iter()
+            .map(|outcome| {
+                json!({
+                    "hook": outcome.hook.name,
+                    "core": outcome.hook.core,
+                    "mechanism": outcome.attached.map(|m| m.name()),
+                    "attempts": outcome.attempts.iter().map(|attempt| json!({
+                        "mechanism": attempt.mechanism.name(),
+                        "ok": attempt.result.is_ok(),
+                        "error": attempt.result.as_ref().err(),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+impl<W: Write> Output for JsonOutput<W> {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) {
+        self.line(&json!({
+            "type": "ready",
+            "filter": filter,
+            "probes": probes_json(probes),
+        }));
+    }
+
+    fn event(&mut self, event: &TraceEvent) {
+        let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            map.insert("type".into(), "event".into());
+        }
+        self.line(&value);
+    }
+
+    fn lost(&mut self, lost: u64, total: u64) {
+        self.line(&json!({"type": "lost", "count": lost, "total": total}));
+    }
+
+    fn stats(&mut self, stats: &Stats) {
+        let mut value = serde_json::to_value(stats).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            map.insert("type".into(), "stats".into());
+        }
+        self.line(&value);
+    }
+}

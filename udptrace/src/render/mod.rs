@@ -1,0 +1,37 @@
+//! Presentation only: text for a human at 3 a.m., NDJSON for machines. Both see the same
+//! domain events and statistics. The JSON schema is documented in docs/json-schema.md.
+
+pub mod json;
+pub mod text;
+
+use serde::Serialize;
+
+use crate::{decode::TraceEvent, probes::attach::HookOutcome};
+
+/// Totals at exit (and the numbers behind the status line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// UDP occurrences the kernel programs examined.
+    pub seen: u64,
+    /// Rejected in the kernel by the filter or selectors.
+    pub filtered_in_kernel: u64,
+    /// Written to the ring buffer.
+    pub submitted: u64,
+    /// Not written: the ring buffer was full.
+    pub lost: u64,
+    /// Abandoned in the kernel because a read of kernel memory failed.
+    pub kernel_read_errors: u64,
+    /// Records userspace could not decode.
+    pub decode_errors: u64,
+    /// Events shown.
+    pub events: u64,
+}
+
+/// Where output goes; one implementation per format.
+pub trait Output {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]);
+    fn event(&mut self, event: &TraceEvent);
+    /// Events lost in the last interval (`lost` > 0), and in total.
+    fn lost(&mut self, lost: u64, total: u64);
+    fn stats(&mut self, stats: &Stats);
+}

@@ -1,0 +1,198 @@
+//! One line per event in the spirit of pwru, readable in 80 columns for IPv4:
+//!
+//! ```text
+//! 12:01:02.123456 drop  192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET
+//!                       at __udp4_lib_rcv+0x2cd  ns 4026532481 veth-s
+//! ```
+//!
+//! The first line says what happened to which datagram; the indented second line where
+//! (kernel location, namespace, device, process). Colour only on a terminal and never with
+//! NO_COLOR (https://no-color.org).
+
+use std::io::Write;
+
+use super::{Output, Stats};
+use crate::{
+    decode::{TraceEvent, What},
+    probes::attach::HookOutcome,
+};
+
+pub struct TextOutput<W: Write> {
+    out: W,
+    colour: bool,
+}
+
+const RED: &str = "\x1b[31m";
+const YELLOW: &str = "\x1b[33m";
+const MAGENTA: &str = "\x1b[35m";
+const DIM: &str = "\x1b[2m";
+const RESET: &str = "\x1b[0m";
+
+impl<W: Write> TextOutput<W> {
+    pub fn new(out: W, colour: bool) -> Self {
+        Self { out, colour }
+    }
+
+    fn paint(&self, colour: &str, text: &str) -> String {
+        if self.colour {
+            format!("{colour}{text}{RESET}")
+        } else {
+            text.to_owned()
+        }
+    }
+}
+
+/// `192.0.2.1:4000` or `[2001:db8::1]:4000`.
+pub fn endpoint(address: std::net::IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
+}
+
+/// The event's one-line summary without time and colour (also used by verdict evidence).
+pub fn summary(event: &TraceEvent) -> String {
+    let src = endpoint(event.saddr, event.sport);
+    let dst = endpoint(event.daddr, event.dport);
+    match &event.what {
+        What::Drop { reason, .. } => format!("{src} > {dst} {reason}"),
+        What::Icmp {
+            icmp_type,
+            icmp_code,
+            meaning,
+        } => format!("{meaning} (type {icmp_type} code {icmp_code}) about {src} > {dst}"),
+        What::SockError { errno, .. } => format!("{errno} on socket {src} (peer {dst})"),
+        What::SendError { errno, .. } | What::RecvError { errno, .. } => {
+            format!("{errno} on socket {src} (peer {dst})")
+        }
+    }
+}
+
+/// The indented context line: where it happened.
+fn context(event: &TraceEvent) -> String {
+    let mut parts = Vec::new();
+    if let What::Drop { location, .. } = &event.what {
+        parts.push(format!("at {location}"));
+    }
+    parts.push(format!("ns {}", event.netns));
+    if let Some(ifname) = &event.ifname {
+        parts.push(ifname.clone());
+    }
+    if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
+        parts.push(format!("{comm}[{pid}]"));
+    }
+    parts.push(format!("via {}", event.probe));
+    parts.join("  ")
+}
+
+impl<W: Write> Output for TextOutput<W> {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) {
+        let attached: Vec<String> = probes
+            .iter()
+            .filter_map(|o| o.attached.map(|m| format!("{}:{}", o.hook.name, m.name())))
+            .collect();
+        let filter = if filter.is_empty() { "all UDP" } else { filter };
+        let _ = writeln!(
+            self.out,
+            "{}",
+            self.paint(DIM, &format!("tracing {filter} ({}); Ctrl-C to stop", attached.join(" ")))
+        );
+        let _ = self.out.flush();
+    }
+
+    fn event(&mut self, event: &TraceEvent) {
+        let colour = match event.what {
+            What::Drop { .. } => RED,
+            What::Icmp { .. } => YELLOW,
+            _ => MAGENTA,
+        };
+        let time = event.time.get(11..26).unwrap_or(&event.time);
+        let kind = self.paint(colour, &format!("{:<5}", event.kind_name()));
+        let _ = writeln!(self.out, "{time} {kind} {}", summary(event));
+        let context = self.paint(DIM, &context(event));
+        let _ = writeln!(self.out, "{:22}{context}", "");
+        let _ = self.out.flush();
+    }
+
+    fn lost(&mut self, _lost: u64, _total: u64) {
+        // Text mode reports losses on stderr (status line) so stdout stays one event per line.
+    }
+
+    fn stats(&mut self, stats: &Stats) {
+        let _ = writeln!(
+            self.out,
+            "\n{} events shown; kernel: {} UDP occurrences seen, {} filtered out in the kernel, \
+             {} submitted, {} lost (ring buffer full), {} read errors; {} undecodable records",
+            stats.events,
+            stats.seen,
+            stats.filtered_in_kernel,
+            stats.submitted,
+            stats.lost,
+            stats.kernel_read_errors,
+            stats.decode_errors
+        );
+        let _ = self.out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn event(what: What) -> TraceEvent {
+        TraceEvent {
+            time: "2026-11-22T12:01:02.123456Z".into(),
+            ts_ns: 1,
+            what,
+            probe: "tp_btf",
+            netns: 4_026_532_481,
+            ifindex: Some(3),
+            ifname: Some("veth-s".into()),
+            pid: None,
+            comm: None,
+            skb: None,
+            family: "ipv4",
+            saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
+            sport: 40_000,
+            daddr: "192.0.2.2".parse::<IpAddr>().unwrap(),
+            dport: 4_000,
+        }
+    }
+
+    #[test]
+    fn drop_line_fits_80_columns() {
+        let mut out = Vec::new();
+        TextOutput::new(&mut out, false).event(&event(What::Drop {
+            reason: "NO_SOCKET".into(),
+            location: "__udp4_lib_rcv+0x2cd".into(),
+        }));
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "12:01:02.123456 drop  192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET"
+        );
+        assert_eq!(
+            lines[1],
+            "                      at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s  via tp_btf"
+        );
+        assert!(lines.iter().all(|line| line.len() <= 80));
+    }
+
+    #[test]
+    fn no_colour_means_no_escapes() {
+        let mut out = Vec::new();
+        TextOutput::new(&mut out, false).event(&event(What::Icmp {
+            icmp_type: 3,
+            icmp_code: 3,
+            meaning: "port-unreachable",
+        }));
+        assert!(!out.contains(&0x1b));
+        let mut out = Vec::new();
+        TextOutput::new(&mut out, true).event(&event(What::Icmp {
+            icmp_type: 3,
+            icmp_code: 3,
+            meaning: "port-unreachable",
+        }));
+        assert!(out.contains(&0x1b));
+    }
+}

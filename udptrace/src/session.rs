@@ -1,0 +1,250 @@
+//! One tracing run, wired together: kernel knowledge → filter → load and attach → stream →
+//! decode → output, until a signal, `--count` or `--duration` ends it.
+
+use std::{
+    future::Future,
+    os::unix::fs::MetadataExt as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{Ebpf, EbpfLoader};
+use udptrace_common::{
+    event::{Counter, Mechanism},
+    filter::Selectors,
+    names::{FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
+};
+
+use crate::{
+    cli::NetnsSpec,
+    clock::WallClock,
+    decode::{self, KernelNames},
+    filter::{self, CompiledFilter},
+    host::{ifindex_in, preflight},
+    knowledge::Knowledge,
+    probes::attach::{AttachContext, HookOutcome, attach_all},
+    render::{Output, Stats},
+    stream::{CounterValues, Counters, EventRing},
+};
+
+/// The eBPF object built by build.rs from `udptrace-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udptrace"));
+
+/// What to trace and how.
+#[derive(Clone, Debug, Default)]
+pub struct TraceConfig {
+    pub filter: Vec<String>,
+    pub interface: Option<String>,
+    pub netns: Option<String>,
+    pub pid: Option<u32>,
+    pub probes: Option<Mechanism>,
+    pub ring_size: u32,
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// A loaded and attached tracer; dropping it detaches every program.
+pub struct Tracer {
+    // Owns the programs and their links: detached when dropped.
+    _ebpf: Ebpf,
+    pub probes: Vec<HookOutcome>,
+    pub filter: CompiledFilter,
+    ring: EventRing,
+    counters: Counters,
+    knowledge: Knowledge,
+    clock: WallClock,
+    config: TraceConfig,
+}
+
+impl Tracer {
+    /// Everything up to `ready`: fails with a one-line reason when udptrace cannot trace here.
+    pub fn start(config: TraceConfig) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this binary was built with UDPTRACE_SKIP_EBPF and carries no eBPF programs");
+        }
+        // Parse the user's words first: a typo should not wait for BTF parsing.
+        let filter = filter::compile(&config.filter)?;
+        preflight()?;
+        let knowledge = Knowledge::load()?;
+        let selectors = selectors(&config)?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
+            .override_global(FILTER_GLOBAL, &filter.program, true)
+            .override_global(SELECTORS_GLOBAL, &selectors, true)
+            .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
+            .load(OBJECT)
+            .context("loading the eBPF object")?;
+        let probes = attach_all(
+            &mut ebpf,
+            &AttachContext {
+                btf: knowledge.aya_btf.as_ref(),
+                offsets: &knowledge.offsets,
+                tracefs: knowledge.tracefs_mounted(),
+                has_function: &|name| knowledge.has_function(name),
+                forced: config.probes,
+            },
+        );
+        if let Some(missing) = probes.iter().find(|o| o.hook.core && o.attached.is_none()) {
+            let reasons: Vec<String> = missing
+                .attempts
+                .iter()
+                .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.mechanism.name())))
+                .collect();
+            bail!(
+                "cannot attach the {} hook ({}); run `udptrace doctor` for details",
+                missing.hook.name,
+                reasons.join("; ")
+            );
+        }
+        let ring = EventRing::take(&mut ebpf)?;
+        let counters = Counters::take(&mut ebpf)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            probes,
+            filter,
+            ring,
+            counters,
+            knowledge,
+            clock: WallClock::now(),
+            config,
+        })
+    }
+
+    /// Streams events to `output` until `stop` completes, `--count` events were shown or
+    /// `--duration` passed; then drains what is left and reports the totals.
+    pub async fn run(
+        mut self,
+        output: &mut dyn Output,
+        stop: impl Future<Output = ()>,
+    ) -> anyhow::Result<Stats> {
+        output.ready(&self.filter.expression, &self.probes);
+        let deadline = self.config.duration.map(|d| Instant::now() + d);
+        let mut stats = Stats::default();
+        let mut last_lost = 0;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            if self.reached_count(&stats) {
+                break;
+            }
+            let sleep_until_deadline = async {
+                match deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ready = self.ring.readable() => {
+                    ready?;
+                    self.drain(output, &mut stats);
+                }
+                _ = tick.tick() => {
+                    let counters = self.counters.read()?;
+                    let lost = counters.get(Counter::Lost);
+                    if lost > last_lost {
+                        let delta = lost - last_lost;
+                        eprintln!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)");
+                        output.lost(delta, lost);
+                        last_lost = lost;
+                    }
+                }
+                () = sleep_until_deadline => break,
+                () = &mut stop => break,
+            }
+        }
+        // Records already in the ring belong to this run.
+        self.drain(output, &mut stats);
+        let counters = self.counters.read()?;
+        let lost = counters.get(Counter::Lost);
+        if lost > last_lost {
+            output.lost(lost - last_lost, lost);
+        }
+        fill_stats(&mut stats, &counters);
+        output.stats(&stats);
+        Ok(stats)
+    }
+
+    pub fn knowledge(&self) -> &Knowledge {
+        &self.knowledge
+    }
+
+    fn reached_count(&self, stats: &Stats) -> bool {
+        self.config.count.is_some_and(|count| stats.events >= count)
+    }
+
+    fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) {
+        let limit = self.config.count;
+        let knowledge = &self.knowledge;
+        let clock = &self.clock;
+        self.ring.drain(|bytes| {
+            if limit.is_some_and(|limit| stats.events >= limit) {
+                return;
+            }
+            match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
+                Ok(event) => {
+                    stats.events += 1;
+                    output.event(&event);
+                }
+                Err(error) => {
+                    stats.decode_errors += 1;
+                    if stats.decode_errors == 1 {
+                        eprintln!("udptrace: undecodable record ({error}); counting the rest");
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
+    stats.seen = counters.get(Counter::Seen);
+    stats.filtered_in_kernel = counters.get(Counter::FilteredOut);
+    stats.submitted = counters.get(Counter::Submitted);
+    stats.lost = counters.get(Counter::Lost);
+    stats.kernel_read_errors = counters.get(Counter::ReadErrors);
+}
+
+/// `--netns`, `-i`, `--pid` → the kernel's numbers.
+fn selectors(config: &TraceConfig) -> anyhow::Result<Selectors> {
+    let netns_path = match config.netns.as_deref().map(NetnsSpec::parse) {
+        None => None,
+        Some(NetnsSpec::Inode(inode)) => {
+            return Ok(Selectors {
+                netns: inode,
+                ifindex: match &config.interface {
+                    Some(name) => bail!(
+                        "-i {name} needs --netns as a name, path or PID to find the device in (an inode cannot be entered)"
+                    ),
+                    None => 0,
+                },
+                pid: config.pid.unwrap_or(0),
+                _pad: 0,
+            });
+        }
+        Some(NetnsSpec::Path(path)) => Some(path),
+    };
+    let netns = match &netns_path {
+        Some(path) => {
+            let metadata = std::fs::metadata(path)
+                .with_context(|| format!("--netns: cannot open {}", path.display()))?;
+            metadata.ino() as u32
+        }
+        None => 0,
+    };
+    let ifindex = match &config.interface {
+        None => 0,
+        Some(name) => ifindex_in(netns_path.as_deref(), name)?,
+    };
+    if let Some(pid) = config.pid
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    {
+        return Err(anyhow!("--pid {pid}: no such process"));
+    }
+    Ok(Selectors {
+        netns,
+        ifindex,
+        pid: config.pid.unwrap_or(0),
+        _pad: 0,
+    })
+}
