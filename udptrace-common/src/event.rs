@@ -5,7 +5,15 @@
 //! `version` lets the decoder refuse records from a mismatched object instead of misreading them.
 
 /// Bumped whenever [`Event`]'s layout changes.
-pub const EVENT_VERSION: u8 = 1;
+pub const EVENT_VERSION: u8 = 2;
+
+/// [`EventDetail::flags`]: the event was reported because its skb was already being followed,
+/// not because its own tuple matched the filter (e.g. after NAT rewrote it).
+pub const FLAG_TRACKED: u8 = 1;
+/// [`EventDetail::flags`]: `ct_original`/`ct_reply` hold the skb's conntrack entry.
+pub const FLAG_CONNTRACK: u8 = 2;
+/// [`EventDetail::flags`]: a route lookup for an incoming packet (`route_iif` set).
+pub const FLAG_ROUTE_INPUT: u8 = 4;
 
 /// What happened; selects which [`EventDetail`] fields are meaningful.
 #[repr(u8)]
@@ -22,6 +30,17 @@ pub enum EventKind {
     SendError = 4,
     /// A UDP receive returned an error: `error` is the positive errno.
     RecvError = 5,
+    /// A UDP send returned (`error` = 0, `bytes` sent): the sending process and its socket.
+    Send = 6,
+    /// A route lookup for a datagram (`route_*`; the tuple is the lookup's flow: source 0 when
+    /// the kernel is to choose it).
+    Route = 7,
+    /// The datagram was handed to a device for transmission.
+    Xmit = 8,
+    /// The datagram was received by a device.
+    Recv = 9,
+    /// The datagram was queued to a socket (`sock`, `sock_ino`).
+    Deliver = 10,
 }
 
 impl EventKind {
@@ -32,6 +51,11 @@ impl EventKind {
             3 => Self::SockError,
             4 => Self::SendError,
             5 => Self::RecvError,
+            6 => Self::Send,
+            7 => Self::Route,
+            8 => Self::Xmit,
+            9 => Self::Recv,
+            10 => Self::Deliver,
             _ => return None,
         })
     }
@@ -100,7 +124,32 @@ pub struct EventDetail {
     pub error: u32,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub _pad: [u8; 6],
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 1],
+    /// Bytes sent ([`EventKind::Send`]).
+    pub bytes: u32,
+    /// Send and Deliver: the socket's own tuple (`saddr:sport` bound, `daddr:dport` connected
+    /// peer, zeros when unconnected).
+    pub sock: Tuple,
+    /// Inode of that socket (what `ss -e` shows as `ino:`), for process attribution.
+    pub sock_ino: u64,
+    /// Route: output device index chosen by the lookup (0 when it failed).
+    pub route_oif: u32,
+    /// Route: input device index for input lookups.
+    pub route_iif: u32,
+    /// Route: table id.
+    pub route_table: u32,
+    /// Route: lookup result (0 or a negative errno).
+    pub route_err: i32,
+    /// Route: output device name (untrusted).
+    pub route_dev: [u8; 16],
+    /// Route: gateway (IPv4 in the first 4 bytes; zeros when on-link).
+    pub route_gw: [u8; 16],
+    /// Conntrack entry of the skb: original and reply direction, and `nf_conn.status`.
+    pub ct_original: Tuple,
+    pub ct_reply: Tuple,
+    pub ct_status: u64,
 }
 
 #[repr(C)]

@@ -46,3 +46,22 @@ pub const PROG_SEND_TRACEPOINT: &str = "send_tracepoint";
 pub const PROG_RECV_TP_BTF: &str = "recv_tp_btf";
 pub const PROG_RECV_RAW_TP: &str = "recv_raw_tp";
 pub const PROG_RECV_TRACEPOINT: &str = "recv_tracepoint";
+
+/// `net:netif_receive_skb`: a datagram entering a device.
+pub const PROG_RECEIVE_TP_BTF: &str = "receive_tp_btf";
+pub const PROG_RECEIVE_RAW_TP: &str = "receive_raw_tp";
+pub const PROG_RECEIVE_TRACEPOINT: &str = "receive_tracepoint";
+
+/// `sock:sk_data_ready`: a datagram queued to a socket.
+pub const PROG_DATA_READY_TP_BTF: &str = "data_ready_tp_btf";
+pub const PROG_DATA_READY_RAW_TP: &str = "data_ready_raw_tp";
+pub const PROG_DATA_READY_TRACEPOINT: &str = "data_ready_tracepoint";
+
+/// `skb:consume_skb`: ends tracking of a datagram.
+pub const PROG_CONSUME_TP_BTF: &str = "consume_tp_btf";
+pub const PROG_CONSUME_RAW_TP: &str = "consume_raw_tp";
+pub const PROG_CONSUME_TRACEPOINT: &str = "consume_tracepoint";
+
+/// `fib:fib_table_lookup` and `fib6:fib6_table_lookup`: route lookups.
+pub const PROG_ROUTE4_TRACEPOINT: &str = "route4_tracepoint";
+pub const PROG_ROUTE6_TRACEPOINT: &str = "route6_tracepoint";

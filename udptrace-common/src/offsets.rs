@@ -24,9 +24,15 @@ pub enum ClassicTracepoint {
     SockSendLength = 3,
     /// `sock:sock_recv_length`: sk, ret, flags.
     SockRecvLength = 4,
+    /// `net:netif_receive_skb`: skbaddr.
+    NetifReceiveSkb = 5,
+    /// `skb:consume_skb`: skbaddr.
+    ConsumeSkb = 6,
+    /// `sock:sk_data_ready`: skaddr.
+    SkDataReady = 7,
 }
 
-pub const CLASSIC_TRACEPOINT_COUNT: usize = 5;
+pub const CLASSIC_TRACEPOINT_COUNT: usize = 8;
 /// Raw tracepoint arguments mirrored per classic tracepoint, at most.
 pub const CLASSIC_TRACEPOINT_ARGS: usize = 3;
 
@@ -37,6 +43,9 @@ impl ClassicTracepoint {
         Self::NetDevQueue,
         Self::SockSendLength,
         Self::SockRecvLength,
+        Self::NetifReceiveSkb,
+        Self::ConsumeSkb,
+        Self::SkDataReady,
     ];
 
     /// `(tracefs group, event)`.
@@ -47,6 +56,9 @@ impl ClassicTracepoint {
             Self::NetDevQueue => ("net", "net_dev_queue"),
             Self::SockSendLength => ("sock", "sock_send_length"),
             Self::SockRecvLength => ("sock", "sock_recv_length"),
+            Self::NetifReceiveSkb => ("net", "netif_receive_skb"),
+            Self::ConsumeSkb => ("skb", "consume_skb"),
+            Self::SkDataReady => ("sock", "sk_data_ready"),
         }
     }
 
@@ -55,7 +67,8 @@ impl ClassicTracepoint {
         match self {
             Self::KfreeSkb => &["skbaddr", "location", "reason"],
             Self::IcmpSend => &["skbaddr", "type", "code"],
-            Self::NetDevQueue => &["skbaddr"],
+            Self::NetDevQueue | Self::NetifReceiveSkb | Self::ConsumeSkb => &["skbaddr"],
+            Self::SkDataReady => &["skaddr"],
             Self::SockSendLength | Self::SockRecvLength => &["sk", "ret", "flags"],
         }
     }
@@ -105,6 +118,34 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `sock.sk_err`.
     pub sk_err: u32,
+    /// `sock.sk_socket`.
+    pub sk_socket: u32,
+    /// `socket_alloc.vfs_inode`: the inode that follows a `struct socket` (SOCK_INODE()).
+    pub socket_inode: u32,
+    /// `inode.i_ino`.
+    pub inode_ino: u32,
+    /// `sk_buff._nfct` (conntrack pointer | ctinfo in the low 3 bits).
+    pub skb_nfct: u32,
+    /// `nf_conn.tuplehash`: `[ORIGINAL, REPLY]` of `nf_conntrack_tuple_hash`.
+    pub ct_tuplehash: u32,
+    /// `sizeof(struct nf_conntrack_tuple_hash)`: stride of `ct_tuplehash`.
+    pub ct_tuplehash_size: u32,
+    /// `nf_conntrack_tuple_hash.tuple`.
+    pub ct_hash_tuple: u32,
+    /// `nf_conntrack_tuple.src.u3`, `.src.u.all`, `.src.l3num`, `.dst.u3`, `.dst.u.all`,
+    /// `.dst.protonum`.
+    pub ct_src_addr: u32,
+    pub ct_src_port: u32,
+    pub ct_l3num: u32,
+    pub ct_dst_addr: u32,
+    pub ct_dst_port: u32,
+    pub ct_protonum: u32,
+    /// `nf_conn.status`.
+    pub ct_status: u32,
+    /// `fib:fib_table_lookup` record fields (IPv4 route lookups).
+    pub fib4: RouteRecordFields,
+    /// `fib6:fib6_table_lookup` record fields (IPv6 route lookups).
+    pub fib6: RouteRecordFields,
     /// Per [`ClassicTracepoint`]: record offsets of the fields listed by `fields()`.
     pub tracepoint_args: [[u32; CLASSIC_TRACEPOINT_ARGS]; CLASSIC_TRACEPOINT_COUNT],
 }
@@ -131,12 +172,86 @@ impl KernelOffsets {
         sk_net: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
         sk_err: OFFSET_MISSING,
+        sk_socket: OFFSET_MISSING,
+        socket_inode: OFFSET_MISSING,
+        inode_ino: OFFSET_MISSING,
+        skb_nfct: OFFSET_MISSING,
+        ct_tuplehash: OFFSET_MISSING,
+        ct_tuplehash_size: OFFSET_MISSING,
+        ct_hash_tuple: OFFSET_MISSING,
+        ct_src_addr: OFFSET_MISSING,
+        ct_src_port: OFFSET_MISSING,
+        ct_l3num: OFFSET_MISSING,
+        ct_dst_addr: OFFSET_MISSING,
+        ct_dst_port: OFFSET_MISSING,
+        ct_protonum: OFFSET_MISSING,
+        ct_status: OFFSET_MISSING,
+        fib4: RouteRecordFields::MISSING,
+        fib6: RouteRecordFields::MISSING,
         tracepoint_args: [[OFFSET_MISSING; CLASSIC_TRACEPOINT_ARGS]; CLASSIC_TRACEPOINT_COUNT],
     };
+}
+
+/// Offsets of the fields of a route-lookup tracepoint record (`fib:fib_table_lookup`,
+/// `fib6:fib6_table_lookup`, include/trace/events/fib.h and fib6.h). These records already
+/// carry the chosen device's name and the gateway, so udptrace reads them rather than
+/// `struct flowi4`/`fib_nh_common`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteRecordFields {
+    pub tb_id: u32,
+    pub err: u32,
+    pub oif: u32,
+    pub iif: u32,
+    pub proto: u32,
+    /// `src`/`dst`: 4 bytes in `fib`, 16 in `fib6`.
+    pub src: u32,
+    pub dst: u32,
+    /// `gw4` in `fib`, `gw` in `fib6`.
+    pub gw: u32,
+    pub sport: u32,
+    pub dport: u32,
+    /// `char name[IFNAMSIZ]`: the output device.
+    pub name: u32,
+}
+
+impl RouteRecordFields {
+    pub const MISSING: Self = Self {
+        tb_id: OFFSET_MISSING,
+        err: OFFSET_MISSING,
+        oif: OFFSET_MISSING,
+        iif: OFFSET_MISSING,
+        proto: OFFSET_MISSING,
+        src: OFFSET_MISSING,
+        dst: OFFSET_MISSING,
+        gw: OFFSET_MISSING,
+        sport: OFFSET_MISSING,
+        dport: OFFSET_MISSING,
+        name: OFFSET_MISSING,
+    };
+
+    /// Record field names, in struct order, for `fib` (`ipv6 = false`) or `fib6`.
+    pub const fn field_names(ipv6: bool) -> [&'static str; 11] {
+        [
+            "tb_id",
+            "err",
+            "oif",
+            "iif",
+            "proto",
+            "src",
+            "dst",
+            if ipv6 { "gw" } else { "gw4" },
+            "sport",
+            "dport",
+            "name",
+        ]
+    }
 }
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)] made only of u32s; every bit pattern is valid.
     unsafe impl aya::Pod for super::KernelOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RouteRecordFields {}
 }

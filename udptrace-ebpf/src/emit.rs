@@ -11,9 +11,11 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid,
     generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
-use udptrace_common::event::{Counter, EVENT_VERSION, Event, EventKind, Mechanism};
+use udptrace_common::event::{
+    Counter, EVENT_VERSION, Event, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
+};
 
-use crate::{COUNTERS, EVENTS, FILTER, SCRATCH, SELECTORS};
+use crate::{COUNTERS, EVENTS, FILTER, SCRATCH, SELECTORS, TRACKED, kernel};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -40,6 +42,12 @@ pub enum Context {
 
 /// Completes the header of `event` (tuple, detail and place already filled by the hook),
 /// applies selectors and filter, and writes it to the ring buffer.
+///
+/// Packet tracking: once a datagram's skb matched the filter at a hop, later events about the
+/// same skb are reported even when its tuple no longer matches (NAT), flagged `FLAG_TRACKED`.
+/// Tracking starts at hops (`Xmit`, `Recv`) and ends when the skb is freed (`Drop` here,
+/// `consume_skb` in `hooks::path`); the map is an LRU so it can never fill up with entries a
+/// missed free left behind.
 #[inline(always)]
 pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context: Context, skb: u64) {
     count(Counter::Seen);
@@ -50,12 +58,32 @@ pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context:
     };
     let header = &mut event.header;
     header.pid = (pid_tgid >> 32) as u32;
+    // SAFETY: map lookups return pointers into map memory we only test for presence.
+    let tracked = skb != 0 && unsafe { TRACKED.get(&skb) }.is_some();
     if !selected(header.netns, header.ifindex, header.pid, context)
-        || !FILTER.matches(&event.tuple, kind == EventKind::IcmpError)
+        || !(tracked || FILTER.matches(&event.tuple, kind == EventKind::IcmpError))
     {
         count(Counter::FilteredOut);
         return;
     }
+    match kind {
+        EventKind::Xmit | EventKind::Recv if !tracked => {
+            // A full map evicts its least recently used entry: insertion cannot fail for
+            // lack of room, and a failed insert only means later hops go unreported.
+            let _ = TRACKED.insert(&skb, &0, 0);
+        }
+        EventKind::Drop if tracked => {
+            let _ = TRACKED.remove(&skb);
+        }
+        _ => {}
+    }
+    if tracked {
+        event.detail.flags |= FLAG_TRACKED;
+    }
+    if skb != 0 && kernel::conntrack(skb, &mut event.detail.ct_original, &mut event.detail.ct_reply, &mut event.detail.ct_status) {
+        event.detail.flags |= FLAG_CONNTRACK;
+    }
+    let header = &mut event.header;
     header.kind = kind as u8;
     header.version = EVENT_VERSION;
     header.mechanism = mechanism as u8;

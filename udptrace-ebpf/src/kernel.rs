@@ -194,6 +194,55 @@ pub fn record_field(record: u64, off: u32, size: u32) -> Result<u64, ReadError> 
 /// An IPv4 address in the first 4 bytes of a `Tuple` address field (spelled out: slice copies
 /// can pull in a bounds-check panic path the verifier rejects).
 #[inline(always)]
-fn ipv4_in_16(a: [u8; 4]) -> [u8; 16] {
+pub fn ipv4_in_16(a: [u8; 4]) -> [u8; 16] {
     [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// `IP_CT_DIR_ORIGINAL`/`IP_CT_DIR_REPLY` tuples and status of the skb's conntrack entry
+/// (`skb->_nfct & NFCT_PTRMASK`, include/linux/skbuff.h; `struct nf_conn`,
+/// include/net/netfilter/nf_conntrack.h). `false` when the skb has none or the kernel's BTF
+/// lacks conntrack (a module kernel: its types live in the module's BTF).
+#[inline(always)]
+pub fn conntrack(skb: u64, original: &mut Tuple, reply: &mut Tuple, status: &mut u64) -> bool {
+    let Ok(nfct) = read::<u64>(skb, offset(|o| &o.skb_nfct)) else {
+        return false;
+    };
+    // NFCT_PTRMASK = ~NFCT_INFOMASK (7).
+    let ct = nfct & !7;
+    if ct == 0 {
+        return false;
+    }
+    let hash = offset(|o| &o.ct_tuplehash);
+    let stride = offset(|o| &o.ct_tuplehash_size);
+    let tuple = offset(|o| &o.ct_hash_tuple);
+    if hash == OFFSET_MISSING || stride == OFFSET_MISSING || tuple == OFFSET_MISSING {
+        return false;
+    }
+    *status = read(ct, offset(|o| &o.ct_status)).unwrap_or(0);
+    ct_tuple(ct + u64::from(hash) + u64::from(tuple), original).is_ok()
+        && ct_tuple(ct + u64::from(hash) + u64::from(stride) + u64::from(tuple), reply).is_ok()
+}
+
+#[inline(always)]
+fn ct_tuple(at: u64, tuple: &mut Tuple) -> Result<(), ReadError> {
+    let l3num: u16 = read(at, offset(|o| &o.ct_l3num))?;
+    tuple.family = l3num as u8;
+    tuple.proto = read(at, offset(|o| &o.ct_protonum))?;
+    tuple.saddr = read(at, offset(|o| &o.ct_src_addr))?;
+    tuple.daddr = read(at, offset(|o| &o.ct_dst_addr))?;
+    tuple.sport = u16::from_be(read(at, offset(|o| &o.ct_src_port))?);
+    tuple.dport = u16::from_be(read(at, offset(|o| &o.ct_dst_port))?);
+    Ok(())
+}
+
+/// Inode number of a socket (`SOCK_INODE(sk->sk_socket)->i_ino`, include/net/sock.h), what
+/// /proc/PID/fd shows as `socket:[ino]`; 0 when unknown (e.g. a socket being closed).
+#[inline(always)]
+pub fn sock_inode(sk: u64) -> u64 {
+    let socket: u64 = read(sk, offset(|o| &o.sk_socket)).unwrap_or(0);
+    let inode = offset(|o| &o.socket_inode);
+    if socket == 0 || inode == OFFSET_MISSING {
+        return 0;
+    }
+    read(socket + u64::from(inode), offset(|o| &o.inode_ino)).unwrap_or(0)
 }

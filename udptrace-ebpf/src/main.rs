@@ -11,7 +11,7 @@ mod hooks;
 mod kernel;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{PerCpuArray, RingBuf};
+use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
     event::{COUNTER_COUNT, Event},
     filter::{Filter, Selectors},
@@ -46,6 +46,15 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 /// Per-CPU slot where hooks assemble an event (see `emit`).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+
+/// skbs of datagrams that matched the filter at some hop, followed until freed (see `emit`).
+#[map(name = "TRACKED")]
+static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
+/// only the socket, can say which datagram was delivered (see `hooks::path`).
+#[map(name = "CURRENT_RX")]
+static CURRENT_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[cfg(not(test))]
 #[panic_handler]

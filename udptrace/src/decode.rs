@@ -4,7 +4,10 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
-use udptrace_common::event::{AF_INET, AF_INET6, Event, EventKind, Mechanism, Tuple};
+use udptrace_common::event::{
+    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNTRACK, FLAG_ROUTE_INPUT,
+    FLAG_TRACKED, Mechanism, Tuple,
+};
 
 use crate::{clock::WallClock, sanitize::sanitize_kernel_string};
 
@@ -33,6 +36,10 @@ impl std::fmt::Display for DecodeError {
 pub trait KernelNames {
     fn drop_reason(&self, value: u32) -> String;
     fn symbol(&self, address: u64) -> Option<String>;
+    /// Owner (pid, comm) of the socket with this inode, if a process holds it.
+    fn socket_owner(&self, inode: u64) -> Option<(u32, String)>;
+    /// Name of a network namespace (/run/netns name, or `pid:comm` of a process in it).
+    fn netns_name(&self, inode: u32) -> Option<String>;
 }
 
 /// What happened, with the fields that only that kind has.
@@ -60,6 +67,61 @@ pub enum What {
     SendError { errno: String, code: u32 },
     /// A receive on a UDP socket failed.
     RecvError { errno: String, code: u32 },
+    /// A UDP send returned: `src` is the socket's local address, `dst` its connected peer
+    /// (`0.0.0.0:0` when unconnected: the destination then shows in the `route` and `xmit`
+    /// events of the datagram).
+    Send {
+        bytes: u32,
+        socket: SocketInfo,
+    },
+    /// A route lookup for the flow `src > dst` (source `0.0.0.0`/`::` when the kernel is to
+    /// choose it: the address it chose is the source of the `xmit` that follows).
+    Route {
+        /// `output` for locally sent datagrams, `input` for received ones.
+        direction: &'static str,
+        /// Device the lookup chose (`-` when it failed).
+        device: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        gateway: Option<IpAddr>,
+        table: u32,
+        /// 0, or the negative errno of a failed lookup (e.g. ENETUNREACH).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The datagram was handed to device `ifname` for transmission.
+    Xmit,
+    /// The datagram entered device `ifname`.
+    Recv,
+    /// The datagram was queued to a socket.
+    Deliver { socket: SocketInfo },
+}
+
+/// A socket as `ss` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SocketInfo {
+    /// Bound address and port (`0.0.0.0:4000` for a wildcard-bound socket).
+    pub local: String,
+    /// Connected peer, when connect()ed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Socket inode (`ss -e` `ino:`), 0 when unknown.
+    pub inode: u64,
+    /// Owning process, found from the inode in /proc/*/fd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_comm: Option<String>,
+}
+
+/// Conntrack entry attached to the skb at that point.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conntrack {
+    /// Original direction `saddr:sport > daddr:dport`.
+    pub original: String,
+    /// Reply direction as conntrack expects it (NAT shows here as a different address).
+    pub reply: String,
+    /// `nf_conn.status` bits (IPS_*; include/uapi/linux/netfilter/nf_conntrack_common.h).
+    pub status: u64,
 }
 
 /// A decoded event, ready for flows and output.
@@ -75,6 +137,8 @@ pub struct TraceEvent {
     pub probe: &'static str,
     pub netns: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ifname: Option<String>,
@@ -85,6 +149,12 @@ pub struct TraceEvent {
     /// Kernel address of the skb, hex; shared by the hops of one datagram.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skb: Option<String>,
+    /// Reported because the datagram was followed from an earlier matching hop, not because
+    /// this event's own addresses matched the filter (e.g. after NAT).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tracked: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack: Option<Conntrack>,
     pub family: &'static str,
     pub saddr: IpAddr,
     pub sport: u16,
@@ -100,6 +170,11 @@ impl TraceEvent {
             What::SockError { .. } => "sock_error",
             What::SendError { .. } => "send_error",
             What::RecvError { .. } => "recv_error",
+            What::Send { .. } => "send",
+            What::Route { .. } => "route",
+            What::Xmit => "xmit",
+            What::Recv => "recv",
+            What::Deliver { .. } => "deliver",
         }
     }
 }
@@ -146,6 +221,31 @@ pub fn decode(
             errno: crate::kernel::errno_name(detail.error as i32).to_owned(),
             code: detail.error,
         },
+        EventKind::Send => What::Send {
+            bytes: detail.bytes,
+            socket: socket_info(detail, names),
+        },
+        EventKind::Route => {
+            let device = sanitize_kernel_string(&detail.route_dev);
+            let gateway = addresses(&Tuple {
+                saddr: detail.route_gw,
+                ..event.tuple
+            })
+            .0;
+            What::Route {
+                direction: if detail.flags & FLAG_ROUTE_INPUT != 0 { "input" } else { "output" },
+                device: if device.is_empty() { "-".into() } else { device },
+                gateway: (!gateway.is_unspecified()).then_some(gateway),
+                table: detail.route_table,
+                error: (detail.route_err != 0)
+                    .then(|| crate::kernel::errno_name(-detail.route_err).to_owned()),
+            }
+        }
+        EventKind::Xmit => What::Xmit,
+        EventKind::Recv => What::Recv,
+        EventKind::Deliver => What::Deliver {
+            socket: socket_info(detail, names),
+        },
     };
     let (saddr, daddr) = addresses(&event.tuple);
     Ok(TraceEvent {
@@ -154,6 +254,7 @@ pub fn decode(
         what,
         probe: Mechanism::from_u8(header.mechanism).map_or("unknown", Mechanism::name),
         netns: header.netns,
+        netns_name: names.netns_name(header.netns),
         ifindex: (header.ifindex != 0).then_some(header.ifindex),
         ifname: non_empty(sanitize_kernel_string(&header.ifname)),
         pid: (header.pid != 0).then_some(header.pid),
@@ -161,12 +262,41 @@ pub fn decode(
             .then(|| sanitize_kernel_string(&header.comm))
             .and_then(non_empty),
         skb: (header.skb != 0).then(|| format!("{:#x}", header.skb)),
+        tracked: detail.flags & FLAG_TRACKED != 0,
+        conntrack: (detail.flags & FLAG_CONNTRACK != 0).then(|| Conntrack {
+            original: flow_text(&detail.ct_original),
+            reply: flow_text(&detail.ct_reply),
+            status: detail.ct_status,
+        }),
         family: if event.tuple.family == AF_INET6 { "ipv6" } else { "ipv4" },
         saddr,
         sport: event.tuple.sport,
         daddr,
         dport: event.tuple.dport,
     })
+}
+
+fn socket_info(detail: &EventDetail, names: &dyn KernelNames) -> SocketInfo {
+    let (local, peer) = addresses(&detail.sock);
+    let owner = names.socket_owner(detail.sock_ino);
+    SocketInfo {
+        local: endpoint(local, detail.sock.sport),
+        peer: (detail.sock.dport != 0).then(|| endpoint(peer, detail.sock.dport)),
+        inode: detail.sock_ino,
+        owner_pid: owner.as_ref().map(|(pid, _)| *pid),
+        owner_comm: owner.map(|(_, comm)| comm),
+    }
+}
+
+/// `192.0.2.1:4000` or `[2001:db8::1]:4000`.
+pub fn endpoint(address: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
+}
+
+/// `saddr:sport > daddr:dport`.
+fn flow_text(tuple: &Tuple) -> String {
+    let (saddr, daddr) = addresses(tuple);
+    format!("{} > {}", endpoint(saddr, tuple.sport), endpoint(daddr, tuple.dport))
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -230,6 +360,12 @@ mod tests {
         }
         fn symbol(&self, address: u64) -> Option<String> {
             (address == 0xffff_ffff_8100_0010).then(|| "__udp4_lib_rcv+0x10".into())
+        }
+        fn socket_owner(&self, inode: u64) -> Option<(u32, String)> {
+            (inode == 77).then(|| (1234, "nc".into()))
+        }
+        fn netns_name(&self, inode: u32) -> Option<String> {
+            (inode == 4_026_531_840).then(|| "client".into())
         }
     }
 
@@ -333,6 +469,46 @@ mod tests {
                 location: "0x1234".into()
             }
         );
+    }
+
+    #[test]
+    fn deliveries_name_the_socket_and_its_owner() {
+        let mut event = drop_event();
+        event.header.kind = EventKind::Deliver as u8;
+        event.detail.sock = Tuple {
+            family: AF_INET,
+            proto: IPPROTO_UDP,
+            sport: 4_000,
+            ..Tuple::default()
+        };
+        event.detail.sock_ino = 77;
+        let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
+        let What::Deliver { socket } = &decoded.what else {
+            panic!("not a delivery: {decoded:?}");
+        };
+        assert_eq!(socket.local, "0.0.0.0:4000");
+        assert_eq!(socket.peer, None, "an unconnected socket has no peer");
+        assert_eq!(socket.owner_pid, Some(1234));
+        assert_eq!(socket.owner_comm.as_deref(), Some("nc"));
+    }
+
+    #[test]
+    fn conntrack_and_tracking_flags() {
+        let mut event = drop_event();
+        event.detail.flags = FLAG_TRACKED | FLAG_CONNTRACK;
+        event.detail.ct_original = event.tuple;
+        event.detail.ct_reply = Tuple {
+            saddr: event.tuple.daddr,
+            daddr: [203, 0, 113, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 4_000,
+            dport: 1_024,
+            ..event.tuple
+        };
+        let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
+        assert!(decoded.tracked);
+        let conntrack = decoded.conntrack.unwrap();
+        assert_eq!(conntrack.original, "192.0.2.1:40000 > 192.0.2.2:4000");
+        assert_eq!(conntrack.reply, "192.0.2.2:4000 > 203.0.113.9:1024");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use udptrace_common::offsets::KernelOffsets;
 
 use crate::{
     decode::KernelNames,
+    procs::Processes,
     kernel::{
         btf::Btf,
         kallsyms::Kallsyms,
@@ -25,6 +26,7 @@ pub struct Knowledge {
     pub tracefs: Result<Tracefs, String>,
     pub reasons: DropReasons,
     pub symbols: Result<Kallsyms, String>,
+    pub processes: Processes,
 }
 
 impl Knowledge {
@@ -50,6 +52,7 @@ impl Knowledge {
             tracefs,
             reasons,
             symbols,
+            processes: Processes::default(),
         })
     }
 
@@ -69,5 +72,13 @@ impl KernelNames for Knowledge {
 
     fn symbol(&self, address: u64) -> Option<String> {
         self.symbols.as_ref().ok()?.symbolize(address)
+    }
+
+    fn socket_owner(&self, inode: u64) -> Option<(u32, String)> {
+        self.processes.socket_owner(inode)
+    }
+
+    fn netns_name(&self, inode: u32) -> Option<String> {
+        self.processes.netns_name(inode)
     }
 }

@@ -18,3 +18,4 @@ pub mod sanitize;
 pub mod session;
 pub mod shutdown;
 pub mod stream;
+pub mod procs;

@@ -3,9 +3,9 @@
 //! IPv4: `icmp:icmp_send`, `TP_PROTO(const struct sk_buff *skb, int type, int code)`
 //! (include/trace/events/icmp.h): `skb` is the offending datagram, so its headers give the
 //! quoted tuple directly.
-//! IPv6 has no such tracepoint: `icmp6_send` is caught where its packet reaches a device,
-//! `net:net_dev_queue`, `TP_PROTO(struct sk_buff *skb)` (include/trace/events/net.h), by
-//! parsing the outgoing ICMPv6 error and the datagram it quotes.
+//! IPv6 has no such tracepoint: `icmp6_send` is caught where its packet reaches a device
+//! (`net:net_dev_queue`, in `hooks::path`) by parsing the outgoing ICMPv6 error and the
+//! datagram it quotes.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use udptrace_common::{
-    event::{AF_INET6, EventDetail, EventKind, IPPROTO_ICMPV6, IPPROTO_UDP, Mechanism, Tuple},
+    event::{AF_INET6, EventDetail, EventKind, IPPROTO_UDP, Mechanism, Tuple},
     offsets::ClassicTracepoint,
 };
 
@@ -62,41 +62,15 @@ fn on_icmp_send(skb: u64, icmp_type: i32, code: i32, mechanism: Mechanism) -> Re
     Ok(())
 }
 
-#[btf_tracepoint(function = "net_dev_queue")]
-pub fn dev_queue_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_dev_queue(ctx.arg(0), Mechanism::TpBtf))
-}
-
-#[raw_tracepoint(tracepoint = "net_dev_queue")]
-pub fn dev_queue_raw_tp(ctx: RawTracePointContext) -> u32 {
-    finish(on_dev_queue(ctx.arg(0), Mechanism::RawTracepoint))
-}
-
-#[tracepoint(category = "net", name = "net_dev_queue")]
-pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
-    finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetDevQueue, [8, 0, 0])
-            .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
-    )
-}
-
 /// ICMPv6 error types (RFC 4443 §3): destination unreachable, packet too big, time exceeded,
 /// parameter problem.
 const ICMPV6_ERROR_MAX: u8 = 4;
 
+/// Reports the ICMPv6 error in the outgoing IPv6 packet `skb` (network header at `net`), if it
+/// is one about a UDP datagram. Called from `hooks::path` for every transmitted IPv6 packet
+/// whose next header is ICMPv6.
 #[inline(always)]
-fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
-    // Every transmitted packet passes here: leave non-IPv6 and non-ICMPv6 after two reads.
-    let Some(net) = kernel::network_header(skb)? else {
-        return Ok(());
-    };
-    if net.family != AF_INET6 {
-        return Ok(());
-    }
-    let nexthdr: u8 = kernel::read(net.header, 6)?;
-    if nexthdr != IPPROTO_ICMPV6 {
-        return Ok(());
-    }
+pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Result<(), ReadError> {
     // struct icmp6hdr: type @0, code @1, checksum, 4 bytes of data; the invoking packet
     // follows at 8.
     let icmp = net.header + 40;

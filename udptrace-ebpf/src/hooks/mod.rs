@@ -2,6 +2,7 @@
 //! hook has; the mechanism-specific entry points only fetch arguments.
 
 pub mod drop;
+pub mod path;
 pub mod icmp;
 pub mod sock;
 

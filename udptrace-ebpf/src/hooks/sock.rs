@@ -109,9 +109,11 @@ fn classic_result(
 /// loop; reporting it would bury real errors.
 const EAGAIN: i32 = 11;
 
+/// A send or receive returned `ret`: failures become `SendError`/`RecvError`, successful
+/// sends `Send` (the sending process and its socket).
 #[inline(always)]
 fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result<(), ReadError> {
-    if ret >= 0 || ret == -EAGAIN {
+    if ret == -EAGAIN || (ret >= 0 && kind != EventKind::SendError) {
         return Ok(());
     }
     let Some(event) = scratch() else {
@@ -121,8 +123,16 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
         return Ok(());
     }
     kernel::sock_place(sk, &mut event.header);
+    let (kind, error, bytes) = if ret >= 0 {
+        (EventKind::Send, 0, ret as u32)
+    } else {
+        (kind, ret.unsigned_abs(), 0)
+    };
     event.detail = EventDetail {
-        error: ret.unsigned_abs(),
+        error,
+        bytes,
+        sock: event.tuple,
+        sock_ino: kernel::sock_inode(sk),
         ..EventDetail::default()
     };
     submit(event, kind, mechanism, Context::Process, 0);

@@ -121,6 +121,20 @@ fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), 
                     ));
                 }
             }
+            Target::RouteTracepoint { ipv6 } => {
+                let (group, name) = Target::route_event(*ipv6);
+                if !context.tracefs {
+                    return Err("tracefs is not mounted".into());
+                }
+                let fields = if *ipv6 {
+                    context.offsets.fib6
+                } else {
+                    context.offsets.fib4
+                };
+                if fields.name == OFFSET_MISSING {
+                    return Err(format!("{group}:{name} is missing or its format lacks fields"));
+                }
+            }
         }
     }
     Ok(())
@@ -173,6 +187,11 @@ fn load_and_attach(
         }
         (Target::Tracepoint(event), Program::TracePoint(program)) => {
             let (group, name) = event.event();
+            program.load()?;
+            program.attach(group, name)?;
+        }
+        (Target::RouteTracepoint { ipv6 }, Program::TracePoint(program)) => {
+            let (group, name) = Target::route_event(ipv6);
             program.load()?;
             program.attach(group, name)?;
         }

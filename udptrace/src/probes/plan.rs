@@ -8,11 +8,7 @@
 use udptrace_common::{
     event::Mechanism,
     names::{
-        PROG_DEV_QUEUE_RAW_TP, PROG_DEV_QUEUE_TP_BTF, PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP,
-        PROG_DROP_TP_BTF, PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF,
-        PROG_ICMP_TRACEPOINT, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT,
-        PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF,
-        PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
+        PROG_CONSUME_RAW_TP, PROG_CONSUME_TP_BTF, PROG_CONSUME_TRACEPOINT, PROG_DATA_READY_RAW_TP, PROG_DATA_READY_TP_BTF, PROG_DATA_READY_TRACEPOINT, PROG_DEV_QUEUE_RAW_TP, PROG_DEV_QUEUE_TP_BTF, PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP, PROG_DROP_TP_BTF, PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF, PROG_ICMP_TRACEPOINT, PROG_RECEIVE_RAW_TP, PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT, PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF, PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
     },
     offsets::ClassicTracepoint,
 };
@@ -29,6 +25,20 @@ pub enum Target {
     /// Classic tracefs tracepoint; the program reads the record through offsets from the
     /// event's format file.
     Tracepoint(ClassicTracepoint),
+    /// `fib:fib_table_lookup` (`ipv6: false`) or `fib6:fib6_table_lookup`, read through
+    /// `KernelOffsets::fib4`/`fib6`.
+    RouteTracepoint { ipv6: bool },
+}
+
+impl Target {
+    /// `(group, event)` of the route tracepoints.
+    pub const fn route_event(ipv6: bool) -> (&'static str, &'static str) {
+        if ipv6 {
+            ("fib6", "fib6_table_lookup")
+        } else {
+            ("fib", "fib_table_lookup")
+        }
+    }
 }
 
 /// A way to attach a hook: every program listed must attach for it to count.
@@ -56,18 +66,18 @@ pub const HOOKS: &[Hook] = &[
         description: "every freed UDP datagram with its drop reason and kernel location (skb:kfree_skb)",
         core: true,
         attachments: &[
-        Attachment {
-            mechanism: Mechanism::TpBtf,
-            programs: &[(PROG_DROP_TP_BTF, Target::TpBtf("kfree_skb"))],
-        },
-        Attachment {
-            mechanism: Mechanism::RawTracepoint,
-            programs: &[(PROG_DROP_RAW_TP, Target::RawTp("kfree_skb"))],
-        },
-        Attachment {
-            mechanism: Mechanism::Tracepoint,
-            programs: &[(PROG_DROP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::KfreeSkb))],
-        },
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_DROP_TP_BTF, Target::TpBtf("kfree_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_DROP_RAW_TP, Target::RawTp("kfree_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_DROP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::KfreeSkb))],
+            },
         ],
     },
     Hook {
@@ -75,37 +85,116 @@ pub const HOOKS: &[Hook] = &[
         description: "ICMPv4 errors sent about UDP datagrams (icmp:icmp_send)",
         core: true,
         attachments: &[
-        Attachment {
-            mechanism: Mechanism::TpBtf,
-            programs: &[(PROG_ICMP_TP_BTF, Target::TpBtf("icmp_send"))],
-        },
-        Attachment {
-            mechanism: Mechanism::RawTracepoint,
-            programs: &[(PROG_ICMP_RAW_TP, Target::RawTp("icmp_send"))],
-        },
-        Attachment {
-            mechanism: Mechanism::Tracepoint,
-            programs: &[(PROG_ICMP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::IcmpSend))],
-        },
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_ICMP_TP_BTF, Target::TpBtf("icmp_send"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_ICMP_RAW_TP, Target::RawTp("icmp_send"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_ICMP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::IcmpSend))],
+            },
         ],
     },
     Hook {
-        name: "icmp6_error",
-        description: "ICMPv6 errors about UDP datagrams, parsed where they reach a device (net:net_dev_queue)",
+        name: "xmit",
+        description: "datagrams handed to a device, and ICMPv6 errors (net:net_dev_queue)",
         core: false,
         attachments: &[
-        Attachment {
-            mechanism: Mechanism::TpBtf,
-            programs: &[(PROG_DEV_QUEUE_TP_BTF, Target::TpBtf("net_dev_queue"))],
-        },
-        Attachment {
-            mechanism: Mechanism::RawTracepoint,
-            programs: &[(PROG_DEV_QUEUE_RAW_TP, Target::RawTp("net_dev_queue"))],
-        },
-        Attachment {
-            mechanism: Mechanism::Tracepoint,
-            programs: &[(PROG_DEV_QUEUE_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::NetDevQueue))],
-        },
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_DEV_QUEUE_TP_BTF, Target::TpBtf("net_dev_queue"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_DEV_QUEUE_RAW_TP, Target::RawTp("net_dev_queue"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_DEV_QUEUE_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::NetDevQueue))],
+            },
+        ],
+    },
+    Hook {
+        name: "recv",
+        description: "datagrams entering a device (net:netif_receive_skb)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_RECEIVE_TP_BTF, Target::TpBtf("netif_receive_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_RECEIVE_RAW_TP, Target::RawTp("netif_receive_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_RECEIVE_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::NetifReceiveSkb))],
+            },
+        ],
+    },
+    Hook {
+        name: "deliver",
+        description: "datagrams queued to a socket (sock:sk_data_ready)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_DATA_READY_TP_BTF, Target::TpBtf("sk_data_ready"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_DATA_READY_RAW_TP, Target::RawTp("sk_data_ready"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_DATA_READY_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SkDataReady))],
+            },
+        ],
+    },
+    Hook {
+        name: "consume",
+        description: "end of a followed datagram (skb:consume_skb)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_CONSUME_TP_BTF, Target::TpBtf("consume_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_CONSUME_RAW_TP, Target::RawTp("consume_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_CONSUME_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::ConsumeSkb))],
+            },
+        ],
+    },
+    Hook {
+        name: "route4",
+        description: "IPv4 route lookups: output device and gateway chosen (fib:fib_table_lookup)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_ROUTE4_TRACEPOINT, Target::RouteTracepoint { ipv6: false })],
+            },
+        ],
+    },
+    Hook {
+        name: "route6",
+        description: "IPv6 route lookups (fib6:fib6_table_lookup)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_ROUTE6_TRACEPOINT, Target::RouteTracepoint { ipv6: true })],
+            },
         ],
     },
     Hook {
@@ -113,40 +202,40 @@ pub const HOOKS: &[Hook] = &[
         description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report)",
         core: false,
         attachments: &[
-        Attachment {
-            mechanism: Mechanism::TpBtf,
-            programs: &[(PROG_SK_ERROR_TP_BTF, Target::TpBtf("inet_sk_error_report"))],
-        },
-        Attachment {
-            mechanism: Mechanism::RawTracepoint,
-            programs: &[(PROG_SK_ERROR_RAW_TP, Target::RawTp("inet_sk_error_report"))],
-        },
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_SK_ERROR_TP_BTF, Target::TpBtf("inet_sk_error_report"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_SK_ERROR_RAW_TP, Target::RawTp("inet_sk_error_report"))],
+            },
         ],
     },
     Hook {
-        name: "send_error",
-        description: "failed UDP sends with the sending process (udp_sendmsg/udpv6_sendmsg, sock:sock_send_length)",
+        name: "send",
+        description: "UDP sends and their results with the sending process (udp_sendmsg/udpv6_sendmsg, sock:sock_send_length)",
         core: false,
         attachments: &[
-        Attachment {
-            mechanism: Mechanism::Fentry,
-            programs: &[
-                (PROG_SEND_FEXIT_V4, Target::Fexit("udp_sendmsg")),
-                (PROG_SEND_FEXIT_V6, Target::Fexit("udpv6_sendmsg")),
-            ],
-        },
-        Attachment {
-            mechanism: Mechanism::TpBtf,
-            programs: &[(PROG_SEND_TP_BTF, Target::TpBtf("sock_send_length"))],
-        },
-        Attachment {
-            mechanism: Mechanism::RawTracepoint,
-            programs: &[(PROG_SEND_RAW_TP, Target::RawTp("sock_send_length"))],
-        },
-        Attachment {
-            mechanism: Mechanism::Tracepoint,
-            programs: &[(PROG_SEND_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockSendLength))],
-        },
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[
+                    (PROG_SEND_FEXIT_V4, Target::Fexit("udp_sendmsg")),
+                    (PROG_SEND_FEXIT_V6, Target::Fexit("udpv6_sendmsg")),
+                ],
+            },
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_SEND_TP_BTF, Target::TpBtf("sock_send_length"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_SEND_RAW_TP, Target::RawTp("sock_send_length"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_SEND_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockSendLength))],
+            },
         ],
     },
     Hook {
@@ -154,18 +243,18 @@ pub const HOOKS: &[Hook] = &[
         description: "failed UDP receives with the receiving process (sock:sock_recv_length)",
         core: false,
         attachments: &[
-        Attachment {
-            mechanism: Mechanism::TpBtf,
-            programs: &[(PROG_RECV_TP_BTF, Target::TpBtf("sock_recv_length"))],
-        },
-        Attachment {
-            mechanism: Mechanism::RawTracepoint,
-            programs: &[(PROG_RECV_RAW_TP, Target::RawTp("sock_recv_length"))],
-        },
-        Attachment {
-            mechanism: Mechanism::Tracepoint,
-            programs: &[(PROG_RECV_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockRecvLength))],
-        },
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_RECV_TP_BTF, Target::TpBtf("sock_recv_length"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_RECV_RAW_TP, Target::RawTp("sock_recv_length"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(PROG_RECV_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockRecvLength))],
+            },
         ],
     },
 ];

@@ -13,7 +13,7 @@ use std::io::Write;
 
 use super::{Output, Stats};
 use crate::{
-    decode::{TraceEvent, What},
+    decode::{TraceEvent, What, endpoint},
     probes::attach::HookOutcome,
 };
 
@@ -42,11 +42,6 @@ impl<W: Write> TextOutput<W> {
     }
 }
 
-/// `192.0.2.1:4000` or `[2001:db8::1]:4000`.
-pub fn endpoint(address: std::net::IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(address, port).to_string()
-}
-
 /// The event's one-line summary without time and colour (also used by verdict evidence).
 pub fn summary(event: &TraceEvent) -> String {
     let src = endpoint(event.saddr, event.sport);
@@ -62,6 +57,35 @@ pub fn summary(event: &TraceEvent) -> String {
         What::SendError { errno, .. } | What::RecvError { errno, .. } => {
             format!("{errno} on socket {src} (peer {dst})")
         }
+        What::Send { bytes, socket } => match &socket.peer {
+            Some(peer) => format!("{bytes} bytes from {} to {peer}", socket.local),
+            None => format!("{bytes} bytes from {} (unconnected)", socket.local),
+        },
+        What::Route {
+            direction,
+            device,
+            gateway,
+            error,
+            ..
+        } => {
+            let outcome = match (error, gateway) {
+                (Some(error), _) => format!("failed {error}"),
+                (None, Some(gateway)) => format!("via {gateway} dev {device}"),
+                (None, None) => format!("dev {device}"),
+            };
+            format!("{direction} {src} > {dst} {outcome}")
+        }
+        What::Xmit | What::Recv => format!("{src} > {dst}"),
+        What::Deliver { socket } => {
+            let owner = match (&socket.owner_comm, socket.owner_pid) {
+                (Some(comm), Some(pid)) => format!(" {comm}[{pid}]"),
+                _ => String::new(),
+            };
+            match &socket.peer {
+                Some(peer) => format!("{src} > {dst} to {} (connected to {peer}){owner}", socket.local),
+                None => format!("{src} > {dst} to {}{owner}", socket.local),
+            }
+        }
     }
 }
 
@@ -71,7 +95,21 @@ fn context(event: &TraceEvent) -> String {
     if let What::Drop { location, .. } = &event.what {
         parts.push(format!("at {location}"));
     }
-    parts.push(format!("ns {}", event.netns));
+    if let Some(skb) = &event.skb {
+        // The last hex digits identify a datagram across its hops well enough for a reader.
+        parts.push(format!("#{}", &skb[skb.len().saturating_sub(5)..]));
+    }
+    if event.tracked {
+        parts.push("(followed)".into());
+    }
+    if let Some(conntrack) = &event.conntrack {
+        parts.push(format!("ct {} / reply {}", conntrack.original, conntrack.reply));
+    }
+    match (&event.netns_name, event.netns) {
+        (Some(name), _) => parts.push(format!("ns {name}")),
+        (None, 0) => {}
+        (None, inode) => parts.push(format!("ns {inode}")),
+    }
     if let Some(ifname) = &event.ifname {
         parts.push(ifname.clone());
     }
@@ -101,13 +139,14 @@ impl<W: Write> Output for TextOutput<W> {
         let colour = match event.what {
             What::Drop { .. } => RED,
             What::Icmp { .. } => YELLOW,
-            _ => MAGENTA,
+            What::SockError { .. } | What::SendError { .. } | What::RecvError { .. } => MAGENTA,
+            _ => DIM,
         };
         let time = event.time.get(11..26).unwrap_or(&event.time);
-        let kind = self.paint(colour, &format!("{:<5}", event.kind_name()));
+        let kind = self.paint(colour, &format!("{:<7}", event.kind_name()));
         let _ = writeln!(self.out, "{time} {kind} {}", summary(event));
         let context = self.paint(DIM, &context(event));
-        let _ = writeln!(self.out, "{:22}{context}", "");
+        let _ = writeln!(self.out, "{:24}{context}", "");
         let _ = self.out.flush();
     }
 
@@ -145,11 +184,14 @@ mod tests {
             what,
             probe: "tp_btf",
             netns: 4_026_532_481,
+            netns_name: None,
             ifindex: Some(3),
             ifname: Some("veth-s".into()),
             pid: None,
             comm: None,
             skb: None,
+            tracked: false,
+            conntrack: None,
             family: "ipv4",
             saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
             sport: 40_000,
@@ -169,11 +211,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "12:01:02.123456 drop  192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET"
+            "12:01:02.123456 drop    192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET"
         );
         assert_eq!(
             lines[1],
-            "                      at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s  via tp_btf"
+            "                        at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s  via tp_btf"
         );
         assert!(lines.iter().all(|line| line.len() <= 80));
     }

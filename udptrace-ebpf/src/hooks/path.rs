@@ -1,0 +1,283 @@
+//! The packet path: every device a datagram leaves or enters, the route lookups made for it,
+//! the socket it is queued to, and the end of tracking when it is consumed.
+//!
+//! - `net:net_dev_queue`, `TP_PROTO(struct sk_buff *skb)` (include/trace/events/net.h): handed
+//!   to a device (veth, bridge, loopback) for transmission. Also where ICMPv6 errors are seen.
+//! - `net:netif_receive_skb`, `TP_PROTO(struct sk_buff *skb)`: entered a device's receive path,
+//!   in whichever namespace the device lives.
+//! - `sock:sk_data_ready`, `TP_PROTO(const struct sock *sk)` (Linux 6.7+): data was queued to
+//!   a socket. It names no skb: the tracked skb this CPU is receiving (`CURRENT_RX`, set at
+//!   `netif_receive_skb`, which runs the whole receive path synchronously on the CPU) is the
+//!   one delivered, checked against the socket's port.
+//! - `skb:consume_skb`, `TP_PROTO(struct sk_buff *skb, void *location)`: freed normally; ends
+//!   tracking.
+//! - `fib:fib_table_lookup` / `fib6:fib6_table_lookup` (include/trace/events/fib.h, fib6.h):
+//!   route lookups, read from the classic record which already names the output device.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+};
+use udptrace_common::{
+    event::{
+        AF_INET, AF_INET6, EventDetail, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP,
+        Mechanism, Tuple,
+    },
+    offsets::{ClassicTracepoint, OFFSET_MISSING, RouteRecordFields},
+};
+
+use crate::{
+    CURRENT_RX, OFFSETS, TRACKED,
+    emit::{Context, scratch, submit},
+    hooks::{classic_args, finish, icmp},
+    kernel::{self, ReadError, read},
+};
+
+#[btf_tracepoint(function = "net_dev_queue")]
+pub fn dev_queue_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_dev_queue(ctx.arg(0), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "net_dev_queue")]
+pub fn dev_queue_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_dev_queue(ctx.arg(0), Mechanism::RawTracepoint))
+}
+
+#[tracepoint(category = "net", name = "net_dev_queue")]
+pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetDevQueue, [8, 0, 0])
+            .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
+    )
+}
+
+#[inline(always)]
+fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+    // Every transmitted packet passes here: non-IP leaves after one read.
+    let Some(net) = kernel::network_header(skb)? else {
+        return Ok(());
+    };
+    let next: u8 = if net.family == AF_INET {
+        read(net.header, 9)?
+    } else {
+        read(net.header, 6)?
+    };
+    if next == IPPROTO_ICMPV6 && net.family == AF_INET6 {
+        return icmp::icmp6_error(skb, &net, mechanism);
+    }
+    if next != IPPROTO_UDP {
+        return Ok(());
+    }
+    hop(skb, &net, EventKind::Xmit, mechanism)
+}
+
+#[btf_tracepoint(function = "netif_receive_skb")]
+pub fn receive_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_receive(ctx.arg(0), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "netif_receive_skb")]
+pub fn receive_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_receive(ctx.arg(0), Mechanism::RawTracepoint))
+}
+
+#[tracepoint(category = "net", name = "netif_receive_skb")]
+pub fn receive_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetifReceiveSkb, [8, 0, 0])
+            .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
+    )
+}
+
+#[inline(always)]
+fn on_receive(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+    let Some(net) = kernel::network_header(skb)? else {
+        return Ok(());
+    };
+    hop(skb, &net, EventKind::Recv, mechanism)
+}
+
+/// Reports a UDP datagram at a device hop.
+#[inline(always)]
+fn hop(skb: u64, net: &kernel::Network, kind: EventKind, mechanism: Mechanism) -> Result<(), ReadError> {
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    event.tuple = Tuple::default();
+    let (protocol, udp) = kernel::ip_header(net, &mut event.tuple)?;
+    if protocol != IPPROTO_UDP {
+        return Ok(());
+    }
+    kernel::udp_ports(udp, &mut event.tuple)?;
+    kernel::skb_place(skb, &mut event.header);
+    event.detail = EventDetail::default();
+    let context = if kind == EventKind::Xmit {
+        // Locally generated datagrams reach the device in the sender's system call.
+        Context::Process
+    } else {
+        Context::Softirq
+    };
+    submit(event, kind, mechanism, context, skb);
+    if kind == EventKind::Recv {
+        // Remember it for sk_data_ready only when it is being followed (reported above).
+        // SAFETY: map lookups return pointers into map memory.
+        if unsafe { TRACKED.get(&skb) }.is_some()
+            && let Some(slot) = CURRENT_RX.get_ptr_mut(0)
+        {
+            // SAFETY: this CPU's slot.
+            unsafe { *slot = skb };
+        }
+    }
+    Ok(())
+}
+
+#[btf_tracepoint(function = "sk_data_ready")]
+pub fn data_ready_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_data_ready(ctx.arg(0), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "sk_data_ready")]
+pub fn data_ready_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_data_ready(ctx.arg(0), Mechanism::RawTracepoint))
+}
+
+#[tracepoint(category = "sock", name = "sk_data_ready")]
+pub fn data_ready_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::SkDataReady, [8, 0, 0])
+            .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
+    )
+}
+
+#[inline(always)]
+fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+    let Some(slot) = CURRENT_RX.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    // SAFETY: this CPU's slot.
+    let skb = unsafe { *slot };
+    if skb == 0 {
+        return Ok(());
+    }
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    if !kernel::udp_sock_tuple(sk, &mut event.detail.sock)? {
+        return Ok(());
+    }
+    if !kernel::udp_datagram(skb, &mut event.tuple)? || event.tuple.dport != event.detail.sock.sport
+    {
+        // Not the datagram this CPU last received for a tracked flow: stay silent rather than
+        // attribute a delivery to the wrong datagram.
+        return Ok(());
+    }
+    // SAFETY: this CPU's slot.
+    unsafe { *slot = 0 };
+    // Not skb_place: UDP reuses `skb->dev` as `dev_scratch` once the datagram is queued
+    // (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
+    kernel::sock_place(sk, &mut event.header);
+    let sock = event.detail.sock;
+    event.detail = EventDetail {
+        sock,
+        sock_ino: kernel::sock_inode(sk),
+        ..EventDetail::default()
+    };
+    submit(event, EventKind::Deliver, mechanism, Context::Softirq, skb);
+    Ok(())
+}
+
+#[btf_tracepoint(function = "consume_skb")]
+pub fn consume_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    on_consume(ctx.arg(0));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "consume_skb")]
+pub fn consume_raw_tp(ctx: RawTracePointContext) -> u32 {
+    on_consume(ctx.arg(0));
+    0
+}
+
+#[tracepoint(category = "skb", name = "consume_skb")]
+pub fn consume_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::ConsumeSkb, [8, 0, 0]).map(
+            |[skb, _, _]| {
+                on_consume(skb);
+            },
+        ),
+    )
+}
+
+/// A consumed skb's address may be reused by an unrelated packet: forget it.
+#[inline(always)]
+fn on_consume(skb: u64) {
+    let _ = TRACKED.remove(&skb);
+}
+
+#[tracepoint(category = "fib", name = "fib_table_lookup")]
+pub fn route4_tracepoint(ctx: TracePointContext) -> u32 {
+    // Fields of OFFSETS.fib4 are read volatile in `field`.
+    finish(on_route(ctx.as_ptr() as u64, &OFFSETS.fib4, AF_INET))
+}
+
+#[tracepoint(category = "fib6", name = "fib6_table_lookup")]
+pub fn route6_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(on_route(ctx.as_ptr() as u64, &OFFSETS.fib6, AF_INET6))
+}
+
+#[inline(always)]
+fn field(fields: &RouteRecordFields, pick: impl Fn(&RouteRecordFields) -> &u32) -> u32 {
+    // SAFETY: reference into the OFFSETS static; volatile defeats constant folding.
+    unsafe { core::ptr::read_volatile(pick(fields)) }
+}
+
+#[inline(always)]
+fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), ReadError> {
+    if field(fields, |f| &f.name) == OFFSET_MISSING {
+        return Ok(());
+    }
+    let proto: u8 = read(record, field(fields, |f| &f.proto))?;
+    if proto != IPPROTO_UDP {
+        return Ok(());
+    }
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    event.tuple = Tuple {
+        family,
+        proto,
+        ..Tuple::default()
+    };
+    event.detail = EventDetail::default();
+    if family == AF_INET {
+        event.tuple.saddr = kernel::ipv4_in_16(read(record, field(fields, |f| &f.src))?);
+        event.tuple.daddr = kernel::ipv4_in_16(read(record, field(fields, |f| &f.dst))?);
+        event.detail.route_gw = kernel::ipv4_in_16(read(record, field(fields, |f| &f.gw))?);
+    } else {
+        event.tuple.saddr = read(record, field(fields, |f| &f.src))?;
+        event.tuple.daddr = read(record, field(fields, |f| &f.dst))?;
+        event.detail.route_gw = read(record, field(fields, |f| &f.gw))?;
+    }
+    event.tuple.sport = read(record, field(fields, |f| &f.sport))?;
+    event.tuple.dport = read(record, field(fields, |f| &f.dport))?;
+    event.detail.route_table = read(record, field(fields, |f| &f.tb_id))?;
+    event.detail.route_err = read(record, field(fields, |f| &f.err))?;
+    event.detail.route_oif = read(record, field(fields, |f| &f.oif))?;
+    event.detail.route_iif = read(record, field(fields, |f| &f.iif))?;
+    event.detail.route_dev = read(record, field(fields, |f| &f.name))?;
+    // LOOPBACK_IFINDEX (1) is the input device of locally generated lookups
+    // (flowi4_init_output); anything else is a lookup for a received packet.
+    let input = event.detail.route_iif > 1;
+    if input {
+        event.detail.flags = FLAG_ROUTE_INPUT;
+    }
+    // The record's `oif` is the one requested (0 for "any"); the device chosen is `name`.
+    event.header.ifindex = 0;
+    event.header.ifname = [0; 16];
+    event.header.netns = 0;
+    let context = if input { Context::Softirq } else { Context::Process };
+    submit(event, EventKind::Route, Mechanism::Tracepoint, context, 0);
+    Ok(())
+}

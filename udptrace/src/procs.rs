@@ -1,0 +1,151 @@
+//! Names for kernel numbers that only /proc and /run know: which process holds a socket
+//! inode (as `ss -p` finds it), and which name a network namespace inode has. Scanning /proc
+//! is expensive on a busy host, so results are cached and a miss rescans at most every
+//! `RESCAN_INTERVAL`.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    fs,
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use crate::sanitize::sanitize_kernel_string;
+
+const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+struct Cache {
+    sockets: HashMap<u64, (u32, String)>,
+    netns: HashMap<u32, String>,
+    scanned: Option<Instant>,
+}
+
+/// Socket owners and namespace names, cached.
+#[derive(Default)]
+pub struct Processes {
+    cache: RefCell<Cache>,
+}
+
+impl Processes {
+    /// The process holding socket `inode` (the lowest pid when several share it).
+    pub fn socket_owner(&self, inode: u64) -> Option<(u32, String)> {
+        if inode == 0 {
+            return None;
+        }
+        self.lookup(|cache| cache.sockets.get(&inode).cloned())
+    }
+
+    /// The name of network namespace `inode`: its /run/netns name, `init` for the namespace
+    /// of PID 1, else `pid:COMM` of a process inside it (a container's namespace has no
+    /// /run/netns entry).
+    pub fn netns_name(&self, inode: u32) -> Option<String> {
+        if inode == 0 {
+            return None;
+        }
+        self.lookup(|cache| cache.netns.get(&inode).cloned())
+    }
+
+    fn lookup<T>(&self, get: impl Fn(&Cache) -> Option<T>) -> Option<T> {
+        let mut cache = self.cache.borrow_mut();
+        if let Some(found) = get(&cache) {
+            return Some(found);
+        }
+        if cache.scanned.is_some_and(|at| at.elapsed() < RESCAN_INTERVAL) {
+            return None;
+        }
+        rescan(&mut cache, Path::new("/proc"), Path::new("/run/netns"));
+        get(&cache)
+    }
+}
+
+fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
+    cache.scanned = Some(Instant::now());
+    cache.sockets.clear();
+    cache.netns.clear();
+    if let Ok(entries) = fs::read_dir(netns_root) {
+        for entry in entries.flatten() {
+            if let Ok(metadata) = fs::metadata(entry.path()) {
+                cache.netns.insert(
+                    metadata.ino() as u32,
+                    entry.file_name().to_string_lossy().into_owned(),
+                );
+            }
+        }
+    }
+    if let Ok(metadata) = fs::metadata(proc_root.join("1/ns/net")) {
+        cache
+            .netns
+            .entry(metadata.ino() as u32)
+            .or_insert_with(|| "init".into());
+    }
+    let Ok(processes) = fs::read_dir(proc_root) else {
+        return;
+    };
+    let mut pids: Vec<u32> = processes
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let dir = proc_root.join(pid.to_string());
+        let comm = fs::read(dir.join("comm"))
+            .map(|bytes| sanitize_kernel_string(bytes.strip_suffix(b"\n").unwrap_or(&bytes)))
+            .unwrap_or_default();
+        if let Ok(metadata) = fs::metadata(dir.join("ns/net")) {
+            cache
+                .netns
+                .entry(metadata.ino() as u32)
+                .or_insert_with(|| format!("{pid}:{comm}"));
+        }
+        let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(inode) = socket_inode(&target.to_string_lossy()) {
+                cache.sockets.entry(inode).or_insert_with(|| (pid, comm.clone()));
+            }
+        }
+    }
+}
+
+/// `socket:[12345]` → 12345.
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::UdpSocket, os::fd::AsRawFd as _};
+
+    use super::*;
+
+    #[test]
+    fn parses_socket_links() {
+        assert_eq!(socket_inode("socket:[4026]"), Some(4026));
+        assert_eq!(socket_inode("pipe:[4026]"), None);
+        assert_eq!(socket_inode("socket:[x]"), None);
+    }
+
+    #[test]
+    fn finds_the_owner_of_our_own_socket() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let link = fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).unwrap();
+        let inode = socket_inode(&link.to_string_lossy()).unwrap();
+        let processes = Processes::default();
+        let (pid, _comm) = processes.socket_owner(inode).unwrap();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(processes.socket_owner(0), None);
+    }
+
+    #[test]
+    fn names_our_own_namespace() {
+        let inode = fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        assert!(Processes::default().netns_name(inode).is_some());
+    }
+}
