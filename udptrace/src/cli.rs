@@ -187,7 +187,11 @@ mod tests {
     #[test]
     fn netns_specs() {
         assert_eq!(NetnsSpec::parse("4026531840"), NetnsSpec::Inode(4_026_531_840));
-        assert_eq!(NetnsSpec::parse("1"), NetnsSpec::Path("/proc/1/ns/net".into()));
+        let pid = std::process::id();
+        assert_eq!(
+            NetnsSpec::parse(&pid.to_string()),
+            NetnsSpec::Path(format!("/proc/{pid}/ns/net").into())
+        );
         assert_eq!(NetnsSpec::parse("blue"), NetnsSpec::Path("/run/netns/blue".into()));
         assert_eq!(
             NetnsSpec::parse("/var/run/netns/x"),

@@ -163,6 +163,14 @@ pub struct TraceEvent {
 }
 
 impl TraceEvent {
+    pub fn source(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.saddr, self.sport)
+    }
+
+    pub fn destination(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.daddr, self.dport)
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.what {
             What::Drop { .. } => "drop",

@@ -1,6 +1,8 @@
 //! Everything learnt from the running kernel at start-up, in one place: struct offsets from
 //! BTF, classic tracepoint layouts from tracefs, drop-reason names, kernel symbols.
 
+use std::rc::Rc;
+
 use udptrace_common::offsets::KernelOffsets;
 
 use crate::{
@@ -26,7 +28,7 @@ pub struct Knowledge {
     pub tracefs: Result<Tracefs, String>,
     pub reasons: DropReasons,
     pub symbols: Result<Kallsyms, String>,
-    pub processes: Processes,
+    pub processes: Rc<Processes>,
 }
 
 impl Knowledge {
@@ -52,7 +54,7 @@ impl Knowledge {
             tracefs,
             reasons,
             symbols,
-            processes: Processes::default(),
+            processes: Rc::default(),
         })
     }
 

@@ -19,3 +19,5 @@ pub mod session;
 pub mod shutdown;
 pub mod stream;
 pub mod procs;
+pub mod sockets;
+pub mod flows;

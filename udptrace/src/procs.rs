@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     fs,
     os::unix::fs::MetadataExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -20,6 +20,8 @@ const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 struct Cache {
     sockets: HashMap<u64, (u32, String)>,
     netns: HashMap<u32, String>,
+    /// A file that refers to each namespace, to enter it.
+    netns_paths: HashMap<u32, PathBuf>,
     scanned: Option<Instant>,
 }
 
@@ -48,6 +50,11 @@ impl Processes {
         self.lookup(|cache| cache.netns.get(&inode).cloned())
     }
 
+    /// A path that opens network namespace `inode` (/run/netns/NAME or /proc/PID/ns/net).
+    pub fn netns_path(&self, inode: u32) -> Option<PathBuf> {
+        self.lookup(|cache| cache.netns_paths.get(&inode).cloned())
+    }
+
     fn lookup<T>(&self, get: impl Fn(&Cache) -> Option<T>) -> Option<T> {
         let mut cache = self.cache.borrow_mut();
         if let Some(found) = get(&cache) {
@@ -65,13 +72,15 @@ fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
     cache.scanned = Some(Instant::now());
     cache.sockets.clear();
     cache.netns.clear();
+    cache.netns_paths.clear();
     if let Ok(entries) = fs::read_dir(netns_root) {
         for entry in entries.flatten() {
             if let Ok(metadata) = fs::metadata(entry.path()) {
-                cache.netns.insert(
-                    metadata.ino() as u32,
-                    entry.file_name().to_string_lossy().into_owned(),
-                );
+                let inode = metadata.ino() as u32;
+                cache
+                    .netns
+                    .insert(inode, entry.file_name().to_string_lossy().into_owned());
+                cache.netns_paths.insert(inode, entry.path());
             }
         }
     }
@@ -95,10 +104,15 @@ fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
             .map(|bytes| sanitize_kernel_string(bytes.strip_suffix(b"\n").unwrap_or(&bytes)))
             .unwrap_or_default();
         if let Ok(metadata) = fs::metadata(dir.join("ns/net")) {
+            let inode = metadata.ino() as u32;
             cache
                 .netns
-                .entry(metadata.ino() as u32)
+                .entry(inode)
                 .or_insert_with(|| format!("{pid}:{comm}"));
+            cache
+                .netns_paths
+                .entry(inode)
+                .or_insert_with(|| dir.join("ns/net"));
         }
         let Ok(fds) = fs::read_dir(dir.join("fd")) else {
             continue;

@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    rc::Rc,
     os::unix::fs::MetadataExt as _,
     time::{Duration, Instant},
 };
@@ -17,7 +18,10 @@ use udptrace_common::{
 
 use crate::{
     cli::NetnsSpec,
-    clock::WallClock,
+    clock::{WallClock, monotonic_ns},
+    flows::verdicts::{Diagnosis, SETTLE, SocketLister},
+    procs::Processes,
+    sockets::udp_sockets_in,
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
     host::{ifindex_in, preflight},
@@ -54,6 +58,7 @@ pub struct Tracer {
     knowledge: Knowledge,
     clock: WallClock,
     config: TraceConfig,
+    diagnosis: Diagnosis,
 }
 
 impl Tracer {
@@ -98,7 +103,9 @@ impl Tracer {
         }
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
+        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)));
         Ok(Self {
+            diagnosis,
             _ebpf: ebpf,
             probes,
             filter,
@@ -123,6 +130,7 @@ impl Tracer {
         let mut last_lost = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut verdict_tick = tokio::time::interval(SETTLE / 2);
         tokio::pin!(stop);
         loop {
             if self.reached_count(&stats) {
@@ -138,6 +146,11 @@ impl Tracer {
                 ready = self.ring.readable() => {
                     ready?;
                     self.drain(output, &mut stats);
+                }
+                _ = verdict_tick.tick() => {
+                    for verdict in self.diagnosis.ready(monotonic_ns(), false) {
+                        output.verdict(&verdict);
+                    }
                 }
                 _ = tick.tick() => {
                     let counters = self.counters.read()?;
@@ -161,7 +174,10 @@ impl Tracer {
             output.lost(lost - last_lost, lost);
         }
         fill_stats(&mut stats, &counters);
-        output.stats(&stats);
+        for verdict in self.diagnosis.ready(monotonic_ns(), true) {
+            output.verdict(&verdict);
+        }
+        output.summary(&self.diagnosis.flows, self.diagnosis.verdicts(), &stats);
         Ok(stats)
     }
 
@@ -177,6 +193,7 @@ impl Tracer {
         let limit = self.config.count;
         let knowledge = &self.knowledge;
         let clock = &self.clock;
+        let diagnosis = &mut self.diagnosis;
         self.ring.drain(|bytes| {
             if limit.is_some_and(|limit| stats.events >= limit) {
                 return;
@@ -185,6 +202,7 @@ impl Tracer {
                 Ok(event) => {
                     stats.events += 1;
                     output.event(&event);
+                    diagnosis.observe(&event);
                 }
                 Err(error) => {
                     stats.decode_errors += 1;
@@ -195,6 +213,25 @@ impl Tracer {
             }
         });
     }
+}
+
+/// Lists a namespace's UDP sockets with their owners, for verdicts.
+fn socket_lister(processes: Rc<Processes>) -> SocketLister {
+    Box::new(move |netns| {
+        let path = processes.netns_path(netns)?;
+        let entries = udp_sockets_in(&path).ok()?;
+        Some(
+            entries
+                .into_iter()
+                .map(|entry| {
+                    let owner = processes
+                        .socket_owner(entry.inode)
+                        .map(|(pid, comm)| format!("{comm}[{pid}]"));
+                    (entry, owner)
+                })
+                .collect(),
+        )
+    })
 }
 
 fn fill_stats(stats: &mut Stats, counters: &CounterValues) {

@@ -5,7 +5,11 @@ use std::io::Write;
 use serde_json::{Value, json};
 
 use super::{Output, Stats};
-use crate::{decode::TraceEvent, probes::attach::HookOutcome};
+use crate::{
+    decode::TraceEvent,
+    flows::{table::FlowTable, verdicts::Verdict},
+    probes::attach::HookOutcome,
+};
 
 pub struct JsonOutput<W: Write> {
     out: W,
@@ -14,6 +18,18 @@ pub struct JsonOutput<W: Write> {
 impl<W: Write> JsonOutput<W> {
     pub fn new(out: W) -> Self {
         Self { out }
+    }
+
+    /// Serializes `value` with a `type` field (and `final: true` for exit-summary records).
+    fn tagged(&mut self, kind: &str, value: &impl serde::Serialize, last: bool) {
+        let mut value = serde_json::to_value(value).unwrap_or(Value::Null);
+        if let Value::Object(map) = &mut value {
+            map.insert("type".into(), kind.into());
+            if last {
+                map.insert("final".into(), true.into());
+            }
+        }
+        self.line(&value);
     }
 
     fn line(&mut self, value: &Value) {
@@ -53,22 +69,30 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn event(&mut self, event: &TraceEvent) {
-        let mut value = serde_json::to_value(event).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut value {
-            map.insert("type".into(), "event".into());
-        }
-        self.line(&value);
+        self.tagged("event", event, false);
     }
 
     fn lost(&mut self, lost: u64, total: u64) {
         self.line(&json!({"type": "lost", "count": lost, "total": total}));
     }
 
-    fn stats(&mut self, stats: &Stats) {
-        let mut value = serde_json::to_value(stats).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut value {
-            map.insert("type".into(), "stats".into());
+    fn verdict(&mut self, verdict: &Verdict) {
+        self.tagged("verdict", verdict, false);
+    }
+
+    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
+        for (key, flow) in flows.sorted() {
+            let mut value = serde_json::to_value(flow).unwrap_or(Value::Null);
+            if let Value::Object(map) = &mut value {
+                map.insert("type".into(), "flow".into());
+                map.insert("a".into(), key.a.to_string().into());
+                map.insert("b".into(), key.b.to_string().into());
+            }
+            self.line(&value);
         }
-        self.line(&value);
+        for verdict in verdicts {
+            self.tagged("verdict", verdict, true);
+        }
+        self.tagged("stats", stats, false);
     }
 }

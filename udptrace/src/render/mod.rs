@@ -6,7 +6,11 @@ pub mod text;
 
 use serde::Serialize;
 
-use crate::{decode::TraceEvent, probes::attach::HookOutcome};
+use crate::{
+    decode::TraceEvent,
+    flows::{table::FlowTable, verdicts::Verdict},
+    probes::attach::HookOutcome,
+};
 
 /// Totals at exit (and the numbers behind the status line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -33,5 +37,8 @@ pub trait Output {
     fn event(&mut self, event: &TraceEvent);
     /// Events lost in the last interval (`lost` > 0), and in total.
     fn lost(&mut self, lost: u64, total: u64);
-    fn stats(&mut self, stats: &Stats);
+    /// A verdict whose evidence is complete.
+    fn verdict(&mut self, verdict: &Verdict);
+    /// At exit: every flow and every verdict with final counts, then the totals.
+    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats);
 }

@@ -1,12 +1,13 @@
 //! One line per event in the spirit of pwru, readable in 80 columns for IPv4:
 //!
 //! ```text
-//! 12:01:02.123456 drop  192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET
-//!                       at __udp4_lib_rcv+0x2cd  ns 4026532481 veth-s
+//! 12:01:02.123456 drop    192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET
+//!                         at __udp4_lib_rcv+0x2cd  #e3900  ns server  veth-s
 //! ```
 //!
 //! The first line says what happened to which datagram; the indented second line where
-//! (kernel location, namespace, device, process). Colour only on a terminal and never with
+//! (kernel location, packet id, namespace, device, process; the attach mechanism is in the
+//! JSON output). Colour only on a terminal and never with
 //! NO_COLOR (https://no-color.org).
 
 use std::io::Write;
@@ -14,6 +15,7 @@ use std::io::Write;
 use super::{Output, Stats};
 use crate::{
     decode::{TraceEvent, What, endpoint},
+    flows::{table::FlowTable, verdicts::Verdict},
     probes::attach::HookOutcome,
 };
 
@@ -27,6 +29,7 @@ const YELLOW: &str = "\x1b[33m";
 const MAGENTA: &str = "\x1b[35m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
+const BOLD_RED: &str = "\x1b[1;31m";
 
 impl<W: Write> TextOutput<W> {
     pub fn new(out: W, colour: bool) -> Self {
@@ -116,7 +119,6 @@ fn context(event: &TraceEvent) -> String {
     if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
         parts.push(format!("{comm}[{pid}]"));
     }
-    parts.push(format!("via {}", event.probe));
     parts.join("  ")
 }
 
@@ -154,7 +156,48 @@ impl<W: Write> Output for TextOutput<W> {
         // Text mode reports losses on stderr (status line) so stdout stays one event per line.
     }
 
-    fn stats(&mut self, stats: &Stats) {
+    fn verdict(&mut self, verdict: &Verdict) {
+        let text = verdict_text(verdict);
+        let _ = writeln!(self.out, "{}", self.paint(BOLD_RED, &text));
+        let _ = self.out.flush();
+    }
+
+    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
+        let flows = flows.sorted();
+        if !flows.is_empty() {
+            let _ = writeln!(self.out, "\nflows");
+        }
+        for (key, flow) in flows {
+            let mut line = format!(
+                "  {key}  {} > / {} <",
+                flow.datagrams_a_to_b, flow.datagrams_b_to_a
+            );
+            for (reason, count) in &flow.drops {
+                line.push_str(&format!("  drop {reason} x{count}"));
+            }
+            if flow.icmp_errors > 0 {
+                line.push_str(&format!("  icmp x{}", flow.icmp_errors));
+            }
+            for (errno, count) in &flow.socket_errors {
+                line.push_str(&format!("  {errno} x{count}"));
+            }
+            if !flow.processes.is_empty() {
+                line.push_str(&format!("  {}", flow.processes.iter().cloned().collect::<Vec<_>>().join(",")));
+            }
+            if !flow.verdicts.is_empty() {
+                line.push_str(&format!(
+                    "  => {}",
+                    flow.verdicts.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+            let _ = writeln!(self.out, "{line}");
+        }
+        if !verdicts.is_empty() {
+            let _ = writeln!(self.out, "\nverdicts");
+            for verdict in verdicts {
+                let _ = writeln!(self.out, "{}", verdict_text(verdict));
+            }
+        }
         let _ = writeln!(
             self.out,
             "\n{} events shown; kernel: {} UDP occurrences seen, {} filtered out in the kernel, \
@@ -169,6 +212,19 @@ impl<W: Write> Output for TextOutput<W> {
         );
         let _ = self.out.flush();
     }
+}
+
+/// A verdict as a block: headline, evidence, fix.
+pub fn verdict_text(verdict: &Verdict) -> String {
+    let mut text = format!(
+        "VERDICT {} ({}, x{}): {}\n",
+        verdict.code, verdict.flow, verdict.count, verdict.summary
+    );
+    for line in &verdict.evidence {
+        text.push_str(&format!("    evidence: {line}\n"));
+    }
+    text.push_str(&format!("    fix: {}", verdict.fix));
+    text
 }
 
 #[cfg(test)]
@@ -215,7 +271,7 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "                        at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s  via tp_btf"
+            "                        at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s"
         );
         assert!(lines.iter().all(|line| line.len() <= 80));
     }

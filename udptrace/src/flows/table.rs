@@ -1,0 +1,120 @@
+//! The flow table: both directions of a conversation are one flow, keyed by its two endpoints.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::SocketAddr,
+};
+
+use serde::Serialize;
+
+use crate::decode::{TraceEvent, What};
+
+/// Two endpoints, smaller first, so that both directions map to one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub a: SocketAddr,
+    pub b: SocketAddr,
+}
+
+impl FlowKey {
+    pub fn new(x: SocketAddr, y: SocketAddr) -> Self {
+        let (x, y) = (canonical(x), canonical(y));
+        if x <= y { Self { a: x, b: y } } else { Self { a: y, b: x } }
+    }
+
+    /// The flow of an event: its datagram's endpoints, or for socket events the socket and its
+    /// connected peer.
+    pub fn of(event: &TraceEvent) -> Self {
+        Self::new(event.source(), event.destination())
+    }
+}
+
+impl std::fmt::Display for FlowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} <> {}", self.a, self.b)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+pub fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+/// What happened in one flow.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Flow {
+    /// Datagrams from `a` to `b` and from `b` to `a` (distinct packets seen at a device or
+    /// sent by a socket).
+    pub datagrams_a_to_b: u64,
+    pub datagrams_b_to_a: u64,
+    pub drops: BTreeMap<String, u64>,
+    pub icmp_errors: u64,
+    pub socket_errors: BTreeMap<String, u64>,
+    /// `comm[pid]` of processes that sent or received in this flow.
+    pub processes: BTreeSet<String>,
+    pub verdicts: BTreeSet<&'static str>,
+    #[serde(skip)]
+    packets: HashSet<String>,
+}
+
+#[derive(Default)]
+pub struct FlowTable {
+    flows: HashMap<FlowKey, Flow>,
+}
+
+impl FlowTable {
+    /// Accounts `event` to its flow and returns the flow's key.
+    pub fn record(&mut self, event: &TraceEvent) -> FlowKey {
+        let key = FlowKey::of(event);
+        let flow = self.flows.entry(key).or_default();
+        let forward = canonical(event.source()) == key.a;
+        let count_datagram = |flow: &mut Flow| {
+            if forward {
+                flow.datagrams_a_to_b += 1;
+            } else {
+                flow.datagrams_b_to_a += 1;
+            }
+        };
+        match &event.what {
+            What::Xmit | What::Recv | What::Deliver { .. } => {
+                // A datagram crosses several hops: count its skb once.
+                if let Some(skb) = &event.skb
+                    && flow.packets.insert(skb.clone())
+                {
+                    count_datagram(flow);
+                }
+            }
+            What::Drop { reason, .. } => *flow.drops.entry(reason.clone()).or_default() += 1,
+            What::Icmp { .. } => flow.icmp_errors += 1,
+            What::SockError { errno, .. }
+            | What::SendError { errno, .. }
+            | What::RecvError { errno, .. } => {
+                *flow.socket_errors.entry(errno.clone()).or_default() += 1;
+            }
+            What::Send { .. } | What::Route { .. } => {}
+        }
+        if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
+            flow.processes.insert(format!("{comm}[{pid}]"));
+        }
+        if let What::Deliver { socket } = &event.what
+            && let (Some(pid), Some(comm)) = (socket.owner_pid, &socket.owner_comm)
+        {
+            flow.processes.insert(format!("{comm}[{pid}]"));
+        }
+        key
+    }
+
+    /// Records a verdict on a flow; socket-wide verdicts (`a == b`) belong to no single flow.
+    pub fn mark(&mut self, key: FlowKey, code: &'static str) {
+        if key.a != key.b {
+            self.flows.entry(key).or_default().verdicts.insert(code);
+        }
+    }
+
+    /// Flows in a stable order (by key).
+    pub fn sorted(&self) -> Vec<(&FlowKey, &Flow)> {
+        let mut flows: Vec<_> = self.flows.iter().collect();
+        flows.sort_by_key(|(key, _)| **key);
+        flows
+    }
+}

@@ -1,0 +1,729 @@
+//! Verdict rules: each turns a pattern of events into a diagnosis with a stable code, a
+//! one-sentence summary naming addresses, ports, sockets and processes, the evidence (the
+//! events that prove it) and the fix. The codes are an interface (docs/verdicts.md).
+//!
+//! A verdict is held back for `SETTLE` after its first evidence so that the events that
+//! complete it (the ICMP error, the ECONNREFUSED it causes) can join it; it is then emitted
+//! once, and again in the exit summary with its final counts.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use serde::Serialize;
+
+use super::table::{FlowKey, FlowTable, canonical};
+use crate::{
+    decode::{TraceEvent, What},
+    render::text::summary,
+    sockets::UdpSocketEntry,
+};
+
+/// How long a verdict waits for the rest of its evidence.
+pub const SETTLE: Duration = Duration::from_millis(300);
+/// Evidence lines kept per verdict (the count keeps going).
+const MAX_EVIDENCE: usize = 12;
+/// Recent events remembered for rules that look back (ICMP errors, route lookups, NAT).
+const HISTORY: usize = 2_048;
+
+pub const REPLY_SOURCE_MISMATCH: &str = "reply_source_mismatch";
+pub const CONNECTED_SOCKET_MISMATCH: &str = "connected_socket_mismatch";
+pub const PORT_UNREACHABLE: &str = "port_unreachable";
+pub const FIREWALL_DROP: &str = "firewall_drop";
+pub const RCVBUF_OVERFLOW: &str = "rcvbuf_overflow";
+pub const NAT_REPLY_MISMATCH: &str = "nat_reply_mismatch";
+pub const RP_FILTER_DROP: &str = "rp_filter_drop";
+pub const CHECKSUM_ERROR: &str = "checksum_error";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub code: &'static str,
+    /// The flow it concerns (`a <> b`).
+    pub flow: String,
+    pub summary: String,
+    /// The events that prove it, as text lines with their times.
+    pub evidence: Vec<String>,
+    pub fix: String,
+    /// Occurrences of the failure so far (drops, wrong-source replies, ...).
+    pub count: u64,
+    #[serde(skip)]
+    first_ns: u64,
+    #[serde(skip)]
+    emitted: bool,
+    #[serde(skip)]
+    key: FlowKey,
+}
+
+impl Verdict {
+    fn add_evidence(&mut self, event: &TraceEvent) {
+        if self.evidence.len() < MAX_EVIDENCE {
+            self.evidence.push(evidence_line(event));
+        }
+    }
+}
+
+fn evidence_line(event: &TraceEvent) -> String {
+    let time = event.time.get(11..26).unwrap_or(&event.time);
+    let place = match (&event.netns_name, &event.ifname) {
+        (Some(ns), Some(dev)) => format!(" [ns {ns} dev {dev}]"),
+        (Some(ns), None) => format!(" [ns {ns}]"),
+        (None, Some(dev)) => format!(" [dev {dev}]"),
+        (None, None) => String::new(),
+    };
+    let location = match &event.what {
+        What::Drop { location, .. } => format!(" at {location}"),
+        _ => String::new(),
+    };
+    format!("{time} {} {}{location}{place}", event.kind_name(), summary(event))
+}
+
+/// A request delivered to a wildcard-bound socket: the address the client asked for.
+struct Request {
+    server: SocketAddr,
+    socket: String,
+    evidence: String,
+}
+
+/// Lists the UDP sockets of a network namespace (by inode); `None` when it cannot be entered.
+pub type SocketLister = Box<dyn Fn(u32) -> Option<Vec<(UdpSocketEntry, Option<String>)>>>;
+
+pub struct Diagnosis {
+    pub flows: FlowTable,
+    verdicts: Vec<Verdict>,
+    index: HashMap<(FlowKey, &'static str), usize>,
+    /// (client endpoint, server port) → request to a wildcard socket.
+    requests: HashMap<(SocketAddr, u16), Request>,
+    /// Datagrams (source, destination) already explained by a verdict.
+    explained: HashMap<(SocketAddr, SocketAddr), usize>,
+    history: VecDeque<TraceEvent>,
+    sockets: SocketLister,
+}
+
+impl Diagnosis {
+    pub fn new(sockets: SocketLister) -> Self {
+        Self {
+            flows: FlowTable::default(),
+            verdicts: Vec::new(),
+            index: HashMap::new(),
+            requests: HashMap::new(),
+            explained: HashMap::new(),
+            history: VecDeque::new(),
+            sockets,
+        }
+    }
+
+    /// Feeds one event to the rules.
+    pub fn observe(&mut self, event: &TraceEvent) {
+        self.flows.record(event);
+        match &event.what {
+            What::Deliver { socket } => self.on_deliver(event, socket),
+            What::Xmit => self.on_xmit(event),
+            What::Drop { reason, .. } => self.on_drop(event, reason),
+            What::Icmp { .. } | What::SockError { .. } | What::SendError { .. } | What::RecvError { .. } => {
+                self.attach_to_flow(event);
+            }
+            What::Send { .. } | What::Route { .. } | What::Recv => {}
+        }
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(event.clone());
+    }
+
+    /// Verdicts whose evidence has settled by `now_ns` (kernel monotonic time) and were not yet
+    /// emitted; `flush` emits all.
+    pub fn ready(&mut self, now_ns: u64, flush: bool) -> Vec<Verdict> {
+        let settle = SETTLE.as_nanos() as u64;
+        let mut ready = Vec::new();
+        for verdict in &mut self.verdicts {
+            if !verdict.emitted && (flush || now_ns >= verdict.first_ns + settle) {
+                verdict.emitted = true;
+                ready.push(verdict.clone());
+            }
+        }
+        ready
+    }
+
+    /// Every verdict with its final evidence and counts.
+    pub fn verdicts(&self) -> &[Verdict] {
+        &self.verdicts
+    }
+
+    /// Counts another occurrence on an open verdict; `false` when none is open.
+    fn bump(&mut self, key: FlowKey, code: &'static str, event: &TraceEvent) -> bool {
+        let Some(&index) = self.index.get(&(key, code)) else {
+            return false;
+        };
+        let verdict = &mut self.verdicts[index];
+        verdict.count += 1;
+        verdict.add_evidence(event);
+        true
+    }
+
+    fn verdict(
+        &mut self,
+        key: FlowKey,
+        code: &'static str,
+        event: &TraceEvent,
+        make: impl FnOnce() -> (String, Vec<String>, String),
+    ) -> usize {
+        if let Some(&index) = self.index.get(&(key, code)) {
+            let verdict = &mut self.verdicts[index];
+            verdict.count += 1;
+            verdict.add_evidence(event);
+            return index;
+        }
+        let (summary, evidence, fix) = make();
+        self.flows.mark(key, code);
+        self.verdicts.push(Verdict {
+            code,
+            // A socket-wide verdict (both ends the same) concerns every sender.
+            flow: if key.a == key.b { format!("* > {}", key.a) } else { key.to_string() },
+            summary,
+            evidence,
+            fix,
+            count: 1,
+            first_ns: event.ts_ns,
+            emitted: false,
+            key,
+        });
+        let index = self.verdicts.len() - 1;
+        self.index.insert((key, code), index);
+        index
+    }
+
+    /// Adds ICMP errors and socket errors to verdicts already open on their flow.
+    fn attach_to_flow(&mut self, event: &TraceEvent) {
+        let datagram = (canonical(event.source()), canonical(event.destination()));
+        if let Some(&index) = self.explained.get(&datagram) {
+            self.verdicts[index].add_evidence(event);
+            return;
+        }
+        let key = FlowKey::of(event);
+        for verdict in self.verdicts.iter_mut().filter(|v| v.key == key) {
+            verdict.add_evidence(event);
+        }
+    }
+
+    fn on_deliver(&mut self, event: &TraceEvent, socket: &crate::decode::SocketInfo) {
+        let wildcard = socket
+            .local
+            .parse::<SocketAddr>()
+            .is_ok_and(|local| local.ip().is_unspecified());
+        if wildcard && socket.peer.is_none() {
+            let owner = match (&socket.owner_comm, socket.owner_pid) {
+                (Some(comm), Some(pid)) => format!(" owned by {comm}[{pid}]"),
+                _ => String::new(),
+            };
+            self.requests.insert(
+                (canonical(event.source()), event.dport),
+                Request {
+                    server: canonical(event.destination()),
+                    socket: format!("{} (inode {}){owner}", socket.local, socket.inode),
+                    evidence: evidence_line(event),
+                },
+            );
+        }
+    }
+
+    /// reply_source_mismatch: a reply to a request that went to A:p leaves from B:p.
+    fn on_xmit(&mut self, event: &TraceEvent) {
+        let client = canonical(event.destination());
+        let Some(request) = self.requests.get(&(client, event.sport)) else {
+            return;
+        };
+        let replied_from = canonical(event.source());
+        if replied_from.ip() == request.server.ip() {
+            return;
+        }
+        let datagram = (replied_from, client);
+        if self.explained.contains_key(&datagram) {
+            // A later hop of a reply already counted (bridge, veth peer).
+            if let Some(&index) = self.explained.get(&datagram)
+                && event.tracked
+            {
+                self.verdicts[index].add_evidence(event);
+            }
+            return;
+        }
+        let key = FlowKey::new(client, request.server);
+        let route = self
+            .history
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(&e.what, What::Route { direction: "output", .. })
+                    && canonical(e.destination()) == client
+                    && e.sport == event.sport
+            })
+            .cloned();
+        let server = request.server;
+        let request_socket = request.socket.clone();
+        let request_evidence = request.evidence.clone();
+        let device = route.as_ref().and_then(|r| match &r.what {
+            What::Route { device, .. } => Some(device.clone()),
+            _ => None,
+        });
+        let index = self.verdict(key, REPLY_SOURCE_MISMATCH, event, || {
+            let why = device.as_ref().map_or_else(String::new, |device| {
+                format!(
+                    ": the route to {} goes out {device}, so the kernel chose {device}'s address as the source",
+                    client.ip()
+                )
+            });
+            let mut evidence = vec![request_evidence, evidence_line(event)];
+            if let Some(route) = &route {
+                evidence.push(evidence_line(route));
+            }
+            (
+                format!(
+                    "{client} sent to {server} but the reply came from {replied_from}: the server socket \
+                     {request_socket} is bound to the wildcard address and replied without choosing a \
+                     source{why}; {client} does not accept a reply from {}",
+                    replied_from.ip()
+                ),
+                evidence,
+                format!(
+                    "bind the server socket to {} (the address clients use), or receive the destination \
+                     address with IP_PKTINFO/IPV6_RECVPKTINFO and send the reply with sendmsg() carrying \
+                     it as the source",
+                    server.ip()
+                ),
+            )
+        });
+        self.explained.insert(datagram, index);
+    }
+
+    fn on_drop(&mut self, event: &TraceEvent, reason: &str) {
+        let datagram = (canonical(event.source()), canonical(event.destination()));
+        if let Some(&index) = self.explained.get(&datagram) {
+            self.verdicts[index].add_evidence(event);
+            return;
+        }
+        let key = FlowKey::of(event);
+        match reason {
+            "NO_SOCKET" => self.on_no_socket(event, key),
+            "NETFILTER_DROP" => {
+                let location = match &event.what {
+                    What::Drop { location, .. } => location.clone(),
+                    _ => String::new(),
+                };
+                self.verdict(key, FIREWALL_DROP, event, || {
+                    (
+                        format!(
+                            "a netfilter rule drops {} > {} in namespace {} (dropped at {location})",
+                            event.source(),
+                            event.destination(),
+                            namespace(event)
+                        ),
+                        vec![evidence_line(event)],
+                        format!(
+                            "find the rule with `nft list ruleset` (or `iptables-save`) in that namespace and \
+                             allow udp dport {}",
+                            event.dport
+                        ),
+                    )
+                });
+            }
+            "SOCKET_RCVBUFF" => {
+                // Keyed by the receiving socket: every sender's drops count together.
+                let key = FlowKey::new(event.destination(), event.destination());
+                if self.bump(key, RCVBUF_OVERFLOW, event) {
+                    return;
+                }
+                let sockets = (self.sockets)(event.netns).unwrap_or_default();
+                let socket = sockets
+                    .iter()
+                    .find(|(entry, _)| entry.accepts(event.source(), event.destination()))
+                    .map(|(entry, owner)| {
+                        format!(
+                            "{} (inode {}{}, {} bytes queued, {} drops counted by the socket)",
+                            entry.local,
+                            entry.inode,
+                            owner.as_ref().map_or_else(String::new, |o| format!(", owned by {o}")),
+                            entry.rx_queue,
+                            entry.drops
+                        )
+                    })
+                    .unwrap_or_else(|| event.destination().to_string());
+                self.verdict(key, RCVBUF_OVERFLOW, event, || {
+                    (
+                        format!(
+                            "socket {socket} in namespace {} drops datagrams: its receive buffer is full \
+                             (the process does not read fast enough)",
+                            namespace(event)
+                        ),
+                        vec![evidence_line(event)],
+                        "read faster (more threads, recvmmsg), or raise the buffer: setsockopt SO_RCVBUF \
+                         (capped by net.core.rmem_max) or SO_RCVBUFFORCE"
+                            .into(),
+                    )
+                });
+            }
+            "IP_RPFILTER" => {
+                self.verdict(key, RP_FILTER_DROP, event, || {
+                    (
+                        format!(
+                            "reverse-path filtering drops {} > {} on {}: the route back to {} does not \
+                             leave through the interface it arrived on",
+                            event.source(),
+                            event.destination(),
+                            event.ifname.as_deref().unwrap_or("?"),
+                            event.saddr
+                        ),
+                        vec![evidence_line(event)],
+                        "set net.ipv4.conf.<dev>.rp_filter=2 (loose) on multi-homed hosts, or fix the routes"
+                            .into(),
+                    )
+                });
+            }
+            "UDP_CSUM" => {
+                self.verdict(key, CHECKSUM_ERROR, event, || {
+                    (
+                        format!("{} > {} arrives with a bad UDP checksum", event.source(), event.destination()),
+                        vec![evidence_line(event)],
+                        "check the sender's checksum offload (ethtool -K DEV tx off) and anything rewriting \
+                         the packet on the way"
+                            .into(),
+                    )
+                });
+            }
+            _ => {}
+        }
+    }
+
+    /// NO_SOCKET: a socket on the port that does not accept the datagram, a NAT reply that
+    /// conntrack did not map back, or nothing listening at all.
+    fn on_no_socket(&mut self, event: &TraceEvent, key: FlowKey) {
+        // Listing sockets costs a namespace switch and a /proc read: once per flow, not per drop.
+        if [CONNECTED_SOCKET_MISMATCH, NAT_REPLY_MISMATCH, PORT_UNREACHABLE]
+            .into_iter()
+            .any(|code| self.bump(key, code, event))
+        {
+            return;
+        }
+        let sockets = (self.sockets)(event.netns).unwrap_or_default();
+        let on_port: Vec<_> = sockets
+            .iter()
+            .filter(|(entry, _)| entry.local.port() == event.dport)
+            .collect();
+        if let Some((entry, owner)) = on_port
+            .iter()
+            .find(|(entry, _)| entry.mismatch(event.source(), event.destination()).is_some())
+        {
+            let why = entry
+                .mismatch(event.source(), event.destination())
+                .unwrap_or_default();
+            let socket = format!(
+                "{}{} (inode {}{})",
+                entry.local,
+                entry.peer.map_or_else(String::new, |peer| format!(" connected to {peer}")),
+                entry.inode,
+                owner.as_ref().map_or_else(String::new, |o| format!(", owned by {o}"))
+            );
+            self.verdict(key, CONNECTED_SOCKET_MISMATCH, event, || {
+                (
+                    format!(
+                        "{} > {} is dropped (NO_SOCKET) although socket {socket} exists on port {}: {why}",
+                        event.source(),
+                        event.destination(),
+                        event.dport
+                    ),
+                    vec![evidence_line(event), format!("socket {socket} in namespace {}", namespace(event))],
+                    format!(
+                        "do not connect() a server socket (netcat -u -l does after the first datagram), \
+                         or bind it to the address clients use ({})",
+                        event.daddr
+                    ),
+                )
+            });
+            return;
+        }
+        if let Some((expected, conntrack)) = self.nat_expectation(event) {
+            self.verdict(key, NAT_REPLY_MISMATCH, event, || {
+                (
+                    format!(
+                        "the reply {} > {} reaches namespace {} but conntrack expected the reply to come \
+                         from {expected} ({conntrack}); it is not translated back and dies NO_SOCKET",
+                        event.source(),
+                        event.destination(),
+                        namespace(event)
+                    ),
+                    vec![evidence_line(event)],
+                    format!(
+                        "make the reply come from {expected}: the server (or its userland proxy) must answer \
+                         from the address the client's NAT sent to — disable the userland proxy \
+                         (dockerd --userland-proxy=false) or bind/answer with IP_PKTINFO"
+                    ),
+                )
+            });
+            return;
+        }
+        let icmp = self
+            .history
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(e.what, What::Icmp { .. })
+                    && e.source() == event.source()
+                    && e.destination() == event.destination()
+            })
+            .map(evidence_line);
+        self.verdict(key, PORT_UNREACHABLE, event, || {
+            let mut evidence = vec![evidence_line(event)];
+            evidence.extend(icmp);
+            (
+                format!(
+                    "nothing listens on {} in namespace {}: {} gets NO_SOCKET drops and ICMP port \
+                     unreachable (ECONNREFUSED on a connected client socket)",
+                    event.destination(),
+                    namespace(event),
+                    event.source()
+                ),
+                evidence,
+                format!(
+                    "start the service on port {} (check `ss -uanp` in that namespace), or point the client \
+                     at the right address and port",
+                    event.dport
+                ),
+            )
+        });
+    }
+
+    /// A datagram that left this namespace earlier with a conntrack entry whose reply goes to
+    /// the dropped datagram's destination, but from another source: the reply conntrack was
+    /// waiting for, and the one that came.
+    fn nat_expectation(&self, event: &TraceEvent) -> Option<(String, String)> {
+        let destination = event.destination().to_string();
+        let source = event.source().to_string();
+        self.history.iter().rev().find_map(|earlier| {
+            let conntrack = earlier.conntrack.as_ref()?;
+            if earlier.netns != event.netns {
+                return None;
+            }
+            let (reply_from, reply_to) = conntrack.reply.split_once(" > ")?;
+            (reply_to == destination && reply_from != source).then(|| {
+                (
+                    reply_from.to_owned(),
+                    format!("original {}, reply {}", conntrack.original, conntrack.reply),
+                )
+            })
+        })
+    }
+}
+
+fn namespace(event: &TraceEvent) -> String {
+    event
+        .netns_name
+        .clone()
+        .unwrap_or_else(|| event.netns.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::decode::{Conntrack, SocketInfo};
+
+    fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
+        let src: SocketAddr = src.parse().unwrap();
+        let dst: SocketAddr = dst.parse().unwrap();
+        TraceEvent {
+            time: "2026-11-22T12:00:00.000000Z".into(),
+            ts_ns,
+            what,
+            probe: "tp_btf",
+            netns: 7,
+            netns_name: Some("host".into()),
+            ifindex: None,
+            ifname: None,
+            pid: None,
+            comm: None,
+            skb: Some(format!("{ts_ns:#x}")),
+            tracked: false,
+            conntrack: None,
+            family: "ipv4",
+            saddr: src.ip(),
+            sport: src.port(),
+            daddr: dst.ip(),
+            dport: dst.port(),
+        }
+    }
+
+    fn drop(reason: &str) -> What {
+        What::Drop {
+            reason: reason.into(),
+            location: "__udp4_lib_rcv+0x2cd".into(),
+        }
+    }
+
+    fn wildcard_socket() -> SocketInfo {
+        SocketInfo {
+            local: "0.0.0.0:4000".into(),
+            peer: None,
+            inode: 99,
+            owner_pid: Some(42),
+            owner_comm: Some("server".into()),
+        }
+    }
+
+    fn no_sockets() -> SocketLister {
+        Box::new(|_| Some(Vec::new()))
+    }
+
+    fn codes(diagnosis: &mut Diagnosis) -> Vec<&'static str> {
+        diagnosis.ready(u64::MAX, true).iter().map(|v| v.code).collect()
+    }
+
+    #[test]
+    fn wildcard_server_replying_from_another_address() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let client = "198.51.100.2:40000";
+        diagnosis.observe(&event(What::Deliver { socket: wildcard_socket() }, client, "192.0.2.1:4000", 1));
+        diagnosis.observe(&event(
+            What::Route {
+                direction: "output",
+                device: "br0".into(),
+                gateway: None,
+                table: 254,
+                error: None,
+            },
+            "0.0.0.0:4000",
+            client,
+            2,
+        ));
+        diagnosis.observe(&event(What::Xmit, "198.51.100.1:4000", client, 3));
+        // The client's connected socket drops it: explained by the same verdict, not another.
+        diagnosis.observe(&event(drop("NO_SOCKET"), "198.51.100.1:4000", client, 4));
+        assert!(diagnosis.ready(4, false).is_empty(), "held back while evidence settles");
+        let verdicts = diagnosis.ready(4 + SETTLE.as_nanos() as u64, false);
+        assert_eq!(verdicts.len(), 1);
+        let verdict = &verdicts[0];
+        assert_eq!(verdict.code, REPLY_SOURCE_MISMATCH);
+        assert!(verdict.summary.contains("sent to 192.0.2.1:4000"), "{}", verdict.summary);
+        assert!(verdict.summary.contains("came from 198.51.100.1:4000"), "{}", verdict.summary);
+        assert!(verdict.summary.contains("route to 198.51.100.2 goes out br0"), "{}", verdict.summary);
+        assert!(verdict.summary.contains("owned by server[42]"), "{}", verdict.summary);
+        assert!(verdict.fix.contains("IP_PKTINFO"));
+        assert_eq!(verdict.evidence.len(), 4, "{:#?}", verdict.evidence);
+        assert!(diagnosis.ready(u64::MAX, true).is_empty(), "emitted once");
+    }
+
+    #[test]
+    fn replies_from_the_requested_address_are_healthy() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let client = "198.51.100.2:40000";
+        diagnosis.observe(&event(What::Deliver { socket: wildcard_socket() }, client, "192.0.2.1:4000", 1));
+        diagnosis.observe(&event(What::Xmit, "192.0.2.1:4000", client, 2));
+        diagnosis.observe(&event(What::Recv, "192.0.2.1:4000", client, 3));
+        assert!(codes(&mut diagnosis).is_empty());
+    }
+
+    #[test]
+    fn closed_port_ties_drop_icmp_and_econnrefused() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let (client, server) = ("192.0.2.1:40000", "192.0.2.2:4000");
+        diagnosis.observe(&event(
+            What::Icmp {
+                icmp_type: 3,
+                icmp_code: 3,
+                meaning: "port-unreachable",
+            },
+            client,
+            server,
+            1,
+        ));
+        diagnosis.observe(&event(drop("NO_SOCKET"), client, server, 2));
+        diagnosis.observe(&event(
+            What::SockError {
+                errno: "ECONNREFUSED".into(),
+                code: 111,
+            },
+            client,
+            server,
+            3,
+        ));
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(verdicts[0].code, PORT_UNREACHABLE);
+        let evidence = verdicts[0].evidence.join("\n");
+        assert!(evidence.contains("NO_SOCKET"));
+        assert!(evidence.contains("port-unreachable"));
+        assert!(evidence.contains("ECONNREFUSED"));
+    }
+
+    #[test]
+    fn a_connected_socket_on_the_port_is_named() {
+        let sockets: SocketLister = Box::new(|netns| {
+            assert_eq!(netns, 7);
+            Some(vec![(
+                UdpSocketEntry {
+                    local: "198.51.100.1:4000".parse().unwrap(),
+                    peer: Some("198.51.100.2:40000".parse().unwrap()),
+                    rx_queue: 0,
+                    inode: 5,
+                    drops: 0,
+                },
+                Some("nc[77]".into()),
+            )])
+        });
+        let mut diagnosis = Diagnosis::new(sockets);
+        diagnosis.observe(&event(drop("NO_SOCKET"), "198.51.100.2:40000", "192.0.2.1:4000", 1));
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(verdicts[0].code, CONNECTED_SOCKET_MISMATCH);
+        assert!(verdicts[0].summary.contains("connected to 198.51.100.2:40000"));
+        assert!(verdicts[0].summary.contains("nc[77]"));
+        assert!(verdicts[0].summary.contains("bound to 198.51.100.1 but the datagram is addressed to 192.0.2.1"));
+    }
+
+    #[test]
+    fn nat_reply_from_the_wrong_source() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let mut outgoing = event(What::Xmit, "198.51.100.2:40000", "203.0.113.1:4000", 1);
+        outgoing.conntrack = Some(Conntrack {
+            original: "198.51.100.2:40000 > 203.0.113.1:4000".into(),
+            reply: "203.0.113.1:4000 > 192.0.2.3:40000".into(),
+            status: 0,
+        });
+        diagnosis.observe(&outgoing);
+        diagnosis.observe(&event(drop("NO_SOCKET"), "192.0.2.2:4000", "192.0.2.3:40000", 2));
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(verdicts[0].code, NAT_REPLY_MISMATCH);
+        assert!(verdicts[0].summary.contains("expected the reply to come from 203.0.113.1:4000"));
+    }
+
+    #[test]
+    fn firewall_and_rcvbuf_drops() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        diagnosis.observe(&event(drop("NETFILTER_DROP"), "192.0.2.1:1", "192.0.2.2:5000", 1));
+        for ts in 2..12 {
+            let sender = format!("192.0.2.1:{}", 1000 + ts);
+            diagnosis.observe(&event(drop("SOCKET_RCVBUFF"), &sender, "192.0.2.2:6000", ts));
+        }
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        let codes: Vec<_> = verdicts.iter().map(|v| (v.code, v.count)).collect();
+        assert_eq!(codes, [(FIREWALL_DROP, 1), (RCVBUF_OVERFLOW, 10)]);
+        assert_eq!(verdicts[1].flow, "* > 192.0.2.2:6000");
+    }
+
+    #[test]
+    fn flows_count_both_directions_once_per_packet() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let mut request = event(What::Xmit, "192.0.2.1:1000", "192.0.2.2:53", 1);
+        diagnosis.observe(&request);
+        request.what = What::Recv;
+        diagnosis.observe(&request);
+        diagnosis.observe(&event(What::Xmit, "192.0.2.2:53", "192.0.2.1:1000", 2));
+        let flows = diagnosis.flows.sorted();
+        assert_eq!(flows.len(), 1);
+        let (key, flow) = flows[0];
+        assert_eq!(key.a, "192.0.2.1:1000".parse().unwrap());
+        assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (1, 1));
+        assert!(IpAddr::from([192, 0, 2, 1]) == key.a.ip());
+    }
+}
