@@ -21,3 +21,4 @@ pub mod stream;
 pub mod procs;
 pub mod sockets;
 pub mod flows;
+pub mod kernel;

@@ -41,7 +41,7 @@ impl Processes {
     }
 
     /// The name of network namespace `inode`: its /run/netns name, `init` for the namespace
-    /// of PID 1, else `pid:COMM` of a process inside it (a container's namespace has no
+    /// of PID 1, `host` for udptrace's own, else `pid:COMM` of a process inside it (a container's namespace has no
     /// /run/netns entry).
     pub fn netns_name(&self, inode: u32) -> Option<String> {
         if inode == 0 {
@@ -84,11 +84,15 @@ fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
             }
         }
     }
-    if let Ok(metadata) = fs::metadata(proc_root.join("1/ns/net")) {
-        cache
-            .netns
-            .entry(metadata.ino() as u32)
-            .or_insert_with(|| "init".into());
+    // PID 1's namespace link may be unreadable (sandboxes): udptrace's own, usually the
+    // host's, is named `host`.
+    for (link, name) in [("1/ns/net", "init"), ("self/ns/net", "host")] {
+        if let Ok(metadata) = fs::metadata(proc_root.join(link)) {
+            cache
+                .netns
+                .entry(metadata.ino() as u32)
+                .or_insert_with(|| name.into());
+        }
     }
     let Ok(processes) = fs::read_dir(proc_root) else {
         return;

@@ -63,8 +63,18 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    /// Accounts `event` to its flow and returns the flow's key.
-    pub fn record(&mut self, event: &TraceEvent) -> FlowKey {
+    /// Accounts `event` to its flow. Route lookups (the source may still be unchosen) and
+    /// sends on unconnected sockets (no peer) name no complete flow: their datagram is counted
+    /// at its hops instead.
+    pub fn record(&mut self, event: &TraceEvent) {
+        let incomplete = match &event.what {
+            What::Route { .. } => true,
+            What::Send { socket, .. } => socket.peer.is_none(),
+            _ => false,
+        };
+        if incomplete {
+            return;
+        }
         let key = FlowKey::of(event);
         let flow = self.flows.entry(key).or_default();
         let forward = canonical(event.source()) == key.a;
@@ -101,7 +111,6 @@ impl FlowTable {
         {
             flow.processes.insert(format!("{comm}[{pid}]"));
         }
-        key
     }
 
     /// Records a verdict on a flow; socket-wide verdicts (`a == b`) belong to no single flow.

@@ -1,0 +1,4 @@
+//! Root integration tests: the real binary, real BPF programs, real namespaces and packets.
+//! One test binary so that the helpers in `common` are shared without duplication.
+
+mod common;
