@@ -22,3 +22,4 @@ pub mod procs;
 pub mod sockets;
 pub mod flows;
 pub mod kernel;
+pub mod filter;

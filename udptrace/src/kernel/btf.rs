@@ -49,7 +49,6 @@ struct Type {
     kind: u32,
     kind_flag: bool,
     vlen: usize,
-    name_off: u32,
     /// `size` for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, `type` for the others.
     size_or_type: u32,
     /// Byte offset of the kind-specific data that follows the common header.
@@ -115,7 +114,6 @@ impl Btf {
                 kind: 0,
                 kind_flag: false,
                 vlen: 0,
-                name_off: 0,
                 size_or_type: 0,
                 data: 0,
             }],
@@ -156,7 +154,6 @@ impl Btf {
                 kind,
                 kind_flag: info >> 31 == 1,
                 vlen,
-                name_off,
                 size_or_type,
                 data,
             });
