@@ -23,3 +23,5 @@ pub mod sockets;
 pub mod flows;
 pub mod kernel;
 pub mod filter;
+pub mod lab;
+pub mod lab_command;

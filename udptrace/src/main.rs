@@ -1,12 +1,12 @@
 //! `udptrace`: see the crate docs in lib.rs and README.md.
 
-use std::{io::IsTerminal as _, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use udptrace::{
-    cli::{Cli, Command, OutputArgs, TraceArgs},
-    doctor, lab_command,
-    render::{Output, json::JsonOutput, text::TextOutput},
+    cli::{Cli, Command, TraceArgs},
+    doctor,
+    lab_command::{self, output_for},
     session::{TraceConfig, Tracer},
     shutdown::stop_signal,
 };
@@ -33,16 +33,6 @@ async fn main() -> ExitCode {
             eprintln!("udptrace: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// The output chosen on the command line; text is coloured only on a terminal without NO_COLOR.
-pub fn output_for(args: &OutputArgs) -> Box<dyn Output> {
-    if args.json {
-        Box::new(JsonOutput::new(std::io::stdout()))
-    } else {
-        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Box::new(TextOutput::new(std::io::stdout(), colour))
     }
 }
 
