@@ -239,11 +239,11 @@ impl Diagnosis {
             return;
         }
         let datagram = (replied_from, client);
-        if self.explained.contains_key(&datagram) {
-            // A later hop of a reply already counted (bridge, veth peer).
-            if let Some(&index) = self.explained.get(&datagram)
-                && event.tracked
-            {
+        if let Some(&index) = self.explained.get(&datagram) {
+            // Another reply counts; a later hop of one already counted (bridge, veth peer)
+            // does not.
+            if !event.tracked {
+                self.verdicts[index].count += 1;
                 self.verdicts[index].add_evidence(event);
             }
             return;
@@ -596,6 +596,10 @@ mod tests {
             2,
         ));
         diagnosis.observe(&event(What::Xmit, "198.51.100.1:4000", client, 3));
+        // The same reply at its next hop (bridge port) is not another reply.
+        let mut next_hop = event(What::Xmit, "198.51.100.1:4000", client, 3);
+        next_hop.tracked = true;
+        diagnosis.observe(&next_hop);
         // The client's connected socket drops it: explained by the same verdict, not another.
         diagnosis.observe(&event(drop("NO_SOCKET"), "198.51.100.1:4000", client, 4));
         assert!(diagnosis.ready(4, false).is_empty(), "held back while evidence settles");
@@ -609,7 +613,10 @@ mod tests {
         assert!(verdict.summary.contains("owned by server[42]"), "{}", verdict.summary);
         assert!(verdict.fix.contains("IP_PKTINFO"));
         assert_eq!(verdict.evidence.len(), 4, "{:#?}", verdict.evidence);
+        assert_eq!(verdict.count, 1);
         assert!(diagnosis.ready(u64::MAX, true).is_empty(), "emitted once");
+        diagnosis.observe(&event(What::Xmit, "198.51.100.1:4000", client, 5));
+        assert_eq!(diagnosis.verdicts()[0].count, 2, "a second reply counts");
     }
 
     #[test]

@@ -129,7 +129,8 @@ impl Netns {
     pub fn snmp(&self, group: &'static str, counter: &'static str) -> anyhow::Result<u64> {
         self.enter(move || {
             let v6 = group.ends_with('6');
-            let text = std::fs::read_to_string(if v6 { "/proc/net/snmp6" } else { "/proc/net/snmp" })?;
+            // thread-self: /proc/net follows the thread group leader, not this thread.
+            let text = std::fs::read_to_string(if v6 { "/proc/thread-self/net/snmp6" } else { "/proc/thread-self/net/snmp" })?;
             snmp_counter(&text, group, counter)
                 .with_context(|| format!("no counter {group} {counter}"))
         })
