@@ -216,9 +216,12 @@ pub enum Counter {
     Lost = 3,
     /// A kernel memory read failed, the event was abandoned.
     ReadErrors = 4,
+    /// Of `Lost`, the drop events: with the drops delivered they give exact drop counts even
+    /// when the ring overflows.
+    DropsLost = 5,
 }
 
-pub const COUNTER_COUNT: u32 = 5;
+pub const COUNTER_COUNT: u32 = 6;
 
 impl Counter {
     pub const ALL: [Self; COUNTER_COUNT as usize] = [
@@ -227,6 +230,7 @@ impl Counter {
         Self::Submitted,
         Self::Lost,
         Self::ReadErrors,
+        Self::DropsLost,
     ];
 }
 

@@ -46,8 +46,11 @@ pub enum Context {
 /// Packet tracking: once a datagram's skb matched the filter at a hop, later events about the
 /// same skb are reported even when its tuple no longer matches (NAT), flagged `FLAG_TRACKED`.
 /// Tracking starts at hops (`Xmit`, `Recv`) and ends when the skb is freed (`Drop` here,
-/// `consume_skb` in `hooks::path`); the map is an LRU so it can never fill up with entries a
-/// missed free left behind.
+/// `consume_skb` in `hooks::path`) or delivered (`Deliver`: UDP frees delivered datagrams
+/// with `__consume_stateless_skb`, which has no tracepoint). Two guards against following a
+/// reused skb address: an entry not refreshed for `TRACK_STALE_NS` is ignored (a datagram
+/// crosses the stack in micro- to milliseconds), and the map is an LRU, so entries a missed
+/// free left behind can never fill it.
 #[inline(always)]
 pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context: Context, skb: u64) {
     count(Counter::Seen);
@@ -58,8 +61,9 @@ pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context:
     };
     let header = &mut event.header;
     header.pid = (pid_tgid >> 32) as u32;
-    // SAFETY: map lookups return pointers into map memory we only test for presence.
-    let tracked = skb != 0 && unsafe { TRACKED.get(&skb) }.is_some();
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let tracked = skb != 0 && is_tracked(skb, now);
     if !selected(header.netns, header.ifindex, header.pid, context)
         || !(tracked || FILTER.matches(&event.tuple, kind == EventKind::IcmpError))
     {
@@ -67,12 +71,13 @@ pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context:
         return;
     }
     match kind {
-        EventKind::Xmit | EventKind::Recv if !tracked => {
-            // A full map evicts its least recently used entry: insertion cannot fail for
-            // lack of room, and a failed insert only means later hops go unreported.
-            let _ = TRACKED.insert(&skb, &0, 0);
+        EventKind::Xmit | EventKind::Recv => {
+            // Start following, or refresh. A full map evicts its least recently used entry:
+            // insertion cannot fail for lack of room, and a failed insert only means later
+            // hops go unreported.
+            let _ = TRACKED.insert(&skb, &now, 0);
         }
-        EventKind::Drop if tracked => {
+        EventKind::Drop | EventKind::Deliver if tracked => {
             let _ = TRACKED.remove(&skb);
         }
         _ => {}
@@ -103,7 +108,21 @@ pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context:
         count(Counter::Submitted);
     } else {
         count(Counter::Lost);
+        if kind == EventKind::Drop {
+            count(Counter::DropsLost);
+        }
     }
+}
+
+/// A datagram older than this at a hop is not the one that was followed: the skb address
+/// was reused.
+const TRACK_STALE_NS: u64 = 1_000_000_000;
+
+/// Whether `skb` is being followed (and was seen recently).
+#[inline(always)]
+pub fn is_tracked(skb: u64, now: u64) -> bool {
+    // SAFETY: the pointer is into map memory, read once.
+    unsafe { TRACKED.get(&skb) }.is_some_and(|seen| now.wrapping_sub(*seen) < TRACK_STALE_NS)
 }
 
 /// `--netns`, `-i` and `--pid`; a selector only rejects events that carry the information.

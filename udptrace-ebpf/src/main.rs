@@ -47,9 +47,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
-/// skbs of datagrams that matched the filter at some hop, followed until freed (see `emit`).
+/// skbs of datagrams that matched the filter at some hop → when last seen (ktime ns);
+/// followed until freed, delivered or stale (see `emit`).
 #[map(name = "TRACKED")]
-static TRACKED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
+static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
 /// only the socket, can say which datagram was delivered (see `hooks::path`).

@@ -239,6 +239,7 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
     stats.filtered_in_kernel = counters.get(Counter::FilteredOut);
     stats.submitted = counters.get(Counter::Submitted);
     stats.lost = counters.get(Counter::Lost);
+    stats.drops_lost = counters.get(Counter::DropsLost);
     stats.kernel_read_errors = counters.get(Counter::ReadErrors);
 }
 

@@ -16,6 +16,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
+    helpers::generated::bpf_ktime_get_ns,
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
@@ -29,7 +30,7 @@ use udptrace_common::{
 
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
-    emit::{Context, scratch, submit},
+    emit::{Context, is_tracked, scratch, submit},
     hooks::{classic_args, finish, icmp},
     kernel::{self, ReadError, read},
 };
@@ -121,8 +122,8 @@ fn hop(skb: u64, net: &kernel::Network, kind: EventKind, mechanism: Mechanism) -
     submit(event, kind, mechanism, context, skb);
     if kind == EventKind::Recv {
         // Remember it for sk_data_ready only when it is being followed (reported above).
-        // SAFETY: map lookups return pointers into map memory.
-        if unsafe { TRACKED.get(&skb) }.is_some()
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        if is_tracked(skb, unsafe { bpf_ktime_get_ns() })
             && let Some(slot) = CURRENT_RX.get_ptr_mut(0)
         {
             // SAFETY: this CPU's slot.

@@ -23,6 +23,8 @@ pub struct Stats {
     pub submitted: u64,
     /// Not written: the ring buffer was full.
     pub lost: u64,
+    /// Of `lost`, drop events (delivered drops + this = every drop the kernel made).
+    pub drops_lost: u64,
     /// Abandoned in the kernel because a read of kernel memory failed.
     pub kernel_read_errors: u64,
     /// Records userspace could not decode.

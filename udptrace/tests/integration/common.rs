@@ -8,7 +8,7 @@
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -25,8 +25,13 @@ pub fn require_root() {
     );
 }
 
+/// Traces run one at a time: each sees every namespace, and the lab scenarios reuse their
+/// ports, so two at once would see each other's events.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A running `udptrace --json` whose stdout lines are collected in the background.
 pub struct Trace {
+    _serial: MutexGuard<'static, ()>,
     child: Child,
     lines: mpsc::Receiver<Value>,
     pub records: Vec<Value>,
@@ -36,6 +41,7 @@ impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
         require_root();
+        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
             .arg("--json")
             .args(args)
@@ -56,6 +62,7 @@ impl Trace {
             }
         });
         let mut trace = Self {
+            _serial: serial,
             child,
             lines,
             records: Vec::new(),
@@ -98,7 +105,7 @@ impl Trace {
             self.records.iter().any(|r| r["type"] == "stats"),
             "no stats record at exit"
         );
-        self.records
+        std::mem::take(&mut self.records)
     }
 }
 

@@ -2,3 +2,8 @@
 //! One test binary so that the helpers in `common` are shared without duplication.
 
 mod common;
+mod doctor;
+mod drops;
+mod filters;
+mod path;
+mod verdicts;

@@ -1,0 +1,130 @@
+//! Issue 2's acceptance: drops with reasons and locations, ICMP errors, socket errors, over
+//! IPv4 and IPv6, through each attach mechanism; loss accounting under a burst.
+
+use serde_json::Value;
+use udptrace::lab::scenarios::{self, Lab, Outcome};
+
+use crate::common::{Trace, events, stats};
+
+/// Builds a scenario, traces it with `args` + `port <its port>`, returns lab, outcome, records.
+pub fn traced(name: &str, args: &[&str]) -> (Lab, Outcome, Vec<Value>) {
+    let scenario = scenarios::find(name).unwrap();
+    let lab = scenario.setup().expect("lab setup");
+    let port = scenario.port().to_string();
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["port", &port]);
+    let trace = Trace::start(&all);
+    let outcome = scenario.exercise(&lab).expect("exercise");
+    let records = trace.stop();
+    (lab, outcome, records)
+}
+
+fn assert_closed_port(name: &str, args: &[&str], v6: bool) {
+    let (lab, outcome, records) = traced(name, args);
+    let client = outcome.client.local.unwrap();
+    assert!(outcome.client.errors.contains(&libc::ECONNREFUSED));
+    let drops = events(&records, "drop");
+    let drop = drops
+        .iter()
+        .find(|d| d["reason"] == "NO_SOCKET")
+        .unwrap_or_else(|| panic!("{name} {args:?}: no NO_SOCKET drop in {records:#?}"));
+    let function = if v6 { "__udp6_lib_rcv+" } else { "__udp4_lib_rcv+" };
+    assert!(drop["location"].as_str().unwrap().starts_with(function), "{drop}");
+    assert_eq!(drop["saddr"], client.ip().to_string());
+    assert_eq!(drop["sport"], client.port());
+    assert_eq!(drop["daddr"], lab.target.ip().to_string());
+    assert_eq!(drop["dport"], lab.target.port());
+    assert_eq!(drop["netns"], lab.server.inode, "dropped in the server's namespace");
+    assert_eq!(drop["ifname"], "eth0");
+    let icmp = events(&records, "icmp");
+    let icmp = icmp.first().unwrap_or_else(|| panic!("{name} {args:?}: no icmp event"));
+    let (icmp_type, code) = if v6 { (1, 4) } else { (3, 3) };
+    assert_eq!((icmp["icmp_type"].as_u64(), icmp["icmp_code"].as_u64()), (Some(icmp_type), Some(code)));
+    assert_eq!(icmp["saddr"], client.ip().to_string(), "the ICMP error names the original datagram");
+    assert_eq!(icmp["dport"], lab.target.port());
+    if !args.contains(&"tracepoint") {
+        // sock:inet_sk_error_report has no classic form udptrace can use (no socket pointer).
+        let refused = events(&records, "sock_error");
+        let refused = refused.first().unwrap_or_else(|| panic!("{name}: no sock_error"));
+        assert_eq!(refused["errno"], "ECONNREFUSED");
+        assert_eq!(refused["saddr"], client.ip().to_string());
+        assert_eq!(refused["daddr"], lab.target.ip().to_string());
+        assert_eq!(refused["netns"], lab.client.inode);
+    }
+    let process_errors: Vec<_> = events(&records, "recv_error")
+        .into_iter()
+        .chain(events(&records, "send_error"))
+        .collect();
+    assert!(
+        process_errors.iter().any(|e| e["errno"] == "ECONNREFUSED" && e["pid"] == std::process::id()),
+        "the ECONNREFUSED reaches the client process: {process_errors:#?}"
+    );
+}
+
+#[test]
+fn closed_port_ipv4() {
+    assert_closed_port("closed-port", &[], false);
+}
+
+#[test]
+fn closed_port_ipv6() {
+    assert_closed_port("closed-port-v6", &[], true);
+}
+
+#[test]
+fn closed_port_through_raw_tracepoints() {
+    assert_closed_port("closed-port", &["--probes", "raw-tp"], false);
+}
+
+#[test]
+fn closed_port_through_classic_tracepoints() {
+    assert_closed_port("closed-port-v6", &["--probes", "tracepoint"], true);
+}
+
+#[test]
+fn firewalled_port_is_a_netfilter_drop() {
+    let (lab, _, records) = traced("firewalled-port", &[]);
+    let drops = events(&records, "drop");
+    assert!(!drops.is_empty());
+    assert!(drops.iter().all(|d| d["reason"] == "NETFILTER_DROP"), "{drops:#?}");
+    assert!(drops.iter().all(|d| d["netns"] == lab.server.inode));
+}
+
+#[test]
+fn receive_buffer_overflow_is_accounted_exactly() {
+    // A one-page ring cannot hold the burst's events: what is not delivered is counted as
+    // lost, and delivered drops + lost drops equal the kernel's own counter.
+    let (_lab, outcome, records) = traced("rcvbuf-overflow", &["--ring-size", "4096"]);
+    let kernel_drops = outcome.rcvbuf_errors.unwrap();
+    assert!(kernel_drops > 0);
+    let reported = events(&records, "drop")
+        .iter()
+        .filter(|d| d["reason"] == "SOCKET_RCVBUFF")
+        .count() as u64;
+    let stats = stats(&records);
+    let lost = stats["lost"].as_u64().unwrap();
+    assert!(lost > 0, "a 4 KiB ring cannot hold the burst: {stats}");
+    assert_eq!(
+        reported + stats["drops_lost"].as_u64().unwrap(),
+        kernel_drops,
+        "delivered + lost SOCKET_RCVBUFF drops == the namespace's RcvbufErrors ({stats})"
+    );
+    let lost_records: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "lost")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(lost_records, lost, "every loss is reported in `lost` records");
+}
+
+#[test]
+fn receive_buffer_overflow_drop_count_matches_the_kernel() {
+    let (_lab, outcome, records) = traced("rcvbuf-overflow", &["--ring-size", "4194304"]);
+    let kernel_drops = outcome.rcvbuf_errors.unwrap();
+    let reported = events(&records, "drop")
+        .iter()
+        .filter(|d| d["reason"] == "SOCKET_RCVBUFF")
+        .count() as u64;
+    assert_eq!(stats(&records)["lost"], 0, "a 4 MiB ring holds the burst");
+    assert_eq!(reported, kernel_drops, "SOCKET_RCVBUFF drops == the namespace's RcvbufErrors");
+}

@@ -1,0 +1,108 @@
+//! Issue 3's acceptance: the filter is applied in the kernel, to every event kind.
+
+use std::{net::SocketAddr, time::Duration};
+
+use udptrace::lab::{
+    netns::{Netns, veth},
+    peers::{Server, ServerMode},
+};
+
+use crate::common::{Trace, stats};
+
+const PORT_A: u16 = 6101;
+const PORT_B: u16 = 6102;
+
+/// Two conversations at once between a client and a server namespace, on two ports.
+fn two_conversations(filter: &[&str]) -> Vec<serde_json::Value> {
+    let client = Netns::create("fclient").unwrap();
+    let server = Netns::create("fserver").unwrap();
+    veth(&client, "eth0", &server, "eth0").unwrap();
+    client.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]).unwrap();
+    server.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]).unwrap();
+    let trace = Trace::start(filter);
+    let servers: Vec<Server> = [PORT_A, PORT_B]
+        .iter()
+        .map(|port| {
+            let bind: SocketAddr = format!("203.0.113.2:{port}").parse().unwrap();
+            Server::start(&server, bind, ServerMode::Echo, Duration::from_millis(1_500)).unwrap()
+        })
+        .collect();
+    // Both clients at once, each on its own thread in the client namespace.
+    let handles: Vec<_> = [PORT_A, PORT_B]
+        .iter()
+        .map(|port| {
+            let target: SocketAddr = format!("203.0.113.2:{port}").parse().unwrap();
+            client
+                .spawn(move || {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                    socket.connect(target)?;
+                    socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+                    let mut replies = 0;
+                    let mut buffer = [0u8; 64];
+                    for _ in 0..10 {
+                        socket.send(b"filter test")?;
+                        if socket.recv(&mut buffer).is_ok() {
+                            replies += 1;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Ok(replies)
+                })
+                .unwrap()
+        })
+        .collect();
+    for handle in handles {
+        assert_eq!(handle.join().unwrap().unwrap(), 10, "every request answered");
+    }
+    for server in servers {
+        server.join().unwrap();
+    }
+    trace.stop()
+}
+
+fn ports_seen(records: &[serde_json::Value]) -> Vec<(u64, u64)> {
+    records
+        .iter()
+        .filter(|r| r["type"] == "event")
+        .map(|r| (r["sport"].as_u64().unwrap(), r["dport"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn port_selects_one_conversation_in_the_kernel() {
+    let records = two_conversations(&["port", &PORT_A.to_string()]);
+    let ports = ports_seen(&records);
+    assert!(ports.len() >= 40, "requests and replies of the first conversation: {ports:?}");
+    assert!(
+        ports.iter().all(|(s, d)| *s == u64::from(PORT_A) || *d == u64::from(PORT_A)),
+        "only port {PORT_A}: {ports:?}"
+    );
+    let stats = stats(&records);
+    assert!(
+        stats["filtered_in_kernel"].as_u64().unwrap() >= 40,
+        "the other conversation was filtered out in the kernel: {stats}"
+    );
+}
+
+#[test]
+fn not_port_selects_the_other() {
+    let records = two_conversations(&["not", "port", &PORT_A.to_string()]);
+    let ours: Vec<_> = ports_seen(&records)
+        .into_iter()
+        .filter(|(s, d)| [*s, *d].iter().any(|p| *p == u64::from(PORT_A) || *p == u64::from(PORT_B)))
+        .collect();
+    assert!(ours.len() >= 40, "{ours:?}");
+    assert!(ours.iter().all(|(s, d)| *s != u64::from(PORT_A) && *d != u64::from(PORT_A)), "{ours:?}");
+}
+
+#[test]
+fn icmp_errors_match_on_the_datagram_they_quote() {
+    let (_lab, _, records) = crate::drops::traced("closed-port", &["icmp", "and"]);
+    let kinds: Vec<_> = records
+        .iter()
+        .filter(|r| r["type"] == "event")
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(!kinds.is_empty());
+    assert!(kinds.iter().all(|k| *k == "icmp"), "`icmp and port P` shows only ICMP errors: {kinds:?}");
+}
