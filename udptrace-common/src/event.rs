@@ -78,7 +78,7 @@ pub struct Tuple {
     pub proto: u8,
     pub sport: u16,
     pub dport: u16,
-    pub _pad: u16,
+    pub padding: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
 }
@@ -91,10 +91,10 @@ pub struct EventHeader {
     pub version: u8,
     /// Which attach mechanism produced the event ([`Mechanism`] as u8).
     pub mechanism: u8,
-    pub _pad: u8,
+    pub padding: u8,
     /// CPU the hook ran on.
     pub cpu: u32,
-    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    /// `bpf_ktime_get_ns()`: `CLOCK_MONOTONIC`.
     pub ts_ns: u64,
     /// Address of the `struct sk_buff` (0 for socket events): correlates hops of one datagram.
     pub skb: u64,
@@ -126,7 +126,7 @@ pub struct EventDetail {
     pub icmp_code: u8,
     /// `FLAG_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 1],
+    pub padding: [u8; 1],
     /// Bytes sent ([`EventKind::Send`]).
     pub bytes: u32,
     /// Send and Deliver: the socket's own tuple (`saddr:sport` bound, `daddr:dport` connected

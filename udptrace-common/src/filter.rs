@@ -66,7 +66,7 @@ pub struct FilterInsn {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Filter {
     pub len: u32,
-    pub _pad: u32,
+    pub padding: u32,
     pub insns: [FilterInsn; FILTER_MAX_INSNS],
 }
 
@@ -74,7 +74,7 @@ impl Filter {
     /// The empty program: every event matches.
     pub const MATCH_ALL: Self = Self {
         len: 0,
-        _pad: 0,
+        padding: 0,
         insns: [FilterInsn {
             op: OP_TRUE,
             dir: 0,
@@ -88,6 +88,10 @@ impl Filter {
 
     /// Evaluates the program on an event about the datagram `tuple`; `icmp_error` is set when
     /// the event is an ICMP error quoting that datagram.
+    #[expect(
+        clippy::inline_always,
+        reason = "eBPF: one inlined body per program keeps the verifier's view and the stack small"
+    )]
     #[inline(always)]
     pub fn matches(&self, tuple: &Tuple, icmp_error: bool) -> bool {
         // SAFETY: plain reads of our own fields; volatile only to defeat constant folding.
@@ -125,6 +129,7 @@ impl Filter {
     }
 }
 
+#[expect(clippy::inline_always, reason = "eBPF, as `Filter::matches`")]
 #[inline(always)]
 fn leaf_matches(insn: &FilterInsn, tuple: &Tuple, icmp_error: bool) -> bool {
     match insn.op {
@@ -149,6 +154,7 @@ fn leaf_matches(insn: &FilterInsn, tuple: &Tuple, icmp_error: bool) -> bool {
 }
 
 /// Whether the first `insn.prefix_len` bits of `addr` equal those of `insn.addr`.
+#[expect(clippy::inline_always, reason = "eBPF, as `Filter::matches`")]
 #[inline(always)]
 fn prefix_matches(addr: &[u8; 16], insn: &FilterInsn) -> bool {
     let mut remaining = u32::from(insn.prefix_len);
@@ -183,7 +189,7 @@ pub struct Selectors {
     pub ifindex: u32,
     /// Thread-group id of the sending/receiving process (`--pid`).
     pub pid: u32,
-    pub _pad: u32,
+    pub padding: u32,
 }
 
 #[cfg(feature = "user")]

@@ -120,7 +120,7 @@ pub struct KernelOffsets {
     pub sk_err: u32,
     /// `sock.sk_socket`.
     pub sk_socket: u32,
-    /// `socket_alloc.vfs_inode`: the inode that follows a `struct socket` (SOCK_INODE()).
+    /// `socket_alloc.vfs_inode`: the inode that follows a `struct socket` (`SOCK_INODE()`).
     pub socket_inode: u32,
     /// `inode.i_ino`.
     pub inode_ino: u32,

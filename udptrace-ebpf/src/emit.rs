@@ -52,7 +52,13 @@ pub enum Context {
 /// crosses the stack in micro- to milliseconds), and the map is an LRU, so entries a missed
 /// free left behind can never fill it.
 #[inline(always)]
-pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context: Context, skb: u64) {
+pub fn submit(
+    event: &mut Event,
+    kind: EventKind,
+    mechanism: Mechanism,
+    context: Context,
+    skb: u64,
+) {
     count(Counter::Seen);
     let pid_tgid = if context == Context::Process {
         bpf_get_current_pid_tgid()
@@ -85,7 +91,14 @@ pub fn submit(event: &mut Event, kind: EventKind, mechanism: Mechanism, context:
     if tracked {
         event.detail.flags |= FLAG_TRACKED;
     }
-    if skb != 0 && kernel::conntrack(skb, &mut event.detail.ct_original, &mut event.detail.ct_reply, &mut event.detail.ct_status) {
+    if skb != 0
+        && kernel::conntrack(
+            skb,
+            &mut event.detail.ct_original,
+            &mut event.detail.ct_reply,
+            &mut event.detail.ct_status,
+        )
+    {
         event.detail.flags |= FLAG_CONNTRACK;
     }
     let header = &mut event.header;

@@ -220,7 +220,11 @@ pub fn conntrack(skb: u64, original: &mut Tuple, reply: &mut Tuple, status: &mut
     }
     *status = read(ct, offset(|o| &o.ct_status)).unwrap_or(0);
     ct_tuple(ct + u64::from(hash) + u64::from(tuple), original).is_ok()
-        && ct_tuple(ct + u64::from(hash) + u64::from(stride) + u64::from(tuple), reply).is_ok()
+        && ct_tuple(
+            ct + u64::from(hash) + u64::from(stride) + u64::from(tuple),
+            reply,
+        )
+        .is_ok()
 }
 
 #[inline(always)]

@@ -32,7 +32,7 @@ static SELECTORS: Selectors = Selectors {
     netns: 0,
     ifindex: 0,
     pid: 0,
-    _pad: 0,
+    padding: 0,
 };
 
 /// Every event; userspace sizes it with `--ring-size` before load.

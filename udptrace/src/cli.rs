@@ -91,7 +91,11 @@ pub struct TraceArgs {
     #[arg(long)]
     pub pid: Option<u32>,
     /// tcpdump-style filter expression.
-    #[arg(value_name = "FILTER", trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(
+        value_name = "FILTER",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub filter: Vec<String>,
 }
 
@@ -167,7 +171,8 @@ mod tests {
 
     #[test]
     fn subcommands_parse() {
-        let cli = Cli::try_parse_from(["udptrace", "lab", "run", "closed-port", "--trace"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["udptrace", "lab", "run", "closed-port", "--trace"]).unwrap();
         assert!(matches!(
             cli.command,
             Some(Command::Lab {
@@ -186,13 +191,19 @@ mod tests {
 
     #[test]
     fn netns_specs() {
-        assert_eq!(NetnsSpec::parse("4026531840"), NetnsSpec::Inode(4_026_531_840));
+        assert_eq!(
+            NetnsSpec::parse("4026531840"),
+            NetnsSpec::Inode(4_026_531_840)
+        );
         let pid = std::process::id();
         assert_eq!(
             NetnsSpec::parse(&pid.to_string()),
             NetnsSpec::Path(format!("/proc/{pid}/ns/net").into())
         );
-        assert_eq!(NetnsSpec::parse("blue"), NetnsSpec::Path("/run/netns/blue".into()));
+        assert_eq!(
+            NetnsSpec::parse("blue"),
+            NetnsSpec::Path("/run/netns/blue".into())
+        );
         assert_eq!(
             NetnsSpec::parse("/var/run/netns/x"),
             NetnsSpec::Path("/var/run/netns/x".into())

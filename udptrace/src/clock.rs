@@ -57,7 +57,7 @@ pub fn monotonic_ns() -> u64 {
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's
-/// `civil_from_days`, http://howardhinnant.github.io/date_algorithms.html).
+/// `civil_from_days`, <http://howardhinnant.github.io/date_algorithms.html>).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn formats_known_instants() {
-        assert_eq!(WallClock::fixed(0).rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            WallClock::fixed(0).rfc3339(0),
+            "1970-01-01T00:00:00.000000Z"
+        );
         // 2026-11-22T11:26:08.5Z = 1795346768.5 s since the epoch.
         assert_eq!(
             WallClock::fixed(1_795_346_768_500_000_000).rfc3339(0),

@@ -70,10 +70,7 @@ pub enum What {
     /// A UDP send returned: `src` is the socket's local address, `dst` its connected peer
     /// (`0.0.0.0:0` when unconnected: the destination then shows in the `route` and `xmit`
     /// events of the datagram).
-    Send {
-        bytes: u32,
-        socket: SocketInfo,
-    },
+    Send { bytes: u32, socket: SocketInfo },
     /// A route lookup for the flow `src > dst` (source `0.0.0.0`/`::` when the kernel is to
     /// choose it: the address it chose is the source of the `xmit` that follows).
     Route {
@@ -241,8 +238,16 @@ pub fn decode(
             })
             .0;
             What::Route {
-                direction: if detail.flags & FLAG_ROUTE_INPUT != 0 { "input" } else { "output" },
-                device: if device.is_empty() { "-".into() } else { device },
+                direction: if detail.flags & FLAG_ROUTE_INPUT != 0 {
+                    "input"
+                } else {
+                    "output"
+                },
+                device: if device.is_empty() {
+                    "-".into()
+                } else {
+                    device
+                },
                 gateway: (!gateway.is_unspecified()).then_some(gateway),
                 table: detail.route_table,
                 error: (detail.route_err != 0)
@@ -276,7 +281,11 @@ pub fn decode(
             reply: flow_text(&detail.ct_reply),
             status: detail.ct_status,
         }),
-        family: if event.tuple.family == AF_INET6 { "ipv6" } else { "ipv4" },
+        family: if event.tuple.family == AF_INET6 {
+            "ipv6"
+        } else {
+            "ipv4"
+        },
         saddr,
         sport: event.tuple.sport,
         daddr,
@@ -304,7 +313,11 @@ pub fn endpoint(address: IpAddr, port: u16) -> String {
 /// `saddr:sport > daddr:dport`.
 fn flow_text(tuple: &Tuple) -> String {
     let (saddr, daddr) = addresses(tuple);
-    format!("{} > {}", endpoint(saddr, tuple.sport), endpoint(daddr, tuple.dport))
+    format!(
+        "{} > {}",
+        endpoint(saddr, tuple.sport),
+        endpoint(daddr, tuple.dport)
+    )
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -364,7 +377,11 @@ mod tests {
     struct Names;
     impl KernelNames for Names {
         fn drop_reason(&self, value: u32) -> String {
-            if value == 3 { "NO_SOCKET".into() } else { format!("UNKNOWN({value})") }
+            if value == 3 {
+                "NO_SOCKET".into()
+            } else {
+                format!("UNKNOWN({value})")
+            }
         }
         fn symbol(&self, address: u64) -> Option<String> {
             (address == 0xffff_ffff_8100_0010).then(|| "__udp4_lib_rcv+0x10".into())
@@ -460,7 +477,10 @@ mod tests {
         );
         let mut event = drop_event();
         event.header.kind = 200;
-        assert_eq!(decode(&raw(&event), &Names, &clock), Err(DecodeError::Kind(200)));
+        assert_eq!(
+            decode(&raw(&event), &Names, &clock),
+            Err(DecodeError::Kind(200))
+        );
     }
 
     #[test]

@@ -21,10 +21,19 @@ fn kernel_release() -> String {
         return "unknown".into();
     }
     let field = |raw: &[libc::c_char]| {
-        let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        let bytes: Vec<u8> = raw
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    format!("{} {} {}", field(&name.sysname), field(&name.release), field(&name.machine))
+    format!(
+        "{} {} {}",
+        field(&name.sysname),
+        field(&name.release),
+        field(&name.machine)
+    )
 }
 
 /// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
@@ -49,11 +58,16 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
             ..TraceConfig::default()
         })
     } else {
-        Err(anyhow::anyhow!("not attempted: missing {}", missing_caps.join(", ")))
+        Err(anyhow::anyhow!(
+            "not attempted: missing {}",
+            missing_caps.join(", ")
+        ))
     };
-    let core_ok = tracer
-        .as_ref()
-        .is_ok_and(|t| t.probes.iter().all(|o| !o.hook.core || o.attached.is_some()));
+    let core_ok = tracer.as_ref().is_ok_and(|t| {
+        t.probes
+            .iter()
+            .all(|o| !o.hook.core || o.attached.is_some())
+    });
     if json_output {
         let report = json!({
             "kernel": kernel,
@@ -119,9 +133,15 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
                 }
             );
             if knowledge.missing.is_empty() {
-                let _ = writeln!(text, "offsets     every kernel field resolved from BTF and tracefs");
+                let _ = writeln!(
+                    text,
+                    "offsets     every kernel field resolved from BTF and tracefs"
+                );
             } else {
-                let _ = writeln!(text, "offsets     missing on this kernel (only what reads them is disabled):");
+                let _ = writeln!(
+                    text,
+                    "offsets     missing on this kernel (only what reads them is disabled):"
+                );
                 for (field, why) in &knowledge.missing {
                     let _ = writeln!(text, "              {field}: {why}");
                 }
@@ -138,7 +158,11 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
                 );
                 for attempt in &outcome.attempts {
                     if let Err(error) = &attempt.result {
-                        let _ = writeln!(text, "      {:<10} not used: {error}", attempt.mechanism.name());
+                        let _ = writeln!(
+                            text,
+                            "      {:<10} not used: {error}",
+                            attempt.mechanism.name()
+                        );
                     }
                 }
             }

@@ -85,7 +85,10 @@ pub fn ifindex_in(netns: Option<&Path>, name: &str) -> anyhow::Result<u32> {
             std::thread::spawn(move || -> anyhow::Result<u32> {
                 // SAFETY: valid fd of a network namespace file.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!("entering network namespace: {}", std::io::Error::last_os_error());
+                    bail!(
+                        "entering network namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
                 }
                 lookup()
             })
@@ -110,7 +113,10 @@ mod tests {
             missing_capabilities(1 << CAP_BPF),
             ["CAP_PERFMON", "CAP_NET_ADMIN"]
         );
-        assert_eq!(missing_capabilities(0), ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]);
+        assert_eq!(
+            missing_capabilities(0),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
+        );
     }
 
     #[test]

@@ -7,14 +7,11 @@ use udptrace_common::offsets::KernelOffsets;
 
 use crate::{
     decode::KernelNames,
-    procs::Processes,
     kernel::{
-        btf::Btf,
-        kallsyms::Kallsyms,
-        offsets::resolve_offsets,
-        reasons::DropReasons,
+        btf::Btf, kallsyms::Kallsyms, offsets::resolve_offsets, reasons::DropReasons,
         tracefs::Tracefs,
     },
+    procs::Processes,
 };
 
 pub struct Knowledge {
@@ -42,10 +39,10 @@ impl Knowledge {
             )
         })?;
         let aya_btf = aya::Btf::from_sys_fs().ok();
-        let tracefs = Tracefs::find_or_mount().map_err(|error| error.to_string());
+        let tracefs = Tracefs::find_or_mount();
         let report = resolve_offsets(&btf, tracefs.as_ref().ok());
         let reasons = DropReasons::from_btf(&btf);
-        let symbols = Kallsyms::from_proc().map_err(|error| error.to_string());
+        let symbols = Kallsyms::from_proc();
         Ok(Self {
             offsets: report.offsets,
             missing: report.missing,

@@ -31,11 +31,18 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 } else {
                     scenario.expected.join(", ")
                 };
-                println!("{:<28} {}\n{:<28} expect: {expected}", scenario.name, scenario.description, "");
+                println!(
+                    "{:<28} {}\n{:<28} expect: {expected}",
+                    scenario.name, scenario.description, ""
+                );
             }
             Ok(())
         }
-        LabCommand::Run { name, trace, output } => {
+        LabCommand::Run {
+            name,
+            trace,
+            output,
+        } => {
             let scenario = scenarios::find(&name)
                 .ok_or_else(|| anyhow!("no lab scenario `{name}`: see `udptrace lab list`"))?;
             let tracer = if trace {
@@ -53,7 +60,11 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 "lab {}: {}\nexpected verdicts: {}",
                 scenario.name,
                 scenario.description,
-                if scenario.expected.is_empty() { "none".into() } else { scenario.expected.join(", ") }
+                if scenario.expected.is_empty() {
+                    "none".into()
+                } else {
+                    scenario.expected.join(", ")
+                }
             );
             let lab = std::sync::Arc::new(lab);
             let exercised = {

@@ -6,22 +6,22 @@
 //! `kernel` holds everything learnt from the running kernel at start-up (BTF offsets, tracefs
 //! formats, drop-reason names, symbols); `filter` compiles expressions for the kernel; `lab`
 //! builds private namespaces and peers that reproduce incidents.
-pub mod probes;
 pub mod cli;
 pub mod clock;
 pub mod decode;
 pub mod doctor;
+pub mod filter;
+pub mod flows;
 pub mod host;
+pub mod kernel;
 pub mod knowledge;
+pub mod lab;
+pub mod lab_command;
+pub mod probes;
+pub mod procs;
 pub mod render;
 pub mod sanitize;
 pub mod session;
 pub mod shutdown;
-pub mod stream;
-pub mod procs;
 pub mod sockets;
-pub mod flows;
-pub mod kernel;
-pub mod filter;
-pub mod lab;
-pub mod lab_command;
+pub mod stream;

@@ -60,7 +60,10 @@ impl Processes {
         if let Some(found) = get(&cache) {
             return Some(found);
         }
-        if cache.scanned.is_some_and(|at| at.elapsed() < RESCAN_INTERVAL) {
+        if cache
+            .scanned
+            .is_some_and(|at| at.elapsed() < RESCAN_INTERVAL)
+        {
             return None;
         }
         rescan(&mut cache, Path::new("/proc"), Path::new("/run/netns"));
@@ -126,7 +129,10 @@ fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
                 continue;
             };
             if let Some(inode) = socket_inode(&target.to_string_lossy()) {
-                cache.sockets.entry(inode).or_insert_with(|| (pid, comm.clone()));
+                cache
+                    .sockets
+                    .entry(inode)
+                    .or_insert_with(|| (pid, comm.clone()));
             }
         }
     }
@@ -134,7 +140,10 @@ fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
 
 /// `socket:[12345]` → 12345.
 fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 
 use std::{
     future::Future,
-    rc::Rc,
     os::unix::fs::MetadataExt as _,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
@@ -19,15 +19,15 @@ use udptrace_common::{
 use crate::{
     cli::NetnsSpec,
     clock::{WallClock, monotonic_ns},
-    flows::verdicts::{Diagnosis, SETTLE, SocketLister},
-    procs::Processes,
-    sockets::udp_sockets_in,
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
+    flows::verdicts::{Diagnosis, SETTLE, SocketLister},
     host::{ifindex_in, preflight},
     knowledge::Knowledge,
     probes::attach::{AttachContext, HookOutcome, attach_all},
+    procs::Processes,
     render::{Output, Stats},
+    sockets::udp_sockets_in,
     stream::{CounterValues, Counters, EventRing},
 };
 
@@ -93,7 +93,12 @@ impl Tracer {
             let reasons: Vec<String> = missing
                 .attempts
                 .iter()
-                .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.mechanism.name())))
+                .filter_map(|a| {
+                    a.result
+                        .as_ref()
+                        .err()
+                        .map(|e| format!("{}: {e}", a.mechanism.name()))
+                })
                 .collect();
             bail!(
                 "cannot attach the {} hook ({}); run `udptrace doctor` for details",
@@ -257,7 +262,7 @@ fn selectors(config: &TraceConfig) -> anyhow::Result<Selectors> {
                     None => 0,
                 },
                 pid: config.pid.unwrap_or(0),
-                _pad: 0,
+                padding: 0,
             });
         }
         Some(NetnsSpec::Path(path)) => Some(path),
@@ -283,6 +288,6 @@ fn selectors(config: &TraceConfig) -> anyhow::Result<Selectors> {
         netns,
         ifindex,
         pid: config.pid.unwrap_or(0),
-        _pad: 0,
+        padding: 0,
     })
 }

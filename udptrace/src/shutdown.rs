@@ -4,9 +4,10 @@
 /// Completes on the first SIGINT or SIGTERM.
 pub async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         // Without signal handlers the default action (exit) still stops udptrace; the kernel
         // detaches the programs when the process dies.
         return std::future::pending().await;

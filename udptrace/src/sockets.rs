@@ -33,7 +33,9 @@ impl UdpSocketEntry {
     pub fn accepts(&self, source: SocketAddr, destination: SocketAddr) -> bool {
         self.local.port() == destination.port()
             && (self.local.ip().is_unspecified() || same_ip(self.local.ip(), destination.ip()))
-            && self.peer.is_none_or(|peer| same_ip(peer.ip(), source.ip()) && peer.port() == source.port())
+            && self
+                .peer
+                .is_none_or(|peer| same_ip(peer.ip(), source.ip()) && peer.port() == source.port())
     }
 
     /// Why a datagram `source > destination` does not match this socket, in words.
@@ -118,7 +120,8 @@ pub fn udp_sockets_in(netns_path: &Path) -> std::io::Result<Vec<UdpSocketEntry>>
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        let mut entries = parse_proc_net_udp(&std::fs::read_to_string("/proc/thread-self/net/udp")?);
+        let mut entries =
+            parse_proc_net_udp(&std::fs::read_to_string("/proc/thread-self/net/udp")?);
         if let Ok(text) = std::fs::read_to_string("/proc/thread-self/net/udp6") {
             entries.extend(parse_proc_net_udp(&text));
         }
@@ -170,7 +173,9 @@ mod tests {
         );
         let other = "198.51.100.3:1".parse().unwrap();
         assert_eq!(
-            connected.mismatch(other, "198.51.100.1:4000".parse().unwrap()).unwrap(),
+            connected
+                .mismatch(other, "198.51.100.1:4000".parse().unwrap())
+                .unwrap(),
             "it is connected to 198.51.100.2:40000, not to 198.51.100.3:1"
         );
         let wildcard = UdpSocketEntry {
@@ -188,12 +193,18 @@ mod tests {
         let port = socket.local_addr().unwrap().port();
         let entries = udp_sockets_in(Path::new("/proc/self/ns/net")).unwrap();
         assert!(
-            entries.iter().any(|e| e.local.port() == port && e.local.ip().is_loopback()),
+            entries
+                .iter()
+                .any(|e| e.local.port() == port && e.local.ip().is_loopback()),
             "socket on port {port} not listed: {entries:?}"
         );
         let socket6 = UdpSocket::bind("[::1]:0").unwrap();
         let port6 = socket6.local_addr().unwrap().port();
         let entries = udp_sockets_in(Path::new("/proc/self/ns/net")).unwrap();
-        assert!(entries.iter().any(|e| e.local == SocketAddr::new("::1".parse().unwrap(), port6)));
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.local == SocketAddr::new("::1".parse().unwrap(), port6))
+        );
     }
 }

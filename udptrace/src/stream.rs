@@ -35,7 +35,11 @@ impl EventRing {
 
     /// Waits until the kernel signals new records.
     pub async fn readable(&mut self) -> anyhow::Result<()> {
-        let mut guard = self.ring.readable_mut().await.context("waiting on the ring buffer")?;
+        let mut guard = self
+            .ring
+            .readable_mut()
+            .await
+            .context("waiting on the ring buffer")?;
         guard.clear_ready();
         Ok(())
     }

@@ -57,7 +57,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             setup::setup()?;
             cargo(&root, &["build", "--release", "--package", "udptrace"])?;
             let args = if args.is_empty() {
-                ["lab", "run", "wrong-source-reply", "--trace"].map(String::from).to_vec()
+                ["lab", "run", "wrong-source-reply", "--trace"]
+                    .map(String::from)
+                    .to_vec()
             } else {
                 args
             };
@@ -81,7 +83,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cargo(&root, &test)?;
             cargo(
                 &root,
-                &["clippy", "--workspace", "--release", "--all-targets", "--", "-D", "warnings"],
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "udptrace-ebpf",
+                    "--release",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
             )
         }
     }
@@ -110,7 +122,11 @@ fn require_root_for_tests() -> anyhow::Result<()> {
     }
     bail!(
         "the integration tests load BPF programs and create network namespaces: run `sudo -E cargo xtask test`{}",
-        if std::env::var_os("CI").is_some() { " (CI=true: not skipping)" } else { "" }
+        if std::env::var_os("CI").is_some() {
+            " (CI=true: not skipping)"
+        } else {
+            ""
+        }
     )
 }
 

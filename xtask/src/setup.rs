@@ -45,13 +45,21 @@ fn status(program: &str, args: &[&str]) -> anyhow::Result<()> {
 
 /// The eBPF crate is built with `-Z build-std=core`, which needs the nightly's rust-src.
 fn rust_src() -> anyhow::Result<()> {
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])
-        .context("the nightly toolchain is required for the eBPF crate (rustup toolchain install nightly)")?;
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context(
+        "the nightly toolchain is required for the eBPF crate (rustup toolchain install nightly)",
+    )?;
     if installed.lines().any(|line| line.starts_with("rust-src")) {
         println!("setup: rust-src (nightly): present");
         return Ok(());
     }
-    status("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])?;
+    status(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )?;
     println!("setup: rust-src (nightly): installed");
     Ok(())
 }
@@ -104,7 +112,10 @@ fn bpf_linker() -> anyhow::Result<()> {
     if !status.success() {
         bail!("installing bpf-linker failed ({status})");
     }
-    println!("setup: bpf-linker: installed ({} s)", started.elapsed().as_secs());
+    println!(
+        "setup: bpf-linker: installed ({} s)",
+        started.elapsed().as_secs()
+    );
     Ok(())
 }
 

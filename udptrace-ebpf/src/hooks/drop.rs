@@ -6,9 +6,9 @@
 //! reads offsets userspace took from the format file.
 
 use aya_ebpf::{
+    EbpfContext as _,
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
-    EbpfContext as _,
 };
 use udptrace_common::{
     event::{EventDetail, EventKind, Mechanism},
@@ -23,12 +23,22 @@ use crate::{
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_drop(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::TpBtf))
+    finish(on_drop(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        Mechanism::TpBtf,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
-    finish(on_drop(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::RawTracepoint))
+    finish(on_drop(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        Mechanism::RawTracepoint,
+    ))
 }
 
 #[tracepoint(category = "skb", name = "kfree_skb")]

@@ -25,12 +25,22 @@ use crate::{
 
 #[btf_tracepoint(function = "icmp_send")]
 pub fn icmp_send_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_icmp_send(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::TpBtf))
+    finish(on_icmp_send(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        Mechanism::TpBtf,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "icmp_send")]
 pub fn icmp_send_raw_tp(ctx: RawTracePointContext) -> u32 {
-    finish(on_icmp_send(ctx.arg(0), ctx.arg(1), ctx.arg(2), Mechanism::RawTracepoint))
+    finish(on_icmp_send(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        Mechanism::RawTracepoint,
+    ))
 }
 
 #[tracepoint(category = "icmp", name = "icmp_send")]
@@ -45,7 +55,12 @@ pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn on_icmp_send(skb: u64, icmp_type: i32, code: i32, mechanism: Mechanism) -> Result<(), ReadError> {
+fn on_icmp_send(
+    skb: u64,
+    icmp_type: i32,
+    code: i32,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
     let Some(event) = scratch() else {
         return Ok(());
     };
@@ -58,7 +73,13 @@ fn on_icmp_send(skb: u64, icmp_type: i32, code: i32, mechanism: Mechanism) -> Re
         icmp_code: code as u8,
         ..EventDetail::default()
     };
-    submit(event, EventKind::IcmpError, mechanism, Context::Softirq, skb);
+    submit(
+        event,
+        EventKind::IcmpError,
+        mechanism,
+        Context::Softirq,
+        skb,
+    );
     Ok(())
 }
 
@@ -97,6 +118,12 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
         icmp_code,
         ..EventDetail::default()
     };
-    submit(event, EventKind::IcmpError, mechanism, Context::Softirq, skb);
+    submit(
+        event,
+        EventKind::IcmpError,
+        mechanism,
+        Context::Softirq,
+        skb,
+    );
     Ok(())
 }

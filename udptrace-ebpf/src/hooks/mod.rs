@@ -2,8 +2,8 @@
 //! hook has; the mechanism-specific entry points only fetch arguments.
 
 pub mod drop;
-pub mod path;
 pub mod icmp;
+pub mod path;
 pub mod sock;
 
 use udptrace_common::{

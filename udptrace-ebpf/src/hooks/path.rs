@@ -48,8 +48,12 @@ pub fn dev_queue_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "net", name = "net_dev_queue")]
 pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetDevQueue, [8, 0, 0])
-            .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
+        classic_args(
+            ctx.as_ptr() as u64,
+            ClassicTracepoint::NetDevQueue,
+            [8, 0, 0],
+        )
+        .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
     )
 }
 
@@ -86,8 +90,12 @@ pub fn receive_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "net", name = "netif_receive_skb")]
 pub fn receive_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetifReceiveSkb, [8, 0, 0])
-            .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
+        classic_args(
+            ctx.as_ptr() as u64,
+            ClassicTracepoint::NetifReceiveSkb,
+            [8, 0, 0],
+        )
+        .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
     )
 }
 
@@ -101,7 +109,12 @@ fn on_receive(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
 
 /// Reports a UDP datagram at a device hop.
 #[inline(always)]
-fn hop(skb: u64, net: &kernel::Network, kind: EventKind, mechanism: Mechanism) -> Result<(), ReadError> {
+fn hop(
+    skb: u64,
+    net: &kernel::Network,
+    kind: EventKind,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
     let Some(event) = scratch() else {
         return Ok(());
     };
@@ -146,8 +159,12 @@ pub fn data_ready_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "sock", name = "sk_data_ready")]
 pub fn data_ready_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::SkDataReady, [8, 0, 0])
-            .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
+        classic_args(
+            ctx.as_ptr() as u64,
+            ClassicTracepoint::SkDataReady,
+            [8, 0, 0],
+        )
+        .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
     )
 }
 
@@ -203,11 +220,14 @@ pub fn consume_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "skb", name = "consume_skb")]
 pub fn consume_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::ConsumeSkb, [8, 0, 0]).map(
-            |[skb, _, _]| {
-                on_consume(skb);
-            },
-        ),
+        classic_args(
+            ctx.as_ptr() as u64,
+            ClassicTracepoint::ConsumeSkb,
+            [8, 0, 0],
+        )
+        .map(|[skb, _, _]| {
+            on_consume(skb);
+        }),
     )
 }
 
@@ -278,7 +298,11 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     event.header.ifindex = 0;
     event.header.ifname = [0; 16];
     event.header.netns = 0;
-    let context = if input { Context::Softirq } else { Context::Process };
+    let context = if input {
+        Context::Softirq
+    } else {
+        Context::Process
+    };
     submit(event, EventKind::Route, Mechanism::Tracepoint, context, 0);
     Ok(())
 }

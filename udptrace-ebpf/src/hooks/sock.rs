@@ -57,42 +57,80 @@ fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
 #[fexit(function = "udp_sendmsg")]
 pub fn send_fexit_udp_sendmsg(ctx: FExitContext) -> u32 {
     // fexit sees the arguments followed by the return value: sk, msg, len, ret.
-    finish(on_result(ctx.arg(0), ctx.arg::<i64>(3) as i32, EventKind::SendError, Mechanism::Fentry))
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg::<i64>(3) as i32,
+        EventKind::SendError,
+        Mechanism::Fentry,
+    ))
 }
 
 #[fexit(function = "udpv6_sendmsg")]
 pub fn send_fexit_udpv6_sendmsg(ctx: FExitContext) -> u32 {
-    finish(on_result(ctx.arg(0), ctx.arg::<i64>(3) as i32, EventKind::SendError, Mechanism::Fentry))
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg::<i64>(3) as i32,
+        EventKind::SendError,
+        Mechanism::Fentry,
+    ))
 }
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn send_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_result(ctx.arg(0), ctx.arg(1), EventKind::SendError, Mechanism::TpBtf))
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg(1),
+        EventKind::SendError,
+        Mechanism::TpBtf,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn send_raw_tp(ctx: RawTracePointContext) -> u32 {
-    finish(on_result(ctx.arg(0), ctx.arg(1), EventKind::SendError, Mechanism::RawTracepoint))
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg(1),
+        EventKind::SendError,
+        Mechanism::RawTracepoint,
+    ))
 }
 
 #[tracepoint(category = "sock", name = "sock_send_length")]
 pub fn send_tracepoint(ctx: TracePointContext) -> u32 {
-    finish(classic_result(&ctx, ClassicTracepoint::SockSendLength, EventKind::SendError))
+    finish(classic_result(
+        &ctx,
+        ClassicTracepoint::SockSendLength,
+        EventKind::SendError,
+    ))
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn recv_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_result(ctx.arg(0), ctx.arg(1), EventKind::RecvError, Mechanism::TpBtf))
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg(1),
+        EventKind::RecvError,
+        Mechanism::TpBtf,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
 pub fn recv_raw_tp(ctx: RawTracePointContext) -> u32 {
-    finish(on_result(ctx.arg(0), ctx.arg(1), EventKind::RecvError, Mechanism::RawTracepoint))
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg(1),
+        EventKind::RecvError,
+        Mechanism::RawTracepoint,
+    ))
 }
 
 #[tracepoint(category = "sock", name = "sock_recv_length")]
 pub fn recv_tracepoint(ctx: TracePointContext) -> u32 {
-    finish(classic_result(&ctx, ClassicTracepoint::SockRecvLength, EventKind::RecvError))
+    finish(classic_result(
+        &ctx,
+        ClassicTracepoint::SockRecvLength,
+        EventKind::RecvError,
+    ))
 }
 
 #[inline(always)]

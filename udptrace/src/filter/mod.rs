@@ -228,7 +228,12 @@ impl fmt::Display for FilterError {
             .count();
         writeln!(f, "invalid filter: {}", self.message)?;
         writeln!(f, "  {}", self.expression)?;
-        write!(f, "  {}{}", " ".repeat(column), "^".repeat(self.length.max(1)))
+        write!(
+            f,
+            "  {}{}",
+            " ".repeat(column),
+            "^".repeat(self.length.max(1))
+        )
     }
 }
 

@@ -43,7 +43,11 @@ fn lex(expression: &str) -> Vec<Token<'_>> {
             b')' => tokens.push(single(Kind::Close)),
             b'!' => tokens.push(single(Kind::Not)),
             _ if rest.starts_with("&&") || rest.starts_with("||") => {
-                let kind = if rest.starts_with("&&") { Kind::And } else { Kind::Or };
+                let kind = if rest.starts_with("&&") {
+                    Kind::And
+                } else {
+                    Kind::Or
+                };
                 tokens.push(Token {
                     kind,
                     text: &rest[..2],
@@ -113,7 +117,10 @@ pub fn parse(expression: &str) -> Result<Option<Expr>, FilterError> {
             if token.kind == Kind::Close {
                 "unbalanced ')': no '(' opens it".into()
             } else {
-                format!("expected 'and', 'or' or the end of the expression, found '{}'", token.text)
+                format!(
+                    "expected 'and', 'or' or the end of the expression, found '{}'",
+                    token.text
+                )
             },
         ));
     }
@@ -218,7 +225,10 @@ impl<'a> Parser<'a> {
             // `udp port 53`: a protocol word qualifying the primitive that follows.
             let qualified = self.peek().is_some_and(|next| {
                 next.kind == Kind::Word
-                    && matches!(next.text, "src" | "dst" | "host" | "net" | "port" | "portrange")
+                    && matches!(
+                        next.text,
+                        "src" | "dst" | "host" | "net" | "port" | "portrange"
+                    )
             });
             if qualified {
                 let next = self.advance().expect("peeked");
@@ -235,7 +245,11 @@ impl<'a> Parser<'a> {
     fn qualified(&mut self, token: &Token<'a>) -> Result<Expr, FilterError> {
         let (dir, kind_token) = match token.text {
             "src" | "dst" => {
-                let dir = if token.text == "src" { Dir::Src } else { Dir::Dst };
+                let dir = if token.text == "src" {
+                    Dir::Src
+                } else {
+                    Dir::Dst
+                };
                 match self.peek() {
                     Some(next)
                         if next.kind == Kind::Word
@@ -275,7 +289,10 @@ impl<'a> Parser<'a> {
             _ => {
                 return Err(self.error_at(
                     &kind_token,
-                    format!("expected host, net, port or portrange after '{}'", token.text),
+                    format!(
+                        "expected host, net, port or portrange after '{}'",
+                        token.text
+                    ),
                 ));
             }
         };
@@ -294,28 +311,44 @@ impl<'a> Parser<'a> {
             Some(value) if value.kind == Kind::Word => Ok(value),
             Some(other) => Err(self.error_at(
                 &other,
-                format!("expected {what} after '{}', found '{}'", after.text, other.text),
+                format!(
+                    "expected {what} after '{}', found '{}'",
+                    after.text, other.text
+                ),
             )),
             None => Err(self.error_at_end(format!("expected {what} after '{}'", after.text))),
         }
     }
 
-    fn with_qualifier(&mut self, qualifier: Qualifier, value: &Token<'a>) -> Result<Expr, FilterError> {
+    fn with_qualifier(
+        &mut self,
+        qualifier: Qualifier,
+        value: &Token<'a>,
+    ) -> Result<Expr, FilterError> {
         self.last_qualifier = Some(qualifier);
         match qualifier {
             Qualifier::Host(dir) => self.host(dir, value),
             Qualifier::Net(dir) => self.net(dir, value),
             Qualifier::Port(dir) => {
                 let port = self.port(value)?;
-                Ok(Expr::Port { dir, lo: port, hi: port })
+                Ok(Expr::Port {
+                    dir,
+                    lo: port,
+                    hi: port,
+                })
             }
             Qualifier::PortRange(dir) => {
                 let Some((lo, hi)) = value.text.split_once('-') else {
-                    return Err(self.error_at(value, format!("'{}' is not a range like 5000-5100", value.text)));
+                    return Err(self.error_at(
+                        value,
+                        format!("'{}' is not a range like 5000-5100", value.text),
+                    ));
                 };
                 let (lo, hi) = (self.port_number(value, lo)?, self.port_number(value, hi)?);
                 if lo > hi {
-                    return Err(self.error_at(value, format!("range start {lo} is after its end {hi}")));
+                    return Err(
+                        self.error_at(value, format!("range start {lo} is after its end {hi}"))
+                    );
                 }
                 Ok(Expr::Port { dir, lo, hi })
             }
@@ -355,11 +388,9 @@ impl<'a> Parser<'a> {
         let (family, addr) = self.address(token, address)?;
         let max = if family == AF_INET { 32 } else { 128 };
         let prefix: u8 = match prefix {
-            Some(text) => text
-                .parse()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| self.error_at(token, format!("prefix length '/{text}' must be 0-{max}")))?,
+            Some(text) => text.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
+                self.error_at(token, format!("prefix length '/{text}' must be 0-{max}"))
+            })?,
             None if self.peek().is_some_and(|t| t.text == "mask") => {
                 self.advance();
                 let mask = self.value_after(token, "a netmask")?;
@@ -371,7 +402,10 @@ impl<'a> Parser<'a> {
                     .skip(ones as usize)
                     .all(|bit| bit == 0);
                 if mask_family != family || !contiguous {
-                    return Err(self.error_at(&mask, format!("'{}' is not a contiguous netmask", mask.text)));
+                    return Err(self.error_at(
+                        &mask,
+                        format!("'{}' is not a contiguous netmask", mask.text),
+                    ));
                 }
                 ones as u8
             }
@@ -380,7 +414,10 @@ impl<'a> Parser<'a> {
             None => {
                 return Err(self.error_at(
                     token,
-                    format!("'{}' needs a prefix length, e.g. {}/24", token.text, token.text),
+                    format!(
+                        "'{}' needs a prefix length, e.g. {}/24",
+                        token.text, token.text
+                    ),
                 ));
             }
         };
@@ -389,7 +426,10 @@ impl<'a> Parser<'a> {
         if host_bits_set {
             return Err(self.error_at(
                 token,
-                format!("'{}' has host bits set beyond /{prefix} (as tcpdump, udptrace refuses it)", token.text),
+                format!(
+                    "'{}' has host bits set beyond /{prefix} (as tcpdump, udptrace refuses it)",
+                    token.text
+                ),
             ));
         }
         Ok(Expr::Net {
@@ -407,7 +447,10 @@ impl<'a> Parser<'a> {
         service_port(token.text).ok_or_else(|| {
             self.error_at(
                 token,
-                format!("'{}' is not a port number or a UDP service in /etc/services", token.text),
+                format!(
+                    "'{}' is not a port number or a UDP service in /etc/services",
+                    token.text
+                ),
             )
         })
     }
@@ -436,7 +479,12 @@ fn service_port(name: &str) -> Option<u16> {
     std::fs::read_to_string("/etc/services")
         .ok()
         .and_then(|text| services_lookup(&text, name))
-        .or_else(|| BUILTIN_SERVICES.iter().find(|(n, _)| *n == name).map(|(_, p)| *p))
+        .or_else(|| {
+            BUILTIN_SERVICES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, p)| *p)
+        })
 }
 
 /// Looks `name` (or an alias) up among the `udp` entries of services(5) text.

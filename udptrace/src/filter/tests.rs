@@ -34,7 +34,10 @@ fn v6(a: &str, sport: u16, b: &str, dport: u16) -> Tuple {
 
 fn check(expression: &str, tuple: &Tuple, icmp: bool) -> bool {
     let compiled = compile(&words(expression)).unwrap();
-    let interpreted = compiled.ast.as_ref().is_none_or(|ast| ast.matches(tuple, icmp));
+    let interpreted = compiled
+        .ast
+        .as_ref()
+        .is_none_or(|ast| ast.matches(tuple, icmp));
     assert_eq!(compiled.matches(tuple, icmp), interpreted, "{expression}");
     interpreted
 }
@@ -116,7 +119,10 @@ fn bare_values_repeat_the_qualifier() {
 
 #[test]
 fn services() {
-    assert_eq!(compile(&words("port domain")).unwrap().ast, compile(&words("port 53")).unwrap().ast);
+    assert_eq!(
+        compile(&words("port domain")).unwrap().ast,
+        compile(&words("port 53")).unwrap().ast
+    );
     let text = "domain\t53/tcp\ndomain\t53/udp\t\t# DNS\nntp 123/udp ntpd\n";
     assert_eq!(services_lookup(text, "domain"), Some(53));
     assert_eq!(services_lookup(text, "ntpd"), Some(123));
@@ -128,7 +134,10 @@ fn errors_point_at_the_offending_token() {
     let e = error("port 99999");
     assert_eq!((e.position, e.length), (5, 5));
     assert!(e.message.contains("0-65535"), "{}", e.message);
-    assert_eq!(e.to_string(), "invalid filter: port '99999' must be a number 0-65535\n  port 99999\n       ^^^^^");
+    assert_eq!(
+        e.to_string(),
+        "invalid filter: port '99999' must be a number 0-65535\n  port 99999\n       ^^^^^"
+    );
 
     let e = error("udp and host 300.1.1.1");
     assert_eq!(e.position, 13);
@@ -140,7 +149,10 @@ fn errors_point_at_the_offending_token() {
 
     let e = error("port");
     assert_eq!(e.position, 4, "caret after the end");
-    assert!(e.message.contains("expected a port number or service name after 'port'"));
+    assert!(
+        e.message
+            .contains("expected a port number or service name after 'port'")
+    );
 
     let e = error("( port 1");
     assert_eq!(e.position, 0);
@@ -157,18 +169,36 @@ fn errors_point_at_the_offending_token() {
     assert!(error("net 192.0.2.0/33").message.contains("0-32"));
     assert!(error("net 192.0.2.1/24").message.contains("host bits"));
     assert!(error("port 53 53").message.contains("expected 'and', 'or'"));
-    assert!(error("port 53 and").message.contains("expected a filter term"));
-    assert!(error("port nosuchservice").message.contains("/etc/services"));
+    assert!(
+        error("port 53 and")
+            .message
+            .contains("expected a filter term")
+    );
+    assert!(
+        error("port nosuchservice")
+            .message
+            .contains("/etc/services")
+    );
     assert!(error("src port").message.contains("after 'port'"));
     assert!(error("dst foo 1").message.contains("not an IPv4"));
 }
 
 #[test]
 fn oversized_expressions_are_rejected() {
-    let long = (0..40).map(|p| format!("port {p}")).collect::<Vec<_>>().join(" or ");
+    let long = (0..40)
+        .map(|p| format!("port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
     let e = compile(&words(&long)).unwrap_err();
-    assert!(e.message.contains("too large for the kernel"), "{}", e.message);
-    let fits = (0..30).map(|p| format!("port {p}")).collect::<Vec<_>>().join(" or ");
+    assert!(
+        e.message.contains("too large for the kernel"),
+        "{}",
+        e.message
+    );
+    let fits = (0..30)
+        .map(|p| format!("port {p}"))
+        .collect::<Vec<_>>()
+        .join(" or ");
     assert!(compile(&words(&fits)).is_ok());
 }
 
@@ -201,7 +231,12 @@ fn leaf() -> impl Strategy<Value = Expr> {
             for bit in usize::from(prefix)..usize::from(max) {
                 masked[bit / 8] &= !(0x80 >> (bit % 8));
             }
-            Expr::Net { dir, family, addr: masked, prefix }
+            Expr::Net {
+                dir,
+                family,
+                addr: masked,
+                prefix,
+            }
         }),
     ]
 }
@@ -219,15 +254,31 @@ fn expr() -> impl Strategy<Value = Expr> {
 const PORTS: [u16; 6] = [0, 53, 123, 4000, 4001, 65_530];
 const ADDRESSES: [(u8, [u8; 16]); 4] = [
     (AF_INET, [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-    (AF_INET, [198, 51, 100, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-    (AF_INET6, [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
-    (AF_INET6, [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]),
+    (
+        AF_INET,
+        [198, 51, 100, 200, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ),
+    (
+        AF_INET6,
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+    ),
+    (
+        AF_INET6,
+        [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    ),
 ];
 
 /// Tuples built from the same pools as the expressions, so that matches are common.
 fn tuple() -> impl Strategy<Value = (Tuple, bool)> {
-    (0usize..4, 0usize..4, 0usize..6, 0usize..6, 0u16..4, any::<bool>()).prop_map(
-        |(a, b, sp, dp, jitter, icmp)| {
+    (
+        0usize..4,
+        0usize..4,
+        0usize..6,
+        0usize..6,
+        0u16..4,
+        any::<bool>(),
+    )
+        .prop_map(|(a, b, sp, dp, jitter, icmp)| {
             let (family, saddr) = ADDRESSES[a];
             let (_, mut daddr) = ADDRESSES[b];
             if ADDRESSES[b].0 != family {
@@ -245,8 +296,7 @@ fn tuple() -> impl Strategy<Value = (Tuple, bool)> {
                 },
                 icmp,
             )
-        },
-    )
+        })
 }
 
 proptest! {

@@ -19,7 +19,11 @@ pub struct FlowKey {
 impl FlowKey {
     pub fn new(x: SocketAddr, y: SocketAddr) -> Self {
         let (x, y) = (canonical(x), canonical(y));
-        if x <= y { Self { a: x, b: y } } else { Self { a: y, b: x } }
+        if x <= y {
+            Self { a: x, b: y }
+        } else {
+            Self { a: y, b: x }
+        }
     }
 
     /// The flow of an event: its datagram's endpoints, or for socket events the socket and its

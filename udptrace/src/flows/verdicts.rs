@@ -76,7 +76,11 @@ fn evidence_line(event: &TraceEvent) -> String {
         What::Drop { location, .. } => format!(" at {location}"),
         _ => String::new(),
     };
-    format!("{time} {} {}{location}{place}", event.kind_name(), summary(event))
+    format!(
+        "{time} {} {}{location}{place}",
+        event.kind_name(),
+        summary(event)
+    )
 }
 
 /// A request delivered to a wildcard-bound socket: the address the client asked for.
@@ -121,7 +125,10 @@ impl Diagnosis {
             What::Deliver { socket } => self.on_deliver(event, socket),
             What::Xmit => self.on_xmit(event),
             What::Drop { reason, .. } => self.on_drop(event, reason),
-            What::Icmp { .. } | What::SockError { .. } | What::SendError { .. } | What::RecvError { .. } => {
+            What::Icmp { .. }
+            | What::SockError { .. }
+            | What::SendError { .. }
+            | What::RecvError { .. } => {
                 self.attach_to_flow(event);
             }
             What::Send { .. } | What::Route { .. } | What::Recv => {}
@@ -180,7 +187,11 @@ impl Diagnosis {
         self.verdicts.push(Verdict {
             code,
             // A socket-wide verdict (both ends the same) concerns every sender.
-            flow: if key.a == key.b { format!("* > {}", key.a) } else { key.to_string() },
+            flow: if key.a == key.b {
+                format!("* > {}", key.a)
+            } else {
+                key.to_string()
+            },
             summary,
             evidence,
             fix,
@@ -254,8 +265,13 @@ impl Diagnosis {
             .iter()
             .rev()
             .find(|e| {
-                matches!(&e.what, What::Route { direction: "output", .. })
-                    && canonical(e.destination()) == client
+                matches!(
+                    &e.what,
+                    What::Route {
+                        direction: "output",
+                        ..
+                    }
+                ) && canonical(e.destination()) == client
                     && e.sport == event.sport
             })
             .cloned();
@@ -337,17 +353,21 @@ impl Diagnosis {
                 let socket = sockets
                     .iter()
                     .find(|(entry, _)| entry.accepts(event.source(), event.destination()))
-                    .map(|(entry, owner)| {
-                        format!(
-                            "{} (inode {}{}, {} bytes queued, {} drops counted by the socket)",
-                            entry.local,
-                            entry.inode,
-                            owner.as_ref().map_or_else(String::new, |o| format!(", owned by {o}")),
-                            entry.rx_queue,
-                            entry.drops
-                        )
-                    })
-                    .unwrap_or_else(|| event.destination().to_string());
+                    .map_or_else(
+                        || event.destination().to_string(),
+                        |(entry, owner)| {
+                            format!(
+                                "{} (inode {}{}, {} bytes queued, {} drops counted by the socket)",
+                                entry.local,
+                                entry.inode,
+                                owner
+                                    .as_ref()
+                                    .map_or_else(String::new, |o| format!(", owned by {o}")),
+                                entry.rx_queue,
+                                entry.drops
+                            )
+                        },
+                    );
                 self.verdict(key, RCVBUF_OVERFLOW, event, || {
                     (
                         format!(
@@ -398,9 +418,13 @@ impl Diagnosis {
     /// conntrack did not map back, or nothing listening at all.
     fn on_no_socket(&mut self, event: &TraceEvent, key: FlowKey) {
         // Listing sockets costs a namespace switch and a /proc read: once per flow, not per drop.
-        if [CONNECTED_SOCKET_MISMATCH, NAT_REPLY_MISMATCH, PORT_UNREACHABLE]
-            .into_iter()
-            .any(|code| self.bump(key, code, event))
+        if [
+            CONNECTED_SOCKET_MISMATCH,
+            NAT_REPLY_MISMATCH,
+            PORT_UNREACHABLE,
+        ]
+        .into_iter()
+        .any(|code| self.bump(key, code, event))
         {
             return;
         }
@@ -409,19 +433,24 @@ impl Diagnosis {
             .iter()
             .filter(|(entry, _)| entry.local.port() == event.dport)
             .collect();
-        if let Some((entry, owner)) = on_port
-            .iter()
-            .find(|(entry, _)| entry.mismatch(event.source(), event.destination()).is_some())
-        {
+        if let Some((entry, owner)) = on_port.iter().find(|(entry, _)| {
+            entry
+                .mismatch(event.source(), event.destination())
+                .is_some()
+        }) {
             let why = entry
                 .mismatch(event.source(), event.destination())
                 .unwrap_or_default();
             let socket = format!(
                 "{}{} (inode {}{})",
                 entry.local,
-                entry.peer.map_or_else(String::new, |peer| format!(" connected to {peer}")),
+                entry
+                    .peer
+                    .map_or_else(String::new, |peer| format!(" connected to {peer}")),
                 entry.inode,
-                owner.as_ref().map_or_else(String::new, |o| format!(", owned by {o}"))
+                owner
+                    .as_ref()
+                    .map_or_else(String::new, |o| format!(", owned by {o}"))
             );
             self.verdict(key, CONNECTED_SOCKET_MISMATCH, event, || {
                 (
@@ -575,14 +604,25 @@ mod tests {
     }
 
     fn codes(diagnosis: &mut Diagnosis) -> Vec<&'static str> {
-        diagnosis.ready(u64::MAX, true).iter().map(|v| v.code).collect()
+        diagnosis
+            .ready(u64::MAX, true)
+            .iter()
+            .map(|v| v.code)
+            .collect()
     }
 
     #[test]
     fn wildcard_server_replying_from_another_address() {
         let mut diagnosis = Diagnosis::new(no_sockets());
         let client = "198.51.100.2:40000";
-        diagnosis.observe(&event(What::Deliver { socket: wildcard_socket() }, client, "192.0.2.1:4000", 1));
+        diagnosis.observe(&event(
+            What::Deliver {
+                socket: wildcard_socket(),
+            },
+            client,
+            "192.0.2.1:4000",
+            1,
+        ));
         diagnosis.observe(&event(
             What::Route {
                 direction: "output",
@@ -602,15 +642,36 @@ mod tests {
         diagnosis.observe(&next_hop);
         // The client's connected socket drops it: explained by the same verdict, not another.
         diagnosis.observe(&event(drop("NO_SOCKET"), "198.51.100.1:4000", client, 4));
-        assert!(diagnosis.ready(4, false).is_empty(), "held back while evidence settles");
+        assert!(
+            diagnosis.ready(4, false).is_empty(),
+            "held back while evidence settles"
+        );
         let verdicts = diagnosis.ready(4 + SETTLE.as_nanos() as u64, false);
         assert_eq!(verdicts.len(), 1);
         let verdict = &verdicts[0];
         assert_eq!(verdict.code, REPLY_SOURCE_MISMATCH);
-        assert!(verdict.summary.contains("sent to 192.0.2.1:4000"), "{}", verdict.summary);
-        assert!(verdict.summary.contains("came from 198.51.100.1:4000"), "{}", verdict.summary);
-        assert!(verdict.summary.contains("route to 198.51.100.2 goes out br0"), "{}", verdict.summary);
-        assert!(verdict.summary.contains("owned by server[42]"), "{}", verdict.summary);
+        assert!(
+            verdict.summary.contains("sent to 192.0.2.1:4000"),
+            "{}",
+            verdict.summary
+        );
+        assert!(
+            verdict.summary.contains("came from 198.51.100.1:4000"),
+            "{}",
+            verdict.summary
+        );
+        assert!(
+            verdict
+                .summary
+                .contains("route to 198.51.100.2 goes out br0"),
+            "{}",
+            verdict.summary
+        );
+        assert!(
+            verdict.summary.contains("owned by server[42]"),
+            "{}",
+            verdict.summary
+        );
         assert!(verdict.fix.contains("IP_PKTINFO"));
         assert_eq!(verdict.evidence.len(), 4, "{:#?}", verdict.evidence);
         assert_eq!(verdict.count, 1);
@@ -623,7 +684,14 @@ mod tests {
     fn replies_from_the_requested_address_are_healthy() {
         let mut diagnosis = Diagnosis::new(no_sockets());
         let client = "198.51.100.2:40000";
-        diagnosis.observe(&event(What::Deliver { socket: wildcard_socket() }, client, "192.0.2.1:4000", 1));
+        diagnosis.observe(&event(
+            What::Deliver {
+                socket: wildcard_socket(),
+            },
+            client,
+            "192.0.2.1:4000",
+            1,
+        ));
         diagnosis.observe(&event(What::Xmit, "192.0.2.1:4000", client, 2));
         diagnosis.observe(&event(What::Recv, "192.0.2.1:4000", client, 3));
         assert!(codes(&mut diagnosis).is_empty());
@@ -678,13 +746,26 @@ mod tests {
             )])
         });
         let mut diagnosis = Diagnosis::new(sockets);
-        diagnosis.observe(&event(drop("NO_SOCKET"), "198.51.100.2:40000", "192.0.2.1:4000", 1));
+        diagnosis.observe(&event(
+            drop("NO_SOCKET"),
+            "198.51.100.2:40000",
+            "192.0.2.1:4000",
+            1,
+        ));
         let verdicts = diagnosis.ready(u64::MAX, true);
         assert_eq!(verdicts.len(), 1);
         assert_eq!(verdicts[0].code, CONNECTED_SOCKET_MISMATCH);
-        assert!(verdicts[0].summary.contains("connected to 198.51.100.2:40000"));
+        assert!(
+            verdicts[0]
+                .summary
+                .contains("connected to 198.51.100.2:40000")
+        );
         assert!(verdicts[0].summary.contains("nc[77]"));
-        assert!(verdicts[0].summary.contains("bound to 198.51.100.1 but the datagram is addressed to 192.0.2.1"));
+        assert!(
+            verdicts[0]
+                .summary
+                .contains("bound to 198.51.100.1 but the datagram is addressed to 192.0.2.1")
+        );
     }
 
     #[test]
@@ -697,20 +778,39 @@ mod tests {
             status: 0,
         });
         diagnosis.observe(&outgoing);
-        diagnosis.observe(&event(drop("NO_SOCKET"), "192.0.2.2:4000", "192.0.2.3:40000", 2));
+        diagnosis.observe(&event(
+            drop("NO_SOCKET"),
+            "192.0.2.2:4000",
+            "192.0.2.3:40000",
+            2,
+        ));
         let verdicts = diagnosis.ready(u64::MAX, true);
         assert_eq!(verdicts.len(), 1);
         assert_eq!(verdicts[0].code, NAT_REPLY_MISMATCH);
-        assert!(verdicts[0].summary.contains("expected the reply to come from 203.0.113.1:4000"));
+        assert!(
+            verdicts[0]
+                .summary
+                .contains("expected the reply to come from 203.0.113.1:4000")
+        );
     }
 
     #[test]
     fn firewall_and_rcvbuf_drops() {
         let mut diagnosis = Diagnosis::new(no_sockets());
-        diagnosis.observe(&event(drop("NETFILTER_DROP"), "192.0.2.1:1", "192.0.2.2:5000", 1));
+        diagnosis.observe(&event(
+            drop("NETFILTER_DROP"),
+            "192.0.2.1:1",
+            "192.0.2.2:5000",
+            1,
+        ));
         for ts in 2..12 {
             let sender = format!("192.0.2.1:{}", 1000 + ts);
-            diagnosis.observe(&event(drop("SOCKET_RCVBUFF"), &sender, "192.0.2.2:6000", ts));
+            diagnosis.observe(&event(
+                drop("SOCKET_RCVBUFF"),
+                &sender,
+                "192.0.2.2:6000",
+                ts,
+            ));
         }
         let verdicts = diagnosis.ready(u64::MAX, true);
         let codes: Vec<_> = verdicts.iter().map(|v| (v.code, v.count)).collect();

@@ -50,7 +50,7 @@ struct Type {
     kind_flag: bool,
     vlen: usize,
     /// `size` for INT/STRUCT/UNION/ENUM/DATASEC/FLOAT, `type` for the others.
-    size_or_type: u32,
+    size_or_type_id: u32,
     /// Byte offset of the kind-specific data that follows the common header.
     data: usize,
 }
@@ -114,7 +114,7 @@ impl Btf {
                 kind: 0,
                 kind_flag: false,
                 vlen: 0,
-                size_or_type: 0,
+                size_or_type_id: 0,
                 data: 0,
             }],
             by_name: HashMap::new(),
@@ -136,7 +136,7 @@ impl Btf {
         while at < end {
             let name_off = self.u32_at(at)?;
             let info = self.u32_at(at + 4)?;
-            let size_or_type = self.u32_at(at + 8)?;
+            let size_or_type_id = self.u32_at(at + 8)?;
             let kind = (info >> 24) & 0x1f;
             let vlen = (info & 0xffff) as usize;
             let data = at + 12;
@@ -154,15 +154,21 @@ impl Btf {
                 kind,
                 kind_flag: info >> 31 == 1,
                 vlen,
-                size_or_type,
+                size_or_type_id,
                 data,
             });
-            if matches!(kind, KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FUNC)
-                && name_off != 0
+            if matches!(
+                kind,
+                KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FUNC
+            ) && name_off != 0
             {
                 let name = self.string(name_off)?.to_owned();
                 let family = if kind == KIND_ENUM64 { KIND_ENUM } else { kind };
-                let family = if family == KIND_UNION { KIND_STRUCT } else { family };
+                let family = if family == KIND_UNION {
+                    KIND_STRUCT
+                } else {
+                    family
+                };
                 self.by_name.entry((family, name)).or_insert(id);
             }
             at = data + extra;
@@ -197,7 +203,7 @@ impl Btf {
             let ty = self.get(id)?;
             match ty.kind {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    id = ty.size_or_type;
+                    id = ty.size_or_type_id;
                 }
                 _ => return Ok(ty),
             }
@@ -209,7 +215,7 @@ impl Btf {
         let ty = self.resolve(id)?;
         match ty.kind {
             KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
-                Ok(ty.size_or_type)
+                Ok(ty.size_or_type_id)
             }
             KIND_PTR => Ok(8),
             KIND_ARRAY => {
@@ -241,7 +247,12 @@ impl Btf {
 
     /// Finds `name` among the members of `ty`, descending into anonymous struct/union members;
     /// returns (bit offset from `ty`, type id, bitfield size).
-    fn find_member(&self, ty: Type, name: &str, depth: u32) -> Result<Option<(u32, u32, u32)>, BtfError> {
+    fn find_member(
+        &self,
+        ty: Type,
+        name: &str,
+        depth: u32,
+    ) -> Result<Option<(u32, u32, u32)>, BtfError> {
         if depth > 8 {
             return Ok(None);
         }
@@ -272,7 +283,9 @@ impl Btf {
         let mut size = 0;
         for part in path.split('.') {
             if !matches!(ty.kind, KIND_STRUCT | KIND_UNION) {
-                return error(format!("{struct_name}.{path}: `{part}` is not inside a struct"));
+                return error(format!(
+                    "{struct_name}.{path}: `{part}` is not inside a struct"
+                ));
             }
             let (offset, member_type, bitfield) = self
                 .find_member(ty, part, 0)?

@@ -75,7 +75,11 @@ ffffffff83000000 D some_data
     #[test]
     fn hidden_addresses_are_reported() {
         let hidden = "0000000000000000 T __udp4_lib_rcv\n0000000000000000 T udp_sendmsg\n";
-        assert!(Kallsyms::parse(hidden).unwrap_err().contains("kptr_restrict"));
+        assert!(
+            Kallsyms::parse(hidden)
+                .unwrap_err()
+                .contains("kptr_restrict")
+        );
         assert!(Kallsyms::parse("").is_err());
     }
 }

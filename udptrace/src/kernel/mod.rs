@@ -46,7 +46,9 @@ pub fn errno_name(errno: i32) -> &'static str {
 fn errno_fallback(errno: i32) -> &'static str {
     use std::{collections::HashMap, sync::Mutex};
     static NAMES: Mutex<Option<HashMap<i32, &'static str>>> = Mutex::new(None);
-    let mut names = NAMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut names = NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     names
         .get_or_insert_with(HashMap::new)
         .entry(errno)

@@ -43,8 +43,18 @@ const fn member(
 /// Every struct member the kernel programs read (udptrace-ebpf/src/kernel.rs).
 const MEMBERS: &[Member] = &[
     member(|o| &mut o.skb_head, "sk_buff", "head", Some(8)),
-    member(|o| &mut o.skb_network_header, "sk_buff", "network_header", Some(2)),
-    member(|o| &mut o.skb_transport_header, "sk_buff", "transport_header", Some(2)),
+    member(
+        |o| &mut o.skb_network_header,
+        "sk_buff",
+        "network_header",
+        Some(2),
+    ),
+    member(
+        |o| &mut o.skb_transport_header,
+        "sk_buff",
+        "transport_header",
+        Some(2),
+    ),
     member(|o| &mut o.skb_protocol, "sk_buff", "protocol", Some(2)),
     member(|o| &mut o.skb_dev, "sk_buff", "dev", Some(8)),
     member(|o| &mut o.skb_sk, "sk_buff", "sk", Some(8)),
@@ -53,14 +63,49 @@ const MEMBERS: &[Member] = &[
     member(|o| &mut o.dev_name, "net_device", "name", Some(16)),
     member(|o| &mut o.dev_net, "net_device", "nd_net.net", Some(8)),
     member(|o| &mut o.net_inum, "net", "ns.inum", Some(4)),
-    member(|o| &mut o.sk_family, "sock", "__sk_common.skc_family", Some(2)),
-    member(|o| &mut o.sk_daddr, "sock", "__sk_common.skc_daddr", Some(4)),
-    member(|o| &mut o.sk_rcv_saddr, "sock", "__sk_common.skc_rcv_saddr", Some(4)),
-    member(|o| &mut o.sk_dport, "sock", "__sk_common.skc_dport", Some(2)),
+    member(
+        |o| &mut o.sk_family,
+        "sock",
+        "__sk_common.skc_family",
+        Some(2),
+    ),
+    member(
+        |o| &mut o.sk_daddr,
+        "sock",
+        "__sk_common.skc_daddr",
+        Some(4),
+    ),
+    member(
+        |o| &mut o.sk_rcv_saddr,
+        "sock",
+        "__sk_common.skc_rcv_saddr",
+        Some(4),
+    ),
+    member(
+        |o| &mut o.sk_dport,
+        "sock",
+        "__sk_common.skc_dport",
+        Some(2),
+    ),
     member(|o| &mut o.sk_num, "sock", "__sk_common.skc_num", Some(2)),
-    member(|o| &mut o.sk_v6_daddr, "sock", "__sk_common.skc_v6_daddr", Some(16)),
-    member(|o| &mut o.sk_v6_rcv_saddr, "sock", "__sk_common.skc_v6_rcv_saddr", Some(16)),
-    member(|o| &mut o.sk_net, "sock", "__sk_common.skc_net.net", Some(8)),
+    member(
+        |o| &mut o.sk_v6_daddr,
+        "sock",
+        "__sk_common.skc_v6_daddr",
+        Some(16),
+    ),
+    member(
+        |o| &mut o.sk_v6_rcv_saddr,
+        "sock",
+        "__sk_common.skc_v6_rcv_saddr",
+        Some(16),
+    ),
+    member(
+        |o| &mut o.sk_net,
+        "sock",
+        "__sk_common.skc_net.net",
+        Some(8),
+    ),
     member(|o| &mut o.sk_protocol, "sock", "sk_protocol", Some(2)),
     member(|o| &mut o.sk_err, "sock", "sk_err", Some(4)),
     member(|o| &mut o.sk_socket, "sock", "sk_socket", Some(8)),
@@ -68,13 +113,48 @@ const MEMBERS: &[Member] = &[
     member(|o| &mut o.inode_ino, "inode", "i_ino", Some(8)),
     member(|o| &mut o.ct_tuplehash, "nf_conn", "tuplehash", None),
     member(|o| &mut o.ct_status, "nf_conn", "status", Some(8)),
-    member(|o| &mut o.ct_hash_tuple, "nf_conntrack_tuple_hash", "tuple", None),
-    member(|o| &mut o.ct_src_addr, "nf_conntrack_tuple", "src.u3", Some(16)),
-    member(|o| &mut o.ct_src_port, "nf_conntrack_tuple", "src.u.all", Some(2)),
-    member(|o| &mut o.ct_l3num, "nf_conntrack_tuple", "src.l3num", Some(2)),
-    member(|o| &mut o.ct_dst_addr, "nf_conntrack_tuple", "dst.u3", Some(16)),
-    member(|o| &mut o.ct_dst_port, "nf_conntrack_tuple", "dst.u.all", Some(2)),
-    member(|o| &mut o.ct_protonum, "nf_conntrack_tuple", "dst.protonum", Some(1)),
+    member(
+        |o| &mut o.ct_hash_tuple,
+        "nf_conntrack_tuple_hash",
+        "tuple",
+        None,
+    ),
+    member(
+        |o| &mut o.ct_src_addr,
+        "nf_conntrack_tuple",
+        "src.u3",
+        Some(16),
+    ),
+    member(
+        |o| &mut o.ct_src_port,
+        "nf_conntrack_tuple",
+        "src.u.all",
+        Some(2),
+    ),
+    member(
+        |o| &mut o.ct_l3num,
+        "nf_conntrack_tuple",
+        "src.l3num",
+        Some(2),
+    ),
+    member(
+        |o| &mut o.ct_dst_addr,
+        "nf_conntrack_tuple",
+        "dst.u3",
+        Some(16),
+    ),
+    member(
+        |o| &mut o.ct_dst_port,
+        "nf_conntrack_tuple",
+        "dst.u.all",
+        Some(2),
+    ),
+    member(
+        |o| &mut o.ct_protonum,
+        "nf_conntrack_tuple",
+        "dst.protonum",
+        Some(1),
+    ),
 ];
 
 /// Resolves every offset the programs need.
@@ -89,7 +169,11 @@ pub fn resolve_offsets(btf: &Btf, tracefs: Option<&Tracefs>) -> OffsetReport {
             }
             Ok(field) => missing.push((
                 name,
-                format!("is {} bytes, udptrace reads {}", field.size, member.size.unwrap_or(0)),
+                format!(
+                    "is {} bytes, udptrace reads {}",
+                    field.size,
+                    member.size.unwrap_or(0)
+                ),
             )),
             Err(error) => missing.push((name, error.to_string())),
         }
@@ -99,7 +183,10 @@ pub fn resolve_offsets(btf: &Btf, tracefs: Option<&Tracefs>) -> OffsetReport {
         Err(error) => missing.push(("sizeof(nf_conntrack_tuple_hash)".into(), error.to_string())),
     }
     let Some(tracefs) = tracefs else {
-        missing.push(("tracepoint formats".into(), "tracefs is not available".into()));
+        missing.push((
+            "tracepoint formats".into(),
+            "tracefs is not available".into(),
+        ));
         return OffsetReport { offsets, missing };
     };
     for tracepoint in ClassicTracepoint::ALL {
@@ -121,7 +208,10 @@ pub fn resolve_offsets(btf: &Btf, tracefs: Option<&Tracefs>) -> OffsetReport {
             Err(error) => missing.push((format!("{group}:{event}"), error)),
         }
     }
-    for (ipv6, (group, event)) in [(false, ("fib", "fib_table_lookup")), (true, ("fib6", "fib6_table_lookup"))] {
+    for (ipv6, (group, event)) in [
+        (false, ("fib", "fib_table_lookup")),
+        (true, ("fib6", "fib6_table_lookup")),
+    ] {
         let fields = match tracefs.format(group, event) {
             Ok(fields) => route_fields(&fields, ipv6),
             Err(error) => Err(error),
@@ -148,11 +238,26 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
             .find(|f| f.name == *name)
             .ok_or_else(|| format!("format has no field `{name}`"))?;
         if field.size != size {
-            return Err(format!("field `{name}` is {} bytes, expected {size}", field.size));
+            return Err(format!(
+                "field `{name}` is {} bytes, expected {size}",
+                field.size
+            ));
         }
         *offset = field.offset;
     }
-    let [tb_id, err, oif, iif, proto, src, dst, gw, sport, dport, name] = offsets;
+    let [
+        tb_id,
+        err,
+        oif,
+        iif,
+        proto,
+        src,
+        dst,
+        gw,
+        sport,
+        dport,
+        name,
+    ] = offsets;
     Ok(RouteRecordFields {
         tb_id,
         err,
@@ -177,7 +282,10 @@ mod tests {
     /// This machine's BTF (Linux 6.18), saved so the resolver is tested without root or the
     /// live kernel.
     fn fixture() -> Btf {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/btf/vmlinux-6.18.gz");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/btf/vmlinux-6.18.gz"
+        );
         let mut data = Vec::new();
         flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
             .read_to_end(&mut data)
@@ -190,24 +298,60 @@ mod tests {
         let report = resolve_offsets(&fixture(), None);
         assert_eq!(
             report.missing,
-            [("tracepoint formats".to_owned(), "tracefs is not available".to_owned())]
+            [(
+                "tracepoint formats".to_owned(),
+                "tracefs is not available".to_owned()
+            )]
         );
         let o = report.offsets;
         // Cross-checked with `bpftool btf dump file /sys/kernel/btf/vmlinux` on the machine the
         // fixture comes from (members of anonymous unions summed by hand).
         assert_eq!(
-            (o.skb_dev, o.skb_sk, o.skb_nfct, o.skb_protocol, o.skb_transport_header),
+            (
+                o.skb_dev,
+                o.skb_sk,
+                o.skb_nfct,
+                o.skb_protocol,
+                o.skb_transport_header
+            ),
             (16, 24, 104, 176, 178)
         );
         assert_eq!((o.skb_network_header, o.skb_head), (180, 192));
-        assert_eq!((o.dev_ifindex, o.dev_net, o.dev_name, o.net_inum), (224, 264, 280, 176));
-        assert_eq!((o.sk_daddr, o.sk_rcv_saddr, o.sk_dport, o.sk_num, o.sk_family), (0, 4, 12, 14, 16));
+        assert_eq!(
+            (o.dev_ifindex, o.dev_net, o.dev_name, o.net_inum),
+            (224, 264, 280, 176)
+        );
+        assert_eq!(
+            (
+                o.sk_daddr,
+                o.sk_rcv_saddr,
+                o.sk_dport,
+                o.sk_num,
+                o.sk_family
+            ),
+            (0, 4, 12, 14, 16)
+        );
         assert_eq!((o.sk_net, o.sk_v6_daddr, o.sk_v6_rcv_saddr), (48, 56, 72));
         assert_eq!((o.sk_err, o.sk_socket, o.sk_protocol), (284, 288, 532));
         assert_eq!((o.socket_inode, o.inode_ino), (128, 64));
-        assert_eq!((o.ct_tuplehash, o.ct_tuplehash_size, o.ct_hash_tuple, o.ct_status), (16, 56, 16, 128));
         assert_eq!(
-            (o.ct_src_addr, o.ct_src_port, o.ct_l3num, o.ct_dst_addr, o.ct_dst_port, o.ct_protonum),
+            (
+                o.ct_tuplehash,
+                o.ct_tuplehash_size,
+                o.ct_hash_tuple,
+                o.ct_status
+            ),
+            (16, 56, 16, 128)
+        );
+        assert_eq!(
+            (
+                o.ct_src_addr,
+                o.ct_src_port,
+                o.ct_l3num,
+                o.ct_dst_addr,
+                o.ct_dst_port,
+                o.ct_protonum
+            ),
             (0, 16, 18, 20, 36, 38)
         );
     }
@@ -218,7 +362,12 @@ mod tests {
         let reasons = super::super::reasons::DropReasons::from_btf(&btf);
         assert_eq!(reasons.name(3), "NO_SOCKET");
         let values = btf.enum_values("skb_drop_reason").unwrap();
-        for name in ["NETFILTER_DROP", "SOCKET_RCVBUFF", "UDP_CSUM", "IP_RPFILTER"] {
+        for name in [
+            "NETFILTER_DROP",
+            "SOCKET_RCVBUFF",
+            "UDP_CSUM",
+            "IP_RPFILTER",
+        ] {
             let full = format!("SKB_DROP_REASON_{name}");
             let (_, value) = values.iter().find(|(n, _)| *n == full).unwrap();
             assert_eq!(reasons.name(*value as u32), name);

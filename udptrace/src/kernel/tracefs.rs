@@ -34,7 +34,10 @@ impl Tracefs {
                 root: "/sys/kernel/tracing".into(),
             })
         } else {
-            Err("tracefs is not mounted and `mount -t tracefs nodev /sys/kernel/tracing` failed".into())
+            Err(
+                "tracefs is not mounted and `mount -t tracefs nodev /sys/kernel/tracing` failed"
+                    .into(),
+            )
         }
     }
 
@@ -44,7 +47,12 @@ impl Tracefs {
 
     /// The record fields of `group:event`, or an error when the event does not exist.
     pub fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, String> {
-        let path = self.root.join("events").join(group).join(event).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(group)
+            .join(event)
+            .join("format");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| format!("{group}:{event} not available ({}: {e})", path.display()))?;
         Ok(parse_format(&text))

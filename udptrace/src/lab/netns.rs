@@ -26,7 +26,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<()> {
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -64,7 +68,9 @@ impl Netns {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         run("ip", &["netns", "add", &name], None)?;
-        LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(name.clone());
+        LIVE.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(name.clone());
         let path = PathBuf::from("/run/netns").join(&name);
         let netns = Self {
             inode: std::fs::metadata(&path)
@@ -89,14 +95,25 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         run(
             "ip",
-            &["netns", "exec", &self.name, "sysctl", "-qw", &format!("{key}={value}")],
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ],
             None,
         )
     }
 
     /// Loads an nftables ruleset inside the namespace.
     pub fn nft(&self, ruleset: &str) -> anyhow::Result<()> {
-        run("ip", &["netns", "exec", &self.name, "nft", "-f", "-"], Some(ruleset))
+        run(
+            "ip",
+            &["netns", "exec", &self.name, "nft", "-f", "-"],
+            Some(ruleset),
+        )
     }
 
     /// Runs `work` on a thread that entered this namespace: sockets it creates live here.
@@ -104,7 +121,8 @@ impl Netns {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>> {
-        let file = File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
+        let file =
+            File::open(&self.path).with_context(|| format!("opening {}", self.path.display()))?;
         Ok(std::thread::spawn(move || {
             // SAFETY: valid namespace fd; setns changes only this thread.
             if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -130,7 +148,11 @@ impl Netns {
         self.enter(move || {
             let v6 = group.ends_with('6');
             // thread-self: /proc/net follows the thread group leader, not this thread.
-            let text = std::fs::read_to_string(if v6 { "/proc/thread-self/net/snmp6" } else { "/proc/thread-self/net/snmp" })?;
+            let text = std::fs::read_to_string(if v6 {
+                "/proc/thread-self/net/snmp6"
+            } else {
+                "/proc/thread-self/net/snmp"
+            })?;
             snmp_counter(&text, group, counter)
                 .with_context(|| format!("no counter {group} {counter}"))
         })
@@ -141,7 +163,10 @@ impl Netns {
 /// /proc/net/snmp6 (`NameCounter value` lines).
 pub fn snmp_counter(text: &str, group: &str, counter: &str) -> Option<u64> {
     let lines: Vec<&str> = text.lines().collect();
-    if let Some(line) = lines.iter().find(|l| l.split_whitespace().next() == Some(&format!("{group}{counter}"))) {
+    if let Some(line) = lines
+        .iter()
+        .find(|l| l.split_whitespace().next() == Some(&format!("{group}{counter}")))
+    {
         return line.split_whitespace().nth(1)?.parse().ok();
     }
     let prefix = format!("{group}:");
@@ -164,7 +189,11 @@ impl Drop for Netns {
 /// Deletes every namespace this process created (from a signal handler's task: the guards'
 /// drops may never run if the process is about to exit).
 pub fn cleanup_all() {
-    let names = std::mem::take(&mut *LIVE.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let names = std::mem::take(
+        &mut *LIVE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
     for name in names {
         let _ = run("ip", &["netns", "del", &name], None);
     }
@@ -194,7 +223,9 @@ pub fn cleanup_stale() {
 pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()> {
     // Created in `a` directly, the peer moved to `b`: names are per namespace, so parallel
     // labs never collide.
-    a.ip(&["link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &b.name])?;
+    a.ip(&[
+        "link", "add", a_dev, "type", "veth", "peer", "name", b_dev, "netns", &b.name,
+    ])?;
     a.ip(&["link", "set", a_dev, "up"])?;
     b.ip(&["link", "set", b_dev, "up"])
 }
@@ -221,7 +252,9 @@ mod tests {
             let netns = Netns::create("t").expect("root needed");
             name = netns.name.clone();
             assert!(netns.path.exists());
-            let inode = netns.enter(|| Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32)).unwrap();
+            let inode = netns
+                .enter(|| Ok(std::fs::metadata("/proc/thread-self/ns/net")?.ino() as u32))
+                .unwrap();
             assert_eq!(inode, netns.inode);
         }
         assert!(!PathBuf::from("/run/netns").join(&name).exists());
@@ -239,6 +272,9 @@ mod tests {
         assert!(result.is_err());
         let name = name.lock().unwrap().clone();
         assert!(!name.is_empty());
-        assert!(!PathBuf::from("/run/netns").join(&name).exists(), "{name} left behind");
+        assert!(
+            !PathBuf::from("/run/netns").join(&name).exists(),
+            "{name} left behind"
+        );
     }
 }

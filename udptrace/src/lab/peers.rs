@@ -40,7 +40,12 @@ pub struct Server {
 
 impl Server {
     /// Binds a server in `netns`; returns once the socket exists, runs for `duration`.
-    pub fn start(netns: &Netns, bind: SocketAddr, mode: ServerMode, duration: Duration) -> anyhow::Result<Self> {
+    pub fn start(
+        netns: &Netns,
+        bind: SocketAddr,
+        mode: ServerMode,
+        duration: Duration,
+    ) -> anyhow::Result<Self> {
         let (bound, ready) = mpsc::channel();
         let handle = netns.spawn(move || {
             let socket = UdpSocket::bind(bind).with_context(|| format!("binding {bind}"));
@@ -88,11 +93,20 @@ fn serve(socket: &UdpSocket, mode: ServerMode, deadline: Instant) -> anyhow::Res
         let received = if mode == ServerMode::EchoPktinfo {
             recv_with_destination(socket, &mut buffer).map(|(n, from, to)| (n, from, Some(to)))
         } else {
-            socket.recv_from(&mut buffer).map(|(n, from)| (n, from, None))
+            socket
+                .recv_from(&mut buffer)
+                .map(|(n, from)| (n, from, None))
         };
         let (len, from, to) = match received {
             Ok(received) => received,
-            Err(error) if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
             // A connected socket reports ICMP errors about its peer here: keep serving.
             Err(_) => continue,
         };
@@ -130,7 +144,10 @@ fn set_int_option(socket: &UdpSocket, level: i32, name: i32, value: i32) -> anyh
         )
     };
     if rc != 0 {
-        bail!("setsockopt({level}, {name}): {}", std::io::Error::last_os_error());
+        bail!(
+            "setsockopt({level}, {name}): {}",
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }
@@ -145,7 +162,10 @@ fn enable_pktinfo(socket: &UdpSocket, ipv6: bool) -> anyhow::Result<()> {
 
 /// `recvmsg` returning the datagram's destination address from its IP_PKTINFO /
 /// IPV6_PKTINFO control message.
-fn recv_with_destination(socket: &UdpSocket, buffer: &mut [u8]) -> std::io::Result<(usize, SocketAddr, IpAddr)> {
+fn recv_with_destination(
+    socket: &UdpSocket,
+    buffer: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, IpAddr)> {
     // SAFETY: zeroed sockaddr_storage/msghdr are valid; the iovec and control buffer outlive
     // the call; CMSG macros walk the control buffer the kernel filled.
     unsafe {
@@ -171,12 +191,16 @@ fn recv_with_destination(socket: &UdpSocket, buffer: &mut [u8]) -> std::io::Resu
         while !cmsg.is_null() {
             let header = &*cmsg;
             if header.cmsg_level == libc::IPPROTO_IP && header.cmsg_type == libc::IP_PKTINFO {
-                let info = libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>().read_unaligned();
+                let info = libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in_pktinfo>()
+                    .read_unaligned();
                 let destination = IpAddr::from(u32::from_be(info.ipi_addr.s_addr).to_be_bytes());
                 return Ok((n as usize, source, destination));
             }
             if header.cmsg_level == libc::IPPROTO_IPV6 && header.cmsg_type == libc::IPV6_PKTINFO {
-                let info = libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>().read_unaligned();
+                let info = libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in6_pktinfo>()
+                    .read_unaligned();
                 return Ok((n as usize, source, IpAddr::from(info.ipi6_addr.s6_addr)));
             }
             cmsg = libc::CMSG_NXTHDR(&raw const message, cmsg);
@@ -187,7 +211,12 @@ fn recv_with_destination(socket: &UdpSocket, buffer: &mut [u8]) -> std::io::Resu
 
 /// `sendmsg` to `to` with `source` as the datagram's source address (IP_PKTINFO
 /// `ipi_spec_dst` / IPV6_PKTINFO `ipi6_addr`).
-fn send_from(socket: &UdpSocket, payload: &[u8], to: SocketAddr, source: IpAddr) -> std::io::Result<usize> {
+fn send_from(
+    socket: &UdpSocket,
+    payload: &[u8],
+    to: SocketAddr,
+    source: IpAddr,
+) -> std::io::Result<usize> {
     // SAFETY: as in recv_with_destination; the control buffer is sized and aligned for one
     // cmsg carrying a pktinfo struct.
     unsafe {
@@ -214,7 +243,9 @@ fn send_from(socket: &UdpSocket, payload: &[u8], to: SocketAddr, source: IpAddr)
                 (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
                 let mut info: libc::in_pktinfo = std::mem::zeroed();
                 info.ipi_spec_dst.s_addr = u32::from_ne_bytes(v4.octets());
-                libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>().write_unaligned(info);
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in_pktinfo>()
+                    .write_unaligned(info);
             }
             IpAddr::V6(v6) => {
                 cmsg_space = libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32);
@@ -225,7 +256,9 @@ fn send_from(socket: &UdpSocket, payload: &[u8], to: SocketAddr, source: IpAddr)
                 (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
                 let mut info: libc::in6_pktinfo = std::mem::zeroed();
                 info.ipi6_addr.s6_addr = v6.octets();
-                libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>().write_unaligned(info);
+                libc::CMSG_DATA(cmsg)
+                    .cast::<libc::in6_pktinfo>()
+                    .write_unaligned(info);
             }
         }
         let n = libc::sendmsg(socket.as_raw_fd(), &raw const message, 0);
@@ -243,11 +276,17 @@ fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
         match i32::from(storage.ss_family) {
             libc::AF_INET => {
                 let v4 = &*std::ptr::from_ref(storage).cast::<libc::sockaddr_in>();
-                Some(SocketAddr::from((u32::from_be(v4.sin_addr.s_addr).to_be_bytes(), u16::from_be(v4.sin_port))))
+                Some(SocketAddr::from((
+                    u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
+                    u16::from_be(v4.sin_port),
+                )))
             }
             libc::AF_INET6 => {
                 let v6 = &*std::ptr::from_ref(storage).cast::<libc::sockaddr_in6>();
-                Some(SocketAddr::from((v6.sin6_addr.s6_addr, u16::from_be(v6.sin6_port))))
+                Some(SocketAddr::from((
+                    v6.sin6_addr.s6_addr,
+                    u16::from_be(v6.sin6_port),
+                )))
             }
             _ => None,
         }
@@ -302,9 +341,11 @@ pub struct ClientReport {
 }
 
 /// Runs a client in `netns` to completion.
-pub fn run_client(netns: &Netns, spec: ClientSpec) -> anyhow::Result<ClientReport> {
+pub fn run_client(netns: &Netns, spec: &ClientSpec) -> anyhow::Result<ClientReport> {
+    let spec = spec.clone();
     netns.enter(move || {
-        let socket = UdpSocket::bind(spec.bind).with_context(|| format!("binding {}", spec.bind))?;
+        let socket =
+            UdpSocket::bind(spec.bind).with_context(|| format!("binding {}", spec.bind))?;
         if spec.connect {
             socket.connect(spec.target)?;
         }

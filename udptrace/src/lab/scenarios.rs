@@ -37,7 +37,9 @@ impl Outcome {
     pub fn describe(&self) -> String {
         let mut text = format!(
             "client {}: sent {}, {} replies{}, errors {:?}",
-            self.client.local.map_or_else(|| "?".into(), |a| a.to_string()),
+            self.client
+                .local
+                .map_or_else(|| "?".into(), |a| a.to_string()),
             self.client.sent,
             self.client.replies.len(),
             self.client
@@ -238,12 +240,22 @@ impl Scenario {
             // ICMP errors are rate limited per destination (1/s by default): off, so every
             // datagram to a closed port gets its error.
             server.sysctl("net.ipv6.icmp.ratelimit", "0")?;
-            Ok((client, server, address(&format!("[2001:db8::2]:{}", self.port)), address("[::]:0")))
+            Ok((
+                client,
+                server,
+                address(&format!("[2001:db8::2]:{}", self.port)),
+                address("[::]:0"),
+            ))
         } else {
             client.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
             server.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
             server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
-            Ok((client, server, address(&format!("192.0.2.2:{}", self.port)), address("0.0.0.0:0")))
+            Ok((
+                client,
+                server,
+                address(&format!("192.0.2.2:{}", self.port)),
+                address("0.0.0.0:0"),
+            ))
         }
     }
 
@@ -254,7 +266,16 @@ impl Scenario {
         host.ip(&["link", "set", "br0", "up"])?;
         // The uplink: its address only has to be local; a veth pair whose peer stays unused
         // stands in for it (the dummy driver is a module some kernels lack).
-        host.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0-peer"])?;
+        host.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0-peer",
+        ])?;
         host.ip(&["link", "set", "eth0", "up"])?;
         host.ip(&["link", "set", "eth0-peer", "up"])?;
         veth(&host, "veth-ctr", &container, "eth0")?;
@@ -291,13 +312,18 @@ impl Scenario {
         };
         match self.traffic {
             Traffic::ClosedPort => Ok(Outcome {
-                client: run_client(&lab.client, client(2, 50, 300))?,
+                client: run_client(&lab.client, &client(2, 50, 300))?,
                 server: None,
                 rcvbuf_errors: None,
             }),
             Traffic::Firewalled => {
-                let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, Duration::from_millis(1_200))?;
-                let report = run_client(&lab.client, client(2, 50, 300))?;
+                let server = Server::start(
+                    &lab.server,
+                    lab.bind,
+                    ServerMode::Echo,
+                    Duration::from_millis(1_200),
+                )?;
+                let report = run_client(&lab.client, &client(2, 50, 300))?;
                 Ok(Outcome {
                     client: report,
                     server: Some(server.join()?),
@@ -305,7 +331,11 @@ impl Scenario {
                 })
             }
             Traffic::Overflow => {
-                let (group, counter) = if self.ipv6 { ("Udp6", "RcvbufErrors") } else { ("Udp", "RcvbufErrors") };
+                let (group, counter) = if self.ipv6 {
+                    ("Udp6", "RcvbufErrors")
+                } else {
+                    ("Udp", "RcvbufErrors")
+                };
                 let before = lab.server.snmp(group, counter)?;
                 let server = Server::start(
                     &lab.server,
@@ -315,7 +345,7 @@ impl Scenario {
                 )?;
                 let mut spec = client(500, 0, 0);
                 spec.connect = false;
-                let report = run_client(&lab.client, spec)?;
+                let report = run_client(&lab.client, &spec)?;
                 // Let the last datagrams cross the veth before counting.
                 std::thread::sleep(Duration::from_millis(200));
                 let after = lab.server.snmp(group, counter)?;
@@ -326,9 +356,10 @@ impl Scenario {
                 })
             }
             Traffic::Exchange(mode) => {
-                let server = Server::start(&lab.server, lab.bind, mode, Duration::from_millis(1_500))
-                    .context("starting the lab server")?;
-                let report = run_client(&lab.client, client(3, 100, 250))?;
+                let server =
+                    Server::start(&lab.server, lab.bind, mode, Duration::from_millis(1_500))
+                        .context("starting the lab server")?;
+                let report = run_client(&lab.client, &client(3, 100, 250))?;
                 Ok(Outcome {
                     client: report,
                     server: Some(server.join()?),
@@ -353,7 +384,11 @@ mod tests {
     fn closed_port_refuses() {
         for name in ["closed-port", "closed-port-v6"] {
             let outcome = run(name);
-            assert!(outcome.client.errors.contains(&libc::ECONNREFUSED), "{name}: {}", outcome.describe());
+            assert!(
+                outcome.client.errors.contains(&libc::ECONNREFUSED),
+                "{name}: {}",
+                outcome.describe()
+            );
         }
     }
 
@@ -377,7 +412,11 @@ mod tests {
         for name in ["wrong-source-reply", "wrong-source-reply-v6"] {
             let outcome = run(name);
             assert!(outcome.server.as_ref().unwrap().received > 0, "{name}");
-            assert!(outcome.client.replies.is_empty(), "{name}: {}", outcome.describe());
+            assert!(
+                outcome.client.replies.is_empty(),
+                "{name}: {}",
+                outcome.describe()
+            );
         }
     }
 
@@ -387,8 +426,20 @@ mod tests {
             let scenario = find(name).unwrap();
             let lab = scenario.setup().unwrap();
             let outcome = scenario.exercise(&lab).unwrap();
-            assert_eq!(outcome.client.replies.len(), 3, "{name}: {}", outcome.describe());
-            assert!(outcome.client.replies.iter().all(|from| *from == lab.target), "{name}");
+            assert_eq!(
+                outcome.client.replies.len(),
+                3,
+                "{name}: {}",
+                outcome.describe()
+            );
+            assert!(
+                outcome
+                    .client
+                    .replies
+                    .iter()
+                    .all(|from| *from == lab.target),
+                "{name}"
+            );
         }
     }
 

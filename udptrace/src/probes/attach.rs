@@ -8,7 +8,6 @@
 
 use std::error::Error as _;
 
-
 use aya::{
     Btf, Ebpf,
     programs::{Program, ProgramError},
@@ -132,7 +131,9 @@ fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), 
                     context.offsets.fib4
                 };
                 if fields.name == OFFSET_MISSING {
-                    return Err(format!("{group}:{name} is missing or its format lacks fields"));
+                    return Err(format!(
+                        "{group}:{name} is missing or its format lacks fields"
+                    ));
                 }
             }
         }
@@ -223,7 +224,9 @@ fn describe(target: Target, error: &ProgramError) -> String {
     let refused = text.contains("Operation not permitted") || text.contains("os error 1)");
     match target {
         Target::Fexit(_) if refused => {
-            format!("refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here ({text})")
+            format!(
+                "refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here ({text})"
+            )
         }
         _ => text,
     }

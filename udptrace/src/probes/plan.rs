@@ -8,7 +8,14 @@
 use udptrace_common::{
     event::Mechanism,
     names::{
-        PROG_CONSUME_RAW_TP, PROG_CONSUME_TP_BTF, PROG_CONSUME_TRACEPOINT, PROG_DATA_READY_RAW_TP, PROG_DATA_READY_TP_BTF, PROG_DATA_READY_TRACEPOINT, PROG_DEV_QUEUE_RAW_TP, PROG_DEV_QUEUE_TP_BTF, PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP, PROG_DROP_TP_BTF, PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF, PROG_ICMP_TRACEPOINT, PROG_RECEIVE_RAW_TP, PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT, PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF, PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
+        PROG_CONSUME_RAW_TP, PROG_CONSUME_TP_BTF, PROG_CONSUME_TRACEPOINT, PROG_DATA_READY_RAW_TP,
+        PROG_DATA_READY_TP_BTF, PROG_DATA_READY_TRACEPOINT, PROG_DEV_QUEUE_RAW_TP,
+        PROG_DEV_QUEUE_TP_BTF, PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP, PROG_DROP_TP_BTF,
+        PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF, PROG_ICMP_TRACEPOINT,
+        PROG_RECEIVE_RAW_TP, PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_RAW_TP,
+        PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT,
+        PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF,
+        PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
     },
     offsets::ClassicTracepoint,
 };
@@ -76,7 +83,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_DROP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::KfreeSkb))],
+                programs: &[(
+                    PROG_DROP_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::KfreeSkb),
+                )],
             },
         ],
     },
@@ -95,7 +105,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_ICMP_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::IcmpSend))],
+                programs: &[(
+                    PROG_ICMP_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::IcmpSend),
+                )],
             },
         ],
     },
@@ -114,7 +127,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_DEV_QUEUE_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::NetDevQueue))],
+                programs: &[(
+                    PROG_DEV_QUEUE_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::NetDevQueue),
+                )],
             },
         ],
     },
@@ -133,7 +149,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_RECEIVE_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::NetifReceiveSkb))],
+                programs: &[(
+                    PROG_RECEIVE_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::NetifReceiveSkb),
+                )],
             },
         ],
     },
@@ -152,7 +171,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_DATA_READY_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SkDataReady))],
+                programs: &[(
+                    PROG_DATA_READY_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::SkDataReady),
+                )],
             },
         ],
     },
@@ -171,7 +193,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_CONSUME_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::ConsumeSkb))],
+                programs: &[(
+                    PROG_CONSUME_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::ConsumeSkb),
+                )],
             },
         ],
     },
@@ -179,23 +204,25 @@ pub const HOOKS: &[Hook] = &[
         name: "route4",
         description: "IPv4 route lookups: output device and gateway chosen (fib:fib_table_lookup)",
         core: false,
-        attachments: &[
-            Attachment {
-                mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_ROUTE4_TRACEPOINT, Target::RouteTracepoint { ipv6: false })],
-            },
-        ],
+        attachments: &[Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(
+                PROG_ROUTE4_TRACEPOINT,
+                Target::RouteTracepoint { ipv6: false },
+            )],
+        }],
     },
     Hook {
         name: "route6",
         description: "IPv6 route lookups (fib6:fib6_table_lookup)",
         core: false,
-        attachments: &[
-            Attachment {
-                mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_ROUTE6_TRACEPOINT, Target::RouteTracepoint { ipv6: true })],
-            },
-        ],
+        attachments: &[Attachment {
+            mechanism: Mechanism::Tracepoint,
+            programs: &[(
+                PROG_ROUTE6_TRACEPOINT,
+                Target::RouteTracepoint { ipv6: true },
+            )],
+        }],
     },
     Hook {
         name: "sock_error",
@@ -234,7 +261,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_SEND_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockSendLength))],
+                programs: &[(
+                    PROG_SEND_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::SockSendLength),
+                )],
             },
         ],
     },
@@ -253,7 +283,10 @@ pub const HOOKS: &[Hook] = &[
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
-                programs: &[(PROG_RECV_TRACEPOINT, Target::Tracepoint(ClassicTracepoint::SockRecvLength))],
+                programs: &[(
+                    PROG_RECV_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::SockRecvLength),
+                )],
             },
         ],
     },

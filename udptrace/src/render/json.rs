@@ -3,6 +3,7 @@
 use std::io::Write;
 
 use serde_json::{Value, json};
+use udptrace_common::event::Mechanism;
 
 use super::{Output, Stats};
 use crate::{
@@ -47,7 +48,7 @@ pub fn probes_json(probes: &[HookOutcome]) -> Value {
                 json!({
                     "hook": outcome.hook.name,
                     "core": outcome.hook.core,
-                    "mechanism": outcome.attached.map(|m| m.name()),
+                    "mechanism": outcome.attached.map(Mechanism::name),
                     "attempts": outcome.attempts.iter().map(|attempt| json!({
                         "mechanism": attempt.mechanism.name(),
                         "ok": attempt.result.is_ok(),

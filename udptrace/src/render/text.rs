@@ -8,7 +8,7 @@
 //! The first line says what happened to which datagram; the indented second line where
 //! (kernel location, packet id, namespace, device, process; the attach mechanism is in the
 //! JSON output). Colour only on a terminal and never with
-//! NO_COLOR (https://no-color.org).
+//! NO_COLOR (<https://no-color.org>).
 
 use std::io::Write;
 
@@ -85,7 +85,10 @@ pub fn summary(event: &TraceEvent) -> String {
                 _ => String::new(),
             };
             match &socket.peer {
-                Some(peer) => format!("{src} > {dst} to {} (connected to {peer}){owner}", socket.local),
+                Some(peer) => format!(
+                    "{src} > {dst} to {} (connected to {peer}){owner}",
+                    socket.local
+                ),
                 None => format!("{src} > {dst} to {}{owner}", socket.local),
             }
         }
@@ -106,7 +109,10 @@ fn context(event: &TraceEvent) -> String {
         parts.push("(followed)".into());
     }
     if let Some(conntrack) = &event.conntrack {
-        parts.push(format!("ct {} / reply {}", conntrack.original, conntrack.reply));
+        parts.push(format!(
+            "ct {} / reply {}",
+            conntrack.original, conntrack.reply
+        ));
     }
     match (&event.netns_name, event.netns) {
         (Some(name), _) => parts.push(format!("ns {name}")),
@@ -132,7 +138,10 @@ impl<W: Write> Output for TextOutput<W> {
         let _ = writeln!(
             self.out,
             "{}",
-            self.paint(DIM, &format!("tracing {filter} ({}); Ctrl-C to stop", attached.join(" ")))
+            self.paint(
+                DIM,
+                &format!("tracing {filter} ({}); Ctrl-C to stop", attached.join(" "))
+            )
         );
         let _ = self.out.flush();
     }
@@ -182,7 +191,10 @@ impl<W: Write> Output for TextOutput<W> {
                 line.push_str(&format!("  {errno} x{count}"));
             }
             if !flow.processes.is_empty() {
-                line.push_str(&format!("  {}", flow.processes.iter().cloned().collect::<Vec<_>>().join(",")));
+                line.push_str(&format!(
+                    "  {}",
+                    flow.processes.iter().cloned().collect::<Vec<_>>().join(",")
+                ));
             }
             if !flow.verdicts.is_empty() {
                 line.push_str(&format!(

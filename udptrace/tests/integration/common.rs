@@ -41,7 +41,9 @@ impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
         require_root();
-        let serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
             .arg("--json")
             .args(args)
@@ -68,22 +70,18 @@ impl Trace {
             records: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match trace.lines.recv_timeout(left) {
-                Ok(record) => {
-                    let ready = record["type"] == "ready";
-                    trace.records.push(record);
-                    if ready {
-                        return trace;
-                    }
-                }
-                Err(_) => {
-                    let status = trace.child.try_wait().ok().flatten();
-                    panic!("udptrace did not become ready within 30 s (exit status {status:?})");
-                }
+        while let Ok(record) = trace
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let ready = record["type"] == "ready";
+            trace.records.push(record);
+            if ready {
+                return trace;
             }
         }
+        let status = trace.child.try_wait().ok().flatten();
+        panic!("udptrace did not become ready within 30 s (exit status {status:?})");
     }
 
     /// Sends SIGINT, waits for the exit summary and returns every record.

@@ -27,7 +27,9 @@ fn every_hook_has_a_mechanism_and_refusals_are_explained() {
     let probes = report["probes"].as_array().unwrap();
     assert!(probes.len() >= 10);
     for probe in probes {
-        let mechanism = probe["mechanism"].as_str().unwrap_or_else(|| panic!("no mechanism: {probe}"));
+        let mechanism = probe["mechanism"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no mechanism: {probe}"));
         assert!(["fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint"].contains(&mechanism));
         // Every attempt before the one that worked says why it was not used.
         for attempt in probe["attempts"].as_array().unwrap() {
@@ -48,7 +50,10 @@ fn every_hook_has_a_mechanism_and_refusals_are_explained() {
     if fentry["ok"] == false {
         // This machine refuses trampolines: the reason must say so, and the tracepoint family
         // takes over.
-        assert!(fentry["error"].as_str().unwrap().contains("EPERM"), "{fentry}");
+        assert!(
+            fentry["error"].as_str().unwrap().contains("EPERM"),
+            "{fentry}"
+        );
         assert!(["tp_btf", "raw_tp", "tracepoint"].contains(&send["mechanism"].as_str().unwrap()));
     }
 }
@@ -84,6 +89,12 @@ fn bad_filters_exit_2_with_a_caret() {
         assert_eq!(output.status.code(), Some(2), "{expression}");
         let stderr = String::from_utf8(output.stderr).unwrap();
         assert!(stderr.contains(message), "{expression}: {stderr}");
-        assert!(stderr.lines().nth(2).is_some_and(|l| l.trim_start().starts_with('^')), "{stderr}");
+        assert!(
+            stderr
+                .lines()
+                .nth(2)
+                .is_some_and(|l| l.trim_start().starts_with('^')),
+            "{stderr}"
+        );
     }
 }

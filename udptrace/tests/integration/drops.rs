@@ -28,24 +28,45 @@ fn assert_closed_port(name: &str, args: &[&str], v6: bool) {
         .iter()
         .find(|d| d["reason"] == "NO_SOCKET")
         .unwrap_or_else(|| panic!("{name} {args:?}: no NO_SOCKET drop in {records:#?}"));
-    let function = if v6 { "__udp6_lib_rcv+" } else { "__udp4_lib_rcv+" };
-    assert!(drop["location"].as_str().unwrap().starts_with(function), "{drop}");
+    let function = if v6 {
+        "__udp6_lib_rcv+"
+    } else {
+        "__udp4_lib_rcv+"
+    };
+    assert!(
+        drop["location"].as_str().unwrap().starts_with(function),
+        "{drop}"
+    );
     assert_eq!(drop["saddr"], client.ip().to_string());
     assert_eq!(drop["sport"], client.port());
     assert_eq!(drop["daddr"], lab.target.ip().to_string());
     assert_eq!(drop["dport"], lab.target.port());
-    assert_eq!(drop["netns"], lab.server.inode, "dropped in the server's namespace");
+    assert_eq!(
+        drop["netns"], lab.server.inode,
+        "dropped in the server's namespace"
+    );
     assert_eq!(drop["ifname"], "eth0");
     let icmp = events(&records, "icmp");
-    let icmp = icmp.first().unwrap_or_else(|| panic!("{name} {args:?}: no icmp event"));
+    let icmp = icmp
+        .first()
+        .unwrap_or_else(|| panic!("{name} {args:?}: no icmp event"));
     let (icmp_type, code) = if v6 { (1, 4) } else { (3, 3) };
-    assert_eq!((icmp["icmp_type"].as_u64(), icmp["icmp_code"].as_u64()), (Some(icmp_type), Some(code)));
-    assert_eq!(icmp["saddr"], client.ip().to_string(), "the ICMP error names the original datagram");
+    assert_eq!(
+        (icmp["icmp_type"].as_u64(), icmp["icmp_code"].as_u64()),
+        (Some(icmp_type), Some(code))
+    );
+    assert_eq!(
+        icmp["saddr"],
+        client.ip().to_string(),
+        "the ICMP error names the original datagram"
+    );
     assert_eq!(icmp["dport"], lab.target.port());
     if !args.contains(&"tracepoint") {
         // sock:inet_sk_error_report has no classic form udptrace can use (no socket pointer).
         let refused = events(&records, "sock_error");
-        let refused = refused.first().unwrap_or_else(|| panic!("{name}: no sock_error"));
+        let refused = refused
+            .first()
+            .unwrap_or_else(|| panic!("{name}: no sock_error"));
         assert_eq!(refused["errno"], "ECONNREFUSED");
         assert_eq!(refused["saddr"], client.ip().to_string());
         assert_eq!(refused["daddr"], lab.target.ip().to_string());
@@ -56,7 +77,9 @@ fn assert_closed_port(name: &str, args: &[&str], v6: bool) {
         .chain(events(&records, "send_error"))
         .collect();
     assert!(
-        process_errors.iter().any(|e| e["errno"] == "ECONNREFUSED" && e["pid"] == std::process::id()),
+        process_errors
+            .iter()
+            .any(|e| e["errno"] == "ECONNREFUSED" && e["pid"] == std::process::id()),
         "the ECONNREFUSED reaches the client process: {process_errors:#?}"
     );
 }
@@ -86,7 +109,10 @@ fn firewalled_port_is_a_netfilter_drop() {
     let (lab, _, records) = traced("firewalled-port", &[]);
     let drops = events(&records, "drop");
     assert!(!drops.is_empty());
-    assert!(drops.iter().all(|d| d["reason"] == "NETFILTER_DROP"), "{drops:#?}");
+    assert!(
+        drops.iter().all(|d| d["reason"] == "NETFILTER_DROP"),
+        "{drops:#?}"
+    );
     assert!(drops.iter().all(|d| d["netns"] == lab.server.inode));
 }
 
@@ -114,7 +140,10 @@ fn receive_buffer_overflow_is_accounted_exactly() {
         .filter(|r| r["type"] == "lost")
         .map(|r| r["count"].as_u64().unwrap())
         .sum();
-    assert_eq!(lost_records, lost, "every loss is reported in `lost` records");
+    assert_eq!(
+        lost_records, lost,
+        "every loss is reported in `lost` records"
+    );
 }
 
 #[test]
@@ -126,5 +155,8 @@ fn receive_buffer_overflow_drop_count_matches_the_kernel() {
         .filter(|d| d["reason"] == "SOCKET_RCVBUFF")
         .count() as u64;
     assert_eq!(stats(&records)["lost"], 0, "a 4 MiB ring holds the burst");
-    assert_eq!(reported, kernel_drops, "SOCKET_RCVBUFF drops == the namespace's RcvbufErrors");
+    assert_eq!(
+        reported, kernel_drops,
+        "SOCKET_RCVBUFF drops == the namespace's RcvbufErrors"
+    );
 }

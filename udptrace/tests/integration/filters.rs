@@ -17,14 +17,24 @@ fn two_conversations(filter: &[&str]) -> Vec<serde_json::Value> {
     let client = Netns::create("fclient").unwrap();
     let server = Netns::create("fserver").unwrap();
     veth(&client, "eth0", &server, "eth0").unwrap();
-    client.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]).unwrap();
-    server.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"]).unwrap();
+    client
+        .ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"])
+        .unwrap();
+    server
+        .ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])
+        .unwrap();
     let trace = Trace::start(filter);
     let servers: Vec<Server> = [PORT_A, PORT_B]
         .iter()
         .map(|port| {
             let bind: SocketAddr = format!("203.0.113.2:{port}").parse().unwrap();
-            Server::start(&server, bind, ServerMode::Echo, Duration::from_millis(1_500)).unwrap()
+            Server::start(
+                &server,
+                bind,
+                ServerMode::Echo,
+                Duration::from_millis(1_500),
+            )
+            .unwrap()
         })
         .collect();
     // Both clients at once, each on its own thread in the client namespace.
@@ -52,7 +62,11 @@ fn two_conversations(filter: &[&str]) -> Vec<serde_json::Value> {
         })
         .collect();
     for handle in handles {
-        assert_eq!(handle.join().unwrap().unwrap(), 10, "every request answered");
+        assert_eq!(
+            handle.join().unwrap().unwrap(),
+            10,
+            "every request answered"
+        );
     }
     for server in servers {
         server.join().unwrap();
@@ -72,9 +86,14 @@ fn ports_seen(records: &[serde_json::Value]) -> Vec<(u64, u64)> {
 fn port_selects_one_conversation_in_the_kernel() {
     let records = two_conversations(&["port", &PORT_A.to_string()]);
     let ports = ports_seen(&records);
-    assert!(ports.len() >= 40, "requests and replies of the first conversation: {ports:?}");
     assert!(
-        ports.iter().all(|(s, d)| *s == u64::from(PORT_A) || *d == u64::from(PORT_A)),
+        ports.len() >= 40,
+        "requests and replies of the first conversation: {ports:?}"
+    );
+    assert!(
+        ports
+            .iter()
+            .all(|(s, d)| *s == u64::from(PORT_A) || *d == u64::from(PORT_A)),
         "only port {PORT_A}: {ports:?}"
     );
     let stats = stats(&records);
@@ -89,10 +108,18 @@ fn not_port_selects_the_other() {
     let records = two_conversations(&["not", "port", &PORT_A.to_string()]);
     let ours: Vec<_> = ports_seen(&records)
         .into_iter()
-        .filter(|(s, d)| [*s, *d].iter().any(|p| *p == u64::from(PORT_A) || *p == u64::from(PORT_B)))
+        .filter(|(s, d)| {
+            [*s, *d]
+                .iter()
+                .any(|p| *p == u64::from(PORT_A) || *p == u64::from(PORT_B))
+        })
         .collect();
     assert!(ours.len() >= 40, "{ours:?}");
-    assert!(ours.iter().all(|(s, d)| *s != u64::from(PORT_A) && *d != u64::from(PORT_A)), "{ours:?}");
+    assert!(
+        ours.iter()
+            .all(|(s, d)| *s != u64::from(PORT_A) && *d != u64::from(PORT_A)),
+        "{ours:?}"
+    );
 }
 
 #[test]
@@ -104,5 +131,8 @@ fn icmp_errors_match_on_the_datagram_they_quote() {
         .map(|r| r["kind"].as_str().unwrap())
         .collect();
     assert!(!kinds.is_empty());
-    assert!(kinds.iter().all(|k| *k == "icmp"), "`icmp and port P` shows only ICMP errors: {kinds:?}");
+    assert!(
+        kinds.iter().all(|k| *k == "icmp"),
+        "`icmp and port P` shows only ICMP errors: {kinds:?}"
+    );
 }

@@ -5,7 +5,10 @@ use serde_json::Value;
 use crate::{common::events, drops::traced};
 
 fn kind<'a>(records: &'a [Value], kind: &str, pick: impl Fn(&Value) -> bool) -> Vec<&'a Value> {
-    events(records, kind).into_iter().filter(|e| pick(e)).collect()
+    events(records, kind)
+        .into_iter()
+        .filter(|e| pick(e))
+        .collect()
 }
 
 fn assert_wrong_source_timeline(name: &str, client_ip: &str, asked: &str, bridge: &str) {
@@ -14,44 +17,105 @@ fn assert_wrong_source_timeline(name: &str, client_ip: &str, asked: &str, bridge
     let port = lab.target.port();
     // The request: sent by the client process, through the container's eth0 and the bridge,
     // delivered to the wildcard server socket with its owner.
-    let send = kind(&records, "send", |e| e["socket"]["peer"] == lab.target.to_string());
+    let send = kind(&records, "send", |e| {
+        e["socket"]["peer"] == lab.target.to_string()
+    });
     assert!(!send.is_empty(), "client send: {records:#?}");
     assert_eq!(send[0]["pid"], std::process::id());
-    let request_hops = kind(&records, "xmit", |e| e["daddr"] == asked && e["dport"] == port);
-    assert!(request_hops.iter().any(|e| e["netns"] == lab.client.inode && e["ifname"] == "eth0"));
-    let received = kind(&records, "recv", |e| e["daddr"] == asked && e["dport"] == port);
-    assert!(received.iter().any(|e| e["netns"] == lab.server.inode && e["ifname"] == "veth-ctr"));
-    assert!(received.iter().any(|e| e["netns"] == lab.server.inode && e["ifname"] == "br0"));
-    assert!(received.iter().all(|e| e["netns_name"] == lab.client.name || e["netns_name"] == lab.server.name));
+    let request_hops = kind(&records, "xmit", |e| {
+        e["daddr"] == asked && e["dport"] == port
+    });
+    assert!(
+        request_hops
+            .iter()
+            .any(|e| e["netns"] == lab.client.inode && e["ifname"] == "eth0")
+    );
+    let received = kind(&records, "recv", |e| {
+        e["daddr"] == asked && e["dport"] == port
+    });
+    assert!(
+        received
+            .iter()
+            .any(|e| e["netns"] == lab.server.inode && e["ifname"] == "veth-ctr")
+    );
+    assert!(
+        received
+            .iter()
+            .any(|e| e["netns"] == lab.server.inode && e["ifname"] == "br0")
+    );
+    assert!(
+        received
+            .iter()
+            .all(|e| e["netns_name"] == lab.client.name || e["netns_name"] == lab.server.name)
+    );
     let delivered = kind(&records, "deliver", |e| e["dport"] == port);
-    let delivered = delivered.first().unwrap_or_else(|| panic!("no delivery: {records:#?}"));
-    assert!(delivered["socket"]["local"].as_str().unwrap().ends_with(&format!(":{port}")));
+    let delivered = delivered
+        .first()
+        .unwrap_or_else(|| panic!("no delivery: {records:#?}"));
+    assert!(
+        delivered["socket"]["local"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}"))
+    );
     assert_eq!(delivered["socket"]["owner_pid"], std::process::id());
     assert_eq!(delivered["netns"], lab.server.inode);
     // The reply: its route lookup chose br0, so the kernel chose the bridge's address.
     let route = kind(&records, "route", |e| {
         e["direction"] == "output" && e["sport"] == port && e["daddr"] == client.ip().to_string()
     });
-    assert!(route.iter().any(|r| r["device"] == "br0"), "route lookup via br0: {route:#?}");
-    let reply = kind(&records, "xmit", |e| e["sport"] == port && e["daddr"] == client.ip().to_string());
+    assert!(
+        route.iter().any(|r| r["device"] == "br0"),
+        "route lookup via br0: {route:#?}"
+    );
+    let reply = kind(&records, "xmit", |e| {
+        e["sport"] == port && e["daddr"] == client.ip().to_string()
+    });
     assert!(!reply.is_empty());
-    assert!(reply.iter().all(|e| e["saddr"] == bridge), "reply from the bridge address: {reply:#?}");
-    assert!(reply.iter().any(|e| e["ifname"] == "br0" && e["netns"] == lab.server.inode));
+    assert!(
+        reply.iter().all(|e| e["saddr"] == bridge),
+        "reply from the bridge address: {reply:#?}"
+    );
+    assert!(
+        reply
+            .iter()
+            .any(|e| e["ifname"] == "br0" && e["netns"] == lab.server.inode)
+    );
     // And on the client side the reply dies: NO_SOCKET in the container.
-    let dropped = kind(&records, "drop", |e| e["saddr"] == bridge && e["sport"] == port);
-    assert!(dropped.iter().any(|e| e["reason"] == "NO_SOCKET" && e["netns"] == lab.client.inode));
+    let dropped = kind(&records, "drop", |e| {
+        e["saddr"] == bridge && e["sport"] == port
+    });
+    assert!(
+        dropped
+            .iter()
+            .any(|e| e["reason"] == "NO_SOCKET" && e["netns"] == lab.client.inode)
+    );
     // Hops of one datagram share its packet identifier.
     let skb = &reply[0]["skb"];
-    assert!(kind(&records, "recv", |e| e["skb"] == *skb).iter().any(|e| e["netns"] == lab.client.inode));
+    assert!(
+        kind(&records, "recv", |e| e["skb"] == *skb)
+            .iter()
+            .any(|e| e["netns"] == lab.client.inode)
+    );
     let _ = client_ip;
 }
 
 #[test]
 fn wrong_source_reply_timeline() {
-    assert_wrong_source_timeline("wrong-source-reply", "198.51.100.2", "192.0.2.1", "198.51.100.1");
+    assert_wrong_source_timeline(
+        "wrong-source-reply",
+        "198.51.100.2",
+        "192.0.2.1",
+        "198.51.100.1",
+    );
 }
 
 #[test]
 fn wrong_source_reply_timeline_ipv6() {
-    assert_wrong_source_timeline("wrong-source-reply-v6", "2001:db8:1::2", "2001:db8:2::1", "2001:db8:1::1");
+    assert_wrong_source_timeline(
+        "wrong-source-reply-v6",
+        "2001:db8:1::2",
+        "2001:db8:2::1",
+        "2001:db8:1::1",
+    );
 }

@@ -18,22 +18,42 @@ fn every_scenario_yields_exactly_its_verdicts() {
             .map(|v| v["code"].as_str().unwrap())
             .collect();
         let expected: BTreeSet<&str> = scenario.expected.iter().copied().collect();
-        assert_eq!(found, expected, "{}: {}\n{records:#?}", scenario.name, outcome.describe());
+        assert_eq!(
+            found,
+            expected,
+            "{}: {}\n{records:#?}",
+            scenario.name,
+            outcome.describe()
+        );
         if expected.is_empty() {
             let no_socket = events(&records, "drop");
-            assert!(no_socket.is_empty(), "{}: healthy control has drops {no_socket:#?}", scenario.name);
+            assert!(
+                no_socket.is_empty(),
+                "{}: healthy control has drops {no_socket:#?}",
+                scenario.name
+            );
         }
         if scenario.name == "wrong-source-reply" {
             let verdict = &verdicts(&records)[0];
             let summary = verdict["summary"].as_str().unwrap();
-            assert!(summary.contains(&format!("sent to {}", lab.target)), "{summary}");
+            assert!(
+                summary.contains(&format!("sent to {}", lab.target)),
+                "{summary}"
+            );
             assert!(summary.contains("came from 198.51.100.1:"), "{summary}");
             assert!(verdict["fix"].as_str().unwrap().contains("IP_PKTINFO"));
-            assert_eq!(verdict["count"], 3, "three requests, three wrong-source replies");
+            assert_eq!(
+                verdict["count"], 3,
+                "three requests, three wrong-source replies"
+            );
         }
         if scenario.name == "rcvbuf-overflow" {
             let verdict = &verdicts(&records)[0];
-            assert_eq!(verdict["count"], outcome.rcvbuf_errors.unwrap(), "counts match the kernel's");
+            assert_eq!(
+                verdict["count"],
+                outcome.rcvbuf_errors.unwrap(),
+                "counts match the kernel's"
+            );
         }
     }
 }
