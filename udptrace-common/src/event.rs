@@ -144,8 +144,6 @@ pub struct EventDetail {
     pub route_err: i32,
     /// Route: output device name (untrusted).
     pub route_dev: [u8; 16],
-    /// Route: gateway (IPv4 in the first 4 bytes; zeros when on-link).
-    pub route_gw: [u8; 16],
     /// Conntrack entry of the skb: original and reply direction, and `nf_conn.status`.
     pub ct_original: Tuple,
     pub ct_reply: Tuple,

@@ -194,8 +194,9 @@ impl KernelOffsets {
 
 /// Offsets of the fields of a route-lookup tracepoint record (`fib:fib_table_lookup`,
 /// `fib6:fib6_table_lookup`, include/trace/events/fib.h and fib6.h). These records already
-/// carry the chosen device's name and the gateway, so udptrace reads them rather than
-/// `struct flowi4`/`fib_nh_common`.
+/// carry the chosen device's name, so udptrace reads them rather than `struct
+/// flowi4`/`fib_nh_common`. The gateway fields are not used: the tracepoint leaves them
+/// unwritten (stale ring-buffer bytes) when the next hop has no gateway (`nhc_gw_family == 0`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteRecordFields {
@@ -207,8 +208,6 @@ pub struct RouteRecordFields {
     /// `src`/`dst`: 4 bytes in `fib`, 16 in `fib6`.
     pub src: u32,
     pub dst: u32,
-    /// `gw4` in `fib`, `gw` in `fib6`.
-    pub gw: u32,
     pub sport: u32,
     pub dport: u32,
     /// `char name[IFNAMSIZ]`: the output device.
@@ -224,28 +223,15 @@ impl RouteRecordFields {
         proto: OFFSET_MISSING,
         src: OFFSET_MISSING,
         dst: OFFSET_MISSING,
-        gw: OFFSET_MISSING,
         sport: OFFSET_MISSING,
         dport: OFFSET_MISSING,
         name: OFFSET_MISSING,
     };
 
-    /// Record field names, in struct order, for `fib` (`ipv6 = false`) or `fib6`.
-    pub const fn field_names(ipv6: bool) -> [&'static str; 11] {
-        [
-            "tb_id",
-            "err",
-            "oif",
-            "iif",
-            "proto",
-            "src",
-            "dst",
-            if ipv6 { "gw" } else { "gw4" },
-            "sport",
-            "dport",
-            "name",
-        ]
-    }
+    /// Record field names, in struct order (the same in `fib` and `fib6`).
+    pub const FIELD_NAMES: [&'static str; 10] = [
+        "tb_id", "err", "oif", "iif", "proto", "src", "dst", "sport", "dport", "name",
+    ];
 }
 
 #[cfg(feature = "user")]

@@ -78,8 +78,6 @@ pub enum What {
         direction: &'static str,
         /// Device the lookup chose (`-` when it failed).
         device: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        gateway: Option<IpAddr>,
         table: u32,
         /// 0, or the negative errno of a failed lookup (e.g. ENETUNREACH).
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -232,11 +230,6 @@ pub fn decode(
         },
         EventKind::Route => {
             let device = sanitize_kernel_string(&detail.route_dev);
-            let gateway = addresses(&Tuple {
-                saddr: detail.route_gw,
-                ..event.tuple
-            })
-            .0;
             What::Route {
                 direction: if detail.flags & FLAG_ROUTE_INPUT != 0 {
                     "input"
@@ -248,7 +241,6 @@ pub fn decode(
                 } else {
                     device
                 },
-                gateway: (!gateway.is_unspecified()).then_some(gateway),
                 table: detail.route_table,
                 error: (detail.route_err != 0)
                     .then(|| crate::kernel::errno_name(-detail.route_err).to_owned()),

@@ -275,11 +275,9 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     if family == AF_INET {
         event.tuple.saddr = kernel::ipv4_in_16(read(record, field(fields, |f| &f.src))?);
         event.tuple.daddr = kernel::ipv4_in_16(read(record, field(fields, |f| &f.dst))?);
-        event.detail.route_gw = kernel::ipv4_in_16(read(record, field(fields, |f| &f.gw))?);
     } else {
         event.tuple.saddr = read(record, field(fields, |f| &f.src))?;
         event.tuple.daddr = read(record, field(fields, |f| &f.dst))?;
-        event.detail.route_gw = read(record, field(fields, |f| &f.gw))?;
     }
     event.tuple.sport = read(record, field(fields, |f| &f.sport))?;
     event.tuple.dport = read(record, field(fields, |f| &f.dport))?;

@@ -627,7 +627,6 @@ mod tests {
             What::Route {
                 direction: "output",
                 device: "br0".into(),
-                gateway: None,
                 table: 254,
                 error: None,
             },

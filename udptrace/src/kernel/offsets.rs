@@ -229,10 +229,13 @@ pub fn resolve_offsets(btf: &Btf, tracefs: Option<&Tracefs>) -> OffsetReport {
 /// reads.
 fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields, String> {
     let address = if ipv6 { 16 } else { 4 };
-    let names = RouteRecordFields::field_names(ipv6);
-    let sizes = [4, 4, 4, 4, 1, address, address, address, 2, 2, 16];
-    let mut offsets = [OFFSET_MISSING; 11];
-    for ((name, size), offset) in names.iter().zip(sizes).zip(offsets.iter_mut()) {
+    let sizes = [4, 4, 4, 4, 1, address, address, 2, 2, 16];
+    let mut offsets = [OFFSET_MISSING; 10];
+    for ((name, size), offset) in RouteRecordFields::FIELD_NAMES
+        .iter()
+        .zip(sizes)
+        .zip(offsets.iter_mut())
+    {
         let field = fields
             .iter()
             .find(|f| f.name == *name)
@@ -245,19 +248,7 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
         }
         *offset = field.offset;
     }
-    let [
-        tb_id,
-        err,
-        oif,
-        iif,
-        proto,
-        src,
-        dst,
-        gw,
-        sport,
-        dport,
-        name,
-    ] = offsets;
+    let [tb_id, err, oif, iif, proto, src, dst, sport, dport, name] = offsets;
     Ok(RouteRecordFields {
         tb_id,
         err,
@@ -266,7 +257,6 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
         proto,
         src,
         dst,
-        gw,
         sport,
         dport,
         name,

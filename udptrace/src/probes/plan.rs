@@ -202,7 +202,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route4",
-        description: "IPv4 route lookups: output device and gateway chosen (fib:fib_table_lookup)",
+        description: "IPv4 route lookups: the output device chosen (fib:fib_table_lookup)",
         core: false,
         attachments: &[Attachment {
             mechanism: Mechanism::Tracepoint,

@@ -67,14 +67,12 @@ pub fn summary(event: &TraceEvent) -> String {
         What::Route {
             direction,
             device,
-            gateway,
             error,
             ..
         } => {
-            let outcome = match (error, gateway) {
-                (Some(error), _) => format!("failed {error}"),
-                (None, Some(gateway)) => format!("via {gateway} dev {device}"),
-                (None, None) => format!("dev {device}"),
+            let outcome = match error {
+                Some(error) => format!("failed {error}"),
+                None => format!("dev {device}"),
             };
             format!("{direction} {src} > {dst} {outcome}")
         }
