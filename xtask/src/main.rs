@@ -2,6 +2,7 @@
 //!
 //! - `setup` installs what a fresh machine lacks, idempotently (seconds when nothing is).
 //! - `run -- ARGS` builds udptrace and runs it as root (default: the lab demo).
+//! - `bench` measures the overhead on a UDP load against the alternatives (bench/results.md).
 //! - `test` runs every test: unit tests and the root integration tests, then clippy.
 
 mod setup;
@@ -31,6 +32,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure udptrace's overhead against no tracer, bpftrace and tcpdump; writes
+    /// bench/results.md.
+    Bench,
     /// Run every test (unit and root integration tests), then clippy.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -69,6 +73,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("running {}", binary.display()))?;
             if !status.success() {
                 bail!("udptrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Bench => {
+            setup::setup()?;
+            setup::bench_packages()?;
+            cargo(&root, &["build", "--release", "--package", "udptrace"])?;
+            let binary = root.join("target/release/udptrace-bench");
+            let results = root.join("bench/results.md").display().to_string();
+            let status = as_root(&binary, &[results])?
+                .current_dir(&root)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
+            if !status.success() {
+                bail!("the benchmark failed ({status})");
             }
             Ok(())
         }

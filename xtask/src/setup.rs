@@ -127,9 +127,18 @@ fn installed(package: &str) -> bool {
 }
 
 fn packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    install(PACKAGES)
+}
+
+/// The alternatives the benchmark compares udptrace with.
+pub fn bench_packages() -> anyhow::Result<()> {
+    install(&["bpftrace", "tcpdump"])
+}
+
+fn install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        println!("setup: packages ({}): present", PACKAGES.join(", "));
+        println!("setup: packages ({}): present", packages.join(", "));
         return Ok(());
     }
     if !Path::new("/usr/bin/apt-get").exists() {

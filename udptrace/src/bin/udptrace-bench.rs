@@ -1,0 +1,479 @@
+//! `cargo xtask bench`: udptrace's overhead on a UDP load, side by side with no tracer and with
+//! the tools a user would reach for instead (bpftrace on the same tracepoints, tcpdump), in one
+//! run, variants alternated round by round so machine drift cancels out. Writes a Markdown
+//! table to `bench/results.md` (or the path given) and a summary to stdout.
+//!
+//! Load: a `sendmmsg` blaster in one private namespace, a `recvmmsg` receiver in another, over
+//! veth, documentation-range addresses, fixed duration; measured as datagrams per second
+//! delivered to the receiver.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd as _,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use udptrace::lab::netns::{Netns, veth};
+
+const LOAD_PORT: u16 = 7000;
+const CLOSED_PORT: u16 = 7001;
+const DURATION: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+const BATCH: usize = 64;
+const PAYLOAD: usize = 64;
+
+/// bpftrace with the scope of `udptrace 'port 7000'`'s hop events: one line per datagram at
+/// each device it leaves or enters.
+const BPFTRACE_SCRIPT: &str = r#"
+tracepoint:net:net_dev_queue, tracepoint:net:netif_receive_skb {
+  $skb = (struct sk_buff *)args->skbaddr;
+  $ip = $skb->head + $skb->network_header;
+  if (*(uint8 *)($ip + 9) == 17) {
+    $udp = $ip + ((*(uint8 *)$ip) & 15) * 4;
+    $dport = ((*(uint8 *)($udp + 2)) << 8) | *(uint8 *)($udp + 3);
+    $sport = ((*(uint8 *)($udp + 0)) << 8) | *(uint8 *)($udp + 1);
+    if ($dport == 7000 || $sport == 7000) {
+      printf("%s %llx %d %d\n", probe, $skb, $sport, $dport);
+    }
+  }
+}
+"#;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    Baseline,
+    UdptraceNoMatch,
+    UdptraceMatch,
+    Bpftrace,
+    Tcpdump,
+    DropStormBaseline,
+    UdptraceDropStorm,
+}
+
+impl Variant {
+    const ALL: [Self; 7] = [
+        Self::Baseline,
+        Self::UdptraceNoMatch,
+        Self::UdptraceMatch,
+        Self::Bpftrace,
+        Self::Tcpdump,
+        Self::DropStormBaseline,
+        Self::UdptraceDropStorm,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Baseline => "no tracer (baseline)",
+            Self::UdptraceNoMatch => "udptrace, filter matching nothing",
+            Self::UdptraceMatch => "udptrace, filter matching the load",
+            Self::Bpftrace => "bpftrace, same hops printed",
+            Self::Tcpdump => "tcpdump -w /dev/null on the receiver",
+            Self::DropStormBaseline => "drop storm, no tracer",
+            Self::UdptraceDropStorm => "drop storm, udptrace matching the drops",
+        }
+    }
+
+    fn storm(self) -> bool {
+        matches!(self, Self::DropStormBaseline | Self::UdptraceDropStorm)
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    /// Datagrams per second received (or, in a drop storm, sent).
+    rate: f64,
+    events: Option<u64>,
+    lost: Option<u64>,
+    lost_reported: Option<bool>,
+    /// Storm: delivered drops + lost drops == the receiver namespace's NoPorts delta.
+    drops_exact: Option<bool>,
+    cpu_seconds: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    ready_ms: Option<u128>,
+    exit_ms: Option<u128>,
+}
+
+/// A tracer running during one sample.
+struct Tool {
+    child: Child,
+    ready: Duration,
+    lines: Arc<AtomicU64>,
+    stats: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+    lost_reported: Arc<AtomicU64>,
+    /// udptrace `drop` events printed.
+    drops: Arc<AtomicU64>,
+}
+
+fn udptrace_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .expect("current exe")
+        .with_file_name("udptrace")
+}
+
+fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>> {
+    let started = Instant::now();
+    let mut command = match variant {
+        Variant::Baseline | Variant::DropStormBaseline => return Ok(None),
+        Variant::UdptraceNoMatch => {
+            let mut c = Command::new(udptrace_binary());
+            c.args(["--json", "port", "9"]);
+            c
+        }
+        Variant::UdptraceMatch => {
+            let mut c = Command::new(udptrace_binary());
+            c.args(["--json", "port", &LOAD_PORT.to_string()]);
+            c
+        }
+        Variant::UdptraceDropStorm => {
+            let mut c = Command::new(udptrace_binary());
+            c.args(["--json", "port", &CLOSED_PORT.to_string()]);
+            c
+        }
+        Variant::Bpftrace => {
+            let mut c = Command::new("bpftrace");
+            c.args(["-e", BPFTRACE_SCRIPT]);
+            c
+        }
+        Variant::Tcpdump => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &receiver.name, "tcpdump", "-i", "eth0", "-n", "-w", "/dev/null"]);
+            c.args(["udp", "port", &LOAD_PORT.to_string()]);
+            c
+        }
+    };
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", variant.name()))?;
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(std::sync::Mutex::new(None));
+    let lost_reported = Arc::new(AtomicU64::new(0));
+    let drops = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    {
+        let (lines, stats, lost_reported, drops, ready_tx) = (
+            Arc::clone(&lines),
+            Arc::clone(&stats),
+            Arc::clone(&lost_reported),
+            Arc::clone(&drops),
+            ready_tx.clone(),
+        );
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.fetch_add(1, Ordering::Relaxed);
+                if line.contains("\"kind\":\"drop\"") {
+                    drops.fetch_add(1, Ordering::Relaxed);
+                }
+                // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
+                if line.contains("\"type\":\"ready\"") || line.starts_with("Attaching") {
+                    let _ = ready_tx.send(());
+                } else if line.contains("\"type\":\"stats\"") {
+                    *stats.lock().unwrap() = serde_json::from_str(&line).ok();
+                } else if line.contains("\"type\":\"lost\"")
+                    && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                {
+                    lost_reported.fetch_add(value["count"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // tcpdump: "listening on eth0, ..."
+            if line.contains("listening on") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .with_context(|| format!("{} did not become ready", variant.name()))?;
+    let ready = started.elapsed();
+    // Let a tracer's attach settle before the load.
+    thread::sleep(Duration::from_millis(300));
+    Ok(Some(Tool {
+        child,
+        ready,
+        lines,
+        stats,
+        lost_reported,
+        drops,
+    }))
+}
+
+/// utime+stime (s) and VmHWM (KiB) of a live process.
+fn usage(pid: u32) -> (Option<f64>, Option<u64>) {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+    });
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    (ticks.map(|t| t / hz), rss)
+}
+
+/// Stops a tracer and fills the sample; returns udptrace's exit stats and its drop events.
+fn stop_tool(
+    tool: Tool,
+    sample: &mut Sample,
+    is_udptrace: bool,
+) -> anyhow::Result<Option<(serde_json::Value, u64)>> {
+    let Tool {
+        mut child,
+        ready,
+        lines,
+        stats,
+        lost_reported,
+        drops,
+    } = tool;
+    let (cpu, rss) = usage(child.id());
+    sample.cpu_seconds = cpu;
+    sample.peak_rss_kib = rss;
+    sample.ready_ms = Some(ready.as_millis());
+    let interrupted = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("tracer did not exit within 20 s of SIGINT");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    sample.exit_ms = Some(interrupted.elapsed().as_millis());
+    // Let the reader threads finish the pipe.
+    thread::sleep(Duration::from_millis(300));
+    if !is_udptrace {
+        sample.events = Some(lines.load(Ordering::Relaxed));
+        return Ok(None);
+    }
+    let stats = stats.lock().unwrap().clone().context("udptrace printed no stats")?;
+    sample.events = stats["events"].as_u64();
+    let lost = stats["lost"].as_u64().unwrap_or(0);
+    sample.lost = Some(lost);
+    sample.lost_reported = Some(lost_reported.load(Ordering::Relaxed) == lost);
+    Ok(Some((stats, drops.load(Ordering::Relaxed))))
+}
+
+/// Receives on `port` in `netns` until `stop`, counting datagrams.
+fn receiver(netns: &Netns, stop: Instant) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    let handle = netns.spawn(move || {
+        let socket = UdpSocket::bind(("192.0.2.2", LOAD_PORT))?;
+        let size: i32 = 8 << 20;
+        // SAFETY: valid fd and int option (SO_RCVBUFFORCE: root may exceed rmem_max).
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&raw const size).cast(),
+                4,
+            );
+        }
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let _ = bound_tx.send(());
+        let mut buffers = vec![[0u8; PAYLOAD]; BATCH];
+        let mut received = 0u64;
+        while Instant::now() < stop {
+            // SAFETY: iovecs and headers point into `buffers`, alive for the call.
+            let n = unsafe {
+                let mut iovecs: Vec<libc::iovec> = buffers
+                    .iter_mut()
+                    .map(|b| libc::iovec {
+                        iov_base: b.as_mut_ptr().cast(),
+                        iov_len: PAYLOAD,
+                    })
+                    .collect();
+                let mut headers: Vec<libc::mmsghdr> = iovecs
+                    .iter_mut()
+                    .map(|iov| {
+                        let mut header: libc::mmsghdr = std::mem::zeroed();
+                        header.msg_hdr.msg_iov = iov;
+                        header.msg_hdr.msg_iovlen = 1;
+                        header
+                    })
+                    .collect();
+                libc::recvmmsg(
+                    socket.as_raw_fd(),
+                    headers.as_mut_ptr(),
+                    BATCH as u32,
+                    0,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n > 0 {
+                received += n as u64;
+            }
+        }
+        Ok(received)
+    })?;
+    bound_rx.recv_timeout(Duration::from_secs(5)).context("receiver did not bind")?;
+    Ok(handle)
+}
+
+/// Blasts `target` from `netns` until `stop`; returns datagrams sent.
+fn blaster(netns: &Netns, target: SocketAddr, stop: Instant) -> anyhow::Result<u64> {
+    netns.enter(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        socket.connect(target)?;
+        let payload = [0x55u8; PAYLOAD];
+        let mut sent = 0u64;
+        while Instant::now() < stop {
+            // SAFETY: every header points at the same payload, alive for the call.
+            let n = unsafe {
+                let mut iov = libc::iovec {
+                    iov_base: payload.as_ptr().cast_mut().cast(),
+                    iov_len: PAYLOAD,
+                };
+                let mut headers: Vec<libc::mmsghdr> = (0..BATCH)
+                    .map(|_| {
+                        let mut header: libc::mmsghdr = std::mem::zeroed();
+                        header.msg_hdr.msg_iov = &raw mut iov;
+                        header.msg_hdr.msg_iovlen = 1;
+                        header
+                    })
+                    .collect();
+                libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0)
+            };
+            // A closed port answers with ICMP errors that fail the next send (ECONNREFUSED):
+            // keep sending, as a storm does.
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        Ok(sent)
+    })
+}
+
+fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Result<Sample> {
+    let tool = start_tool(variant, receiver_ns)?;
+    let mut sample = Sample::default();
+    let no_ports_before = receiver_ns.snmp("Udp", "NoPorts")?;
+    let stop = Instant::now() + DURATION;
+    let rate = if variant.storm() {
+        let target: SocketAddr = ([192, 0, 2, 2], CLOSED_PORT).into();
+        blaster(sender, target, stop)? as f64 / DURATION.as_secs_f64()
+    } else {
+        let receiving = receiver(receiver_ns, stop + Duration::from_millis(100))?;
+        let target: SocketAddr = ([192, 0, 2, 2], LOAD_PORT).into();
+        blaster(sender, target, stop)?;
+        let received = receiving.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        received as f64 / DURATION.as_secs_f64()
+    };
+    sample.rate = rate;
+    thread::sleep(Duration::from_millis(300));
+    let no_ports = receiver_ns.snmp("Udp", "NoPorts")? - no_ports_before;
+    if let Some(tool) = tool {
+        let is_udptrace = matches!(
+            variant,
+            Variant::UdptraceNoMatch | Variant::UdptraceMatch | Variant::UdptraceDropStorm
+        );
+        let stats = stop_tool(tool, &mut sample, is_udptrace)?;
+        if variant == Variant::UdptraceDropStorm
+            && let Some((stats, delivered_drops)) = stats
+        {
+            // One NO_SOCKET drop per datagram that reached the closed port: delivered drop
+            // events plus drop events lost to a full ring must equal the kernel's count.
+            let lost_drops = stats["drops_lost"].as_u64().unwrap_or(u64::MAX);
+            sample.drops_exact = Some(delivered_drops.saturating_add(lost_drops) == no_ports);
+        }
+    }
+    Ok(sample)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results.md".into());
+    let sender = Netns::create("bench-tx")?;
+    let receiver_ns = Netns::create("bench-rx")?;
+    veth(&sender, "eth0", &receiver_ns, "eth0")?;
+    sender.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
+    receiver_ns.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    let mut samples: Vec<(Variant, Sample)> = Vec::new();
+    for round in 0..ROUNDS {
+        // Alternate the order so that drift over the run hits every variant alike.
+        let mut order = Variant::ALL.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for variant in order {
+            let sample = measure(variant, &sender, &receiver_ns)
+                .with_context(|| format!("round {round}, {}", variant.name()))?;
+            eprintln!("round {round}: {:<42} {:>12.0} datagrams/s", variant.name(), sample.rate);
+            samples.push((variant, sample));
+        }
+    }
+    let report = report(&samples);
+    std::fs::write(&output, &report).with_context(|| format!("writing {output}"))?;
+    println!("{report}");
+    Ok(())
+}
+
+fn report(samples: &[(Variant, Sample)]) -> String {
+    let rate_of = |variant: Variant| {
+        let mut rates: Vec<f64> = samples.iter().filter(|(v, _)| *v == variant).map(|(_, s)| s.rate).collect();
+        median(&mut rates)
+    };
+    let baseline = rate_of(Variant::Baseline);
+    let storm_baseline = rate_of(Variant::DropStormBaseline);
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# udptrace overhead benchmark\n\nLoad: sendmmsg blaster → recvmmsg receiver over veth between two namespaces, {PAYLOAD}-byte \
+         datagrams, {} s per sample, {ROUNDS} rounds alternating the variants; medians. Throughput is datagrams \
+         per second delivered to the receiver (drop storm: sent to a closed port), as a ratio of the baseline \
+         of the same kind from the same run.\n",
+        DURATION.as_secs()
+    );
+    let _ = writeln!(text, "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | CPU s | peak RSS MiB | ready ms | exit ms |");
+    let _ = writeln!(text, "|---|---:|---:|---:|---|---|---:|---:|---:|---:|");
+    for variant in Variant::ALL {
+        let rate = rate_of(variant);
+        let base = if variant.storm() { storm_baseline } else { baseline };
+        let last = samples.iter().rev().find(|(v, _)| *v == variant).map(|(_, s)| s.clone()).unwrap_or_default();
+        let opt = |value: Option<String>| value.unwrap_or_else(|| "–".into());
+        let _ = writeln!(
+            text,
+            "| {} | {rate:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
+            variant.name(),
+            rate / base,
+            opt(last.events.map(|e| e.to_string())),
+            opt(last.lost.map(|l| format!("{l} ({})", if last.lost_reported == Some(true) { "yes" } else { "NO" }))),
+            opt(last.drops_exact.map(|e| if e { "yes".into() } else { "NO".into() })),
+            opt(last.cpu_seconds.map(|c| format!("{c:.2}"))),
+            opt(last.peak_rss_kib.map(|r| format!("{:.1}", r as f64 / 1024.0))),
+            opt(last.ready_ms.map(|r| r.to_string())),
+            opt(last.exit_ms.map(|r| r.to_string())),
+        );
+    }
+    text
+}
