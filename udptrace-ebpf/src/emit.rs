@@ -12,7 +12,7 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
 use udptrace_common::event::{
-    Counter, EVENT_VERSION, Event, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
+    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
 };
 
 use crate::{COUNTERS, EVENTS, FILTER, SCRATCH, SELECTORS, TRACKED, kernel};
@@ -40,8 +40,46 @@ pub enum Context {
     Softirq,
 }
 
-/// Completes the header of `event` (tuple, detail and place already filled by the hook),
-/// applies selectors and filter, and writes it to the ring buffer.
+/// Where an event happened, read only once it passed the filter (unless a `--netns`/`-i`
+/// selector needs it first): most events on a busy host are filtered out.
+#[derive(Clone, Copy)]
+pub enum Place {
+    /// The skb's device and its namespace.
+    Skb(u64),
+    /// A socket's namespace (sockets have no device).
+    Sock(u64),
+    /// Unknown (route lookups: the tracepoint names no namespace).
+    Unknown,
+}
+
+impl Place {
+    #[inline(always)]
+    fn fill(self, header: &mut EventHeader) {
+        match self {
+            Self::Skb(skb) => kernel::skb_place(skb, header),
+            Self::Sock(sk) => kernel::sock_place(sk, header),
+            Self::Unknown => {
+                header.netns = 0;
+                header.ifindex = 0;
+                header.ifname = [0; 16];
+            }
+        }
+    }
+}
+
+/// `bpf_ringbuf_output` flags (include/uapi/linux/bpf.h).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// `bpf_ringbuf_query` flags.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
+
+/// Completes `event` (tuple and detail already filled by the hook), applies selectors and
+/// filter, and writes it to the ring buffer. `sock`, when not 0, is the socket whose inode the
+/// event names (read only for events that pass).
+///
+/// Wake-ups are batched: userspace drains on a short timer, and is woken only when the ring
+/// is an eighth full, so a busy flow does not cost a context switch per event.
 ///
 /// Packet tracking: once a datagram's skb matched the filter at a hop, later events about the
 /// same skb are reported even when its tuple no longer matches (NAT), flagged `FLAG_TRACKED`.
@@ -58,6 +96,8 @@ pub fn submit(
     mechanism: Mechanism,
     context: Context,
     skb: u64,
+    place: Place,
+    sock: u64,
 ) {
     count(Counter::Seen);
     let pid_tgid = if context == Context::Process {
@@ -67,14 +107,33 @@ pub fn submit(
     };
     let header = &mut event.header;
     header.pid = (pid_tgid >> 32) as u32;
+    // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
+    let (want_netns, want_ifindex, want_pid) = unsafe {
+        (
+            read_volatile(&raw const SELECTORS.netns),
+            read_volatile(&raw const SELECTORS.ifindex),
+            read_volatile(&raw const SELECTORS.pid),
+        )
+    };
+    let place_first = want_netns != 0 || want_ifindex != 0;
+    if place_first {
+        place.fill(header);
+    }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let tracked = skb != 0 && is_tracked(skb, now);
-    if !selected(header.netns, header.ifindex, header.pid, context)
-        || !(tracked || FILTER.matches(&event.tuple, kind == EventKind::IcmpError))
-    {
+    let selected = (want_netns == 0 || header.netns == 0 || header.netns == want_netns)
+        && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)
+        && (want_pid == 0 || context == Context::Softirq || header.pid == want_pid);
+    if !selected || !(tracked || FILTER.matches(&event.tuple, kind == EventKind::IcmpError)) {
         count(Counter::FilteredOut);
         return;
+    }
+    if !place_first {
+        place.fill(header);
+    }
+    if sock != 0 {
+        event.detail.sock_ino = kernel::sock_inode(sock);
     }
     match kind {
         EventKind::Xmit | EventKind::Recv => {
@@ -117,7 +176,12 @@ pub fn submit(
         header.cpu = bpf_get_smp_processor_id();
         header.ts_ns = bpf_ktime_get_ns();
     }
-    if EVENTS.output::<Event>(&*event, 0).is_ok() {
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS.query(BPF_RB_RING_SIZE) / 8 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<Event>(&*event, flags).is_ok() {
         count(Counter::Submitted);
     } else {
         count(Counter::Lost);
@@ -136,20 +200,4 @@ const TRACK_STALE_NS: u64 = 1_000_000_000;
 pub fn is_tracked(skb: u64, now: u64) -> bool {
     // SAFETY: the pointer is into map memory, read once.
     unsafe { TRACKED.get(&skb) }.is_some_and(|seen| now.wrapping_sub(*seen) < TRACK_STALE_NS)
-}
-
-/// `--netns`, `-i` and `--pid`; a selector only rejects events that carry the information.
-#[inline(always)]
-fn selected(netns: u32, ifindex: u32, pid: u32, context: Context) -> bool {
-    // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
-    let (want_netns, want_ifindex, want_pid) = unsafe {
-        (
-            read_volatile(&raw const SELECTORS.netns),
-            read_volatile(&raw const SELECTORS.ifindex),
-            read_volatile(&raw const SELECTORS.pid),
-        )
-    };
-    (want_netns == 0 || netns == 0 || netns == want_netns)
-        && (want_ifindex == 0 || ifindex == 0 || ifindex == want_ifindex)
-        && (want_pid == 0 || context == Context::Softirq || pid == want_pid)
 }

@@ -72,21 +72,23 @@ pub fn network_header(skb: u64) -> Result<Option<Network>, ReadError> {
 pub fn ip_header(net: &Network, tuple: &mut Tuple) -> Result<(u8, u64), ReadError> {
     tuple.family = net.family;
     if net.family == AF_INET {
-        // struct iphdr: version/ihl @0, protocol @9, saddr @12, daddr @16.
-        let version_ihl: u8 = read(net.header, 0)?;
-        let protocol: u8 = read(net.header, 9)?;
-        let saddr: [u8; 4] = read(net.header, 12)?;
-        let daddr: [u8; 4] = read(net.header, 16)?;
-        tuple.saddr = ipv4_in_16(saddr);
-        tuple.daddr = ipv4_in_16(daddr);
-        let ihl = u64::from(version_ihl & 0x0f) * 4;
-        Ok((protocol, net.header + ihl))
+        // struct iphdr (20 bytes) in one read: version/ihl @0, protocol @9, saddr @12,
+        // daddr @16.
+        let header: [u8; 20] = read(net.header, 0)?;
+        tuple.saddr = ipv4_in_16([header[12], header[13], header[14], header[15]]);
+        tuple.daddr = ipv4_in_16([header[16], header[17], header[18], header[19]]);
+        let ihl = u64::from(header[0] & 0x0f) * 4;
+        Ok((header[9], net.header + ihl))
     } else {
-        // struct ipv6hdr: nexthdr @6, saddr @8, daddr @24, 40 bytes.
-        let nexthdr: u8 = read(net.header, 6)?;
-        tuple.saddr = read(net.header, 8)?;
-        tuple.daddr = read(net.header, 24)?;
-        Ok((nexthdr, net.header + 40))
+        // struct ipv6hdr (40 bytes) in one read: nexthdr @6, saddr @8, daddr @24.
+        let header: [u8; 40] = read(net.header, 0)?;
+        let mut index = 0;
+        while index < 16 {
+            tuple.saddr[index] = header[8 + index];
+            tuple.daddr[index] = header[24 + index];
+            index += 1;
+        }
+        Ok((header[6], net.header + 40))
     }
 }
 

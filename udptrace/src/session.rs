@@ -31,6 +31,9 @@ use crate::{
     stream::{CounterValues, Counters, EventRing},
 };
 
+/// Longest an event waits in the ring before it is printed.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
+
 /// The eBPF object built by build.rs from `udptrace-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udptrace"));
 
@@ -136,6 +139,10 @@ impl Tracer {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut verdict_tick = tokio::time::interval(SETTLE / 2);
+        // The kernel wakes us only when the ring is an eighth full (udptrace-ebpf/src/emit.rs);
+        // below that, records are collected on this tick.
+        let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
         loop {
             if self.reached_count(&stats) {
@@ -152,6 +159,7 @@ impl Tracer {
                     ready?;
                     self.drain(output, &mut stats);
                 }
+                _ = drain_tick.tick() => self.drain(output, &mut stats),
                 _ = verdict_tick.tick() => {
                     for verdict in self.diagnosis.ready(monotonic_ns(), false) {
                         output.verdict(&verdict);

@@ -16,7 +16,7 @@ use udptrace_common::{
 };
 
 use crate::{
-    emit::{Context, scratch, submit},
+    emit::{Context, Place, scratch, submit},
     hooks::{classic_args, finish},
     kernel::{self, ReadError},
 };
@@ -59,12 +59,11 @@ fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result
     if !kernel::udp_datagram(skb, &mut event.tuple)? {
         return Ok(());
     }
-    kernel::skb_place(skb, &mut event.header);
     event.detail = EventDetail {
         location,
         reason,
         ..EventDetail::default()
     };
-    submit(event, EventKind::Drop, mechanism, Context::Softirq, skb);
+    submit(event, EventKind::Drop, mechanism, Context::Softirq, skb, Place::Skb(skb), 0);
     Ok(())
 }

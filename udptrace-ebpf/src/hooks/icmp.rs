@@ -18,7 +18,7 @@ use udptrace_common::{
 };
 
 use crate::{
-    emit::{Context, scratch, submit},
+    emit::{Context, Place, scratch, submit},
     hooks::{classic_args, finish},
     kernel::{self, ReadError},
 };
@@ -67,7 +67,6 @@ fn on_icmp_send(
     if !kernel::udp_datagram(skb, &mut event.tuple)? {
         return Ok(());
     }
-    kernel::skb_place(skb, &mut event.header);
     event.detail = EventDetail {
         icmp_type: icmp_type as u8,
         icmp_code: code as u8,
@@ -79,6 +78,8 @@ fn on_icmp_send(
         mechanism,
         Context::Softirq,
         skb,
+        Place::Skb(skb),
+        0,
     );
     Ok(())
 }
@@ -112,7 +113,6 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
         return Ok(());
     }
     kernel::udp_ports(udp, &mut event.tuple)?;
-    kernel::skb_place(skb, &mut event.header);
     event.detail = EventDetail {
         icmp_type,
         icmp_code,
@@ -124,6 +124,8 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
         mechanism,
         Context::Softirq,
         skb,
+        Place::Skb(skb),
+        0,
     );
     Ok(())
 }

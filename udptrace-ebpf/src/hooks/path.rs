@@ -30,7 +30,7 @@ use udptrace_common::{
 
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
-    emit::{Context, is_tracked, scratch, submit},
+    emit::{Context, Place, is_tracked, scratch, submit},
     hooks::{classic_args, finish, icmp},
     kernel::{self, ReadError, read},
 };
@@ -124,7 +124,6 @@ fn hop(
         return Ok(());
     }
     kernel::udp_ports(udp, &mut event.tuple)?;
-    kernel::skb_place(skb, &mut event.header);
     event.detail = EventDetail::default();
     let context = if kind == EventKind::Xmit {
         // Locally generated datagrams reach the device in the sender's system call.
@@ -132,7 +131,7 @@ fn hop(
     } else {
         Context::Softirq
     };
-    submit(event, kind, mechanism, context, skb);
+    submit(event, kind, mechanism, context, skb, Place::Skb(skb), 0);
     if kind == EventKind::Recv {
         // Remember it for sk_data_ready only when it is being followed (reported above).
         // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -192,16 +191,14 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     }
     // SAFETY: this CPU's slot.
     unsafe { *slot = 0 };
-    // Not skb_place: UDP reuses `skb->dev` as `dev_scratch` once the datagram is queued
-    // (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
-    kernel::sock_place(sk, &mut event.header);
     let sock = event.detail.sock;
     event.detail = EventDetail {
         sock,
-        sock_ino: kernel::sock_inode(sk),
         ..EventDetail::default()
     };
-    submit(event, EventKind::Deliver, mechanism, Context::Softirq, skb);
+    // Place::Sock, not Skb: UDP reuses `skb->dev` as `dev_scratch` once the datagram is
+    // queued (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
+    submit(event, EventKind::Deliver, mechanism, Context::Softirq, skb, Place::Sock(sk), sk);
     Ok(())
 }
 
@@ -231,10 +228,15 @@ pub fn consume_tracepoint(ctx: TracePointContext) -> u32 {
     )
 }
 
-/// A consumed skb's address may be reused by an unrelated packet: forget it.
+/// A consumed skb's address may be reused by an unrelated packet: forget it. Every freed skb
+/// of the host passes here; a lookup (lock-free) is cheaper than a delete (bucket lock) for
+/// the vast majority that were never followed.
 #[inline(always)]
 fn on_consume(skb: u64) {
-    let _ = TRACKED.remove(&skb);
+    // SAFETY: only tested for presence.
+    if unsafe { TRACKED.get(&skb) }.is_some() {
+        let _ = TRACKED.remove(&skb);
+    }
 }
 
 #[tracepoint(category = "fib", name = "fib_table_lookup")]
@@ -293,14 +295,11 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
         event.detail.flags = FLAG_ROUTE_INPUT;
     }
     // The record's `oif` is the one requested (0 for "any"); the device chosen is `name`.
-    event.header.ifindex = 0;
-    event.header.ifname = [0; 16];
-    event.header.netns = 0;
     let context = if input {
         Context::Softirq
     } else {
         Context::Process
     };
-    submit(event, EventKind::Route, Mechanism::Tracepoint, context, 0);
+    submit(event, EventKind::Route, Mechanism::Tracepoint, context, 0, Place::Unknown, 0);
     Ok(())
 }

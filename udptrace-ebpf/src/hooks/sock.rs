@@ -21,7 +21,7 @@ use udptrace_common::{
 };
 
 use crate::{
-    emit::{Context, scratch, submit},
+    emit::{Context, Place, scratch, submit},
     hooks::{classic_args, finish},
     kernel::{self, ReadError},
 };
@@ -45,12 +45,11 @@ fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         return Ok(());
     }
     let error: i32 = kernel::read(sk, kernel::offset(|o| &o.sk_err))?;
-    kernel::sock_place(sk, &mut event.header);
     event.detail = EventDetail {
         error: error.unsigned_abs(),
         ..EventDetail::default()
     };
-    submit(event, EventKind::SockError, mechanism, Context::Softirq, 0);
+    submit(event, EventKind::SockError, mechanism, Context::Softirq, 0, Place::Sock(sk), 0);
     Ok(())
 }
 
@@ -160,7 +159,6 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
     if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
         return Ok(());
     }
-    kernel::sock_place(sk, &mut event.header);
     let (kind, error, bytes) = if ret >= 0 {
         (EventKind::Send, 0, ret as u32)
     } else {
@@ -170,9 +168,8 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
         error,
         bytes,
         sock: event.tuple,
-        sock_ino: kernel::sock_inode(sk),
         ..EventDetail::default()
     };
-    submit(event, kind, mechanism, Context::Process, 0);
+    submit(event, kind, mechanism, Context::Process, 0, Place::Sock(sk), sk);
     Ok(())
 }
