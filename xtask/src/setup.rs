@@ -9,8 +9,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages: iproute2 (lab namespaces), nftables (firewall scenario).
-const PACKAGES: &[&str] = &["iproute2", "nftables"];
+/// Debian packages: iproute2 (lab namespaces), nftables (firewall scenario), netcat-openbsd
+/// and python3 (the tests reproduce the incidents with real tools too).
+const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
 
 pub fn setup() -> anyhow::Result<()> {
     rust_src()?;

@@ -64,6 +64,14 @@ fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result
         reason,
         ..EventDetail::default()
     };
-    submit(event, EventKind::Drop, mechanism, Context::Softirq, skb, Place::Skb(skb), 0);
+    submit(
+        event,
+        EventKind::Drop,
+        mechanism,
+        Context::Softirq,
+        skb,
+        Place::Skb(skb),
+        0,
+    );
     Ok(())
 }

@@ -198,7 +198,15 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     };
     // Place::Sock, not Skb: UDP reuses `skb->dev` as `dev_scratch` once the datagram is
     // queued (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
-    submit(event, EventKind::Deliver, mechanism, Context::Softirq, skb, Place::Sock(sk), sk);
+    submit(
+        event,
+        EventKind::Deliver,
+        mechanism,
+        Context::Softirq,
+        skb,
+        Place::Sock(sk),
+        sk,
+    );
     Ok(())
 }
 
@@ -300,6 +308,14 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     } else {
         Context::Process
     };
-    submit(event, EventKind::Route, Mechanism::Tracepoint, context, 0, Place::Unknown, 0);
+    submit(
+        event,
+        EventKind::Route,
+        Mechanism::Tracepoint,
+        context,
+        0,
+        Place::Unknown,
+        0,
+    );
     Ok(())
 }

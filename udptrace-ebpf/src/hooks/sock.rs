@@ -49,7 +49,15 @@ fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         error: error.unsigned_abs(),
         ..EventDetail::default()
     };
-    submit(event, EventKind::SockError, mechanism, Context::Softirq, 0, Place::Sock(sk), 0);
+    submit(
+        event,
+        EventKind::SockError,
+        mechanism,
+        Context::Softirq,
+        0,
+        Place::Sock(sk),
+        0,
+    );
     Ok(())
 }
 
@@ -170,6 +178,14 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
         sock: event.tuple,
         ..EventDetail::default()
     };
-    submit(event, kind, mechanism, Context::Process, 0, Place::Sock(sk), sk);
+    submit(
+        event,
+        kind,
+        mechanism,
+        Context::Process,
+        0,
+        Place::Sock(sk),
+        sk,
+    );
     Ok(())
 }

@@ -146,7 +146,17 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         }
         Variant::Tcpdump => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &receiver.name, "tcpdump", "-i", "eth0", "-n", "-w", "/dev/null"]);
+            c.args([
+                "netns",
+                "exec",
+                &receiver.name,
+                "tcpdump",
+                "-i",
+                "eth0",
+                "-n",
+                "-w",
+                "/dev/null",
+            ]);
             c.args(["udp", "port", &LOAD_PORT.to_string()]);
             c
         }
@@ -185,7 +195,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
                 } else if line.contains("\"type\":\"lost\"")
                     && let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
                 {
-                    lost_reported.fetch_add(value["count"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    lost_reported
+                        .fetch_add(value["count"].as_u64().unwrap_or(0), Ordering::Relaxed);
                 }
             }
         });
@@ -216,22 +227,26 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
 
 /// utime+stime (s) and VmHWM (KiB) of a live process.
 fn usage(pid: u32) -> (Option<f64>, Option<u64>) {
-    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|stat| {
-        let after = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-    });
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+        });
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    });
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
     (ticks.map(|t| t / hz), rss)
 }
 
@@ -271,7 +286,11 @@ fn stop_tool(
         sample.events = Some(lines.load(Ordering::Relaxed));
         return Ok(None);
     }
-    let stats = stats.lock().unwrap().clone().context("udptrace printed no stats")?;
+    let stats = stats
+        .lock()
+        .unwrap()
+        .clone()
+        .context("udptrace printed no stats")?;
     sample.events = stats["events"].as_u64();
     let lost = stats["lost"].as_u64().unwrap_or(0);
     sample.lost = Some(lost);
@@ -280,7 +299,10 @@ fn stop_tool(
 }
 
 /// Receives on `port` in `netns` until `stop`, counting datagrams.
-fn receiver(netns: &Netns, stop: Instant) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
+fn receiver(
+    netns: &Netns,
+    stop: Instant,
+) -> anyhow::Result<thread::JoinHandle<anyhow::Result<u64>>> {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let handle = netns.spawn(move || {
         let socket = UdpSocket::bind(("192.0.2.2", LOAD_PORT))?;
@@ -332,7 +354,9 @@ fn receiver(netns: &Netns, stop: Instant) -> anyhow::Result<thread::JoinHandle<a
         }
         Ok(received)
     })?;
-    bound_rx.recv_timeout(Duration::from_secs(5)).context("receiver did not bind")?;
+    bound_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("receiver did not bind")?;
     Ok(handle)
 }
 
@@ -382,7 +406,9 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
         let receiving = receiver(receiver_ns, stop + Duration::from_millis(100))?;
         let target: SocketAddr = ([192, 0, 2, 2], LOAD_PORT).into();
         blaster(sender, target, stop)?;
-        let received = receiving.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+        let received = receiving
+            .join()
+            .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
         received as f64 / DURATION.as_secs_f64()
     };
     sample.rate = rate;
@@ -412,7 +438,9 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let output = std::env::args().nth(1).unwrap_or_else(|| "bench/results.md".into());
+    let output = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "bench/results.md".into());
     let sender = Netns::create("bench-tx")?;
     let receiver_ns = Netns::create("bench-rx")?;
     veth(&sender, "eth0", &receiver_ns, "eth0")?;
@@ -428,7 +456,11 @@ fn main() -> anyhow::Result<()> {
         for variant in order {
             let sample = measure(variant, &sender, &receiver_ns)
                 .with_context(|| format!("round {round}, {}", variant.name()))?;
-            eprintln!("round {round}: {:<42} {:>12.0} datagrams/s", variant.name(), sample.rate);
+            eprintln!(
+                "round {round}: {:<42} {:>12.0} datagrams/s",
+                variant.name(),
+                sample.rate
+            );
             samples.push((variant, sample));
         }
     }
@@ -440,7 +472,11 @@ fn main() -> anyhow::Result<()> {
 
 fn report(samples: &[(Variant, Sample)]) -> String {
     let rate_of = |variant: Variant| {
-        let mut rates: Vec<f64> = samples.iter().filter(|(v, _)| *v == variant).map(|(_, s)| s.rate).collect();
+        let mut rates: Vec<f64> = samples
+            .iter()
+            .filter(|(v, _)| *v == variant)
+            .map(|(_, s)| s.rate)
+            .collect();
         median(&mut rates)
     };
     let baseline = rate_of(Variant::Baseline);
@@ -454,12 +490,24 @@ fn report(samples: &[(Variant, Sample)]) -> String {
          of the same kind from the same run.\n",
         DURATION.as_secs()
     );
-    let _ = writeln!(text, "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | CPU s | peak RSS MiB | ready ms | exit ms |");
+    let _ = writeln!(
+        text,
+        "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | CPU s | peak RSS MiB | ready ms | exit ms |"
+    );
     let _ = writeln!(text, "|---|---:|---:|---:|---|---|---:|---:|---:|---:|");
     for variant in Variant::ALL {
         let rate = rate_of(variant);
-        let base = if variant.storm() { storm_baseline } else { baseline };
-        let last = samples.iter().rev().find(|(v, _)| *v == variant).map(|(_, s)| s.clone()).unwrap_or_default();
+        let base = if variant.storm() {
+            storm_baseline
+        } else {
+            baseline
+        };
+        let last = samples
+            .iter()
+            .rev()
+            .find(|(v, _)| *v == variant)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
         let opt = |value: Option<String>| value.unwrap_or_else(|| "–".into());
         let _ = writeln!(
             text,
@@ -467,10 +515,21 @@ fn report(samples: &[(Variant, Sample)]) -> String {
             variant.name(),
             rate / base,
             opt(last.events.map(|e| e.to_string())),
-            opt(last.lost.map(|l| format!("{l} ({})", if last.lost_reported == Some(true) { "yes" } else { "NO" }))),
-            opt(last.drops_exact.map(|e| if e { "yes".into() } else { "NO".into() })),
+            opt(last.lost.map(|l| format!(
+                "{l} ({})",
+                if last.lost_reported == Some(true) {
+                    "yes"
+                } else {
+                    "NO"
+                }
+            ))),
+            opt(last
+                .drops_exact
+                .map(|e| if e { "yes".into() } else { "NO".into() })),
             opt(last.cpu_seconds.map(|c| format!("{c:.2}"))),
-            opt(last.peak_rss_kib.map(|r| format!("{:.1}", r as f64 / 1024.0))),
+            opt(last
+                .peak_rss_kib
+                .map(|r| format!("{:.1}", r as f64 / 1024.0))),
             opt(last.ready_ms.map(|r| r.to_string())),
             opt(last.exit_ms.map(|r| r.to_string())),
         );

@@ -6,4 +6,5 @@ mod doctor;
 mod drops;
 mod filters;
 mod path;
+mod real_tools;
 mod verdicts;
