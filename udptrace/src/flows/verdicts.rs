@@ -241,6 +241,12 @@ impl Diagnosis {
 
     /// reply_source_mismatch: a reply to a request that went to A:p leaves from B:p.
     fn on_xmit(&mut self, event: &TraceEvent) {
+        // Only a datagram's first hop shows the source the sender chose; later hops of the
+        // same skb (`tracked`) may carry a tuple NAT rewrote on the way (a DNAT undone is not
+        // a wrong source).
+        if event.tracked {
+            return;
+        }
         let client = canonical(event.destination());
         let Some(request) = self.requests.get(&(client, event.sport)) else {
             return;
@@ -251,12 +257,8 @@ impl Diagnosis {
         }
         let datagram = (replied_from, client);
         if let Some(&index) = self.explained.get(&datagram) {
-            // Another reply counts; a later hop of one already counted (bridge, veth peer)
-            // does not.
-            if !event.tracked {
-                self.verdicts[index].count += 1;
-                self.verdicts[index].add_evidence(event);
-            }
+            self.verdicts[index].count += 1;
+            self.verdicts[index].add_evidence(event);
             return;
         }
         let key = FlowKey::new(client, request.server);
@@ -639,6 +641,10 @@ mod tests {
         let mut next_hop = event(What::Xmit, "198.51.100.1:4000", client, 3);
         next_hop.tracked = true;
         diagnosis.observe(&next_hop);
+        // Nor is a later hop whose tuple NAT rewrote.
+        let mut translated = event(What::Xmit, "192.0.2.1:4000", client, 3);
+        translated.tracked = true;
+        diagnosis.observe(&translated);
         // The client's connected socket drops it: explained by the same verdict, not another.
         diagnosis.observe(&event(drop("NO_SOCKET"), "198.51.100.1:4000", client, 4));
         assert!(

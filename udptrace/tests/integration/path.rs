@@ -119,3 +119,47 @@ fn wrong_source_reply_timeline_ipv6() {
         "2001:db8:1::1",
     );
 }
+
+/// Masquerade in a middle namespace: one datagram seen before and after NAT, with the
+/// conntrack entry that explains the rewrite.
+#[test]
+fn nat_rewrites_are_visible_with_their_conntrack_entry() {
+    let (lab, outcome, records) = traced("dind-nat-hairpin", &[]);
+    let client = outcome.client.local.unwrap();
+    let dind2 = lab.middle.iter().find(|n| n.role == "dind2").unwrap();
+    // The request enters dind2 from the client with the client's address...
+    let before = kind(&records, "recv", |e| {
+        e["saddr"] == client.ip().to_string() && e["netns"] == dind2.inode
+    });
+    let before = before
+        .first()
+        .unwrap_or_else(|| panic!("no pre-NAT hop: {records:#?}"));
+    // ...and leaves it, the same skb, masqueraded to dind2's address, with conntrack's view.
+    let after = kind(&records, "xmit", |e| {
+        e["skb"] == before["skb"] && e["netns"] == dind2.inode
+    });
+    let after = after
+        .first()
+        .unwrap_or_else(|| panic!("no post-NAT hop: {records:#?}"));
+    assert_eq!(after["saddr"], "192.0.2.3");
+    assert_eq!(
+        after["tracked"], true,
+        "followed through NAT although 'port' matched anyway"
+    );
+    let conntrack = &after["conntrack"];
+    assert_eq!(
+        conntrack["original"],
+        format!("{client} > {}", lab.target),
+        "{after:#}"
+    );
+    assert_eq!(
+        conntrack["reply"],
+        format!("{} > 192.0.2.3:{}", lab.target, client.port()),
+        "{after:#}"
+    );
+    // The host's DNAT: the same datagram continues to the server's address.
+    let dnat = kind(&records, "xmit", |e| {
+        e["skb"] == before["skb"] && e["daddr"] == "192.0.2.2"
+    });
+    assert!(!dnat.is_empty(), "post-DNAT hop towards dind1");
+}
