@@ -91,7 +91,17 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                     tracer.run(out.as_mut(), stop).await?;
                     waiter.await.context("lab task")?
                 }
-                None => exercised.await,
+                None => {
+                    tokio::select! {
+                        outcome = exercised => outcome,
+                        () = stop_signal() => {
+                            // The peers' threads end on their own deadlines; the namespaces
+                            // go now.
+                            netns::cleanup_all();
+                            anyhow::bail!("interrupted; the lab's namespaces were removed");
+                        }
+                    }
+                }
             }
             .context("lab task")??;
             eprintln!("lab {}: {}", scenario.name, outcome.describe());

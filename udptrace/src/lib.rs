@@ -11,6 +11,7 @@ pub mod clock;
 pub mod decode;
 pub mod doctor;
 pub mod filter;
+pub mod firewall;
 pub mod flows;
 pub mod host;
 pub mod kernel;

@@ -21,7 +21,8 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
-    flows::verdicts::{Diagnosis, SETTLE, SocketLister},
+    firewall::rules_dropping_port,
+    flows::verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     host::{ifindex_in, preflight},
     knowledge::Knowledge,
     probes::attach::{AttachContext, HookOutcome, attach_all},
@@ -111,7 +112,8 @@ impl Tracer {
         }
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
-        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)));
+        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)))
+            .with_rules(rule_lister(Rc::clone(&knowledge.processes)));
         Ok(Self {
             diagnosis,
             _ebpf: ebpf,
@@ -244,6 +246,14 @@ fn socket_lister(processes: Rc<Processes>) -> SocketLister {
                 })
                 .collect(),
         )
+    })
+}
+
+/// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
+fn rule_lister(processes: Rc<Processes>) -> RuleLister {
+    Box::new(move |netns, port| {
+        let path = processes.netns_path(netns)?;
+        rules_dropping_port(&path, port).ok()
     })
 }
 

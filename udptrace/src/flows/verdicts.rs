@@ -93,6 +93,9 @@ struct Request {
 /// Lists the UDP sockets of a network namespace (by inode); `None` when it cannot be entered.
 pub type SocketLister = Box<dyn Fn(u32) -> Option<Vec<(UdpSocketEntry, Option<String>)>>>;
 
+/// Lists the firewall rules of a network namespace (by inode) that drop a destination port.
+pub type RuleLister = Box<dyn Fn(u32, u16) -> Option<Vec<String>>>;
+
 pub struct Diagnosis {
     pub flows: FlowTable,
     verdicts: Vec<Verdict>,
@@ -103,6 +106,7 @@ pub struct Diagnosis {
     explained: HashMap<(SocketAddr, SocketAddr), usize>,
     history: VecDeque<TraceEvent>,
     sockets: SocketLister,
+    rules: RuleLister,
 }
 
 impl Diagnosis {
@@ -115,7 +119,15 @@ impl Diagnosis {
             explained: HashMap::new(),
             history: VecDeque::new(),
             sockets,
+            rules: Box::new(|_, _| None),
         }
+    }
+
+    /// Names the rule behind `firewall_drop` verdicts.
+    #[must_use]
+    pub fn with_rules(mut self, rules: RuleLister) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Feeds one event to the rules.
@@ -324,19 +336,28 @@ impl Diagnosis {
         match reason {
             "NO_SOCKET" => self.on_no_socket(event, key),
             "NETFILTER_DROP" => {
+                if self.bump(key, FIREWALL_DROP, event) {
+                    return;
+                }
                 let location = match &event.what {
                     What::Drop { location, .. } => location.clone(),
                     _ => String::new(),
                 };
+                let rules = (self.rules)(event.netns, event.dport).unwrap_or_default();
+                let rule = rules
+                    .first()
+                    .map_or_else(String::new, |rule| format!(": {rule}"));
                 self.verdict(key, FIREWALL_DROP, event, || {
+                    let mut evidence = vec![evidence_line(event)];
+                    evidence.extend(rules.iter().map(|rule| format!("rule {rule}")));
                     (
                         format!(
-                            "a netfilter rule drops {} > {} in namespace {} (dropped at {location})",
+                            "a netfilter rule drops {} > {} in namespace {} (dropped at {location}){rule}",
                             event.source(),
                             event.destination(),
                             namespace(event)
                         ),
-                        vec![evidence_line(event)],
+                        evidence,
                         format!(
                             "find the rule with `nft list ruleset` (or `iptables-save`) in that namespace and \
                              allow udp dport {}",
@@ -796,6 +817,31 @@ mod tests {
             verdicts[0]
                 .summary
                 .contains("expected the reply to come from 203.0.113.1:4000")
+        );
+    }
+
+    #[test]
+    fn firewall_drops_name_the_rule() {
+        let rules: RuleLister = Box::new(|netns, port| {
+            assert_eq!((netns, port), (7, 5000));
+            Some(vec![
+                "table inet f chain input (hook input): udp dport 5000 drop # handle 2".into(),
+            ])
+        });
+        let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules);
+        diagnosis.observe(&event(
+            drop("NETFILTER_DROP"),
+            "192.0.2.1:1",
+            "192.0.2.2:5000",
+            1,
+        ));
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert!(
+            verdicts[0]
+                .summary
+                .contains("(hook input): udp dport 5000 drop"),
+            "{}",
+            verdicts[0].summary
         );
     }
 

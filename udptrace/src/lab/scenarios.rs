@@ -525,7 +525,7 @@ mod tests {
     fn dind_replies_are_not_translated_back() {
         let outcome = run("dind-nat-hairpin");
         assert_eq!(
-            outcome.server.unwrap().received,
+            outcome.server.as_ref().unwrap().received,
             3,
             "DNAT reaches the server"
         );

@@ -1,8 +1,10 @@
 //! One line per event in the spirit of pwru, readable in 80 columns for IPv4:
 //!
 //! ```text
-//! 12:01:02.123456 drop    192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET
-//!                         at __udp4_lib_rcv+0x2cd  #e3900  ns server  veth-s
+//! 12:01:02.123456 recv       192.0.2.1:40000 > 192.0.2.2:4000
+//!                            #e3900  (followed)  ns server  veth-s
+//! 12:01:02.123470 `- drop    192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET
+//!                            at __udp4_lib_rcv+0x2cd  #e3900  (followed)  ns server  veth-s
 //! ```
 //!
 //! The first line says what happened to which datagram; the indented second line where
@@ -22,6 +24,8 @@ use crate::{
 pub struct TextOutput<W: Write> {
     out: W,
     colour: bool,
+    /// The datagram of the previous event: its next hops are drawn as a branch under it.
+    last_skb: Option<String>,
 }
 
 const RED: &str = "\x1b[31m";
@@ -33,7 +37,11 @@ const BOLD_RED: &str = "\x1b[1;31m";
 
 impl<W: Write> TextOutput<W> {
     pub fn new(out: W, colour: bool) -> Self {
-        Self { out, colour }
+        Self {
+            out,
+            colour,
+            last_skb: None,
+        }
     }
 
     fn paint(&self, colour: &str, text: &str) -> String {
@@ -72,6 +80,11 @@ pub fn summary(event: &TraceEvent) -> String {
         } => {
             let outcome = match error {
                 Some(error) => format!("failed {error}"),
+                // An unbound sender: this lookup is where the kernel picks the source address
+                // (the preferred source of the route, else the device's primary address).
+                None if event.saddr.is_unspecified() => {
+                    format!("dev {device}, source chosen from {device}")
+                }
                 None => format!("dev {device}"),
             };
             format!("{direction} {src} > {dst} {outcome}")
@@ -152,10 +165,17 @@ impl<W: Write> Output for TextOutput<W> {
             _ => DIM,
         };
         let time = event.time.get(11..26).unwrap_or(&event.time);
-        let kind = self.paint(colour, &format!("{:<7}", event.kind_name()));
+        // Hops of the datagram of the previous line hang under it: one packet reads as a tree.
+        let continues = event.skb.is_some() && event.skb == self.last_skb;
+        self.last_skb.clone_from(&event.skb);
+        let branch = if continues { "`- " } else { "" };
+        let kind = self.paint(
+            colour,
+            &format!("{:<10}", format!("{branch}{}", event.kind_name())),
+        );
         let _ = writeln!(self.out, "{time} {kind} {}", summary(event));
         let context = self.paint(DIM, &context(event));
-        let _ = writeln!(self.out, "{:24}{context}", "");
+        let _ = writeln!(self.out, "{:27}{context}", "");
         let _ = self.out.flush();
     }
 
@@ -279,13 +299,29 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "12:01:02.123456 drop    192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET"
+            "12:01:02.123456 drop       192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET"
         );
         assert_eq!(
             lines[1],
-            "                        at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s"
+            "                           at __udp4_lib_rcv+0x2cd  ns 4026532481  veth-s"
         );
         assert!(lines.iter().all(|line| line.len() <= 80));
+    }
+
+    #[test]
+    fn later_hops_of_a_datagram_hang_under_it() {
+        let mut out = Vec::new();
+        let mut text = TextOutput::new(&mut out, false);
+        let mut hop = event(What::Xmit);
+        hop.skb = Some("0xffff888000001000".into());
+        text.event(&hop);
+        hop.what = What::Recv;
+        text.event(&hop);
+        hop.skb = Some("0xffff888000002000".into());
+        text.event(&hop);
+        let text = String::from_utf8(out).unwrap();
+        let kinds: Vec<&str> = text.lines().step_by(2).map(|l| &l[16..26]).collect();
+        assert_eq!(kinds, ["xmit      ", "`- recv   ", "recv      "]);
     }
 
     #[test]

@@ -47,6 +47,16 @@ fn every_scenario_yields_exactly_its_verdicts() {
                 "three requests, three wrong-source replies"
             );
         }
+        if scenario.name == "firewalled-port" {
+            let summary = verdicts(&records)[0]["summary"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(
+                summary.contains("(hook input): udp dport 5003 drop"),
+                "names the rule: {summary}"
+            );
+        }
         if scenario.name == "rcvbuf-overflow" {
             let verdict = &verdicts(&records)[0];
             assert_eq!(

@@ -1,0 +1,108 @@
+//! Which nftables rule drops a port: a firewall verdict is only useful with the rule that
+//! fired. Reads `nft -a list ruleset` inside the namespace of the drop; iptables-legacy rules
+//! are not read (nft shows iptables-nft rules, the default on current distributions).
+
+use std::{fs::File, os::fd::AsRawFd as _, path::Path, process::Command};
+
+/// The drop/reject rules mentioning destination port `port`, each as
+/// `table FAMILY NAME chain CHAIN (hook HOOK): RULE # handle N`.
+pub fn rules_dropping_port(netns_path: &Path, port: u16) -> std::io::Result<Vec<String>> {
+    let file = File::open(netns_path)?;
+    // A child forked by a thread inherits that thread's network namespace.
+    let text = std::thread::spawn(move || -> std::io::Result<String> {
+        // SAFETY: valid namespace fd; affects only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let output = Command::new("nft")
+            .args(["-a", "list", "ruleset"])
+            .output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("nft thread panicked"))??;
+    Ok(parse_ruleset(&text, port))
+}
+
+/// Pure part of [`rules_dropping_port`].
+pub fn parse_ruleset(text: &str, port: u16) -> Vec<String> {
+    let port = port.to_string();
+    let mut table = String::new();
+    let mut chain = String::new();
+    let mut hook = String::from("?");
+    let mut rules = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["table", family, name, ..] => table = format!("{family} {name}"),
+            ["chain", name, ..] => {
+                chain = (*name).to_owned();
+                hook = String::from("?");
+            }
+            ["type", _, "hook", name, ..] => hook = (*name).to_owned(),
+            _ if drops_port(&words, &port) => {
+                rules.push(format!("table {table} chain {chain} (hook {hook}): {line}"));
+            }
+            _ => {}
+        }
+    }
+    rules
+}
+
+/// A drop/reject rule whose `dport` condition (a port, a range or a set) covers `port`.
+fn drops_port(words: &[&str], port: &str) -> bool {
+    let verdict = words.iter().any(|w| *w == "drop" || *w == "reject");
+    let Some(at) = words.iter().position(|w| *w == "dport") else {
+        return false;
+    };
+    let condition = &words[at + 1..];
+    let end = if condition.first() == Some(&"{") {
+        condition
+            .iter()
+            .position(|w| w.ends_with('}'))
+            .map_or(condition.len(), |e| e + 1)
+    } else {
+        1.min(condition.len())
+    };
+    verdict && condition[..end].iter().any(|word| mentions(word, port))
+}
+
+/// `5003`, or a range `5000-5100` containing it.
+fn mentions(word: &str, port: &str) -> bool {
+    let word = word.trim_matches(|c| c == ',' || c == '{' || c == '}');
+    if word == port {
+        return true;
+    }
+    let (Some((lo, hi)), Ok(port)) = (word.split_once('-'), port.parse::<u16>()) else {
+        return false;
+    };
+    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULESET: &str = "table inet udptrace_lab { # handle 5
+\tchain input { # handle 1
+\t\ttype filter hook input priority filter; policy accept;
+\t\tudp dport 5003 drop # handle 2
+\t\tudp dport 6000-6100 reject # handle 3
+\t\tudp dport { 53, 7000 } drop # handle 4
+\t\tudp dport 5003 counter packets 1 bytes 2 # handle 6
+\t}
+}
+";
+
+    #[test]
+    fn finds_the_rules_that_drop_a_port() {
+        assert_eq!(
+            parse_ruleset(RULESET, 5003),
+            ["table inet udptrace_lab chain input (hook input): udp dport 5003 drop # handle 2"]
+        );
+        assert_eq!(parse_ruleset(RULESET, 6050).len(), 1);
+        assert!(parse_ruleset(RULESET, 7000)[0].contains("handle 4"));
+        assert!(parse_ruleset(RULESET, 53)[0].contains("handle 4"));
+        assert!(parse_ruleset(RULESET, 9).is_empty());
+    }
+}
