@@ -36,10 +36,10 @@ pub fn parse_ruleset(text: &str, port: u16) -> Vec<String> {
         match words.as_slice() {
             ["table", family, name, ..] => table = format!("{family} {name}"),
             ["chain", name, ..] => {
-                chain = (*name).to_owned();
+                (*name).clone_into(&mut chain);
                 hook = String::from("?");
             }
-            ["type", _, "hook", name, ..] => hook = (*name).to_owned(),
+            ["type", _, "hook", name, ..] => (*name).clone_into(&mut hook),
             _ if drops_port(&words, &port) => {
                 rules.push(format!("table {table} chain {chain} (hook {hook}): {line}"));
             }
