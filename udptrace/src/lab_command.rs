@@ -14,11 +14,12 @@ use crate::{
 
 /// The output chosen on the command line; text is coloured only on a terminal without NO_COLOR.
 pub fn output_for(args: &OutputArgs) -> Box<dyn Output> {
+    let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
     if args.json {
-        Box::new(JsonOutput::new(std::io::stdout()))
+        Box::new(JsonOutput::new(stdout))
     } else {
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Box::new(TextOutput::new(std::io::stdout(), colour))
+        Box::new(TextOutput::new(stdout, colour))
     }
 }
 

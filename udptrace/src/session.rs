@@ -227,6 +227,7 @@ impl Tracer {
                 }
             }
         });
+        output.flush();
     }
 }
 

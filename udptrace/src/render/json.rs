@@ -36,7 +36,6 @@ impl<W: Write> JsonOutput<W> {
     fn line(&mut self, value: &Value) {
         // A closed stdout (e.g. `| head`) must not panic; the run ends on its own.
         let _ = writeln!(self.out, "{value}");
-        let _ = self.out.flush();
     }
 }
 
@@ -67,6 +66,11 @@ impl<W: Write> Output for JsonOutput<W> {
             "filter": filter,
             "probes": probes_json(probes),
         }));
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
     }
 
     fn event(&mut self, event: &TraceEvent) {
@@ -75,10 +79,12 @@ impl<W: Write> Output for JsonOutput<W> {
 
     fn lost(&mut self, lost: u64, total: u64) {
         self.line(&json!({"type": "lost", "count": lost, "total": total}));
+        self.flush();
     }
 
     fn verdict(&mut self, verdict: &Verdict) {
         self.tagged("verdict", verdict, false);
+        self.flush();
     }
 
     fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
@@ -95,5 +101,6 @@ impl<W: Write> Output for JsonOutput<W> {
             self.tagged("verdict", verdict, true);
         }
         self.tagged("stats", stats, false);
+        self.flush();
     }
 }

@@ -36,7 +36,10 @@ pub struct Stats {
 /// Where output goes; one implementation per format.
 pub trait Output {
     fn ready(&mut self, filter: &str, probes: &[HookOutcome]);
+    /// Events are buffered: written out after each batch drained from the ring, not one
+    /// system call per event.
     fn event(&mut self, event: &TraceEvent);
+    fn flush(&mut self);
     /// Events lost in the last interval (`lost` > 0), and in total.
     fn lost(&mut self, lost: u64, total: u64);
     /// A verdict whose evidence is complete.

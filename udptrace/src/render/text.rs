@@ -176,6 +176,9 @@ impl<W: Write> Output for TextOutput<W> {
         let _ = writeln!(self.out, "{time} {kind} {}", summary(event));
         let context = self.paint(DIM, &context(event));
         let _ = writeln!(self.out, "{:27}{context}", "");
+    }
+
+    fn flush(&mut self) {
         let _ = self.out.flush();
     }
 
