@@ -28,7 +28,7 @@ use crate::{
     probes::attach::{AttachContext, HookOutcome, attach_all},
     procs::Processes,
     render::{Output, Stats},
-    sockets::udp_sockets_in,
+    sockets::{receive_buffers_in, udp_sockets_in},
     stream::{CounterValues, Counters, EventRing},
 };
 
@@ -236,10 +236,12 @@ fn socket_lister(processes: Rc<Processes>) -> SocketLister {
     Box::new(move |netns| {
         let path = processes.netns_path(netns)?;
         let entries = udp_sockets_in(&path).ok()?;
+        let buffers = receive_buffers_in(&path).unwrap_or_default();
         Some(
             entries
                 .into_iter()
-                .map(|entry| {
+                .map(|mut entry| {
+                    entry.rcvbuf = buffers.get(&entry.inode).copied();
                     let owner = processes
                         .socket_owner(entry.inode)
                         .map(|(pid, comm)| format!("{comm}[{pid}]"));

@@ -4,6 +4,7 @@
 //! exists on a port and why a datagram did not match it.
 
 use std::{
+    collections::HashMap,
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd as _,
@@ -25,6 +26,8 @@ pub struct UdpSocketEntry {
     pub inode: u64,
     /// Datagrams the socket dropped (receive buffer full, ...) since it was created.
     pub drops: u64,
+    /// Receive buffer size in bytes (`ss -m` `rb`, i.e. `sk_rcvbuf`), when known.
+    pub rcvbuf: Option<u64>,
 }
 
 impl UdpSocketEntry {
@@ -85,6 +88,7 @@ fn parse_line(line: &str) -> Option<UdpSocketEntry> {
         rx_queue,
         inode: fields[9].parse().ok()?,
         drops: fields[12].parse().ok()?,
+        rcvbuf: None,
     })
 }
 
@@ -131,6 +135,43 @@ pub fn udp_sockets_in(netns_path: &Path) -> std::io::Result<Vec<UdpSocketEntry>>
     .map_err(|_| std::io::Error::other("socket listing thread panicked"))?
 }
 
+/// Receive buffer sizes by socket inode in the namespace at `netns_path`, from
+/// `ss -Hnuame` (sock_diag: /proc/net/udp does not show them).
+pub fn receive_buffers_in(netns_path: &Path) -> std::io::Result<HashMap<u64, u64>> {
+    let file = File::open(netns_path)?;
+    let text = std::thread::spawn(move || -> std::io::Result<String> {
+        // SAFETY: valid namespace fd; affects only this thread (and the child it forks).
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let output = std::process::Command::new("ss").arg("-Hnuame").output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("ss thread panicked"))??;
+    Ok(parse_ss_buffers(&text))
+}
+
+/// `ino:N` on a socket's line, `skmem:(...,rbN,...)` on it or its continuation line.
+fn parse_ss_buffers(text: &str) -> HashMap<u64, u64> {
+    let mut buffers = HashMap::new();
+    let mut inode = None;
+    for word in text.split_whitespace() {
+        if let Some(number) = word.strip_prefix("ino:") {
+            inode = number.parse().ok();
+        } else if let (Some(skmem), Some(current)) = (word.strip_prefix("skmem:("), inode)
+            && let Some(rb) = skmem
+                .trim_end_matches(')')
+                .split(',')
+                .find_map(|part| part.strip_prefix("rb"))
+                .and_then(|rb| rb.parse().ok())
+        {
+            buffers.insert(current, rb);
+        }
+    }
+    buffers
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::UdpSocket;
@@ -141,6 +182,28 @@ mod tests {
   120: 016433C6:0FA0 00000000:0000 07 00000000:00000200 00:00000000 00000000     0        0 31337 2 0000000000000000 12
   121: 020200C0:0FA0 026433C6:9C40 01 00000000:00000000 00:00000000 00000000     0        0 31338 2 0000000000000000 0
 ";
+
+    #[test]
+    fn reads_the_receive_buffer_of_a_real_socket() {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let entries = udp_sockets_in(Path::new("/proc/self/ns/net")).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let inode = entries
+            .iter()
+            .find(|e| e.local.port() == port)
+            .unwrap()
+            .inode;
+        let buffers = receive_buffers_in(Path::new("/proc/self/ns/net")).unwrap();
+        assert!(buffers.get(&inode).is_some_and(|rb| *rb > 0), "{buffers:?}");
+    }
+
+    #[test]
+    fn parses_ss_receive_buffers() {
+        let text = "UNCONN 0 0 127.0.0.1:46009 0.0.0.0:* ino:109859 sk:1 cgroup:/ <->\n\t skmem:(r0,rb212992,t0,tb212992,f0,w0,o0,bl0,d0)\nUNCONN 0 0 [::1]:53 [::]:* ino:7 sk:2 <->\n\t skmem:(r0,rb4608,t0)\n";
+        let buffers = parse_ss_buffers(text);
+        assert_eq!(buffers.get(&109_859), Some(&212_992));
+        assert_eq!(buffers.get(&7), Some(&4_608));
+    }
 
     #[test]
     fn parses_ipv4_lines() {
@@ -163,6 +226,7 @@ mod tests {
             rx_queue: 0,
             inode: 1,
             drops: 0,
+            rcvbuf: None,
         };
         let from = "198.51.100.2:40000".parse().unwrap();
         let to_uplink = "192.0.2.1:4000".parse().unwrap();

@@ -380,13 +380,16 @@ impl Diagnosis {
                         || event.destination().to_string(),
                         |(entry, owner)| {
                             format!(
-                                "{} (inode {}{}, {} bytes queued, {} drops counted by the socket)",
+                                "{} (inode {}{}, {} bytes queued{}, {} drops counted by the socket)",
                                 entry.local,
                                 entry.inode,
                                 owner
                                     .as_ref()
                                     .map_or_else(String::new, |o| format!(", owned by {o}")),
                                 entry.rx_queue,
+                                entry.rcvbuf.map_or_else(String::new, |rb| {
+                                    format!(" in a {rb}-byte receive buffer")
+                                }),
                                 entry.drops
                             )
                         },
@@ -767,6 +770,7 @@ mod tests {
                     rx_queue: 0,
                     inode: 5,
                     drops: 0,
+                    rcvbuf: None,
                 },
                 Some("nc[77]".into()),
             )])

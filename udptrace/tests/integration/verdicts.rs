@@ -64,6 +64,16 @@ fn every_scenario_yields_exactly_its_verdicts() {
                 outcome.rcvbuf_errors.unwrap(),
                 "counts match the kernel's"
             );
+            let summary = verdict["summary"].as_str().unwrap();
+            // SO_RCVBUF 4096 is doubled by the kernel for its bookkeeping (socket(7)).
+            assert!(
+                summary.contains("in a 8192-byte receive buffer"),
+                "{summary}"
+            );
+            assert!(
+                summary.contains(&format!("[{}], ", std::process::id())),
+                "names the owner: {summary}"
+            );
         }
     }
 }
