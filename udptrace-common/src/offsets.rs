@@ -142,6 +142,10 @@ pub struct KernelOffsets {
     pub ct_protonum: u32,
     /// `nf_conn.status`.
     pub ct_status: u32,
+    /// `task_struct.nsproxy` and `nsproxy.net_ns`: the namespace of the current task, for
+    /// events in process context that carry no skb or socket (route lookups).
+    pub task_nsproxy: u32,
+    pub nsproxy_net: u32,
     /// `fib:fib_table_lookup` record fields (IPv4 route lookups).
     pub fib4: RouteRecordFields,
     /// `fib6:fib6_table_lookup` record fields (IPv6 route lookups).
@@ -186,6 +190,8 @@ impl KernelOffsets {
         ct_dst_port: OFFSET_MISSING,
         ct_protonum: OFFSET_MISSING,
         ct_status: OFFSET_MISSING,
+        task_nsproxy: OFFSET_MISSING,
+        nsproxy_net: OFFSET_MISSING,
         fib4: RouteRecordFields::MISSING,
         fib6: RouteRecordFields::MISSING,
         tracepoint_args: [[OFFSET_MISSING; CLASSIC_TRACEPOINT_ARGS]; CLASSIC_TRACEPOINT_COUNT],

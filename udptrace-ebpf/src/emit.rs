@@ -48,7 +48,9 @@ pub enum Place {
     Skb(u64),
     /// A socket's namespace (sockets have no device).
     Sock(u64),
-    /// Unknown (route lookups: the tracepoint names no namespace).
+    /// The current task's namespace (process-context events without skb or socket).
+    Task,
+    /// Unknown (input route lookups: softirq, the tracepoint names no namespace).
     Unknown,
 }
 
@@ -58,6 +60,7 @@ impl Place {
         match self {
             Self::Skb(skb) => kernel::skb_place(skb, header),
             Self::Sock(sk) => kernel::sock_place(sk, header),
+            Self::Task => kernel::task_place(header),
             Self::Unknown => {
                 header.netns = 0;
                 header.ifindex = 0;

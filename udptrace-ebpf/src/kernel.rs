@@ -147,6 +147,20 @@ pub fn sock_place(sk: u64, header: &mut EventHeader) {
     header.netns = sock_netns(sk);
 }
 
+/// Namespace of the task running the hook (`current->nsproxy->net_ns->ns.inum`); meaningful
+/// only in process context.
+#[inline(always)]
+pub fn task_place(header: &mut EventHeader) {
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    header.ifindex = 0;
+    header.ifname = [0; 16];
+    header.netns = read::<u64>(task, offset(|o| &o.task_nsproxy))
+        .and_then(|nsproxy| read::<u64>(nsproxy, offset(|o| &o.nsproxy_net)))
+        .and_then(|net| read(net, offset(|o| &o.net_inum)))
+        .unwrap_or(0);
+}
+
 #[inline(always)]
 pub fn sock_netns(sk: u64) -> u32 {
     read::<u64>(sk, offset(|o| &o.sk_net))

@@ -308,13 +308,14 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     } else {
         Context::Process
     };
+    let place = if input { Place::Unknown } else { Place::Task };
     submit(
         event,
         EventKind::Route,
         Mechanism::Tracepoint,
         context,
         0,
-        Place::Unknown,
+        place,
         0,
     );
     Ok(())

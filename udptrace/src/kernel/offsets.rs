@@ -155,6 +155,8 @@ const MEMBERS: &[Member] = &[
         "dst.protonum",
         Some(1),
     ),
+    member(|o| &mut o.task_nsproxy, "task_struct", "nsproxy", Some(8)),
+    member(|o| &mut o.nsproxy_net, "nsproxy", "net_ns", Some(8)),
 ];
 
 /// Resolves every offset the programs need.

@@ -136,3 +136,31 @@ fn icmp_errors_match_on_the_datagram_they_quote() {
         "`icmp and port P` shows only ICMP errors: {kinds:?}"
     );
 }
+
+#[test]
+fn netns_and_pid_selectors_apply_in_the_kernel() {
+    let scenario = udptrace::lab::scenarios::find("closed-port").unwrap();
+    let lab = scenario.setup().unwrap();
+    // Only the server's namespace: its drop and ICMP error, none of the client's events.
+    let trace = Trace::start(&["--netns", &lab.server.name, "port", "5001"]);
+    scenario.exercise(&lab).unwrap();
+    let records = trace.stop();
+    let events: Vec<_> = records.iter().filter(|r| r["type"] == "event").collect();
+    assert!(events.iter().any(|e| e["kind"] == "drop"), "{records:#?}");
+    assert!(
+        events.iter().all(|e| e["netns"] == lab.server.inode),
+        "{events:#?}"
+    );
+    assert!(stats(&records)["filtered_in_kernel"].as_u64().unwrap() > 0);
+    // Only socket events of a process that is not the client: none of the client's errors.
+    let trace = Trace::start(&["--pid", "1", "port", "5001"]);
+    scenario.exercise(&lab).unwrap();
+    let records = trace.stop();
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["type"] == "event")
+            .all(|e| e["pid"].is_null()),
+        "process events of other processes are filtered: {records:#?}"
+    );
+}
