@@ -196,7 +196,15 @@ fn several_incidents_at_once_keep_their_verdicts() {
         let port = lab.target.port().to_string();
         let own: BTreeSet<&str> = verdicts(&records)
             .iter()
-            .filter(|v| v["flow"].as_str().unwrap().contains(&format!(":{port}")))
+            .filter(|v| {
+                // Exactly this port at either end (not an ephemeral port that starts with it).
+                v["flow"]
+                    .as_str()
+                    .unwrap()
+                    .split(" <> ")
+                    .flat_map(|end| end.split(" > "))
+                    .any(|end| end.ends_with(&format!(":{port}")))
+            })
             .map(|v| v["code"].as_str().unwrap())
             .collect();
         let expected: BTreeSet<&str> = scenario.expected.iter().copied().collect();
