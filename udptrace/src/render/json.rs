@@ -14,23 +14,34 @@ use crate::{
 
 pub struct JsonOutput<W: Write> {
     out: W,
+    buffer: Vec<u8>,
 }
 
 impl<W: Write> JsonOutput<W> {
     pub fn new(out: W) -> Self {
-        Self { out }
+        Self {
+            out,
+            buffer: Vec::with_capacity(1024),
+        }
     }
 
-    /// Serializes `value` with a `type` field (and `final: true` for exit-summary records).
+    /// Writes `value` (a struct serializing to a JSON object) with a leading `type` field (and
+    /// `final: true` for exit-summary records). Serialized straight into a reused buffer and
+    /// spliced, not through `serde_json::Value`: this runs once per event.
     fn tagged(&mut self, kind: &str, value: &impl serde::Serialize, last: bool) {
-        let mut value = serde_json::to_value(value).unwrap_or(Value::Null);
-        if let Value::Object(map) = &mut value {
-            map.insert("type".into(), kind.into());
-            if last {
-                map.insert("final".into(), true.into());
-            }
+        self.buffer.clear();
+        if serde_json::to_writer(&mut self.buffer, value).is_err()
+            || self.buffer.first() != Some(&b'{')
+        {
+            return;
         }
-        self.line(&value);
+        let rest = &self.buffer[1..];
+        let separator = if rest == b"}" { "" } else { "," };
+        let fin = if last { ",\"final\":true" } else { "" };
+        // A closed stdout (e.g. `| head`) must not panic; the run ends on its own.
+        let _ = write!(self.out, "{{\"type\":\"{kind}\"{fin}{separator}");
+        let _ = self.out.write_all(rest);
+        let _ = self.out.write_all(b"\n");
     }
 
     fn line(&mut self, value: &Value) {
@@ -102,5 +113,33 @@ impl<W: Write> Output for JsonOutput<W> {
         }
         self.tagged("stats", stats, false);
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::Stats;
+
+    #[test]
+    fn records_are_tagged_objects() {
+        let mut out = Vec::new();
+        let mut json = JsonOutput::new(&mut out);
+        json.tagged("stats", &Stats::default(), true);
+        json.tagged("empty", &serde_json::Map::new(), false);
+        json.lost(3, 7);
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["type"], "stats");
+        assert_eq!(lines[0]["final"], true);
+        assert_eq!(lines[0]["lost"], 0);
+        assert_eq!(lines[1], serde_json::json!({"type": "empty"}));
+        assert_eq!(
+            lines[2],
+            serde_json::json!({"type": "lost", "count": 3, "total": 7})
+        );
     }
 }
