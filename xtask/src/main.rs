@@ -1,19 +1,28 @@
-//! Project tasks: `cargo xtask setup | run | test`. These names are a contract (README, CI).
+//! Project tasks: `cargo xtask setup | run | test | bench`. These names are a contract (README,
+//! CI's .ci/run).
 //!
-//! - `setup` installs what a fresh machine lacks, idempotently (seconds when nothing is).
-//! - `run -- ARGS` builds udptrace and runs it as root (default: the lab demo).
+//! - `setup` installs what a fresh machine lacks, idempotently (a second or so when nothing is).
+//! - `run -- ARGS` builds udptrace (release) and runs it as root (default: the lab demo).
+//! - `test -- ARGS` runs every test (unit tests and the root integration tests), then clippy.
 //! - `bench` measures the overhead on a UDP load against the alternatives (bench/results.md).
-//! - `test` runs every test: unit tests and the root integration tests, then clippy.
+//!
+//! When not root, what needs root goes through `sudo -E`; without sudo they fail (nothing is
+//! skipped).
 
+mod process;
 mod setup;
 
 use std::{
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+use crate::process::{Privilege, describe, run};
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "udptrace project tasks")]
@@ -24,100 +33,177 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the nightly rust-src, bpf-linker and the Debian packages the lab and tests use.
+    /// Install what this machine lacks: the nightly's rust-src, bpf-linker (against the
+    /// nightly's LLVM), the Debian packages of the lab, tests and benchmark; mount tracefs.
     Setup,
-    /// Build udptrace (release) and run it as root; default arguments run the lab demo.
+    /// Set up, build udptrace (release) and run it as root with ARGS (default: the lab demo,
+    /// `lab run wrong-source-reply --trace`). Exits with udptrace's status.
     Run {
         /// Arguments for udptrace.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, run every test (unit and root integration tests, release build), then clippy.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Measure udptrace's overhead against no tracer, bpftrace and tcpdump; writes
     /// bench/results.md.
     Bench,
-    /// Run every test (unit and root integration tests), then clippy.
-    Test {
-        /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
 }
 
+/// `cargo xtask run` without arguments: the README's first-run demo.
+const DEMO: &[&str] = &["lab", "run", "wrong-source-reply", "--trace"];
+
+/// The eBPF crate builds only for bpfel-unknown-none (through udptrace/build.rs), never for the
+/// host: `--workspace` must leave it out.
+const EBPF_CRATE: &str = "udptrace-ebpf";
+
+/// Makes udptrace/build.rs embed an empty eBPF object; run, test and bench need the real one.
+const SKIP_EBPF: &str = "UDPTRACE_SKIP_EBPF";
+
+/// Why run, test and bench need root.
+const ROOT_REASON: &str = "load BPF programs and create network namespaces";
+
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match dispatch(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("xtask: {error:#}");
+            eprintln!("xtask: error: {error:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let root = workspace_root();
     match cli.command {
-        Task::Setup => setup::setup(),
-        Task::Run { args } => {
-            setup::setup()?;
-            cargo(&root, &["build", "--release", "--package", "udptrace"])?;
-            let args = if args.is_empty() {
-                ["lab", "run", "wrong-source-reply", "--trace"]
-                    .map(String::from)
-                    .to_vec()
-            } else {
-                args
-            };
-            let binary = root.join("target/release/udptrace");
-            let status = as_root(&binary, &args)?
-                .status()
-                .with_context(|| format!("running {}", binary.display()))?;
-            if !status.success() {
-                bail!("udptrace exited with {status}");
+        Task::Setup => setup::setup(&target_dir(&root), &all_packages()),
+        Task::Run { args } => run_udptrace(&root, args),
+        Task::Test { args } => test(&root, &args),
+        Task::Bench => bench(&root),
+    }
+}
+
+fn all_packages() -> Vec<&'static str> {
+    [setup::PACKAGES, setup::BENCH_PACKAGES].concat()
+}
+
+/// Builds, then replaces this process with `udptrace ARGS` (through `sudo -E` when not root), so
+/// its exit status, signals and terminal are udptrace's own.
+fn run_udptrace(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
+    let privilege = Privilege::acquire(ROOT_REASON)?;
+    setup::setup(&target_dir(root), setup::PACKAGES)?;
+    build_release(root)?;
+    let args = if args.is_empty() {
+        DEMO.iter().map(|&arg| arg.to_owned()).collect()
+    } else {
+        args
+    };
+    let binary = target_dir(root).join("release").join("udptrace");
+    let mut command = privilege.command(&binary);
+    command.args(&args);
+    exec(command)
+}
+
+fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let privilege = Privilege::acquire(&format!("run the integration tests (they {ROOT_REASON})"))?;
+    setup::setup(&target_dir(root), setup::PACKAGES)?;
+
+    let mut test = cargo(root);
+    test.args(["test", "--release"]);
+    if !selects_packages(args) {
+        test.args(["--workspace", "--exclude", EBPF_CRATE]);
+    }
+    if privilege == Privilege::Sudo {
+        // Only the test binaries run as root; the build stays the user's (no root-owned files
+        // in target/).
+        test.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
+    }
+    test.args(args).env("RUST_BACKTRACE", "1");
+
+    let mut clippy = cargo(root);
+    // --release: shares udptrace/build.rs's output (the eBPF object) with the test build.
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--release",
+        "--all-targets",
+    ]);
+    clippy.args(["--", "-D", "warnings"]);
+
+    let mut failures = Vec::new();
+    for (stage, command) in [("tests", &mut test), ("clippy", &mut clippy)] {
+        let started = Instant::now();
+        println!("test: {stage}: {}", describe(command));
+        match run(command) {
+            Ok(()) => println!(
+                "test: {stage}: passed ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(error) => {
+                println!(
+                    "test: {stage}: FAILED ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                failures.push(format!("{stage}: {error:#}"));
             }
-            Ok(())
-        }
-        Task::Bench => {
-            setup::setup()?;
-            setup::bench_packages()?;
-            cargo(&root, &["build", "--release", "--package", "udptrace"])?;
-            let binary = root.join("target/release/udptrace-bench");
-            let results = root.join("bench/results.md").display().to_string();
-            let status = as_root(&binary, &[results])?
-                .current_dir(&root)
-                .status()
-                .with_context(|| format!("running {}", binary.display()))?;
-            if !status.success() {
-                bail!("the benchmark failed ({status})");
-            }
-            Ok(())
-        }
-        Task::Test { args } => {
-            setup::setup()?;
-            require_root_for_tests()?;
-            // The workspace's default members: every crate but the eBPF one, which only builds
-            // for bpfel-unknown-none (through udptrace/build.rs).
-            let mut test = vec!["test", "--release"];
-            if !args.is_empty() {
-                test.push("--");
-                test.extend(args.iter().map(String::as_str));
-            }
-            cargo(&root, &test)?;
-            cargo(
-                &root,
-                &[
-                    "clippy",
-                    "--workspace",
-                    "--exclude",
-                    "udptrace-ebpf",
-                    "--release",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ],
-            )
         }
     }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// The extra arguments choose packages themselves (`-p`, `--package`), which `--workspace`
+/// would override.
+fn selects_packages(args: &[String]) -> bool {
+    args.iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"))
+}
+
+fn bench(root: &Path) -> anyhow::Result<()> {
+    let privilege = Privilege::acquire(ROOT_REASON)?;
+    setup::setup(&target_dir(root), &all_packages())?;
+    build_release(root)?;
+    let binary = target_dir(root).join("release").join("udptrace-bench");
+    let mut command = privilege.command(&binary);
+    command
+        .arg(root.join("bench").join("results.md"))
+        .current_dir(root);
+    exec(command)
+}
+
+fn build_release(root: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    run(cargo(root).args(["build", "--release", "--package", "udptrace"]))?;
+    println!("build: done ({:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Replaces this process with `command`; returns only if that fails.
+fn exec(mut command: Command) -> anyhow::Result<()> {
+    let line = describe(&command);
+    println!("exec: {line}");
+    let error = command.exec();
+    Err(error).with_context(|| format!("could not start `{line}`"))
+}
+
+/// Cargo (the one running xtask) in the workspace root, without the variable that would build
+/// udptrace without its eBPF object.
+fn cargo(root: &Path) -> Command {
+    if std::env::var_os(SKIP_EBPF).is_some() {
+        eprintln!("xtask: ignoring {SKIP_EBPF}: this task needs the real eBPF object");
+    }
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root).env_remove(SKIP_EBPF);
+    command
 }
 
 /// The directory holding the workspace Cargo.toml (xtask's parent).
@@ -128,55 +214,7 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn is_root() -> bool {
-    // `id -u` avoids a libc dependency for one call.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
-}
-
-/// Root integration tests must run: as root, else through sudo; never skipped.
-fn require_root_for_tests() -> anyhow::Result<()> {
-    if is_root() {
-        return Ok(());
-    }
-    bail!(
-        "the integration tests load BPF programs and create network namespaces: run `sudo -E cargo xtask test`{}",
-        if std::env::var_os("CI").is_some() {
-            " (CI=true: not skipping)"
-        } else {
-            ""
-        }
-    )
-}
-
-/// `binary args` as root: directly when root, else through `sudo -E`.
-fn as_root(binary: &Path, args: &[String]) -> anyhow::Result<Command> {
-    if is_root() {
-        let mut command = Command::new(binary);
-        command.args(args);
-        return Ok(command);
-    }
-    if Command::new("sudo").arg("-n").arg("true").status().is_err() {
-        bail!("udptrace needs root and sudo is not installed: run this as root");
-    }
-    let mut command = Command::new("sudo");
-    command.arg("-E").arg(binary).args(args);
-    Ok(command)
-}
-
-/// Runs cargo in the workspace, failing with the command line.
-fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(args)
-        .current_dir(root)
-        .env("RUST_BACKTRACE", "1")
-        .status()
-        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
+/// Cargo's target directory for the workspace ($CARGO_TARGET_DIR, else target/).
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |dir| root.join(dir))
 }

@@ -1,165 +1,267 @@
-//! `cargo xtask setup`: what a fresh machine of this kind lacks, installed idempotently.
-//! See ../shared/notes/environment.md for why each step is needed.
+//! `cargo xtask setup`: installs what a fresh machine of this kind lacks, idempotently, and
+//! takes a second or so when nothing does. One line per step. See
+//! ../shared/notes/environment.md for why each step is needed.
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Instant,
 };
 
 use anyhow::{Context as _, bail};
 
-/// Debian packages: iproute2 (lab namespaces), nftables (firewall scenario), netcat-openbsd
-/// and python3 (the tests reproduce the incidents with real tools too).
-const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
+use crate::process::{self, Privilege, output, run};
 
-pub fn setup() -> anyhow::Result<()> {
-    rust_src()?;
-    bpf_linker()?;
-    packages()?;
-    tracefs()
-}
+/// Debian packages the lab and the tests use: iproute2 (`ip netns`, veth, `ss`), nftables (the
+/// firewall scenarios), netcat-openbsd and python3 (the tests reproduce incidents with real
+/// peers too).
+pub const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
 
-fn output(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(program)
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {program} {}", args.join(" ")))?;
-    if !output.status.success() {
-        bail!("`{program} {}` failed ({})", args.join(" "), output.status);
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
+/// What `cargo xtask bench` compares udptrace with.
+pub const BENCH_PACKAGES: &[&str] = &["bpftrace", "tcpdump"];
 
-fn status(program: &str, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .status()
-        .with_context(|| format!("running {program} {}", args.join(" ")))?;
-    if !status.success() {
-        bail!("`{program} {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
+/// bpf-linker is built against the nightly's own LLVM, of this major version...
+const LLVM_MAJOR: &str = "22";
+/// ...with this bpf-linker feature.
+const LLVM_FEATURE: &str = "llvm-22";
+/// Semver requirement for bpf-linker and the version prefix `--version` must print.
+const BPF_LINKER_REQ: &str = "^0.13";
+const BPF_LINKER_VERSION_PREFIX: &str = "bpf-linker 0.13.";
 
-/// The eBPF crate is built with `-Z build-std=core`, which needs the nightly's rust-src.
-fn rust_src() -> anyhow::Result<()> {
-    let installed = output(
-        "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .context(
-        "the nightly toolchain is required for the eBPF crate (rustup toolchain install nightly)",
-    )?;
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        println!("setup: rust-src (nightly): present");
-        return Ok(());
-    }
-    status(
-        "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
-    )?;
-    println!("setup: rust-src (nightly): installed");
-    Ok(())
-}
+const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// bpf-linker must link against the nightly's own LLVM; `rustup run nightly` puts that
-/// library on the loader path, as aya-build does.
-fn bpf_linker() -> anyhow::Result<()> {
-    let works = Command::new("rustup")
-        .args(["run", "nightly", "bpf-linker", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if works {
-        println!("setup: bpf-linker: present");
-        return Ok(());
-    }
+/// Runs every step; `packages` are the Debian packages to ensure; `target` is cargo's target
+/// directory (bpf-linker's build uses a scratch directory there).
+pub fn setup(target: &Path, packages: &[&str]) -> anyhow::Result<()> {
     let started = Instant::now();
-    let sysroot = PathBuf::from(output("rustc", &["+nightly", "--print", "sysroot"])?.trim());
-    let library = std::fs::read_dir(sysroot.join("lib"))?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("nightly"))
-        })
-        .context("the nightly toolchain ships no libLLVM.so.*-nightly")?;
-    // bpf-linker's build looks for <LLVM_PREFIX>/lib/libLLVM.so.
-    let prefix = std::env::temp_dir().join("udptrace-llvm-prefix");
-    let lib = prefix.join("lib");
-    std::fs::create_dir_all(&lib)?;
-    let link = lib.join("libLLVM.so");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&library, &link)
-        .with_context(|| format!("linking {}", link.display()))?;
-    let status = Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            "^0.13",
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ])
-        .env("LLVM_PREFIX", &prefix)
-        .status()
-        .context("running cargo install bpf-linker")?;
-    if !status.success() {
-        bail!("installing bpf-linker failed ({status})");
+    rust_src()?;
+    bpf_linker(target)?;
+    debian_packages(packages)?;
+    tracefs()?;
+    println!("setup: done ({})", seconds(started));
+    Ok(())
+}
+
+fn seconds(since: Instant) -> String {
+    let elapsed = since.elapsed().as_secs_f64();
+    if elapsed < 10.0 {
+        format!("{elapsed:.1} s")
+    } else {
+        format!("{elapsed:.0} s")
     }
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+/// The nightly toolchain, and its rust-src (the eBPF crate is built with `-Z build-std=core`).
+fn rust_src() -> anyhow::Result<()> {
+    let started = Instant::now();
+    if process::find_in_path("rustup").is_none() {
+        bail!(
+            "rust-src: rustup is not on PATH: the eBPF crate needs a nightly toolchain with \
+             rust-src, which this project installs through rustup (https://rustup.rs)"
+        );
+    }
+    let toolchains = output(rustup().args(["toolchain", "list"]))?;
+    // `nightly-x86_64-...` (what `--toolchain nightly` means), not a dated `nightly-2026-...`.
+    let has_nightly = toolchains.lines().any(|line| {
+        line.strip_prefix("nightly-")
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    if !has_nightly {
+        println!(
+            "nightly: not installed; trying `rustup toolchain install nightly --profile minimal`"
+        );
+        let attempt =
+            run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]));
+        if let Err(error) = attempt {
+            bail!(
+                "nightly: no nightly toolchain is installed and installing one failed: {error:#}. \
+                 The eBPF crate (udptrace-ebpf, built by udptrace/build.rs) needs a nightly \
+                 Rust with rust-src; on this kind of machine rustup is the only way to get one. \
+                 Install it where rustup can reach its server (`rustup toolchain install nightly \
+                 --profile minimal --component rust-src`), then run `cargo xtask setup` again"
+            );
+        }
+        println!("nightly: installed ({})", seconds(started));
+    }
+    let installed =
+        output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let version = output(Command::new("rustc").args(["+nightly", "--version"])).map_or_else(
+        |_| "nightly".to_owned(),
+        |v| v.trim().trim_start_matches("rustc ").to_owned(),
+    );
+    if installed.lines().any(|line| line.trim() == "rust-src") {
+        println!("rust-src: present ({version})");
+        return Ok(());
+    }
+    run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("rust-src: installing the nightly's rust-src")?;
+    println!("rust-src: installed ({version}, {})", seconds(started));
+    Ok(())
+}
+
+/// bpf-linker 0.13, linked against the nightly's own LLVM (so the bitcode rustc emits and the
+/// linker's LLVM agree). It is run, as aya-build does, through `rustup run nightly`, which puts
+/// the nightly's lib/ (holding that libLLVM) on the loader path and $CARGO_HOME/bin on PATH.
+fn bpf_linker(target: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let probe = Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .output();
+    let reason = match probe {
+        Ok(out) if out.status.success() => {
+            let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if version.starts_with(BPF_LINKER_VERSION_PREFIX) {
+                println!("bpf-linker: present ({version})");
+                return Ok(());
+            }
+            format!("{version} is not {BPF_LINKER_REQ}")
+        }
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let first = stderr.lines().next().unwrap_or("").trim();
+            // e.g. the nightly was updated and its libLLVM file name changed with its version.
+            format!("missing or not working ({first})")
+        }
+        Err(error) => format!("`rustup run nightly bpf-linker` could not start: {error}"),
+    };
+    println!("bpf-linker: {reason}; installing (about 70 s)");
+
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    let lib_dir = sysroot.join("lib");
+    let names: Vec<String> = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("bpf-linker: listing {}", lib_dir.display()))?
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.starts_with("libLLVM"))
+        .collect();
+    // libLLVM.so.22.1-rust-1.97.0-nightly
+    let wanted = format!("libLLVM.so.{LLVM_MAJOR}.");
+    let Some(library) = names.iter().find(|name| {
+        name.starts_with(&wanted) && name.contains("-rust-") && name.ends_with("-nightly")
+    }) else {
+        bail!(
+            "bpf-linker: the nightly at {} ships no {wanted}*-rust-*-nightly (its libLLVM files: \
+             {names:?}); bpf-linker is built here with the `{LLVM_FEATURE}` feature: if the \
+             nightly moved to another LLVM, update LLVM_MAJOR and LLVM_FEATURE in \
+             xtask/src/setup.rs",
+            sysroot.display()
+        );
+    };
+    let library = lib_dir.join(library);
+
+    // bpf-linker's build looks for <LLVM_PREFIX>/lib/libLLVM.so: a prefix holding only a link to
+    // the nightly's library. Needed only while building (the binary records the soname).
+    let prefix = target.join("xtask-llvm-prefix");
+    let link = prefix.join("lib").join("libLLVM.so");
+    std::fs::create_dir_all(prefix.join("lib"))
+        .with_context(|| format!("bpf-linker: creating {}", prefix.join("lib").display()))?;
+    match std::fs::remove_file(&link) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("bpf-linker: removing {}", link.display()));
+        }
+        _ => {}
+    }
+    std::os::unix::fs::symlink(&library, &link).with_context(|| {
+        format!(
+            "bpf-linker: linking {} to {}",
+            link.display(),
+            library.display()
+        )
+    })?;
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    run(Command::new(cargo)
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_REQ])
+        .args(["--no-default-features", "--features", LLVM_FEATURE])
+        // Replace a binary linked against an older nightly's library.
+        .arg("--force")
+        .env("LLVM_PREFIX", &prefix))
+    .with_context(|| format!("bpf-linker: building with LLVM_PREFIX={}", prefix.display()))?;
+
+    let check = output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
+        .context(
+            "bpf-linker: installed, but `rustup run nightly bpf-linker --version` still fails \
+             (is $CARGO_HOME/bin the install root?)",
+        )?;
     println!(
-        "setup: bpf-linker: installed ({} s)",
-        started.elapsed().as_secs()
+        "bpf-linker: installed ({}, {})",
+        check.trim(),
+        seconds(started)
     );
     Ok(())
 }
 
-fn installed(package: &str) -> bool {
+fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
         .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .is_ok_and(|out| out.status.success() && out.stdout.ends_with(b" installed"))
 }
 
-fn packages() -> anyhow::Result<()> {
-    install(PACKAGES)
-}
-
-/// The alternatives the benchmark compares udptrace with.
-pub fn bench_packages() -> anyhow::Result<()> {
-    install(&["bpftrace", "tcpdump"])
-}
-
-fn install(packages: &[&str]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|package| !dpkg_installed(package))
+        .collect();
     if missing.is_empty() {
-        println!("setup: packages ({}): present", packages.join(", "));
+        println!("packages: present ({})", packages.join(", "));
         return Ok(());
     }
-    if !Path::new("/usr/bin/apt-get").exists() {
-        bail!("missing packages {missing:?} and no apt-get to install them");
+    println!("packages: installing {}", missing.join(", "));
+    if process::find_in_path("apt-get").is_none() {
+        bail!(
+            "packages: {} missing and there is no apt-get to install them (this project \
+             expects Debian)",
+            missing.join(", ")
+        );
     }
-    status("apt-get", &["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    status("apt-get", &args)?;
-    println!("setup: packages: installed {}", missing.join(", "));
+    let privilege = Privilege::acquire(&format!("install {}", missing.join(", ")))?;
+    run(privilege
+        .command("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(privilege
+        .command("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    println!(
+        "packages: installed {} ({})",
+        missing.join(", "),
+        seconds(started)
+    );
     Ok(())
 }
 
-/// Classic tracepoints and the route hooks need tracefs.
+fn tracefs_mounted() -> anyhow::Result<bool> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .context("tracefs: reading /proc/self/mounts")?;
+    Ok(mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let _source = fields.next();
+        fields.next() == Some(TRACEFS) && fields.next() == Some("tracefs")
+    }))
+}
+
+/// Classic tracepoints and their format files live in tracefs.
 fn tracefs() -> anyhow::Result<()> {
-    if Path::new("/sys/kernel/tracing/events").is_dir() {
-        println!("setup: tracefs: mounted");
+    if tracefs_mounted()? {
+        println!("tracefs: mounted at {TRACEFS}");
         return Ok(());
     }
-    status("mount", &["-t", "tracefs", "nodev", "/sys/kernel/tracing"])?;
-    println!("setup: tracefs: mounted now");
+    let privilege = Privilege::acquire(&format!("mount tracefs at {TRACEFS}"))?;
+    run(privilege
+        .command("mount")
+        .args(["-t", "tracefs", "nodev", TRACEFS]))
+    .context("tracefs: mounting")?;
+    println!("tracefs: mounted now at {TRACEFS}");
     Ok(())
 }

@@ -1,19 +1,37 @@
-//! Kernel addresses → `symbol+0xoff`, from /proc/kallsyms.
+//! Kernel code addresses → `symbol+0xoff`, from /proc/kallsyms.
+//!
+//! Why: `skb:kfree_skb` records where an skb was freed (`location`, a return address inside
+//! the function that dropped it). `__udp4_lib_rcv+0x1a2` tells NO_SOCKET-on-receive apart from
+//! the same reason elsewhere.
+//!
+//! /proc/kallsyms lists `<address> <type> <name>[\t[module]]` per line, not necessarily sorted
+//! (module and BPF symbols follow the core kernel's). Addresses read as zero when
+//! `kernel.kptr_restrict` hides them from the reader (Documentation/admin-guide/sysctl/
+//! kernel.rst, "kptr_restrict": 1 hides them without CAP_SYSLOG, 2 from everyone); a table of
+//! zeros would name every address after one arbitrary symbol, so it is refused.
+
+/// A function longer than this is implausible (the largest in vmlinux are some tens of KiB):
+/// an address further than this past the nearest symbol is not one kallsyms can name (data,
+/// a gap before module space, a stale pointer).
+const MAX_OFFSET: u64 = 1 << 20;
 
 /// Text symbols sorted by address.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Kallsyms {
+    /// One entry per address: the first name /proc/kallsyms gives it.
     symbols: Vec<(u64, String)>,
 }
 
 impl Kallsyms {
+    /// The running kernel's symbols.
     pub fn from_proc() -> Result<Self, String> {
         let text = std::fs::read_to_string("/proc/kallsyms")
             .map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
-        Self::parse(&text)
+        Self::parse(&text).map_err(|e| format!("/proc/kallsyms: {e}"))
     }
 
-    /// Parses kallsyms text; all-zero addresses mean `kptr_restrict` hides them.
+    /// Parses kallsyms text, keeping code symbols (types `t`/`T`, and weak `w`/`W`, which are
+    /// code in practice); lines that do not parse are skipped.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut symbols: Vec<(u64, String)> = text
             .lines()
@@ -22,29 +40,44 @@ impl Kallsyms {
                 let address = u64::from_str_radix(parts.next()?, 16).ok()?;
                 let kind = parts.next()?;
                 let name = parts.next()?;
-                // Text symbols only: a drop location is always code.
                 matches!(kind, "t" | "T" | "w" | "W").then(|| (address, name.to_owned()))
             })
             .collect();
         if symbols.is_empty() {
-            return Err("no symbols in /proc/kallsyms".into());
+            return Err("no code symbols listed".into());
         }
-        if symbols.iter().all(|(address, _)| *address == 0) {
-            return Err("kernel addresses are hidden (kernel.kptr_restrict); run as root".into());
+        if symbols.iter().all(|&(address, _)| address == 0) {
+            return Err(
+                "kernel addresses are hidden (all zero): kernel.kptr_restrict is set, or this \
+                 process lacks CAP_SYSLOG; drop locations cannot be named"
+                    .into(),
+            );
         }
-        symbols.sort_unstable_by_key(|(address, _)| *address);
+        // Stable: among aliases of one address (`_stext`, `_text`, ...) the first listed stays.
+        symbols.sort_by_key(|&(address, _)| address);
+        symbols.dedup_by_key(|(address, _)| *address);
+        // A few symbols are legitimately 0 in a readable table (none of type t/T on x86_64
+        // today, but per-CPU or absolute ones on other configurations): they name nothing.
+        symbols.retain(|&(address, _)| address != 0);
         Ok(Self { symbols })
     }
 
-    /// `symbol+0xoff` for a code address, `None` outside the table.
+    /// `symbol+0xoff` for a code address; `None` below the first symbol, or too far past the
+    /// nearest one to belong to it (more than 1 MiB past it).
     pub fn symbolize(&self, address: u64) -> Option<String> {
-        let index = self.symbols.partition_point(|(start, _)| *start <= address);
+        let index = self.symbols.partition_point(|&(start, _)| start <= address);
         let (start, name) = self.symbols.get(index.checked_sub(1)?)?;
-        // Beyond the last symbol by more than a plausible function size: not kernel text.
-        if index == self.symbols.len() && address - start > 0x10_0000 {
-            return None;
-        }
-        Some(format!("{name}+{:#x}", address - start))
+        let offset = address - start;
+        (offset < MAX_OFFSET).then(|| format!("{name}+{offset:#x}"))
+    }
+
+    /// Number of distinct symbol addresses.
+    pub fn len(&self) -> usize {
+        self.symbols.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.symbols.is_empty()
     }
 }
 
@@ -52,34 +85,86 @@ impl Kallsyms {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "ffffffff82046000 T __udp4_lib_rcv
-ffffffff82046900 t udp_unicast_rcv_skb
-ffffffff82045000 T udp_sendmsg
+    /// Lines in the shape of this machine's /proc/kallsyms (Linux 6.18, x86_64; addresses of
+    /// `__pfx___udp4_lib_rcv`, `__udp4_lib_rcv`, `udp_sendmsg`, `_stext` copied from it),
+    /// with data, module and BPF symbols, out of order as the real file is.
+    const SAMPLE: &str = "\
+ffffffff81000000 T srso_alias_untrain_ret
+ffffffff81000000 T _stext
+ffffffff81000000 T _text
+ffffffff82043c00 T udp_sendmsg
+ffffffff82046280 T __pfx___udp4_lib_rcv
+ffffffff82046290 T __udp4_lib_rcv
+ffffffff82046e20 t udp_unicast_rcv_skb
+ffffffff822090c8 T _etext
 ffffffff83000000 D some_data
+ffffffff83100000 R some_rodata
+ffffffffc0030000 t veth_xmit\t[veth]
+ffffffffc00310b8 t bpf_prog_1e51484531ca865f_send_raw_tp\t[bpf]
+ffffffff81c00000 W weak_function
+not a line
+zzzz T bad_address
 ";
 
     #[test]
     fn symbolizes_inside_functions() {
         let symbols = Kallsyms::parse(SAMPLE).unwrap();
         assert_eq!(
-            symbols.symbolize(0xffff_ffff_8204_674c).as_deref(),
-            Some("__udp4_lib_rcv+0x74c")
+            symbols.symbolize(0xffff_ffff_8204_6290 + 0x1a2).as_deref(),
+            Some("__udp4_lib_rcv+0x1a2")
         );
         assert_eq!(
-            symbols.symbolize(0xffff_ffff_8204_5000).as_deref(),
+            symbols.symbolize(0xffff_ffff_8204_3c00).as_deref(),
             Some("udp_sendmsg+0x0")
         );
+        // Function padding before __udp4_lib_rcv belongs to its __pfx_ symbol.
+        assert_eq!(
+            symbols.symbolize(0xffff_ffff_8204_6288).as_deref(),
+            Some("__pfx___udp4_lib_rcv+0x8")
+        );
+        assert_eq!(
+            symbols.symbolize(0xffff_ffff_c003_0040).as_deref(),
+            Some("veth_xmit+0x40")
+        );
+        assert_eq!(
+            symbols.symbolize(0xffff_ffff_81c0_0010).as_deref(),
+            Some("weak_function+0x10")
+        );
+        // The first alias listed for an address names it.
+        assert_eq!(
+            symbols.symbolize(0xffff_ffff_8100_0004).as_deref(),
+            Some("srso_alias_untrain_ret+0x4")
+        );
+        // Below every symbol, and far past the last core one (in data, 0x83000000 is D).
         assert_eq!(symbols.symbolize(0x1000), None);
+        assert_eq!(symbols.symbolize(0xffff_ffff_8300_0000), None);
+        assert_eq!(symbols.symbolize(u64::MAX), None);
+        // Eleven code symbols at nine addresses: the three aliases at _stext are one.
+        assert_eq!(symbols.len(), 9);
     }
 
     #[test]
     fn hidden_addresses_are_reported() {
-        let hidden = "0000000000000000 T __udp4_lib_rcv\n0000000000000000 T udp_sendmsg\n";
-        assert!(
-            Kallsyms::parse(hidden)
-                .unwrap_err()
-                .contains("kptr_restrict")
-        );
+        // What an unprivileged reader gets with kptr_restrict=1: every address zero.
+        let hidden = SAMPLE
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(_, rest)| format!("0000000000000000 {rest}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let error = Kallsyms::parse(&hidden).unwrap_err();
+        assert!(error.contains("kptr_restrict"), "{error}");
         assert!(Kallsyms::parse("").is_err());
+        assert!(Kallsyms::parse("ffffffff83000000 D only_data\n").is_err());
+    }
+
+    /// The live table: readable (a full table) or refused for the one expected reason, which
+    /// depends on the sysctl and the caller's capabilities, not on udptrace.
+    #[test]
+    fn live_kallsyms() {
+        match Kallsyms::from_proc() {
+            Ok(symbols) => assert!(symbols.len() > 1000, "{} symbols", symbols.len()),
+            Err(error) => assert!(error.contains("kptr_restrict"), "{error}"),
+        }
     }
 }

@@ -1,236 +1,285 @@
-//! Fills `KernelOffsets` from the running kernel's BTF and tracefs formats. A field this
-//! kernel lacks stays `OFFSET_MISSING` and is reported with the reason; only what reads it is
-//! disabled.
+//! Fills [`KernelOffsets`] from the running kernel's BTF and tracepoint format files.
+//!
+//! Why: the kernel programs cannot carry CO-RE relocations (Rust eBPF emits none, see
+//! udptrace-common/src/offsets.rs), so every struct member and record field they read is
+//! located here, at start-up, and written into their `OFFSETS` global before load.
+//!
+//! Nothing here is fatal: a member or field this kernel lacks, or has with a size the programs
+//! do not read it with, stays [`OFFSET_MISSING`] and is listed in [`OffsetReport::missing`]
+//! with the reason; the programs skip what needs it (and count a read error) instead of
+//! reading garbage.
 
 use udptrace_common::offsets::{
-    ClassicTracepoint, KernelOffsets, OFFSET_MISSING, RouteRecordFields,
+    CLASSIC_TRACEPOINT_ARGS, ClassicTracepoint, KernelOffsets, OFFSET_MISSING, RouteRecordFields,
 };
 
 use super::{
     btf::Btf,
-    tracefs::{FormatField, Tracefs},
+    tracefs::{FormatField, FormatSource},
 };
 
+/// The offsets, and what could not be resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetReport {
     pub offsets: KernelOffsets,
-    /// (field, why it is missing).
+    /// (what: `sk_buff.head`, `skb:kfree_skb.reason`; why it is missing).
     pub missing: Vec<(String, String)>,
 }
 
-/// One struct member: where it goes, its BTF path, and the size the programs read it with
-/// (`None`: any size, e.g. a nested struct only used as a base).
+/// The size the kernel programs read a member with.
+#[derive(Clone, Copy, Debug)]
+enum Size {
+    /// Read as exactly this many bytes; another size would be misread.
+    Bytes(u32),
+    /// Only used as a base address (an embedded struct, an array with its own stride).
+    Any,
+}
+
+/// Read widths. Pointers and `unsigned long` are read as u64 (64-bit kernels only).
+const PTR: Size = Size::Bytes(8);
+const U8: Size = Size::Bytes(1);
+const U16: Size = Size::Bytes(2);
+const U32: Size = Size::Bytes(4);
+/// `struct in6_addr`, `union nf_inet_addr`.
+const ADDR16: Size = Size::Bytes(16);
+/// `char name[IFNAMSIZ]`, IFNAMSIZ = 16 (include/uapi/linux/if.h).
+const IFNAME: Size = Size::Bytes(16);
+
+/// One struct member the programs read: where its offset goes, `struct.member.path` in BTF,
+/// and its read width.
 struct Member {
-    set: fn(&mut KernelOffsets) -> &mut u32,
-    structure: &'static str,
+    field: fn(&mut KernelOffsets) -> &mut u32,
     path: &'static str,
-    size: Option<u32>,
+    size: Size,
 }
 
 const fn member(
-    set: fn(&mut KernelOffsets) -> &mut u32,
-    structure: &'static str,
+    field: fn(&mut KernelOffsets) -> &mut u32,
     path: &'static str,
-    size: Option<u32>,
+    size: Size,
 ) -> Member {
-    Member {
-        set,
-        structure,
-        path,
-        size,
-    }
+    Member { field, path, size }
 }
 
-/// Every struct member the kernel programs read (udptrace-ebpf/src/kernel.rs).
+/// Every struct member the kernel programs read (udptrace-ebpf/src/kernel.rs), with the
+/// paths documented on `KernelOffsets`. The sizes are the widths of those reads: a kernel that
+/// changed one (as `sk_protocol` went from an 8-bit bitfield to a u16 in 5.6) gets the member
+/// reported instead of misread.
 const MEMBERS: &[Member] = &[
-    member(|o| &mut o.skb_head, "sk_buff", "head", Some(8)),
-    member(
-        |o| &mut o.skb_network_header,
-        "sk_buff",
-        "network_header",
-        Some(2),
-    ),
+    member(|o| &mut o.skb_head, "sk_buff.head", PTR),
+    // u16 offsets from `head` (include/linux/skbuff.h, skb_network_header()).
+    member(|o| &mut o.skb_network_header, "sk_buff.network_header", U16),
     member(
         |o| &mut o.skb_transport_header,
-        "sk_buff",
-        "transport_header",
-        Some(2),
+        "sk_buff.transport_header",
+        U16,
     ),
-    member(|o| &mut o.skb_protocol, "sk_buff", "protocol", Some(2)),
-    member(|o| &mut o.skb_dev, "sk_buff", "dev", Some(8)),
-    member(|o| &mut o.skb_sk, "sk_buff", "sk", Some(8)),
-    member(|o| &mut o.skb_nfct, "sk_buff", "_nfct", Some(8)),
-    member(|o| &mut o.dev_ifindex, "net_device", "ifindex", Some(4)),
-    member(|o| &mut o.dev_name, "net_device", "name", Some(16)),
-    member(|o| &mut o.dev_net, "net_device", "nd_net.net", Some(8)),
-    member(|o| &mut o.net_inum, "net", "ns.inum", Some(4)),
-    member(
-        |o| &mut o.sk_family,
-        "sock",
-        "__sk_common.skc_family",
-        Some(2),
-    ),
-    member(
-        |o| &mut o.sk_daddr,
-        "sock",
-        "__sk_common.skc_daddr",
-        Some(4),
-    ),
+    member(|o| &mut o.skb_protocol, "sk_buff.protocol", U16),
+    member(|o| &mut o.skb_dev, "sk_buff.dev", PTR),
+    member(|o| &mut o.skb_sk, "sk_buff.sk", PTR),
+    member(|o| &mut o.skb_nfct, "sk_buff._nfct", PTR),
+    member(|o| &mut o.dev_ifindex, "net_device.ifindex", U32),
+    member(|o| &mut o.dev_name, "net_device.name", IFNAME),
+    // possible_net_t holds `struct net *net` with CONFIG_NET_NS (include/net/net_namespace.h).
+    member(|o| &mut o.dev_net, "net_device.nd_net.net", PTR),
+    member(|o| &mut o.net_inum, "net.ns.inum", U32),
+    member(|o| &mut o.sk_family, "sock.__sk_common.skc_family", U16),
+    member(|o| &mut o.sk_daddr, "sock.__sk_common.skc_daddr", U32),
     member(
         |o| &mut o.sk_rcv_saddr,
-        "sock",
-        "__sk_common.skc_rcv_saddr",
-        Some(4),
+        "sock.__sk_common.skc_rcv_saddr",
+        U32,
     ),
-    member(
-        |o| &mut o.sk_dport,
-        "sock",
-        "__sk_common.skc_dport",
-        Some(2),
-    ),
-    member(|o| &mut o.sk_num, "sock", "__sk_common.skc_num", Some(2)),
+    member(|o| &mut o.sk_dport, "sock.__sk_common.skc_dport", U16),
+    member(|o| &mut o.sk_num, "sock.__sk_common.skc_num", U16),
+    // Only with CONFIG_IPV6 (include/net/sock.h, struct sock_common).
     member(
         |o| &mut o.sk_v6_daddr,
-        "sock",
-        "__sk_common.skc_v6_daddr",
-        Some(16),
+        "sock.__sk_common.skc_v6_daddr",
+        ADDR16,
     ),
     member(
         |o| &mut o.sk_v6_rcv_saddr,
-        "sock",
-        "__sk_common.skc_v6_rcv_saddr",
-        Some(16),
+        "sock.__sk_common.skc_v6_rcv_saddr",
+        ADDR16,
     ),
-    member(
-        |o| &mut o.sk_net,
-        "sock",
-        "__sk_common.skc_net.net",
-        Some(8),
-    ),
-    member(|o| &mut o.sk_protocol, "sock", "sk_protocol", Some(2)),
-    member(|o| &mut o.sk_err, "sock", "sk_err", Some(4)),
-    member(|o| &mut o.sk_socket, "sock", "sk_socket", Some(8)),
-    member(|o| &mut o.socket_inode, "socket_alloc", "vfs_inode", None),
-    member(|o| &mut o.inode_ino, "inode", "i_ino", Some(8)),
-    member(|o| &mut o.ct_tuplehash, "nf_conn", "tuplehash", None),
-    member(|o| &mut o.ct_status, "nf_conn", "status", Some(8)),
+    member(|o| &mut o.sk_net, "sock.__sk_common.skc_net.net", PTR),
+    member(|o| &mut o.sk_protocol, "sock.sk_protocol", U16),
+    member(|o| &mut o.sk_err, "sock.sk_err", U32),
+    member(|o| &mut o.sk_socket, "sock.sk_socket", PTR),
+    // SOCK_INODE(): &container_of(socket, struct socket_alloc, socket)->vfs_inode
+    // (include/net/sock.h); only a base for inode.i_ino.
+    member(|o| &mut o.socket_inode, "socket_alloc.vfs_inode", Size::Any),
+    member(|o| &mut o.inode_ino, "inode.i_ino", PTR),
+    // tuplehash[IP_CT_DIR_MAX], stepped through with ct_tuplehash_size.
+    member(|o| &mut o.ct_tuplehash, "nf_conn.tuplehash", Size::Any),
+    member(|o| &mut o.ct_status, "nf_conn.status", PTR),
     member(
         |o| &mut o.ct_hash_tuple,
-        "nf_conntrack_tuple_hash",
-        "tuple",
-        None,
+        "nf_conntrack_tuple_hash.tuple",
+        Size::Any,
     ),
-    member(
-        |o| &mut o.ct_src_addr,
-        "nf_conntrack_tuple",
-        "src.u3",
-        Some(16),
-    ),
-    member(
-        |o| &mut o.ct_src_port,
-        "nf_conntrack_tuple",
-        "src.u.all",
-        Some(2),
-    ),
-    member(
-        |o| &mut o.ct_l3num,
-        "nf_conntrack_tuple",
-        "src.l3num",
-        Some(2),
-    ),
-    member(
-        |o| &mut o.ct_dst_addr,
-        "nf_conntrack_tuple",
-        "dst.u3",
-        Some(16),
-    ),
-    member(
-        |o| &mut o.ct_dst_port,
-        "nf_conntrack_tuple",
-        "dst.u.all",
-        Some(2),
-    ),
+    member(|o| &mut o.ct_src_addr, "nf_conntrack_tuple.src.u3", ADDR16),
+    member(|o| &mut o.ct_src_port, "nf_conntrack_tuple.src.u.all", U16),
+    member(|o| &mut o.ct_l3num, "nf_conntrack_tuple.src.l3num", U16),
+    member(|o| &mut o.ct_dst_addr, "nf_conntrack_tuple.dst.u3", ADDR16),
+    member(|o| &mut o.ct_dst_port, "nf_conntrack_tuple.dst.u.all", U16),
     member(
         |o| &mut o.ct_protonum,
-        "nf_conntrack_tuple",
-        "dst.protonum",
-        Some(1),
+        "nf_conntrack_tuple.dst.protonum",
+        U8,
     ),
-    member(|o| &mut o.task_nsproxy, "task_struct", "nsproxy", Some(8)),
-    member(|o| &mut o.nsproxy_net, "nsproxy", "net_ns", Some(8)),
+    member(|o| &mut o.task_nsproxy, "task_struct.nsproxy", PTR),
+    member(|o| &mut o.nsproxy_net, "nsproxy.net_ns", PTR),
 ];
 
-/// Resolves every offset the programs need.
-pub fn resolve_offsets(btf: &Btf, tracefs: Option<&Tracefs>) -> OffsetReport {
-    let mut offsets = KernelOffsets::MISSING;
-    let mut missing = Vec::new();
-    for member in MEMBERS {
-        let name = format!("{}.{}", member.structure, member.path);
-        match btf.member_offset(member.structure, member.path) {
-            Ok(field) if member.size.is_none_or(|size| size == field.size) => {
-                *(member.set)(&mut offsets) = field.offset;
-            }
-            Ok(field) => missing.push((
-                name,
-                format!(
-                    "is {} bytes, udptrace reads {}",
-                    field.size,
-                    member.size.unwrap_or(0)
-                ),
-            )),
-            Err(error) => missing.push((name, error.to_string())),
-        }
+/// `IP_CT_DIR_MAX` (include/uapi/linux/netfilter/nf_conntrack_tuple_common.h): ORIGINAL and
+/// REPLY.
+const CT_DIRECTIONS: u32 = 2;
+
+/// Widths the programs read each [`ClassicTracepoint::fields`] entry with (the `sizes` given
+/// to `classic_args` in udptrace-ebpf/src/hooks/{drop,icmp,sock,path}.rs: pointers 8,
+/// ints and enums 4).
+fn read_sizes(tracepoint: ClassicTracepoint) -> [u32; CLASSIC_TRACEPOINT_ARGS] {
+    match tracepoint {
+        ClassicTracepoint::KfreeSkb => [8, 8, 4],
+        ClassicTracepoint::IcmpSend
+        | ClassicTracepoint::SockSendLength
+        | ClassicTracepoint::SockRecvLength => [8, 4, 4],
+        ClassicTracepoint::NetDevQueue
+        | ClassicTracepoint::NetifReceiveSkb
+        | ClassicTracepoint::ConsumeSkb
+        | ClassicTracepoint::SkDataReady => [8, 0, 0],
     }
-    match btf.struct_size("nf_conntrack_tuple_hash") {
-        Ok(size) => offsets.ct_tuplehash_size = size,
-        Err(error) => missing.push(("sizeof(nf_conntrack_tuple_hash)".into(), error.to_string())),
-    }
-    let Some(tracefs) = tracefs else {
-        missing.push((
-            "tracepoint formats".into(),
-            "tracefs is not available".into(),
-        ));
-        return OffsetReport { offsets, missing };
-    };
-    for tracepoint in ClassicTracepoint::ALL {
-        let (group, event) = tracepoint.event();
-        match tracefs.format(group, event) {
-            Ok(fields) => {
-                for (slot, name) in tracepoint.fields().iter().enumerate() {
-                    match fields.iter().find(|f| f.name == *name) {
-                        Some(field) => {
-                            offsets.tracepoint_args[tracepoint as usize][slot] = field.offset;
-                        }
-                        None => missing.push((
-                            format!("{group}:{event}.{name}"),
-                            "not in the format file".into(),
-                        )),
-                    }
-                }
-            }
-            Err(error) => missing.push((format!("{group}:{event}"), error)),
-        }
-    }
-    for (ipv6, (group, event)) in [
-        (false, ("fib", "fib_table_lookup")),
-        (true, ("fib6", "fib6_table_lookup")),
-    ] {
-        let fields = match tracefs.format(group, event) {
-            Ok(fields) => route_fields(&fields, ipv6),
-            Err(error) => Err(error),
-        };
-        match fields {
-            Ok(fields) if ipv6 => offsets.fib6 = fields,
-            Ok(fields) => offsets.fib4 = fields,
-            Err(error) => missing.push((format!("{group}:{event}"), error)),
-        }
-    }
-    OffsetReport { offsets, missing }
 }
 
-/// The route record's fields in `RouteRecordFields` order, checked for the sizes the program
-/// reads.
+/// Resolves every offset the programs need: struct members from `btf`, tracepoint record
+/// fields from `formats` (the live [`Tracefs`](super::tracefs::Tracefs), or
+/// [`FormatTexts`](super::tracefs::FormatTexts)); without `formats` every record field is
+/// missing.
+pub fn resolve_offsets<F: FormatSource + ?Sized>(btf: &Btf, formats: Option<&F>) -> OffsetReport {
+    let mut report = OffsetReport {
+        offsets: KernelOffsets::MISSING,
+        missing: Vec::new(),
+    };
+    resolve_members(btf, &mut report);
+    match formats {
+        Some(formats) => {
+            for tracepoint in ClassicTracepoint::ALL {
+                resolve_tracepoint(formats, tracepoint, &mut report);
+            }
+            resolve_routes(formats, &mut report);
+        }
+        None => report.missing.push((
+            "tracepoint formats".into(),
+            "tracefs is not available: classic tracepoints cannot be read".into(),
+        )),
+    }
+    report
+}
+
+fn resolve_members(btf: &Btf, report: &mut OffsetReport) {
+    for member in MEMBERS {
+        let name = member.path.to_owned();
+        let (structure, path) = member.path.split_once('.').unwrap_or((member.path, ""));
+        match btf.member_offset(structure, path) {
+            Ok(field) => match member.size {
+                Size::Bytes(size) if size != field.size => report.missing.push((
+                    name,
+                    format!("is {} bytes here, udptrace reads {size}", field.size),
+                )),
+                _ => *(member.field)(&mut report.offsets) = field.offset,
+            },
+            Err(error) => report.missing.push((name, error.to_string())),
+        }
+    }
+    // The stride of nf_conn.tuplehash[]; checked against the array so a layout change cannot
+    // make the REPLY tuple read from the wrong place.
+    let stride = btf.struct_size("nf_conntrack_tuple_hash");
+    let array = btf.member_offset("nf_conn", "tuplehash");
+    match (stride, array) {
+        (Ok(stride), Ok(array)) if stride.checked_mul(CT_DIRECTIONS) == Some(array.size) => {
+            report.offsets.ct_tuplehash_size = stride;
+        }
+        (Ok(stride), Ok(array)) => report.missing.push((
+            "sizeof(struct nf_conntrack_tuple_hash)".into(),
+            format!(
+                "{stride} bytes, but nf_conn.tuplehash is {} bytes, not {CT_DIRECTIONS} of them",
+                array.size
+            ),
+        )),
+        (Err(error), _) | (_, Err(error)) => report.missing.push((
+            "sizeof(struct nf_conntrack_tuple_hash)".into(),
+            error.to_string(),
+        )),
+    }
+}
+
+/// The record offsets of `tracepoint`'s fields, each checked for the width it is read with.
+fn resolve_tracepoint<F: FormatSource + ?Sized>(
+    formats: &F,
+    tracepoint: ClassicTracepoint,
+    report: &mut OffsetReport,
+) {
+    let (group, event) = tracepoint.event();
+    let fields = match formats.format(group, event) {
+        Ok(fields) => fields,
+        Err(error) => {
+            report.missing.push((format!("{group}:{event}"), error));
+            return;
+        }
+    };
+    let sizes = read_sizes(tracepoint);
+    for (slot, name) in tracepoint.fields().iter().enumerate() {
+        let what = format!("{group}:{event}.{name}");
+        match checked_field(&fields, name, sizes[slot]) {
+            Ok(offset) => report.offsets.tracepoint_args[tracepoint as usize][slot] = offset,
+            Err(why) => report.missing.push((what, why)),
+        }
+    }
+}
+
+/// The offset of record field `name`, if it is a plain field of `size` bytes.
+fn checked_field(fields: &[FormatField], name: &str, size: u32) -> Result<u32, String> {
+    let field = fields
+        .iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| "not in the format file".to_owned())?;
+    if field.is_dynamic() {
+        return Err(format!("is a dynamic array ({})", field.type_name));
+    }
+    if field.size != size {
+        return Err(format!(
+            "is {} bytes here, udptrace reads {size}",
+            field.size
+        ));
+    }
+    Ok(field.offset)
+}
+
+/// `fib:fib_table_lookup` and `fib6:fib6_table_lookup`: all fields or none (the route hook
+/// reads the record as a whole).
+fn resolve_routes<F: FormatSource + ?Sized>(formats: &F, report: &mut OffsetReport) {
+    for (ipv6, group, event) in [
+        (false, "fib", "fib_table_lookup"),
+        (true, "fib6", "fib6_table_lookup"),
+    ] {
+        let fields = formats
+            .format(group, event)
+            .and_then(|fields| route_fields(&fields, ipv6));
+        match fields {
+            Ok(fields) if ipv6 => report.offsets.fib6 = fields,
+            Ok(fields) => report.offsets.fib4 = fields,
+            Err(error) => report.missing.push((format!("{group}:{event}"), error)),
+        }
+    }
+}
+
+/// The route record's fields in [`RouteRecordFields::FIELD_NAMES`] order, checked for the
+/// sizes the program reads (include/trace/events/fib.h, fib6.h).
 fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields, String> {
     let address = if ipv6 { 16 } else { 4 };
+    // tb_id, err, oif, iif, proto, src, dst, sport, dport, name[IFNAMSIZ].
     let sizes = [4, 4, 4, 4, 1, address, address, 2, 2, 16];
     let mut offsets = [OFFSET_MISSING; 10];
     for ((name, size), offset) in RouteRecordFields::FIELD_NAMES
@@ -238,17 +287,8 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
         .zip(sizes)
         .zip(offsets.iter_mut())
     {
-        let field = fields
-            .iter()
-            .find(|f| f.name == *name)
-            .ok_or_else(|| format!("format has no field `{name}`"))?;
-        if field.size != size {
-            return Err(format!(
-                "field `{name}` is {} bytes, expected {size}",
-                field.size
-            ));
-        }
-        *offset = field.offset;
+        *offset =
+            checked_field(fields, name, size).map_err(|why| format!("field `{name}` {why}"))?;
     }
     let [tb_id, err, oif, iif, proto, src, dst, sport, dport, name] = offsets;
     Ok(RouteRecordFields {
@@ -267,136 +307,260 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
 
 #[cfg(test)]
 mod tests {
-    use std::io::Read as _;
-
     use super::*;
+    use crate::kernel::{
+        btf::fixture,
+        tracefs::{FormatTexts, Tracefs, fixtures},
+    };
 
-    /// This machine's BTF (Linux 6.18), saved so the resolver is tested without root or the
-    /// live kernel.
-    fn fixture() -> Btf {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/btf/vmlinux-6.18.gz"
-        );
-        let mut data = Vec::new();
-        flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-            .read_to_end(&mut data)
-            .unwrap();
-        Btf::from_bytes(data).unwrap()
+    const NO_FORMATS: Option<&Tracefs> = None;
+
+    /// The fixture's offsets. Cross-checked against `bpftool btf dump file
+    /// /sys/kernel/btf/vmlinux format raw` on the machine the fixture was saved on (Linux
+    /// 6.18.44): each is the sum of the `bits_offset`s along the path, anonymous unions and
+    /// structs included, divided by 8. E.g. sk_buff.dev: anon union [2772] @0 → anon struct
+    /// [2771] @0 → anon union [2770] @128 → dev @0 = 16; sk_buff.network_header: anon union
+    /// [2784] @1024 → `headers` struct [2783] → @416 = 128 + 52 = 180; net.ns.inum:
+    /// ns @1216 + inum @192 = 152 + 24 = 176; task_struct.nsproxy @14720 = 1840.
+    fn expected_6_18() -> KernelOffsets {
+        KernelOffsets {
+            skb_head: 192,
+            skb_network_header: 180,
+            skb_transport_header: 178,
+            skb_protocol: 176,
+            skb_dev: 16,
+            skb_sk: 24,
+            dev_ifindex: 224,
+            dev_name: 280,
+            dev_net: 264,
+            net_inum: 176,
+            sk_family: 16,
+            sk_daddr: 0,
+            sk_rcv_saddr: 4,
+            sk_dport: 12,
+            sk_num: 14,
+            sk_v6_daddr: 56,
+            sk_v6_rcv_saddr: 72,
+            sk_net: 48,
+            sk_protocol: 532,
+            sk_err: 284,
+            sk_socket: 288,
+            socket_inode: 128,
+            inode_ino: 64,
+            skb_nfct: 104,
+            ct_tuplehash: 16,
+            ct_tuplehash_size: 56,
+            ct_hash_tuple: 16,
+            ct_src_addr: 0,
+            ct_src_port: 16,
+            ct_l3num: 18,
+            ct_dst_addr: 20,
+            ct_dst_port: 36,
+            ct_protonum: 38,
+            ct_status: 128,
+            task_nsproxy: 1840,
+            nsproxy_net: 40,
+            // From the 6.18 format files in tracefs::fixtures (read on the same machine).
+            fib4: RouteRecordFields {
+                tb_id: 8,
+                err: 12,
+                oif: 16,
+                iif: 20,
+                proto: 24,
+                src: 28,
+                dst: 32,
+                sport: 56,
+                dport: 58,
+                name: 60,
+            },
+            fib6: RouteRecordFields {
+                tb_id: 8,
+                err: 12,
+                oif: 16,
+                iif: 20,
+                proto: 68,
+                src: 31,
+                dst: 47,
+                sport: 64,
+                dport: 66,
+                name: 70,
+            },
+            tracepoint_args: [
+                // kfree_skb: skbaddr, location, reason.
+                [8, 16, 36],
+                // icmp_send: skbaddr, type, code.
+                [8, 16, 20],
+                // net_dev_queue: skbaddr.
+                [8, OFFSET_MISSING, OFFSET_MISSING],
+                // sock_send_length: sk, ret, flags.
+                [8, 20, 24],
+                // sock_recv_length.
+                [8, 20, 24],
+                // netif_receive_skb, consume_skb, sk_data_ready: skbaddr / skaddr.
+                [8, OFFSET_MISSING, OFFSET_MISSING],
+                [8, OFFSET_MISSING, OFFSET_MISSING],
+                [8, OFFSET_MISSING, OFFSET_MISSING],
+            ],
+        }
     }
 
     #[test]
-    fn resolves_every_member_on_the_fixture() {
-        let report = resolve_offsets(&fixture(), None);
-        assert_eq!(
-            report.missing,
-            [(
-                "tracepoint formats".to_owned(),
-                "tracefs is not available".to_owned()
-            )]
-        );
-        let o = report.offsets;
-        // Cross-checked with `bpftool btf dump file /sys/kernel/btf/vmlinux` on the machine the
-        // fixture comes from (members of anonymous unions summed by hand).
-        assert_eq!(
-            (
-                o.skb_dev,
-                o.skb_sk,
-                o.skb_nfct,
-                o.skb_protocol,
-                o.skb_transport_header
-            ),
-            (16, 24, 104, 176, 178)
-        );
-        assert_eq!((o.skb_network_header, o.skb_head), (180, 192));
-        assert_eq!(
-            (o.dev_ifindex, o.dev_net, o.dev_name, o.net_inum),
-            (224, 264, 280, 176)
-        );
-        assert_eq!(
-            (
-                o.sk_daddr,
-                o.sk_rcv_saddr,
-                o.sk_dport,
-                o.sk_num,
-                o.sk_family
-            ),
-            (0, 4, 12, 14, 16)
-        );
-        assert_eq!((o.sk_net, o.sk_v6_daddr, o.sk_v6_rcv_saddr), (48, 56, 72));
-        assert_eq!((o.sk_err, o.sk_socket, o.sk_protocol), (284, 288, 532));
-        assert_eq!((o.socket_inode, o.inode_ino), (128, 64));
-        assert_eq!(
-            (
-                o.ct_tuplehash,
-                o.ct_tuplehash_size,
-                o.ct_hash_tuple,
-                o.ct_status
-            ),
-            (16, 56, 16, 128)
-        );
-        assert_eq!(
-            (
-                o.ct_src_addr,
-                o.ct_src_port,
-                o.ct_l3num,
-                o.ct_dst_addr,
-                o.ct_dst_port,
-                o.ct_protonum
-            ),
-            (0, 16, 18, 20, 36, 38)
-        );
+    fn resolves_everything_on_the_fixture() {
+        let report = resolve_offsets(fixture::btf(), Some(&fixtures::linux_6_18()));
+        assert_eq!(report.missing, []);
+        assert_eq!(report.offsets, expected_6_18());
     }
 
     #[test]
-    fn drop_reasons_and_functions_on_the_fixture() {
-        let btf = fixture();
-        let reasons = super::super::reasons::DropReasons::from_btf(&btf);
-        assert_eq!(reasons.name(3), "NO_SOCKET");
-        let values = btf.enum_values("skb_drop_reason").unwrap();
-        for name in [
-            "NETFILTER_DROP",
-            "SOCKET_RCVBUFF",
-            "UDP_CSUM",
-            "IP_RPFILTER",
+    fn without_formats_only_the_records_are_missing() {
+        let report = resolve_offsets(fixture::btf(), NO_FORMATS);
+        assert_eq!(report.missing.len(), 1);
+        assert_eq!(report.missing[0].0, "tracepoint formats");
+        let expected = KernelOffsets {
+            fib4: RouteRecordFields::MISSING,
+            fib6: RouteRecordFields::MISSING,
+            tracepoint_args: KernelOffsets::MISSING.tracepoint_args,
+            ..expected_6_18()
+        };
+        assert_eq!(report.offsets, expected);
+    }
+
+    /// 6.1's kfree_skb record: the reason is read at 28, not 36.
+    #[test]
+    fn kfree_skb_on_6_1() {
+        let formats = fixtures::linux_6_18().with("skb", "kfree_skb", fixtures::KFREE_SKB_6_1);
+        let report = resolve_offsets(fixture::btf(), Some(&formats));
+        assert_eq!(report.missing, []);
+        assert_eq!(
+            report.offsets.tracepoint_args[ClassicTracepoint::KfreeSkb as usize],
+            [8, 16, 28]
+        );
+    }
+
+    /// A kernel without a tracepoint, without a field (kfree_skb before 5.17 had no
+    /// `reason`), with a field of another width, or with a broken route record: each is
+    /// reported and only it stays missing.
+    #[test]
+    fn missing_events_and_fields_are_reported_not_fatal() {
+        let no_reason = fixtures::KFREE_SKB_6_18
+            .lines()
+            .filter(|line| !line.contains(" reason;"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let narrow_ret = fixtures::SOCK_SEND_LENGTH_6_18.replace(
+            "int ret;\toffset:20;\tsize:4;",
+            "short ret;\toffset:20;\tsize:2;",
+        );
+        let no_dport = fixtures::FIB_TABLE_LOOKUP_6_18.replace("u16 dport;", "u16 dst_port;");
+        let mut formats = FormatTexts::new();
+        for (group, event, text) in [
+            ("skb", "kfree_skb", no_reason.as_str()),
+            ("net", "net_dev_queue", fixtures::NET_DEV_QUEUE_6_18),
+            ("net", "netif_receive_skb", fixtures::NETIF_RECEIVE_SKB_6_18),
+            ("skb", "consume_skb", fixtures::CONSUME_SKB_6_18),
+            ("sock", "sock_send_length", narrow_ret.as_str()),
+            ("sock", "sock_recv_length", fixtures::SOCK_RECV_LENGTH_6_18),
+            ("sock", "sk_data_ready", fixtures::SK_DATA_READY_6_18),
+            ("fib", "fib_table_lookup", no_dport.as_str()),
+            (
+                "fib6",
+                "fib6_table_lookup",
+                fixtures::FIB6_TABLE_LOOKUP_6_18,
+            ),
         ] {
-            let full = format!("SKB_DROP_REASON_{name}");
-            let (_, value) = values.iter().find(|(n, _)| *n == full).unwrap();
-            assert_eq!(reasons.name(*value as u32), name);
+            formats = formats.with(group, event, text);
         }
-        assert!(btf.has_function("udp_sendmsg"));
-        assert!(btf.has_function("__udp4_lib_rcv"));
-        assert!(!btf.has_function("no_such_function_in_any_kernel"));
-    }
-
-    #[test]
-    fn errors_instead_of_panics() {
-        let btf = fixture();
-        assert!(btf.member_offset("sk_buff", "no_such_member").is_err());
-        assert!(btf.member_offset("no_such_struct", "x").is_err());
-        assert!(btf.member_offset("sk_buff", "head.deeper").is_err());
-        // Bitfields cannot be read as bytes.
-        assert!(btf.member_offset("sk_buff", "pkt_type").is_err());
-        for len in [0, 3, 24, 100, 4096] {
-            let mut data = btf.data_prefix(len);
-            assert!(Btf::from_bytes(data.clone()).is_err(), "truncated to {len}");
-            data.iter_mut().skip(24).for_each(|b| *b = 0xff);
-            let _ = Btf::from_bytes(data);
-        }
-    }
-
-    #[test]
-    fn the_live_kernel_matches_the_fixture_machine_or_resolves_fully() {
-        let live = Btf::from_sys_fs().expect("/sys/kernel/btf/vmlinux");
-        let report = resolve_offsets(&live, None);
-        assert_eq!(report.missing.len(), 1, "{:?}", report.missing);
-    }
-
-    #[test]
-    fn route_records_need_every_field() {
-        let fields = super::super::tracefs::parse_format(
-            "\tfield:u32 tb_id;\toffset:8;\tsize:4;\tsigned:0;\n",
+        let report = resolve_offsets(fixture::btf(), Some(&formats));
+        let missing: Vec<(&str, &str)> = report
+            .missing
+            .iter()
+            .map(|(what, why)| (what.as_str(), why.as_str()))
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                ("skb:kfree_skb.reason", "not in the format file"),
+                ("icmp:icmp_send", "no format for icmp:icmp_send"),
+                (
+                    "sock:sock_send_length.ret",
+                    "is 2 bytes here, udptrace reads 4"
+                ),
+                (
+                    "fib:fib_table_lookup",
+                    "field `dport` not in the format file"
+                ),
+            ]
         );
-        assert!(route_fields(&fields, false).unwrap_err().contains("`err`"));
+        let args = report.offsets.tracepoint_args;
+        assert_eq!(
+            args[ClassicTracepoint::KfreeSkb as usize],
+            [8, 16, OFFSET_MISSING]
+        );
+        assert_eq!(
+            args[ClassicTracepoint::IcmpSend as usize],
+            [OFFSET_MISSING; 3]
+        );
+        assert_eq!(
+            args[ClassicTracepoint::SockSendLength as usize],
+            [8, OFFSET_MISSING, 24]
+        );
+        assert_eq!(report.offsets.fib4, RouteRecordFields::MISSING);
+        assert_eq!(report.offsets.fib6, expected_6_18().fib6);
+        // The struct members are untouched by all this.
+        assert_eq!(report.offsets.skb_dev, 16);
+    }
+
+    #[test]
+    fn dynamic_fields_are_not_read_as_plain_ones() {
+        let fields = crate::kernel::tracefs::parse_format(fixtures::NET_DEV_QUEUE_6_18);
+        assert_eq!(
+            checked_field(&fields, "name", 4).unwrap_err(),
+            "is a dynamic array (__data_loc char[])"
+        );
+    }
+
+    /// The running kernel, read live from /sys/kernel/btf/vmlinux (present wherever udptrace
+    /// runs): every member resolves as on the fixture's kernel, and when the live BTF is the
+    /// fixture's own (this development machine) every offset is the fixture's.
+    #[test]
+    fn the_live_kernel_against_the_fixture() {
+        let live_bytes = std::fs::read(Btf::SYS_FS_PATH).expect("read /sys/kernel/btf/vmlinux");
+        let live = resolve_offsets(&Btf::from_bytes(&live_bytes).unwrap(), NO_FORMATS);
+        let saved = resolve_offsets(fixture::btf(), NO_FORMATS);
+        assert_eq!(live.missing, saved.missing);
+        if live_bytes == fixture::bytes() {
+            assert_eq!(live.offsets, saved.offsets);
+        } else {
+            eprintln!(
+                "live BTF differs from the fixture's kernel; live offsets: {:?}",
+                live.offsets
+            );
+        }
+    }
+
+    /// The live tracefs as well (mounting it if needed, as udptrace does). On the fixture's
+    /// kernel everything resolves, to the same offsets as from the saved format files; on
+    /// another kernel only tracepoint records may be missing (older kernels lack some events).
+    #[test]
+    fn the_live_tracefs() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: tracefs is covered by tracefs::tests::live_tracefs");
+            return;
+        }
+        let tracefs = Tracefs::find_or_mount().expect("tracefs as root");
+        let live_bytes = std::fs::read(Btf::SYS_FS_PATH).expect("read /sys/kernel/btf/vmlinux");
+        let live = resolve_offsets(&Btf::from_bytes(&live_bytes).unwrap(), Some(&tracefs));
+        if live_bytes == fixture::bytes() {
+            assert_eq!(live.missing, []);
+            assert_eq!(live.offsets, expected_6_18());
+        } else {
+            let not_records: Vec<_> = live
+                .missing
+                .iter()
+                .filter(|(what, _)| !what.contains(':'))
+                .collect();
+            assert_eq!(not_records, [] as [&(String, String); 0]);
+        }
     }
 }

@@ -1,19 +1,44 @@
 //! The classic UDP incidents, reproduced in private namespaces with documentation-range
 //! addresses (../shared/seeds/). Each scenario builds its topology (`setup`), then runs its
-//! peers (`exercise`, a few seconds at most) so that a tracer can attach in between. Every
-//! scenario uses its own server port so that several can be traced at once.
+//! peers (`exercise`, about a second, bounded) so that a tracer can attach in between; the
+//! `Outcome` holds what a tracer's output can be checked against (namespace names and inodes,
+//! addresses and ports, counts, errno values, the kernel's UDP counters before and after, and
+//! the source the replies really came from). Every scenario uses its own server port so that
+//! several can be traced at once.
 
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
+use serde::Serialize;
 
 use super::{
-    netns::{Netns, veth},
-    peers::{ClientReport, ClientSpec, Server, ServerMode, ServerReport, run_client},
+    netns::{Netns, NetnsInfo, veth},
+    peers::{
+        ClientReport, ClientSpec, Proxy, ProxyReport, SeenDatagram, Server, ServerMode,
+        ServerReport, UdpCounters, Witness, run_client, udp_counters,
+    },
 };
 
-/// A built topology; its namespaces are deleted when it is dropped.
+/// Lifetime of the peers of one exercise: a bound, not a pause (they are stopped as soon as
+/// the client is done).
+const PEER_LIFETIME: Duration = Duration::from_secs(4);
+/// After the client's last datagram: for the last replies, ICMP errors and drops to happen
+/// before the servers close their sockets (a closed socket would add NO_SOCKET drops).
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// Where the userland proxy of a scenario runs and forwards.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ProxyPlan {
+    /// Role of the namespace it runs in.
+    pub netns: &'static str,
+    pub listen: SocketAddr,
+    pub backend: SocketAddr,
+}
+
+/// A built topology; its namespaces (and with them every link and bridge in them) are deleted
+/// when it is dropped, also when a test panics.
 pub struct Lab {
+    pub scenario: &'static str,
     pub client: Netns,
     pub server: Netns,
     /// The address:port the client sends to.
@@ -22,26 +47,99 @@ pub struct Lab {
     pub bind: SocketAddr,
     /// The client's wildcard bind address (family of the scenario).
     pub client_bind: SocketAddr,
-    /// Namespaces between client and server (routers, NAT), kept alive with the lab.
+    /// Namespaces between client and server (routers, NAT, the proxy's host), kept alive with
+    /// the lab.
     pub middle: Vec<Netns>,
+    pub proxy: Option<ProxyPlan>,
+    /// Role of the namespace where the server's replies come back to: the client's, or the
+    /// NAT namespace in front of it.
+    pub reply_netns: &'static str,
 }
 
-/// What happened, for people and tests.
-#[derive(Debug)]
+impl Lab {
+    /// Every namespace of the lab: client, server, then the middle ones.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        [&self.client, &self.server]
+            .into_iter()
+            .chain(&self.middle)
+            .collect()
+    }
+
+    pub fn namespace(&self, role: &str) -> Option<&Netns> {
+        self.namespaces().into_iter().find(|n| n.role == role)
+    }
+
+    fn counters(&self) -> anyhow::Result<Vec<UdpCounters>> {
+        self.namespaces().into_iter().map(udp_counters).collect()
+    }
+}
+
+/// One namespace of an exercised lab and its UDP counters around the exercise.
+#[derive(Clone, Debug, Serialize)]
+pub struct NamespaceFacts {
+    pub role: String,
+    pub name: String,
+    /// `net->ns.inum`, as the tracer reports it.
+    pub inode: u32,
+    pub before: UdpCounters,
+    pub after: UdpCounters,
+}
+
+impl NamespaceFacts {
+    /// How much a Udp (or Udp6) counter grew during the exercise.
+    pub fn delta(&self, ipv6: bool, counter: &str) -> u64 {
+        self.after.since(&self.before, ipv6, counter)
+    }
+}
+
+/// What happened, for people, tests and the tracer's checks.
+#[derive(Debug, Serialize)]
 pub struct Outcome {
+    pub scenario: &'static str,
+    pub ipv6: bool,
+    /// Where the client sent.
+    pub target: SocketAddr,
+    /// Where the server socket was bound (the port is the scenario's).
+    pub server_bind: SocketAddr,
+    pub client_netns: NetnsInfo,
+    pub server_netns: NetnsInfo,
+    /// Local address, sent, replies (their sources), errno values.
     pub client: ClientReport,
     pub server: Option<ServerReport>,
+    pub proxy: Option<ProxyReport>,
+    /// Role of the namespace the witness watched (`Lab::reply_netns`), if one ran.
+    pub witness_netns: Option<String>,
+    /// UDP datagrams from the server's port that reached that namespace, accepted by a socket
+    /// or not: the source the replies really came from.
+    pub replies_seen: Vec<SeenDatagram>,
+    /// Every namespace with its Udp/Udp6 counters before and after the exercise.
+    pub namespaces: Vec<NamespaceFacts>,
     /// Server namespace's UDP receive-buffer errors during the exercise (kernel counter).
     pub rcvbuf_errors: Option<u64>,
 }
 
 impl Outcome {
+    pub fn namespace(&self, role: &str) -> Option<&NamespaceFacts> {
+        self.namespaces.iter().find(|n| n.role == role)
+    }
+
+    /// How much a Udp (or Udp6, for IPv6 scenarios) counter grew in namespace `role`.
+    pub fn delta(&self, role: &str, counter: &str) -> Option<u64> {
+        self.namespace(role).map(|n| n.delta(self.ipv6, counter))
+    }
+
+    /// Sources of the replies that reached the client side (whether it took them or not).
+    pub fn reply_sources(&self) -> Vec<SocketAddr> {
+        self.replies_seen.iter().map(|d| d.source).collect()
+    }
+
     pub fn describe(&self) -> String {
         let mut text = format!(
-            "client {}: sent {}, {} replies{}, errors {:?}",
+            "client {} → {}: sent {}, {} replies{}, errors {:?}",
             self.client
                 .local
                 .map_or_else(|| "?".into(), |a| a.to_string()),
+            self.target,
             self.client.sent,
             self.client.replies.len(),
             self.client
@@ -54,8 +152,41 @@ impl Outcome {
                 .map(|e| crate::kernel::errno_name(*e))
                 .collect::<Vec<_>>()
         );
+        if let Some(proxy) = &self.proxy {
+            text.push_str(&format!(
+                "; proxy {} received {}, forwarded {} to {}, relayed {}",
+                proxy.listen, proxy.received, proxy.forwarded, proxy.backend, proxy.relayed
+            ));
+        }
         if let Some(server) = &self.server {
-            text.push_str(&format!("; server received {}", server.received));
+            text.push_str(&format!(
+                "; server {} received {}",
+                server.local, server.received
+            ));
+            if let Some(after) = server.local_after
+                && after != server.local
+            {
+                text.push_str(&format!(
+                    " (socket now {after}{})",
+                    server
+                        .peer_after
+                        .map_or_else(String::new, |peer| format!(" connected to {peer}"))
+                ));
+            }
+        }
+        if let Some(role) = &self.witness_netns {
+            let mut sources = self.reply_sources();
+            sources.dedup();
+            text.push_str(&format!(
+                "; replies reaching {role}: {} from {sources:?}",
+                self.replies_seen.len()
+            ));
+        }
+        for facts in &self.namespaces {
+            let no_ports = facts.delta(self.ipv6, "NoPorts");
+            if no_ports > 0 {
+                text.push_str(&format!("; {} NoPorts +{no_ports}", facts.role));
+            }
         }
         if let Some(errors) = self.rcvbuf_errors {
             text.push_str(&format!("; kernel RcvbufErrors +{errors}"));
@@ -71,13 +202,18 @@ enum Topology {
     /// A Docker-like host: bridge `br0` (like docker0) with a container on it and an uplink
     /// `eth0`; the server runs on the host, the client in the container.
     DockerHost,
-    /// Seed 004 in miniature: a client container behind a masquerading Docker-in-Docker
+    /// Seed 004 with hairpin DNAT: a client container behind a masquerading Docker-in-Docker
     /// namespace (`dind2`), a host namespace publishing port P by DNAT to a second DinD
     /// namespace (`dind1`, the server) on the same bridge. The reply is bridged straight back
     /// to `dind2` without passing the host's conntrack, so it arrives from dind1's address
     /// instead of the host's, `dind2`'s conntrack cannot undo its masquerade and the reply dies
     /// NO_SOCKET there.
     DindNat,
+    /// Seed 004 as written: the same namespaces, but the host's DNAT exempts traffic from its
+    /// own bridge (Docker's `! -i br-xxx`), so a userland proxy (docker-proxy) on the host's
+    /// wildcard address takes the datagram, forwards it to dind1 and relays the reply from its
+    /// wildcard socket: from the bridge address, not the uplink address dind2's NAT sent to.
+    DindProxy,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,9 +228,15 @@ enum Traffic {
     Exchange(ServerMode),
 }
 
+/// Datagrams in the rcvbuf-overflow burst.
+pub const OVERFLOW_BURST: usize = 500;
+
 pub struct Scenario {
     pub name: &'static str,
+    /// The incident it reproduces.
     pub description: &'static str,
+    /// What a correct diagnosis says.
+    pub diagnosis: &'static str,
     /// The verdict codes a correct diagnosis gives (none for healthy controls).
     pub expected: &'static [&'static str],
     topology: Topology,
@@ -108,7 +250,8 @@ pub struct Scenario {
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "closed-port",
-        description: "a connected client sends to a port where nothing listens: NO_SOCKET, ICMP port unreachable, ECONNREFUSED",
+        description: "a connected client (192.0.2.1) sends to 192.0.2.2:5001 where nothing listens",
+        diagnosis: "NO_SOCKET drops in the server namespace, ICMP port unreachable back (rate limit off there), ECONNREFUSED on the client's connected socket: nothing listens on the port",
         expected: &["port_unreachable"],
         topology: Topology::TwoHosts,
         ipv6: false,
@@ -118,7 +261,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "closed-port-v6",
-        description: "the same over IPv6: NO_SOCKET in __udp6_lib_rcv, ICMPv6 type 1 code 4, ECONNREFUSED",
+        description: "the same over IPv6: 2001:db8::1 sends to [2001:db8::2]:5002 where nothing listens",
+        diagnosis: "NO_SOCKET in __udp6_lib_rcv, ICMPv6 destination unreachable type 1 code 4, ECONNREFUSED on the client: nothing listens on the port",
         expected: &["port_unreachable"],
         topology: Topology::TwoHosts,
         ipv6: true,
@@ -128,7 +272,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "firewalled-port",
-        description: "a server listens but an nftables rule drops its port: NETFILTER_DROP, and the client sees nothing at all",
+        description: "a server listens on 192.0.2.2:5003 but an nftables input rule in its namespace drops the port",
+        diagnosis: "NETFILTER_DROP at the input hook in the server namespace, naming the rule; the server receives nothing and the client sees no error at all (no ICMP)",
         expected: &["firewall_drop"],
         topology: Topology::TwoHosts,
         ipv6: false,
@@ -138,7 +283,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "rcvbuf-overflow",
-        description: "a burst of 500 datagrams into a socket with a 4 KiB receive buffer that nobody reads: SOCKET_RCVBUFF",
+        description: "a burst of 500 datagrams into a socket with a 4 KiB receive buffer that nobody reads",
+        diagnosis: "SOCKET_RCVBUFF drops on the server socket (named by inode and owner), as many as the namespace's Udp RcvbufErrors grew; the rest were queued",
         expected: &["rcvbuf_overflow"],
         topology: Topology::TwoHosts,
         ipv6: false,
@@ -148,7 +294,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "wrong-source-reply",
-        description: "seeds 000/003: a server bound to 0.0.0.0 on a Docker host answers a container that wrote to the uplink address 192.0.2.1 from the bridge address 198.51.100.1; the container's connected socket drops it",
+        description: "seeds 000/003: a server bound to 0.0.0.0:5005 on a Docker-like host answers a container (198.51.100.2) that wrote to the uplink address 192.0.2.1 with recvfrom/sendto",
+        diagnosis: "the reply leaves from the bridge address 198.51.100.1 (route lookup picks br0's address), the container's connected socket does not match it: NO_SOCKET there and ICMP port unreachable back; fix: bind to 192.0.2.1 or reply with IP_PKTINFO",
         expected: &["reply_source_mismatch"],
         topology: Topology::DockerHost,
         ipv6: false,
@@ -158,7 +305,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "wrong-source-reply-pktinfo",
-        description: "healthy control: the same wildcard server replying with IP_PKTINFO, from the address it was asked on",
+        description: "healthy control: the same wildcard server replying with IP_PKTINFO (recvmsg/sendmsg, as dnsmasq does)",
+        diagnosis: "no verdict: every reply comes from 192.0.2.1, the address the container asked",
         expected: &[],
         topology: Topology::DockerHost,
         ipv6: false,
@@ -169,6 +317,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "bound-server",
         description: "healthy control: the server bound to the uplink address 192.0.2.1 itself",
+        diagnosis: "no verdict: a socket bound to one address replies from it",
         expected: &[],
         topology: Topology::DockerHost,
         ipv6: false,
@@ -178,7 +327,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "nc-connect-pinning",
-        description: "seed 001: netcat -u -l connect()s to its first peer, pinning its socket to the bridge address; its reply comes from the wrong source and the client's next datagram finds no socket",
+        description: "seed 001: a netcat -u -l style server on 0.0.0.0:5008 connect()s to its first peer (a container that wrote to 192.0.2.1)",
+        diagnosis: "connect() pins the server socket to the bridge address 198.51.100.1: its reply comes from the wrong source (NO_SOCKET in the container), and the container's next datagrams to 192.0.2.1 find no socket on the host (NO_SOCKET, ICMP, ECONNREFUSED) although the connected socket exists",
         expected: &["reply_source_mismatch", "connected_socket_mismatch"],
         topology: Topology::DockerHost,
         ipv6: false,
@@ -187,8 +337,20 @@ pub const SCENARIOS: &[Scenario] = &[
         traffic: Traffic::Exchange(ServerMode::ConnectFirstPeer),
     },
     Scenario {
+        name: "wrong-source-reply-v6",
+        description: "the wrong-source reply over IPv6: bridge 2001:db8:1::1, uplink 2001:db8:2::1, container 2001:db8:1::2, server on [::]:5009",
+        diagnosis: "the reply leaves from 2001:db8:1::1 (source address selection for the route out br0), the container's connected socket drops it NO_SOCKET; fix: bind or IPV6_RECVPKTINFO",
+        expected: &["reply_source_mismatch"],
+        topology: Topology::DockerHost,
+        ipv6: true,
+        port: 5009,
+        bind_specific: false,
+        traffic: Traffic::Exchange(ServerMode::Echo),
+    },
+    Scenario {
         name: "dind-nat-hairpin",
-        description: "seed 004: a client behind a masquerading DinD namespace sends to a port the host publishes by DNAT; the reply is bridged back from the server's own address, conntrack does not match it and it dies NO_SOCKET",
+        description: "seed 004, DNAT variant: a client behind a masquerading DinD namespace sends to 192.0.2.1:5010, which the host publishes by DNAT to dind1 on the same bridge",
+        diagnosis: "the reply is bridged back from dind1's own address 192.0.2.2 without the host's conntrack undoing the DNAT; dind2's conntrack expected it from 192.0.2.1, does not undo its masquerade, and it dies NO_SOCKET in dind2",
         expected: &["nat_reply_mismatch"],
         topology: Topology::DindNat,
         ipv6: false,
@@ -197,16 +359,22 @@ pub const SCENARIOS: &[Scenario] = &[
         traffic: Traffic::Exchange(ServerMode::Echo),
     },
     Scenario {
-        name: "wrong-source-reply-v6",
-        description: "the wrong-source reply over IPv6: bridge 2001:db8:1::1, uplink 2001:db8:2::1, container 2001:db8:1::2",
+        name: "dind-masquerade-proxy",
+        description: "seed 004 as written: a client container behind a masquerading DinD namespace (dind2) sends to the host's address 203.0.113.1:5011; the host's DNAT exempts its own bridge, so a userland proxy (docker-proxy) on 0.0.0.0:5011 forwards to dind1 and relays the reply",
+        diagnosis: "the proxy relays from its wildcard socket, so the reply leaves from the bridge address 192.0.2.1 instead of 203.0.113.1; dind2's conntrack does not recognise it, does not undo the masquerade, and it dies NO_SOCKET in dind2; fix: --userland-proxy=false (hairpin NAT) or a proxy replying with IP_PKTINFO",
         expected: &["reply_source_mismatch"],
-        topology: Topology::DockerHost,
-        ipv6: true,
-        port: 5009,
+        topology: Topology::DindProxy,
+        ipv6: false,
+        port: 5011,
         bind_specific: false,
         traffic: Traffic::Exchange(ServerMode::Echo),
     },
 ];
+
+/// Every scenario, in `udptrace lab list` order.
+pub fn all() -> Vec<&'static Scenario> {
+    SCENARIOS.iter().collect()
+}
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|scenario| scenario.name == name)
@@ -216,138 +384,181 @@ fn address(text: &str) -> SocketAddr {
     text.parse().expect("literal socket address")
 }
 
+/// The namespaces and addresses a topology builder returns.
+struct Built {
+    client: Netns,
+    server: Netns,
+    target: SocketAddr,
+    middle: Vec<Netns>,
+    proxy: Option<ProxyPlan>,
+    reply_netns: &'static str,
+}
+
 impl Scenario {
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The incident it reproduces and what a correct diagnosis is.
+    pub fn description(&self) -> String {
+        format!(
+            "{}. Correct diagnosis: {}.",
+            self.description, self.diagnosis
+        )
+    }
+
+    pub fn expected(&self) -> &'static [&'static str] {
+        self.expected
+    }
+
     /// The server port, which a tracer filter can select.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    pub fn ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    /// Builds the topology. Namespaces are deleted when the `Lab` is dropped, and by
+    /// `netns::cleanup_all` on Ctrl-C; leftovers of dead processes are removed first.
     pub fn setup(&self) -> anyhow::Result<Lab> {
-        super::netns::cleanup_stale();
-        let mut middle = Vec::new();
-        let (client, server, target, client_bind) = match self.topology {
-            Topology::TwoHosts => self.two_hosts()?,
-            Topology::DockerHost => self.docker_host()?,
-            Topology::DindNat => self.dind_nat(&mut middle)?,
-        };
+        let _ = super::netns::cleanup_stale();
+        let built = match self.topology {
+            Topology::TwoHosts => self.two_hosts(),
+            Topology::DockerHost => self.docker_host(),
+            Topology::DindNat => self.dind_nat(),
+            Topology::DindProxy => self.dind_proxy(),
+        }
+        .with_context(|| format!("setting up lab {}", self.name))?;
         let wildcard = if self.ipv6 { "[::]" } else { "0.0.0.0" };
         let bind = if self.bind_specific {
-            target
+            built.target
         } else {
             address(&format!("{wildcard}:{}", self.port))
         };
         if let Traffic::Firewalled = self.traffic {
-            server.nft(&format!(
+            built.server.nft(&format!(
                 "table inet udptrace_lab {{\n chain input {{\n  type filter hook input priority 0;\n  udp dport {} drop\n }}\n}}\n",
                 self.port
             ))?;
         }
         Ok(Lab {
-            client,
-            server,
-            target,
+            scenario: self.name,
+            client: built.client,
+            server: built.server,
+            target: built.target,
             bind,
-            client_bind,
-            middle,
+            client_bind: address(if self.ipv6 { "[::]:0" } else { "0.0.0.0:0" }),
+            middle: built.middle,
+            proxy: built.proxy,
+            reply_netns: built.reply_netns,
         })
     }
 
-    fn two_hosts(&self) -> anyhow::Result<(Netns, Netns, SocketAddr, SocketAddr)> {
+    fn two_hosts(&self) -> anyhow::Result<Built> {
         let client = Netns::create("client")?;
         let server = Netns::create("server")?;
         veth(&client, "eth0", &server, "eth0")?;
-        if self.ipv6 {
-            client.ip(&["addr", "add", "2001:db8::1/64", "dev", "eth0", "nodad"])?;
-            server.ip(&["addr", "add", "2001:db8::2/64", "dev", "eth0", "nodad"])?;
-            // ICMP errors are rate limited per destination (1/s by default): off, so every
-            // datagram to a closed port gets its error.
+        let target = if self.ipv6 {
+            client.addr("eth0", "2001:db8::1/64")?;
+            server.addr("eth0", "2001:db8::2/64")?;
+            // ICMP errors are rate limited per destination (1/s by default, per namespace):
+            // off, so every datagram to a closed port gets its error.
             server.sysctl("net.ipv6.icmp.ratelimit", "0")?;
-            Ok((
-                client,
-                server,
-                address(&format!("[2001:db8::2]:{}", self.port)),
-                address("[::]:0"),
-            ))
+            address(&format!("[2001:db8::2]:{}", self.port))
         } else {
-            client.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
-            server.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+            client.addr("eth0", "192.0.2.1/24")?;
+            server.addr("eth0", "192.0.2.2/24")?;
             server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
-            Ok((
-                client,
-                server,
-                address(&format!("192.0.2.2:{}", self.port)),
-                address("0.0.0.0:0"),
-            ))
-        }
+            address(&format!("192.0.2.2:{}", self.port))
+        };
+        Ok(Built {
+            client,
+            server,
+            target,
+            middle: Vec::new(),
+            proxy: None,
+            reply_netns: "client",
+        })
     }
 
-    fn docker_host(&self) -> anyhow::Result<(Netns, Netns, SocketAddr, SocketAddr)> {
+    fn docker_host(&self) -> anyhow::Result<Built> {
         let host = Netns::create("host")?;
         let container = Netns::create("container")?;
-        host.ip(&["link", "add", "br0", "type", "bridge"])?;
-        host.ip(&["link", "set", "br0", "up"])?;
-        // The uplink: its address only has to be local; a veth pair whose peer stays unused
-        // stands in for it (the dummy driver is a module some kernels lack).
-        host.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0-peer",
-        ])?;
-        host.ip(&["link", "set", "eth0", "up"])?;
-        host.ip(&["link", "set", "eth0-peer", "up"])?;
+        host.bridge("br0")?;
+        host.uplink("eth0")?;
         veth(&host, "veth-ctr", &container, "eth0")?;
-        host.ip(&["link", "set", "veth-ctr", "master", "br0"])?;
+        host.attach("veth-ctr", "br0")?;
         let target = if self.ipv6 {
-            host.ip(&["addr", "add", "2001:db8:1::1/64", "dev", "br0", "nodad"])?;
-            host.ip(&["addr", "add", "2001:db8:2::1/64", "dev", "eth0", "nodad"])?;
-            container.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"])?;
-            container.ip(&["route", "add", "default", "via", "2001:db8:1::1"])?;
+            host.addr("br0", "2001:db8:1::1/64")?;
+            host.addr("eth0", "2001:db8:2::1/64")?;
+            container.addr("eth0", "2001:db8:1::2/64")?;
+            container.route(&["default", "via", "2001:db8:1::1"])?;
             container.sysctl("net.ipv6.icmp.ratelimit", "0")?;
+            host.sysctl("net.ipv6.icmp.ratelimit", "0")?;
             address(&format!("[2001:db8:2::1]:{}", self.port))
         } else {
-            host.ip(&["addr", "add", "198.51.100.1/24", "dev", "br0"])?;
-            host.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
-            container.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"])?;
-            container.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+            host.addr("br0", "198.51.100.1/24")?;
+            host.addr("eth0", "192.0.2.1/24")?;
+            container.addr("eth0", "198.51.100.2/24")?;
+            container.route(&["default", "via", "198.51.100.1"])?;
             container.sysctl("net.ipv4.icmp_ratelimit", "0")?;
             host.sysctl("net.ipv4.icmp_ratelimit", "0")?;
             address(&format!("192.0.2.1:{}", self.port))
         };
-        let client_bind = if self.ipv6 { "[::]:0" } else { "0.0.0.0:0" };
-        Ok((container, host, target, address(client_bind)))
+        Ok(Built {
+            client: container,
+            server: host,
+            target,
+            middle: Vec::new(),
+            proxy: None,
+            reply_netns: "container",
+        })
     }
 
-    fn dind_nat(
-        &self,
-        middle: &mut Vec<Netns>,
-    ) -> anyhow::Result<(Netns, Netns, SocketAddr, SocketAddr)> {
+    /// The Docker network of seed 004's host: bridge `br0` 192.0.2.1/24 with dind1
+    /// (192.0.2.2) and dind2 (192.0.2.3) on it, and dind2's own container network
+    /// 198.51.100.0/24 (docker0 198.51.100.1, the client 198.51.100.2) masqueraded out of
+    /// dind2's eth0. Returns (host, dind1, dind2, client).
+    fn dind_network() -> anyhow::Result<(Netns, Netns, Netns, Netns)> {
         let host = Netns::create("host")?;
         let dind1 = Netns::create("dind1")?;
         let dind2 = Netns::create("dind2")?;
         let client = Netns::create("client")?;
-        // The host's Docker network: a bridge with the host's address; both DinD namespaces
-        // on it.
-        host.ip(&["link", "add", "br0", "type", "bridge"])?;
-        host.ip(&["link", "set", "br0", "up"])?;
-        host.ip(&["addr", "add", "192.0.2.1/24", "dev", "br0"])?;
-        for (netns, port, address) in [
+        host.bridge("br0")?;
+        host.addr("br0", "192.0.2.1/24")?;
+        for (netns, port, cidr) in [
             (&dind1, "veth-d1", "192.0.2.2/24"),
             (&dind2, "veth-d2", "192.0.2.3/24"),
         ] {
             veth(&host, port, netns, "eth0")?;
-            host.ip(&["link", "set", port, "master", "br0"])?;
-            netns.ip(&["addr", "add", address, "dev", "eth0"])?;
-            netns.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
+            host.attach(port, "br0")?;
+            netns.addr("eth0", cidr)?;
+            netns.route(&["default", "via", "192.0.2.1"])?;
         }
         host.sysctl("net.ipv4.ip_forward", "1")?;
+        host.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+        veth(&dind2, "docker0", &client, "eth0")?;
+        dind2.addr("docker0", "198.51.100.1/24")?;
+        client.addr("eth0", "198.51.100.2/24")?;
+        client.route(&["default", "via", "198.51.100.1"])?;
+        dind2.sysctl("net.ipv4.ip_forward", "1")?;
+        dind2.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+        // What dockerd in dind2 installs for its containers (seed 004, hop 2:
+        // 172.17.0.2 → 172.18.0.3).
+        dind2.nft(
+            "table ip udptrace_lab {\n chain postrouting {\n  type nat hook postrouting priority 100;\n  \
+             ip saddr 198.51.100.0/24 oifname \"eth0\" masquerade\n }\n}\n",
+        )?;
+        Ok((host, dind1, dind2, client))
+    }
+
+    fn dind_nat(&self) -> anyhow::Result<Built> {
+        let (host, dind1, dind2, client) = Self::dind_network()?;
         // With br_netfilter loaded, bridged frames pass the host's conntrack, which would undo
-        // the DNAT on the reply (Docker relies on it); the seed's host did not have that for
-        // this path. Off in this namespace (a per-namespace setting), when the module exists.
+        // the DNAT on the reply (Docker relies on it); this variant is the host without it.
+        // Off in this namespace (a per-namespace setting), when the module exists.
         if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
             host.sysctl("net.bridge.bridge-nf-call-iptables", "0")?;
         }
@@ -357,29 +568,46 @@ impl Scenario {
              udp dport {port} dnat to 192.0.2.2:{port}\n }}\n}}\n",
             port = self.port
         ))?;
-        // dind2's own container network, masqueraded on its way out.
-        veth(&dind2, "docker0", &client, "eth0")?;
-        dind2.ip(&["addr", "add", "198.51.100.1/24", "dev", "docker0"])?;
-        client.ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"])?;
-        client.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
-        dind2.sysctl("net.ipv4.ip_forward", "1")?;
-        dind2.sysctl("net.ipv4.icmp_ratelimit", "0")?;
-        dind2.nft(
-            "table ip udptrace_lab {\n chain postrouting {\n  type nat hook postrouting priority 100;\n  \
-             ip saddr 198.51.100.0/24 oifname \"eth0\" masquerade\n }\n}\n",
-        )?;
-        middle.push(host);
-        middle.push(dind2);
-        Ok((
+        Ok(Built {
             client,
-            dind1,
-            address(&format!("192.0.2.1:{}", self.port)),
-            address("0.0.0.0:0"),
-        ))
+            server: dind1,
+            target: address(&format!("192.0.2.1:{}", self.port)),
+            middle: vec![host, dind2],
+            proxy: None,
+            reply_netns: "dind2",
+        })
     }
 
-    /// Runs the scenario's traffic (bounded: at most a few seconds).
+    fn dind_proxy(&self) -> anyhow::Result<Built> {
+        let (host, dind1, dind2, client) = Self::dind_network()?;
+        // The host's own address (seed 004's 192.168.0.239) on its uplink.
+        host.uplink("eth0")?;
+        host.addr("eth0", "203.0.113.1/24")?;
+        // `docker run -p P:P/udp` with the userland proxy on: DNAT for traffic from outside,
+        // but not from the bridge itself (Docker's `-A DOCKER ! -i br-xxx ... -j DNAT`), which
+        // docker-proxy, listening on the host's wildcard address, handles instead.
+        host.nft(&format!(
+            "table ip udptrace_lab {{\n chain prerouting {{\n  type nat hook prerouting priority -100;\n  \
+             iifname != \"br0\" ip daddr 203.0.113.1 udp dport {port} dnat to 192.0.2.2:{port}\n }}\n}}\n",
+            port = self.port
+        ))?;
+        Ok(Built {
+            client,
+            server: dind1,
+            target: address(&format!("203.0.113.1:{}", self.port)),
+            middle: vec![host, dind2],
+            proxy: Some(ProxyPlan {
+                netns: "host",
+                listen: address(&format!("0.0.0.0:{}", self.port)),
+                backend: address(&format!("192.0.2.2:{}", self.port)),
+            }),
+            reply_netns: "dind2",
+        })
+    }
+
+    /// Runs the scenario's traffic (bounded: about a second, `PEER_LIFETIME` at most per peer).
     pub fn exercise(&self, lab: &Lab) -> anyhow::Result<Outcome> {
+        let before = lab.counters()?;
         let client = |count, interval_ms, reply_ms| ClientSpec {
             bind: lab.client_bind,
             target: lab.target,
@@ -388,156 +616,415 @@ impl Scenario {
             interval: Duration::from_millis(interval_ms),
             reply_timeout: Duration::from_millis(reply_ms),
         };
-        match self.traffic {
-            Traffic::ClosedPort => Ok(Outcome {
-                client: run_client(&lab.client, &client(2, 50, 300))?,
-                server: None,
-                rcvbuf_errors: None,
-            }),
+        let mut server_report = None;
+        let mut proxy_report = None;
+        let mut witness_netns = None;
+        let mut replies_seen = Vec::new();
+        let client_report = match self.traffic {
+            // Two datagrams: ICMP errors are not rate limited in the server namespace, so
+            // each gets its ECONNREFUSED.
+            Traffic::ClosedPort => run_client(&lab.client, &client(2, 50, 300))?,
             Traffic::Firewalled => {
-                let server = Server::start(
-                    &lab.server,
-                    lab.bind,
-                    ServerMode::Echo,
-                    Duration::from_millis(1_200),
-                )?;
+                let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(2, 50, 300))?;
-                Ok(Outcome {
-                    client: report,
-                    server: Some(server.join()?),
-                    rcvbuf_errors: None,
-                })
+                std::thread::sleep(SETTLE);
+                server_report = Some(server.stop()?);
+                report
             }
             Traffic::Overflow => {
-                let (group, counter) = if self.ipv6 {
-                    ("Udp6", "RcvbufErrors")
-                } else {
-                    ("Udp", "RcvbufErrors")
-                };
-                let before = lab.server.snmp(group, counter)?;
                 let server = Server::start(
                     &lab.server,
                     lab.bind,
-                    ServerMode::Sink { rcvbuf: 4_096 },
-                    Duration::from_millis(1_500),
+                    ServerMode::Sink {
+                        rcvbuf: 4_096,
+                        read: false,
+                    },
+                    PEER_LIFETIME,
                 )?;
-                let mut spec = client(500, 0, 0);
+                let mut spec = client(OVERFLOW_BURST, 0, 0);
                 spec.connect = false;
                 let report = run_client(&lab.client, &spec)?;
-                // Let the last datagrams cross the veth before counting.
+                // Let the last datagrams cross the veth; then the sink reads what its buffer
+                // held (Udp InDatagrams counts at recvmsg, so before the second snapshot).
                 std::thread::sleep(Duration::from_millis(200));
-                let after = lab.server.snmp(group, counter)?;
-                Ok(Outcome {
-                    client: report,
-                    server: Some(server.join()?),
-                    rcvbuf_errors: Some(after - before),
-                })
+                server_report = Some(server.stop()?);
+                report
             }
             Traffic::Exchange(mode) => {
-                let server =
-                    Server::start(&lab.server, lab.bind, mode, Duration::from_millis(1_500))
-                        .context("starting the lab server")?;
+                let server = Server::start(&lab.server, lab.bind, mode, PEER_LIFETIME)
+                    .context("starting the lab server")?;
+                let proxy = match lab.proxy {
+                    Some(plan) => {
+                        let netns = lab.namespace(plan.netns).context("the proxy's namespace")?;
+                        Some(Proxy::start(
+                            netns,
+                            plan.listen,
+                            plan.backend,
+                            PEER_LIFETIME,
+                        )?)
+                    }
+                    None => None,
+                };
+                let reply_netns = lab
+                    .namespace(lab.reply_netns)
+                    .context("the reply namespace")?;
+                let witness =
+                    Witness::start(reply_netns, self.ipv6, Some(self.port), PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(3, 100, 250))?;
-                Ok(Outcome {
-                    client: report,
-                    server: Some(server.join()?),
-                    rcvbuf_errors: None,
-                })
+                std::thread::sleep(SETTLE);
+                replies_seen = witness.stop()?;
+                witness_netns = Some(lab.reply_netns.to_owned());
+                if let Some(proxy) = proxy {
+                    proxy_report = Some(proxy.stop()?);
+                }
+                server_report = Some(server.stop()?);
+                report
             }
-        }
+        };
+        let after = lab.counters()?;
+        let namespaces: Vec<NamespaceFacts> = lab
+            .namespaces()
+            .into_iter()
+            .zip(before.into_iter().zip(after))
+            .map(|(netns, (before, after))| NamespaceFacts {
+                role: netns.role.clone(),
+                name: netns.name.clone(),
+                inode: netns.inode,
+                before,
+                after,
+            })
+            .collect();
+        let rcvbuf_errors = matches!(self.traffic, Traffic::Overflow)
+            .then(|| namespaces[1].delta(self.ipv6, "RcvbufErrors"));
+        Ok(Outcome {
+            scenario: self.name,
+            ipv6: self.ipv6,
+            target: lab.target,
+            server_bind: lab.bind,
+            client_netns: lab.client.info(),
+            server_netns: lab.server.info(),
+            client: client_report,
+            server: server_report,
+            proxy: proxy_report,
+            witness_netns,
+            replies_seen,
+            namespaces,
+            rcvbuf_errors,
+        })
+    }
+
+    /// `setup` then `exercise`, for callers that trace nothing in between.
+    pub fn run(&self) -> anyhow::Result<(Lab, Outcome)> {
+        let lab = self.setup()?;
+        let outcome = self.exercise(&lab)?;
+        Ok((lab, outcome))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::{collections::BTreeSet, time::Instant};
 
-    fn run(name: &str) -> Outcome {
+    use super::*;
+    use crate::lab::root_or_skip;
+
+    /// Sets up and exercises `name`, checking the time bound.
+    fn run(name: &str) -> (Lab, Outcome) {
         let scenario = find(name).unwrap();
-        let lab = scenario.setup().expect("setup (needs root)");
-        scenario.exercise(&lab).expect("exercise")
+        let lab = scenario.setup().expect("setup");
+        let started = Instant::now();
+        let outcome = scenario.exercise(&lab).expect("exercise");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{name} took {:?}",
+            started.elapsed()
+        );
+        (lab, outcome)
+    }
+
+    fn ip_netns_list() -> String {
+        let output = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    #[test]
+    fn scenarios_are_unique_and_described() {
+        let names: BTreeSet<_> = all().iter().map(|s| s.name()).collect();
+        let ports: BTreeSet<_> = all().iter().map(|s| s.port()).collect();
+        assert_eq!(names.len(), SCENARIOS.len());
+        assert_eq!(ports.len(), SCENARIOS.len());
+        for scenario in all() {
+            assert!(scenario.description().contains("Correct diagnosis: "));
+            assert!(find(scenario.name()).is_some());
+        }
+        for required in [
+            "closed-port",
+            "closed-port-v6",
+            "firewalled-port",
+            "rcvbuf-overflow",
+            "wrong-source-reply",
+            "wrong-source-reply-pktinfo",
+            "bound-server",
+            "nc-connect-pinning",
+            "wrong-source-reply-v6",
+            "dind-masquerade-proxy",
+        ] {
+            assert!(names.contains(required), "{required}");
+        }
     }
 
     #[test]
     fn closed_port_refuses() {
+        if !root_or_skip() {
+            return;
+        }
         for name in ["closed-port", "closed-port-v6"] {
-            let outcome = run(name);
-            assert!(
-                outcome.client.errors.contains(&libc::ECONNREFUSED),
-                "{name}: {}",
-                outcome.describe()
+            let (lab, outcome) = run(name);
+            let text = outcome.describe();
+            assert!(outcome.client.refused(), "{name}: {text}");
+            assert_eq!(outcome.client.sent, 2, "{name}: {text}");
+            assert_eq!(outcome.client.received(), 0);
+            // The kernel counted both datagrams as NoPorts in the server namespace.
+            assert_eq!(
+                outcome.delta("server", "NoPorts"),
+                Some(2),
+                "{name}: {text}"
+            );
+            assert_eq!(outcome.server_netns.inode, lab.server.inode);
+            assert_eq!(outcome.client_netns.name, lab.client.name);
+            assert_eq!(
+                outcome.client.local.unwrap().ip(),
+                match name {
+                    "closed-port" => "192.0.2.1".parse::<std::net::IpAddr>().unwrap(),
+                    _ => "2001:db8::1".parse().unwrap(),
+                }
             );
         }
     }
 
     #[test]
     fn firewalled_port_is_silent() {
-        let outcome = run("firewalled-port");
-        assert_eq!(outcome.server.unwrap().received, 0);
-        assert!(outcome.client.replies.is_empty() && outcome.client.errors.is_empty());
+        if !root_or_skip() {
+            return;
+        }
+        let (_lab, outcome) = run("firewalled-port");
+        let text = outcome.describe();
+        assert_eq!(outcome.server.as_ref().unwrap().received, 0, "{text}");
+        assert_eq!(outcome.client.sent, 2);
+        assert!(
+            outcome.client.replies.is_empty() && outcome.client.errors.is_empty(),
+            "{text}"
+        );
+        // Dropped before UDP: neither delivered nor NoPorts.
+        assert_eq!(outcome.delta("server", "NoPorts"), Some(0));
+        assert_eq!(outcome.delta("server", "InDatagrams"), Some(0));
     }
 
     #[test]
     fn overflow_counts_in_the_kernel() {
-        let outcome = run("rcvbuf-overflow");
+        if !root_or_skip() {
+            return;
+        }
+        let (_lab, outcome) = run("rcvbuf-overflow");
+        let text = outcome.describe();
         let errors = outcome.rcvbuf_errors.unwrap();
-        assert_eq!(outcome.client.sent, 500);
-        assert!(errors > 0, "{}", outcome.describe());
+        let server = outcome.server.as_ref().unwrap();
+        assert_eq!(outcome.client.sent, OVERFLOW_BURST);
+        assert!(errors > 0, "{text}");
+        // Every datagram was either queued (and read when the sink stopped) or dropped.
+        assert_eq!(errors as usize, OVERFLOW_BURST - server.received, "{text}");
+        assert_eq!(server.queued_at_end, server.received);
+        assert_eq!(
+            outcome.delta("server", "InDatagrams"),
+            Some(server.received as u64)
+        );
+        assert!(outcome.delta("server", "InErrors").unwrap() >= errors);
     }
 
     #[test]
     fn wrong_source_replies_never_arrive() {
-        for name in ["wrong-source-reply", "wrong-source-reply-v6"] {
-            let outcome = run(name);
-            assert!(outcome.server.as_ref().unwrap().received > 0, "{name}");
+        if !root_or_skip() {
+            return;
+        }
+        for (name, bridge) in [
+            ("wrong-source-reply", "198.51.100.1"),
+            ("wrong-source-reply-v6", "2001:db8:1::1"),
+        ] {
+            let (lab, outcome) = run(name);
+            let text = outcome.describe();
+            let server = outcome.server.as_ref().unwrap();
+            assert_eq!(server.received, 3, "{name}: {text}");
+            assert_eq!(server.replies_sent, 3, "{name}: {text}");
+            assert!(server.local.ip().is_unspecified());
+            assert_eq!(outcome.client.received(), 0, "{name}: {text}");
+            // The replies did reach the container, from the bridge address, and died there.
+            let sources = outcome.reply_sources();
+            assert_eq!(sources.len(), 3, "{name}: {text}");
             assert!(
-                outcome.client.replies.is_empty(),
-                "{name}: {}",
-                outcome.describe()
+                sources
+                    .iter()
+                    .all(|s| s.ip().to_string() == bridge && s.port() == lab.target.port()),
+                "{name}: {text}"
+            );
+            assert!(
+                outcome
+                    .replies_seen
+                    .iter()
+                    .all(|d| Some(d.destination) == outcome.client.local)
+            );
+            assert_eq!(
+                outcome.delta("container", "NoPorts"),
+                Some(3),
+                "{name}: {text}"
             );
         }
     }
 
     #[test]
     fn healthy_controls_get_their_replies_from_the_target() {
+        if !root_or_skip() {
+            return;
+        }
         for name in ["wrong-source-reply-pktinfo", "bound-server"] {
-            let scenario = find(name).unwrap();
-            let lab = scenario.setup().unwrap();
-            let outcome = scenario.exercise(&lab).unwrap();
-            assert_eq!(
-                outcome.client.replies.len(),
-                3,
-                "{name}: {}",
-                outcome.describe()
-            );
+            let (lab, outcome) = run(name);
+            let text = outcome.describe();
+            assert_eq!(outcome.client.received(), 3, "{name}: {text}");
             assert!(
                 outcome
                     .client
                     .replies
                     .iter()
                     .all(|from| *from == lab.target),
-                "{name}"
+                "{name}: {text}"
             );
+            assert!(outcome.client.errors.is_empty(), "{name}: {text}");
+            assert_eq!(
+                outcome.reply_sources(),
+                vec![lab.target; 3],
+                "{name}: {text}"
+            );
+            assert_eq!(outcome.delta("container", "NoPorts"), Some(0), "{name}");
         }
     }
 
     #[test]
-    fn dind_replies_are_not_translated_back() {
-        let outcome = run("dind-nat-hairpin");
+    fn netcat_pins_its_socket_to_the_bridge_address() {
+        if !root_or_skip() {
+            return;
+        }
+        let (lab, outcome) = run("nc-connect-pinning");
+        let text = outcome.describe();
+        let server = outcome.server.as_ref().unwrap();
+        assert_eq!(server.received, 1, "later datagrams find no socket: {text}");
         assert_eq!(
-            outcome.server.as_ref().unwrap().received,
-            3,
-            "DNAT reaches the server"
+            server.local_after.unwrap().to_string(),
+            format!("198.51.100.1:{}", lab.target.port())
         );
-        assert!(outcome.client.replies.is_empty(), "{}", outcome.describe());
+        assert_eq!(server.peer_after, outcome.client.local, "{text}");
+        assert_eq!(outcome.client.received(), 0, "{text}");
+        // The one echo left from the bridge address and died in the container...
+        assert_eq!(
+            outcome.reply_sources(),
+            vec![address(&format!("198.51.100.1:{}", lab.target.port()))],
+            "{text}"
+        );
+        assert_eq!(outcome.delta("container", "NoPorts"), Some(1), "{text}");
+        // ...and the two next datagrams died on the host, where the connected socket no longer
+        // matches them: ICMP port unreachable, ECONNREFUSED in the container.
+        assert_eq!(outcome.delta("host", "NoPorts"), Some(2), "{text}");
+        assert!(outcome.client.refused(), "{text}");
+        // The container's ICMP error about the echo reached the connected server socket.
+        assert!(server.errors.contains(&libc::ECONNREFUSED), "{text}");
     }
 
     #[test]
-    fn netcat_pins_its_socket_to_the_bridge_address() {
-        let outcome = run("nc-connect-pinning");
-        let server = outcome.server.unwrap();
-        assert_eq!(server.received, 1, "later datagrams find no socket");
-        assert_eq!(server.local_after.unwrap().ip().to_string(), "198.51.100.1");
-        assert!(outcome.client.replies.is_empty());
+    fn dind_hairpin_replies_are_not_translated_back() {
+        if !root_or_skip() {
+            return;
+        }
+        let (lab, outcome) = run("dind-nat-hairpin");
+        let text = outcome.describe();
+        assert_eq!(
+            outcome.server.as_ref().unwrap().received,
+            3,
+            "DNAT reaches the server: {text}"
+        );
+        assert_eq!(outcome.client.received(), 0, "{text}");
+        let expected = address(&format!("192.0.2.2:{}", lab.target.port()));
+        assert_eq!(outcome.reply_sources(), vec![expected; 3], "{text}");
+        assert_eq!(outcome.delta("dind2", "NoPorts"), Some(3), "{text}");
+        assert_eq!(outcome.witness_netns.as_deref(), Some("dind2"));
+    }
+
+    #[test]
+    fn dind_proxy_replies_from_the_bridge_address_and_dies_in_dind2() {
+        if !root_or_skip() {
+            return;
+        }
+        let (lab, outcome) = run("dind-masquerade-proxy");
+        let text = outcome.describe();
+        let proxy = outcome.proxy.as_ref().unwrap();
+        let port = lab.target.port();
+        assert_eq!(
+            (proxy.received, proxy.forwarded, proxy.relayed),
+            (3, 3, 3),
+            "{text}"
+        );
+        // The proxy saw dind2's masqueraded address, not the client's.
+        assert_eq!(proxy.clients.len(), 1, "{text}");
+        assert_eq!(proxy.clients[0].ip().to_string(), "192.0.2.3");
+        let backend = outcome.server.as_ref().unwrap();
+        assert_eq!(backend.received, 3, "{text}");
+        assert!(
+            backend
+                .sources
+                .iter()
+                .all(|s| s.ip().to_string() == "192.0.2.1")
+        );
+        assert_eq!(outcome.client.received(), 0, "{text}");
+        // The relayed replies reached dind2 from the bridge address, not 203.0.113.1...
+        assert_eq!(
+            outcome.reply_sources(),
+            vec![address(&format!("192.0.2.1:{port}")); 3],
+            "{text}"
+        );
+        assert!(
+            outcome
+                .replies_seen
+                .iter()
+                .all(|d| d.destination == proxy.clients[0])
+        );
+        // ...and found no socket there (conntrack did not undo the masquerade).
+        assert_eq!(outcome.delta("dind2", "NoPorts"), Some(3), "{text}");
+        assert_eq!(outcome.delta("client", "NoPorts"), Some(0), "{text}");
+    }
+
+    #[test]
+    fn a_panicking_scenario_still_cleans_up() {
+        if !root_or_skip() {
+            return;
+        }
+        let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&names);
+        let result = std::panic::catch_unwind(move || {
+            let lab = find("dind-masquerade-proxy").unwrap().setup().unwrap();
+            *seen.lock().unwrap() = lab.namespaces().iter().map(|n| n.name.clone()).collect();
+            panic!("a scenario failed half-way");
+        });
+        assert!(result.is_err());
+        let names = names.lock().unwrap().clone();
+        assert_eq!(names.len(), 4);
+        let listed = ip_netns_list();
+        for name in &names {
+            assert!(
+                !listed
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(name)),
+                "{name} left behind:\n{listed}"
+            );
+        }
     }
 }
