@@ -9,9 +9,15 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// `program arg ...` as a shell would need it typed (for messages).
+/// `program arg ...` as a shell would need it typed (for messages); cargo, run by the path in
+/// `$CARGO` (the toolchain's own binary), is shown as `cargo`.
 pub fn describe(command: &Command) -> String {
-    std::iter::once(command.get_program())
+    let program = command.get_program();
+    let program = match Path::new(program).file_name() {
+        Some(name) if name == "cargo" => name,
+        _ => program,
+    };
+    std::iter::once(program)
         .chain(command.get_args())
         .map(quote)
         .collect::<Vec<_>>()
