@@ -162,13 +162,36 @@ fn launch<R: Send + 'static>(
 }
 
 /// A UDP server on a thread in a namespace.
-pub struct Server {
-    worker: Worker<ServerReport>,
+/// A peer on its thread: its socket's address and inode, and its report when it ends.
+pub struct Peer<R> {
+    worker: Worker<R>,
     local: SocketAddr,
     socket_inode: u64,
 }
 
-impl Server {
+impl<R> Peer<R> {
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn socket_inode(&self) -> u64 {
+        self.socket_inode
+    }
+
+    /// Waits until the peer's deadline and returns its report.
+    pub fn join(mut self) -> anyhow::Result<R> {
+        self.worker.finish(false)
+    }
+
+    /// Stops the peer now (within ~20 ms) and returns its report.
+    pub fn stop(mut self) -> anyhow::Result<R> {
+        self.worker.finish(true)
+    }
+}
+
+pub type Server = Peer<ServerReport>;
+
+impl Peer<ServerReport> {
     /// Binds a server in `netns` (`bind` may be the wildcard, 0.0.0.0 or [::]); returns once
     /// the socket exists. It runs until `duration` (at most `MAX_PEER_TIME`) has passed or
     /// `stop` is called.
@@ -217,24 +240,6 @@ impl Server {
             local: started.local,
             socket_inode: started.socket_inode,
         })
-    }
-
-    pub fn local(&self) -> SocketAddr {
-        self.local
-    }
-
-    pub fn socket_inode(&self) -> u64 {
-        self.socket_inode
-    }
-
-    /// Waits until the server's deadline and returns its report.
-    pub fn join(mut self) -> anyhow::Result<ServerReport> {
-        self.worker.finish(false)
-    }
-
-    /// Stops the server now (within ~20 ms) and returns its report.
-    pub fn stop(mut self) -> anyhow::Result<ServerReport> {
-        self.worker.finish(true)
     }
 }
 
@@ -466,16 +471,12 @@ pub struct ProxyReport {
 /// and relays the backend's replies with `sendto` on the wildcard-bound listening socket, so
 /// the kernel picks their source address by route lookup: on a bridge host, the bridge's
 /// address, not the address the client sent to.
-pub struct Proxy {
-    worker: Worker<ProxyReport>,
-    local: SocketAddr,
-    socket_inode: u64,
-}
+pub type Proxy = Peer<ProxyReport>;
 
 /// Clients one proxy tracks.
 const MAX_PROXY_CLIENTS: usize = 64;
 
-impl Proxy {
+impl Peer<ProxyReport> {
     pub fn start(
         netns: &Netns,
         listen: SocketAddr,
@@ -512,22 +513,6 @@ impl Proxy {
             local: started.local,
             socket_inode: started.socket_inode,
         })
-    }
-
-    pub fn local(&self) -> SocketAddr {
-        self.local
-    }
-
-    pub fn socket_inode(&self) -> u64 {
-        self.socket_inode
-    }
-
-    pub fn join(mut self) -> anyhow::Result<ProxyReport> {
-        self.worker.finish(false)
-    }
-
-    pub fn stop(mut self) -> anyhow::Result<ProxyReport> {
-        self.worker.finish(true)
     }
 }
 
