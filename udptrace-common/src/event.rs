@@ -14,6 +14,15 @@ pub const FLAG_TRACKED: u8 = 1;
 pub const FLAG_CONNTRACK: u8 = 2;
 /// [`EventDetail::flags`]: a route lookup for an incoming packet (`route_iif` set).
 pub const FLAG_ROUTE_INPUT: u8 = 4;
+/// [`EventDetail::flags`] of `Send`/`SendError`: seen by a function probe on `udp_sendmsg` /
+/// `udpv6_sendmsg`, so the destination (`msg_name`), [`FLAG_PKTINFO`] and
+/// [`FLAG_CONNECTED`] are known.
+pub const FLAG_SEND_CALL: u8 = 8;
+/// The sender passed `IP_PKTINFO`/`IPV6_PKTINFO` ancillary data: the tuple's source is the
+/// address it asked for (unspecified when it gave only an interface).
+pub const FLAG_PKTINFO: u8 = 16;
+/// `Send`/`SendError`/`Connect`: the socket is connected (`sk_state == TCP_ESTABLISHED`).
+pub const FLAG_CONNECTED: u8 = 32;
 
 /// What happened; selects which [`EventDetail`] fields are meaningful.
 #[repr(u8)]
@@ -41,6 +50,12 @@ pub enum EventKind {
     Recv = 9,
     /// The datagram was queued to a socket (`sock`, `sock_ino`).
     Deliver = 10,
+    /// `connect()` on a UDP socket returned (`error` when it failed): the tuple is the socket's
+    /// afterwards, i.e. the local address the kernel pinned and the peer.
+    Connect = 11,
+    /// UDP looked up the socket for a received datagram (tuple): `sock`/`sock_ino` is the
+    /// socket found, `sock.family` 0 when none was.
+    Lookup = 12,
 }
 
 impl EventKind {
@@ -56,6 +71,8 @@ impl EventKind {
             8 => Self::Xmit,
             9 => Self::Recv,
             10 => Self::Deliver,
+            11 => Self::Connect,
+            12 => Self::Lookup,
             _ => return None,
         })
     }

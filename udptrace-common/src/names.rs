@@ -12,6 +12,11 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 pub const FILTER_GLOBAL: &str = "FILTER";
 /// Global holding [`crate::filter::Selectors`], set before load.
 pub const SELECTORS_GLOBAL: &str = "SELECTORS";
+/// One-entry `u32` array of [`FEATURE_ICMP6_PROBE`] bits, written after attaching.
+pub const FEATURES_MAP: &str = "FEATURES";
+/// `icmp6_send` is probed: the device hop stops parsing outgoing ICMPv6 errors, which would
+/// report each twice.
+pub const FEATURE_ICMP6_PROBE: u32 = 1;
 
 /// `skb:kfree_skb`: every freed skb with a drop reason.
 pub const PROG_DROP_TP_BTF: &str = "drop_tp_btf";
@@ -22,6 +27,30 @@ pub const PROG_DROP_TRACEPOINT: &str = "drop_tracepoint";
 pub const PROG_ICMP_TP_BTF: &str = "icmp_send_tp_btf";
 pub const PROG_ICMP_RAW_TP: &str = "icmp_send_raw_tp";
 pub const PROG_ICMP_TRACEPOINT: &str = "icmp_send_tracepoint";
+/// `__icmp_send` itself, for kernels without the tracepoint.
+pub const PROG_ICMP_FENTRY: &str = "icmp_send_fentry";
+pub const PROG_ICMP_KPROBE: &str = "icmp_send_kprobe";
+
+/// `icmp6_send`: every ICMPv6 error the kernel generates (IPv6 has no tracepoint for it).
+pub const PROG_ICMP6_FENTRY: &str = "icmp6_send_fentry";
+pub const PROG_ICMP6_KPROBE: &str = "icmp6_send_kprobe";
+
+/// `connect()` on UDP sockets: `udp_connect`/`udpv6_connect` (Linux 6.13+), else
+/// `ip4_datagram_connect`/`ip6_datagram_connect`.
+pub const PROG_CONNECT_FEXIT_UDP4: &str = "connect_fexit_udp_connect";
+pub const PROG_CONNECT_FEXIT_UDP6: &str = "connect_fexit_udpv6_connect";
+pub const PROG_CONNECT_FEXIT_IP4: &str = "connect_fexit_ip4_datagram_connect";
+pub const PROG_CONNECT_FEXIT_IP6: &str = "connect_fexit_ip6_datagram_connect";
+pub const PROG_CONNECT_KPROBE: &str = "connect_kprobe";
+pub const PROG_CONNECT_KRETPROBE: &str = "connect_kretprobe";
+
+/// UDP socket lookup for received datagrams: `__udp4_lib_lookup`/`__udp6_lib_lookup`.
+pub const PROG_LOOKUP_FEXIT_V4: &str = "lookup_fexit_udp4";
+pub const PROG_LOOKUP_FEXIT_V6: &str = "lookup_fexit_udp6";
+pub const PROG_LOOKUP_KPROBE_V4: &str = "lookup_kprobe_udp4";
+pub const PROG_LOOKUP_KRETPROBE_V4: &str = "lookup_kretprobe_udp4";
+pub const PROG_LOOKUP_KPROBE_V6: &str = "lookup_kprobe_udp6";
+pub const PROG_LOOKUP_KRETPROBE_V6: &str = "lookup_kretprobe_udp6";
 
 /// `net:net_dev_queue`: packets handed to a device; parsed for ICMPv6 errors, which have no
 /// tracepoint of their own.
@@ -37,6 +66,10 @@ pub const PROG_SK_ERROR_RAW_TP: &str = "sk_error_raw_tp";
 /// else `sock:sock_send_length`.
 pub const PROG_SEND_FEXIT_V4: &str = "send_fexit_udp_sendmsg";
 pub const PROG_SEND_FEXIT_V6: &str = "send_fexit_udpv6_sendmsg";
+pub const PROG_SEND_KPROBE_V4: &str = "send_kprobe_udp_sendmsg";
+pub const PROG_SEND_KRETPROBE_V4: &str = "send_kretprobe_udp_sendmsg";
+pub const PROG_SEND_KPROBE_V6: &str = "send_kprobe_udpv6_sendmsg";
+pub const PROG_SEND_KRETPROBE_V6: &str = "send_kretprobe_udpv6_sendmsg";
 pub const PROG_SEND_TP_BTF: &str = "send_tp_btf";
 pub const PROG_SEND_RAW_TP: &str = "send_raw_tp";
 pub const PROG_SEND_TRACEPOINT: &str = "send_tracepoint";

@@ -118,6 +118,14 @@ pub struct KernelOffsets {
     pub sk_protocol: u32,
     /// `sock.sk_err`.
     pub sk_err: u32,
+    /// `sock.__sk_common.skc_state` (`TCP_ESTABLISHED` once a UDP socket is connected).
+    pub sk_state: u32,
+    /// `msghdr.msg_name`, `.msg_namelen`, `.msg_control`, `.msg_controllen`: what
+    /// `udp_sendmsg` was asked to do (destination, ancillary data).
+    pub msg_name: u32,
+    pub msg_namelen: u32,
+    pub msg_control: u32,
+    pub msg_controllen: u32,
     /// `sock.sk_socket`.
     pub sk_socket: u32,
     /// `socket_alloc.vfs_inode`: the inode that follows a `struct socket` (`SOCK_INODE()`).
@@ -176,6 +184,11 @@ impl KernelOffsets {
         sk_net: OFFSET_MISSING,
         sk_protocol: OFFSET_MISSING,
         sk_err: OFFSET_MISSING,
+        sk_state: OFFSET_MISSING,
+        msg_name: OFFSET_MISSING,
+        msg_namelen: OFFSET_MISSING,
+        msg_control: OFFSET_MISSING,
+        msg_controllen: OFFSET_MISSING,
         sk_socket: OFFSET_MISSING,
         socket_inode: OFFSET_MISSING,
         inode_ino: OFFSET_MISSING,

@@ -50,6 +50,8 @@ pub enum Place {
     Sock(u64),
     /// The current task's namespace (process-context events without skb or socket).
     Task,
+    /// A `struct net`'s namespace (function arguments that name it).
+    Net(u64),
     /// Unknown (input route lookups: softirq, the tracepoint names no namespace).
     Unknown,
 }
@@ -61,6 +63,11 @@ impl Place {
             Self::Skb(skb) => kernel::skb_place(skb, header),
             Self::Sock(sk) => kernel::sock_place(sk, header),
             Self::Task => kernel::task_place(header),
+            Self::Net(net) => {
+                header.netns = kernel::net_inum(net);
+                header.ifindex = 0;
+                header.ifname = [0; 16];
+            }
             Self::Unknown => {
                 header.netns = 0;
                 header.ifindex = 0;

@@ -163,9 +163,13 @@ pub fn task_place(header: &mut EventHeader) {
 
 #[inline(always)]
 pub fn sock_netns(sk: u64) -> u32 {
-    read::<u64>(sk, offset(|o| &o.sk_net))
-        .and_then(|net| read(net, offset(|o| &o.net_inum)))
-        .unwrap_or(0)
+    read::<u64>(sk, offset(|o| &o.sk_net)).map_or(0, net_inum)
+}
+
+/// Inode of a `struct net` (`net->ns.inum`), 0 when unreadable.
+#[inline(always)]
+pub fn net_inum(net: u64) -> u32 {
+    read(net, offset(|o| &o.net_inum)).unwrap_or(0)
 }
 
 /// Fills `tuple` with a UDP socket's own addresses: `saddr:sport` is the local (bound) side,

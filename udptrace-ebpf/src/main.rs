@@ -11,7 +11,7 @@ mod hooks;
 mod kernel;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
     event::{COUNTER_COUNT, Event},
     filter::{Filter, Selectors},
@@ -56,6 +56,15 @@ static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 /// only the socket, can say which datagram was delivered (see `hooks::path`).
 #[map(name = "CURRENT_RX")]
 static CURRENT_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `names::FEATURE_*` bits userspace sets once it knows which hooks attached.
+#[map(name = "FEATURES")]
+static FEATURES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// kprobe → kretprobe hand-off of a probed function's arguments (see `hooks::entry`). An LRU,
+/// so entries of calls whose return was missed (kretprobe maxactive) age out.
+#[map(name = "ENTRY_ARGS")]
+static ENTRY_ARGS: LruHashMap<hooks::EntryKey, [u64; 4]> = LruHashMap::with_max_entries(8_192, 0);
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 use udptrace_common::event::{
-    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNTRACK, FLAG_ROUTE_INPUT,
-    FLAG_TRACKED, Mechanism, Tuple,
+    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK,
+    FLAG_PKTINFO, FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
 };
 
 use crate::{clock::WallClock, sanitize::sanitize_kernel_string};
@@ -64,13 +64,25 @@ pub enum What {
     /// `dst` its connected peer.
     SockError { errno: String, code: u32 },
     /// A send on a UDP socket failed.
-    SendError { errno: String, code: u32 },
+    SendError {
+        errno: String,
+        code: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<SendCall>,
+    },
     /// A receive on a UDP socket failed.
     RecvError { errno: String, code: u32 },
-    /// A UDP send returned: `src` is the socket's local address, `dst` its connected peer
-    /// (`0.0.0.0:0` when unconnected: the destination then shows in the `route` and `xmit`
-    /// events of the datagram).
-    Send { bytes: u32, socket: SocketInfo },
+    /// A UDP send returned. From a function probe on `udp_sendmsg` (`call` set): `dst` is the
+    /// destination asked for and `src` the socket's local address, or the source the caller
+    /// asked for with `IP_PKTINFO`. From the `sock_send_length` tracepoint: `src`/`dst` are the
+    /// socket's local address and connected peer (`0.0.0.0:0` when unconnected: the destination
+    /// then shows in the `route` and `xmit` events of the datagram).
+    Send {
+        bytes: u32,
+        socket: SocketInfo,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        call: Option<SendCall>,
+    },
     /// A route lookup for the flow `src > dst` (source `0.0.0.0`/`::` when the kernel is to
     /// choose it: the address it chose is the source of the `xmit` that follows).
     Route {
@@ -89,6 +101,35 @@ pub enum What {
     Recv,
     /// The datagram was queued to a socket.
     Deliver { socket: SocketInfo },
+    /// `connect()` on a UDP socket returned: `src` is the local address the kernel pinned the
+    /// socket to, `dst` its peer (`error` when the call failed).
+    Connect {
+        socket: SocketInfo,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// UDP looked up the socket for the received datagram `src > dst`: the socket it found,
+    /// `null` when none matched (the datagram then dies NO_SOCKET).
+    Lookup { socket: Option<SocketInfo> },
+}
+
+/// What the sender asked `udp_sendmsg` for, known from function probes only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SendCall {
+    /// `IP_PKTINFO`/`IPV6_PKTINFO` ancillary data was passed (the way a server bound to the
+    /// wildcard address answers from the address the request came to).
+    pub pktinfo: bool,
+    /// The socket is connected (`send()`/`write()` to its peer).
+    pub connected: bool,
+}
+
+impl SendCall {
+    fn of(detail: &EventDetail) -> Option<Self> {
+        (detail.flags & FLAG_SEND_CALL != 0).then_some(Self {
+            pktinfo: detail.flags & FLAG_PKTINFO != 0,
+            connected: detail.flags & FLAG_CONNECTED != 0,
+        })
+    }
 }
 
 /// A socket as `ss` shows it.
@@ -178,6 +219,8 @@ impl TraceEvent {
             What::Xmit => "xmit",
             What::Recv => "recv",
             What::Deliver { .. } => "deliver",
+            What::Connect { .. } => "connect",
+            What::Lookup { .. } => "lookup",
         }
     }
 }
@@ -219,6 +262,7 @@ pub fn decode(
         EventKind::SendError => What::SendError {
             errno: crate::kernel::errno_name(detail.error as i32).to_owned(),
             code: detail.error,
+            call: SendCall::of(detail),
         },
         EventKind::RecvError => What::RecvError {
             errno: crate::kernel::errno_name(detail.error as i32).to_owned(),
@@ -227,6 +271,7 @@ pub fn decode(
         EventKind::Send => What::Send {
             bytes: detail.bytes,
             socket: socket_info(detail, names),
+            call: SendCall::of(detail),
         },
         EventKind::Route => {
             let device = sanitize_kernel_string(&detail.route_dev);
@@ -250,6 +295,14 @@ pub fn decode(
         EventKind::Recv => What::Recv,
         EventKind::Deliver => What::Deliver {
             socket: socket_info(detail, names),
+        },
+        EventKind::Connect => What::Connect {
+            socket: socket_info(detail, names),
+            error: (detail.error != 0)
+                .then(|| crate::kernel::errno_name(detail.error as i32).to_owned()),
+        },
+        EventKind::Lookup => What::Lookup {
+            socket: (detail.sock.family != 0).then(|| socket_info(detail, names)),
         },
     };
     let (saddr, daddr) = addresses(&event.tuple);

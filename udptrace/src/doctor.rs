@@ -1,7 +1,7 @@
 //! `udptrace doctor`: is this host able to trace, and with what. Attaches every hook for real
 //! (then detaches) so that what it reports is what a trace would get.
 
-use std::{fmt::Write as _, path::Path};
+use std::fmt::Write as _;
 
 use serde_json::json;
 use udptrace_common::event::Mechanism;
@@ -36,25 +36,17 @@ fn kernel_release() -> String {
     )
 }
 
-/// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
-fn kprobe_status() -> Result<(), String> {
-    if Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
-        Ok(())
-    } else {
-        Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe is missing: kernel built without CONFIG_KPROBES)".into())
-    }
-}
-
 /// Runs the checks, prints the report, returns the exit status (0 = every core hook attached).
 pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
     let kernel = kernel_release();
     let missing_caps = missing_capabilities(effective_capabilities());
     let btf = std::fs::metadata("/sys/kernel/btf/vmlinux").map(|m| m.len());
-    let kprobes = kprobe_status();
+    let kprobes = crate::probes::attach::kprobe_status();
     let tracer = if missing_caps.is_empty() {
         Tracer::start(TraceConfig {
             probes: forced,
             ring_size: 1 << 16,
+            diagnose_only: true,
             ..TraceConfig::default()
         })
     } else {
@@ -106,7 +98,7 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
         text,
         "kprobes     {}",
         match &kprobes {
-            Ok(()) => "available (no udptrace hook needs them on this kernel)".to_owned(),
+            Ok(()) => "available".to_owned(),
             Err(reason) => format!("unavailable: {reason}"),
         }
     );

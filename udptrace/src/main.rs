@@ -52,6 +52,7 @@ async fn trace(args: &TraceArgs) -> anyhow::Result<()> {
                     .map_err(|_| anyhow::anyhow!("--duration {secs}: not a number of seconds"))
             })
             .transpose()?,
+        diagnose_only: false,
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(&args.output);

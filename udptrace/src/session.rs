@@ -13,7 +13,7 @@ use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
     event::{Counter, Mechanism},
     filter::Selectors,
-    names::{FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
+    names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
 };
 
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
     flows::verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     host::{ifindex_in, preflight},
     knowledge::Knowledge,
-    probes::attach::{AttachContext, HookOutcome, attach_all},
+    probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
     render::{Output, Stats},
     sockets::{receive_buffers_in, udp_sockets_in},
@@ -49,6 +49,8 @@ pub struct TraceConfig {
     pub ring_size: u32,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
+    /// `doctor`: attach what can be attached and report, even without a core hook.
+    pub diagnose_only: bool,
 }
 
 /// A loaded and attached tracer; dropping it detaches every program.
@@ -63,6 +65,20 @@ pub struct Tracer {
     clock: WallClock,
     config: TraceConfig,
     diagnosis: Diagnosis,
+}
+
+/// Tells the programs which hooks attached where that changes what another hook reports.
+fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<()> {
+    let icmp6_probed = probes
+        .iter()
+        .any(|outcome| outcome.hook.name == "icmp6_error" && outcome.attached.is_some());
+    let features = if icmp6_probed { FEATURE_ICMP6_PROBE } else { 0 };
+    let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
+        ebpf.map_mut(FEATURES_MAP)
+            .context("the eBPF object has no FEATURES map")?,
+    )?;
+    map.set(0, features, 0).context("writing the FEATURES map")?;
+    Ok(())
 }
 
 impl Tracer {
@@ -89,11 +105,15 @@ impl Tracer {
                 btf: knowledge.aya_btf.as_ref(),
                 offsets: &knowledge.offsets,
                 tracefs: knowledge.tracefs_mounted(),
+                kprobes: kprobe_status().is_ok(),
                 has_function: &|name| knowledge.has_function(name),
                 forced: config.probes,
             },
         );
-        if let Some(missing) = probes.iter().find(|o| o.hook.core && o.attached.is_none()) {
+        if let Some(missing) = probes
+            .iter()
+            .find(|o| o.hook.core && o.attached.is_none() && !config.diagnose_only)
+        {
             let reasons: Vec<String> = missing
                 .attempts
                 .iter()
@@ -110,6 +130,7 @@ impl Tracer {
                 reasons.join("; ")
             );
         }
+        announce_features(&mut ebpf, &probes)?;
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)))

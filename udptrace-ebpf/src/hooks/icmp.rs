@@ -3,23 +3,31 @@
 //! IPv4: `icmp:icmp_send`, `TP_PROTO(const struct sk_buff *skb, int type, int code)`
 //! (include/trace/events/icmp.h): `skb` is the offending datagram, so its headers give the
 //! quoted tuple directly.
-//! IPv6 has no such tracepoint: `icmp6_send` is caught where its packet reaches a device
-//! (`net:net_dev_queue`, in `hooks::path`) by parsing the outgoing ICMPv6 error and the
-//! datagram it quotes.
+//! Kernels without that tracepoint: a function probe on `void __icmp_send(struct sk_buff
+//! *skb_in, int type, int code, __be32 info, ...)` (net/ipv4/icmp.c), same arguments.
+//! IPv6 has no such tracepoint: `void icmp6_send(struct sk_buff *skb, u8 type, u8 code, __u32
+//! info, ...)` (net/ipv6/icmp.c) is probed where the kernel allows function probes; elsewhere
+//! the error is caught where its packet reaches a device (`net:net_dev_queue`, in
+//! `hooks::path`) by parsing the outgoing ICMPv6 error and the datagram it quotes.
 
 use aya_ebpf::{
     EbpfContext as _,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext,
+        TracePointContext,
+    },
 };
 use udptrace_common::{
     event::{AF_INET6, EventDetail, EventKind, IPPROTO_UDP, Mechanism, Tuple},
+    names::FEATURE_ICMP6_PROBE,
     offsets::ClassicTracepoint,
 };
 
 use crate::{
+    FEATURES,
     emit::{Context, Place, scratch, submit},
-    hooks::{classic_args, finish},
+    hooks::{arg, classic_args, finish},
     kernel::{self, ReadError},
 };
 
@@ -54,6 +62,48 @@ pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
     )
 }
 
+#[fentry(function = "__icmp_send")]
+pub fn icmp_send_fentry(ctx: FEntryContext) -> u32 {
+    finish(on_icmp_send(
+        ctx.arg(0),
+        ctx.arg(1),
+        ctx.arg(2),
+        Mechanism::Fentry,
+    ))
+}
+
+#[kprobe]
+pub fn icmp_send_kprobe(ctx: ProbeContext) -> u32 {
+    finish(on_icmp_send(
+        arg(&ctx, 0),
+        arg(&ctx, 1) as i32,
+        arg(&ctx, 2) as i32,
+        Mechanism::Kprobe,
+    ))
+}
+
+#[fentry(function = "icmp6_send")]
+pub fn icmp6_send_fentry(ctx: FEntryContext) -> u32 {
+    finish(on_icmp_send(
+        ctx.arg(0),
+        i32::from(ctx.arg::<u8>(1)),
+        i32::from(ctx.arg::<u8>(2)),
+        Mechanism::Fentry,
+    ))
+}
+
+#[kprobe]
+pub fn icmp6_send_kprobe(ctx: ProbeContext) -> u32 {
+    finish(on_icmp_send(
+        arg(&ctx, 0),
+        i32::from(arg(&ctx, 1) as u8),
+        i32::from(arg(&ctx, 2) as u8),
+        Mechanism::Kprobe,
+    ))
+}
+
+/// `skb` is the offending datagram (IPv4 or IPv6) an ICMP error of `icmp_type`/`code` is
+/// about to be sent for.
 #[inline(always)]
 fn on_icmp_send(
     skb: u64,
@@ -93,6 +143,13 @@ const ICMPV6_ERROR_MAX: u8 = 4;
 /// whose next header is ICMPv6.
 #[inline(always)]
 pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Result<(), ReadError> {
+    if FEATURES
+        .get(0)
+        .is_some_and(|features| features & FEATURE_ICMP6_PROBE != 0)
+    {
+        // Reported at `icmp6_send` already.
+        return Ok(());
+    }
     // struct icmp6hdr: type @0, code @1, checksum, 4 bytes of data; the invoking packet
     // follows at 8.
     let icmp = net.header + 40;

@@ -6,23 +6,30 @@
 //! - `sock:sock_send_length` / `sock:sock_recv_length`, `TP_PROTO(struct sock *sk, int ret,
 //!   int flags)` (net/socket.c, Linux 6.3+): every send/receive with its result, in the caller's
 //!   process. Only negative results are reported.
-//! - `fexit` on `udp_sendmsg` / `udpv6_sendmsg` (`int (struct sock *sk, struct msghdr *msg,
-//!   size_t len)`): the same send result on kernels that allow trampolines, including those
-//!   older than the sock tracepoints.
+//! - `fexit` (or kprobe + kretprobe) on `udp_sendmsg` / `udpv6_sendmsg` (`int (struct sock
+//!   *sk, struct msghdr *msg, size_t len)`): the same send result on kernels that allow
+//!   function probes, including those older than the sock tracepoints, plus what the caller
+//!   asked for: the destination, `IP_PKTINFO`, whether the socket is connected.
 
 use aya_ebpf::{
     EbpfContext as _,
-    macros::{btf_tracepoint, fexit, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, FExitContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use udptrace_common::{
-    event::{EventDetail, EventKind, Mechanism},
+    event::{
+        AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_PKTINFO,
+        FLAG_SEND_CALL, Mechanism, Tuple,
+    },
     offsets::ClassicTracepoint,
 };
 
 use crate::{
     emit::{Context, Place, scratch, submit},
-    hooks::{classic_args, finish},
+    hooks::{Probed, arg, classic_args, finish, save_entry, take_entry},
     kernel::{self, ReadError},
 };
 
@@ -64,22 +71,174 @@ fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
 #[fexit(function = "udp_sendmsg")]
 pub fn send_fexit_udp_sendmsg(ctx: FExitContext) -> u32 {
     // fexit sees the arguments followed by the return value: sk, msg, len, ret.
-    finish(on_result(
+    finish(on_send_call(
         ctx.arg(0),
+        ctx.arg(1),
         ctx.arg::<i64>(3) as i32,
-        EventKind::SendError,
         Mechanism::Fentry,
+        false,
     ))
 }
 
 #[fexit(function = "udpv6_sendmsg")]
 pub fn send_fexit_udpv6_sendmsg(ctx: FExitContext) -> u32 {
-    finish(on_result(
+    finish(on_send_call(
         ctx.arg(0),
+        ctx.arg(1),
         ctx.arg::<i64>(3) as i32,
-        EventKind::SendError,
         Mechanism::Fentry,
+        true,
     ))
+}
+
+#[kprobe]
+pub fn send_kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
+    save_entry(Probed::SendV4, [arg(&ctx, 0), arg(&ctx, 1), 0, 0])
+}
+
+#[kretprobe]
+pub fn send_kretprobe_udp_sendmsg(ctx: RetProbeContext) -> u32 {
+    let Some([sk, msg, _, _]) = take_entry(Probed::SendV4) else {
+        return 0;
+    };
+    finish(on_send_call(sk, msg, ctx.ret(), Mechanism::Kprobe, false))
+}
+
+#[kprobe]
+pub fn send_kprobe_udpv6_sendmsg(ctx: ProbeContext) -> u32 {
+    save_entry(Probed::SendV6, [arg(&ctx, 0), arg(&ctx, 1), 0, 0])
+}
+
+#[kretprobe]
+pub fn send_kretprobe_udpv6_sendmsg(ctx: RetProbeContext) -> u32 {
+    let Some([sk, msg, _, _]) = take_entry(Probed::SendV6) else {
+        return 0;
+    };
+    finish(on_send_call(sk, msg, ctx.ret(), Mechanism::Kprobe, true))
+}
+
+/// `ip_cmsg_send`/`ip6_datagram_send_ctl` (net/ipv4/ip_sockglue.c, net/ipv6/datagram.c):
+/// `SOL_IP`/`IP_PKTINFO` carries `struct in_pktinfo { int ipi_ifindex; struct in_addr
+/// ipi_spec_dst; struct in_addr ipi_addr; }` whose `ipi_spec_dst` becomes the source;
+/// `SOL_IPV6`/`IPV6_PKTINFO` carries `struct in6_pktinfo { struct in6_addr ipi6_addr; int
+/// ipi6_ifindex; }`.
+const SOL_IP: i32 = 0;
+const IP_PKTINFO: i32 = 8;
+const SOL_IPV6: i32 = 41;
+const IPV6_PKTINFO: i32 = 50;
+/// `sizeof(struct cmsghdr)` on 64-bit: `size_t cmsg_len; int cmsg_level; int cmsg_type;`.
+const CMSG_HEADER: u64 = 16;
+/// Control messages examined per send (a bounded loop; senders pass one or two).
+const MAX_CMSGS: u32 = 4;
+/// `TCP_ESTABLISHED`: what `__ip4_datagram_connect` sets `sk_state` to.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// `udp_sendmsg`/`udpv6_sendmsg(sk, msg, len)` returned `ret`: reports the send with what the
+/// caller asked for. In the kernel's `struct msghdr` (net/socket.c `____sys_sendmsg` copied
+/// both in), `msg_name` is the destination of `sendto()`/`sendmsg()` (NULL for `send()` on a
+/// connected socket) and `msg_control` the ancillary data. `ipv6`: the IPv6 function, which
+/// hands v4-mapped destinations to `udp_sendmsg` (reported there, not twice).
+#[inline(always)]
+fn on_send_call(
+    sk: u64,
+    msg: u64,
+    ret: i32,
+    mechanism: Mechanism,
+    ipv6: bool,
+) -> Result<(), ReadError> {
+    if ret == -EAGAIN {
+        return Ok(());
+    }
+    let Some(event) = scratch() else {
+        return Ok(());
+    };
+    if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
+        return Ok(());
+    }
+    let socket = event.tuple;
+    let mut flags = FLAG_SEND_CALL;
+    let state: u8 = kernel::read(sk, kernel::offset(|o| &o.sk_state))?;
+    if state == TCP_ESTABLISHED {
+        flags |= FLAG_CONNECTED;
+    }
+    let name: u64 = kernel::read(msg, kernel::offset(|o| &o.msg_name))?;
+    let name_len: i32 = kernel::read(msg, kernel::offset(|o| &o.msg_namelen))?;
+    if name != 0 && name_len >= 8 {
+        // struct sockaddr_in: family @0, port @2 (big-endian), addr @4; sockaddr_in6: family,
+        // port, flowinfo @4, addr @8.
+        let [family, port]: [u16; 2] = kernel::read(name, 0)?;
+        if family == u16::from(AF_INET) {
+            event.tuple.daddr = kernel::ipv4_in_16(kernel::read(name, 4)?);
+            event.tuple.dport = u16::from_be(port);
+        } else if family == u16::from(AF_INET6) && name_len >= 24 {
+            event.tuple.daddr = kernel::read(name, 8)?;
+            event.tuple.dport = u16::from_be(port);
+        }
+    }
+    if ipv6 && is_v4_mapped(&event.tuple.daddr) {
+        return Ok(());
+    }
+    if pktinfo_source(msg, &mut event.tuple.saddr)? {
+        flags |= FLAG_PKTINFO;
+    }
+    report_result(event, sk, ret, EventKind::SendError, flags, socket, mechanism);
+    Ok(())
+}
+
+/// `::ffff:a.b.c.d`.
+#[inline(always)]
+fn is_v4_mapped(address: &[u8; 16]) -> bool {
+    let mut index = 0;
+    while index < 10 {
+        if address[index] != 0 {
+            return false;
+        }
+        index += 1;
+    }
+    address[10] == 0xff && address[11] == 0xff
+}
+
+/// Walks the ancillary data of `msg` for `IP_PKTINFO`/`IPV6_PKTINFO`; when found writes the
+/// source address it asks for into `source` (unless it names only an interface) and says so.
+#[inline(always)]
+fn pktinfo_source(msg: u64, source: &mut [u8; 16]) -> Result<bool, ReadError> {
+    let control: u64 = kernel::read(msg, kernel::offset(|o| &o.msg_control))?;
+    let control_len: u64 = kernel::read(msg, kernel::offset(|o| &o.msg_controllen))?;
+    if control == 0 {
+        return Ok(false);
+    }
+    let mut at = 0u64;
+    let mut index = 0;
+    while index < MAX_CMSGS && at + CMSG_HEADER <= control_len {
+        let [len_low, len_high, level, kind]: [u32; 4] = kernel::read(control + at, 0)?;
+        let (len, level, kind) = (
+            u64::from(len_low) | (u64::from(len_high) << 32),
+            level as i32,
+            kind as i32,
+        );
+        let data = control + at + CMSG_HEADER;
+        if level == SOL_IP && kind == IP_PKTINFO {
+            let spec_dst: [u8; 4] = kernel::read(data, 4)?;
+            if spec_dst != [0; 4] {
+                *source = kernel::ipv4_in_16(spec_dst);
+            }
+            return Ok(true);
+        }
+        if level == SOL_IPV6 && kind == IPV6_PKTINFO {
+            let address: [u8; 16] = kernel::read(data, 0)?;
+            if address != [0; 16] {
+                *source = address;
+            }
+            return Ok(true);
+        }
+        if len < CMSG_HEADER {
+            break;
+        }
+        // CMSG_ALIGN: 8-byte steps (include/linux/socket.h).
+        at += (len + 7) & !7;
+        index += 1;
+    }
+    Ok(false)
 }
 
 #[btf_tracepoint(function = "sock_send_length")]
@@ -167,15 +326,33 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
     if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
         return Ok(());
     }
+    let socket = event.tuple;
+    report_result(event, sk, ret, kind, 0, socket, mechanism);
+    Ok(())
+}
+
+/// Submits the outcome `ret` of a call on socket `sk` (whose own tuple is `socket`): `Send`
+/// with the bytes sent, or `failure` with the errno.
+#[inline(always)]
+fn report_result(
+    event: &mut Event,
+    sk: u64,
+    ret: i32,
+    failure: EventKind,
+    flags: u8,
+    socket: Tuple,
+    mechanism: Mechanism,
+) {
     let (kind, error, bytes) = if ret >= 0 {
         (EventKind::Send, 0, ret as u32)
     } else {
-        (kind, ret.unsigned_abs(), 0)
+        (failure, ret.unsigned_abs(), 0)
     };
     event.detail = EventDetail {
         error,
         bytes,
-        sock: event.tuple,
+        flags,
+        sock: socket,
         ..EventDetail::default()
     };
     submit(
@@ -187,5 +364,4 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
         Place::Sock(sk),
         sk,
     );
-    Ok(())
 }

@@ -73,7 +73,8 @@ impl FlowTable {
     pub fn record(&mut self, event: &TraceEvent) {
         let incomplete = match &event.what {
             What::Route { .. } => true,
-            What::Send { socket, .. } => socket.peer.is_none(),
+            // Unconnected and unbound: the destination may be known, the source is not yet.
+            What::Send { .. } => event.saddr.is_unspecified() || event.dport == 0,
             _ => false,
         };
         if incomplete {
@@ -105,7 +106,7 @@ impl FlowTable {
             | What::RecvError { errno, .. } => {
                 *flow.socket_errors.entry(errno.clone()).or_default() += 1;
             }
-            What::Send { .. } | What::Route { .. } => {}
+            What::Send { .. } | What::Route { .. } | What::Connect { .. } | What::Lookup { .. } => {}
         }
         if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
             flow.processes.insert(format!("{comm}[{pid}]"));

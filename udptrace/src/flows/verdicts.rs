@@ -143,7 +143,11 @@ impl Diagnosis {
             | What::RecvError { .. } => {
                 self.attach_to_flow(event);
             }
-            What::Send { .. } | What::Route { .. } | What::Recv => {}
+            What::Send { .. }
+            | What::Route { .. }
+            | What::Recv
+            | What::Connect { .. }
+            | What::Lookup { .. } => {}
         }
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -296,6 +300,17 @@ impl Diagnosis {
             What::Route { device, .. } => Some(device.clone()),
             _ => None,
         });
+        // With function probes on udp_sendmsg: how the server sent the reply.
+        let send = self
+            .history
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(&e.what, What::Send { call: Some(_), .. })
+                    && e.sport == event.sport
+                    && canonical(e.destination()) == client
+            })
+            .cloned();
         let index = self.verdict(key, REPLY_SOURCE_MISMATCH, event, || {
             let why = device.as_ref().map_or_else(String::new, |device| {
                 format!(
@@ -303,7 +318,23 @@ impl Diagnosis {
                     client.ip()
                 )
             });
+            let how = match send.as_ref().map(|send| (&send.what, send.comm.as_deref(), send.pid)) {
+                Some((What::Send { call: Some(call), .. }, comm, pid)) if !call.pktinfo => {
+                    let who = match (comm, pid) {
+                        (Some(comm), Some(pid)) => format!("{comm}[{pid}] "),
+                        _ => String::new(),
+                    };
+                    format!(
+                        " (udp_sendmsg shows {who}replying with {} without IP_PKTINFO)",
+                        if call.connected { "send()" } else { "sendto()" }
+                    )
+                }
+                _ => String::new(),
+            };
             let mut evidence = vec![request_evidence, evidence_line(event)];
+            if let Some(send) = &send {
+                evidence.push(evidence_line(send));
+            }
             if let Some(route) = &route {
                 evidence.push(evidence_line(route));
             }
@@ -311,7 +342,7 @@ impl Diagnosis {
                 format!(
                     "{client} sent to {server} but the reply came from {replied_from}: the server socket \
                      {request_socket} is bound to the wildcard address and replied without choosing a \
-                     source{why}; {client} does not accept a reply from {}",
+                     source{how}{why}; {client} does not accept a reply from {}",
                     replied_from.ip()
                 ),
                 evidence,
@@ -478,15 +509,44 @@ impl Diagnosis {
                     .as_ref()
                     .map_or_else(String::new, |o| format!(", owned by {o}"))
             );
+            // With a function probe on the connect path: who pinned the socket, and when.
+            let connect = self
+                .history
+                .iter()
+                .rev()
+                .find(|e| {
+                    matches!(&e.what, What::Connect { error: None, .. })
+                        && e.sport == event.dport
+                        && (e.netns == event.netns || e.netns == 0 || event.netns == 0)
+                })
+                .cloned();
             self.verdict(key, CONNECTED_SOCKET_MISMATCH, event, || {
+                let pinned = connect.as_ref().map_or_else(String::new, |connect| {
+                    let who = match (&connect.comm, connect.pid) {
+                        (Some(comm), Some(pid)) => format!(" by {comm}[{pid}]"),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "; connect(){who} pinned it to local address {} and peer {}",
+                        connect.source(),
+                        connect.destination()
+                    )
+                });
+                let mut evidence = vec![
+                    evidence_line(event),
+                    format!("socket {socket} in namespace {}", namespace(event)),
+                ];
+                if let Some(connect) = &connect {
+                    evidence.push(evidence_line(connect));
+                }
                 (
                     format!(
-                        "{} > {} is dropped (NO_SOCKET) although socket {socket} exists on port {}: {why}",
+                        "{} > {} is dropped (NO_SOCKET) although socket {socket} exists on port {}: {why}{pinned}",
                         event.source(),
                         event.destination(),
                         event.dport
                     ),
-                    vec![evidence_line(event), format!("socket {socket} in namespace {}", namespace(event))],
+                    evidence,
                     format!(
                         "do not connect() a server socket (netcat -u -l does after the first datagram), \
                          or bind it to the address clients use ({})",
@@ -581,7 +641,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::decode::{Conntrack, SocketInfo};
+    use crate::decode::{Conntrack, SendCall, SocketInfo};
 
     fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         let src: SocketAddr = src.parse().unwrap();
@@ -710,6 +770,66 @@ mod tests {
     }
 
     #[test]
+    fn function_probes_show_how_the_reply_was_sent() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let client = "198.51.100.2:40000";
+        diagnosis.observe(&event(
+            What::Deliver {
+                socket: wildcard_socket(),
+            },
+            client,
+            "192.0.2.1:4000",
+            1,
+        ));
+        let mut send = event(
+            What::Send {
+                bytes: 5,
+                socket: wildcard_socket(),
+                call: Some(SendCall {
+                    pktinfo: false,
+                    connected: false,
+                }),
+            },
+            "0.0.0.0:4000",
+            client,
+            2,
+        );
+        send.pid = Some(42);
+        send.comm = Some("server".into());
+        // Another socket's send to the client says nothing about this reply.
+        diagnosis.observe(&event(
+            What::Send {
+                bytes: 5,
+                socket: wildcard_socket(),
+                call: Some(SendCall {
+                    pktinfo: true,
+                    connected: false,
+                }),
+            },
+            "192.0.2.1:5000",
+            client,
+            2,
+        ));
+        diagnosis.observe(&send);
+        diagnosis.observe(&event(What::Xmit, "198.51.100.1:4000", client, 3));
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        assert!(
+            verdicts[0]
+                .summary
+                .contains("udp_sendmsg shows server[42] replying with sendto() without IP_PKTINFO"),
+            "{}",
+            verdicts[0].summary
+        );
+        assert!(
+            verdicts[0].evidence.iter().any(|line| line.contains("send")
+                && line.contains("without IP_PKTINFO")),
+            "{:#?}",
+            verdicts[0].evidence
+        );
+    }
+
+    #[test]
     fn replies_from_the_requested_address_are_healthy() {
         let mut diagnosis = Diagnosis::new(no_sockets());
         let client = "198.51.100.2:40000";
@@ -795,6 +915,63 @@ mod tests {
             verdicts[0]
                 .summary
                 .contains("bound to 198.51.100.1 but the datagram is addressed to 192.0.2.1")
+        );
+    }
+
+    #[test]
+    fn the_connect_that_pinned_the_socket_is_evidence() {
+        let sockets: SocketLister = Box::new(|_| {
+            Some(vec![(
+                UdpSocketEntry {
+                    local: "198.51.100.1:4000".parse().unwrap(),
+                    peer: Some("198.51.100.2:40000".parse().unwrap()),
+                    rx_queue: 0,
+                    inode: 5,
+                    drops: 0,
+                    rcvbuf: None,
+                },
+                Some("nc[77]".into()),
+            )])
+        });
+        let mut diagnosis = Diagnosis::new(sockets);
+        let mut connect = event(
+            What::Connect {
+                socket: SocketInfo {
+                    local: "198.51.100.1:4000".into(),
+                    peer: Some("198.51.100.2:40000".into()),
+                    inode: 5,
+                    owner_pid: Some(77),
+                    owner_comm: Some("nc".into()),
+                },
+                error: None,
+            },
+            "198.51.100.1:4000",
+            "198.51.100.2:40000",
+            1,
+        );
+        connect.pid = Some(77);
+        connect.comm = Some("nc".into());
+        diagnosis.observe(&connect);
+        diagnosis.observe(&event(
+            drop("NO_SOCKET"),
+            "198.51.100.2:40000",
+            "192.0.2.1:4000",
+            2,
+        ));
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(verdicts[0].code, CONNECTED_SOCKET_MISMATCH);
+        assert!(
+            verdicts[0].summary.contains(
+                "connect() by nc[77] pinned it to local address 198.51.100.1:4000 and peer 198.51.100.2:40000"
+            ),
+            "{}",
+            verdicts[0].summary
+        );
+        assert!(
+            verdicts[0].evidence.iter().any(|line| line.contains("connect")),
+            "{:#?}",
+            verdicts[0].evidence
         );
     }
 

@@ -106,6 +106,12 @@ const MEMBERS: &[Member] = &[
     member(|o| &mut o.sk_net, "sock.__sk_common.skc_net.net", PTR),
     member(|o| &mut o.sk_protocol, "sock.sk_protocol", U16),
     member(|o| &mut o.sk_err, "sock.sk_err", U32),
+    member(|o| &mut o.sk_state, "sock.__sk_common.skc_state", U8),
+    member(|o| &mut o.msg_name, "msghdr.msg_name", PTR),
+    member(|o| &mut o.msg_namelen, "msghdr.msg_namelen", U32),
+    // In an anonymous union with msg_control_user since 5.19 (include/linux/socket.h).
+    member(|o| &mut o.msg_control, "msghdr.msg_control", PTR),
+    member(|o| &mut o.msg_controllen, "msghdr.msg_controllen", PTR),
     member(|o| &mut o.sk_socket, "sock.sk_socket", PTR),
     // SOCK_INODE(): &container_of(socket, struct socket_alloc, socket)->vfs_inode
     // (include/net/sock.h); only a base for inode.i_ino.
@@ -344,6 +350,13 @@ mod tests {
             sk_net: 48,
             sk_protocol: 532,
             sk_err: 284,
+            sk_state: 18,
+            // msg_control is in an anonymous union @448 bits; msg_controllen follows the
+            // two bitfields @576.
+            msg_name: 0,
+            msg_namelen: 8,
+            msg_control: 56,
+            msg_controllen: 72,
             sk_socket: 288,
             socket_inode: 128,
             inode_ino: 64,

@@ -25,6 +25,8 @@ pub struct AttachContext<'a> {
     pub offsets: &'a KernelOffsets,
     /// Whether tracefs is mounted (classic tracepoints need it).
     pub tracefs: bool,
+    /// Whether kprobes can be attached ([`kprobe_status`]).
+    pub kprobes: bool,
     /// Kernel functions the BTF lists (None without BTF).
     pub has_function: &'a dyn Fn(&str) -> bool,
     /// `--probes MECH`: only this mechanism is tried.
@@ -44,6 +46,15 @@ pub struct HookOutcome {
     pub hook: &'static Hook,
     pub attached: Option<Mechanism>,
     pub attempts: Vec<Attempt>,
+}
+
+/// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
+pub fn kprobe_status() -> Result<(), String> {
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        Ok(())
+    } else {
+        Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe is missing: kernel built without CONFIG_KPROBES)".into())
+    }
 }
 
 /// Attaches every hook of the plan; never fails as a whole: a hook without a mechanism is
@@ -88,11 +99,19 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
 fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), String> {
     for (_, target) in attachment.programs {
         match target {
-            Target::Fexit(function) => {
+            Target::Fexit(function) | Target::Fentry(function) => {
                 if context.btf.is_none() {
                     return Err("needs kernel BTF (/sys/kernel/btf/vmlinux)".into());
                 }
                 if !(context.has_function)(function) {
+                    return Err(format!("kernel has no function {function}"));
+                }
+            }
+            Target::Kprobe(function) | Target::Kretprobe(function) => {
+                if !context.kprobes {
+                    return Err("kernel has no kprobes (no kprobe PMU)".into());
+                }
+                if context.btf.is_some() && !(context.has_function)(function) {
                     return Err(format!("kernel has no function {function}"));
                 }
             }
@@ -178,6 +197,17 @@ fn load_and_attach(
             program.load(function, btf.ok_or(ProgramError::NotLoaded)?)?;
             program.attach()?;
         }
+        (Target::Fentry(function), Program::FEntry(program)) => {
+            program.load(function, btf.ok_or(ProgramError::NotLoaded)?)?;
+            program.attach()?;
+        }
+        (Target::Kprobe(function) | Target::Kretprobe(function), Program::KProbe(program)) => {
+            // One program serves several functions: loaded at its first attachment.
+            if program.fd().is_err() {
+                program.load()?;
+            }
+            program.attach(function, 0)?;
+        }
         (Target::TpBtf(tracepoint), Program::BtfTracePoint(program)) => {
             program.load(tracepoint, btf.ok_or(ProgramError::NotLoaded)?)?;
             program.attach()?;
@@ -204,6 +234,8 @@ fn load_and_attach(
 fn unload(program: &mut Program) -> Result<(), ProgramError> {
     match program {
         Program::FExit(program) => program.unload(),
+        Program::FEntry(program) => program.unload(),
+        Program::KProbe(program) => program.unload(),
         Program::BtfTracePoint(program) => program.unload(),
         Program::RawTracePoint(program) => program.unload(),
         Program::TracePoint(program) => program.unload(),
@@ -223,7 +255,7 @@ fn describe(target: Target, error: &ProgramError) -> String {
     }
     let refused = text.contains("Operation not permitted") || text.contains("os error 1)");
     match target {
-        Target::Fexit(_) if refused => {
+        Target::Fexit(_) | Target::Fentry(_) if refused => {
             format!(
                 "refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here ({text})"
             )

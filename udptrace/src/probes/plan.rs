@@ -1,9 +1,12 @@
 //! The hook table: for each logical hook, its attach mechanisms best first. Adding a mechanism
 //! for a hook means adding its program in `udptrace-ebpf/src/hooks/` and a row here.
 //!
-//! Order: a function probe (fexit) where the hook is a kernel function and the kernel allows
-//! trampolines, then the BTF tracepoint (typed arguments, cheapest), the raw tracepoint (no BTF
-//! needed), and the classic tracefs tracepoint (needs tracefs and its format file).
+//! Order: where the hook is a kernel function, a function probe (fentry/fexit where the kernel
+//! allows trampolines, else kprobe/kretprobe); then the BTF tracepoint (typed arguments,
+//! cheapest), the raw tracepoint (no BTF needed), and the classic tracefs tracepoint (needs
+//! tracefs and its format file). Where a tracepoint says the same as the function, it comes
+//! first and the function probes are the fallback for kernels without it (`icmp_error`).
+//! A program listed several times is loaded once and attached to each function.
 
 use udptrace_common::{
     event::Mechanism,
@@ -14,8 +17,14 @@ use udptrace_common::{
         PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF, PROG_ICMP_TRACEPOINT,
         PROG_RECEIVE_RAW_TP, PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_RAW_TP,
         PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT,
-        PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF,
-        PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
+        PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_KPROBE_V4, PROG_SEND_KPROBE_V6,
+        PROG_SEND_KRETPROBE_V4, PROG_SEND_KRETPROBE_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF,
+        PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF, PROG_ICMP_FENTRY,
+        PROG_ICMP_KPROBE, PROG_ICMP6_FENTRY, PROG_ICMP6_KPROBE, PROG_CONNECT_FEXIT_UDP4,
+        PROG_CONNECT_FEXIT_UDP6, PROG_CONNECT_FEXIT_IP4, PROG_CONNECT_FEXIT_IP6,
+        PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE, PROG_LOOKUP_FEXIT_V4, PROG_LOOKUP_FEXIT_V6,
+        PROG_LOOKUP_KPROBE_V4, PROG_LOOKUP_KPROBE_V6, PROG_LOOKUP_KRETPROBE_V4,
+        PROG_LOOKUP_KRETPROBE_V6,
     },
     offsets::ClassicTracepoint,
 };
@@ -25,6 +34,12 @@ use udptrace_common::{
 pub enum Target {
     /// fexit on a kernel function (BTF trampoline).
     Fexit(&'static str),
+    /// fentry on a kernel function.
+    Fentry(&'static str),
+    /// kprobe on a kernel function's entry.
+    Kprobe(&'static str),
+    /// kretprobe on a kernel function's return.
+    Kretprobe(&'static str),
     /// BTF-typed tracepoint (`tp_btf/<name>`).
     TpBtf(&'static str),
     /// Raw tracepoint (`raw_tp/<name>`).
@@ -102,6 +117,14 @@ pub const HOOKS: &[Hook] = &[
             Attachment {
                 mechanism: Mechanism::RawTracepoint,
                 programs: &[(PROG_ICMP_RAW_TP, Target::RawTp("icmp_send"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(PROG_ICMP_FENTRY, Target::Fentry("__icmp_send"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[(PROG_ICMP_KPROBE, Target::Kprobe("__icmp_send"))],
             },
             Attachment {
                 mechanism: Mechanism::Tracepoint,
@@ -241,7 +264,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "send",
-        description: "UDP sends and their results with the sending process (udp_sendmsg/udpv6_sendmsg, sock:sock_send_length)",
+        description: "UDP sends with the sending process; function probes add the destination, IP_PKTINFO and connected state (udp_sendmsg/udpv6_sendmsg, else sock:sock_send_length)",
         core: false,
         attachments: &[
             Attachment {
@@ -249,6 +272,15 @@ pub const HOOKS: &[Hook] = &[
                 programs: &[
                     (PROG_SEND_FEXIT_V4, Target::Fexit("udp_sendmsg")),
                     (PROG_SEND_FEXIT_V6, Target::Fexit("udpv6_sendmsg")),
+                ],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (PROG_SEND_KPROBE_V4, Target::Kprobe("udp_sendmsg")),
+                    (PROG_SEND_KRETPROBE_V4, Target::Kretprobe("udp_sendmsg")),
+                    (PROG_SEND_KPROBE_V6, Target::Kprobe("udpv6_sendmsg")),
+                    (PROG_SEND_KRETPROBE_V6, Target::Kretprobe("udpv6_sendmsg")),
                 ],
             },
             Attachment {
@@ -287,6 +319,84 @@ pub const HOOKS: &[Hook] = &[
                     PROG_RECV_TRACEPOINT,
                     Target::Tracepoint(ClassicTracepoint::SockRecvLength),
                 )],
+            },
+        ],
+    },
+    Hook {
+        name: "icmp6_error",
+        description: "ICMPv6 errors generated about UDP datagrams (icmp6_send; without it, seen at xmit)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(PROG_ICMP6_FENTRY, Target::Fentry("icmp6_send"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[(PROG_ICMP6_KPROBE, Target::Kprobe("icmp6_send"))],
+            },
+        ],
+    },
+    Hook {
+        name: "connect",
+        description: "connect() on UDP sockets: the local address and peer it pins (udp_connect, ip4/ip6_datagram_connect)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[
+                    (PROG_CONNECT_FEXIT_UDP4, Target::Fexit("udp_connect")),
+                    (PROG_CONNECT_FEXIT_UDP6, Target::Fexit("udpv6_connect")),
+                ],
+            },
+            // Before Linux 6.13 `udp_prot.connect` is ip4_datagram_connect itself.
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[
+                    (PROG_CONNECT_FEXIT_IP4, Target::Fexit("ip4_datagram_connect")),
+                    (PROG_CONNECT_FEXIT_IP6, Target::Fexit("ip6_datagram_connect")),
+                ],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (PROG_CONNECT_KPROBE, Target::Kprobe("udp_connect")),
+                    (PROG_CONNECT_KRETPROBE, Target::Kretprobe("udp_connect")),
+                    (PROG_CONNECT_KPROBE, Target::Kprobe("udpv6_connect")),
+                    (PROG_CONNECT_KRETPROBE, Target::Kretprobe("udpv6_connect")),
+                ],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (PROG_CONNECT_KPROBE, Target::Kprobe("ip4_datagram_connect")),
+                    (PROG_CONNECT_KRETPROBE, Target::Kretprobe("ip4_datagram_connect")),
+                    (PROG_CONNECT_KPROBE, Target::Kprobe("ip6_datagram_connect")),
+                    (PROG_CONNECT_KRETPROBE, Target::Kretprobe("ip6_datagram_connect")),
+                ],
+            },
+        ],
+    },
+    Hook {
+        name: "lookup",
+        description: "UDP socket lookups for received datagrams: the socket found, or none (__udp4_lib_lookup/__udp6_lib_lookup)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[
+                    (PROG_LOOKUP_FEXIT_V4, Target::Fexit("__udp4_lib_lookup")),
+                    (PROG_LOOKUP_FEXIT_V6, Target::Fexit("__udp6_lib_lookup")),
+                ],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (PROG_LOOKUP_KPROBE_V4, Target::Kprobe("__udp4_lib_lookup")),
+                    (PROG_LOOKUP_KRETPROBE_V4, Target::Kretprobe("__udp4_lib_lookup")),
+                    (PROG_LOOKUP_KPROBE_V6, Target::Kprobe("__udp6_lib_lookup")),
+                    (PROG_LOOKUP_KRETPROBE_V6, Target::Kretprobe("__udp6_lib_lookup")),
+                ],
             },
         ],
     },

@@ -16,7 +16,7 @@ use std::io::Write;
 
 use super::{Output, Stats};
 use crate::{
-    decode::{TraceEvent, What, endpoint},
+    decode::{SocketInfo, TraceEvent, What, endpoint},
     flows::{table::FlowTable, verdicts::Verdict},
     probes::attach::HookOutcome,
 };
@@ -68,7 +68,27 @@ pub fn summary(event: &TraceEvent) -> String {
         What::SendError { errno, .. } | What::RecvError { errno, .. } => {
             format!("{errno} on socket {src} (peer {dst})")
         }
-        What::Send { bytes, socket } => match &socket.peer {
+        What::Send {
+            bytes,
+            socket,
+            call: Some(call),
+        } => {
+            let how = if call.pktinfo {
+                format!("sendmsg() with IP_PKTINFO source {}", event.saddr)
+            } else if call.connected {
+                format!("on a socket connected to {}", socket.peer.as_deref().unwrap_or("?"))
+            } else if event.saddr.is_unspecified() {
+                "sendto() without IP_PKTINFO: the kernel chooses the source".to_owned()
+            } else {
+                "sendto()".to_owned()
+            };
+            format!("{bytes} bytes from {} to {dst}, {how}", socket.local)
+        }
+        What::Send {
+            bytes,
+            socket,
+            call: None,
+        } => match &socket.peer {
             Some(peer) => format!("{bytes} bytes from {} to {peer}", socket.local),
             None => format!("{bytes} bytes from {} (unconnected)", socket.local),
         },
@@ -90,19 +110,34 @@ pub fn summary(event: &TraceEvent) -> String {
             format!("{direction} {src} > {dst} {outcome}")
         }
         What::Xmit | What::Recv => format!("{src} > {dst}"),
-        What::Deliver { socket } => {
-            let owner = match (&socket.owner_comm, socket.owner_pid) {
-                (Some(comm), Some(pid)) => format!(" {comm}[{pid}]"),
-                _ => String::new(),
-            };
-            match &socket.peer {
-                Some(peer) => format!(
-                    "{src} > {dst} to {} (connected to {peer}){owner}",
-                    socket.local
-                ),
-                None => format!("{src} > {dst} to {}{owner}", socket.local),
-            }
-        }
+        What::Deliver { socket } => format!("{src} > {dst} to {}", socket_text(socket)),
+        What::Connect {
+            socket,
+            error: None,
+        } => format!(
+            "socket {} pinned to local {src} and peer {dst}",
+            socket_text(socket)
+        ),
+        What::Connect {
+            socket,
+            error: Some(error),
+        } => format!("socket {} to {dst} failed {error}", socket_text(socket)),
+        What::Lookup {
+            socket: Some(socket),
+        } => format!("{src} > {dst} found socket {}", socket_text(socket)),
+        What::Lookup { socket: None } => format!("{src} > {dst} found no socket"),
+    }
+}
+
+/// `0.0.0.0:4000 (connected to 192.0.2.1:5000) nc[123]`.
+fn socket_text(socket: &SocketInfo) -> String {
+    let owner = match (&socket.owner_comm, socket.owner_pid) {
+        (Some(comm), Some(pid)) => format!(" {comm}[{pid}]"),
+        _ => String::new(),
+    };
+    match &socket.peer {
+        Some(peer) => format!("{} (connected to {peer}){owner}", socket.local),
+        None => format!("{}{owner}", socket.local),
     }
 }
 

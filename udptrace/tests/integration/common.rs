@@ -136,3 +136,17 @@ pub fn stats(records: &[Value]) -> &Value {
         .find(|r| r["type"] == "stats")
         .expect("stats record")
 }
+
+/// Whether the run's `ready` record says `hook` attached through a function probe (fentry or
+/// kprobe): what the richer assertions of the kernel matrix depend on.
+pub fn function_probe(records: &[Value], hook: &str) -> bool {
+    let ready = records
+        .iter()
+        .find(|r| r["type"] == "ready")
+        .expect("ready record");
+    ready["probes"]
+        .as_array()
+        .expect("probes in the ready record")
+        .iter()
+        .any(|p| p["hook"] == hook && (p["mechanism"] == "fentry" || p["mechanism"] == "kprobe"))
+}

@@ -1,5 +1,7 @@
-//! `udptrace doctor` on this machine: every hook attached through the tracepoint family, and
-//! why kprobes and fentry are not used.
+//! `udptrace doctor`: every hook attached through the richest mechanism the kernel offers
+//! (function probes where it allows them, else the tracepoint family), and why the better
+//! mechanisms were not used. Runs on this machine (no kprobes, no fentry) and in the kernel
+//! matrix VMs (both).
 
 use std::{path::Path, process::Command};
 
@@ -19,42 +21,92 @@ fn doctor(args: &[&str]) -> (bool, Value) {
     (output.status.success(), report)
 }
 
+/// Hooks on kernel functions that have no tracepoint form (or, for `send`, a poorer one).
+const FUNCTION_HOOKS: [&str; 4] = ["send", "connect", "lookup", "icmp6_error"];
+/// Hooks that exist only as function probes: no mechanism where the kernel allows none.
+const FUNCTION_ONLY_HOOKS: [&str; 3] = ["connect", "lookup", "icmp6_error"];
+
+fn kprobes_available() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+}
+
+fn probe<'a>(report: &'a Value, hook: &str) -> &'a Value {
+    report["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["hook"] == hook)
+        .unwrap_or_else(|| panic!("no hook {hook} in {report:#}"))
+}
+
 #[test]
 fn every_hook_has_a_mechanism_and_refusals_are_explained() {
     let (ok, report) = doctor(&[]);
     assert!(ok, "{report:#}");
     assert_eq!(report["ok"], true);
     let probes = report["probes"].as_array().unwrap();
-    assert!(probes.len() >= 10);
+    assert!(probes.len() >= 14);
     for probe in probes {
-        let mechanism = probe["mechanism"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no mechanism: {probe}"));
-        assert!(["fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint"].contains(&mechanism));
         // Every attempt before the one that worked says why it was not used.
         for attempt in probe["attempts"].as_array().unwrap() {
             if attempt["ok"] == false {
                 assert!(!attempt["error"].as_str().unwrap().is_empty(), "{probe}");
             }
         }
+        let Some(mechanism) = probe["mechanism"].as_str() else {
+            assert!(
+                FUNCTION_ONLY_HOOKS.contains(&probe["hook"].as_str().unwrap()),
+                "only function-probe hooks may be missing: {probe}"
+            );
+            assert_eq!(probe["core"], false, "{probe}");
+            continue;
+        };
+        assert!(["fentry", "kprobe", "tp_btf", "raw_tp", "tracepoint"].contains(&mechanism));
     }
     let kprobes = report["kprobes"].as_str().unwrap();
-    if Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+    if kprobes_available() {
         assert_eq!(kprobes, "available");
     } else {
         assert!(kprobes.contains("CONFIG_KPROBES"), "{kprobes}");
     }
-    let send = probes.iter().find(|p| p["hook"] == "send").unwrap();
+    let send = probe(&report, "send");
     let fentry = &send["attempts"][0];
     assert_eq!(fentry["mechanism"], "fentry");
-    if fentry["ok"] == false {
-        // This machine refuses trampolines: the reason must say so, and the tracepoint family
-        // takes over.
+    let fentry_works = fentry["ok"] == true;
+    if !fentry_works {
+        // This machine refuses trampolines: the reason must say so.
         assert!(
             fentry["error"].as_str().unwrap().contains("EPERM"),
             "{fentry}"
         );
-        assert!(["tp_btf", "raw_tp", "tracepoint"].contains(&send["mechanism"].as_str().unwrap()));
+    }
+    for hook in FUNCTION_HOOKS {
+        let probe = probe(&report, hook);
+        let mechanism = probe["mechanism"].as_str();
+        if fentry_works || kprobes_available() {
+            // The richest mechanism the kernel offers is the one used.
+            let expected = if fentry_works { "fentry" } else { "kprobe" };
+            assert!(
+                mechanism == Some(expected) || mechanism == Some("kprobe"),
+                "{hook} should use {expected}: {probe:#}"
+            );
+        } else {
+            // Neither: the tracepoint family takes over where it can; the rest is reported.
+            assert!(
+                mechanism.is_none_or(|m| ["tp_btf", "raw_tp", "tracepoint"].contains(&m)),
+                "{probe:#}"
+            );
+            let kprobe = probe["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["mechanism"] == "kprobe")
+                .unwrap_or_else(|| panic!("{hook} has no kprobe attempt: {probe:#}"));
+            assert!(
+                kprobe["error"].as_str().unwrap().contains("no kprobes"),
+                "{kprobe}"
+            );
+        }
     }
 }
 
@@ -64,13 +116,31 @@ fn forcing_a_mechanism_uses_only_it() {
     assert!(ok, "{report:#}");
     for probe in report["probes"].as_array().unwrap() {
         let mechanism = &probe["mechanism"];
-        // The route hooks exist only as classic tracepoints.
-        if probe["hook"] == "route4" || probe["hook"] == "route6" {
+        let hook = probe["hook"].as_str().unwrap();
+        // The route hooks exist only as classic tracepoints, the function hooks only as
+        // function probes.
+        if hook == "route4" || hook == "route6" || FUNCTION_ONLY_HOOKS.contains(&hook) {
             assert!(mechanism.is_null(), "{probe}");
         } else {
             assert_eq!(mechanism, "raw_tp", "{probe}");
         }
     }
+}
+
+/// Kernels that offer fentry use it, so the kprobe programs would go unverified there: force
+/// them. (The drop hook has no kprobe form, so doctor reports a missing core hook.)
+#[test]
+fn forcing_kprobes_attaches_every_function_hook() {
+    let (_, report) = doctor(&["--probes", "kprobe"]);
+    for hook in FUNCTION_HOOKS.iter().chain(&["icmp_error"]) {
+        let probe = probe(&report, hook);
+        if kprobes_available() {
+            assert_eq!(probe["mechanism"], "kprobe", "{probe:#}");
+        } else {
+            assert!(probe["mechanism"].is_null(), "{probe:#}");
+        }
+    }
+    assert!(probe(&report, "drop")["mechanism"].is_null());
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use serde_json::Value;
 use udptrace::lab::scenarios::{self, Lab, Outcome};
 
-use crate::common::{Trace, events, stats};
+use crate::common::{Trace, events, function_probe, stats};
 
 /// Builds a scenario, traces it with `args` + `port <its port>`, returns lab, outcome, records.
 pub fn traced(name: &str, args: &[&str]) -> (Lab, Outcome, Vec<Value>) {
@@ -61,6 +61,19 @@ fn assert_closed_port(name: &str, args: &[&str], v6: bool) {
         "the ICMP error names the original datagram"
     );
     assert_eq!(icmp["dport"], lab.target.port());
+    // One error per dropped datagram at most (rate limiting may suppress some): ICMPv6 errors
+    // seen at icmp6_send must not be reported again at the device.
+    let no_socket = drops.iter().filter(|d| d["reason"] == "NO_SOCKET").count();
+    assert!(
+        events(&records, "icmp").len() <= no_socket,
+        "{name} {args:?}: more ICMP errors than drops: {records:#?}"
+    );
+    if v6 && function_probe(&records, "icmp6_error") {
+        assert!(
+            icmp["probe"] == "fentry" || icmp["probe"] == "kprobe",
+            "{icmp}"
+        );
+    }
     if !args.contains(&"tracepoint") {
         // sock:inet_sk_error_report has no classic form udptrace can use (no socket pointer).
         let refused = events(&records, "sock_error");

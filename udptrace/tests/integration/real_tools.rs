@@ -15,7 +15,7 @@ use udptrace::lab::{
     scenarios,
 };
 
-use crate::common::{Trace, verdicts};
+use crate::common::{Trace, events, function_probe, verdicts};
 
 const UPLINK: &str = "198.51.100.10";
 const BRIDGE: &str = "203.0.113.1";
@@ -123,6 +123,45 @@ fn netcat_on_both_ends() {
         summary.contains("nc["),
         "names the server process: {summary}"
     );
+    // Where the kernel allows function probes, the verdicts also say how the sockets were
+    // used (the kernel matrix runs this with them; this machine without).
+    if function_probe(&records, "send") {
+        assert!(
+            summary.contains("replying with send() without IP_PKTINFO"),
+            "{summary}"
+        );
+    }
+    let pinned = verdicts(&records)
+        .into_iter()
+        .find(|v| v["code"] == "connected_socket_mismatch")
+        .unwrap();
+    let pinned = pinned["summary"].as_str().unwrap();
+    if function_probe(&records, "connect") {
+        assert!(
+            pinned.contains(&format!(
+                "pinned it to local address {BRIDGE}:6200 and peer {CONTAINER}:"
+            )),
+            "{pinned}"
+        );
+    }
+    if function_probe(&records, "lookup") {
+        // The second datagram's lookup found no socket; the first found the server's.
+        let lookups = events(&records, "lookup");
+        assert!(
+            lookups
+                .iter()
+                .any(|e| e["daddr"] == UPLINK && e["socket"].is_null()),
+            "{lookups:#?}"
+        );
+        assert!(
+            lookups
+                .iter()
+                .any(|e| e["socket"]["local"] == "0.0.0.0:6200"),
+            "{lookups:#?}"
+        );
+    } else {
+        assert!(events(&records, "lookup").is_empty());
+    }
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use udptrace::lab::scenarios::SCENARIOS;
 
 use crate::{
-    common::{events, verdicts},
+    common::{events, function_probe, verdicts},
     drops::traced,
 };
 
@@ -46,6 +46,12 @@ fn every_scenario_yields_exactly_its_verdicts() {
                 verdict["count"], 3,
                 "three requests, three wrong-source replies"
             );
+            if function_probe(&records, "send") {
+                assert!(
+                    summary.contains("replying with sendto() without IP_PKTINFO"),
+                    "{summary}"
+                );
+            }
         }
         if scenario.name == "firewalled-port" {
             let summary = verdicts(&records)[0]["summary"]
