@@ -98,10 +98,7 @@ pub fn send_kprobe_udp_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn send_kretprobe_udp_sendmsg(ctx: RetProbeContext) -> u32 {
-    let Some([sk, msg, _, _]) = take_entry(Probed::SendV4) else {
-        return 0;
-    };
-    finish(on_send_call(sk, msg, ctx.ret(), Mechanism::Kprobe, false))
+    send_returned(&ctx, Probed::SendV4)
 }
 
 #[kprobe]
@@ -111,10 +108,17 @@ pub fn send_kprobe_udpv6_sendmsg(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn send_kretprobe_udpv6_sendmsg(ctx: RetProbeContext) -> u32 {
-    let Some([sk, msg, _, _]) = take_entry(Probed::SendV6) else {
+    send_returned(&ctx, Probed::SendV6)
+}
+
+/// kretprobe of `function`: the call's sk and msg saved at entry, with the return value.
+#[inline(always)]
+fn send_returned(ctx: &RetProbeContext, function: Probed) -> u32 {
+    let Some([sk, msg, _, _]) = take_entry(function) else {
         return 0;
     };
-    finish(on_send_call(sk, msg, ctx.ret(), Mechanism::Kprobe, true))
+    let ipv6 = matches!(function, Probed::SendV6);
+    finish(on_send_call(sk, msg, ctx.ret(), Mechanism::Kprobe, ipv6))
 }
 
 /// `ip_cmsg_send`/`ip6_datagram_send_ctl` (net/ipv4/ip_sockglue.c, net/ipv6/datagram.c):
