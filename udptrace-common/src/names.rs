@@ -79,6 +79,11 @@ pub const PROG_SEND_TRACEPOINT: &str = "send_tracepoint";
 pub const PROG_RECV_TP_BTF: &str = "recv_tp_btf";
 pub const PROG_RECV_RAW_TP: &str = "recv_raw_tp";
 pub const PROG_RECV_TRACEPOINT: &str = "recv_tracepoint";
+/// `udp_recvmsg`/`udpv6_recvmsg` returns, for kernels without `sock:sock_recv_length` (< 6.3).
+pub const PROG_RECV_FEXIT_V4: &str = "recv_fexit_udp_recvmsg";
+pub const PROG_RECV_FEXIT_V6: &str = "recv_fexit_udpv6_recvmsg";
+pub const PROG_RECV_KPROBE: &str = "recv_kprobe";
+pub const PROG_RECV_KRETPROBE: &str = "recv_kretprobe";
 
 /// `net:netif_receive_skb`: a datagram entering a device.
 pub const PROG_RECEIVE_TP_BTF: &str = "receive_tp_btf";
@@ -89,6 +94,9 @@ pub const PROG_RECEIVE_TRACEPOINT: &str = "receive_tracepoint";
 pub const PROG_DATA_READY_TP_BTF: &str = "data_ready_tp_btf";
 pub const PROG_DATA_READY_RAW_TP: &str = "data_ready_raw_tp";
 pub const PROG_DATA_READY_TRACEPOINT: &str = "data_ready_tracepoint";
+/// `sock_def_readable`, for kernels without `sock:sk_data_ready` (< 6.7).
+pub const PROG_DATA_READY_FENTRY: &str = "data_ready_fentry";
+pub const PROG_DATA_READY_KPROBE: &str = "data_ready_kprobe";
 
 /// `skb:consume_skb`: ends tracking of a datagram.
 pub const PROG_CONSUME_TP_BTF: &str = "consume_tp_btf";

@@ -62,6 +62,7 @@ pub enum Probed {
     Connect = 3,
     LookupV4 = 4,
     LookupV6 = 5,
+    Recv = 6,
 }
 
 /// Which call a saved entry belongs to: the task, and for functions that run in softirq the

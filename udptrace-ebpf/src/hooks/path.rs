@@ -5,7 +5,9 @@
 //!   to a device (veth, bridge, loopback) for transmission. Also where ICMPv6 errors are seen.
 //! - `net:netif_receive_skb`, `TP_PROTO(struct sk_buff *skb)`: entered a device's receive path,
 //!   in whichever namespace the device lives.
-//! - `sock:sk_data_ready`, `TP_PROTO(const struct sock *sk)` (Linux 6.7+): data was queued to
+//! - `sock:sk_data_ready`, `TP_PROTO(const struct sock *sk)` (Linux 6.7+; before, a function
+//!   probe on `sock_def_readable(struct sock *sk)`, UDP's `sk_data_ready`, which the
+//!   tracepoint sits in, net/core/sock.c): data was queued to
 //!   a socket. It names no skb: the tracked skb this CPU is receiving (`CURRENT_RX`, set at
 //!   `netif_receive_skb`, which runs the whole receive path synchronously on the CPU) is the
 //!   one delivered, checked against the socket's port.
@@ -17,8 +19,11 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext,
+        TracePointContext,
+    },
 };
 use udptrace_common::{
     event::{
@@ -31,7 +36,7 @@ use udptrace_common::{
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
     emit::{Context, Place, is_tracked, scratch, submit},
-    hooks::{classic_args, finish, icmp},
+    hooks::{arg, classic_args, finish, icmp},
     kernel::{self, ReadError, read},
 };
 
@@ -153,6 +158,16 @@ pub fn data_ready_tp_btf(ctx: BtfTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "sk_data_ready")]
 pub fn data_ready_raw_tp(ctx: RawTracePointContext) -> u32 {
     finish(on_data_ready(ctx.arg(0), Mechanism::RawTracepoint))
+}
+
+#[fentry(function = "sock_def_readable")]
+pub fn data_ready_fentry(ctx: FEntryContext) -> u32 {
+    finish(on_data_ready(ctx.arg(0), Mechanism::Fentry))
+}
+
+#[kprobe]
+pub fn data_ready_kprobe(ctx: ProbeContext) -> u32 {
+    finish(on_data_ready(arg(&ctx, 0), Mechanism::Kprobe))
 }
 
 #[tracepoint(category = "sock", name = "sk_data_ready")]

@@ -19,6 +19,7 @@ use aya_ebpf::{
         TracePointContext,
     },
 };
+use aya_ebpf::helpers::generated::bpf_get_func_ret;
 use udptrace_common::{
     event::{
         AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_PKTINFO,
@@ -301,6 +302,50 @@ pub fn recv_tracepoint(ctx: TracePointContext) -> u32 {
         ClassicTracepoint::SockRecvLength,
         EventKind::RecvError,
     ))
+}
+
+#[fexit(function = "udp_recvmsg")]
+pub fn recv_fexit_udp_recvmsg(ctx: FExitContext) -> u32 {
+    finish(on_result(
+        ctx.arg(0),
+        fexit_return(&ctx),
+        EventKind::RecvError,
+        Mechanism::Fentry,
+    ))
+}
+
+#[fexit(function = "udpv6_recvmsg")]
+pub fn recv_fexit_udpv6_recvmsg(ctx: FExitContext) -> u32 {
+    finish(on_result(
+        ctx.arg(0),
+        fexit_return(&ctx),
+        EventKind::RecvError,
+        Mechanism::Fentry,
+    ))
+}
+
+/// Attached to `udp_recvmsg` and `udpv6_recvmsg` (the logic reads the family from the socket).
+#[kprobe]
+pub fn recv_kprobe(ctx: ProbeContext) -> u32 {
+    save_entry(Probed::Recv, [arg(&ctx, 0), 0, 0, 0])
+}
+
+#[kretprobe]
+pub fn recv_kretprobe(ctx: RetProbeContext) -> u32 {
+    let Some([sk, _, _, _]) = take_entry(Probed::Recv) else {
+        return 0;
+    };
+    finish(on_result(sk, ctx.ret(), EventKind::RecvError, Mechanism::Kprobe))
+}
+
+/// The traced function's return value, wherever its argument count puts it (`udp_recvmsg`
+/// lost its `noblock` argument in Linux 5.19).
+#[inline(always)]
+fn fexit_return(ctx: &FExitContext) -> i32 {
+    let mut ret = 0u64;
+    // SAFETY: bpf_get_func_ret writes one u64 into `ret`; fexit programs may call it (5.17+).
+    unsafe { bpf_get_func_ret(ctx.as_ptr(), &raw mut ret) };
+    ret as i32
 }
 
 #[inline(always)]

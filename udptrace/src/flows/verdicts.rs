@@ -16,10 +16,14 @@ use serde::Serialize;
 
 use super::table::{FlowKey, FlowTable, canonical};
 use crate::{
-    decode::{TraceEvent, What},
+    decode::{SendCall, TraceEvent, What},
     render::text::summary,
     sockets::UdpSocketEntry,
 };
+
+/// Wording the send-call refinement of reply_source_mismatch inserts after (and finds).
+const NO_SOURCE_CHOSEN: &str = "replied without choosing a source";
+const SENDER_SHOWN: &str = "udp_sendmsg shows";
 
 /// How long a verdict waits for the rest of its evidence.
 pub const SETTLE: Duration = Duration::from_millis(300);
@@ -143,6 +147,7 @@ impl Diagnosis {
             | What::RecvError { .. } => {
                 self.attach_to_flow(event);
             }
+            What::Send { call: Some(call), .. } => self.on_send_call(event, *call),
             What::Send { .. }
             | What::Route { .. }
             | What::Recv
@@ -300,17 +305,6 @@ impl Diagnosis {
             What::Route { device, .. } => Some(device.clone()),
             _ => None,
         });
-        // With function probes on udp_sendmsg: how the server sent the reply.
-        let send = self
-            .history
-            .iter()
-            .rev()
-            .find(|e| {
-                matches!(&e.what, What::Send { call: Some(_), .. })
-                    && e.sport == event.sport
-                    && canonical(e.destination()) == client
-            })
-            .cloned();
         let index = self.verdict(key, REPLY_SOURCE_MISMATCH, event, || {
             let why = device.as_ref().map_or_else(String::new, |device| {
                 format!(
@@ -318,31 +312,15 @@ impl Diagnosis {
                     client.ip()
                 )
             });
-            let how = match send.as_ref().map(|send| (&send.what, send.comm.as_deref(), send.pid)) {
-                Some((What::Send { call: Some(call), .. }, comm, pid)) if !call.pktinfo => {
-                    let who = match (comm, pid) {
-                        (Some(comm), Some(pid)) => format!("{comm}[{pid}] "),
-                        _ => String::new(),
-                    };
-                    format!(
-                        " (udp_sendmsg shows {who}replying with {} without IP_PKTINFO)",
-                        if call.connected { "send()" } else { "sendto()" }
-                    )
-                }
-                _ => String::new(),
-            };
             let mut evidence = vec![request_evidence, evidence_line(event)];
-            if let Some(send) = &send {
-                evidence.push(evidence_line(send));
-            }
             if let Some(route) = &route {
                 evidence.push(evidence_line(route));
             }
             (
                 format!(
                     "{client} sent to {server} but the reply came from {replied_from}: the server socket \
-                     {request_socket} is bound to the wildcard address and replied without choosing a \
-                     source{how}{why}; {client} does not accept a reply from {}",
+                     {request_socket} is bound to the wildcard address and {NO_SOURCE_CHOSEN}{why}; \
+                     {client} does not accept a reply from {}",
                     replied_from.ip()
                 ),
                 evidence,
@@ -355,6 +333,40 @@ impl Diagnosis {
             )
         });
         self.explained.insert(datagram, index);
+    }
+
+    /// A send seen by a function probe on `udp_sendmsg` is reported when the call returns,
+    /// after its datagram's `xmit`: it completes the reply_source_mismatch of that reply with
+    /// how the server sent it.
+    fn on_send_call(&mut self, event: &TraceEvent, call: SendCall) {
+        if call.pktinfo {
+            return;
+        }
+        let client = canonical(event.destination());
+        let Some(&index) = self
+            .explained
+            .iter()
+            .find(|((from, to), _)| *to == client && from.port() == event.sport)
+            .map(|(_, index)| index)
+        else {
+            return;
+        };
+        let verdict = &mut self.verdicts[index];
+        if verdict.code != REPLY_SOURCE_MISMATCH || verdict.summary.contains(SENDER_SHOWN) {
+            return;
+        }
+        let who = match (&event.comm, event.pid) {
+            (Some(comm), Some(pid)) => format!("{comm}[{pid}] "),
+            _ => String::new(),
+        };
+        let how = format!(
+            " ({SENDER_SHOWN} {who}replying with {} without IP_PKTINFO)",
+            if call.connected { "send()" } else { "sendto()" }
+        );
+        verdict.summary = verdict
+            .summary
+            .replacen(NO_SOURCE_CHOSEN, &format!("{NO_SOURCE_CHOSEN}{how}"), 1);
+        verdict.add_evidence(event);
     }
 
     fn on_drop(&mut self, event: &TraceEvent, reason: &str) {
@@ -641,7 +653,7 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::decode::{Conntrack, SendCall, SocketInfo};
+    use crate::decode::{Conntrack, SocketInfo};
 
     fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         let src: SocketAddr = src.parse().unwrap();
@@ -810,8 +822,9 @@ mod tests {
             client,
             2,
         ));
-        diagnosis.observe(&send);
+        // The function probe reports the send when udp_sendmsg returns: after the xmit.
         diagnosis.observe(&event(What::Xmit, "198.51.100.1:4000", client, 3));
+        diagnosis.observe(&send);
         let verdicts = diagnosis.ready(u64::MAX, true);
         assert_eq!(verdicts.len(), 1);
         assert!(

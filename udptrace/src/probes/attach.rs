@@ -254,7 +254,13 @@ fn describe(target: Target, error: &ProgramError) -> String {
         source = cause.source();
     }
     let refused = text.contains("Operation not permitted") || text.contains("os error 1)");
+    // ENOTSUPP (524, kernel-internal) from a trampoline: the function has more arguments than
+    // this kernel's trampolines pass (6 on x86-64 before Linux 6.6).
+    let too_many_args = text.contains("os error 524");
     match target {
+        Target::Fexit(_) | Target::Fentry(_) if too_many_args => {
+            format!("not supported for this function here (ENOTSUPP; e.g. more arguments than this kernel's trampolines pass) ({text})")
+        }
         Target::Fexit(_) | Target::Fentry(_) if refused => {
             format!(
                 "refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here ({text})"

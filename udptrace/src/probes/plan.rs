@@ -24,7 +24,8 @@ use udptrace_common::{
         PROG_CONNECT_FEXIT_UDP6, PROG_CONNECT_FEXIT_IP4, PROG_CONNECT_FEXIT_IP6,
         PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE, PROG_LOOKUP_FEXIT_V4, PROG_LOOKUP_FEXIT_V6,
         PROG_LOOKUP_KPROBE_V4, PROG_LOOKUP_KPROBE_V6, PROG_LOOKUP_KRETPROBE_V4,
-        PROG_LOOKUP_KRETPROBE_V6,
+        PROG_LOOKUP_KRETPROBE_V6, PROG_DATA_READY_FENTRY, PROG_DATA_READY_KPROBE,
+        PROG_RECV_FEXIT_V4, PROG_RECV_FEXIT_V6, PROG_RECV_KPROBE, PROG_RECV_KRETPROBE,
     },
     offsets::ClassicTracepoint,
 };
@@ -181,7 +182,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "deliver",
-        description: "datagrams queued to a socket (sock:sk_data_ready)",
+        description: "datagrams queued to a socket (sock:sk_data_ready, else sock_def_readable)",
         core: false,
         attachments: &[
             Attachment {
@@ -198,6 +199,15 @@ pub const HOOKS: &[Hook] = &[
                     PROG_DATA_READY_TRACEPOINT,
                     Target::Tracepoint(ClassicTracepoint::SkDataReady),
                 )],
+            },
+            // Before Linux 6.7: the function the tracepoint lives in.
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(PROG_DATA_READY_FENTRY, Target::Fentry("sock_def_readable"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[(PROG_DATA_READY_KPROBE, Target::Kprobe("sock_def_readable"))],
             },
         ],
     },
@@ -302,7 +312,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv_error",
-        description: "failed UDP receives with the receiving process (sock:sock_recv_length)",
+        description: "failed UDP receives with the receiving process (sock:sock_recv_length, else udp_recvmsg/udpv6_recvmsg)",
         core: false,
         attachments: &[
             Attachment {
@@ -319,6 +329,23 @@ pub const HOOKS: &[Hook] = &[
                     PROG_RECV_TRACEPOINT,
                     Target::Tracepoint(ClassicTracepoint::SockRecvLength),
                 )],
+            },
+            // Before Linux 6.3: the receive functions' return values.
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[
+                    (PROG_RECV_FEXIT_V4, Target::Fexit("udp_recvmsg")),
+                    (PROG_RECV_FEXIT_V6, Target::Fexit("udpv6_recvmsg")),
+                ],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (PROG_RECV_KPROBE, Target::Kprobe("udp_recvmsg")),
+                    (PROG_RECV_KRETPROBE, Target::Kretprobe("udp_recvmsg")),
+                    (PROG_RECV_KPROBE, Target::Kprobe("udpv6_recvmsg")),
+                    (PROG_RECV_KRETPROBE, Target::Kretprobe("udpv6_recvmsg")),
+                ],
             },
         ],
     },
