@@ -77,7 +77,8 @@ fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<
         ebpf.map_mut(FEATURES_MAP)
             .context("the eBPF object has no FEATURES map")?,
     )?;
-    map.set(0, features, 0).context("writing the FEATURES map")?;
+    map.set(0, features, 0)
+        .context("writing the FEATURES map")?;
     Ok(())
 }
 

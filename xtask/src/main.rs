@@ -11,6 +11,7 @@
 
 mod process;
 mod setup;
+mod vm;
 
 use std::{
     os::unix::process::CommandExt as _,
@@ -52,6 +53,14 @@ enum Task {
     /// Measure udptrace's overhead against no tracer, bpftrace and tcpdump; writes
     /// bench/results.md.
     Bench,
+    /// Run the root integration tests on stock Debian kernels under QEMU (fetched once into
+    /// ~/.cache/udptrace/vm); prints the kernel × hook × mechanism table and writes
+    /// docs/kernel-matrix.md.
+    VmTest {
+        /// Only this kernel (repeatable): debian-6.1, debian-6.12, trixie-backports.
+        #[arg(long)]
+        kernel: Vec<String>,
+    },
 }
 
 /// `cargo xtask run` without arguments: the README's first-run demo.
@@ -84,11 +93,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Run { args } => run_udptrace(&root, args),
         Task::Test { args } => test(&root, &args),
         Task::Bench => bench(&root),
+        Task::VmTest { kernel } => {
+            Privilege::acquire(ROOT_REASON)?;
+            setup::setup(&target_dir(&root), &vm_packages())?;
+            vm::vm_test(&root, &target_dir(&root), || cargo(&root), &kernel)
+        }
     }
 }
 
 fn all_packages() -> Vec<&'static str> {
     [setup::PACKAGES, setup::BENCH_PACKAGES].concat()
+}
+
+fn vm_packages() -> Vec<&'static str> {
+    [setup::PACKAGES, vm::VM_PACKAGES].concat()
+}
+
+/// Set to 1 to leave the kernel matrix out of `cargo xtask test` (quick local runs).
+const SKIP_VM_TEST: &str = "UDPTRACE_SKIP_VM_TEST";
+
+fn vm_matrix_wanted() -> bool {
+    std::env::var_os(SKIP_VM_TEST).is_none_or(|value| value.is_empty() || value == "0")
 }
 
 /// Builds, then replaces this process with `udptrace ARGS` (through `sudo -E` when not root), so
@@ -110,7 +135,13 @@ fn run_udptrace(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
 
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let privilege = Privilege::acquire(&format!("run the integration tests (they {ROOT_REASON})"))?;
-    setup::setup(&target_dir(root), setup::PACKAGES)?;
+    let matrix = vm_matrix_wanted() && args.is_empty();
+    let packages = if matrix {
+        vm_packages()
+    } else {
+        setup::PACKAGES.to_vec()
+    };
+    setup::setup(&target_dir(root), &packages)?;
 
     let mut test = cargo(root);
     test.args(["test", "--release"]);
@@ -153,6 +184,25 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
                 failures.push(format!("{stage}: {error:#}"));
             }
         }
+    }
+    if matrix {
+        let started = Instant::now();
+        println!("test: kernel matrix: cargo xtask vm-test (set {SKIP_VM_TEST}=1 to skip)");
+        match vm::vm_test(root, &target_dir(root), || cargo(root), &[]) {
+            Ok(()) => println!(
+                "test: kernel matrix: passed ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(error) => {
+                println!(
+                    "test: kernel matrix: FAILED ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                failures.push(format!("kernel matrix: {error:#}"));
+            }
+        }
+    } else {
+        println!("test: kernel matrix: skipped ({SKIP_VM_TEST} set, or a test selection given)");
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));

@@ -24,22 +24,38 @@ use crate::{
 #[fexit(function = "udp_connect")]
 pub fn connect_fexit_udp_connect(ctx: FExitContext) -> u32 {
     // sk, uaddr, addr_len, ret.
-    finish(on_connect(ctx.arg(0), ctx.arg::<i64>(3) as i32, Mechanism::Fentry))
+    finish(on_connect(
+        ctx.arg(0),
+        ctx.arg::<i64>(3) as i32,
+        Mechanism::Fentry,
+    ))
 }
 
 #[fexit(function = "udpv6_connect")]
 pub fn connect_fexit_udpv6_connect(ctx: FExitContext) -> u32 {
-    finish(on_connect(ctx.arg(0), ctx.arg::<i64>(3) as i32, Mechanism::Fentry))
+    finish(on_connect(
+        ctx.arg(0),
+        ctx.arg::<i64>(3) as i32,
+        Mechanism::Fentry,
+    ))
 }
 
 #[fexit(function = "ip4_datagram_connect")]
 pub fn connect_fexit_ip4_datagram_connect(ctx: FExitContext) -> u32 {
-    finish(on_connect(ctx.arg(0), ctx.arg::<i64>(3) as i32, Mechanism::Fentry))
+    finish(on_connect(
+        ctx.arg(0),
+        ctx.arg::<i64>(3) as i32,
+        Mechanism::Fentry,
+    ))
 }
 
 #[fexit(function = "ip6_datagram_connect")]
 pub fn connect_fexit_ip6_datagram_connect(ctx: FExitContext) -> u32 {
-    finish(on_connect(ctx.arg(0), ctx.arg::<i64>(3) as i32, Mechanism::Fentry))
+    finish(on_connect(
+        ctx.arg(0),
+        ctx.arg::<i64>(3) as i32,
+        Mechanism::Fentry,
+    ))
 }
 
 /// Attached to whichever pair of connect functions the kernel has (the logic reads the

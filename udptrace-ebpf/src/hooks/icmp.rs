@@ -14,8 +14,7 @@ use aya_ebpf::{
     EbpfContext as _,
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
     programs::{
-        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
 use udptrace_common::{

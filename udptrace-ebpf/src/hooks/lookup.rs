@@ -87,7 +87,12 @@ const MAX_ERRNO: u64 = 4095;
 /// `args`: net, saddr, sport, daddr, dport as passed (IPv4 addresses by value, IPv6 by
 /// pointer; ports big-endian); `found` the returned socket.
 #[inline(always)]
-fn on_lookup(args: [u64; 5], found: u64, family: u8, mechanism: Mechanism) -> Result<(), ReadError> {
+fn on_lookup(
+    args: [u64; 5],
+    found: u64,
+    family: u8,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
     let [net, saddr, sport, daddr, dport] = args;
     let Some(event) = scratch() else {
         return Ok(());
@@ -105,7 +110,11 @@ fn on_lookup(args: [u64; 5], found: u64, family: u8, mechanism: Mechanism) -> Re
     event.tuple.sport = u16::from_be(sport as u16);
     event.tuple.dport = u16::from_be(dport as u16);
     event.detail = EventDetail::default();
-    let found = if found > u64::MAX - MAX_ERRNO { 0 } else { found };
+    let found = if found > u64::MAX - MAX_ERRNO {
+        0
+    } else {
+        found
+    };
     let place = if found != 0 && kernel::udp_sock_tuple(found, &mut event.detail.sock)? {
         Place::Sock(found)
     } else {

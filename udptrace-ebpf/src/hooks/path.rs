@@ -21,8 +21,7 @@ use aya_ebpf::{
     helpers::generated::bpf_ktime_get_ns,
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
     programs::{
-        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
 use udptrace_common::{

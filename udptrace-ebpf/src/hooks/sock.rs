@@ -11,6 +11,7 @@
 //!   function probes, including those older than the sock tracepoints, plus what the caller
 //!   asked for: the destination, `IP_PKTINFO`, whether the socket is connected.
 
+use aya_ebpf::helpers::generated::bpf_get_func_ret;
 use aya_ebpf::{
     EbpfContext as _,
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
@@ -19,7 +20,6 @@ use aya_ebpf::{
         TracePointContext,
     },
 };
-use aya_ebpf::helpers::generated::bpf_get_func_ret;
 use udptrace_common::{
     event::{
         AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_PKTINFO,
@@ -186,7 +186,15 @@ fn on_send_call(
     if pktinfo_source(msg, &mut event.tuple.saddr)? {
         flags |= FLAG_PKTINFO;
     }
-    report_result(event, sk, ret, EventKind::SendError, flags, socket, mechanism);
+    report_result(
+        event,
+        sk,
+        ret,
+        EventKind::SendError,
+        flags,
+        socket,
+        mechanism,
+    );
     Ok(())
 }
 
@@ -335,7 +343,12 @@ pub fn recv_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some([sk, _, _, _]) = take_entry(Probed::Recv) else {
         return 0;
     };
-    finish(on_result(sk, ctx.ret(), EventKind::RecvError, Mechanism::Kprobe))
+    finish(on_result(
+        sk,
+        ctx.ret(),
+        EventKind::RecvError,
+        Mechanism::Kprobe,
+    ))
 }
 
 /// The traced function's return value, wherever its argument count puts it (`udp_recvmsg`

@@ -106,7 +106,8 @@ impl FlowTable {
             | What::RecvError { errno, .. } => {
                 *flow.socket_errors.entry(errno.clone()).or_default() += 1;
             }
-            What::Send { .. } | What::Route { .. } | What::Connect { .. } | What::Lookup { .. } => {}
+            What::Send { .. } | What::Route { .. } | What::Connect { .. } | What::Lookup { .. } => {
+            }
         }
         if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
             flow.processes.insert(format!("{comm}[{pid}]"));

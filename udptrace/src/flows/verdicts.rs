@@ -147,7 +147,9 @@ impl Diagnosis {
             | What::RecvError { .. } => {
                 self.attach_to_flow(event);
             }
-            What::Send { call: Some(call), .. } => self.on_send_call(event, *call),
+            What::Send {
+                call: Some(call), ..
+            } => self.on_send_call(event, *call),
             What::Send { .. }
             | What::Route { .. }
             | What::Recv
@@ -363,9 +365,10 @@ impl Diagnosis {
             " ({SENDER_SHOWN} {who}replying with {} without IP_PKTINFO)",
             if call.connected { "send()" } else { "sendto()" }
         );
-        verdict.summary = verdict
-            .summary
-            .replacen(NO_SOURCE_CHOSEN, &format!("{NO_SOURCE_CHOSEN}{how}"), 1);
+        verdict.summary =
+            verdict
+                .summary
+                .replacen(NO_SOURCE_CHOSEN, &format!("{NO_SOURCE_CHOSEN}{how}"), 1);
         verdict.add_evidence(event);
     }
 
@@ -835,8 +838,10 @@ mod tests {
             verdicts[0].summary
         );
         assert!(
-            verdicts[0].evidence.iter().any(|line| line.contains("send")
-                && line.contains("without IP_PKTINFO")),
+            verdicts[0]
+                .evidence
+                .iter()
+                .any(|line| line.contains("send") && line.contains("without IP_PKTINFO")),
             "{:#?}",
             verdicts[0].evidence
         );
@@ -982,7 +987,10 @@ mod tests {
             verdicts[0].summary
         );
         assert!(
-            verdicts[0].evidence.iter().any(|line| line.contains("connect")),
+            verdicts[0]
+                .evidence
+                .iter()
+                .any(|line| line.contains("connect")),
             "{:#?}",
             verdicts[0].evidence
         );

@@ -259,7 +259,9 @@ fn describe(target: Target, error: &ProgramError) -> String {
     let too_many_args = text.contains("os error 524");
     match target {
         Target::Fexit(_) | Target::Fentry(_) if too_many_args => {
-            format!("not supported for this function here (ENOTSUPP; e.g. more arguments than this kernel's trampolines pass) ({text})")
+            format!(
+                "not supported for this function here (ENOTSUPP; e.g. more arguments than this kernel's trampolines pass) ({text})"
+            )
         }
         Target::Fexit(_) | Target::Fentry(_) if refused => {
             format!(

@@ -11,21 +11,22 @@
 use udptrace_common::{
     event::Mechanism,
     names::{
-        PROG_CONSUME_RAW_TP, PROG_CONSUME_TP_BTF, PROG_CONSUME_TRACEPOINT, PROG_DATA_READY_RAW_TP,
-        PROG_DATA_READY_TP_BTF, PROG_DATA_READY_TRACEPOINT, PROG_DEV_QUEUE_RAW_TP,
-        PROG_DEV_QUEUE_TP_BTF, PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP, PROG_DROP_TP_BTF,
-        PROG_DROP_TRACEPOINT, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF, PROG_ICMP_TRACEPOINT,
-        PROG_RECEIVE_RAW_TP, PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_RAW_TP,
-        PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT,
-        PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6, PROG_SEND_KPROBE_V4, PROG_SEND_KPROBE_V6,
-        PROG_SEND_KRETPROBE_V4, PROG_SEND_KRETPROBE_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF,
-        PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF, PROG_ICMP_FENTRY,
-        PROG_ICMP_KPROBE, PROG_ICMP6_FENTRY, PROG_ICMP6_KPROBE, PROG_CONNECT_FEXIT_UDP4,
-        PROG_CONNECT_FEXIT_UDP6, PROG_CONNECT_FEXIT_IP4, PROG_CONNECT_FEXIT_IP6,
-        PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE, PROG_LOOKUP_FEXIT_V4, PROG_LOOKUP_FEXIT_V6,
-        PROG_LOOKUP_KPROBE_V4, PROG_LOOKUP_KPROBE_V6, PROG_LOOKUP_KRETPROBE_V4,
-        PROG_LOOKUP_KRETPROBE_V6, PROG_DATA_READY_FENTRY, PROG_DATA_READY_KPROBE,
-        PROG_RECV_FEXIT_V4, PROG_RECV_FEXIT_V6, PROG_RECV_KPROBE, PROG_RECV_KRETPROBE,
+        PROG_CONNECT_FEXIT_IP4, PROG_CONNECT_FEXIT_IP6, PROG_CONNECT_FEXIT_UDP4,
+        PROG_CONNECT_FEXIT_UDP6, PROG_CONNECT_KPROBE, PROG_CONNECT_KRETPROBE, PROG_CONSUME_RAW_TP,
+        PROG_CONSUME_TP_BTF, PROG_CONSUME_TRACEPOINT, PROG_DATA_READY_FENTRY,
+        PROG_DATA_READY_KPROBE, PROG_DATA_READY_RAW_TP, PROG_DATA_READY_TP_BTF,
+        PROG_DATA_READY_TRACEPOINT, PROG_DEV_QUEUE_RAW_TP, PROG_DEV_QUEUE_TP_BTF,
+        PROG_DEV_QUEUE_TRACEPOINT, PROG_DROP_RAW_TP, PROG_DROP_TP_BTF, PROG_DROP_TRACEPOINT,
+        PROG_ICMP_FENTRY, PROG_ICMP_KPROBE, PROG_ICMP_RAW_TP, PROG_ICMP_TP_BTF,
+        PROG_ICMP_TRACEPOINT, PROG_ICMP6_FENTRY, PROG_ICMP6_KPROBE, PROG_LOOKUP_FEXIT_V4,
+        PROG_LOOKUP_FEXIT_V6, PROG_LOOKUP_KPROBE_V4, PROG_LOOKUP_KPROBE_V6,
+        PROG_LOOKUP_KRETPROBE_V4, PROG_LOOKUP_KRETPROBE_V6, PROG_RECEIVE_RAW_TP,
+        PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_FEXIT_V4, PROG_RECV_FEXIT_V6,
+        PROG_RECV_KPROBE, PROG_RECV_KRETPROBE, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF,
+        PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT, PROG_SEND_FEXIT_V4,
+        PROG_SEND_FEXIT_V6, PROG_SEND_KPROBE_V4, PROG_SEND_KPROBE_V6, PROG_SEND_KRETPROBE_V4,
+        PROG_SEND_KRETPROBE_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF, PROG_SEND_TRACEPOINT,
+        PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
     },
     offsets::ClassicTracepoint,
 };
@@ -380,8 +381,14 @@ pub const HOOKS: &[Hook] = &[
             Attachment {
                 mechanism: Mechanism::Fentry,
                 programs: &[
-                    (PROG_CONNECT_FEXIT_IP4, Target::Fexit("ip4_datagram_connect")),
-                    (PROG_CONNECT_FEXIT_IP6, Target::Fexit("ip6_datagram_connect")),
+                    (
+                        PROG_CONNECT_FEXIT_IP4,
+                        Target::Fexit("ip4_datagram_connect"),
+                    ),
+                    (
+                        PROG_CONNECT_FEXIT_IP6,
+                        Target::Fexit("ip6_datagram_connect"),
+                    ),
                 ],
             },
             Attachment {
@@ -397,9 +404,15 @@ pub const HOOKS: &[Hook] = &[
                 mechanism: Mechanism::Kprobe,
                 programs: &[
                     (PROG_CONNECT_KPROBE, Target::Kprobe("ip4_datagram_connect")),
-                    (PROG_CONNECT_KRETPROBE, Target::Kretprobe("ip4_datagram_connect")),
+                    (
+                        PROG_CONNECT_KRETPROBE,
+                        Target::Kretprobe("ip4_datagram_connect"),
+                    ),
                     (PROG_CONNECT_KPROBE, Target::Kprobe("ip6_datagram_connect")),
-                    (PROG_CONNECT_KRETPROBE, Target::Kretprobe("ip6_datagram_connect")),
+                    (
+                        PROG_CONNECT_KRETPROBE,
+                        Target::Kretprobe("ip6_datagram_connect"),
+                    ),
                 ],
             },
         ],
@@ -420,9 +433,15 @@ pub const HOOKS: &[Hook] = &[
                 mechanism: Mechanism::Kprobe,
                 programs: &[
                     (PROG_LOOKUP_KPROBE_V4, Target::Kprobe("__udp4_lib_lookup")),
-                    (PROG_LOOKUP_KRETPROBE_V4, Target::Kretprobe("__udp4_lib_lookup")),
+                    (
+                        PROG_LOOKUP_KRETPROBE_V4,
+                        Target::Kretprobe("__udp4_lib_lookup"),
+                    ),
                     (PROG_LOOKUP_KPROBE_V6, Target::Kprobe("__udp6_lib_lookup")),
-                    (PROG_LOOKUP_KRETPROBE_V6, Target::Kretprobe("__udp6_lib_lookup")),
+                    (
+                        PROG_LOOKUP_KRETPROBE_V6,
+                        Target::Kretprobe("__udp6_lib_lookup"),
+                    ),
                 ],
             },
         ],

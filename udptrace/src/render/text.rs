@@ -76,7 +76,10 @@ pub fn summary(event: &TraceEvent) -> String {
             let how = if call.pktinfo {
                 format!("sendmsg() with IP_PKTINFO source {}", event.saddr)
             } else if call.connected {
-                format!("on a socket connected to {}", socket.peer.as_deref().unwrap_or("?"))
+                format!(
+                    "on a socket connected to {}",
+                    socket.peer.as_deref().unwrap_or("?")
+                )
             } else if event.saddr.is_unspecified() {
                 "sendto() without IP_PKTINFO: the kernel chooses the source".to_owned()
             } else {

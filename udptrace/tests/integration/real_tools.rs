@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write as _,
+    io::{BufRead as _, BufReader, Write as _},
     process::{Child, Command, Stdio},
     thread,
     time::Duration,
@@ -61,7 +61,7 @@ fn spawn_in(netns: &Netns, program: &str, args: &[&str]) -> Child {
         .args(["netns", "exec", &netns.name, program])
         .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("{program}: {e} (cargo xtask setup installs it)"))
@@ -172,6 +172,7 @@ fn python_server_bound_to_the_wildcard() {
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(('0.0.0.0', 6201))
+print('ready', flush=True)
 s.settimeout(3)
 for _ in range(2):
     data, peer = s.recvfrom(100)
@@ -192,7 +193,12 @@ for _ in range(2):
 "
     );
     let mut server = spawn_in(&host, "python3", &["-c", server]);
-    thread::sleep(Duration::from_millis(400));
+    // Python starts in seconds under emulation (the kernel matrix): wait for the bind.
+    let mut ready = String::new();
+    BufReader::new(server.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
     let mut client = spawn_in(&container, "python3", &["-c", &client]);
     assert!(client.wait().unwrap().success());
     let _ = server.wait();

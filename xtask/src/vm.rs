@@ -1,0 +1,807 @@
+//! `cargo xtask vm-test`: the root integration tests on stock Debian kernels under QEMU.
+//!
+//! For each kernel of [`KERNELS`]: fetch its packages once into a cache (`apt-get download`,
+//! `dpkg -x`, `depmod`), build an initramfs holding busybox, the release `udptrace`, the
+//! integration test binary, the tools the tests use (ip, ss, nft, nc, python3, modprobe) at
+//! their host paths with their libraries, and the kernel's networking modules; boot it (KVM
+//! where it really works, else TCG: the machines here are PVM guests, which hang stock kernels,
+//! ../shared/notes/vm-matrix.md); run `udptrace doctor --json` and the test binary inside; and
+//! print kernel × hook × mechanism × tests as a Markdown table (also written to
+//! docs/kernel-matrix.md).
+
+use std::{
+    collections::BTreeSet,
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::process::{describe, find_in_path, output, run};
+
+/// Packages vm-test needs on the host besides the test packages.
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
+
+/// Where a kernel comes from.
+struct KernelSource {
+    /// Short name (`--kernel`, table rows, cache directory).
+    name: &'static str,
+    /// Extended regular expression for `apt-cache search --names-only`; the newest match is
+    /// used (for split images, of `linux-binary-*`, whose `linux-modules-*` twin comes too).
+    pattern: &'static str,
+    /// Extra apt sources (a private apt configuration; the host's sources stay untouched).
+    sources: Option<&'static str>,
+}
+
+/// Debian's cloud kernels: the oldest stable line still shipped (bookworm-security 6.1), the
+/// current one (bookworm-security 6.12) and the newest in trixie-backports.
+const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        name: "debian-6.1",
+        pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+        sources: None,
+    },
+    KernelSource {
+        name: "debian-6.12",
+        pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
+        sources: None,
+    },
+    KernelSource {
+        name: "trixie-backports",
+        pattern: r"^linux-binary-[0-9.]+\+deb13-cloud-amd64$",
+        sources: Some(
+            "deb http://deb.debian.org/debian trixie main\n\
+             deb http://deb.debian.org/debian trixie-backports main\n",
+        ),
+    },
+];
+
+/// A guest that has not reported by then is killed (TCG is 10-30x slower than the host).
+const VM_TIMEOUT: Duration = Duration::from_mins(25);
+
+/// Markers the guest's /init prints around what the host parses.
+const DOCTOR_BEGIN: &str = "@@udptrace-doctor@@";
+const TESTS_EXIT: &str = "@@udptrace-tests-exit=";
+
+/// Networking modules the tests load (veth, bridge, nftables, conntrack and their
+/// dependencies); everything else autoloads from these directories through modprobe.
+const MODULE_DIRS: &[&str] = &[
+    "kernel/net",
+    "kernel/lib",
+    "kernel/crypto",
+    "kernel/drivers/net/veth.ko",
+    "kernel/drivers/net/veth.ko.xz",
+    "kernel/drivers/net/veth.ko.zst",
+];
+
+/// Host programs the tests and the lab run, copied with their libraries.
+const TOOLS: &[&str] = &["ip", "ss", "nft", "nc", "python3", "kmod"];
+
+struct KernelImage {
+    name: String,
+    vmlinuz: PathBuf,
+    /// `<root>/usr/lib/modules/<release>` (or `lib/modules`).
+    modules: PathBuf,
+    release: String,
+}
+
+/// One kernel's run.
+pub struct KernelResult {
+    name: String,
+    release: String,
+    /// (hook, mechanism or None).
+    hooks: Vec<(String, Option<String>)>,
+    passed: Vec<String>,
+    failed: Vec<String>,
+    /// A test whose outcome has not been printed yet.
+    pending: Option<String>,
+    status: Result<(), String>,
+    seconds: f64,
+}
+
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("UDPTRACE_VM_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME").map_or_else(
+        || PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache"),
+        PathBuf::from,
+    );
+    base.join("udptrace").join("vm")
+}
+
+/// Runs the matrix; `only` restricts it to kernels by name. Writes `docs/kernel-matrix.md`
+/// when every kernel ran.
+pub fn vm_test(
+    root: &Path,
+    target: &Path,
+    cargo: impl Fn() -> Command,
+    only: &[String],
+) -> anyhow::Result<()> {
+    for name in only {
+        if !KERNELS.iter().any(|k| k.name == name) {
+            let known: Vec<_> = KERNELS.iter().map(|k| k.name).collect();
+            bail!("unknown kernel {name}: one of {}", known.join(", "));
+        }
+    }
+    let started = Instant::now();
+    run(cargo().args(["build", "--release", "--package", "udptrace"]))?;
+    let tests = integration_test_binary(cargo())?;
+    let udptrace = target.join("release").join("udptrace");
+    let work = target.join("vm-test");
+    fs::create_dir_all(&work)?;
+    let common = common_archive(&work, &[&udptrace, &tests])?;
+    let cache = cache_dir();
+    let mut results = Vec::new();
+    for source in KERNELS
+        .iter()
+        .filter(|k| only.is_empty() || only.iter().any(|n| n == k.name))
+    {
+        let kernel = fetch(source, &cache)?;
+        println!("vm-test: {} ({}): booting", kernel.name, kernel.release);
+        let result = boot_and_test(&kernel, &work, &common);
+        println!(
+            "vm-test: {}: {} passed, {} failed, {:.0} s{}",
+            result.name,
+            result.passed.len(),
+            result.failed.len(),
+            result.seconds,
+            result
+                .status
+                .as_ref()
+                .err()
+                .map_or_else(String::new, |e| format!(" ({e})"))
+        );
+        results.push(result);
+    }
+    let table = table(&results);
+    println!("\n{table}");
+    if only.is_empty() {
+        let doc = format!(
+            "# Kernel matrix\n\nWritten by `cargo xtask vm-test` ({:.0} s on a 2-vCPU PVM guest, QEMU TCG): \
+             the root integration tests inside each stock Debian cloud kernel, and the attach mechanism \
+             `udptrace doctor` chose for each hook there.\n\n{table}",
+            started.elapsed().as_secs_f64()
+        );
+        fs::write(root.join("docs").join("kernel-matrix.md"), doc)?;
+    }
+    let broken: Vec<_> = results
+        .iter()
+        .filter(|r| r.status.is_err() || !r.failed.is_empty())
+        .map(|r| r.name.clone())
+        .collect();
+    if !broken.is_empty() {
+        bail!("integration tests failed on {}", broken.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds the integration tests (release) and returns their executable.
+fn integration_test_binary(mut cargo: Command) -> anyhow::Result<PathBuf> {
+    cargo.args([
+        "test",
+        "--release",
+        "--package",
+        "udptrace",
+        "--test",
+        "integration",
+        "--no-run",
+        "--message-format=json",
+    ]);
+    let text = output(&mut cargo)?;
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "integration")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not name the integration test executable")
+}
+
+/// Copies `file` (following symlinks) to the same path under `root`.
+fn copy_at_host_path(root: &Path, file: &Path) -> anyhow::Result<()> {
+    let destination = root.join(file.strip_prefix("/").unwrap_or(file));
+    if let Some(parent) = destination.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(file, &destination)
+        .with_context(|| format!("copying {} into the initramfs", file.display()))?;
+    Ok(())
+}
+
+/// Shared libraries `file` needs, from `ldd`.
+fn libraries(file: &Path) -> Vec<PathBuf> {
+    // Not a dynamic executable (static, or a script): nothing to add.
+    let text = output(Command::new("ldd").arg(file)).unwrap_or_default();
+    text.split_whitespace()
+        .filter(|word| word.starts_with('/'))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The kernel-independent part of the initramfs as a newc cpio archive: busybox, /init, the
+/// binaries at their host paths with their libraries, python's standard library.
+fn common_archive(work: &Path, binaries: &[&Path]) -> anyhow::Result<PathBuf> {
+    let root = work.join("common");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    fs::create_dir_all(&root)?;
+    // usrmerge, as on the host: /bin, /sbin, /lib, /lib64 point into /usr.
+    for dir in ["usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "opt/busybox"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    for (link, to) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        symlink(to, root.join(link))?;
+    }
+    for dir in ["proc", "sys", "dev", "tmp", "run", "var", "etc", "root"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    symlink("/run", root.join("var/run"))?;
+    let busybox = find_in_path("busybox").context("busybox-static is not installed")?;
+    fs::copy(&busybox, root.join("opt/busybox/busybox"))?;
+    let mut files: BTreeSet<PathBuf> = binaries.iter().map(|b| b.to_path_buf()).collect();
+    for tool in TOOLS {
+        let path = find_in_path(tool).with_context(|| format!("{tool} is not installed"))?;
+        files.insert(fs::canonicalize(&path)?);
+        // Tools are found by name through PATH: keep the name pointing at the real file.
+        let real = fs::canonicalize(&path)?;
+        if real.file_name() != path.file_name() {
+            let link = root.join("usr/bin").join(tool);
+            symlink(&real, link)?;
+        }
+    }
+    symlink("/usr/bin/kmod", root.join("usr/sbin/modprobe"))?;
+    let python_lib = Path::new("/usr/lib/python3.11");
+    let mut python_modules = Vec::new();
+    if python_lib.exists() {
+        copy_tree(
+            python_lib,
+            &root.join("usr/lib/python3.11"),
+            &mut python_modules,
+        )?;
+    }
+    let mut libs = BTreeSet::new();
+    for file in files.iter().chain(&python_modules) {
+        libs.extend(libraries(file));
+    }
+    for file in files.iter().chain(&libs) {
+        copy_at_host_path(&root, file)?;
+    }
+    for file in [
+        "/etc/services",
+        "/etc/protocols",
+        "/etc/passwd",
+        "/etc/group",
+        "/etc/nsswitch.conf",
+    ] {
+        if Path::new(file).exists() {
+            copy_at_host_path(&root, Path::new(file))?;
+        }
+    }
+    let init = root.join("init");
+    let [udptrace, tests] = binaries else {
+        bail!("expected the udptrace and test binaries");
+    };
+    fs::write(
+        &init,
+        INIT.replace("@UDPTRACE@", &udptrace.display().to_string())
+            .replace("@TESTS@", &tests.display().to_string()),
+    )?;
+    fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    cpio(&root, &work.join("common.cpio"))
+}
+
+/// Copies a directory tree, skipping python's test suite and caches; lists the shared objects.
+fn copy_tree(from: &Path, to: &Path, shared: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if [
+            "test",
+            "__pycache__",
+            "idlelib",
+            "tkinter",
+            "ensurepip",
+            "lib2to3",
+            "site-packages",
+        ]
+        .iter()
+        .any(|skip| name == *skip)
+        {
+            continue;
+        }
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&path, &to.join(&name), shared)?;
+        } else if kind.is_file() {
+            fs::copy(&path, to.join(&name))?;
+            if path.extension().is_some_and(|e| e == "so") {
+                shared.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `find . | cpio -o -H newc` with busybox's cpio (the host may have no cpio).
+fn cpio(root: &Path, archive: &Path) -> anyhow::Result<PathBuf> {
+    let busybox = find_in_path("busybox").context("busybox-static is not installed")?;
+    let out = fs::File::create(archive)?;
+    let mut find = Command::new(&busybox)
+        .args(["find", "."])
+        .current_dir(root)
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let status = Command::new(&busybox)
+        .args(["cpio", "-o", "-H", "newc"])
+        .current_dir(root)
+        .stdin(find.stdout.take().context("find's stdout")?)
+        .stdout(out)
+        .stderr(Stdio::null())
+        .status()?;
+    find.wait()?;
+    if !status.success() {
+        bail!("cpio of {} failed ({status})", root.display());
+    }
+    Ok(archive.to_path_buf())
+}
+
+/// The guest's /init (busybox sh): mounts, modules, doctor, the tests, power off.
+const INIT: &str = r#"#!/opt/busybox/busybox sh
+/opt/busybox/busybox --install -s /opt/busybox
+export PATH=/usr/sbin:/usr/bin:/opt/busybox HOME=/root CI=true RUST_BACKTRACE=1
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
+mkdir -p /run/netns
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+echo /usr/sbin/modprobe > /proc/sys/kernel/modprobe
+# kmod's modprobe by path: busybox sh prefers its own applet, which cannot read .ko.xz. Load
+# what the host has loaded (br_netfilter: the DinD scenario turns its sysctl off per
+# namespace); the rest autoloads through /proc/sys/kernel/modprobe.
+/usr/sbin/modprobe -a veth bridge br_netfilter nf_tables nf_conntrack nf_nat
+ip link set lo up
+cd /tmp
+echo "@@udptrace-doctor@@$(@UDPTRACE@ doctor --json)"
+@TESTS@ --test-threads=1 2>&1
+echo "@@udptrace-tests-exit=$?@@"
+poweroff -f
+"#;
+
+/// Extracted kernel `source` from the cache, fetched on first use.
+fn fetch(source: &KernelSource, cache: &Path) -> anyhow::Result<KernelImage> {
+    let dir = cache.join(source.name);
+    let ready = dir.join("ready");
+    if !ready.exists() {
+        let started = Instant::now();
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        let debs = dir.join("debs");
+        fs::create_dir_all(&debs)?;
+        let apt = AptConfig::new(cache, source)?;
+        let package = apt.newest(source.pattern)?;
+        let mut packages = vec![package.clone()];
+        if let Some(version) = package.strip_prefix("linux-binary-") {
+            packages.push(format!("linux-modules-{version}"));
+        }
+        println!(
+            "vm-test: {}: downloading {}",
+            source.name,
+            packages.join(", ")
+        );
+        let mut download = apt.command("apt-get");
+        download.arg("download").args(&packages).current_dir(&debs);
+        run(&mut download)?;
+        let extracted = dir.join("root");
+        for deb in fs::read_dir(&debs)? {
+            run(Command::new("dpkg")
+                .arg("-x")
+                .arg(deb?.path())
+                .arg(&extracted))?;
+        }
+        let (_, release) = modules_dir(&extracted)?;
+        if !extracted.join("lib").exists() {
+            symlink("usr/lib", extracted.join("lib"))?;
+        }
+        run(Command::new("depmod")
+            .arg("-b")
+            .arg(&extracted)
+            .arg(&release))?;
+        fs::write(&ready, format!("{}\n", packages.join("\n")))?;
+        println!(
+            "vm-test: {}: cached {release} in {} ({:.0} s)",
+            source.name,
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let extracted = dir.join("root");
+    let (modules, release) = modules_dir(&extracted)?;
+    let vmlinuz = [
+        extracted.join("boot").join(format!("vmlinuz-{release}")),
+        modules.join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| format!("no vmlinuz for {release} in {}", extracted.display()))?;
+    Ok(KernelImage {
+        name: source.name.to_owned(),
+        vmlinuz,
+        modules,
+        release,
+    })
+}
+
+/// `<root>/{usr/,}lib/modules/<release>`.
+fn modules_dir(extracted: &Path) -> anyhow::Result<(PathBuf, String)> {
+    for base in ["usr/lib/modules", "lib/modules"] {
+        let base = extracted.join(base);
+        if let Ok(entries) = fs::read_dir(&base) {
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    let release = entry.file_name().to_string_lossy().into_owned();
+                    return Ok((entry.path(), release));
+                }
+            }
+        }
+    }
+    bail!("no modules directory in {}", extracted.display())
+}
+
+/// apt with the host's configuration, or a private one with extra sources.
+struct AptConfig {
+    options: Vec<String>,
+}
+
+impl AptConfig {
+    fn new(cache: &Path, source: &KernelSource) -> anyhow::Result<Self> {
+        let Some(sources) = source.sources else {
+            return Ok(Self {
+                options: Vec::new(),
+            });
+        };
+        let dir = cache.join("apt");
+        for sub in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        let list = dir.join("sources.list");
+        fs::write(&list, sources)?;
+        let apt = Self {
+            options: vec![
+                format!("-oDir::Etc::sourcelist={}", list.display()),
+                "-oDir::Etc::sourceparts=-".into(),
+                format!("-oDir::State::Lists={}", dir.join("lists").display()),
+                format!("-oDir::Cache={}", dir.join("cache").display()),
+            ],
+        };
+        run(apt.command("apt-get").arg("update").arg("-qq"))?;
+        Ok(apt)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command.args(&self.options);
+        command
+    }
+
+    /// The newest package whose name matches `pattern` (versions compared numerically).
+    fn newest(&self, pattern: &str) -> anyhow::Result<String> {
+        let text = output(
+            self.command("apt-cache")
+                .args(["search", "--names-only", pattern]),
+        )?;
+        text.lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .max_by_key(|name| version_key(name))
+            .map(str::to_owned)
+            .with_context(|| format!("no package matches {pattern} (is apt's index current?)"))
+    }
+}
+
+/// The numbers in a package name, for ordering `6.1.0-9` before `6.1.0-56`.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .filter_map(|part| part.parse().ok())
+        .collect()
+}
+
+/// The kernel's networking modules with their index files, as a cpio archive appended to the
+/// common one (the kernel unpacks concatenated archives in order).
+fn modules_archive(kernel: &KernelImage, work: &Path) -> anyhow::Result<PathBuf> {
+    let root = work.join(format!("modules-{}", kernel.name));
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    let target = root.join("usr/lib/modules").join(&kernel.release);
+    fs::create_dir_all(&target)?;
+    for entry in fs::read_dir(&kernel.modules)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file()
+            && entry.file_name().to_string_lossy().starts_with("modules.")
+        {
+            fs::copy(entry.path(), target.join(entry.file_name()))?;
+        }
+    }
+    for dir in MODULE_DIRS {
+        let from = kernel.modules.join(dir);
+        if from.is_dir() {
+            // Into an existing parent, else cp would make `from` the parent itself.
+            let parent = target.join(dir).parent().unwrap_or(&target).to_path_buf();
+            fs::create_dir_all(&parent)?;
+            run(Command::new("cp").arg("-a").arg(&from).arg(&parent))?;
+        } else if from.is_file() {
+            let to = target.join(dir);
+            fs::create_dir_all(to.parent().unwrap_or(&target))?;
+            fs::copy(&from, &to)?;
+        }
+    }
+    cpio(&root, &work.join(format!("modules-{}.cpio", kernel.name)))
+}
+
+/// KVM only where it is real: a PVM host (`kvm_pvm`) hangs stock kernels.
+fn accelerator() -> &'static str {
+    if Path::new("/dev/kvm").exists() && !Path::new("/sys/module/kvm_pvm").exists() {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+fn boot_and_test(kernel: &KernelImage, work: &Path, common: &Path) -> KernelResult {
+    let started = Instant::now();
+    let mut result = KernelResult {
+        name: kernel.name.clone(),
+        release: kernel.release.clone(),
+        hooks: Vec::new(),
+        passed: Vec::new(),
+        failed: Vec::new(),
+        pending: None,
+        status: Ok(()),
+        seconds: 0.0,
+    };
+    let outcome = (|| -> anyhow::Result<()> {
+        let modules = modules_archive(kernel, work)?;
+        let initrd = work.join(format!("initrd-{}.cpio", kernel.name));
+        let mut joined = fs::read(common)?;
+        joined.extend(fs::read(&modules)?);
+        fs::write(&initrd, joined)?;
+        let log_path = work.join(format!("{}.log", kernel.name));
+        let mut log = fs::File::create(&log_path)?;
+        let accel = accelerator();
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args([
+            "-accel",
+            accel,
+            "-cpu",
+            if accel == "kvm" { "host" } else { "max" },
+        ])
+        .args([
+            "-smp",
+            "2",
+            "-m",
+            "2G",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+        ])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        println!("vm-test: {}: {}", kernel.name, describe(&qemu));
+        let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        let (lines, received) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line.replace('\r', "")).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + VM_TIMEOUT;
+        let mut exit = None;
+        loop {
+            match received.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    writeln!(log, "{line}")?;
+                    if let Some(json) = line.split_once(DOCTOR_BEGIN).map(|(_, j)| j) {
+                        result.hooks = doctor_hooks(json);
+                    } else if let Some(code) = line.split_once(TESTS_EXIT).map(|(_, c)| c) {
+                        exit = code.trim_end_matches('@').parse::<i32>().ok();
+                    } else {
+                        record_line(&line, &mut result);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!(
+                        "no result within {} s (log: {})",
+                        VM_TIMEOUT.as_secs(),
+                        log_path.display()
+                    );
+                }
+            }
+        }
+        let status = child.wait()?;
+        match exit {
+            None => bail!(
+                "the guest never reported the tests' status (qemu {status}; log: {})",
+                log_path.display()
+            ),
+            Some(0) => Ok(()),
+            Some(code) => bail!("tests exited {code} (log: {})", log_path.display()),
+        }
+    })();
+    result.status = outcome.map_err(|e| format!("{e:#}"));
+    result.seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+/// `test NAME ... ok|FAILED` from libtest's output. A test's own stderr may land between the
+/// `...` and the outcome (`test a ... udptrace: 12 events lost\nok`): the name then waits in
+/// `pending` for an `ok`/`FAILED` line.
+fn record_line(line: &str, result: &mut KernelResult) {
+    let (name, outcome) = match line
+        .strip_prefix("test ")
+        .and_then(|rest| rest.split_once(" ... "))
+    {
+        Some((name, outcome)) => (name.to_owned(), outcome.trim()),
+        None => match result.pending.take() {
+            Some(name) => (name, line.trim()),
+            None => return,
+        },
+    };
+    match outcome {
+        "ok" => result.passed.push(name),
+        "FAILED" => result.failed.push(name),
+        "ignored" => {}
+        _ => result.pending = Some(name),
+    }
+}
+
+/// (hook, mechanism) from `udptrace doctor --json`.
+fn doctor_hooks(json: &str) -> Vec<(String, Option<String>)> {
+    let Ok(report) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    report["probes"]
+        .as_array()
+        .map(|probes| {
+            probes
+                .iter()
+                .map(|p| {
+                    (
+                        p["hook"].as_str().unwrap_or("?").to_owned(),
+                        p["mechanism"].as_str().map(str::to_owned),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// kernel × hook (mechanism) × tests, in Markdown.
+fn table(results: &[KernelResult]) -> String {
+    let hooks: Vec<String> = results
+        .iter()
+        .find(|r| !r.hooks.is_empty())
+        .map(|r| r.hooks.iter().map(|(h, _)| h.clone()).collect())
+        .unwrap_or_default();
+    let mut text = String::from("| kernel | tests passed |");
+    for hook in &hooks {
+        let _ = write!(text, " {hook} |");
+    }
+    text.push_str("\n|---|---|");
+    for _ in &hooks {
+        text.push_str("---|");
+    }
+    text.push('\n');
+    for result in results {
+        let total = result.passed.len() + result.failed.len();
+        let tests = match &result.status {
+            Ok(()) => format!("{}/{total}", result.passed.len()),
+            Err(_) => format!("{}/{total} (did not complete)", result.passed.len()),
+        };
+        let _ = write!(text, "| {} `{}` | {tests} |", result.name, result.release);
+        for hook in &hooks {
+            let mechanism = result
+                .hooks
+                .iter()
+                .find(|(h, _)| h == hook)
+                .and_then(|(_, m)| m.clone())
+                .unwrap_or_else(|| "–".into());
+            let _ = write!(text, " {mechanism} |");
+        }
+        text.push('\n');
+    }
+    for result in results {
+        if !result.failed.is_empty() {
+            let _ = writeln!(
+                text,
+                "\nFailed on {}: {}",
+                result.name,
+                result.failed.join(", ")
+            );
+        }
+        if let Err(error) = &result.status {
+            let _ = writeln!(text, "\n{}: {error}", result.name);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_kernel_package_wins_numerically() {
+        let names = [
+            "linux-image-6.1.0-9-cloud-amd64-unsigned",
+            "linux-image-6.1.0-56-cloud-amd64-unsigned",
+            "linux-image-6.1.0-47-cloud-amd64-unsigned",
+        ];
+        assert_eq!(
+            names.iter().max_by_key(|n| version_key(n)),
+            Some(&"linux-image-6.1.0-56-cloud-amd64-unsigned")
+        );
+        assert!(
+            version_key("linux-binary-7.3.4+deb13-cloud-amd64")
+                > version_key("linux-binary-7.2.12+deb13-cloud-amd64")
+        );
+    }
+
+    #[test]
+    fn libtest_lines_and_doctor_reports_are_parsed() {
+        let mut result = KernelResult {
+            name: "k".into(),
+            release: "6.1".into(),
+            hooks: doctor_hooks(
+                r#"{"probes":[{"hook":"send","mechanism":"fentry"},{"hook":"lookup","mechanism":null}]}"#,
+            ),
+            passed: Vec::new(),
+            failed: Vec::new(),
+            pending: None,
+            status: Ok(()),
+            seconds: 1.0,
+        };
+        record_line("test doctor::a ... ok", &mut result);
+        record_line("test drops::b ... FAILED", &mut result);
+        record_line("test drops::c ... udptrace: 3 events lost", &mut result);
+        record_line("ok", &mut result);
+        record_line("test result: FAILED. 2 passed; 1 failed", &mut result);
+        assert_eq!(result.passed, ["doctor::a", "drops::c"]);
+        assert_eq!(result.failed, ["drops::b"]);
+        let table = table(&[result]);
+        assert!(table.contains("| k `6.1` | 2/3 | fentry | – |"), "{table}");
+        assert!(table.contains("Failed on k: drops::b"), "{table}");
+    }
+}
