@@ -252,7 +252,12 @@ fn common_archive(work: &Path, binaries: &[&Path]) -> anyhow::Result<PathBuf> {
     fs::copy(&busybox, root.join("opt/busybox/busybox"))?;
     let mut files: BTreeSet<PathBuf> = binaries.iter().map(|b| b.to_path_buf()).collect();
     for tool in TOOLS {
-        let path = find_in_path(tool).with_context(|| format!("{tool} is not installed"))?;
+        // The system's, not whatever PATH finds first (e.g. a pyenv shim).
+        let path = ["/usr/sbin", "/usr/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(tool))
+            .find(|path| path.exists())
+            .with_context(|| format!("{tool} is not installed in /usr/bin or /usr/sbin"))?;
         files.insert(fs::canonicalize(&path)?);
         // Tools are found by name through PATH: keep the name pointing at the real file.
         let real = fs::canonicalize(&path)?;
@@ -326,7 +331,8 @@ fn copy_tree(from: &Path, to: &Path, shared: &mut Vec<PathBuf>) -> anyhow::Resul
         let kind = entry.file_type()?;
         if kind.is_dir() {
             copy_tree(&path, &to.join(&name), shared)?;
-        } else if kind.is_file() {
+        } else if kind.is_file() || (kind.is_symlink() && path.exists()) {
+            // Symlinks (sitecustomize.py into /etc) are copied as what they point to.
             fs::copy(&path, to.join(&name))?;
             if path.extension().is_some_and(|e| e == "so") {
                 shared.push(path);

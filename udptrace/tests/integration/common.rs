@@ -137,9 +137,8 @@ pub fn stats(records: &[Value]) -> &Value {
         .expect("stats record")
 }
 
-/// Whether the run's `ready` record says `hook` attached through a function probe (fentry or
-/// kprobe): what the richer assertions of the kernel matrix depend on.
-pub fn function_probe(records: &[Value], hook: &str) -> bool {
+/// The mechanism the run's `ready` record says `hook` attached with, if any.
+fn mechanism<'a>(records: &'a [Value], hook: &str) -> Option<&'a str> {
     let ready = records
         .iter()
         .find(|r| r["type"] == "ready")
@@ -148,5 +147,17 @@ pub fn function_probe(records: &[Value], hook: &str) -> bool {
         .as_array()
         .expect("probes in the ready record")
         .iter()
-        .any(|p| p["hook"] == hook && (p["mechanism"] == "fentry" || p["mechanism"] == "kprobe"))
+        .find(|p| p["hook"] == hook)
+        .and_then(|p| p["mechanism"].as_str())
+}
+
+/// Whether `hook` attached at all in this run.
+pub fn attached(records: &[Value], hook: &str) -> bool {
+    mechanism(records, hook).is_some()
+}
+
+/// Whether `hook` attached through a function probe (fentry or kprobe): what the richer
+/// assertions of the kernel matrix depend on.
+pub fn function_probe(records: &[Value], hook: &str) -> bool {
+    matches!(mechanism(records, hook), Some("fentry" | "kprobe"))
 }

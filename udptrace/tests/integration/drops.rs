@@ -4,7 +4,7 @@
 use serde_json::Value;
 use udptrace::lab::scenarios::{self, Lab, Outcome};
 
-use crate::common::{Trace, events, function_probe, stats};
+use crate::common::{Trace, attached, events, function_probe, stats};
 
 /// Builds a scenario, traces it with `args` + `port <its port>`, returns lab, outcome, records.
 pub fn traced(name: &str, args: &[&str]) -> (Lab, Outcome, Vec<Value>) {
@@ -28,15 +28,14 @@ fn assert_closed_port(name: &str, args: &[&str], v6: bool) {
         .iter()
         .find(|d| d["reason"] == "NO_SOCKET")
         .unwrap_or_else(|| panic!("{name} {args:?}: no NO_SOCKET drop in {records:#?}"));
-    let function = if v6 {
-        "__udp6_lib_rcv+"
+    // UDP's receive function; Linux 7.3 (Debian) inlines __udp{4,6}_lib_rcv into its caller.
+    let functions = if v6 {
+        ["__udp6_lib_rcv+", "udpv6_rcv+"]
     } else {
-        "__udp4_lib_rcv+"
+        ["__udp4_lib_rcv+", "udp_rcv+"]
     };
-    assert!(
-        drop["location"].as_str().unwrap().starts_with(function),
-        "{drop}"
-    );
+    let location = drop["location"].as_str().unwrap();
+    assert!(functions.iter().any(|f| location.starts_with(f)), "{drop}");
     assert_eq!(drop["saddr"], client.ip().to_string());
     assert_eq!(drop["sport"], client.port());
     assert_eq!(drop["daddr"], lab.target.ip().to_string());
@@ -89,6 +88,12 @@ fn assert_closed_port(name: &str, args: &[&str], v6: bool) {
         .into_iter()
         .chain(events(&records, "send_error"))
         .collect();
+    if !attached(&records, "recv_error") && !attached(&records, "send") {
+        // Forced to tracepoints on a kernel without sock:sock_{send,recv}_length (before
+        // 6.3): the process side is not observable, and the ready record says so.
+        assert!(process_errors.is_empty());
+        return;
+    }
     assert!(
         process_errors
             .iter()
