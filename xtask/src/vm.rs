@@ -372,7 +372,7 @@ export PATH=/usr/sbin:/usr/bin:/opt/busybox HOME=/root CI=true RUST_BACKTRACE=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# No tmpfs on /tmp: the binaries may live there (a CI clone); the initramfs is writable.
 mount -t tmpfs tmpfs /run
 mkdir -p /run/netns
 mount -t tracefs tracefs /sys/kernel/tracing
