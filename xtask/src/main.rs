@@ -168,39 +168,14 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     clippy.args(["--", "-D", "warnings"]);
 
     let mut failures = Vec::new();
-    for (stage, command) in [("tests", &mut test), ("clippy", &mut clippy)] {
-        let started = Instant::now();
-        println!("test: {stage}: {}", describe(command));
-        match run(command) {
-            Ok(()) => println!(
-                "test: {stage}: passed ({:.0} s)",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(error) => {
-                println!(
-                    "test: {stage}: FAILED ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                failures.push(format!("{stage}: {error:#}"));
-            }
-        }
+    for (name, command) in [("tests", &mut test), ("clippy", &mut clippy)] {
+        stage(name, &describe(command), &mut failures, || run(command));
     }
     if matrix {
-        let started = Instant::now();
-        println!("test: kernel matrix: cargo xtask vm-test (set {SKIP_VM_TEST}=1 to skip)");
-        match vm::vm_test(root, &target_dir(root), || cargo(root), &[]) {
-            Ok(()) => println!(
-                "test: kernel matrix: passed ({:.0} s)",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(error) => {
-                println!(
-                    "test: kernel matrix: FAILED ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                failures.push(format!("kernel matrix: {error:#}"));
-            }
-        }
+        let what = format!("cargo xtask vm-test (set {SKIP_VM_TEST}=1 to skip)");
+        stage("kernel matrix", &what, &mut failures, || {
+            vm::vm_test(root, &target_dir(root), || cargo(root), &[])
+        });
     } else {
         println!("test: kernel matrix: skipped ({SKIP_VM_TEST} set, or a test selection given)");
     }
@@ -208,6 +183,26 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
         bail!("{}", failures.join("; "));
     }
     Ok(())
+}
+
+/// Runs one stage of `test`, timed; a failure is recorded and the next stage still runs.
+fn stage(
+    name: &str,
+    what: &str,
+    failures: &mut Vec<String>,
+    work: impl FnOnce() -> anyhow::Result<()>,
+) {
+    let started = Instant::now();
+    println!("test: {name}: {what}");
+    let result = work();
+    let seconds = started.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => println!("test: {name}: passed ({seconds:.0} s)"),
+        Err(error) => {
+            println!("test: {name}: FAILED ({seconds:.0} s)");
+            failures.push(format!("{name}: {error:#}"));
+        }
+    }
 }
 
 /// The extra arguments choose packages themselves (`-p`, `--package`), which `--workspace`
