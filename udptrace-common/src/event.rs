@@ -86,7 +86,7 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// A datagram's addresses and ports, as parsed from its headers (or a socket's, for socket
 /// events). Ports are in host byte order; an IPv4 address fills the first 4 bytes.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tuple {
     /// [`AF_INET`], [`AF_INET6`], or 0 when nothing could be parsed.
@@ -101,7 +101,7 @@ pub struct Tuple {
 }
 
 /// Fields common to every event.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {
     pub kind: u8,
@@ -130,7 +130,7 @@ pub struct EventHeader {
 }
 
 /// Kind-specific fields; see [`EventKind`] for which are set.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventDetail {
     /// Kernel text address: the caller of `kfree_skb` for drops.

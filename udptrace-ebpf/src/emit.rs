@@ -15,7 +15,7 @@ use udptrace_common::event::{
     Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
 };
 
-use crate::{COUNTERS, EVENTS, FILTER, SCRATCH, SELECTORS, TRACKED, kernel};
+use crate::{COUNTERS, EVENTS, FILTER, FOLLOWING_SINCE, SCRATCH, SELECTORS, TRACKED, kernel};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -86,7 +86,8 @@ const BPF_RB_RING_SIZE: u64 = 1;
 
 /// Completes `event` (tuple and detail already filled by the hook), applies selectors and
 /// filter, and writes it to the ring buffer. `sock`, when not 0, is the socket whose inode the
-/// event names (read only for events that pass).
+/// event names (read only for events that pass). Returns whether the event passed (written,
+/// or counted lost when the ring was full).
 ///
 /// Wake-ups are batched: userspace drains on a short timer, and is woken only when the ring
 /// is an eighth full, so a busy flow does not cost a context switch per event.
@@ -108,15 +109,8 @@ pub fn submit(
     skb: u64,
     place: Place,
     sock: u64,
-) {
+) -> bool {
     count(Counter::Seen);
-    let pid_tgid = if context == Context::Process {
-        bpf_get_current_pid_tgid()
-    } else {
-        0
-    };
-    let header = &mut event.header;
-    header.pid = (pid_tgid >> 32) as u32;
     // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
     let (want_netns, want_ifindex, want_pid) = unsafe {
         (
@@ -125,19 +119,34 @@ pub fn submit(
             read_volatile(&raw const SELECTORS.pid),
         )
     };
+    let pid_tgid = if context == Context::Process {
+        bpf_get_current_pid_tgid()
+    } else {
+        0
+    };
+    let header = &mut event.header;
+    header.pid = (pid_tgid >> 32) as u32;
     let place_first = want_netns != 0 || want_ifindex != 0;
     if place_first {
         place.fill(header);
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let tracked = skb != 0 && is_tracked(skb, now);
     let selected = (want_netns == 0 || header.netns == 0 || header.netns == want_netns)
         && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)
         && (want_pid == 0 || context == Context::Softirq || header.pid == want_pid);
-    if !selected || !(tracked || FILTER.matches(&event.tuple, kind == EventKind::IcmpError)) {
+    let matches = selected && FILTER.matches(&event.tuple, kind == EventKind::IcmpError);
+    // Whether the skb is followed costs a clock read and a hash lookup: paid only by datagrams
+    // that match (to flag and refresh them) or while something is followed at all, not by
+    // the traffic a filter is there to ignore.
+    if !matches && (!selected || skb == 0 || !following_anything()) {
         count(Counter::FilteredOut);
-        return;
+        return false;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let tracked = skb != 0 && is_tracked(skb, now);
+    if !(matches || tracked) {
+        count(Counter::FilteredOut);
+        return false;
     }
     if !place_first {
         place.fill(header);
@@ -151,6 +160,7 @@ pub fn submit(
             // insertion cannot fail for lack of room, and a failed insert only means later
             // hops go unreported.
             let _ = TRACKED.insert(&skb, &now, 0);
+            note_following(now);
         }
         EventKind::Drop | EventKind::Deliver if tracked => {
             let _ = TRACKED.remove(&skb);
@@ -181,11 +191,9 @@ pub fn submit(
     } else {
         [0; 16]
     };
-    // SAFETY: plain helpers without preconditions.
-    unsafe {
-        header.cpu = bpf_get_smp_processor_id();
-        header.ts_ns = bpf_ktime_get_ns();
-    }
+    header.ts_ns = now;
+    // SAFETY: a plain helper without preconditions.
+    header.cpu = unsafe { bpf_get_smp_processor_id() };
     let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS.query(BPF_RB_RING_SIZE) / 8 {
         BPF_RB_FORCE_WAKEUP
     } else {
@@ -199,11 +207,38 @@ pub fn submit(
             count(Counter::DropsLost);
         }
     }
+    true
 }
 
 /// A datagram older than this at a hop is not the one that was followed: the skb address
 /// was reused.
 const TRACK_STALE_NS: u64 = 1_000_000_000;
+
+/// Whether any skb started being followed within `TRACK_STALE_NS`: until then, no `TRACKED`
+/// entry can be fresh and no lookup is needed. Read without a clock while nothing was ever
+/// followed (the filter matched nothing yet).
+#[inline(always)]
+fn following_anything() -> bool {
+    match FOLLOWING_SINCE.get(0) {
+        Some(&0) | None => false,
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
+        Some(&last) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(last) < TRACK_STALE_NS,
+    }
+}
+
+/// Records that an skb is followed as of `now`. Shared by all CPUs, so written only when the
+/// stored time is over a millisecond old: a busy matching flow does not bounce the cache line.
+#[inline(always)]
+fn note_following(now: u64) {
+    if let Some(last) = FOLLOWING_SINCE.get_ptr_mut(0) {
+        // SAFETY: map memory; a racing writer stores an equally recent time.
+        unsafe {
+            if now.wrapping_sub(*last) > 1_000_000 {
+                *last = now;
+            }
+        }
+    }
+}
 
 /// Whether `skb` is being followed (and was seen recently).
 #[inline(always)]

@@ -9,6 +9,7 @@
 mod emit;
 mod hooks;
 mod kernel;
+mod mem;
 
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
@@ -51,6 +52,11 @@ static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 /// followed until freed, delivered or stale (see `emit`).
 #[map(name = "TRACKED")]
 static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// When the latest skb started being followed (ktime ns; 0: never), so that hooks skip
+/// `TRACKED` lookups while nothing can be in it (see `emit`).
+#[map(name = "FOLLOWING_SINCE")]
+static FOLLOWING_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
 /// only the socket, can say which datagram was delivered (see `hooks::path`).

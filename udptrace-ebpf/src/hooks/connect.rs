@@ -13,12 +13,13 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use udptrace_common::event::{EventDetail, EventKind, FLAG_CONNECTED, Mechanism};
+use udptrace_common::event::{EventKind, FLAG_CONNECTED, Mechanism};
 
 use crate::{
     emit::{Context, Place, scratch, submit},
     hooks::{Probed, arg, finish, save_entry, take_entry},
     kernel::{self, ReadError},
+    mem,
 };
 
 #[fexit(function = "udp_connect")]
@@ -80,18 +81,20 @@ fn on_connect(sk: u64, ret: i32, mechanism: Mechanism) -> Result<(), ReadError> 
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
+    if !kernel::udp_sock_tuple(
+        sk,
+        kernel::Access::of_arguments(mechanism),
+        &mut event.tuple,
+    )? {
         return Ok(());
     }
     if ret == 0 && event.tuple.dport == 0 {
         return Ok(());
     }
-    event.detail = EventDetail {
-        error: ret.unsigned_abs(),
-        flags: if ret == 0 { FLAG_CONNECTED } else { 0 },
-        sock: event.tuple,
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.error = ret.unsigned_abs();
+    event.detail.flags = if ret == 0 { FLAG_CONNECTED } else { 0 };
+    event.detail.sock = event.tuple;
     submit(
         event,
         EventKind::Connect,

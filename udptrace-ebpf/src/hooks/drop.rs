@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
 };
 use udptrace_common::{
-    event::{EventDetail, EventKind, Mechanism},
+    event::{EventKind, Mechanism},
     offsets::ClassicTracepoint,
 };
 
@@ -19,6 +19,7 @@ use crate::{
     emit::{Context, Place, scratch, submit},
     hooks::{classic_args, finish},
     kernel::{self, ReadError},
+    mem,
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -56,14 +57,16 @@ fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_datagram(skb, &mut event.tuple)? {
+    if !kernel::udp_datagram(
+        skb,
+        kernel::Access::of_arguments(mechanism),
+        &mut event.tuple,
+    )? {
         return Ok(());
     }
-    event.detail = EventDetail {
-        location,
-        reason,
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.location = location;
+    event.detail.reason = reason;
     submit(
         event,
         EventKind::Drop,

@@ -18,7 +18,7 @@ use aya_ebpf::{
     },
 };
 use udptrace_common::{
-    event::{AF_INET6, EventDetail, EventKind, IPPROTO_UDP, Mechanism, Tuple},
+    event::{AF_INET6, EventKind, IPPROTO_UDP, Mechanism},
     names::FEATURE_ICMP6_PROBE,
     offsets::ClassicTracepoint,
 };
@@ -28,6 +28,7 @@ use crate::{
     emit::{Context, Place, scratch, submit},
     hooks::{arg, classic_args, finish},
     kernel::{self, ReadError},
+    mem,
 };
 
 #[btf_tracepoint(function = "icmp_send")]
@@ -113,14 +114,16 @@ fn on_icmp_send(
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_datagram(skb, &mut event.tuple)? {
+    if !kernel::udp_datagram(
+        skb,
+        kernel::Access::of_arguments(mechanism),
+        &mut event.tuple,
+    )? {
         return Ok(());
     }
-    event.detail = EventDetail {
-        icmp_type: icmp_type as u8,
-        icmp_code: code as u8,
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.icmp_type = icmp_type as u8;
+    event.detail.icmp_code = code as u8;
     submit(
         event,
         EventKind::IcmpError,
@@ -163,17 +166,12 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
         family: AF_INET6,
         header: icmp + 8,
     };
-    event.tuple = Tuple::default();
-    let (protocol, udp) = kernel::ip_header(&quoted, &mut event.tuple)?;
-    if protocol != IPPROTO_UDP {
+    if kernel::ip_udp(&quoted, &mut event.tuple)? != IPPROTO_UDP {
         return Ok(());
     }
-    kernel::udp_ports(udp, &mut event.tuple)?;
-    event.detail = EventDetail {
-        icmp_type,
-        icmp_code,
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.icmp_type = icmp_type;
+    event.detail.icmp_code = icmp_code;
     submit(
         event,
         EventKind::IcmpError,

@@ -13,12 +13,13 @@ use aya_ebpf::{
     macros::{fexit, kprobe, kretprobe},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use udptrace_common::event::{AF_INET, AF_INET6, EventDetail, EventKind, IPPROTO_UDP, Mechanism};
+use udptrace_common::event::{AF_INET, AF_INET6, EventKind, IPPROTO_UDP, Mechanism};
 
 use crate::{
     emit::{Context, Place, scratch, submit},
     hooks::{Probed, arg, finish, save_entry, take_entry},
     kernel::{self, ReadError},
+    mem,
 };
 
 #[fexit(function = "__udp4_lib_lookup")]
@@ -101,21 +102,23 @@ fn on_lookup(
     event.tuple.proto = IPPROTO_UDP;
     event.tuple.padding = 0;
     if family == AF_INET {
-        event.tuple.saddr = kernel::ipv4_in_16((saddr as u32).to_ne_bytes());
-        event.tuple.daddr = kernel::ipv4_in_16((daddr as u32).to_ne_bytes());
+        mem::set_ipv4(&mut event.tuple.saddr, (saddr as u32).to_ne_bytes());
+        mem::set_ipv4(&mut event.tuple.daddr, (daddr as u32).to_ne_bytes());
     } else {
         event.tuple.saddr = kernel::read(saddr, 0)?;
         event.tuple.daddr = kernel::read(daddr, 0)?;
     }
     event.tuple.sport = u16::from_be(sport as u16);
     event.tuple.dport = u16::from_be(dport as u16);
-    event.detail = EventDetail::default();
+    mem::zero(&mut event.detail);
     let found = if found > u64::MAX - MAX_ERRNO {
         0
     } else {
         found
     };
-    let place = if found != 0 && kernel::udp_sock_tuple(found, &mut event.detail.sock)? {
+    let place = if found != 0
+        && kernel::udp_sock_tuple(found, kernel::Access::Probe, &mut event.detail.sock)?
+    {
         Place::Sock(found)
     } else {
         Place::Net(net)

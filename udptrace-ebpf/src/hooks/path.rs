@@ -18,7 +18,6 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::generated::bpf_ktime_get_ns,
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
     programs::{
         BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
@@ -26,17 +25,18 @@ use aya_ebpf::{
 };
 use udptrace_common::{
     event::{
-        AF_INET, AF_INET6, EventDetail, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP,
-        Mechanism, Tuple,
+        AF_INET, AF_INET6, Event, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP,
+        Mechanism,
     },
     offsets::{ClassicTracepoint, OFFSET_MISSING, RouteRecordFields},
 };
 
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
-    emit::{Context, Place, is_tracked, scratch, submit},
+    emit::{Context, Place, scratch, submit},
     hooks::{arg, classic_args, finish, icmp},
-    kernel::{self, ReadError, read},
+    kernel::{self, Access, ReadError, read},
+    mem,
 };
 
 #[btf_tracepoint(function = "net_dev_queue")]
@@ -63,22 +63,22 @@ pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
-    // Every transmitted packet passes here: non-IP leaves after one read.
-    let Some(net) = kernel::network_header(skb)? else {
+    // Every transmitted packet passes here: non-IP leaves after the skb's own fields.
+    let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))? else {
         return Ok(());
     };
-    let next: u8 = if net.family == AF_INET {
-        read(net.header, 9)?
-    } else {
-        read(net.header, 6)?
+    let Some(event) = scratch() else {
+        return Ok(());
     };
-    if next == IPPROTO_ICMPV6 && net.family == AF_INET6 {
+    let protocol = kernel::ip_udp(&net, &mut event.tuple)?;
+    if protocol == IPPROTO_ICMPV6 && net.family == AF_INET6 {
         return icmp::icmp6_error(skb, &net, mechanism);
     }
-    if next != IPPROTO_UDP {
+    if protocol != IPPROTO_UDP {
         return Ok(());
     }
-    hop(skb, &net, EventKind::Xmit, mechanism)
+    hop(event, skb, EventKind::Xmit, mechanism);
+    Ok(())
 }
 
 #[btf_tracepoint(function = "netif_receive_skb")]
@@ -105,48 +105,36 @@ pub fn receive_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_receive(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(net) = kernel::network_header(skb)? else {
+    let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))? else {
         return Ok(());
     };
-    hop(skb, &net, EventKind::Recv, mechanism)
-}
-
-/// Reports a UDP datagram at a device hop.
-#[inline(always)]
-fn hop(
-    skb: u64,
-    net: &kernel::Network,
-    kind: EventKind,
-    mechanism: Mechanism,
-) -> Result<(), ReadError> {
     let Some(event) = scratch() else {
         return Ok(());
     };
-    event.tuple = Tuple::default();
-    let (protocol, udp) = kernel::ip_header(net, &mut event.tuple)?;
-    if protocol != IPPROTO_UDP {
+    if kernel::ip_udp(&net, &mut event.tuple)? != IPPROTO_UDP {
         return Ok(());
     }
-    kernel::udp_ports(udp, &mut event.tuple)?;
-    event.detail = EventDetail::default();
+    if hop(event, skb, EventKind::Recv, mechanism)
+        && let Some(slot) = CURRENT_RX.get_ptr_mut(0)
+    {
+        // Remember it for sk_data_ready: it is being followed now.
+        // SAFETY: this CPU's slot.
+        unsafe { *slot = skb };
+    }
+    Ok(())
+}
+
+/// Reports the UDP datagram in `event.tuple` at a device hop; whether it passed the filter.
+#[inline(always)]
+fn hop(event: &mut Event, skb: u64, kind: EventKind, mechanism: Mechanism) -> bool {
+    mem::zero(&mut event.detail);
     let context = if kind == EventKind::Xmit {
         // Locally generated datagrams reach the device in the sender's system call.
         Context::Process
     } else {
         Context::Softirq
     };
-    submit(event, kind, mechanism, context, skb, Place::Skb(skb), 0);
-    if kind == EventKind::Recv {
-        // Remember it for sk_data_ready only when it is being followed (reported above).
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        if is_tracked(skb, unsafe { bpf_ktime_get_ns() })
-            && let Some(slot) = CURRENT_RX.get_ptr_mut(0)
-        {
-            // SAFETY: this CPU's slot.
-            unsafe { *slot = skb };
-        }
-    }
-    Ok(())
+    submit(event, kind, mechanism, context, skb, Place::Skb(skb), 0)
 }
 
 #[btf_tracepoint(function = "sk_data_ready")]
@@ -194,10 +182,11 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_sock_tuple(sk, &mut event.detail.sock)? {
+    if !kernel::udp_sock_tuple(sk, Access::of_arguments(mechanism), &mut event.detail.sock)? {
         return Ok(());
     }
-    if !kernel::udp_datagram(skb, &mut event.tuple)? || event.tuple.dport != event.detail.sock.sport
+    if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple)?
+        || event.tuple.dport != event.detail.sock.sport
     {
         // Not the datagram this CPU last received for a tracked flow: stay silent rather than
         // attribute a delivery to the wrong datagram.
@@ -206,10 +195,8 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     // SAFETY: this CPU's slot.
     unsafe { *slot = 0 };
     let sock = event.detail.sock;
-    event.detail = EventDetail {
-        sock,
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.sock = sock;
     // Place::Sock, not Skb: UDP reuses `skb->dev` as `dev_scratch` once the datagram is
     // queued (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
     submit(
@@ -290,15 +277,19 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     let Some(event) = scratch() else {
         return Ok(());
     };
-    event.tuple = Tuple {
-        family,
-        proto,
-        ..Tuple::default()
-    };
-    event.detail = EventDetail::default();
+    mem::zero(&mut event.tuple);
+    event.tuple.family = family;
+    event.tuple.proto = proto;
+    mem::zero(&mut event.detail);
     if family == AF_INET {
-        event.tuple.saddr = kernel::ipv4_in_16(read(record, field(fields, |f| &f.src))?);
-        event.tuple.daddr = kernel::ipv4_in_16(read(record, field(fields, |f| &f.dst))?);
+        mem::set_ipv4(
+            &mut event.tuple.saddr,
+            read(record, field(fields, |f| &f.src))?,
+        );
+        mem::set_ipv4(
+            &mut event.tuple.daddr,
+            read(record, field(fields, |f| &f.dst))?,
+        );
     } else {
         event.tuple.saddr = read(record, field(fields, |f| &f.src))?;
         event.tuple.daddr = read(record, field(fields, |f| &f.dst))?;

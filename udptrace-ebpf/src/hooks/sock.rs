@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use udptrace_common::{
     event::{
-        AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_PKTINFO,
-        FLAG_SEND_CALL, Mechanism, Tuple,
+        AF_INET, AF_INET6, Event, EventKind, FLAG_CONNECTED, FLAG_PKTINFO, FLAG_SEND_CALL,
+        Mechanism, Tuple,
     },
     offsets::ClassicTracepoint,
 };
@@ -32,6 +32,7 @@ use crate::{
     emit::{Context, Place, scratch, submit},
     hooks::{Probed, arg, classic_args, finish, save_entry, take_entry},
     kernel::{self, ReadError},
+    mem,
 };
 
 #[btf_tracepoint(function = "inet_sk_error_report")]
@@ -49,14 +50,16 @@ fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
+    if !kernel::udp_sock_tuple(
+        sk,
+        kernel::Access::of_arguments(mechanism),
+        &mut event.tuple,
+    )? {
         return Ok(());
     }
     let error: i32 = kernel::read(sk, kernel::offset(|o| &o.sk_err))?;
-    event.detail = EventDetail {
-        error: error.unsigned_abs(),
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.error = error.unsigned_abs();
     submit(
         event,
         EventKind::SockError,
@@ -157,7 +160,11 @@ fn on_send_call(
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
+    if !kernel::udp_sock_tuple(
+        sk,
+        kernel::Access::of_arguments(mechanism),
+        &mut event.tuple,
+    )? {
         return Ok(());
     }
     let socket = event.tuple;
@@ -173,7 +180,7 @@ fn on_send_call(
         // port, flowinfo @4, addr @8.
         let [family, port]: [u16; 2] = kernel::read(name, 0)?;
         if family == u16::from(AF_INET) {
-            event.tuple.daddr = kernel::ipv4_in_16(kernel::read(name, 4)?);
+            mem::set_ipv4(&mut event.tuple.daddr, kernel::read(name, 4)?);
             event.tuple.dport = u16::from_be(port);
         } else if family == u16::from(AF_INET6) && name_len >= 24 {
             event.tuple.daddr = kernel::read(name, 8)?;
@@ -233,7 +240,7 @@ fn pktinfo_source(msg: u64, source: &mut [u8; 16]) -> Result<bool, ReadError> {
         if level == SOL_IP && kind == IP_PKTINFO {
             let spec_dst: [u8; 4] = kernel::read(data, 4)?;
             if spec_dst != [0; 4] {
-                *source = kernel::ipv4_in_16(spec_dst);
+                mem::set_ipv4(source, spec_dst);
             }
             return Ok(true);
         }
@@ -385,7 +392,11 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
     let Some(event) = scratch() else {
         return Ok(());
     };
-    if !kernel::udp_sock_tuple(sk, &mut event.tuple)? {
+    if !kernel::udp_sock_tuple(
+        sk,
+        kernel::Access::of_arguments(mechanism),
+        &mut event.tuple,
+    )? {
         return Ok(());
     }
     let socket = event.tuple;
@@ -410,13 +421,11 @@ fn report_result(
     } else {
         (failure, ret.unsigned_abs(), 0)
     };
-    event.detail = EventDetail {
-        error,
-        bytes,
-        flags,
-        sock: socket,
-        ..EventDetail::default()
-    };
+    mem::zero(&mut event.detail);
+    event.detail.error = error;
+    event.detail.bytes = bytes;
+    event.detail.flags = flags;
+    event.detail.sock = socket;
     submit(
         event,
         kind,

@@ -57,11 +57,13 @@ enum Variant {
     Tcpdump,
     DropStormBaseline,
     UdptraceDropStorm,
+    EmptyPrograms,
 }
 
 impl Variant {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Baseline,
+        Self::EmptyPrograms,
         Self::UdptraceNoMatch,
         Self::UdptraceMatch,
         Self::Bpftrace,
@@ -79,7 +81,50 @@ impl Variant {
             Self::Tcpdump => "tcpdump -w /dev/null on the receiver",
             Self::DropStormBaseline => "drop storm, no tracer",
             Self::UdptraceDropStorm => "drop storm, udptrace matching the drops",
+            Self::EmptyPrograms => "floor: empty BPF programs on udptrace's tracepoints",
         }
+    }
+
+    /// Short name for `UDPTRACE_BENCH_ONLY`.
+    fn key(self) -> &'static str {
+        match self {
+            Self::Baseline => "baseline",
+            Self::UdptraceNoMatch => "no-match",
+            Self::UdptraceMatch => "match",
+            Self::Bpftrace => "bpftrace",
+            Self::Tcpdump => "tcpdump",
+            Self::DropStormBaseline => "storm-baseline",
+            Self::UdptraceDropStorm => "storm",
+            Self::EmptyPrograms => "floor",
+        }
+    }
+
+    /// The variants to run: all, or those named in `UDPTRACE_BENCH_ONLY` (comma-separated
+    /// keys) for a quick look at one change; the baselines always run, every ratio needs one.
+    fn selected() -> anyhow::Result<Vec<Self>> {
+        let Ok(only) = std::env::var("UDPTRACE_BENCH_ONLY") else {
+            return Ok(Self::ALL.to_vec());
+        };
+        let keys: Vec<&str> = only.split(',').map(str::trim).collect();
+        if let Some(unknown) = keys
+            .iter()
+            .find(|key| !Self::ALL.iter().any(|v| v.key() == **key))
+        {
+            let known: Vec<&str> = Self::ALL.iter().map(|v| v.key()).collect();
+            bail!(
+                "UDPTRACE_BENCH_ONLY: unknown variant {unknown:?} (known: {})",
+                known.join(", ")
+            );
+        }
+        Ok(Self::ALL
+            .into_iter()
+            .filter(|v| {
+                keys.contains(&v.key())
+                    || *v == Self::Baseline
+                    || (*v == Self::DropStormBaseline
+                        && keys.contains(&Self::UdptraceDropStorm.key()))
+            })
+            .collect())
     }
 
     fn storm(self) -> bool {
@@ -123,7 +168,7 @@ fn udptrace_binary() -> std::path::PathBuf {
 fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>> {
     let started = Instant::now();
     let mut command = match variant {
-        Variant::Baseline | Variant::DropStormBaseline => return Ok(None),
+        Variant::Baseline | Variant::DropStormBaseline | Variant::EmptyPrograms => return Ok(None),
         Variant::UdptraceNoMatch => {
             let mut c = Command::new(udptrace_binary());
             c.args(["--json", "port", "9"]);
@@ -401,6 +446,12 @@ fn blaster(netns: &Netns, target: SocketAddr, stop: Instant) -> anyhow::Result<u
 }
 
 fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Result<Sample> {
+    // Detached (closed) when this function returns.
+    let _floor = if variant == Variant::EmptyPrograms {
+        Some(empty_programs::attach()?)
+    } else {
+        None
+    };
     let tool = start_tool(variant, receiver_ns)?;
     let mut sample = Sample::default();
     let no_ports_before = receiver_ns.snmp("Udp", "NoPorts")?;
@@ -440,7 +491,7 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
 
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -452,10 +503,11 @@ fn main() -> anyhow::Result<()> {
     veth(&sender, "eth0", &receiver_ns, "eth0")?;
     sender.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
     receiver_ns.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    let variants = Variant::selected()?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
     for round in 0..ROUNDS {
         // Alternate the order so that drift over the run hits every variant alike.
-        let mut order = Variant::ALL.to_vec();
+        let mut order = variants.clone();
         if round % 2 == 1 {
             order.reverse();
         }
@@ -502,6 +554,9 @@ fn report(samples: &[(Variant, Sample)]) -> String {
     );
     let _ = writeln!(text, "|---|---:|---:|---:|---|---|---:|---:|---:|---:|");
     for variant in Variant::ALL {
+        if !samples.iter().any(|(v, _)| *v == variant) {
+            continue;
+        }
         let rate = rate_of(variant);
         let base = if variant.storm() {
             storm_baseline
@@ -541,4 +596,80 @@ fn report(samples: &[(Variant, Sample)]) -> String {
         );
     }
     text
+}
+
+/// The cost floor of tracing by tracepoint on this host: a program that only returns,
+/// attached as a raw tracepoint to every tracepoint udptrace's hooks use (taken from
+/// `probes::plan::HOOKS`). No tracer built on these tracepoints can cost less; the gap between
+/// this and udptrace's no-match variant is what udptrace's own filtering costs.
+///
+/// Loaded with the bare `bpf(2)` system call: two instructions need no object file.
+mod empty_programs {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+
+    use anyhow::{Context as _, bail};
+    use udptrace::probes::plan::{HOOKS, Target};
+
+    /// `enum bpf_cmd` and `enum bpf_prog_type` (include/uapi/linux/bpf.h).
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+    const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+    /// `r0 = 0; exit`.
+    const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
+
+    /// The tracepoints, each once.
+    pub fn tracepoints() -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = HOOKS
+            .iter()
+            .flat_map(|hook| hook.attachments.iter())
+            .flat_map(|attachment| attachment.programs.iter())
+            .filter_map(|(_, target)| match target {
+                Target::RawTp(name) => Some(*name),
+                Target::RouteTracepoint { ipv6 } => Some(Target::route_event(*ipv6).1),
+                _ => None,
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    fn bpf(command: libc::c_long, attr: &mut [u64; 16]) -> std::io::Result<OwnedFd> {
+        // SAFETY: `attr` is a zero-padded `union bpf_attr` larger than either command reads.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_mut_ptr(), size_of_val(attr)) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor the kernel just returned to us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Loads the empty program and attaches it to every tracepoint; the links live as long as
+    /// the returned descriptors.
+    pub fn attach() -> anyhow::Result<Vec<OwnedFd>> {
+        use std::os::fd::AsRawFd as _;
+        let license = c"GPL";
+        let mut attr = [0u64; 16];
+        // struct { u32 prog_type, insn_cnt; u64 insns, license; ... }
+        attr[0] = u64::from(BPF_PROG_TYPE_RAW_TRACEPOINT) | (RETURN_ZERO.len() as u64) << 32;
+        attr[1] = RETURN_ZERO.as_ptr() as u64;
+        attr[2] = license.as_ptr() as u64;
+        let program = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty program")?;
+        let mut links = vec![program];
+        for name in tracepoints() {
+            let name = std::ffi::CString::new(name)?;
+            // struct { u64 name; u32 prog_fd; }
+            let mut attr = [0u64; 16];
+            attr[0] = name.as_ptr() as u64;
+            attr[1] = links[0].as_raw_fd() as u64;
+            match bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr) {
+                Ok(link) => links.push(link),
+                // A tracepoint this kernel lacks (udptrace falls back to a function there).
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(error) => bail!("attaching the empty program to {name:?}: {error}"),
+            }
+        }
+        Ok(links)
+    }
 }
