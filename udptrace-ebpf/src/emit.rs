@@ -44,10 +44,10 @@ pub enum Context {
 /// selector needs it first): most events on a busy host are filtered out.
 #[derive(Clone, Copy)]
 pub enum Place {
-    /// The skb's device and its namespace.
-    Skb(u64),
+    /// The skb's device and its namespace (the skb is also the event's `skb`).
+    Skb(u64, kernel::Access),
     /// A socket's namespace (sockets have no device).
-    Sock(u64),
+    Sock(u64, kernel::Access),
     /// The current task's namespace (process-context events without skb or socket).
     Task,
     /// A `struct net`'s namespace (function arguments that name it).
@@ -60,11 +60,11 @@ impl Place {
     #[inline(always)]
     fn fill(self, header: &mut EventHeader) {
         match self {
-            Self::Skb(skb) => kernel::skb_place(skb, header),
-            Self::Sock(sk) => kernel::sock_place(sk, header),
+            Self::Skb(skb, access) => kernel::skb_place(skb, access, header),
+            Self::Sock(sk, access) => kernel::sock_place(sk, access, header),
             Self::Task => kernel::task_place(header),
             Self::Net(net) => {
-                header.netns = kernel::net_inum(net);
+                header.netns = kernel::net_inum(net, kernel::Access::Probe);
                 header.ifindex = 0;
                 header.ifname = [0; 16];
             }
@@ -73,6 +73,15 @@ impl Place {
                 header.ifindex = 0;
                 header.ifname = [0; 16];
             }
+        }
+    }
+
+    /// How the event's skb may be read: as its place says when that is the skb.
+    #[inline(always)]
+    fn skb_access(self) -> kernel::Access {
+        match self {
+            Self::Skb(_, access) => access,
+            _ => kernel::Access::Probe,
         }
     }
 }
@@ -155,8 +164,10 @@ pub fn submit(
         event.detail.sock_ino = kernel::sock_inode(sock);
     }
     match kind {
-        EventKind::Xmit | EventKind::Recv => {
-            // Start following, or refresh. A full map evicts its least recently used entry:
+        // Start following. A datagram already followed keeps its entry, fresh for the second
+        // its crossing may take (`TRACK_STALE_NS`): an LRU update takes a bucket lock.
+        EventKind::Xmit | EventKind::Recv if !tracked => {
+            // A full map evicts its least recently used entry:
             // insertion cannot fail for lack of room, and a failed insert only means later
             // hops go unreported.
             let _ = TRACKED.insert(&skb, &now, 0);
@@ -173,6 +184,7 @@ pub fn submit(
     if skb != 0
         && kernel::conntrack(
             skb,
+            place.skb_access(),
             &mut event.detail.ct_original,
             &mut event.detail.ct_reply,
             &mut event.detail.ct_status,

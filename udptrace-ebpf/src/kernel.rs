@@ -165,30 +165,30 @@ pub fn udp_datagram(skb: u64, access: Access, tuple: &mut Tuple) -> Result<bool,
 /// Records where an skb is: its device and that device's network namespace, else the
 /// namespace of the socket that owns it.
 #[inline(always)]
-pub fn skb_place(skb: u64, header: &mut EventHeader) {
-    let dev: u64 = read(skb, offset(|o| &o.skb_dev)).unwrap_or(0);
+pub fn skb_place(skb: u64, access: Access, header: &mut EventHeader) {
+    // A typed skb's `dev` and the `net` behind it are typed too (BTF pointer fields).
+    let dev: u64 = field(skb, offset(|o| &o.skb_dev), access).unwrap_or(0);
     header.ifindex = 0;
     header.ifname = [0; 16];
     header.netns = 0;
     if dev != 0 {
-        header.ifindex = read(dev, offset(|o| &o.dev_ifindex)).unwrap_or(0);
-        header.ifname = read(dev, offset(|o| &o.dev_name)).unwrap_or([0; 16]);
-        header.netns = read::<u64>(dev, offset(|o| &o.dev_net))
-            .and_then(|net| read(net, offset(|o| &o.net_inum)))
-            .unwrap_or(0);
+        header.ifindex = field(dev, offset(|o| &o.dev_ifindex), access).unwrap_or(0);
+        header.ifname = field(dev, offset(|o| &o.dev_name), access).unwrap_or([0; 16]);
+        header.netns = field::<u64>(dev, offset(|o| &o.dev_net), access)
+            .map_or(0, |net| net_inum(net, access));
     }
     if header.netns == 0 {
-        let sk: u64 = read(skb, offset(|o| &o.skb_sk)).unwrap_or(0);
-        header.netns = sock_netns(sk);
+        let sk: u64 = field(skb, offset(|o| &o.skb_sk), access).unwrap_or(0);
+        header.netns = sock_netns(sk, access);
     }
 }
 
 /// Records a socket's place: its namespace (sockets have no device).
 #[inline(always)]
-pub fn sock_place(sk: u64, header: &mut EventHeader) {
+pub fn sock_place(sk: u64, access: Access, header: &mut EventHeader) {
     header.ifindex = 0;
     header.ifname = [0; 16];
-    header.netns = sock_netns(sk);
+    header.netns = sock_netns(sk, access);
 }
 
 /// Namespace of the task running the hook (`current->nsproxy->net_ns->ns.inum`); meaningful
@@ -201,19 +201,18 @@ pub fn task_place(header: &mut EventHeader) {
     header.ifname = [0; 16];
     header.netns = read::<u64>(task, offset(|o| &o.task_nsproxy))
         .and_then(|nsproxy| read::<u64>(nsproxy, offset(|o| &o.nsproxy_net)))
-        .and_then(|net| read(net, offset(|o| &o.net_inum)))
-        .unwrap_or(0);
+        .map_or(0, |net| net_inum(net, Access::Probe));
 }
 
 #[inline(always)]
-pub fn sock_netns(sk: u64) -> u32 {
-    read::<u64>(sk, offset(|o| &o.sk_net)).map_or(0, net_inum)
+pub fn sock_netns(sk: u64, access: Access) -> u32 {
+    field::<u64>(sk, offset(|o| &o.sk_net), access).map_or(0, |net| net_inum(net, access))
 }
 
 /// Inode of a `struct net` (`net->ns.inum`), 0 when unreadable.
 #[inline(always)]
-pub fn net_inum(net: u64) -> u32 {
-    read(net, offset(|o| &o.net_inum)).unwrap_or(0)
+pub fn net_inum(net: u64, access: Access) -> u32 {
+    field(net, offset(|o| &o.net_inum), access).unwrap_or(0)
 }
 
 /// Fills `tuple` with a UDP socket's own addresses: `saddr:sport` is the local (bound) side,
@@ -266,8 +265,15 @@ pub fn record_field(record: u64, off: u32, size: u32) -> Result<u64, ReadError> 
 /// include/net/netfilter/nf_conntrack.h). `false` when the skb has none or the kernel's BTF
 /// lacks conntrack (a module kernel: its types live in the module's BTF).
 #[inline(always)]
-pub fn conntrack(skb: u64, original: &mut Tuple, reply: &mut Tuple, status: &mut u64) -> bool {
-    let Ok(nfct) = read::<u64>(skb, offset(|o| &o.skb_nfct)) else {
+pub fn conntrack(
+    skb: u64,
+    access: Access,
+    original: &mut Tuple,
+    reply: &mut Tuple,
+    status: &mut u64,
+) -> bool {
+    // `_nfct` is an integer (pointer | ctinfo): what it points to is read with the helper.
+    let Ok(nfct) = field::<u64>(skb, offset(|o| &o.skb_nfct), access) else {
         return false;
     };
     // NFCT_PTRMASK = ~NFCT_INFOMASK (7).

@@ -101,7 +101,7 @@ fn on_connect(sk: u64, ret: i32, mechanism: Mechanism) -> Result<(), ReadError> 
         mechanism,
         Context::Process,
         0,
-        Place::Sock(sk),
+        Place::Sock(sk, kernel::Access::of_arguments(mechanism)),
         sk,
     );
     Ok(())

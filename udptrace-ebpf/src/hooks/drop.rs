@@ -73,7 +73,7 @@ fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result
         mechanism,
         Context::Softirq,
         skb,
-        Place::Skb(skb),
+        Place::Skb(skb, kernel::Access::of_arguments(mechanism)),
         0,
     );
     Ok(())

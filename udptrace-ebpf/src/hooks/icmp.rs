@@ -130,7 +130,7 @@ fn on_icmp_send(
         mechanism,
         Context::Softirq,
         skb,
-        Place::Skb(skb),
+        Place::Skb(skb, kernel::Access::of_arguments(mechanism)),
         0,
     );
     Ok(())
@@ -178,7 +178,7 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
         mechanism,
         Context::Softirq,
         skb,
-        Place::Skb(skb),
+        Place::Skb(skb, kernel::Access::of_arguments(mechanism)),
         0,
     );
     Ok(())

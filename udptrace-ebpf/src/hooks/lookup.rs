@@ -119,7 +119,7 @@ fn on_lookup(
     let place = if found != 0
         && kernel::udp_sock_tuple(found, kernel::Access::Probe, &mut event.detail.sock)?
     {
-        Place::Sock(found)
+        Place::Sock(found, kernel::Access::Probe)
     } else {
         Place::Net(net)
     };

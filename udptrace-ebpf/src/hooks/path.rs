@@ -134,7 +134,15 @@ fn hop(event: &mut Event, skb: u64, kind: EventKind, mechanism: Mechanism) -> bo
     } else {
         Context::Softirq
     };
-    submit(event, kind, mechanism, context, skb, Place::Skb(skb), 0)
+    submit(
+        event,
+        kind,
+        mechanism,
+        context,
+        skb,
+        Place::Skb(skb, Access::of_arguments(mechanism)),
+        0,
+    )
 }
 
 #[btf_tracepoint(function = "sk_data_ready")]
@@ -205,7 +213,7 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         mechanism,
         Context::Softirq,
         skb,
-        Place::Sock(sk),
+        Place::Sock(sk, Access::of_arguments(mechanism)),
         sk,
     );
     Ok(())

@@ -66,7 +66,7 @@ fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         mechanism,
         Context::Softirq,
         0,
-        Place::Sock(sk),
+        Place::Sock(sk, kernel::Access::of_arguments(mechanism)),
         0,
     );
     Ok(())
@@ -432,7 +432,7 @@ fn report_result(
         mechanism,
         Context::Process,
         0,
-        Place::Sock(sk),
+        Place::Sock(sk, kernel::Access::of_arguments(mechanism)),
         sk,
     );
 }
