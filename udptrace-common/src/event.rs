@@ -175,6 +175,36 @@ pub struct Event {
     pub detail: EventDetail,
 }
 
+/// Drop events written per second for one flow and drop reason on one CPU; the rest of a storm is only
+/// counted (`DROP_COUNTS`, `Counter::DropsSampled`), so the ring buffer, the terminal and the
+/// traced host are spared a record per dropped datagram while the per-flow totals stay exact.
+pub const DROP_EVENTS_PER_SECOND: u64 = 100;
+
+/// Capacity of `DROP_COUNTS` (an LRU: past this many flow x reason pairs, the least recently
+/// dropped lose their count).
+pub const DROP_COUNTS_ENTRIES: u32 = 8_192;
+
+/// Key of `DROP_COUNTS`: the dropped datagram's tuple and its drop reason.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropKey {
+    pub tuple: Tuple,
+    /// `enum skb_drop_reason` value.
+    pub reason: u32,
+    pub padding: u32,
+}
+
+/// Value of `DROP_COUNTS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCount {
+    /// Every drop of this flow and reason that passed the filter, written or not.
+    pub count: u64,
+    /// Start of the current one-second window (ktime ns) and drop events written in it.
+    pub window_start_ns: u64,
+    pub window_events: u64,
+}
+
 /// Attach mechanisms, best first for a given hook.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -234,9 +264,12 @@ pub enum Counter {
     /// Of `Lost`, the drop events: with the drops delivered they give exact drop counts even
     /// when the ring overflows.
     DropsLost = 5,
+    /// Drop events not written because their flow and reason had had
+    /// [`DROP_EVENTS_PER_SECOND`] in the current second; counted in `DROP_COUNTS`.
+    DropsSampled = 6,
 }
 
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 7;
 
 impl Counter {
     pub const ALL: [Self; COUNTER_COUNT as usize] = [
@@ -246,6 +279,7 @@ impl Counter {
         Self::Lost,
         Self::ReadErrors,
         Self::DropsLost,
+        Self::DropsSampled,
     ];
 }
 
@@ -253,4 +287,8 @@ impl Counter {
 mod pod {
     // SAFETY: plain #[repr(C)] data with no padding-dependent invariants; any bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropCount {}
 }

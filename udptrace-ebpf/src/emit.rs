@@ -12,10 +12,13 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
 use udptrace_common::event::{
-    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
+    Counter, DROP_EVENTS_PER_SECOND, DropCount, DropKey, EVENT_VERSION, Event, EventHeader,
+    EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
 };
 
-use crate::{COUNTERS, EVENTS, FILTER, FOLLOWING_SINCE, SCRATCH, SELECTORS, TRACKED, kernel};
+use crate::{
+    COUNTERS, DROP_COUNTS, EVENTS, FILTER, FOLLOWING_SINCE, SCRATCH, SELECTORS, TRACKED, kernel,
+};
 
 #[inline(always)]
 pub fn count(counter: Counter) {
@@ -157,12 +160,6 @@ pub fn submit(
         count(Counter::FilteredOut);
         return false;
     }
-    if !place_first {
-        place.fill(header);
-    }
-    if sock != 0 {
-        event.detail.sock_ino = kernel::sock_inode(sock);
-    }
     match kind {
         // Start following. A datagram already followed keeps its entry, fresh for the second
         // its crossing may take (`TRACK_STALE_NS`): an LRU update takes a bucket lock.
@@ -170,13 +167,24 @@ pub fn submit(
             // A full map evicts its least recently used entry:
             // insertion cannot fail for lack of room, and a failed insert only means later
             // hops go unreported.
-            let _ = TRACKED.insert(&skb, &now, 0);
+            let key = map_key(skb);
+            let _ = TRACKED.insert(&key, &now, 0);
             note_following(now);
         }
         EventKind::Drop | EventKind::Deliver if tracked => {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(&map_key(skb));
         }
         _ => {}
+    }
+    if kind == EventKind::Drop && !drop_counted_and_shown(event, now) {
+        count(Counter::DropsSampled);
+        return true;
+    }
+    if !place_first {
+        place.fill(&mut event.header);
+    }
+    if sock != 0 {
+        event.detail.sock_ino = kernel::sock_inode(sock);
     }
     if tracked {
         event.detail.flags |= FLAG_TRACKED;
@@ -222,6 +230,41 @@ pub fn submit(
     true
 }
 
+/// Counts a drop that passed the filter in `DROP_COUNTS` (flow and reason, per CPU) and says
+/// whether its event is written: the first `DROP_EVENTS_PER_SECOND` of each second on this CPU
+/// are.
+#[inline(always)]
+fn drop_counted_and_shown(event: &Event, now: u64) -> bool {
+    let key = DropKey {
+        tuple: event.tuple,
+        reason: event.detail.reason,
+        padding: 0,
+    };
+    let Some(entry) = DROP_COUNTS.get_ptr_mut(&key) else {
+        let first = DropCount {
+            count: 1,
+            window_start_ns: now,
+            window_events: 1,
+        };
+        // A new entry holds `first` on this CPU and zeros on the others. A full map evicts
+        // its least recently used flow (whose count is then lost: see DROP_COUNTS_ENTRIES).
+        let _ = DROP_COUNTS.insert(&key, &first, 0);
+        return true;
+    };
+    // SAFETY: this CPU's value in map memory; a program is not preempted on its CPU.
+    let entry = unsafe { &mut *entry };
+    entry.count += 1;
+    if now.wrapping_sub(entry.window_start_ns) >= 1_000_000_000 {
+        entry.window_start_ns = now;
+        entry.window_events = 0;
+    }
+    if entry.window_events < DROP_EVENTS_PER_SECOND {
+        entry.window_events += 1;
+        return true;
+    }
+    false
+}
+
 /// A datagram older than this at a hop is not the one that was followed: the skb address
 /// was reused.
 const TRACK_STALE_NS: u64 = 1_000_000_000;
@@ -230,7 +273,7 @@ const TRACK_STALE_NS: u64 = 1_000_000_000;
 /// entry can be fresh and no lookup is needed. Read without a clock while nothing was ever
 /// followed (the filter matched nothing yet).
 #[inline(always)]
-fn following_anything() -> bool {
+pub fn following_anything() -> bool {
     match FOLLOWING_SINCE.get(0) {
         Some(&0) | None => false,
         // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -252,9 +295,21 @@ fn note_following(now: u64) {
     }
 }
 
+/// An skb address as a map key, in a stack slot of its own. Map helpers take keys by stack
+/// address; were that the slot of a BTF-typed skb pointer itself, verifiers before Linux 7.x
+/// would see the pointer as an unknown scalar once a helper read it, and reject the typed
+/// loads after it ("R2 invalid mem access 'scalar'", Debian 6.1 and 6.12). Volatile, so the
+/// compiler cannot fold the copy back into the pointer's slot.
+#[inline(always)]
+fn map_key(skb: u64) -> u64 {
+    // SAFETY: a read of a local.
+    unsafe { read_volatile(&raw const skb) }
+}
+
 /// Whether `skb` is being followed (and was seen recently).
 #[inline(always)]
 pub fn is_tracked(skb: u64, now: u64) -> bool {
     // SAFETY: the pointer is into map memory, read once.
-    unsafe { TRACKED.get(&skb) }.is_some_and(|seen| now.wrapping_sub(*seen) < TRACK_STALE_NS)
+    unsafe { TRACKED.get(&map_key(skb)) }
+        .is_some_and(|seen| now.wrapping_sub(*seen) < TRACK_STALE_NS)
 }

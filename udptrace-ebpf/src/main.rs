@@ -12,9 +12,9 @@ mod kernel;
 mod mem;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
-    event::{COUNTER_COUNT, Event},
+    event::{COUNTER_COUNT, DROP_COUNTS_ENTRIES, DropCount, DropKey, Event},
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
 };
@@ -57,6 +57,13 @@ static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 /// `TRACKED` lookups while nothing can be in it (see `emit`).
 #[map(name = "FOLLOWING_SINCE")]
 static FOLLOWING_SINCE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Every drop that passed the filter, per flow and reason, written as an event or not (see
+/// `emit::drop_counted_and_shown`); per CPU, so counting needs no atomics. Userspace sums
+/// the CPUs for exact per-flow drop counts.
+#[map(name = "DROP_COUNTS")]
+static DROP_COUNTS: LruPerCpuHashMap<DropKey, DropCount> =
+    LruPerCpuHashMap::with_max_entries(DROP_COUNTS_ENTRIES, 0);
 
 /// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
 /// only the socket, can say which datagram was delivered (see `hooks::path`).

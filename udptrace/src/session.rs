@@ -3,6 +3,7 @@
 
 use std::{
     future::Future,
+    net::SocketAddr,
     os::unix::fs::MetadataExt as _,
     rc::Rc,
     time::{Duration, Instant},
@@ -22,14 +23,17 @@ use crate::{
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
     firewall::rules_dropping_port,
-    flows::verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
+    flows::{
+        table::FlowKey,
+        verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
+    },
     host::{ifindex_in, preflight},
     knowledge::Knowledge,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
     render::{Output, Stats},
     sockets::{receive_buffers_in, udp_sockets_in},
-    stream::{CounterValues, Counters, EventRing},
+    stream::{CounterValues, Counters, DropCounts, EventRing},
 };
 
 /// Longest an event waits in the ring before it is printed.
@@ -61,6 +65,7 @@ pub struct Tracer {
     pub filter: CompiledFilter,
     ring: EventRing,
     counters: Counters,
+    drop_counts: DropCounts,
     knowledge: Knowledge,
     clock: WallClock,
     config: TraceConfig,
@@ -134,6 +139,7 @@ impl Tracer {
         announce_features(&mut ebpf, &probes)?;
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
+        let drop_counts = DropCounts::take(&mut ebpf)?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)))
             .with_rules(rule_lister(Rc::clone(&knowledge.processes)));
         Ok(Self {
@@ -143,6 +149,7 @@ impl Tracer {
             filter,
             ring,
             counters,
+            drop_counts,
             knowledge,
             clock: WallClock::now(),
             config,
@@ -211,11 +218,26 @@ impl Tracer {
             output.lost(lost - last_lost, lost);
         }
         fill_stats(&mut stats, &counters);
+        self.count_drops()?;
         for verdict in self.diagnosis.ready(monotonic_ns(), true) {
             output.verdict(&verdict);
         }
         output.summary(&self.diagnosis.flows, self.diagnosis.verdicts(), &stats);
         Ok(stats)
+    }
+
+    /// Brings the flows' drop counts to the kernel's totals.
+    fn count_drops(&mut self) -> anyhow::Result<()> {
+        for (key, total) in self.drop_counts.read()? {
+            let (saddr, daddr) = decode::addresses(&key.tuple);
+            let flow = FlowKey::new(
+                SocketAddr::new(saddr, key.tuple.sport),
+                SocketAddr::new(daddr, key.tuple.dport),
+            );
+            let reason = self.knowledge.drop_reason(key.reason);
+            self.diagnosis.count_drops(flow, reason, total);
+        }
+        Ok(())
     }
 
     pub fn knowledge(&self) -> &Knowledge {
@@ -288,6 +310,7 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
     stats.submitted = counters.get(Counter::Submitted);
     stats.lost = counters.get(Counter::Lost);
     stats.drops_lost = counters.get(Counter::DropsLost);
+    stats.drops_sampled = counters.get(Counter::DropsSampled);
     stats.kernel_read_errors = counters.get(Counter::ReadErrors);
 }
 

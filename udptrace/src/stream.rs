@@ -1,17 +1,18 @@
-//! The kernel → userspace transport: the `EVENTS` ring buffer, drained on tokio readiness, and
-//! the per-CPU `COUNTERS` that account for every event (submitted, lost, filtered).
+//! The kernel → userspace transport: the `EVENTS` ring buffer, drained on tokio readiness, the
+//! per-CPU `COUNTERS` that account for every event (submitted, lost, filtered), and the
+//! per-flow drop totals of `DROP_COUNTS`.
 
 use std::os::fd::AsRawFd as _;
 
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
 use udptrace_common::{
-    event::{COUNTER_COUNT, Counter},
-    names::{COUNTERS_MAP, EVENTS_MAP},
+    event::{COUNTER_COUNT, Counter, DropCount, DropKey},
+    names::{COUNTERS_MAP, DROP_COUNTS_MAP, EVENTS_MAP},
 };
 
 /// The ring buffer, registered with tokio.
@@ -90,5 +91,33 @@ impl Counters {
             values.0[counter as usize] = per_cpu.iter().sum();
         }
         Ok(values)
+    }
+}
+
+/// Every drop that passed the filter, per flow and reason, as the kernel counted it (events
+/// for a storm's drops are sampled; these counts are not).
+pub struct DropCounts {
+    map: PerCpuHashMap<MapData, DropKey, DropCount>,
+}
+
+impl DropCounts {
+    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .take_map(DROP_COUNTS_MAP)
+            .ok_or_else(|| anyhow!("map {DROP_COUNTS_MAP} missing from the embedded object"))?;
+        Ok(Self {
+            map: PerCpuHashMap::try_from(map).context("opening the drop counts map")?,
+        })
+    }
+
+    /// Each flow and reason with its drops summed over the CPUs.
+    pub fn read(&self) -> anyhow::Result<Vec<(DropKey, u64)>> {
+        self.map
+            .iter()
+            .map(|entry| {
+                let (key, per_cpu) = entry.context("reading the drop counts")?;
+                Ok((key, per_cpu.iter().map(|value| value.count).sum()))
+            })
+            .collect()
     }
 }

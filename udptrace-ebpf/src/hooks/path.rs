@@ -33,7 +33,7 @@ use udptrace_common::{
 
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
-    emit::{Context, Place, scratch, submit},
+    emit::{Context, Place, following_anything, scratch, submit},
     hooks::{arg, classic_args, finish, icmp},
     kernel::{self, Access, ReadError, read},
     mem,
@@ -247,11 +247,11 @@ pub fn consume_tracepoint(ctx: TracePointContext) -> u32 {
 
 /// A consumed skb's address may be reused by an unrelated packet: forget it. Every freed skb
 /// of the host passes here; a lookup (lock-free) is cheaper than a delete (bucket lock) for
-/// the vast majority that were never followed.
+/// the vast majority that were never followed, and no lookup at all while nothing is.
 #[inline(always)]
 fn on_consume(skb: u64) {
     // SAFETY: only tested for presence.
-    if unsafe { TRACKED.get(&skb) }.is_some() {
+    if following_anything() && unsafe { TRACKED.get(&skb) }.is_some() {
         let _ = TRACKED.remove(&skb);
     }
 }

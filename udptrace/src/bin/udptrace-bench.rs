@@ -140,7 +140,8 @@ struct Sample {
     events: Option<u64>,
     lost: Option<u64>,
     lost_reported: Option<bool>,
-    /// Storm: delivered drops + lost drops == the receiver namespace's NoPorts delta.
+    /// Storm: the flows' NO_SOCKET counts, and delivered + lost + sampled-out drop events,
+    /// each == the receiver namespace's NoPorts delta.
     drops_exact: Option<bool>,
     cpu_seconds: Option<f64>,
     peak_rss_kib: Option<u64>,
@@ -157,6 +158,8 @@ struct Tool {
     lost_reported: Arc<AtomicU64>,
     /// udptrace `drop` events printed.
     drops: Arc<AtomicU64>,
+    /// NO_SOCKET drops in udptrace's flow summaries (the kernel's per-flow counts).
+    flow_drops: Arc<AtomicU64>,
 }
 
 fn udptrace_binary() -> std::path::PathBuf {
@@ -217,13 +220,15 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
     let stats = Arc::new(std::sync::Mutex::new(None));
     let lost_reported = Arc::new(AtomicU64::new(0));
     let drops = Arc::new(AtomicU64::new(0));
+    let flow_drops = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     {
-        let (lines, stats, lost_reported, drops, ready_tx) = (
+        let (lines, stats, lost_reported, drops, flow_drops, ready_tx) = (
             Arc::clone(&lines),
             Arc::clone(&stats),
             Arc::clone(&lost_reported),
             Arc::clone(&drops),
+            Arc::clone(&flow_drops),
             ready_tx.clone(),
         );
         thread::spawn(move || {
@@ -235,6 +240,11 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
                 // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
                 if line.contains("\"type\":\"ready\"") || line.starts_with("Attaching") {
                     let _ = ready_tx.send(());
+                } else if line.contains("\"type\":\"flow\"")
+                    && let Ok(flow) = serde_json::from_str::<serde_json::Value>(&line)
+                {
+                    let no_socket = flow["drops"]["NO_SOCKET"].as_u64().unwrap_or(0);
+                    flow_drops.fetch_add(no_socket, Ordering::Relaxed);
                 } else if line.contains("\"type\":\"stats\"") {
                     *stats.lock().unwrap() = serde_json::from_str(&line).ok();
                 } else if line.contains("\"type\":\"lost\"")
@@ -267,6 +277,7 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         stats,
         lost_reported,
         drops,
+        flow_drops,
     }))
 }
 
@@ -295,12 +306,19 @@ fn usage(pid: u32) -> (Option<f64>, Option<u64>) {
     (ticks.map(|t| t / hz), rss)
 }
 
-/// Stops a tracer and fills the sample; returns udptrace's exit stats and its drop events.
+/// udptrace's exit stats, its drop events and its flows' NO_SOCKET drops.
+struct UdptraceTotals {
+    stats: serde_json::Value,
+    drop_events: u64,
+    flow_drops: u64,
+}
+
+/// Stops a tracer and fills the sample; returns udptrace's totals.
 fn stop_tool(
     tool: Tool,
     sample: &mut Sample,
     is_udptrace: bool,
-) -> anyhow::Result<Option<(serde_json::Value, u64)>> {
+) -> anyhow::Result<Option<UdptraceTotals>> {
     let Tool {
         mut child,
         ready,
@@ -308,6 +326,7 @@ fn stop_tool(
         stats,
         lost_reported,
         drops,
+        flow_drops,
     } = tool;
     let (cpu, rss) = usage(child.id());
     sample.cpu_seconds = cpu;
@@ -346,7 +365,11 @@ fn stop_tool(
     let lost = stats["lost"].as_u64().unwrap_or(0);
     sample.lost = Some(lost);
     sample.lost_reported = Some(lost_reported.load(Ordering::Relaxed) == lost);
-    Ok(Some((stats, drops.load(Ordering::Relaxed))))
+    Ok(Some(UdptraceTotals {
+        stats,
+        drop_events: drops.load(Ordering::Relaxed),
+        flow_drops: flow_drops.load(Ordering::Relaxed),
+    }))
 }
 
 /// Receives on `port` in `netns` until `stop`, counting datagrams.
@@ -478,12 +501,19 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
         );
         let stats = stop_tool(tool, &mut sample, is_udptrace)?;
         if variant == Variant::UdptraceDropStorm
-            && let Some((stats, delivered_drops)) = stats
+            && let Some(totals) = stats
         {
-            // One NO_SOCKET drop per datagram that reached the closed port: delivered drop
-            // events plus drop events lost to a full ring must equal the kernel's count.
-            let lost_drops = stats["drops_lost"].as_u64().unwrap_or(u64::MAX);
-            sample.drops_exact = Some(delivered_drops.saturating_add(lost_drops) == no_ports);
+            // One NO_SOCKET drop per datagram that reached the closed port: the flows' counts
+            // and the drop events (shown, lost to a full ring, sampled out) must each equal
+            // the kernel's count.
+            let unshown = ["drops_lost", "drops_sampled"]
+                .iter()
+                .map(|field| totals.stats[field].as_u64().unwrap_or(u64::MAX))
+                .fold(0u64, u64::saturating_add);
+            sample.drops_exact = Some(
+                totals.flow_drops == no_ports
+                    && totals.drop_events.saturating_add(unshown) == no_ports,
+            );
         }
     }
     Ok(sample)
@@ -545,8 +575,10 @@ fn report(samples: &[(Variant, Sample)]) -> String {
         "# udptrace overhead benchmark\n\nLoad: sendmmsg blaster → recvmmsg receiver over veth between two namespaces, {PAYLOAD}-byte \
          datagrams, {} s per sample, {ROUNDS} rounds alternating the variants; medians. Throughput is datagrams \
          per second delivered to the receiver (drop storm: sent to a closed port), as a ratio of the baseline \
-         of the same kind from the same run.\n",
-        DURATION.as_secs()
+         of the same kind from the same run. The floor row attaches a program that only returns to each \
+         tracepoint udptrace uses ({}): no tracer built on them can cost less.\n",
+        DURATION.as_secs(),
+        empty_programs::tracepoints().join(", ")
     );
     let _ = writeln!(
         text,

@@ -1,7 +1,7 @@
 //! The flow table: both directions of a conversation are one flow, keyed by its two endpoints.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
 };
 
@@ -47,8 +47,8 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
 /// What happened in one flow.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Flow {
-    /// Datagrams from `a` to `b` and from `b` to `a` (distinct packets seen at a device or
-    /// sent by a socket).
+    /// Datagrams from `a` to `b` and from `b` to `a`, each counted once at the first device
+    /// it was seen at.
     pub datagrams_a_to_b: u64,
     pub datagrams_b_to_a: u64,
     pub drops: BTreeMap<String, u64>,
@@ -57,8 +57,6 @@ pub struct Flow {
     /// `comm[pid]` of processes that sent or received in this flow.
     pub processes: BTreeSet<String>,
     pub verdicts: BTreeSet<&'static str>,
-    #[serde(skip)]
-    packets: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -91,14 +89,10 @@ impl FlowTable {
             }
         };
         match &event.what {
-            What::Xmit | What::Recv | What::Deliver { .. } => {
-                // A datagram crosses several hops: count its skb once.
-                if let Some(skb) = &event.skb
-                    && flow.packets.insert(skb.clone())
-                {
-                    count_datagram(flow);
-                }
-            }
+            // A datagram crosses several hops: counted at the first, where the kernel starts
+            // following its skb; later hops carry the `tracked` flag. (skb addresses are
+            // recycled within microseconds, so they cannot tell datagrams apart.)
+            What::Xmit | What::Recv if !event.tracked => count_datagram(flow),
             What::Drop { reason, .. } => *flow.drops.entry(reason.clone()).or_default() += 1,
             What::Icmp { .. } => flow.icmp_errors += 1,
             What::SockError { errno, .. }
@@ -106,8 +100,13 @@ impl FlowTable {
             | What::RecvError { errno, .. } => {
                 *flow.socket_errors.entry(errno.clone()).or_default() += 1;
             }
-            What::Send { .. } | What::Route { .. } | What::Connect { .. } | What::Lookup { .. } => {
-            }
+            What::Xmit
+            | What::Recv
+            | What::Deliver { .. }
+            | What::Send { .. }
+            | What::Route { .. }
+            | What::Connect { .. }
+            | What::Lookup { .. } => {}
         }
         if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
             flow.processes.insert(format!("{comm}[{pid}]"));
@@ -117,6 +116,28 @@ impl FlowTable {
         {
             flow.processes.insert(format!("{comm}[{pid}]"));
         }
+    }
+
+    /// Drops of `reason` counted in `key` so far.
+    pub fn drops(&self, key: FlowKey, reason: &str) -> u64 {
+        self.flows
+            .get(&key)
+            .and_then(|flow| flow.drops.get(reason))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Sets a flow's drop count for `reason` to the kernel's total, which includes drops whose
+    /// events were sampled out or lost (never below what the events showed).
+    pub fn count_drops(&mut self, key: FlowKey, reason: String, total: u64) {
+        let count = self
+            .flows
+            .entry(key)
+            .or_default()
+            .drops
+            .entry(reason)
+            .or_default();
+        *count = (*count).max(total);
     }
 
     /// Records a verdict on a flow; socket-wide verdicts (`a == b`) belong to no single flow.

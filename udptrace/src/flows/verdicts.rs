@@ -108,6 +108,9 @@ pub struct Diagnosis {
     requests: HashMap<(SocketAddr, u16), Request>,
     /// Datagrams (source, destination) already explained by a verdict.
     explained: HashMap<(SocketAddr, SocketAddr), usize>,
+    /// (flow, drop reason) → the verdict its drops count towards, so that drops the kernel
+    /// counted without an event (sampled out, lost) count there too (`count_drops`).
+    drop_verdicts: HashMap<(FlowKey, String), usize>,
     history: VecDeque<TraceEvent>,
     sockets: SocketLister,
     rules: RuleLister,
@@ -121,6 +124,7 @@ impl Diagnosis {
             index: HashMap::new(),
             requests: HashMap::new(),
             explained: HashMap::new(),
+            drop_verdicts: HashMap::new(),
             history: VecDeque::new(),
             sockets,
             rules: Box::new(|_, _| None),
@@ -140,7 +144,16 @@ impl Diagnosis {
         match &event.what {
             What::Deliver { socket } => self.on_deliver(event, socket),
             What::Xmit => self.on_xmit(event),
-            What::Drop { reason, .. } => self.on_drop(event, reason),
+            What::Drop { reason, .. } => {
+                let counts: Vec<u64> = self.verdicts.iter().map(|v| v.count).collect();
+                self.on_drop(event, reason);
+                if let Some(index) = (0..self.verdicts.len())
+                    .find(|&i| counts.get(i).is_none_or(|&c| self.verdicts[i].count > c))
+                {
+                    self.drop_verdicts
+                        .insert((FlowKey::of(event), reason.clone()), index);
+                }
+            }
             What::Icmp { .. }
             | What::SockError { .. }
             | What::SendError { .. }
@@ -160,6 +173,16 @@ impl Diagnosis {
             self.history.pop_front();
         }
         self.history.push_back(event.clone());
+    }
+
+    /// The kernel counted `total` drops of `reason` in `flow`, with or without events (a storm's
+    /// drop events are sampled): the flow and the verdict those drops feed take the total.
+    pub fn count_drops(&mut self, flow: FlowKey, reason: String, total: u64) {
+        let shown = self.flows.drops(flow, &reason);
+        if let Some(&index) = self.drop_verdicts.get(&(flow, reason.clone())) {
+            self.verdicts[index].count += total.saturating_sub(shown);
+        }
+        self.flows.count_drops(flow, reason, total);
     }
 
     /// Verdicts whose evidence has settled by `now_ns` (kernel monotonic time) and were not yet
@@ -1072,18 +1095,54 @@ mod tests {
     }
 
     #[test]
-    fn flows_count_both_directions_once_per_packet() {
+    fn drops_counted_without_events_reach_the_flow_and_its_verdict() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        for ts in 1..=3 {
+            diagnosis.observe(&event(
+                drop("SOCKET_RCVBUFF"),
+                "192.0.2.1:1000",
+                "192.0.2.2:6000",
+                ts,
+            ));
+        }
+        assert_eq!(diagnosis.verdicts()[0].count, 3);
+        let flow = FlowKey::new(
+            "192.0.2.1:1000".parse().unwrap(),
+            "192.0.2.2:6000".parse().unwrap(),
+        );
+        // The kernel counted 10: 7 events were sampled out.
+        diagnosis.count_drops(flow, "SOCKET_RCVBUFF".into(), 10);
+        assert_eq!(diagnosis.verdicts()[0].count, 10);
+        assert_eq!(diagnosis.flows.drops(flow, "SOCKET_RCVBUFF"), 10);
+        // Drops of a flow without a verdict only reach the flow.
+        let other = FlowKey::new(
+            "192.0.2.1:1001".parse().unwrap(),
+            "192.0.2.2:6001".parse().unwrap(),
+        );
+        diagnosis.count_drops(other, "NO_SOCKET".into(), 5);
+        assert_eq!(diagnosis.flows.drops(other, "NO_SOCKET"), 5);
+        assert_eq!(diagnosis.verdicts().len(), 1);
+    }
+
+    #[test]
+    fn flows_count_both_directions_once_per_datagram() {
         let mut diagnosis = Diagnosis::new(no_sockets());
         let mut request = event(What::Xmit, "192.0.2.1:1000", "192.0.2.2:53", 1);
         diagnosis.observe(&request);
+        // The same datagram at the next device: the kernel flags it as followed.
         request.what = What::Recv;
+        request.tracked = true;
         diagnosis.observe(&request);
         diagnosis.observe(&event(What::Xmit, "192.0.2.2:53", "192.0.2.1:1000", 2));
+        // A new datagram in a recycled skb (same address, not followed): counted.
+        let mut next = event(What::Xmit, "192.0.2.1:1000", "192.0.2.2:53", 3);
+        next.skb.clone_from(&request.skb);
+        diagnosis.observe(&next);
         let flows = diagnosis.flows.sorted();
         assert_eq!(flows.len(), 1);
         let (key, flow) = flows[0];
         assert_eq!(key.a, "192.0.2.1:1000".parse().unwrap());
-        assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (1, 1));
+        assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (2, 1));
         assert!(IpAddr::from([192, 0, 2, 1]) == key.a.ip());
     }
 }

@@ -1,4 +1,5 @@
-//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `stats`).
+//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `verdict`,
+//! `flow`, `stats`).
 
 use std::io::Write;
 

@@ -23,8 +23,12 @@ pub struct Stats {
     pub submitted: u64,
     /// Not written: the ring buffer was full.
     pub lost: u64,
-    /// Of `lost`, drop events (delivered drops + this = every drop the kernel made).
+    /// Of `lost`, drop events.
     pub drops_lost: u64,
+    /// Drop events not written: their flow and reason had had their share of events in that
+    /// second. Delivered drops + `drops_lost` + this = every drop the kernel made; the flows'
+    /// drop counts include them all.
+    pub drops_sampled: u64,
     /// Abandoned in the kernel because a read of kernel memory failed.
     pub kernel_read_errors: u64,
     /// Records userspace could not decode.

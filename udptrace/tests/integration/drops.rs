@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 use udptrace::lab::scenarios::{self, Lab, Outcome};
+use udptrace_common::event::DROP_EVENTS_PER_SECOND;
 
 use crate::common::{Trace, attached, events, function_probe, stats};
 
@@ -134,10 +135,20 @@ fn firewalled_port_is_a_netfilter_drop() {
     assert!(drops.iter().all(|d| d["netns"] == lab.server.inode));
 }
 
+/// Drops of `reason` in the flow summaries: the kernel's per-flow totals.
+fn flow_drops(records: &[Value], reason: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["type"] == "flow")
+        .filter_map(|r| r["drops"][reason].as_u64())
+        .sum()
+}
+
 #[test]
 fn receive_buffer_overflow_is_accounted_exactly() {
     // A one-page ring cannot hold the burst's events: what is not delivered is counted as
-    // lost, and delivered drops + lost drops equal the kernel's own counter.
+    // lost; delivered + lost + sampled-out drop events equal the kernel's own counter, and so
+    // does the flow's drop count.
     let (_lab, outcome, records) = traced("rcvbuf-overflow", &["--ring-size", "4096"]);
     let kernel_drops = outcome.rcvbuf_errors.unwrap();
     assert!(kernel_drops > 0);
@@ -149,9 +160,14 @@ fn receive_buffer_overflow_is_accounted_exactly() {
     let lost = stats["lost"].as_u64().unwrap();
     assert!(lost > 0, "a 4 KiB ring cannot hold the burst: {stats}");
     assert_eq!(
-        reported + stats["drops_lost"].as_u64().unwrap(),
+        reported + stats["drops_lost"].as_u64().unwrap() + stats["drops_sampled"].as_u64().unwrap(),
         kernel_drops,
-        "delivered + lost SOCKET_RCVBUFF drops == the namespace's RcvbufErrors ({stats})"
+        "delivered + lost + sampled-out SOCKET_RCVBUFF drops == the namespace's RcvbufErrors ({stats})"
+    );
+    assert_eq!(
+        flow_drops(&records, "SOCKET_RCVBUFF"),
+        kernel_drops,
+        "the flow's drop count is the kernel's, whatever the ring lost"
     );
     let lost_records: u64 = records
         .iter()
@@ -165,16 +181,31 @@ fn receive_buffer_overflow_is_accounted_exactly() {
 }
 
 #[test]
-fn receive_buffer_overflow_drop_count_matches_the_kernel() {
+fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
+    // ~490 drops within a second from one flow: past DROP_EVENTS_PER_SECOND per CPU, events
+    // are sampled out, and the flow's drop count still equals the kernel's.
     let (_lab, outcome, records) = traced("rcvbuf-overflow", &["--ring-size", "4194304"]);
     let kernel_drops = outcome.rcvbuf_errors.unwrap();
     let reported = events(&records, "drop")
         .iter()
         .filter(|d| d["reason"] == "SOCKET_RCVBUFF")
         .count() as u64;
-    assert_eq!(stats(&records)["lost"], 0, "a 4 MiB ring holds the burst");
+    let stats = stats(&records);
+    assert_eq!(stats["lost"], 0, "a 4 MiB ring holds the burst");
+    let sampled = stats["drops_sampled"].as_u64().unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    assert!(
+        sampled > 0 && reported <= DROP_EVENTS_PER_SECOND * cpus * 2,
+        "{reported} drop events shown, {sampled} sampled out of {kernel_drops} ({stats})"
+    );
     assert_eq!(
-        reported, kernel_drops,
-        "SOCKET_RCVBUFF drops == the namespace's RcvbufErrors"
+        reported + sampled,
+        kernel_drops,
+        "shown + sampled-out SOCKET_RCVBUFF drops == the namespace's RcvbufErrors"
+    );
+    assert_eq!(
+        flow_drops(&records, "SOCKET_RCVBUFF"),
+        kernel_drops,
+        "the flow's drop count is the kernel's"
     );
 }
