@@ -59,6 +59,23 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Kinds that occur once or more per datagram: written at most
+    /// [`SAMPLE_EVENTS_PER_SECOND`] a second per flow (and per drop reason, per CPU), the rest
+    /// counted. Errors, ICMP and `connect` are rare or rate-limited by the kernel already, and
+    /// their every occurrence is shown.
+    pub const fn sampled(self) -> bool {
+        matches!(
+            self,
+            Self::Drop
+                | Self::Send
+                | Self::Route
+                | Self::Xmit
+                | Self::Recv
+                | Self::Deliver
+                | Self::Lookup
+        )
+    }
+
     pub const fn from_u8(raw: u8) -> Option<Self> {
         Some(match raw {
             1 => Self::Drop,
@@ -175,32 +192,38 @@ pub struct Event {
     pub detail: EventDetail,
 }
 
-/// Drop events written per second for one flow and drop reason on one CPU; the rest of a storm is only
-/// counted (`DROP_COUNTS`, `Counter::DropsSampled`), so the ring buffer, the terminal and the
-/// traced host are spared a record per dropped datagram while the per-flow totals stay exact.
-pub const DROP_EVENTS_PER_SECOND: u64 = 100;
+/// Events written per second for one [`FlowCountKey`] on one CPU. Past it, the per-datagram
+/// kinds ([`EventKind::sampled`]) are only counted (`FLOW_COUNTS`, `Counter::Sampled`): a storm
+/// costs the ring buffer, the terminal and the traced host a hash update per datagram instead
+/// of a record, and the per-flow totals (drops, datagrams) stay exact.
+pub const SAMPLE_EVENTS_PER_SECOND: u64 = 100;
 
-/// Capacity of `DROP_COUNTS` (an LRU: past this many flow x reason pairs, the least recently
-/// dropped lose their count).
-pub const DROP_COUNTS_ENTRIES: u32 = 8_192;
+/// Capacity of `FLOW_COUNTS` (an LRU: past this many keys, the least recently counted lose
+/// their count).
+pub const FLOW_COUNTS_ENTRIES: u32 = 16_384;
 
-/// Key of `DROP_COUNTS`: the dropped datagram's tuple and its drop reason.
+/// Key of `FLOW_COUNTS`: what a sampled event counts towards.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropKey {
+pub struct FlowCountKey {
     pub tuple: Tuple,
-    /// `enum skb_drop_reason` value.
+    /// [`EventKind`].
+    pub kind: u8,
+    /// `Xmit`/`Recv`: 1 where the datagram is first seen (not yet followed), so that the
+    /// counts of these keys are datagrams, not hops.
+    pub first: u8,
+    pub padding: u16,
+    /// `Drop`: the `enum skb_drop_reason` value; 0 otherwise.
     pub reason: u32,
-    pub padding: u32,
 }
 
-/// Value of `DROP_COUNTS` (per CPU).
+/// Value of `FLOW_COUNTS` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DropCount {
-    /// Every drop of this flow and reason that passed the filter, written or not.
+pub struct FlowCount {
+    /// Every event of this key that passed the filter, written or not.
     pub count: u64,
-    /// Start of the current one-second window (ktime ns) and drop events written in it.
+    /// Start of the current one-second window (ktime ns) and events written in it.
     pub window_start_ns: u64,
     pub window_events: u64,
 }
@@ -264,12 +287,14 @@ pub enum Counter {
     /// Of `Lost`, the drop events: with the drops delivered they give exact drop counts even
     /// when the ring overflows.
     DropsLost = 5,
-    /// Drop events not written because their flow and reason had had
-    /// [`DROP_EVENTS_PER_SECOND`] in the current second; counted in `DROP_COUNTS`.
-    DropsSampled = 6,
+    /// Events not written because their key had had [`SAMPLE_EVENTS_PER_SECOND`] in the
+    /// current second on the CPU; counted in `FLOW_COUNTS`.
+    Sampled = 6,
+    /// Of `Sampled`, the drop events.
+    DropsSampled = 7,
 }
 
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 8;
 
 impl Counter {
     pub const ALL: [Self; COUNTER_COUNT as usize] = [
@@ -279,6 +304,7 @@ impl Counter {
         Self::Lost,
         Self::ReadErrors,
         Self::DropsLost,
+        Self::Sampled,
         Self::DropsSampled,
     ];
 }
@@ -288,7 +314,7 @@ mod pod {
     // SAFETY: plain #[repr(C)] data with no padding-dependent invariants; any bit pattern is valid.
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::FlowCountKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::DropCount {}
+    unsafe impl aya::Pod for super::FlowCount {}
 }

@@ -6,9 +6,9 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU `u64` counters indexed by [`crate::event::Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// LRU hash [`crate::event::DropKey`] → [`crate::event::DropCount`]: every drop per flow and
-/// reason, including those whose event was not written.
-pub const DROP_COUNTS_MAP: &str = "DROP_COUNTS";
+/// Per-CPU LRU hash [`crate::event::FlowCountKey`] → [`crate::event::FlowCount`]: per flow,
+/// every drop (by reason) and every datagram, including those whose event was sampled out.
+pub const FLOW_COUNTS_MAP: &str = "FLOW_COUNTS";
 /// Global holding [`crate::offsets::KernelOffsets`], set before load.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Global holding [`crate::filter::Filter`], set before load.

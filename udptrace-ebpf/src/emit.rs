@@ -12,12 +12,12 @@ use aya_ebpf::helpers::{
     generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
 };
 use udptrace_common::event::{
-    Counter, DROP_EVENTS_PER_SECOND, DropCount, DropKey, EVENT_VERSION, Event, EventHeader,
-    EventKind, FLAG_CONNTRACK, FLAG_TRACKED, Mechanism,
+    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, FlowCount,
+    FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND,
 };
 
 use crate::{
-    COUNTERS, DROP_COUNTS, EVENTS, FILTER, FOLLOWING_SINCE, SCRATCH, SELECTORS, TRACKED, kernel,
+    COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FOLLOWING_SINCE, SCRATCH, SELECTORS, TRACKED, kernel,
 };
 
 #[inline(always)]
@@ -176,8 +176,11 @@ pub fn submit(
         }
         _ => {}
     }
-    if kind == EventKind::Drop && !drop_counted_and_shown(event, now) {
-        count(Counter::DropsSampled);
+    if kind.sampled() && !counted_and_shown(event, kind, tracked, now) {
+        count(Counter::Sampled);
+        if kind == EventKind::Drop {
+            count(Counter::DropsSampled);
+        }
         return true;
     }
     if !place_first {
@@ -230,25 +233,31 @@ pub fn submit(
     true
 }
 
-/// Counts a drop that passed the filter in `DROP_COUNTS` (flow and reason, per CPU) and says
-/// whether its event is written: the first `DROP_EVENTS_PER_SECOND` of each second on this CPU
-/// are.
+/// Counts an event that passed the filter in `FLOW_COUNTS` (per flow, kind, first sighting
+/// and drop reason, per CPU) and says whether it is written: the first
+/// `SAMPLE_EVENTS_PER_SECOND` of each second on this CPU are.
 #[inline(always)]
-fn drop_counted_and_shown(event: &Event, now: u64) -> bool {
-    let key = DropKey {
+fn counted_and_shown(event: &Event, kind: EventKind, tracked: bool, now: u64) -> bool {
+    let key = FlowCountKey {
         tuple: event.tuple,
-        reason: event.detail.reason,
+        kind: kind as u8,
+        first: u8::from(matches!(kind, EventKind::Xmit | EventKind::Recv) && !tracked),
         padding: 0,
+        reason: if kind == EventKind::Drop {
+            event.detail.reason
+        } else {
+            0
+        },
     };
-    let Some(entry) = DROP_COUNTS.get_ptr_mut(&key) else {
-        let first = DropCount {
+    let Some(entry) = FLOW_COUNTS.get_ptr_mut(&key) else {
+        let first = FlowCount {
             count: 1,
             window_start_ns: now,
             window_events: 1,
         };
         // A new entry holds `first` on this CPU and zeros on the others. A full map evicts
-        // its least recently used flow (whose count is then lost: see DROP_COUNTS_ENTRIES).
-        let _ = DROP_COUNTS.insert(&key, &first, 0);
+        // its least recently used key (whose count is then lost: see FLOW_COUNTS_ENTRIES).
+        let _ = FLOW_COUNTS.insert(&key, &first, 0);
         return true;
     };
     // SAFETY: this CPU's value in map memory; a program is not preempted on its CPU.
@@ -258,7 +267,7 @@ fn drop_counted_and_shown(event: &Event, now: u64) -> bool {
         entry.window_start_ns = now;
         entry.window_events = 0;
     }
-    if entry.window_events < DROP_EVENTS_PER_SECOND {
+    if entry.window_events < SAMPLE_EVENTS_PER_SECOND {
         entry.window_events += 1;
         return true;
     }

@@ -14,7 +14,7 @@ mod mem;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
-    event::{COUNTER_COUNT, DROP_COUNTS_ENTRIES, DropCount, DropKey, Event},
+    event::{COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FlowCount, FlowCountKey},
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
 };
@@ -58,12 +58,12 @@ static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
 #[map(name = "FOLLOWING_SINCE")]
 static FOLLOWING_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Every drop that passed the filter, per flow and reason, written as an event or not (see
-/// `emit::drop_counted_and_shown`); per CPU, so counting needs no atomics. Userspace sums
-/// the CPUs for exact per-flow drop counts.
-#[map(name = "DROP_COUNTS")]
-static DROP_COUNTS: LruPerCpuHashMap<DropKey, DropCount> =
-    LruPerCpuHashMap::with_max_entries(DROP_COUNTS_ENTRIES, 0);
+/// Every per-datagram event that passed the filter, per flow (drops per reason, datagrams at
+/// their first device), written or sampled out (see `emit::counted_and_shown`); per CPU, so
+/// counting needs no atomics. Userspace sums the CPUs for exact per-flow totals.
+#[map(name = "FLOW_COUNTS")]
+static FLOW_COUNTS: LruPerCpuHashMap<FlowCountKey, FlowCount> =
+    LruPerCpuHashMap::with_max_entries(FLOW_COUNTS_ENTRIES, 0);
 
 /// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
 /// only the socket, can say which datagram was delivered (see `hooks::path`).

@@ -2,6 +2,7 @@
 //! decode → output, until a signal, `--count` or `--duration` ends it.
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::SocketAddr,
     os::unix::fs::MetadataExt as _,
@@ -12,7 +13,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
-    event::{Counter, Mechanism},
+    event::{Counter, EventKind, Mechanism},
     filter::Selectors,
     names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
 };
@@ -24,7 +25,7 @@ use crate::{
     filter::{self, CompiledFilter},
     firewall::rules_dropping_port,
     flows::{
-        table::FlowKey,
+        table::{FlowKey, Tally, canonical},
         verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
     host::{ifindex_in, preflight},
@@ -33,7 +34,7 @@ use crate::{
     procs::Processes,
     render::{Output, Stats},
     sockets::{receive_buffers_in, udp_sockets_in},
-    stream::{CounterValues, Counters, DropCounts, EventRing},
+    stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
 
 /// Longest an event waits in the ring before it is printed.
@@ -65,7 +66,7 @@ pub struct Tracer {
     pub filter: CompiledFilter,
     ring: EventRing,
     counters: Counters,
-    drop_counts: DropCounts,
+    flow_counts: FlowCounts,
     knowledge: Knowledge,
     clock: WallClock,
     config: TraceConfig,
@@ -139,7 +140,7 @@ impl Tracer {
         announce_features(&mut ebpf, &probes)?;
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
-        let drop_counts = DropCounts::take(&mut ebpf)?;
+        let flow_counts = FlowCounts::take(&mut ebpf)?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)))
             .with_rules(rule_lister(Rc::clone(&knowledge.processes)));
         Ok(Self {
@@ -149,7 +150,7 @@ impl Tracer {
             filter,
             ring,
             counters,
-            drop_counts,
+            flow_counts,
             knowledge,
             clock: WallClock::now(),
             config,
@@ -218,7 +219,7 @@ impl Tracer {
             output.lost(lost - last_lost, lost);
         }
         fill_stats(&mut stats, &counters);
-        self.count_drops()?;
+        self.count_in_kernel()?;
         for verdict in self.diagnosis.ready(monotonic_ns(), true) {
             output.verdict(&verdict);
         }
@@ -226,16 +227,27 @@ impl Tracer {
         Ok(stats)
     }
 
-    /// Brings the flows' drop counts to the kernel's totals.
-    fn count_drops(&mut self) -> anyhow::Result<()> {
-        for (key, total) in self.drop_counts.read()? {
+    /// Brings the flows' drop and datagram counts (and the verdicts they feed) to the kernel's
+    /// totals, which include the events sampled out.
+    fn count_in_kernel(&mut self) -> anyhow::Result<()> {
+        let mut totals: HashMap<(FlowKey, Tally), u64> = HashMap::new();
+        for (key, count) in self.flow_counts.read()? {
             let (saddr, daddr) = decode::addresses(&key.tuple);
-            let flow = FlowKey::new(
-                SocketAddr::new(saddr, key.tuple.sport),
-                SocketAddr::new(daddr, key.tuple.dport),
-            );
-            let reason = self.knowledge.drop_reason(key.reason);
-            self.diagnosis.count_drops(flow, reason, total);
+            let source = SocketAddr::new(saddr, key.tuple.sport);
+            let flow = FlowKey::new(source, SocketAddr::new(daddr, key.tuple.dport));
+            let tally = match EventKind::from_u8(key.kind) {
+                Some(EventKind::Drop) => Tally::Drops(self.knowledge.drop_reason(key.reason)),
+                // A datagram is first seen at one device: where it was sent, or where it
+                // arrived from elsewhere.
+                Some(EventKind::Xmit | EventKind::Recv) if key.first != 0 => {
+                    Tally::DatagramsFrom(canonical(source))
+                }
+                _ => continue,
+            };
+            *totals.entry((flow, tally)).or_default() += count;
+        }
+        for ((flow, tally), total) in totals {
+            self.diagnosis.count_in_kernel(flow, tally, total);
         }
         Ok(())
     }
@@ -310,6 +322,7 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
     stats.submitted = counters.get(Counter::Submitted);
     stats.lost = counters.get(Counter::Lost);
     stats.drops_lost = counters.get(Counter::DropsLost);
+    stats.sampled = counters.get(Counter::Sampled);
     stats.drops_sampled = counters.get(Counter::DropsSampled);
     stats.kernel_read_errors = counters.get(Counter::ReadErrors);
 }

@@ -1,6 +1,6 @@
 //! The kernel → userspace transport: the `EVENTS` ring buffer, drained on tokio readiness, the
 //! per-CPU `COUNTERS` that account for every event (submitted, lost, filtered), and the
-//! per-flow drop totals of `DROP_COUNTS`.
+//! per-flow totals of `FLOW_COUNTS`.
 
 use std::os::fd::AsRawFd as _;
 
@@ -11,8 +11,8 @@ use aya::{
 };
 use tokio::io::unix::AsyncFd;
 use udptrace_common::{
-    event::{COUNTER_COUNT, Counter, DropCount, DropKey},
-    names::{COUNTERS_MAP, DROP_COUNTS_MAP, EVENTS_MAP},
+    event::{COUNTER_COUNT, Counter, FlowCount, FlowCountKey},
+    names::{COUNTERS_MAP, EVENTS_MAP, FLOW_COUNTS_MAP},
 };
 
 /// The ring buffer, registered with tokio.
@@ -94,28 +94,28 @@ impl Counters {
     }
 }
 
-/// Every drop that passed the filter, per flow and reason, as the kernel counted it (events
-/// for a storm's drops are sampled; these counts are not).
-pub struct DropCounts {
-    map: PerCpuHashMap<MapData, DropKey, DropCount>,
+/// Every per-datagram event that passed the filter, per flow, as the kernel counted it (a
+/// storm's events are sampled; these counts are not).
+pub struct FlowCounts {
+    map: PerCpuHashMap<MapData, FlowCountKey, FlowCount>,
 }
 
-impl DropCounts {
+impl FlowCounts {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
         let map = ebpf
-            .take_map(DROP_COUNTS_MAP)
-            .ok_or_else(|| anyhow!("map {DROP_COUNTS_MAP} missing from the embedded object"))?;
+            .take_map(FLOW_COUNTS_MAP)
+            .ok_or_else(|| anyhow!("map {FLOW_COUNTS_MAP} missing from the embedded object"))?;
         Ok(Self {
-            map: PerCpuHashMap::try_from(map).context("opening the drop counts map")?,
+            map: PerCpuHashMap::try_from(map).context("opening the flow counts map")?,
         })
     }
 
-    /// Each flow and reason with its drops summed over the CPUs.
-    pub fn read(&self) -> anyhow::Result<Vec<(DropKey, u64)>> {
+    /// Each key with its count summed over the CPUs.
+    pub fn read(&self) -> anyhow::Result<Vec<(FlowCountKey, u64)>> {
         self.map
             .iter()
             .map(|entry| {
-                let (key, per_cpu) = entry.context("reading the drop counts")?;
+                let (key, per_cpu) = entry.context("reading the flow counts")?;
                 Ok((key, per_cpu.iter().map(|value| value.count).sum()))
             })
             .collect()

@@ -44,6 +44,29 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
     SocketAddr::new(address.ip().to_canonical(), address.port())
 }
 
+/// A per-flow total the kernel keeps for sampled events (`FLOW_COUNTS`), so that flows and
+/// verdicts stay exact when a storm's events are not all written.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Tally {
+    /// Drops with this reason.
+    Drops(String),
+    /// Datagrams sent by this endpoint (counted once, at the first device).
+    DatagramsFrom(SocketAddr),
+}
+
+impl Tally {
+    /// What `event` counts towards, if it is sampled in the kernel.
+    pub fn of(event: &TraceEvent) -> Option<Self> {
+        match &event.what {
+            What::Drop { reason, .. } => Some(Self::Drops(reason.clone())),
+            What::Xmit | What::Recv if !event.tracked => {
+                Some(Self::DatagramsFrom(canonical(event.source())))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// What happened in one flow.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Flow {
@@ -118,25 +141,27 @@ impl FlowTable {
         }
     }
 
-    /// Drops of `reason` counted in `key` so far.
-    pub fn drops(&self, key: FlowKey, reason: &str) -> u64 {
-        self.flows
-            .get(&key)
-            .and_then(|flow| flow.drops.get(reason))
-            .copied()
-            .unwrap_or(0)
+    /// What `key` counted of `tally` so far.
+    pub fn tally(&self, key: FlowKey, tally: &Tally) -> u64 {
+        let Some(flow) = self.flows.get(&key) else {
+            return 0;
+        };
+        match tally {
+            Tally::Drops(reason) => flow.drops.get(reason).copied().unwrap_or(0),
+            Tally::DatagramsFrom(source) if *source == key.a => flow.datagrams_a_to_b,
+            Tally::DatagramsFrom(_) => flow.datagrams_b_to_a,
+        }
     }
 
-    /// Sets a flow's drop count for `reason` to the kernel's total, which includes drops whose
-    /// events were sampled out or lost (never below what the events showed).
-    pub fn count_drops(&mut self, key: FlowKey, reason: String, total: u64) {
-        let count = self
-            .flows
-            .entry(key)
-            .or_default()
-            .drops
-            .entry(reason)
-            .or_default();
+    /// Sets what `key` counted of `tally` to the kernel's total, which includes events sampled
+    /// out or lost (never below what the events showed).
+    pub fn set_tally(&mut self, key: FlowKey, tally: Tally, total: u64) {
+        let flow = self.flows.entry(key).or_default();
+        let count = match tally {
+            Tally::Drops(reason) => flow.drops.entry(reason).or_default(),
+            Tally::DatagramsFrom(source) if source == key.a => &mut flow.datagrams_a_to_b,
+            Tally::DatagramsFrom(_) => &mut flow.datagrams_b_to_a,
+        };
         *count = (*count).max(total);
     }
 

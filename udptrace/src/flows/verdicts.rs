@@ -14,7 +14,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::table::{FlowKey, FlowTable, canonical};
+use super::table::{FlowKey, FlowTable, Tally, canonical};
 use crate::{
     decode::{SendCall, TraceEvent, What},
     render::text::summary,
@@ -108,9 +108,9 @@ pub struct Diagnosis {
     requests: HashMap<(SocketAddr, u16), Request>,
     /// Datagrams (source, destination) already explained by a verdict.
     explained: HashMap<(SocketAddr, SocketAddr), usize>,
-    /// (flow, drop reason) → the verdict its drops count towards, so that drops the kernel
-    /// counted without an event (sampled out, lost) count there too (`count_drops`).
-    drop_verdicts: HashMap<(FlowKey, String), usize>,
+    /// (flow, tally) → the verdict those events count towards, so that events the kernel
+    /// counted without writing them (sampled out, lost) count there too (`count_in_kernel`).
+    tally_verdicts: HashMap<(FlowKey, Tally), usize>,
     history: VecDeque<TraceEvent>,
     sockets: SocketLister,
     rules: RuleLister,
@@ -124,7 +124,7 @@ impl Diagnosis {
             index: HashMap::new(),
             requests: HashMap::new(),
             explained: HashMap::new(),
-            drop_verdicts: HashMap::new(),
+            tally_verdicts: HashMap::new(),
             history: VecDeque::new(),
             sockets,
             rules: Box::new(|_, _| None),
@@ -141,19 +141,16 @@ impl Diagnosis {
     /// Feeds one event to the rules.
     pub fn observe(&mut self, event: &TraceEvent) {
         self.flows.record(event);
+        let tally = Tally::of(event);
+        let counts: Vec<u64> = if tally.is_some() {
+            self.verdicts.iter().map(|v| v.count).collect()
+        } else {
+            Vec::new()
+        };
         match &event.what {
             What::Deliver { socket } => self.on_deliver(event, socket),
             What::Xmit => self.on_xmit(event),
-            What::Drop { reason, .. } => {
-                let counts: Vec<u64> = self.verdicts.iter().map(|v| v.count).collect();
-                self.on_drop(event, reason);
-                if let Some(index) = (0..self.verdicts.len())
-                    .find(|&i| counts.get(i).is_none_or(|&c| self.verdicts[i].count > c))
-                {
-                    self.drop_verdicts
-                        .insert((FlowKey::of(event), reason.clone()), index);
-                }
-            }
+            What::Drop { reason, .. } => self.on_drop(event, reason),
             What::Icmp { .. }
             | What::SockError { .. }
             | What::SendError { .. }
@@ -169,20 +166,27 @@ impl Diagnosis {
             | What::Connect { .. }
             | What::Lookup { .. } => {}
         }
+        if let Some(tally) = tally
+            && let Some(index) = (0..self.verdicts.len())
+                .find(|&i| counts.get(i).is_none_or(|&c| self.verdicts[i].count > c))
+        {
+            self.tally_verdicts
+                .insert((FlowKey::of(event), tally), index);
+        }
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
         self.history.push_back(event.clone());
     }
 
-    /// The kernel counted `total` drops of `reason` in `flow`, with or without events (a storm's
-    /// drop events are sampled): the flow and the verdict those drops feed take the total.
-    pub fn count_drops(&mut self, flow: FlowKey, reason: String, total: u64) {
-        let shown = self.flows.drops(flow, &reason);
-        if let Some(&index) = self.drop_verdicts.get(&(flow, reason.clone())) {
+    /// The kernel counted `total` of `tally` in `flow`, events written or not (a storm's
+    /// events are sampled): the flow and the verdict those events feed take the total.
+    pub fn count_in_kernel(&mut self, flow: FlowKey, tally: Tally, total: u64) {
+        let shown = self.flows.tally(flow, &tally);
+        if let Some(&index) = self.tally_verdicts.get(&(flow, tally.clone())) {
             self.verdicts[index].count += total.saturating_sub(shown);
         }
-        self.flows.count_drops(flow, reason, total);
+        self.flows.set_tally(flow, tally, total);
     }
 
     /// Verdicts whose evidence has settled by `now_ns` (kernel monotonic time) and were not yet
@@ -1111,16 +1115,18 @@ mod tests {
             "192.0.2.2:6000".parse().unwrap(),
         );
         // The kernel counted 10: 7 events were sampled out.
-        diagnosis.count_drops(flow, "SOCKET_RCVBUFF".into(), 10);
+        let rcvbuf = Tally::Drops("SOCKET_RCVBUFF".into());
+        diagnosis.count_in_kernel(flow, rcvbuf.clone(), 10);
         assert_eq!(diagnosis.verdicts()[0].count, 10);
-        assert_eq!(diagnosis.flows.drops(flow, "SOCKET_RCVBUFF"), 10);
+        assert_eq!(diagnosis.flows.tally(flow, &rcvbuf), 10);
         // Drops of a flow without a verdict only reach the flow.
         let other = FlowKey::new(
             "192.0.2.1:1001".parse().unwrap(),
             "192.0.2.2:6001".parse().unwrap(),
         );
-        diagnosis.count_drops(other, "NO_SOCKET".into(), 5);
-        assert_eq!(diagnosis.flows.drops(other, "NO_SOCKET"), 5);
+        let no_socket = Tally::Drops("NO_SOCKET".into());
+        diagnosis.count_in_kernel(other, no_socket.clone(), 5);
+        assert_eq!(diagnosis.flows.tally(other, &no_socket), 5);
         assert_eq!(diagnosis.verdicts().len(), 1);
     }
 
@@ -1143,6 +1149,12 @@ mod tests {
         let (key, flow) = flows[0];
         assert_eq!(key.a, "192.0.2.1:1000".parse().unwrap());
         assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (2, 1));
+        // The kernel counted 40 datagrams from the server, 39 of them sampled out.
+        let key = *key;
+        let from_server = Tally::DatagramsFrom("192.0.2.2:53".parse().unwrap());
+        diagnosis.count_in_kernel(key, from_server, 40);
+        let (_, flow) = diagnosis.flows.sorted()[0];
+        assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (2, 40));
         assert!(IpAddr::from([192, 0, 2, 1]) == key.a.ip());
     }
 }

@@ -25,9 +25,11 @@ pub struct Stats {
     pub lost: u64,
     /// Of `lost`, drop events.
     pub drops_lost: u64,
-    /// Drop events not written: their flow and reason had had their share of events in that
-    /// second. Delivered drops + `drops_lost` + this = every drop the kernel made; the flows'
-    /// drop counts include them all.
+    /// Events not written: their flow had had its share of that kind in that second
+    /// (`SAMPLE_EVENTS_PER_SECOND`); the flows' drop and datagram counts include them.
+    pub sampled: u64,
+    /// Of `sampled`, drop events: delivered drops + `drops_lost` + this = every drop the kernel
+    /// made.
     pub drops_sampled: u64,
     /// Abandoned in the kernel because a read of kernel memory failed.
     pub kernel_read_errors: u64,

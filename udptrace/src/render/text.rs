@@ -272,14 +272,15 @@ impl<W: Write> Output for TextOutput<W> {
         let _ = writeln!(
             self.out,
             "\n{} events shown; kernel: {} UDP occurrences seen, {} filtered out in the kernel, \
-             {} submitted, {} lost (ring buffer full; {} of them drops), {} drop events \
-             sampled out (counted in the flows' drops), {} read errors; {} undecodable records",
+             {} submitted, {} lost (ring buffer full; {} of them drops), {} sampled out \
+             ({} of them drops; counted in the flows), {} read errors; {} undecodable records",
             stats.events,
             stats.seen,
             stats.filtered_in_kernel,
             stats.submitted,
             stats.lost,
             stats.drops_lost,
+            stats.sampled,
             stats.drops_sampled,
             stats.kernel_read_errors,
             stats.decode_errors

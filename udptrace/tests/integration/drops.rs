@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use udptrace::lab::scenarios::{self, Lab, Outcome};
-use udptrace_common::event::DROP_EVENTS_PER_SECOND;
+use udptrace_common::event::SAMPLE_EVENTS_PER_SECOND;
 
 use crate::common::{Trace, attached, events, function_probe, stats};
 
@@ -182,7 +182,7 @@ fn receive_buffer_overflow_is_accounted_exactly() {
 
 #[test]
 fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
-    // ~490 drops within a second from one flow: past DROP_EVENTS_PER_SECOND per CPU, events
+    // ~490 drops within a second from one flow: past SAMPLE_EVENTS_PER_SECOND per CPU, drop events
     // are sampled out, and the flow's drop count still equals the kernel's.
     let (_lab, outcome, records) = traced("rcvbuf-overflow", &["--ring-size", "4194304"]);
     let kernel_drops = outcome.rcvbuf_errors.unwrap();
@@ -195,7 +195,7 @@ fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
     let sampled = stats["drops_sampled"].as_u64().unwrap();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     assert!(
-        sampled > 0 && reported <= DROP_EVENTS_PER_SECOND * cpus * 2,
+        sampled > 0 && reported <= SAMPLE_EVENTS_PER_SECOND * cpus * 2,
         "{reported} drop events shown, {sampled} sampled out of {kernel_drops} ({stats})"
     );
     assert_eq!(
@@ -207,5 +207,17 @@ fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
         flow_drops(&records, "SOCKET_RCVBUFF"),
         kernel_drops,
         "the flow's drop count is the kernel's"
+    );
+    // The datagrams' device hops were sampled too, and the flow still counts every datagram.
+    assert!(stats["sampled"].as_u64().unwrap() > sampled, "{stats}");
+    let datagrams: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "flow")
+        .map(|r| r["datagrams_a_to_b"].as_u64().unwrap() + r["datagrams_b_to_a"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        datagrams,
+        scenarios::OVERFLOW_BURST as u64,
+        "every datagram of the burst"
     );
 }
