@@ -27,6 +27,10 @@ use udptrace::lab::netns::{Netns, veth};
 const LOAD_PORT: u16 = 7000;
 const CLOSED_PORT: u16 = 7001;
 const DURATION: Duration = Duration::from_secs(3);
+/// A drop storm is this many datagrams to a closed port (timed: the rate is how fast they
+/// went out), bounded by `STORM_TIMEOUT`.
+const STORM_DATAGRAMS: u64 = 1_000_000;
+const STORM_TIMEOUT: Duration = Duration::from_secs(30);
 const ROUNDS: usize = 3;
 const BATCH: usize = 64;
 const PAYLOAD: usize = 64;
@@ -434,14 +438,14 @@ fn receiver(
     Ok(handle)
 }
 
-/// Blasts `target` from `netns` until `stop`; returns datagrams sent.
-fn blaster(netns: &Netns, target: SocketAddr, stop: Instant) -> anyhow::Result<u64> {
+/// Blasts `target` from `netns` until `stop` or `limit` datagrams; returns datagrams sent.
+fn blaster(netns: &Netns, target: SocketAddr, stop: Instant, limit: u64) -> anyhow::Result<u64> {
     netns.enter(move || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         socket.connect(target)?;
         let payload = [0x55u8; PAYLOAD];
         let mut sent = 0u64;
-        while Instant::now() < stop {
+        while sent < limit && Instant::now() < stop {
             // SAFETY: every header points at the same payload, alive for the call.
             let n = unsafe {
                 let mut iov = libc::iovec {
@@ -478,14 +482,16 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
     let tool = start_tool(variant, receiver_ns)?;
     let mut sample = Sample::default();
     let no_ports_before = receiver_ns.snmp("Udp", "NoPorts")?;
-    let stop = Instant::now() + DURATION;
+    let start = Instant::now();
+    let stop = start + DURATION;
     let rate = if variant.storm() {
         let target: SocketAddr = ([192, 0, 2, 2], CLOSED_PORT).into();
-        blaster(sender, target, stop)? as f64 / DURATION.as_secs_f64()
+        let sent = blaster(sender, target, start + STORM_TIMEOUT, STORM_DATAGRAMS)?;
+        sent as f64 / start.elapsed().as_secs_f64()
     } else {
         let receiving = receiver(receiver_ns, stop + Duration::from_millis(100))?;
         let target: SocketAddr = ([192, 0, 2, 2], LOAD_PORT).into();
-        blaster(sender, target, stop)?;
+        blaster(sender, target, stop, u64::MAX)?;
         let received = receiving
             .join()
             .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
@@ -574,8 +580,8 @@ fn report(samples: &[(Variant, Sample)]) -> String {
         text,
         "# udptrace overhead benchmark\n\nLoad: sendmmsg blaster → recvmmsg receiver over veth between two namespaces, {PAYLOAD}-byte \
          datagrams, {} s per sample, {ROUNDS} rounds alternating the variants; medians. Throughput is datagrams \
-         per second delivered to the receiver (drop storm: sent to a closed port), as a ratio of the baseline \
-         of the same kind from the same run. The floor row attaches a program that only returns to each \
+         per second delivered to the receiver (drop storm: {STORM_DATAGRAMS} datagrams sent to a closed port, \
+         timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \
          tracepoint udptrace uses ({}): no tracer built on them can cost less.\n",
         DURATION.as_secs(),
         empty_programs::tracepoints().join(", ")
