@@ -1,6 +1,8 @@
-//! The last step of every hook: selectors and filter, then the ring buffer, with every outcome
-//! counted in `COUNTERS` so that nothing is lost silently. Filtering happens before anything
-//! reaches the ring buffer, so traffic nobody asked about costs no ring space and no wake-up.
+//! The last step of every hook: selectors and filter, per-flow counting and sampling, then the
+//! ring buffer, with every outcome counted in `COUNTERS` so that nothing is lost silently.
+//! Filtering happens before anything reaches the ring buffer, so traffic nobody asked about
+//! costs no ring space and no wake-up; a storm of traffic somebody asked about is counted per
+//! flow in `FLOW_COUNTS` and written as a sample.
 //!
 //! Events are assembled in a per-CPU scratch slot, not on the stack: an `Event` plus the
 //! parsing state of the inlined hooks exceeds the 512-byte BPF stack.
@@ -98,8 +100,9 @@ const BPF_RB_RING_SIZE: u64 = 1;
 
 /// Completes `event` (tuple and detail already filled by the hook), applies selectors and
 /// filter, and writes it to the ring buffer. `sock`, when not 0, is the socket whose inode the
-/// event names (read only for events that pass). Returns whether the event passed (written,
-/// or counted lost when the ring was full).
+/// event names (read only for events that pass). Returns whether the event passed: written,
+/// sampled out (counted in `FLOW_COUNTS`, see `counted_and_shown`), or counted lost when the
+/// ring was full.
 ///
 /// Wake-ups are batched: userspace drains on a short timer, and is woken only when the ring
 /// is an eighth full, so a busy flow does not cost a context switch per event.

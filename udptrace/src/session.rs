@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
-    event::{Counter, EventKind, Mechanism},
+    event::{Counter, EventKind, Mechanism, SAMPLE_EVENTS_PER_SECOND},
     filter::Selectors,
     names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
 };
@@ -168,6 +168,7 @@ impl Tracer {
         let deadline = self.config.duration.map(|d| Instant::now() + d);
         let mut stats = Stats::default();
         let mut last_lost = 0;
+        let mut last_sampled = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut verdict_tick = tokio::time::interval(SETTLE / 2);
@@ -199,6 +200,14 @@ impl Tracer {
                 }
                 _ = tick.tick() => {
                     let counters = self.counters.read()?;
+                    let sampled = counters.get(Counter::Sampled);
+                    if sampled > last_sampled {
+                        eprintln!(
+                            "udptrace: {} events sampled out in the last second (at most {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
+                            sampled - last_sampled
+                        );
+                        last_sampled = sampled;
+                    }
                     let lost = counters.get(Counter::Lost);
                     if lost > last_lost {
                         let delta = lost - last_lost;
