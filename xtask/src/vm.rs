@@ -820,14 +820,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn libtest_lines_and_doctor_reports_are_parsed() {
-        let mut result = KernelResult {
+    fn result(release: &str) -> KernelResult {
+        KernelResult {
             name: "k".into(),
-            release: "6.1".into(),
-            hooks: doctor_hooks(
-                r#"{"probes":[{"hook":"send","mechanism":"fentry"},{"hook":"lookup","mechanism":null}]}"#,
-            ),
+            release: release.into(),
+            hooks: Vec::new(),
             passed: Vec::new(),
             failed: Vec::new(),
             pending: None,
@@ -835,7 +832,15 @@ mod tests {
             seconds: 1.0,
             crash: None,
             retried_after: None,
-        };
+        }
+    }
+
+    #[test]
+    fn libtest_lines_and_doctor_reports_are_parsed() {
+        let mut result = result("6.1");
+        result.hooks = doctor_hooks(
+            r#"{"probes":[{"hook":"send","mechanism":"fentry"},{"hook":"lookup","mechanism":null}]}"#,
+        );
         record_line("test doctor::a ... ok", &mut result);
         record_line("test drops::b ... FAILED", &mut result);
         record_line("test drops::c ... udptrace: 3 events lost", &mut result);
@@ -850,18 +855,7 @@ mod tests {
 
     #[test]
     fn a_guest_crash_is_kept_and_a_retried_boot_says_so() {
-        let mut result = KernelResult {
-            name: "k".into(),
-            release: "6.12".into(),
-            hooks: Vec::new(),
-            passed: Vec::new(),
-            failed: Vec::new(),
-            pending: None,
-            status: Ok(()),
-            seconds: 1.0,
-            crash: None,
-            retried_after: None,
-        };
+        let mut result = result("6.12");
         record_line(
             "test path::nat ... [   68.996951] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI",
             &mut result,
