@@ -15,7 +15,7 @@ use aya_ebpf::helpers::{
 };
 use udptrace_common::event::{
     Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, FlowCount,
-    FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND,
+    FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 
 use crate::{
@@ -111,10 +111,11 @@ const BPF_RB_RING_SIZE: u64 = 1;
 /// same skb are reported even when its tuple no longer matches (NAT), flagged `FLAG_TRACKED`.
 /// Tracking starts at hops (`Xmit`, `Recv`) and ends when the skb is freed (`Drop` here,
 /// `consume_skb` in `hooks::path`) or delivered (`Deliver`: UDP frees delivered datagrams
-/// with `__consume_stateless_skb`, which has no tracepoint). Two guards against following a
-/// reused skb address: an entry not refreshed for `TRACK_STALE_NS` is ignored (a datagram
-/// crosses the stack in micro- to milliseconds), and the map is an LRU, so entries a missed
-/// free left behind can never fill it.
+/// with `__consume_stateless_skb`, which has no tracepoint). Three guards against following a
+/// reused skb address: an entry older than `TRACK_STALE_NS` is ignored (a datagram crosses
+/// the stack in micro- to milliseconds); an skb whose tuple changed since its last hop
+/// without a conntrack entry on it (no NAT possible) is a new datagram; and the map is an
+/// LRU, so entries a missed free left behind can never fill it.
 #[inline(always)]
 pub fn submit(
     event: &mut Event,
@@ -158,20 +159,44 @@ pub fn submit(
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let tracked = skb != 0 && is_tracked(skb, now);
+    let fingerprint = tuple_fingerprint(&event.tuple);
+    let followed = if skb == 0 {
+        None
+    } else {
+        followed_as(skb, now)
+    };
+    // A followed skb is the same datagram when it matches, when its tuple is the one it had at
+    // its last hop, or when the tuple changed under a conntrack entry (NAT). Anything else is
+    // a new datagram in a recycled skb whose last hop was never seen (freed without a
+    // tracepoint): its stale entry goes, and it is judged by the filter alone.
+    let tracked = followed.is_some_and(|last| {
+        matches || last == fingerprint || kernel::has_conntrack(skb, place.skb_access())
+    });
+    if followed.is_some() && !tracked {
+        let _ = TRACKED.remove(&map_key(skb));
+    }
     if !(matches || tracked) {
         count(Counter::FilteredOut);
         return false;
     }
     match kind {
-        // Start following. A datagram already followed keeps its entry, fresh for the second
-        // its crossing may take (`TRACK_STALE_NS`): an LRU update takes a bucket lock.
-        EventKind::Xmit | EventKind::Recv if !tracked => {
-            // A full map evicts its least recently used entry:
-            // insertion cannot fail for lack of room, and a failed insert only means later
-            // hops go unreported.
+        // Start following, or note the tuple a NAT gave it. Otherwise a datagram already
+        // followed keeps its entry, fresh for the second its crossing may take
+        // (`TRACK_STALE_NS`): an LRU update takes a bucket lock.
+        EventKind::Xmit | EventKind::Recv
+            if !tracked || followed.is_some_and(|last| last != fingerprint) =>
+        {
+            // A full map evicts its least recently used entry: insertion cannot fail for lack
+            // of room, and a failed insert only means later hops go unreported.
             let key = map_key(skb);
-            let _ = TRACKED.insert(&key, &now, 0);
+            let _ = TRACKED.insert(
+                &key,
+                &Followed {
+                    seen_ns: now,
+                    tuple: fingerprint,
+                },
+                0,
+            );
             note_following(now);
         }
         EventKind::Drop | EventKind::Deliver if tracked => {
@@ -318,10 +343,33 @@ fn map_key(skb: u64) -> u64 {
     unsafe { read_volatile(&raw const skb) }
 }
 
-/// Whether `skb` is being followed (and was seen recently).
+/// A followed skb (`TRACKED` value): when it started being followed, and the fingerprint of
+/// its tuple at its last reported hop.
+#[repr(C)]
+pub struct Followed {
+    pub seen_ns: u64,
+    pub tuple: u64,
+}
+
+/// The fingerprint of `skb`'s tuple at its last hop, if it is followed (and seen recently).
 #[inline(always)]
-pub fn is_tracked(skb: u64, now: u64) -> bool {
+fn followed_as(skb: u64, now: u64) -> Option<u64> {
     // SAFETY: the pointer is into map memory, read once.
-    unsafe { TRACKED.get(&map_key(skb)) }
-        .is_some_and(|seen| now.wrapping_sub(*seen) < TRACK_STALE_NS)
+    let followed = unsafe { TRACKED.get(&map_key(skb)) }?;
+    (now.wrapping_sub(followed.seen_ns) < TRACK_STALE_NS).then_some(followed.tuple)
+}
+
+/// The five words of a tuple folded into one: equal tuples give equal fingerprints.
+#[inline(always)]
+fn tuple_fingerprint(tuple: &Tuple) -> u64 {
+    let words = core::ptr::from_ref(tuple).cast::<u64>();
+    let mut fingerprint = 0u64;
+    let mut index = 0;
+    while index < size_of::<Tuple>() / 8 {
+        // SAFETY: `Tuple` is 8-aligned and 40 bytes long.
+        let word = unsafe { read_volatile(words.add(index)) };
+        fingerprint = fingerprint.rotate_left(13) ^ word;
+        index += 1;
+    }
+    fingerprint
 }

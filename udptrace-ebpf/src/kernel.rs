@@ -260,6 +260,12 @@ pub fn record_field(record: u64, off: u32, size: u32) -> Result<u64, ReadError> 
     }
 }
 
+/// Whether `skb` carries a conntrack entry (`skb->_nfct`), i.e. may have been NAT'd here.
+#[inline(always)]
+pub fn has_conntrack(skb: u64, access: Access) -> bool {
+    field::<u64>(skb, offset(|o| &o.skb_nfct), access).is_ok_and(|nfct| nfct & !7 != 0)
+}
+
 /// `IP_CT_DIR_ORIGINAL`/`IP_CT_DIR_REPLY` tuples and status of the skb's conntrack entry
 /// (`skb->_nfct & NFCT_PTRMASK`, include/linux/skbuff.h; `struct nf_conn`,
 /// include/net/netfilter/nf_conntrack.h). `false` when the skb has none or the kernel's BTF

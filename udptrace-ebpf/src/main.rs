@@ -48,10 +48,11 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
 
-/// skbs of datagrams that matched the filter at some hop → when last seen (ktime ns);
-/// followed until freed, delivered or stale (see `emit`).
+/// skbs of datagrams that matched the filter at some hop → when followed (ktime ns) and
+/// their tuple's fingerprint at the last hop; followed until freed, delivered or stale (see
+/// `emit`).
 #[map(name = "TRACKED")]
-static TRACKED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+static TRACKED: LruHashMap<u64, emit::Followed> = LruHashMap::with_max_entries(16_384, 0);
 
 /// When the latest skb started being followed (ktime ns; 0: never), so that hooks skip
 /// `TRACKED` lookups while nothing can be in it (see `emit`).
