@@ -7,13 +7,24 @@ use std::os::fd::AsRawFd as _;
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tokio::io::unix::AsyncFd;
 use udptrace_common::{
     event::{COUNTER_COUNT, Counter, FlowCount, FlowCountKey},
     names::{COUNTERS_MAP, EVENTS_MAP, FLOW_COUNTS_MAP},
 };
+
+/// Takes map `name` out of the loaded object as the map type `M` (`what` names it in errors).
+fn take<M>(ebpf: &mut Ebpf, name: &str, what: &str) -> anyhow::Result<M>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))?;
+    M::try_from(map).with_context(|| format!("opening the {what}"))
+}
 
 /// The ring buffer, registered with tokio.
 pub struct EventRing {
@@ -22,10 +33,7 @@ pub struct EventRing {
 
 impl EventRing {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(EVENTS_MAP)
-            .ok_or_else(|| anyhow!("map {EVENTS_MAP} missing from the embedded object"))?;
-        let ring = RingBuf::try_from(map).context("opening the events ring buffer")?;
+        let ring: RingBuf<MapData> = take(ebpf, EVENTS_MAP, "events ring buffer")?;
         let fd = ring.as_raw_fd();
         // SAFETY: the RingBuf owns its fd and moves into the AsyncFd, which drops it: the fd
         // stays open for as long as it is registered.
@@ -73,11 +81,8 @@ pub struct Counters {
 
 impl Counters {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(COUNTERS_MAP)
-            .ok_or_else(|| anyhow!("map {COUNTERS_MAP} missing from the embedded object"))?;
         Ok(Self {
-            array: PerCpuArray::try_from(map).context("opening the counters map")?,
+            array: take(ebpf, COUNTERS_MAP, "counters map")?,
         })
     }
 
@@ -102,11 +107,8 @@ pub struct FlowCounts {
 
 impl FlowCounts {
     pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let map = ebpf
-            .take_map(FLOW_COUNTS_MAP)
-            .ok_or_else(|| anyhow!("map {FLOW_COUNTS_MAP} missing from the embedded object"))?;
         Ok(Self {
-            map: PerCpuHashMap::try_from(map).context("opening the flow counts map")?,
+            map: take(ebpf, FLOW_COUNTS_MAP, "flow counts map")?,
         })
     }
 
