@@ -111,6 +111,8 @@ pub struct Diagnosis {
     /// (flow, tally) → the verdict those events count towards, so that events the kernel
     /// counted without writing them (sampled out, lost) count there too (`count_in_kernel`).
     tally_verdicts: HashMap<(FlowKey, Tally), usize>,
+    /// The verdict the event being observed counted towards, if any.
+    counted: Option<usize>,
     history: VecDeque<TraceEvent>,
     sockets: SocketLister,
     rules: RuleLister,
@@ -125,6 +127,7 @@ impl Diagnosis {
             requests: HashMap::new(),
             explained: HashMap::new(),
             tally_verdicts: HashMap::new(),
+            counted: None,
             history: VecDeque::new(),
             sockets,
             rules: Box::new(|_, _| None),
@@ -141,12 +144,7 @@ impl Diagnosis {
     /// Feeds one event to the rules.
     pub fn observe(&mut self, event: &TraceEvent) {
         self.flows.record(event);
-        let tally = Tally::of(event);
-        let counts: Vec<u64> = if tally.is_some() {
-            self.verdicts.iter().map(|v| v.count).collect()
-        } else {
-            Vec::new()
-        };
+        self.counted = None;
         match &event.what {
             What::Deliver { socket } => self.on_deliver(event, socket),
             What::Xmit => self.on_xmit(event),
@@ -166,9 +164,8 @@ impl Diagnosis {
             | What::Connect { .. }
             | What::Lookup { .. } => {}
         }
-        if let Some(tally) = tally
-            && let Some(index) = (0..self.verdicts.len())
-                .find(|&i| counts.get(i).is_none_or(|&c| self.verdicts[i].count > c))
+        if let Some(tally) = Tally::of(event)
+            && let Some(index) = self.counted
         {
             self.tally_verdicts
                 .insert((FlowKey::of(event), tally), index);
@@ -213,10 +210,16 @@ impl Diagnosis {
         let Some(&index) = self.index.get(&(key, code)) else {
             return false;
         };
+        self.count_occurrence(index, event);
+        true
+    }
+
+    /// `event` is another occurrence of verdict `index`.
+    fn count_occurrence(&mut self, index: usize, event: &TraceEvent) {
         let verdict = &mut self.verdicts[index];
         verdict.count += 1;
         verdict.add_evidence(event);
-        true
+        self.counted = Some(index);
     }
 
     fn verdict(
@@ -227,9 +230,7 @@ impl Diagnosis {
         make: impl FnOnce() -> (String, Vec<String>, String),
     ) -> usize {
         if let Some(&index) = self.index.get(&(key, code)) {
-            let verdict = &mut self.verdicts[index];
-            verdict.count += 1;
-            verdict.add_evidence(event);
+            self.count_occurrence(index, event);
             return index;
         }
         let (summary, evidence, fix) = make();
@@ -252,6 +253,7 @@ impl Diagnosis {
         });
         let index = self.verdicts.len() - 1;
         self.index.insert((key, code), index);
+        self.counted = Some(index);
         index
     }
 
@@ -307,8 +309,7 @@ impl Diagnosis {
         }
         let datagram = (replied_from, client);
         if let Some(&index) = self.explained.get(&datagram) {
-            self.verdicts[index].count += 1;
-            self.verdicts[index].add_evidence(event);
+            self.count_occurrence(index, event);
             return;
         }
         let key = FlowKey::new(client, request.server);
