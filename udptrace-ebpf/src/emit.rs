@@ -151,16 +151,17 @@ pub fn submit(
         && (want_pid == 0 || context == Context::Softirq || header.pid == want_pid);
     let matches = selected && FILTER.matches(&event.tuple, kind == EventKind::IcmpError);
     // Whether the skb is followed costs a clock read and a hash lookup: paid only by datagrams
-    // that match (to flag and refresh them) or while something is followed at all, not by
-    // the traffic a filter is there to ignore.
-    if !matches && (!selected || skb == 0 || !following_anything()) {
+    // that match (to flag and refresh them) or once something was followed, not by the
+    // traffic a filter is there to ignore; and the lookup only while something may be fresh.
+    let since = following_since();
+    if !matches && (!selected || skb == 0 || since == 0) {
         count(Counter::FilteredOut);
         return false;
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let fingerprint = tuple_fingerprint(&event.tuple);
-    let followed = if skb == 0 {
+    let followed = if skb == 0 || now.wrapping_sub(since) >= TRACK_STALE_NS {
         None
     } else {
         followed_as(skb, now)
@@ -306,16 +307,21 @@ fn counted_and_shown(event: &Event, kind: EventKind, tracked: bool, now: u64) ->
 /// was reused.
 const TRACK_STALE_NS: u64 = 1_000_000_000;
 
-/// Whether any skb started being followed within `TRACK_STALE_NS`: until then, no `TRACKED`
-/// entry can be fresh and no lookup is needed. Read without a clock while nothing was ever
-/// followed (the filter matched nothing yet).
+/// When an skb last started being followed (ktime ns, to the millisecond); 0 when none ever
+/// was. More than `TRACK_STALE_NS` ago, no `TRACKED` entry can be fresh and no lookup is
+/// needed.
+#[inline(always)]
+fn following_since() -> u64 {
+    FOLLOWING_SINCE.get(0).copied().unwrap_or(0)
+}
+
+/// Whether any skb started being followed within `TRACK_STALE_NS`; read without a clock while
+/// nothing was ever followed (the filter matched nothing yet).
 #[inline(always)]
 pub fn following_anything() -> bool {
-    match FOLLOWING_SINCE.get(0) {
-        Some(&0) | None => false,
-        // SAFETY: bpf_ktime_get_ns has no preconditions.
-        Some(&last) => unsafe { bpf_ktime_get_ns() }.wrapping_sub(last) < TRACK_STALE_NS,
-    }
+    let since = following_since();
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    since != 0 && unsafe { bpf_ktime_get_ns() }.wrapping_sub(since) < TRACK_STALE_NS
 }
 
 /// Records that an skb is followed as of `now`. Shared by all CPUs, so written only when the

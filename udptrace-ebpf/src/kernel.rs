@@ -127,9 +127,10 @@ pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
             [header[16], header[17], header[18], header[19]],
         );
         let ihl = u32::from(header[0] & 0x0f) * 4;
-        let ports = if ihl == 20 {
+        let ports = if ihl == 20 || header[9] != IPPROTO_UDP {
             [header[20], header[21], header[22], header[23]]
         } else {
+            // IP options: the UDP header is further on.
             read(net.header, ihl)?
         };
         (header[9], ports)
