@@ -2,7 +2,8 @@
 //!
 //! Data flows one way through these modules:
 //! kernel hooks (`udptrace-ebpf`) → `probes` (load/attach) → `stream` (ring buffer, counters)
-//! → `decode` (raw records → domain events) → `render` (text / JSON).
+//! → `decode` (raw records → domain events) → `reorder` (back in kernel-time order) → `flows`
+//! (flow table, verdicts) → `render` (text / JSON).
 //! `kernel` holds everything learnt from the running kernel at start-up (BTF offsets, tracefs
 //! formats, drop-reason names, symbols); `filter` compiles expressions for the kernel; `lab`
 //! builds private namespaces and peers that reproduce incidents.
@@ -21,6 +22,7 @@ pub mod lab_command;
 pub mod probes;
 pub mod procs;
 pub mod render;
+pub mod reorder;
 pub mod sanitize;
 pub mod session;
 pub mod shutdown;

@@ -33,6 +33,7 @@ use crate::{
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
     render::{Output, Stats},
+    reorder::{REORDER_WINDOW, Reorder},
     sockets::{receive_buffers_in, udp_sockets_in},
     stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
@@ -70,6 +71,8 @@ pub struct Tracer {
     knowledge: Knowledge,
     clock: WallClock,
     config: TraceConfig,
+    /// Decoded events waiting for earlier ones still on their way (see `reorder`).
+    pending: Reorder<decode::TraceEvent>,
     diagnosis: Diagnosis,
 }
 
@@ -154,6 +157,7 @@ impl Tracer {
             knowledge,
             clock: WallClock::now(),
             config,
+            pending: Reorder::default(),
         })
     }
 
@@ -194,7 +198,9 @@ impl Tracer {
                 }
                 _ = drain_tick.tick() => self.drain(output, &mut stats),
                 _ = verdict_tick.tick() => {
-                    for verdict in self.diagnosis.ready(monotonic_ns(), false) {
+                    // Evidence is observed a reorder window after it happened.
+                    let observed_until = monotonic_ns().saturating_sub(REORDER_WINDOW.as_nanos() as u64);
+                    for verdict in self.diagnosis.ready(observed_until, false) {
                         output.verdict(&verdict);
                     }
                 }
@@ -220,8 +226,11 @@ impl Tracer {
                 () = &mut stop => break,
             }
         }
-        // Records already in the ring belong to this run.
+        // Records already in the ring belong to this run, and nothing earlier than the held
+        // events can come any more.
         self.drain(output, &mut stats);
+        let rest = self.pending.release_all();
+        self.observe(rest, output, &mut stats);
         let counters = self.counters.read()?;
         let lost = counters.get(Counter::Lost);
         if lost > last_lost {
@@ -269,21 +278,14 @@ impl Tracer {
         self.config.count.is_some_and(|count| stats.events >= count)
     }
 
+    /// Decodes what the ring holds, then shows and diagnoses the events whose turn has come.
     fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) {
-        let limit = self.config.count;
         let knowledge = &self.knowledge;
         let clock = &self.clock;
-        let diagnosis = &mut self.diagnosis;
+        let pending = &mut self.pending;
         self.ring.drain(|bytes| {
-            if limit.is_some_and(|limit| stats.events >= limit) {
-                return;
-            }
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
-                Ok(event) => {
-                    stats.events += 1;
-                    output.event(&event);
-                    diagnosis.observe(&event);
-                }
+                Ok(event) => pending.push(event.ts_ns, event),
                 Err(error) => {
                     stats.decode_errors += 1;
                     if stats.decode_errors == 1 {
@@ -292,6 +294,25 @@ impl Tracer {
                 }
             }
         });
+        let due = self.pending.release(monotonic_ns());
+        self.observe(due, output, stats);
+    }
+
+    /// Shows `events` (in kernel-time order) and feeds them to the rules, up to `--count`.
+    fn observe(
+        &mut self,
+        events: Vec<decode::TraceEvent>,
+        output: &mut dyn Output,
+        stats: &mut Stats,
+    ) {
+        for event in events {
+            if self.reached_count(stats) {
+                break;
+            }
+            stats.events += 1;
+            output.event(&event);
+            self.diagnosis.observe(&event);
+        }
         output.flush();
     }
 }

@@ -812,6 +812,101 @@ mod tests {
         assert_eq!(diagnosis.verdicts()[0].count, 2, "a second reply counts");
     }
 
+    /// The wrong-source reply of `lab run wrong-source-reply-v6` as a function-probe kernel
+    /// reports it: the request delivered to a wildcard socket, the reply's route and first
+    /// hop from the bridge address, its arrival, and its drop at the client, whose connected
+    /// socket is on the port (so a drop judged before the reply's first hop would also read
+    /// as a connected-socket mismatch).
+    fn wrong_source_reply_v6() -> (Vec<TraceEvent>, SocketLister) {
+        let client = "[2001:db8:1::2]:40000";
+        let wildcard = SocketInfo {
+            local: "[::]:4000".into(),
+            ..wildcard_socket()
+        };
+        let events = vec![
+            event(
+                What::Deliver { socket: wildcard },
+                client,
+                "[2001:db8::1]:4000",
+                1_000,
+            ),
+            event(
+                What::Route {
+                    direction: "output",
+                    device: "br0".into(),
+                    table: 254,
+                    error: None,
+                },
+                "[::]:4000",
+                client,
+                2_000,
+            ),
+            event(What::Xmit, "[2001:db8:1::1]:4000", client, 3_000),
+            event(What::Recv, "[2001:db8:1::1]:4000", client, 4_000),
+            event(drop("NO_SOCKET"), "[2001:db8:1::1]:4000", client, 5_000),
+        ];
+        let sockets: SocketLister = Box::new(|_| {
+            Some(vec![(
+                UdpSocketEntry {
+                    local: "[2001:db8:1::2]:40000".parse().unwrap(),
+                    peer: Some("[2001:db8::1]:4000".parse().unwrap()),
+                    rx_queue: 0,
+                    inode: 5,
+                    drops: 0,
+                    rcvbuf: None,
+                },
+                Some("client[9]".into()),
+            )])
+        });
+        (events, sockets)
+    }
+
+    /// Every order the ring buffer may deliver the events in (events of different CPUs come
+    /// in the order they were reserved, not by time) gives the same verdict once the events
+    /// went through the reorder stage, as session.rs does.
+    #[test]
+    fn verdicts_do_not_depend_on_ring_order() {
+        let (events, _) = wrong_source_reply_v6();
+        let mut orders = vec![Vec::new()];
+        for index in 0..events.len() {
+            orders = orders
+                .into_iter()
+                .flat_map(|order: Vec<usize>| {
+                    (0..=order.len()).map(move |at| {
+                        let mut longer = order.clone();
+                        longer.insert(at, index);
+                        longer
+                    })
+                })
+                .collect();
+        }
+        assert_eq!(orders.len(), 120, "every permutation of five events");
+        let mut outcomes = Vec::new();
+        for order in orders {
+            let (events, sockets) = wrong_source_reply_v6();
+            let mut diagnosis = Diagnosis::new(sockets);
+            let mut reorder = crate::reorder::Reorder::default();
+            for index in order {
+                reorder.push(events[index].ts_ns, events[index].clone());
+            }
+            for event in reorder.release_all() {
+                diagnosis.observe(&event);
+            }
+            let verdicts: Vec<_> = diagnosis
+                .ready(u64::MAX, true)
+                .into_iter()
+                .map(|v| (v.code, v.summary, v.evidence, v.count))
+                .collect();
+            outcomes.push(verdicts);
+        }
+        assert_eq!(outcomes[0].len(), 1, "{:#?}", outcomes[0]);
+        assert_eq!(outcomes[0][0].0, REPLY_SOURCE_MISMATCH);
+        assert!(
+            outcomes.iter().all(|outcome| *outcome == outcomes[0]),
+            "the same verdict in every order"
+        );
+    }
+
     #[test]
     fn function_probes_show_how_the_reply_was_sent() {
         let mut diagnosis = Diagnosis::new(no_sockets());
