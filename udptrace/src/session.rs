@@ -2,6 +2,7 @@
 //! decode → output, until a signal, `--count` or `--duration` ends it.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     future::Future,
     net::SocketAddr,
@@ -23,17 +24,16 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
-    firewall::rules_dropping_port,
+    firewall::parse_ruleset,
     flows::{
         table::{FlowKey, Tally, canonical},
         verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
     host::{ifindex_in, preflight},
     knowledge::Knowledge,
+    namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
-    procs::Processes,
     render::{Output, Stats},
-    sockets::{receive_buffers_in, udp_sockets_in},
     stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
 
@@ -71,6 +71,8 @@ pub struct Tracer {
     clock: WallClock,
     config: TraceConfig,
     diagnosis: Diagnosis,
+    /// Shared with the diagnosis' socket and rule listers.
+    namespaces: Rc<RefCell<Namespaces>>,
 }
 
 /// Tells the programs which hooks attached where that changes what another hook reports.
@@ -141,10 +143,14 @@ impl Tracer {
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let flow_counts = FlowCounts::take(&mut ebpf)?;
-        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)))
-            .with_rules(rule_lister(Rc::clone(&knowledge.processes)));
+        let namespaces = Rc::new(RefCell::new(Namespaces::new(Rc::clone(
+            &knowledge.processes,
+        ))));
+        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces)))
+            .with_rules(rule_lister(Rc::clone(&namespaces)));
         Ok(Self {
             diagnosis,
+            namespaces,
             _ebpf: ebpf,
             probes,
             filter,
@@ -199,6 +205,7 @@ impl Tracer {
                     }
                 }
                 _ = tick.tick() => {
+                    self.namespaces.borrow_mut().release_idle(monotonic_ns());
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
@@ -297,31 +304,21 @@ impl Tracer {
 }
 
 /// Lists a namespace's UDP sockets with their owners, for verdicts.
-fn socket_lister(processes: Rc<Processes>) -> SocketLister {
-    Box::new(move |netns| {
-        let path = processes.netns_path(netns)?;
-        let entries = udp_sockets_in(&path).ok()?;
-        let buffers = receive_buffers_in(&path).unwrap_or_default();
-        Some(
-            entries
-                .into_iter()
-                .map(|mut entry| {
-                    entry.rcvbuf = buffers.get(&entry.inode).copied();
-                    let owner = processes
-                        .socket_owner(entry.inode)
-                        .map(|(pid, comm)| format!("{comm}[{pid}]"));
-                    (entry, owner)
-                })
-                .collect(),
-        )
+fn socket_lister(namespaces: Rc<RefCell<Namespaces>>) -> SocketLister {
+    Box::new(move |event| {
+        namespaces
+            .borrow_mut()
+            .sockets(event.netns, event.ts_ns, monotonic_ns())
     })
 }
 
 /// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
-fn rule_lister(processes: Rc<Processes>) -> RuleLister {
-    Box::new(move |netns, port| {
-        let path = processes.netns_path(netns)?;
-        rules_dropping_port(&path, port).ok()
+fn rule_lister(namespaces: Rc<RefCell<Namespaces>>) -> RuleLister {
+    Box::new(move |event| {
+        let ruleset = namespaces
+            .borrow_mut()
+            .ruleset(event.netns, event.ts_ns, monotonic_ns())?;
+        Some(parse_ruleset(&ruleset, event.dport))
     })
 }
 
