@@ -8,7 +8,13 @@
 //! reused once freed). A namespace unused for `IDLE` is released, so that deleted namespaces do
 //! not live on in udptrace.
 
-use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt as _, rc::Rc, time::Duration};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    rc::Rc,
+    time::Duration,
+};
 
 use crate::{
     firewall::ruleset_in,
@@ -128,24 +134,23 @@ fn namespace<'a>(
     netns: u32,
     now: u64,
 ) -> Option<&'a mut Namespace> {
-    if !namespaces.contains_key(&netns) {
-        let file = File::open(processes.netns_path(netns)?).ok()?;
-        // The path was found by an earlier /proc scan: make sure it still leads there.
-        if file.metadata().ok()?.ino() != u64::from(netns) {
-            return None;
-        }
-        namespaces.insert(
-            netns,
-            Namespace {
+    let namespace = match namespaces.entry(netns) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let file = File::open(processes.netns_path(netns)?).ok()?;
+            // The path was found by an earlier /proc scan: make sure it still leads there.
+            if file.metadata().ok()?.ino() != u64::from(netns) {
+                return None;
+            }
+            entry.insert(Namespace {
                 file,
                 diag: None,
                 sockets: None,
                 ruleset: None,
                 used: now,
-            },
-        );
-    }
-    let namespace = namespaces.get_mut(&netns)?;
+            })
+        }
+    };
     namespace.used = now;
     Some(namespace)
 }

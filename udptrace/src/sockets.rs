@@ -299,6 +299,21 @@ mod tests {
         address
     }
 
+    /// An unconnected (TCP_CLOSE) AF_INET socket on port 9 with nothing queued.
+    fn idle_ipv4_socket(bytes: &mut Vec<u8>, sequence: u32, local: [u8; 4]) {
+        diag_message(
+            bytes,
+            sequence,
+            2,
+            7,
+            (ipv4(local), 9),
+            (ipv4([0, 0, 0, 0]), 0),
+            0,
+            (0, 1),
+            [0; 9],
+        );
+    }
+
     fn done(bytes: &mut Vec<u8>, sequence: u32, code: i32) {
         // NLMSG_DONE = 3, with the dump's status as its payload.
         netlink_header(bytes, 20, 3, 2, sequence);
@@ -322,17 +337,7 @@ mod tests {
             [2304, 8192, 0, 212_992, 0, 0, 0, 0, 491],
         );
         // Left over from an abandoned dump: skipped.
-        diag_message(
-            &mut bytes,
-            6,
-            2,
-            7,
-            (ipv4([192, 0, 2, 9]), 9),
-            (ipv4([0, 0, 0, 0]), 0),
-            0,
-            (0, 1),
-            [0; 9],
-        );
+        idle_ipv4_socket(&mut bytes, 6, [192, 0, 2, 9]);
         let v6: Ipv6Addr = "2001:db8::1".parse().unwrap();
         let peer6: Ipv6Addr = "2001:db8::2".parse().unwrap();
         diag_message(
@@ -395,17 +400,7 @@ mod tests {
         assert_eq!(error.raw_os_error(), Some(libc::EBUSY), "{error}");
 
         let mut truncated = Vec::new();
-        diag_message(
-            &mut truncated,
-            3,
-            2,
-            7,
-            (ipv4([192, 0, 2, 1]), 1),
-            (ipv4([0, 0, 0, 0]), 0),
-            0,
-            (0, 1),
-            [0; 9],
-        );
+        idle_ipv4_socket(&mut truncated, 3, [192, 0, 2, 1]);
         truncated.truncate(60);
         let error = decode_dump(&truncated, 3, &mut Vec::new()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
