@@ -52,8 +52,11 @@ struct Namespace {
     /// Held to pin the namespace (see the module comment) and to enter it.
     file: File,
     diag: Option<SockDiag>,
-    sockets: Option<Snapshot<SocketList>>,
-    ruleset: Option<Snapshot<Rc<str>>>,
+    /// The last listing, or the failure to list (retried after the interval like a listing,
+    /// not for every new flow).
+    sockets: Option<Snapshot<Option<SocketList>>>,
+    /// The last ruleset read, or the failure to read it.
+    ruleset: Option<Snapshot<Option<Rc<str>>>>,
     used: u64,
 }
 
@@ -78,29 +81,14 @@ impl Namespaces {
         if let Some(list) =
             Snapshot::answer(namespace.sockets.as_ref(), event, now, SOCKETS_REFRESH)
         {
-            return Some(list);
+            return list;
         }
-        let diag = match &mut namespace.diag {
-            Some(diag) => diag,
-            empty => empty.insert(SockDiag::open_in(&namespace.file).ok()?),
-        };
-        let entries = diag.udp_sockets().ok()?;
-        // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited.
-        let list: SocketList = entries
-            .into_iter()
-            .map(|entry| {
-                let owner = self
-                    .processes
-                    .socket_owner(entry.inode)
-                    .map(|(pid, comm)| format!("{comm}[{pid}]"));
-                (entry, owner)
-            })
-            .collect();
+        let list = list_sockets(&mut namespace.diag, &namespace.file, &self.processes);
         namespace.sockets = Some(Snapshot {
             taken: now,
-            value: Rc::clone(&list),
+            value: list.clone(),
         });
-        Some(list)
+        list
     }
 
     /// The nftables ruleset of namespace `netns` (`nft -a list ruleset`) for an event at
@@ -109,14 +97,14 @@ impl Namespaces {
         let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
         if let Some(text) = Snapshot::answer(namespace.ruleset.as_ref(), event, now, RULES_REFRESH)
         {
-            return Some(text);
+            return text;
         }
-        let text: Rc<str> = ruleset_in(&namespace.file).ok()?.into();
+        let text = ruleset_in(&namespace.file).ok().map(Rc::from);
         namespace.ruleset = Some(Snapshot {
             taken: now,
-            value: Rc::clone(&text),
+            value: text.clone(),
         });
-        Some(text)
+        text
     }
 
     /// Releases the namespaces nobody asked about for `IDLE`.
@@ -125,6 +113,32 @@ impl Namespaces {
             u128::from(now.saturating_sub(namespace.used)) < IDLE.as_nanos()
         });
     }
+}
+
+/// The UDP sockets of the namespace `netns` refers to, through its sock_diag socket (opened on
+/// first use), with their owners.
+fn list_sockets(
+    diag: &mut Option<SockDiag>,
+    netns: &File,
+    processes: &Processes,
+) -> Option<SocketList> {
+    let diag = match diag {
+        Some(diag) => diag,
+        empty => empty.insert(SockDiag::open_in(netns).ok()?),
+    };
+    let entries = diag.udp_sockets().ok()?;
+    // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited.
+    Some(
+        entries
+            .into_iter()
+            .map(|entry| {
+                let owner = processes
+                    .socket_owner(entry.inode)
+                    .map(|(pid, comm)| format!("{comm}[{pid}]"));
+                (entry, owner)
+            })
+            .collect(),
+    )
 }
 
 /// Namespace `netns`, opened on first use through a path /proc or /run/netns gives it.
