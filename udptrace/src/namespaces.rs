@@ -118,15 +118,20 @@ impl Namespaces {
 /// The UDP sockets of the namespace `netns` refers to, through its sock_diag socket (opened on
 /// first use), with their owners.
 fn list_sockets(
-    diag: &mut Option<SockDiag>,
+    diag_slot: &mut Option<SockDiag>,
     netns: &File,
     processes: &Processes,
 ) -> Option<SocketList> {
-    let diag = match diag {
-        Some(diag) => diag,
-        empty => empty.insert(SockDiag::open_in(netns).ok()?),
+    if diag_slot.is_none() {
+        *diag_slot = Some(SockDiag::open_in(netns).ok()?);
+    }
+    let Ok(entries) = diag_slot.as_mut()?.udp_sockets() else {
+        // The rest of a failed dump may still be coming: the next listing gets a new socket
+        // (net/netlink/af_netlink.c `__netlink_dump_start` refuses a dump on a socket whose
+        // previous dump still runs: EBUSY).
+        *diag_slot = None;
+        return None;
     };
-    let entries = diag.udp_sockets().ok()?;
     // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited.
     Some(
         entries
