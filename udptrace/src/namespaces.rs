@@ -132,15 +132,17 @@ fn list_sockets(
         *diag_slot = None;
         return None;
     };
-    // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited.
+    // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited. A
+    // socket no process holds open (or one udptrace could not find) is named by its uid.
     Some(
         entries
             .into_iter()
             .map(|entry| {
-                let owner = processes
-                    .socket_owner(entry.inode)
-                    .map(|(pid, comm)| format!("{comm}[{pid}]"));
-                (entry, owner)
+                let owner = processes.socket_owner(entry.inode).map_or_else(
+                    || format!("uid {}", entry.uid),
+                    |(pid, comm)| format!("{comm}[{pid}]"),
+                );
+                (entry, Some(owner))
             })
             .collect(),
     )

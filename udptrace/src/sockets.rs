@@ -27,7 +27,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use serde::Serialize;
 
-/// A namespace's UDP sockets, each with its owner (`comm[pid]`) when known.
+/// A namespace's UDP sockets, each with its owner: `comm[pid]`, else `uid N`.
 pub type SocketList = Rc<[(UdpSocketEntry, Option<String>)]>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -39,7 +39,7 @@ pub struct UdpSocketEntry {
     /// `udp_diag_get_info`, the `rx_queue` of /proc/net/udp).
     pub rx_queue: u64,
     pub inode: u64,
-    /// Owner of the socket (`idiag_uid`).
+    /// Owner of the socket (`idiag_uid`, `sk_uid`): verdicts name it when no process is found.
     pub uid: u32,
     /// Datagrams the socket dropped (receive buffer full, ...) since it was created
     /// (`SK_MEMINFO_DROPS`).
