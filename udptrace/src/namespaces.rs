@@ -256,4 +256,27 @@ mod tests {
         // An inode no namespace has.
         assert!(namespaces.sockets(1, after, after).is_none());
     }
+
+    /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).
+    #[test]
+    fn reads_a_ruleset_once_per_interval() {
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let first = namespaces
+            .ruleset(netns, now, now)
+            .expect("nft -a list ruleset ran");
+        let soon = now + RULES_REFRESH.as_nanos() as u64 - 1;
+        let again = namespaces.ruleset(netns, soon, soon).unwrap();
+        assert!(
+            Rc::ptr_eq(&first, &again),
+            "nft ran again within the interval"
+        );
+        let later = now + RULES_REFRESH.as_nanos() as u64;
+        let fresh = namespaces.ruleset(netns, later, later).unwrap();
+        assert!(
+            !Rc::ptr_eq(&first, &fresh),
+            "nft did not run after the interval"
+        );
+    }
 }
