@@ -1,18 +1,23 @@
 //! Which nftables rule drops a port: a firewall verdict is only useful with the rule that
 //! fired. Reads `nft -a list ruleset` inside the namespace of the drop; iptables-legacy rules
 //! are not read (nft shows iptables-nft rules, the default on current distributions).
+//!
+//! This is the one subprocess udptrace runs while tracing, and only for firewall drops: the
+//! kernel hands nftables rules out as netlink expressions (NFT_MSG_GETRULE), and only
+//! libnftables turns them back into the rule text a user wrote and can search for. Its
+//! caller (`namespaces`) caches the text per namespace and runs `nft` at most once per
+//! namespace every `RULES_REFRESH`.
 
-use std::{fs::File, os::fd::AsRawFd as _, path::Path, process::Command};
+use std::{fs::File, io, os::fd::AsRawFd as _, process::Command};
 
-/// The drop/reject rules mentioning destination port `port`, each as
-/// `table FAMILY NAME chain CHAIN (hook HOOK): RULE # handle N`.
-pub fn rules_dropping_port(netns_path: &Path, port: u16) -> std::io::Result<Vec<String>> {
-    let file = File::open(netns_path)?;
+/// `nft -a list ruleset` run inside the network namespace `netns` refers to.
+pub fn ruleset_in(netns: &File) -> io::Result<String> {
+    let netns = netns.try_clone()?;
     // A child forked by a thread inherits that thread's network namespace.
-    let text = std::thread::spawn(move || -> std::io::Result<String> {
-        // SAFETY: valid namespace fd; affects only this thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
+    std::thread::spawn(move || -> io::Result<String> {
+        // SAFETY: valid namespace fd; affects only this thread, which ends here.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
         }
         let output = Command::new("nft")
             .args(["-a", "list", "ruleset"])
@@ -20,11 +25,11 @@ pub fn rules_dropping_port(netns_path: &Path, port: u16) -> std::io::Result<Vec<
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     })
     .join()
-    .map_err(|_| std::io::Error::other("nft thread panicked"))??;
-    Ok(parse_ruleset(&text, port))
+    .map_err(|_| io::Error::other("nft thread panicked"))?
 }
 
-/// Pure part of [`rules_dropping_port`].
+/// The drop/reject rules in `text` (an `nft -a list ruleset`) mentioning destination port
+/// `port`, each as `table FAMILY NAME chain CHAIN (hook HOOK): RULE # handle N`.
 pub fn parse_ruleset(text: &str, port: u16) -> Vec<String> {
     let port = port.to_string();
     let mut table = String::new();

@@ -1,7 +1,9 @@
 //! Names for kernel numbers that only /proc and /run know: which process holds a socket
 //! inode (as `ss -p` finds it), and which name a network namespace inode has. Scanning /proc
-//! is expensive on a busy host, so results are cached and a miss rescans at most every
-//! `RESCAN_INTERVAL`.
+//! is expensive on a busy host (a readlink per open file of every process), so results are
+//! cached and a miss rescans at most every `RESCAN_INTERVAL`, or every `RESCAN_COST_FACTOR`
+//! times the last scan's duration when that is longer: a storm of lookups for unknown inodes
+//! (new flows, sockets no process holds) then costs at most about a tenth of a CPU.
 
 use std::{
     cell::RefCell,
@@ -15,6 +17,7 @@ use std::{
 use crate::sanitize::sanitize_kernel_string;
 
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
+const RESCAN_COST_FACTOR: u32 = 10;
 
 #[derive(Default)]
 struct Cache {
@@ -23,6 +26,8 @@ struct Cache {
     /// A file that refers to each namespace, to enter it.
     netns_paths: HashMap<u32, PathBuf>,
     scanned: Option<Instant>,
+    /// How long the last scan took.
+    scan_took: Duration,
 }
 
 /// Socket owners and namespace names, cached.
@@ -60,10 +65,7 @@ impl Processes {
         if let Some(found) = get(&cache) {
             return Some(found);
         }
-        if cache
-            .scanned
-            .is_some_and(|at| at.elapsed() < RESCAN_INTERVAL)
-        {
+        if !may_rescan(cache.scanned, cache.scan_took, Instant::now()) {
             return None;
         }
         rescan(&mut cache, Path::new("/proc"), Path::new("/run/netns"));
@@ -71,8 +73,21 @@ impl Processes {
     }
 }
 
+/// Whether a miss may scan /proc again at `now`, the last scan having started at `scanned` and
+/// taken `took`.
+fn may_rescan(scanned: Option<Instant>, took: Duration, now: Instant) -> bool {
+    let interval = RESCAN_INTERVAL.max(took * RESCAN_COST_FACTOR);
+    scanned.is_none_or(|at| now.duration_since(at) >= interval)
+}
+
 fn rescan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
-    cache.scanned = Some(Instant::now());
+    let started = Instant::now();
+    cache.scanned = Some(started);
+    scan(cache, proc_root, netns_root);
+    cache.scan_took = started.elapsed();
+}
+
+fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
     cache.sockets.clear();
     cache.netns.clear();
     cache.netns_paths.clear();
@@ -151,6 +166,18 @@ mod tests {
     use std::{net::UdpSocket, os::fd::AsRawFd as _};
 
     use super::*;
+
+    #[test]
+    fn rescans_at_most_every_interval_or_ten_scans_time() {
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(may_rescan(None, Duration::ZERO, start));
+        assert!(!may_rescan(Some(start), ms(1), start + ms(99)));
+        assert!(may_rescan(Some(start), ms(1), start + ms(100)));
+        // A 50 ms scan: the next one 500 ms later at the earliest.
+        assert!(!may_rescan(Some(start), ms(50), start + ms(499)));
+        assert!(may_rescan(Some(start), ms(50), start + ms(500)));
+    }
 
     #[test]
     fn parses_socket_links() {

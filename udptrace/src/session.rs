@@ -2,6 +2,7 @@
 //! decode → output, until a signal, `--count` or `--duration` ends it.
 
 use std::{
+    cell::RefCell,
     collections::HashMap,
     future::Future,
     net::SocketAddr,
@@ -21,20 +22,19 @@ use udptrace_common::{
 use crate::{
     cli::NetnsSpec,
     clock::{WallClock, monotonic_ns},
-    decode::{self, KernelNames},
+    decode::{self, KernelNames, What},
     filter::{self, CompiledFilter},
-    firewall::rules_dropping_port,
+    firewall::parse_ruleset,
     flows::{
         table::{FlowKey, Tally, canonical},
         verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
     host::{ifindex_in, preflight},
     knowledge::Knowledge,
+    namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
-    procs::Processes,
     render::{Output, Stats},
     reorder::{REORDER_WINDOW, Reorder},
-    sockets::{receive_buffers_in, udp_sockets_in},
     stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
 
@@ -74,6 +74,8 @@ pub struct Tracer {
     /// Decoded events waiting for earlier ones still on their way (see `reorder`).
     pending: Reorder<decode::TraceEvent>,
     diagnosis: Diagnosis,
+    /// Shared with the diagnosis' socket and rule listers.
+    namespaces: Rc<RefCell<Namespaces>>,
 }
 
 /// Tells the programs which hooks attached where that changes what another hook reports.
@@ -144,10 +146,14 @@ impl Tracer {
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let flow_counts = FlowCounts::take(&mut ebpf)?;
-        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&knowledge.processes)))
-            .with_rules(rule_lister(Rc::clone(&knowledge.processes)));
+        let namespaces = Rc::new(RefCell::new(Namespaces::new(Rc::clone(
+            &knowledge.processes,
+        ))));
+        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces)))
+            .with_rules(rule_lister(Rc::clone(&namespaces)));
         Ok(Self {
             diagnosis,
+            namespaces,
             _ebpf: ebpf,
             probes,
             filter,
@@ -205,6 +211,7 @@ impl Tracer {
                     }
                 }
                 _ = tick.tick() => {
+                    self.namespaces.borrow_mut().release_idle(monotonic_ns());
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
@@ -283,9 +290,20 @@ impl Tracer {
         let knowledge = &self.knowledge;
         let clock = &self.clock;
         let pending = &mut self.pending;
+        let namespaces = &self.namespaces;
         self.ring.drain(|bytes| {
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
-                Ok(event) => pending.push(event.ts_ns, event),
+                Ok(event) => {
+                    if matches!(event.what, What::Drop { .. }) {
+                        // The rules judge this drop a reorder window from now, by the sockets
+                        // its namespace has: list them as the drop left them (a listing
+                        // taken after a drop answers for it), before its socket can close.
+                        namespaces
+                            .borrow_mut()
+                            .sockets(event.netns, event.ts_ns, monotonic_ns());
+                    }
+                    pending.push(event.ts_ns, event);
+                }
                 Err(error) => {
                     stats.decode_errors += 1;
                     if stats.decode_errors == 1 {
@@ -318,31 +336,21 @@ impl Tracer {
 }
 
 /// Lists a namespace's UDP sockets with their owners, for verdicts.
-fn socket_lister(processes: Rc<Processes>) -> SocketLister {
-    Box::new(move |netns| {
-        let path = processes.netns_path(netns)?;
-        let entries = udp_sockets_in(&path).ok()?;
-        let buffers = receive_buffers_in(&path).unwrap_or_default();
-        Some(
-            entries
-                .into_iter()
-                .map(|mut entry| {
-                    entry.rcvbuf = buffers.get(&entry.inode).copied();
-                    let owner = processes
-                        .socket_owner(entry.inode)
-                        .map(|(pid, comm)| format!("{comm}[{pid}]"));
-                    (entry, owner)
-                })
-                .collect(),
-        )
+fn socket_lister(namespaces: Rc<RefCell<Namespaces>>) -> SocketLister {
+    Box::new(move |event| {
+        namespaces
+            .borrow_mut()
+            .sockets(event.netns, event.ts_ns, monotonic_ns())
     })
 }
 
 /// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
-fn rule_lister(processes: Rc<Processes>) -> RuleLister {
-    Box::new(move |netns, port| {
-        let path = processes.netns_path(netns)?;
-        rules_dropping_port(&path, port).ok()
+fn rule_lister(namespaces: Rc<RefCell<Namespaces>>) -> RuleLister {
+    Box::new(move |event| {
+        let ruleset = namespaces
+            .borrow_mut()
+            .ruleset(event.netns, event.ts_ns, monotonic_ns())?;
+        Some(parse_ruleset(&ruleset, event.dport))
     })
 }
 

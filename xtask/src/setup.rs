@@ -12,9 +12,9 @@ use anyhow::{Context as _, bail};
 
 use crate::process::{self, Privilege, output, run};
 
-/// Debian packages the lab and the tests use: iproute2 (`ip netns`, veth, `ss`), nftables (the
-/// firewall scenarios), netcat-openbsd and python3 (the tests reproduce incidents with real
-/// peers too).
+/// Debian packages the lab and the tests use: iproute2 (`ip netns`, veth), nftables (the
+/// firewall scenarios; udptrace's firewall verdicts read the ruleset with `nft`),
+/// netcat-openbsd and python3 (the tests reproduce incidents with real peers too).
 pub const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
 
 /// What `cargo xtask bench` compares udptrace with.

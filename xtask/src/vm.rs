@@ -2,7 +2,7 @@
 //!
 //! For each kernel of [`KERNELS`]: fetch its packages once into a cache (`apt-get download`,
 //! `dpkg -x`, `depmod`), build an initramfs holding busybox, the release `udptrace`, the
-//! integration test binary, the tools the tests use (ip, ss, nft, nc, python3, modprobe) at
+//! integration test binary, the tools the tests use (ip, nft, nc, python3, modprobe) at
 //! their host paths with their libraries, and the kernel's networking modules; boot it (KVM
 //! where it really works, else TCG: the machines here are PVM guests, which hang stock kernels,
 //! ../shared/notes/vm-matrix.md); run `udptrace doctor --json` and the test binary inside; and
@@ -82,7 +82,7 @@ const MODULE_DIRS: &[&str] = &[
 ];
 
 /// Host programs the tests and the lab run, copied with their libraries.
-const TOOLS: &[&str] = &["ip", "ss", "nft", "nc", "python3", "kmod"];
+const TOOLS: &[&str] = &["ip", "nft", "nc", "python3", "kmod"];
 
 struct KernelImage {
     name: String,

@@ -18,7 +18,7 @@ use super::table::{FlowKey, FlowTable, Tally, canonical};
 use crate::{
     decode::{SendCall, TraceEvent, What},
     render::text::summary,
-    sockets::UdpSocketEntry,
+    sockets::SocketList,
 };
 
 /// Wording the send-call refinement of reply_source_mismatch inserts after (and finds).
@@ -94,11 +94,12 @@ struct Request {
     evidence: String,
 }
 
-/// Lists the UDP sockets of a network namespace (by inode); `None` when it cannot be entered.
-pub type SocketLister = Box<dyn Fn(u32) -> Option<Vec<(UdpSocketEntry, Option<String>)>>>;
+/// Lists the UDP sockets of the event's network namespace, as they were at the event or since;
+/// `None` when it cannot be entered.
+pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
 
-/// Lists the firewall rules of a network namespace (by inode) that drop a destination port.
-pub type RuleLister = Box<dyn Fn(u32, u16) -> Option<Vec<String>>>;
+/// Lists the firewall rules of the event's network namespace that drop its destination port.
+pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<String>>>;
 
 pub struct Diagnosis {
     pub flows: FlowTable,
@@ -130,7 +131,7 @@ impl Diagnosis {
             counted: None,
             history: VecDeque::new(),
             sockets,
-            rules: Box::new(|_, _| None),
+            rules: Box::new(|_| None),
         }
     }
 
@@ -417,7 +418,7 @@ impl Diagnosis {
                     What::Drop { location, .. } => location.clone(),
                     _ => String::new(),
                 };
-                let rules = (self.rules)(event.netns, event.dport).unwrap_or_default();
+                let rules = (self.rules)(event).unwrap_or_default();
                 let rule = rules
                     .first()
                     .map_or_else(String::new, |rule| format!(": {rule}"));
@@ -446,7 +447,7 @@ impl Diagnosis {
                 if self.bump(key, RCVBUF_OVERFLOW, event) {
                     return;
                 }
-                let sockets = (self.sockets)(event.netns).unwrap_or_default();
+                let sockets = (self.sockets)(event).unwrap_or_default();
                 let socket = sockets
                     .iter()
                     .find(|(entry, _)| entry.accepts(event.source(), event.destination()))
@@ -517,7 +518,8 @@ impl Diagnosis {
     /// NO_SOCKET: a socket on the port that does not accept the datagram, a NAT reply that
     /// conntrack did not map back, or nothing listening at all.
     fn on_no_socket(&mut self, event: &TraceEvent, key: FlowKey) {
-        // Listing sockets costs a namespace switch and a /proc read: once per flow, not per drop.
+        // Listing sockets costs a sock_diag dump (cached per namespace): once per flow, not per
+        // drop.
         if [
             CONNECTED_SOCKET_MISMATCH,
             NAT_REPLY_MISMATCH,
@@ -528,7 +530,7 @@ impl Diagnosis {
         {
             return;
         }
-        let sockets = (self.sockets)(event.netns).unwrap_or_default();
+        let sockets = (self.sockets)(event).unwrap_or_default();
         let on_port: Vec<_> = sockets
             .iter()
             .filter(|(entry, _)| entry.local.port() == event.dport)
@@ -684,7 +686,10 @@ mod tests {
     use std::net::IpAddr;
 
     use super::*;
-    use crate::decode::{Conntrack, SocketInfo};
+    use crate::{
+        decode::{Conntrack, SocketInfo},
+        sockets::UdpSocketEntry,
+    };
 
     fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         let src: SocketAddr = src.parse().unwrap();
@@ -729,7 +734,7 @@ mod tests {
     }
 
     fn no_sockets() -> SocketLister {
-        Box::new(|_| Some(Vec::new()))
+        Box::new(|_| Some(SocketList::default()))
     }
 
     fn codes(diagnosis: &mut Diagnosis) -> Vec<&'static str> {
@@ -846,17 +851,18 @@ mod tests {
             event(drop("NO_SOCKET"), "[2001:db8:1::1]:4000", client, 5_000),
         ];
         let sockets: SocketLister = Box::new(|_| {
-            Some(vec![(
+            Some(SocketList::from([(
                 UdpSocketEntry {
                     local: "[2001:db8:1::2]:40000".parse().unwrap(),
                     peer: Some("[2001:db8::1]:4000".parse().unwrap()),
                     rx_queue: 0,
                     inode: 5,
+                    uid: 0,
                     drops: 0,
                     rcvbuf: None,
                 },
                 Some("client[9]".into()),
-            )])
+            )]))
         });
         (events, sockets)
     }
@@ -1022,19 +1028,20 @@ mod tests {
 
     #[test]
     fn a_connected_socket_on_the_port_is_named() {
-        let sockets: SocketLister = Box::new(|netns| {
-            assert_eq!(netns, 7);
-            Some(vec![(
+        let sockets: SocketLister = Box::new(|event| {
+            assert_eq!(event.netns, 7);
+            Some(SocketList::from([(
                 UdpSocketEntry {
                     local: "198.51.100.1:4000".parse().unwrap(),
                     peer: Some("198.51.100.2:40000".parse().unwrap()),
                     rx_queue: 0,
                     inode: 5,
+                    uid: 0,
                     drops: 0,
                     rcvbuf: None,
                 },
                 Some("nc[77]".into()),
-            )])
+            )]))
         });
         let mut diagnosis = Diagnosis::new(sockets);
         diagnosis.observe(&event(
@@ -1062,17 +1069,18 @@ mod tests {
     #[test]
     fn the_connect_that_pinned_the_socket_is_evidence() {
         let sockets: SocketLister = Box::new(|_| {
-            Some(vec![(
+            Some(SocketList::from([(
                 UdpSocketEntry {
                     local: "198.51.100.1:4000".parse().unwrap(),
                     peer: Some("198.51.100.2:40000".parse().unwrap()),
                     rx_queue: 0,
                     inode: 5,
+                    uid: 0,
                     drops: 0,
                     rcvbuf: None,
                 },
                 Some("nc[77]".into()),
-            )])
+            )]))
         });
         let mut diagnosis = Diagnosis::new(sockets);
         let mut connect = event(
@@ -1147,8 +1155,8 @@ mod tests {
 
     #[test]
     fn firewall_drops_name_the_rule() {
-        let rules: RuleLister = Box::new(|netns, port| {
-            assert_eq!((netns, port), (7, 5000));
+        let rules: RuleLister = Box::new(|event| {
+            assert_eq!((event.netns, event.dport), (7, 5000));
             Some(vec![
                 "table inet f chain input (hook input): udp dport 5000 drop # handle 2".into(),
             ])

@@ -84,6 +84,11 @@ impl Trace {
         panic!("udptrace did not become ready within 30 s (exit status {status:?})");
     }
 
+    /// The udptrace process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGINT, waits for the exit summary and returns every record.
     pub fn stop(mut self) -> Vec<Value> {
         // Let in-flight events reach the ring buffer and verdicts settle.

@@ -1,0 +1,282 @@
+//! What verdicts need to know about a network namespace besides its events: its UDP sockets
+//! (through sock_diag) and its nftables ruleset, read at most once per interval per namespace
+//! and cached, so that a storm of new flows costs a few reads a second, not one per flow.
+//!
+//! Each namespace a verdict asks about is held open (its file and its sock_diag socket): this
+//! pins it, so that its inode, the key of this cache, cannot be reused by a new namespace while
+//! the cache answers for it (nsfs inodes come from an IDA, fs/nsfs.c `ns_alloc_inum`, and are
+//! reused once freed). A namespace unused for `IDLE` is released, so that deleted namespaces do
+//! not live on in udptrace.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    rc::Rc,
+    time::Duration,
+};
+
+use crate::{
+    firewall::ruleset_in,
+    procs::Processes,
+    sockets::{SockDiag, SocketList},
+};
+
+/// A namespace's sockets are dumped at most this often.
+pub const SOCKETS_REFRESH: Duration = Duration::from_millis(200);
+/// A namespace's ruleset is read (a subprocess: see `firewall`) at most this often.
+pub const RULES_REFRESH: Duration = Duration::from_secs(5);
+/// A namespace nobody asked about for this long is released.
+pub const IDLE: Duration = Duration::from_secs(10);
+
+/// A value read at `taken` (CLOCK_MONOTONIC ns).
+struct Snapshot<T> {
+    taken: u64,
+    value: T,
+}
+
+impl<T: Clone> Snapshot<T> {
+    /// The value if it may answer for an event at `event` (kernel CLOCK_MONOTONIC ns) at time
+    /// `now`: read after the event (it shows the state the event left, or later), or read
+    /// less than `interval` ago (no new read is allowed yet).
+    fn answer(this: Option<&Self>, event: u64, now: u64, interval: Duration) -> Option<T> {
+        this.filter(|snapshot| {
+            snapshot.taken >= event
+                || u128::from(now.saturating_sub(snapshot.taken)) < interval.as_nanos()
+        })
+        .map(|snapshot| snapshot.value.clone())
+    }
+}
+
+struct Namespace {
+    /// Held to pin the namespace (see the module comment) and to enter it.
+    file: File,
+    diag: Option<SockDiag>,
+    /// The last listing, or the failure to list (retried after the interval like a listing,
+    /// not for every new flow).
+    sockets: Option<Snapshot<Option<SocketList>>>,
+    /// The last ruleset read, or the failure to read it.
+    ruleset: Option<Snapshot<Option<Rc<str>>>>,
+    used: u64,
+}
+
+/// The namespaces verdicts asked about, by inode.
+pub struct Namespaces {
+    processes: Rc<Processes>,
+    namespaces: HashMap<u32, Namespace>,
+}
+
+impl Namespaces {
+    pub fn new(processes: Rc<Processes>) -> Self {
+        Self {
+            processes,
+            namespaces: HashMap::new(),
+        }
+    }
+
+    /// The UDP sockets of namespace `netns` for an event at `event` (CLOCK_MONOTONIC ns);
+    /// `None` when the namespace cannot be found or read.
+    pub fn sockets(&mut self, netns: u32, event: u64, now: u64) -> Option<SocketList> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(list) =
+            Snapshot::answer(namespace.sockets.as_ref(), event, now, SOCKETS_REFRESH)
+        {
+            return list;
+        }
+        let list = list_sockets(&mut namespace.diag, &namespace.file, &self.processes);
+        namespace.sockets = Some(Snapshot {
+            taken: now,
+            value: list.clone(),
+        });
+        list
+    }
+
+    /// The nftables ruleset of namespace `netns` (`nft -a list ruleset`) for an event at
+    /// `event`; `None` when it cannot be read.
+    pub fn ruleset(&mut self, netns: u32, event: u64, now: u64) -> Option<Rc<str>> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(text) = Snapshot::answer(namespace.ruleset.as_ref(), event, now, RULES_REFRESH)
+        {
+            return text;
+        }
+        let text = ruleset_in(&namespace.file).ok().map(Rc::from);
+        namespace.ruleset = Some(Snapshot {
+            taken: now,
+            value: text.clone(),
+        });
+        text
+    }
+
+    /// Releases the namespaces nobody asked about for `IDLE`.
+    pub fn release_idle(&mut self, now: u64) {
+        self.namespaces.retain(|_, namespace| {
+            u128::from(now.saturating_sub(namespace.used)) < IDLE.as_nanos()
+        });
+    }
+}
+
+/// The UDP sockets of the namespace `netns` refers to, through its sock_diag socket (opened on
+/// first use), with their owners.
+fn list_sockets(
+    diag_slot: &mut Option<SockDiag>,
+    netns: &File,
+    processes: &Processes,
+) -> Option<SocketList> {
+    if diag_slot.is_none() {
+        *diag_slot = Some(SockDiag::open_in(netns).ok()?);
+    }
+    let Ok(entries) = diag_slot.as_mut()?.udp_sockets() else {
+        // The rest of a failed dump may still be coming: the next listing gets a new socket
+        // (net/netlink/af_netlink.c `__netlink_dump_start` refuses a dump on a socket whose
+        // previous dump still runs: EBUSY).
+        *diag_slot = None;
+        return None;
+    };
+    // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited. A
+    // socket no process holds open (or one udptrace could not find) is named by its uid.
+    Some(
+        entries
+            .into_iter()
+            .map(|entry| {
+                let owner = processes.socket_owner(entry.inode).map_or_else(
+                    || format!("uid {}", entry.uid),
+                    |(pid, comm)| format!("{comm}[{pid}]"),
+                );
+                (entry, Some(owner))
+            })
+            .collect(),
+    )
+}
+
+/// Namespace `netns`, opened on first use through a path /proc or /run/netns gives it.
+fn namespace<'a>(
+    namespaces: &'a mut HashMap<u32, Namespace>,
+    processes: &Processes,
+    netns: u32,
+    now: u64,
+) -> Option<&'a mut Namespace> {
+    let namespace = match namespaces.entry(netns) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let file = File::open(processes.netns_path(netns)?).ok()?;
+            // The path was found by an earlier /proc scan: make sure it still leads there.
+            if file.metadata().ok()?.ino() != u64::from(netns) {
+                return None;
+            }
+            entry.insert(Namespace {
+                file,
+                diag: None,
+                sockets: None,
+                ruleset: None,
+                used: now,
+            })
+        }
+    };
+    namespace.used = now;
+    Some(namespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+
+    use super::*;
+    use crate::clock::monotonic_ns;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_snapshot_answers_for_earlier_events_and_within_its_interval() {
+        let snapshot = Some(Snapshot {
+            taken: 1_000 * MS,
+            value: 7,
+        });
+        let interval = Duration::from_millis(200);
+        // Read after the event: good whatever its age.
+        assert_eq!(
+            Snapshot::answer(snapshot.as_ref(), 900 * MS, 5_000 * MS, interval),
+            Some(7)
+        );
+        // Event after the read, read less than the interval ago: reused (rate limit).
+        assert_eq!(
+            Snapshot::answer(snapshot.as_ref(), 1_100 * MS, 1_150 * MS, interval),
+            Some(7)
+        );
+        // Event after the read, interval passed: read again.
+        assert_eq!(
+            Snapshot::answer(snapshot.as_ref(), 1_100 * MS, 1_200 * MS, interval),
+            None
+        );
+        assert_eq!(Snapshot::<u8>::answer(None, 0, 0, interval), None);
+    }
+
+    #[test]
+    fn lists_each_namespace_once_per_interval_and_releases_idle_ones() {
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        // Bound before the first listing, whose owner lookup scans /proc.
+        let owned = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let first = namespaces.sockets(netns, now, now).unwrap();
+        let (_, owner) = first
+            .iter()
+            .find(|(entry, _)| entry.local == owned.local_addr().unwrap())
+            .expect("the socket is listed");
+        assert!(
+            owner
+                .as_ref()
+                .is_some_and(|owner| owner.ends_with(&format!("[{}]", std::process::id()))),
+            "{owner:?}"
+        );
+        // A socket bound after the listing is not in the cached list within the interval...
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let later = now + 100 * MS;
+        let cached = namespaces.sockets(netns, later, later).unwrap();
+        assert!(
+            Rc::ptr_eq(&first, &cached),
+            "listed again within the interval"
+        );
+        assert!(!cached.iter().any(|(entry, _)| entry.local.port() == port));
+        // ...nor for an event older than the listing (no new read needed)...
+        let old_event = namespaces.sockets(netns, now - MS, now + 300 * MS).unwrap();
+        assert!(Rc::ptr_eq(&first, &old_event));
+        // ...but is once the interval has passed.
+        let after = now + 300 * MS;
+        let fresh = namespaces.sockets(netns, after, after).unwrap();
+        assert!(
+            fresh.iter().any(|(entry, _)| entry.local.port() == port),
+            "a new listing shows the new socket"
+        );
+        assert_eq!(namespaces.namespaces.len(), 1);
+        namespaces.release_idle(after + IDLE.as_nanos() as u64 - 1);
+        assert_eq!(namespaces.namespaces.len(), 1, "still in use");
+        namespaces.release_idle(after + IDLE.as_nanos() as u64);
+        assert!(namespaces.namespaces.is_empty(), "released once idle");
+        // An inode no namespace has.
+        assert!(namespaces.sockets(1, after, after).is_none());
+    }
+
+    /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).
+    #[test]
+    fn reads_a_ruleset_once_per_interval() {
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let first = namespaces
+            .ruleset(netns, now, now)
+            .expect("nft -a list ruleset ran");
+        let soon = now + RULES_REFRESH.as_nanos() as u64 - 1;
+        let again = namespaces.ruleset(netns, soon, soon).unwrap();
+        assert!(
+            Rc::ptr_eq(&first, &again),
+            "nft ran again within the interval"
+        );
+        let later = now + RULES_REFRESH.as_nanos() as u64;
+        let fresh = namespaces.ruleset(netns, later, later).unwrap();
+        assert!(
+            !Rc::ptr_eq(&first, &fresh),
+            "nft did not run after the interval"
+        );
+    }
+}
