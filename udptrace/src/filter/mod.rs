@@ -29,8 +29,8 @@ use std::fmt;
 use udptrace_common::{
     event::{AF_INET, AF_INET6, Tuple},
     filter::{
-        DIR_DST, DIR_EITHER, DIR_SRC, Filter, FilterInsn, OP_ICMP4, OP_ICMP6, OP_IPV4, OP_IPV6,
-        OP_NET, OP_PORT, OP_TRUE, TARGET_MATCH, TARGET_MISS,
+        DIR_DST, DIR_EITHER, DIR_SRC, FILTER_MAX_INSNS, Filter, FilterInsn, OP_ICMP4, OP_ICMP6,
+        OP_IPV4, OP_IPV6, OP_NET, OP_PORT, OP_TRUE, TARGET_MATCH, TARGET_MISS,
     },
 };
 
@@ -326,6 +326,25 @@ pub fn compile(args: &[String]) -> Result<CompiledFilter, FilterError> {
         ast,
         program,
     })
+}
+
+/// The costliest accepted expression known, which the benchmark and the tests load to measure
+/// the size limit: [`FILTER_MAX_INSNS`] terms in `(net ... or not port ...)` pairs joined by
+/// `and`, the shape the verifier took longest on (each test is reached from two others), and
+/// the kernel runs every one of its tests on an IPv4 datagram, which it then does not match
+/// unless the datagram is from or to port 9 (and none of ports 1000-1062).
+pub fn costliest_expression() -> String {
+    let pairs = FILTER_MAX_INSNS / 2;
+    (0..pairs)
+        .map(|i| {
+            if i + 1 < pairs {
+                format!("(net 2001:db8:{i:x}::/48 or not port {})", 1000 + i)
+            } else {
+                "(net 2001:db8:ffff::/48 or port 9)".to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 #[cfg(test)]

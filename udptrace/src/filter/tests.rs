@@ -216,6 +216,20 @@ fn oversized_expressions_are_rejected_at_the_first_term_too_many() {
     assert_eq!(e.position, qualified.rfind("port").unwrap());
 }
 
+#[test]
+fn the_costliest_expression_is_the_largest_and_runs_every_test_on_ipv4() {
+    let costliest = compile(&[costliest_expression()]).unwrap();
+    assert_eq!(costliest.program.len as usize, FILTER_MAX_INSNS);
+    assert!(compile(&[costliest_expression() + " or udp"]).is_err());
+    assert!(!check(
+        &costliest_expression(),
+        &v4(A, 40_000, B, 7_000),
+        false
+    ));
+    assert!(check(&costliest_expression(), &v4(A, 40_000, B, 9), false));
+    assert!(!check(&costliest_expression(), &v4(A, 1_000, B, 9), false));
+}
+
 /// Item 5 of issue 12: 101,000 `or` terms overflowed the stack (recursion proportional to the
 /// input). Now nothing proportional to the input is recursive: every one of these ends in a
 /// clean error, on a test thread's 2 MiB stack.
