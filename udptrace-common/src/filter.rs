@@ -22,14 +22,17 @@
 //! `read_volatile` so that the compiler cannot constant-fold the all-zero placeholder that the
 //! loader overwrites.
 
-use core::ptr::read_volatile;
+use core::{mem::offset_of, ptr::read_volatile};
 
 use crate::event::{AF_INET, AF_INET6, Tuple};
 
-/// Most tests in one program; longer expressions are rejected by the compiler. Verification
-/// time grows linearly with it (about 1 ms per 100 address tests per hook on Linux 6.18, see
-/// `udptrace/tests/integration/filters.rs`), and so does the worst case of the filter on the
-/// hot path (every datagram on the host runs it).
+/// Most tests in one program (one per term of the expression); longer expressions are
+/// rejected by the parser. Verification grows linearly with it: on Linux 6.18 the eleven
+/// programs of a run take about 25k instructions to verify with one test, and 165k-280k with
+/// 128 depending on the shape (`udptrace::filter::costliest_expression` is the costliest
+/// measured), which makes udptrace ready about 0.3 s later; the integration tests hold it under
+/// a second. The hot path grows with it too: a datagram matched against all 128 tests costs a
+/// few ns per test at each hook (bench/results.md, costliest filter row).
 pub const FILTER_MAX_INSNS: usize = 128;
 
 /// Matches every event (`udp`).
@@ -177,8 +180,8 @@ fn insn_holds(insn: *const FilterInsn, tuple: &Tuple, icmp_error: bool) -> u64 {
             };
             let other_family = family ^ u64::from(wanted);
             let (src, dst) = sides(dir);
-            (src & is_zero(other_family | outside(&tuple.saddr, insn)))
-                | (dst & is_zero(other_family | outside(&tuple.daddr, insn)))
+            (src & is_zero(other_family | outside(tuple, offset_of!(Tuple, saddr), insn)))
+                | (dst & is_zero(other_family | outside(tuple, offset_of!(Tuple, daddr), insn)))
         }
         OP_PORT => {
             let (dir, lo, hi) = unsafe {
@@ -206,16 +209,17 @@ fn sides(dir: u8) -> (u64, u64) {
     (u64::from(dir & DIR_SRC != 0), u64::from(dir & DIR_DST != 0))
 }
 
-/// The bits by which `addr` (a [`Tuple`] address, 8-aligned) falls outside the network of the
-/// test at `insn`: 0 when within.
+/// The bits by which the address at byte `offset` of `tuple` (`saddr` or `daddr`) falls
+/// outside the network of the test at `insn`: 0 when within.
 #[expect(clippy::inline_always, reason = "eBPF, as `Filter::matches`")]
 #[inline(always)]
-fn outside(addr: &[u8; 16], insn: *const FilterInsn) -> u64 {
-    let words = addr.as_ptr().cast::<u64>();
-    // SAFETY: both `Tuple` addresses are at 8-aligned offsets of an 8-aligned struct; `insn`
-    // points into a `Filter`.
+fn outside(tuple: &Tuple, offset: usize, insn: *const FilterInsn) -> u64 {
+    let words = core::ptr::from_ref(tuple).cast::<u64>();
+    // SAFETY: `Tuple` is 8-aligned and its addresses are two words each at 8-aligned offsets
+    // (8 and 24); `insn` points into a `Filter`.
     unsafe {
-        let (high, low) = (read_volatile(words), read_volatile(words.add(1)));
+        let address = words.add(offset / 8);
+        let (high, low) = (read_volatile(address), read_volatile(address.add(1)));
         let net = &raw const (*insn).addr;
         let mask = &raw const (*insn).mask;
         ((high ^ read_volatile(&raw const (*net)[0])) & read_volatile(&raw const (*mask)[0]))

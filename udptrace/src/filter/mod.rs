@@ -297,7 +297,8 @@ pub struct CompiledFilter {
     pub expression: String,
     /// `None` for the empty expression (everything matches).
     pub ast: Option<Expr>,
-    pub program: Filter,
+    /// Boxed: at 6 KiB, it would bloat every future that holds a tracer.
+    pub program: Box<Filter>,
 }
 
 impl CompiledFilter {
@@ -311,7 +312,7 @@ impl CompiledFilter {
 pub fn compile(args: &[String]) -> Result<CompiledFilter, FilterError> {
     let expression = args.join(" ");
     let ast = parse(&expression)?;
-    let mut program = Filter::MATCH_ALL;
+    let mut program = Box::new(Filter::MATCH_ALL);
     if let Some(ast) = &ast {
         let mut insns = Vec::with_capacity(ast.tests());
         ast.emit(&mut insns, TARGET_MATCH, TARGET_MISS);

@@ -198,7 +198,7 @@ fn oversized_expressions_are_rejected_at_the_first_term_too_many() {
     let fits = compile(&[ports(FILTER_MAX_INSNS)]).unwrap();
     assert_eq!(fits.program.len as usize, FILTER_MAX_INSNS);
     let long = ports(FILTER_MAX_INSNS + 1);
-    let e = compile(&[long.clone()]).unwrap_err();
+    let e = compile(std::slice::from_ref(&long)).unwrap_err();
     assert!(
         e.message.contains("too large for the kernel"),
         "{}",
@@ -212,7 +212,7 @@ fn oversized_expressions_are_rejected_at_the_first_term_too_many() {
     );
     // A protocol word qualifying a primitive is a term of its own.
     let qualified = format!("{} or udp port 1", ports(FILTER_MAX_INSNS - 1));
-    let e = compile(&[qualified.clone()]).unwrap_err();
+    let e = compile(std::slice::from_ref(&qualified)).unwrap_err();
     assert_eq!(e.position, qualified.rfind("port").unwrap());
 }
 
