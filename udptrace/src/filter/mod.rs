@@ -265,17 +265,42 @@ fn escape(text: &str) -> String {
     escaped
 }
 
+/// Characters of the expression shown before and after the offending token: an expression of
+/// thousands of terms is not echoed whole.
+const CONTEXT_BEFORE: usize = 60;
+const CONTEXT_AFTER: usize = 30;
+
 impl fmt::Display for FilterError {
-    /// The message, the expression, and a caret under the offending token, all escaped; the
-    /// caret is placed and sized in escaped characters so that it stays under the token.
+    /// The message, the expression around the offending token, and a caret under the token,
+    /// all escaped; the caret is placed and sized in escaped characters so that it stays under
+    /// the token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let start = floor_char_boundary(&self.expression, self.position);
         let end = floor_char_boundary(&self.expression, start + self.length);
-        let column = escape(&self.expression[..start]).chars().count();
-        let width = escape(&self.expression[start..end]).chars().count();
+        let before: Vec<char> = escape(&self.expression[..start]).chars().collect();
+        let token = escape(&self.expression[start..end]);
+        let after: Vec<char> = escape(&self.expression[end..]).chars().collect();
+        let mut shown: String = if before.len() > CONTEXT_BEFORE {
+            std::iter::once('…')
+                .chain(before[before.len() - CONTEXT_BEFORE..].iter().copied())
+                .collect()
+        } else {
+            before.iter().collect()
+        };
+        let column = shown.chars().count();
+        shown.push_str(&token);
+        shown.extend(after.iter().take(CONTEXT_AFTER));
+        if after.len() > CONTEXT_AFTER {
+            shown.push('…');
+        }
         writeln!(f, "invalid filter: {}", escape(&self.message))?;
-        writeln!(f, "  {}", escape(&self.expression))?;
-        write!(f, "  {}{}", " ".repeat(column), "^".repeat(width.max(1)))
+        writeln!(f, "  {shown}")?;
+        write!(
+            f,
+            "  {}{}",
+            " ".repeat(column),
+            "^".repeat(token.chars().count().max(1))
+        )
     }
 }
 
