@@ -106,7 +106,7 @@ impl Tracer {
         let selectors = selectors(&config)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
-            .override_global(FILTER_GLOBAL, &filter.program, true)
+            .override_global(FILTER_GLOBAL, &*filter.program, true)
             .override_global(SELECTORS_GLOBAL, &selectors, true)
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)

@@ -62,13 +62,15 @@ enum Variant {
     DropStormBaseline,
     UdptraceDropStorm,
     EmptyPrograms,
+    UdptraceCostliestFilter,
 }
 
 impl Variant {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Baseline,
         Self::EmptyPrograms,
         Self::UdptraceNoMatch,
+        Self::UdptraceCostliestFilter,
         Self::UdptraceMatch,
         Self::Bpftrace,
         Self::Tcpdump,
@@ -86,6 +88,9 @@ impl Variant {
             Self::DropStormBaseline => "drop storm, no tracer",
             Self::UdptraceDropStorm => "drop storm, udptrace matching the drops",
             Self::EmptyPrograms => "floor: empty BPF programs on udptrace's tracepoints",
+            Self::UdptraceCostliestFilter => {
+                "udptrace, costliest accepted filter, matching nothing"
+            }
         }
     }
 
@@ -100,6 +105,7 @@ impl Variant {
             Self::DropStormBaseline => "storm-baseline",
             Self::UdptraceDropStorm => "storm",
             Self::EmptyPrograms => "floor",
+            Self::UdptraceCostliestFilter => "costliest-filter",
         }
     }
 
@@ -179,6 +185,13 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         Variant::UdptraceNoMatch => {
             let mut c = Command::new(udptrace_binary());
             c.args(["--json", "port", "9"]);
+            c
+        }
+        // Its ready time, next to the one-port filter's above, is the verification cost of the
+        // largest filter; every datagram of the load runs all its tests.
+        Variant::UdptraceCostliestFilter => {
+            let mut c = Command::new(udptrace_binary());
+            c.args(["--json", &udptrace::filter::costliest_expression()]);
             c
         }
         Variant::UdptraceMatch => {

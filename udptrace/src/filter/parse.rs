@@ -2,7 +2,10 @@
 
 use std::net::IpAddr;
 
-use udptrace_common::event::{AF_INET, AF_INET6};
+use udptrace_common::{
+    event::{AF_INET, AF_INET6},
+    filter::FILTER_MAX_INSNS,
+};
 
 use super::{Dir, Expr, FilterError};
 
@@ -96,6 +99,8 @@ struct Parser<'a> {
     tokens: Vec<Token<'a>>,
     next: usize,
     last_qualifier: Option<Qualifier>,
+    /// Terms so far: each becomes one test of the compiled program.
+    terms: usize,
 }
 
 /// Parses an expression; `Ok(None)` for an empty one.
@@ -105,6 +110,7 @@ pub fn parse(expression: &str) -> Result<Option<Expr>, FilterError> {
         tokens: lex(expression),
         next: 0,
         last_qualifier: None,
+        terms: 0,
     };
     if parser.tokens.is_empty() {
         return Ok(None);
@@ -127,7 +133,9 @@ pub fn parse(expression: &str) -> Result<Option<Expr>, FilterError> {
     Ok(Some(expr))
 }
 
-/// Deepest nesting of parentheses and `not` accepted (the stack is the recursion).
+/// Deepest nesting of parentheses and `not` accepted (the stack is the recursion). Together
+/// with the limit of FILTER_MAX_INSNS terms, it bounds the depth of the tree, which the
+/// compiler, the interpreter and `Drop` walk recursively.
 const MAX_DEPTH: usize = 64;
 
 impl<'a> Parser<'a> {
@@ -148,6 +156,36 @@ impl<'a> Parser<'a> {
             length: token.text.len(),
             message,
         }
+    }
+
+    /// An error about `part`, a piece of `token`'s text (a number inside a range or a CIDR).
+    fn error_in(&self, token: &Token<'_>, part: &str, message: String) -> FilterError {
+        let offset = (part.as_ptr() as usize)
+            .checked_sub(token.text.as_ptr() as usize)
+            .filter(|offset| offset + part.len() <= token.text.len())
+            .unwrap_or(0);
+        FilterError {
+            expression: self.expression.to_owned(),
+            position: token.position + offset,
+            length: part.len(),
+            message,
+        }
+    }
+
+    /// Counts a term about to become a test; past FILTER_MAX_INSNS, the error points at it.
+    fn count_term(&mut self, token: &Token<'_>) -> Result<(), FilterError> {
+        self.terms += 1;
+        if self.terms > FILTER_MAX_INSNS {
+            return Err(self.error_at(
+                token,
+                format!(
+                    "expression too large for the kernel: more than {FILTER_MAX_INSNS} terms \
+                     (host, net, port, portrange, udp, ip, ...); simplify it (e.g. use portrange \
+                     or net instead of many port/host terms)"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn error_at_end(&self, message: String) -> FilterError {
@@ -221,6 +259,7 @@ impl<'a> Parser<'a> {
             "icmp6" => Some(Expr::Icmp6),
             _ => None,
         };
+        self.count_term(token)?;
         if let Some(protocol) = protocol {
             // `udp port 53`: a protocol word qualifying the primitive that follows.
             let qualified = self.peek().is_some_and(|next| {
@@ -232,6 +271,7 @@ impl<'a> Parser<'a> {
             });
             if qualified {
                 let next = self.advance().expect("peeked");
+                self.count_term(&next)?;
                 let primitive = self.qualified(&next)?;
                 return Ok(Expr::And(Box::new(protocol), Box::new(primitive)));
             }
@@ -386,11 +426,18 @@ impl<'a> Parser<'a> {
             None => (token.text, None),
         };
         let (family, addr) = self.address(token, address)?;
-        let max = if family == AF_INET { 32 } else { 128 };
+        let max: u8 = if family == AF_INET { 32 } else { 128 };
         let prefix: u8 = match prefix {
-            Some(text) => text.parse().ok().filter(|p| *p <= max).ok_or_else(|| {
-                self.error_at(token, format!("prefix length '/{text}' must be 0-{max}"))
-            })?,
+            Some(text) => digits(text)
+                .filter(|p| *p <= u32::from(max))
+                .and_then(|p| u8::try_from(p).ok())
+                .ok_or_else(|| {
+                    self.error_in(
+                        token,
+                        text,
+                        format!("prefix length '/{text}' must be a number 0-{max}"),
+                    )
+                })?,
             None if self.peek().is_some_and(|t| t.text == "mask") => {
                 self.advance();
                 let mask = self.value_after(token, "a netmask")?;
@@ -441,7 +488,8 @@ impl<'a> Parser<'a> {
     }
 
     fn port(&self, token: &Token<'_>) -> Result<u16, FilterError> {
-        if token.text.bytes().all(|b| b.is_ascii_digit()) {
+        // Service names start with a letter; anything else is meant as a number.
+        if !token.text.starts_with(|c: char| c.is_ascii_alphabetic()) {
             return self.port_number(token, token.text);
         }
         service_port(token.text).ok_or_else(|| {
@@ -455,10 +503,31 @@ impl<'a> Parser<'a> {
         })
     }
 
+    /// `text` (the token or a part of it) as a port: digits only, as everywhere in filters.
     fn port_number(&self, token: &Token<'_>, text: &str) -> Result<u16, FilterError> {
-        text.parse::<u16>()
-            .map_err(|_| self.error_at(token, format!("port '{text}' must be a number 0-65535")))
+        digits(text)
+            .and_then(|port| u16::try_from(port).ok())
+            .ok_or_else(|| {
+                self.error_in(
+                    token,
+                    text,
+                    format!("port '{text}' must be a number 0-65535"),
+                )
+            })
     }
+}
+
+/// A decimal number written with digits only: `str::parse` also takes a leading `+`, which
+/// no number in a filter has (`port +53` is not a port). Saturates far above every limit.
+fn digits(text: &str) -> Option<u32> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.bytes().fold(0u32, |value, digit| {
+        value
+            .saturating_mul(10)
+            .saturating_add(u32::from(digit - b'0'))
+    }))
 }
 
 /// UDP services tcpdump knows without /etc/services (a minimal system may lack the file).

@@ -1,5 +1,8 @@
 use proptest::prelude::*;
-use udptrace_common::event::{AF_INET, AF_INET6, IPPROTO_UDP, Tuple};
+use udptrace_common::{
+    event::{AF_INET, AF_INET6, IPPROTO_UDP, Tuple},
+    filter::FILTER_MAX_INSNS,
+};
 
 use super::{parse::services_lookup, *};
 
@@ -183,31 +186,144 @@ fn errors_point_at_the_offending_token() {
     assert!(error("dst foo 1").message.contains("not an IPv4"));
 }
 
-#[test]
-fn oversized_expressions_are_rejected() {
-    let long = (0..40)
+fn ports(count: usize) -> String {
+    (0..count)
         .map(|p| format!("port {p}"))
         .collect::<Vec<_>>()
-        .join(" or ");
-    let e = compile(&words(&long)).unwrap_err();
+        .join(" or ")
+}
+
+#[test]
+fn oversized_expressions_are_rejected_at_the_first_term_too_many() {
+    let fits = compile(&[ports(FILTER_MAX_INSNS)]).unwrap();
+    assert_eq!(fits.program.len as usize, FILTER_MAX_INSNS);
+    let long = ports(FILTER_MAX_INSNS + 1);
+    let e = compile(std::slice::from_ref(&long)).unwrap_err();
     assert!(
         e.message.contains("too large for the kernel"),
         "{}",
         e.message
     );
-    let fits = (0..30)
-        .map(|p| format!("port {p}"))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    assert!(compile(&words(&fits)).is_ok());
+    let last = long.rfind("port").unwrap();
+    assert_eq!(
+        (e.position, e.length),
+        (last, 4),
+        "caret under the extra term"
+    );
+    // A protocol word qualifying a primitive is a term of its own.
+    let qualified = format!("{} or udp port 1", ports(FILTER_MAX_INSNS - 1));
+    let e = compile(std::slice::from_ref(&qualified)).unwrap_err();
+    assert_eq!(e.position, qualified.rfind("port").unwrap());
 }
 
 #[test]
-fn deep_nesting_is_an_error_not_a_crash() {
-    let deep = format!("{}port 1{}", "( ".repeat(200), " )".repeat(200));
-    assert!(error(&deep).message.contains("nesting"));
-    let nots = format!("{}port 1", "not ".repeat(200));
-    assert!(error(&nots).message.contains("nesting"));
+fn the_costliest_expression_is_the_largest_and_runs_every_test_on_ipv4() {
+    let costliest = compile(&[costliest_expression()]).unwrap();
+    assert_eq!(costliest.program.len as usize, FILTER_MAX_INSNS);
+    assert!(compile(&[costliest_expression() + " or udp"]).is_err());
+    assert!(!check(
+        &costliest_expression(),
+        &v4(A, 40_000, B, 7_000),
+        false
+    ));
+    assert!(check(&costliest_expression(), &v4(A, 40_000, B, 9), false));
+    assert!(!check(&costliest_expression(), &v4(A, 1_000, B, 9), false));
+}
+
+/// Item 5 of issue 12: 101,000 `or` terms overflowed the stack (recursion proportional to the
+/// input). Now nothing proportional to the input is recursive: every one of these ends in a
+/// clean error, on a test thread's 2 MiB stack.
+#[test]
+fn huge_and_deeply_nested_inputs_are_errors_not_crashes() {
+    let huge_or = ports(101_000);
+    let e = compile(&[huge_or]).unwrap_err();
+    assert!(e.message.contains("too large"));
+    assert!(e.to_string().len() < 500, "not echoed whole: {e}");
+    let huge_and = vec!["port 1 and"; 200_000].join(" ") + " port 2";
+    assert!(error(&huge_and).message.contains("too large"));
+    let parens = format!("{}port 1{}", "(".repeat(100_000), ")".repeat(100_000));
+    let e = compile(&[parens]).unwrap_err();
+    assert!(e.message.contains("nesting deeper than"), "{}", e.message);
+    assert_eq!(e.position, 65, "caret at the first parenthesis too deep");
+    let nots = "not ".repeat(100_000) + "port 1";
+    assert!(compile(&[nots]).unwrap_err().message.contains("nesting"));
+    let bangs = "!".repeat(100_000) + "port 1";
+    assert!(compile(&[bangs]).unwrap_err().message.contains("nesting"));
+    let unclosed = "(".repeat(100_000);
+    assert!(compile(&[unclosed]).is_err());
+    let closers = ")".repeat(100_000);
+    assert!(compile(&[closers]).is_err());
+    // The deepest accepted nesting, at the largest size, compiles.
+    let deep = format!(
+        "{}{}{}",
+        "( ".repeat(60),
+        ports(FILTER_MAX_INSNS),
+        " )".repeat(60)
+    );
+    assert_eq!(
+        compile(&[deep]).unwrap().program.len as usize,
+        FILTER_MAX_INSNS
+    );
+}
+
+#[test]
+fn control_characters_are_escaped_and_the_caret_stays_under_the_word() {
+    let e = compile(&["udp and \u{1b}[2Jevil".to_owned()]).unwrap_err();
+    let text = e.to_string();
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert_eq!(
+        text,
+        "invalid filter: unknown word '\\x1b[2Jevil': expected udp, icmp, icmp6, ip, ip6, \
+         host, net, port, portrange, src, dst, not or '('\n  \
+         udp and \\x1b[2Jevil\n          ^^^^^^^^^^^"
+    );
+    // After an escaped character, the caret still lands under the offending word.
+    let e = compile(&["host \u{7}x or port 99999".to_owned()]).unwrap_err();
+    let text = e.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[1], "  host \\x07x or port 99999");
+    assert_eq!(lines[2].find('^'), lines[1].find("\\x07"), "{lines:?}");
+}
+
+#[test]
+fn numbers_are_digits_only() {
+    let e = error("port +53");
+    assert_eq!((e.position, e.length), (5, 3));
+    assert!(
+        e.message.contains("must be a number 0-65535"),
+        "{}",
+        e.message
+    );
+    let e = error("portrange +1-+2");
+    assert_eq!((e.position, e.length), (10, 2), "caret under '+1'");
+    let e = error("portrange 1-+2");
+    assert_eq!((e.position, e.length), (12, 2), "caret under '+2'");
+    assert!(e.message.contains("'+2'"), "{}", e.message);
+    let e = error("portrange 5-");
+    assert_eq!((e.position, e.length), (12, 0));
+    let e = error("net 192.0.2.0/+24");
+    assert_eq!((e.position, e.length), (14, 3), "caret under '+24'");
+    assert!(e.message.contains("must be a number 0-32"), "{}", e.message);
+    let e = error("net 2001:db8::/1000000000000000000000");
+    assert!(e.message.contains("0-128"), "{}", e.message);
+    assert!(error("port 0x35").message.contains("must be a number"));
+    assert!(error("port -1").message.contains("must be a number"));
+    assert!(compile(&words("portrange 0-65535 or net 192.0.2.0/24")).is_ok());
+}
+
+#[test]
+fn a_malformed_program_matches_nothing() {
+    let mut filter = compile(&words("port 1 or port 2")).unwrap().program;
+    let t = v4(A, 2, B, 2);
+    assert!(filter.matches(&t, false));
+    // A jump backwards (or onto itself) would loop: the evaluator refuses it.
+    filter.insns[1].on_match = 1;
+    assert!(!filter.matches(&t, false));
+    filter.insns[0].on_miss = 0;
+    assert!(!filter.matches(&t, false));
+    // Past the end.
+    filter.insns[0].on_miss = 7;
+    assert!(!filter.matches(&t, false));
 }
 
 fn leaf() -> impl Strategy<Value = Expr> {
@@ -242,7 +358,12 @@ fn leaf() -> impl Strategy<Value = Expr> {
 }
 
 fn expr() -> impl Strategy<Value = Expr> {
-    leaf().prop_recursive(4, 20, 2, |inner| {
+    sized_expr(4, 20)
+}
+
+/// Trees of up to `depth` levels and about `size` leaves.
+fn sized_expr(depth: u32, size: u32) -> impl Strategy<Value = Expr> {
+    leaf().prop_recursive(depth, size, 2, |inner| {
         prop_oneof![
             inner.clone().prop_map(|e| Expr::Not(Box::new(e))),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| Expr::And(Box::new(a), Box::new(b))),
@@ -251,7 +372,7 @@ fn expr() -> impl Strategy<Value = Expr> {
     })
 }
 
-const PORTS: [u16; 6] = [0, 53, 123, 4000, 4001, 65_530];
+const PORTS: [u16; 6] = [0, 53, 123, 4000, 4001, 65_532];
 const ADDRESSES: [(u8, [u8; 16]); 4] = [
     (AF_INET, [192, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     (
@@ -305,12 +426,30 @@ proptest! {
     /// The kernel's compiled evaluator and the reference interpreter agree.
     #[test]
     fn compiled_program_agrees_with_the_interpreter(ast in expr(), cases in proptest::collection::vec(tuple(), 16)) {
-        let mut program = Vec::new();
-        ast.emit(&mut program);
-        prop_assume!(program.len() <= FILTER_MAX_INSNS);
-        let mut filter = Filter::MATCH_ALL;
-        filter.len = program.len() as u32;
-        filter.insns[..program.len()].copy_from_slice(&program);
+        let filter = compile(&[ast.to_string()]).unwrap();
+        prop_assert_eq!(filter.program.len as usize, ast.tests());
+        for (tuple, icmp) in &cases {
+            prop_assert_eq!(filter.matches(tuple, *icmp), ast.matches(tuple, *icmp), "{}", ast);
+        }
+    }
+
+    /// Same for large programs, near FILTER_MAX_INSNS tests; and every jump goes forward, to a
+    /// test of the program or to a final answer (the kernel's evaluator relies on it to end).
+    #[test]
+    fn large_programs_agree_and_jump_forward(ast in sized_expr(12, 120), cases in proptest::collection::vec(tuple(), 16)) {
+        prop_assume!(ast.tests() <= FILTER_MAX_INSNS);
+        let filter = compile(&[ast.to_string()]).unwrap();
+        let program = &filter.program;
+        for (index, insn) in program.insns[..program.len as usize].iter().enumerate() {
+            for target in [insn.on_match, insn.on_miss] {
+                prop_assert!(
+                    target == TARGET_MATCH
+                        || target == TARGET_MISS
+                        || (usize::from(target) > index && target < program.len as u16),
+                    "test {} jumps to {}", index, target
+                );
+            }
+        }
         for (tuple, icmp) in &cases {
             prop_assert_eq!(filter.matches(tuple, *icmp), ast.matches(tuple, *icmp), "{}", ast);
         }

@@ -35,6 +35,8 @@ pub struct Trace {
     child: Child,
     lines: mpsc::Receiver<Value>,
     pub records: Vec<Value>,
+    /// From starting the process to its `ready` record (load, verification, attach).
+    pub ready_after: Duration,
 }
 
 impl Trace {
@@ -51,6 +53,7 @@ impl Trace {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("starting udptrace");
+        let started = Instant::now();
         let stdout = child.stdout.take().expect("stdout");
         let (sender, lines) = mpsc::channel();
         thread::spawn(move || {
@@ -68,6 +71,7 @@ impl Trace {
             child,
             lines,
             records: Vec::new(),
+            ready_after: Duration::ZERO,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while let Ok(record) = trace
@@ -77,6 +81,7 @@ impl Trace {
             let ready = record["type"] == "ready";
             trace.records.push(record);
             if ready {
+                trace.ready_after = started.elapsed();
                 return trace;
             }
         }
