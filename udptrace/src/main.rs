@@ -4,25 +4,51 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use udptrace::{
-    cli::{Cli, Command, TraceArgs},
+    cli::{Cli, Command, LabCommand, TraceArgs},
     doctor,
     lab_command::{self, output_for},
+    render::{is_closed_pipe, stdout_was_closed},
     session::{TraceConfig, Tracer},
-    shutdown::stop_signal,
+    shutdown::StopSignals,
 };
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Doctor { json, probes }) => {
-            return ExitCode::from(doctor::run(json, probes.map(Into::into)) as u8);
+    // First: from here on SIGINT/SIGTERM end a run with its summary, whenever they come.
+    let mut signals = match StopSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("udptrace: {error:#}");
+            return ExitCode::FAILURE;
         }
-        Some(Command::Lab { command }) => lab_command::run(command).await,
-        None => trace(&cli.trace).await,
+    };
+    let cli = Cli::parse();
+    let guardian = matches!(
+        cli.command,
+        Some(Command::Lab {
+            command: LabCommand::Guard { .. }
+        })
+    );
+    if stdout_was_closed() && !guardian {
+        eprintln!(
+            "udptrace: standard output is closed; redirect it (to a file, a pipe or /dev/null) instead"
+        );
+        return ExitCode::FAILURE;
+    }
+    let result = match cli.command {
+        Some(Command::Doctor { json, probes }) => match doctor::run(json, probes.map(Into::into)) {
+            Ok(status) => return ExitCode::from(status),
+            Err(error) => Err(anyhow::Error::new(error).context("writing the output")),
+        },
+        Some(Command::Lab { command }) => lab_command::run(command, &mut signals).await,
+        None => trace(&cli.trace, &mut signals).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head -1`): it had what it wanted. Quiet and successful,
+        // so that `set -o pipefail` scripts do not fail on it (README); the programs were
+        // detached when the tracer was dropped on the way here.
+        Err(error) if is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             // A bad filter expression is a usage error (exit 2, like tcpdump); its Display
             // already carries the caret diagram.
@@ -36,7 +62,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn trace(args: &TraceArgs) -> anyhow::Result<()> {
+async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()> {
     let config = TraceConfig {
         filter: args.filter.clone(),
         interface: args.interface.clone(),
@@ -56,6 +82,10 @@ async fn trace(args: &TraceArgs) -> anyhow::Result<()> {
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(&args.output);
-    tracer.run(output.as_mut(), stop_signal()).await?;
+    // A closed stdout ends the run like a signal; writing the summary then fails with EPIPE,
+    // which `main` turns into a quiet exit.
+    tracer
+        .run(output.as_mut(), signals.or_stdout_closed())
+        .await?;
     Ok(())
 }

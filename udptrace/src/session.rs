@@ -5,12 +5,11 @@ use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
-    os::unix::fs::MetadataExt as _,
     rc::Rc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
     event::{Counter, EventKind, Mechanism, SAMPLE_EVENTS_PER_SECOND},
@@ -19,7 +18,6 @@ use udptrace_common::{
 };
 
 use crate::{
-    cli::NetnsSpec,
     clock::{WallClock, monotonic_ns},
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
@@ -28,7 +26,7 @@ use crate::{
         table::{FlowKey, Tally, canonical},
         verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
-    host::{ifindex_in, preflight},
+    host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
@@ -36,6 +34,9 @@ use crate::{
     sockets::{receive_buffers_in, udp_sockets_in},
     stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
+
+/// Context of an output error (`main` tells a closed pipe from the others by its source).
+const WRITING: &str = "writing the output";
 
 /// Longest an event waits in the ring before it is printed.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
@@ -98,7 +99,7 @@ impl Tracer {
         let filter = filter::compile(&config.filter)?;
         preflight()?;
         let knowledge = Knowledge::load()?;
-        let selectors = selectors(&config)?;
+        let selectors = selectors(&config, &knowledge.processes)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
             .override_global(FILTER_GLOBAL, &filter.program, true)
@@ -164,7 +165,9 @@ impl Tracer {
         output: &mut dyn Output,
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<Stats> {
-        output.ready(&self.filter.expression, &self.probes);
+        output
+            .ready(&self.filter.expression, &self.probes)
+            .context(WRITING)?;
         let deadline = self.config.duration.map(|d| Instant::now() + d);
         let mut stats = Stats::default();
         let mut last_lost = 0;
@@ -190,12 +193,12 @@ impl Tracer {
             tokio::select! {
                 ready = self.ring.readable() => {
                     ready?;
-                    self.drain(output, &mut stats);
+                    self.drain(output, &mut stats)?;
                 }
-                _ = drain_tick.tick() => self.drain(output, &mut stats),
+                _ = drain_tick.tick() => self.drain(output, &mut stats)?,
                 _ = verdict_tick.tick() => {
                     for verdict in self.diagnosis.ready(monotonic_ns(), false) {
-                        output.verdict(&verdict);
+                        output.verdict(&verdict).context(WRITING)?;
                     }
                 }
                 _ = tick.tick() => {
@@ -212,7 +215,7 @@ impl Tracer {
                     if lost > last_lost {
                         let delta = lost - last_lost;
                         eprintln!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)");
-                        output.lost(delta, lost);
+                        output.lost(delta, lost).context(WRITING)?;
                         last_lost = lost;
                     }
                 }
@@ -221,18 +224,20 @@ impl Tracer {
             }
         }
         // Records already in the ring belong to this run.
-        self.drain(output, &mut stats);
+        self.drain(output, &mut stats)?;
         let counters = self.counters.read()?;
         let lost = counters.get(Counter::Lost);
         if lost > last_lost {
-            output.lost(lost - last_lost, lost);
+            output.lost(lost - last_lost, lost).context(WRITING)?;
         }
         fill_stats(&mut stats, &counters);
         self.count_in_kernel()?;
         for verdict in self.diagnosis.ready(monotonic_ns(), true) {
-            output.verdict(&verdict);
+            output.verdict(&verdict).context(WRITING)?;
         }
-        output.summary(&self.diagnosis.flows, self.diagnosis.verdicts(), &stats);
+        output
+            .summary(&self.diagnosis.flows, self.diagnosis.verdicts(), &stats)
+            .context(WRITING)?;
         Ok(stats)
     }
 
@@ -269,19 +274,22 @@ impl Tracer {
         self.config.count.is_some_and(|count| stats.events >= count)
     }
 
-    fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) {
+    /// Shows what the ring holds; fails with the first write error (the rest of the ring is
+    /// consumed unshown: the run ends on that error).
+    fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) -> anyhow::Result<()> {
         let limit = self.config.count;
         let knowledge = &self.knowledge;
         let clock = &self.clock;
         let diagnosis = &mut self.diagnosis;
+        let mut written = Ok(());
         self.ring.drain(|bytes| {
-            if limit.is_some_and(|limit| stats.events >= limit) {
+            if written.is_err() || limit.is_some_and(|limit| stats.events >= limit) {
                 return;
             }
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
                 Ok(event) => {
                     stats.events += 1;
-                    output.event(&event);
+                    written = output.event(&event);
                     diagnosis.observe(&event);
                 }
                 Err(error) => {
@@ -292,7 +300,7 @@ impl Tracer {
                 }
             }
         });
-        output.flush();
+        written.and_then(|()| output.flush()).context(WRITING)
     }
 }
 
@@ -337,43 +345,21 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
 }
 
 /// `--netns`, `-i`, `--pid` → the kernel's numbers.
-fn selectors(config: &TraceConfig) -> anyhow::Result<Selectors> {
-    let netns_path = match config.netns.as_deref().map(NetnsSpec::parse) {
-        None => None,
-        Some(NetnsSpec::Inode(inode)) => {
-            return Ok(Selectors {
-                netns: inode,
-                ifindex: match &config.interface {
-                    Some(name) => bail!(
-                        "-i {name} needs --netns as a name, path or PID to find the device in (an inode cannot be entered)"
-                    ),
-                    None => 0,
-                },
-                pid: config.pid.unwrap_or(0),
-                padding: 0,
-            });
-        }
-        Some(NetnsSpec::Path(path)) => Some(path),
-    };
-    let netns = match &netns_path {
-        Some(path) => {
-            let metadata = std::fs::metadata(path)
-                .with_context(|| format!("--netns: cannot open {}", path.display()))?;
-            metadata.ino() as u32
-        }
-        None => 0,
-    };
+fn selectors(config: &TraceConfig, known: &Processes) -> anyhow::Result<Selectors> {
+    let netns = config
+        .netns
+        .as_deref()
+        .map(|text| open_netns(text, known))
+        .transpose()?;
     let ifindex = match &config.interface {
         None => 0,
-        Some(name) => ifindex_in(netns_path.as_deref(), name)?,
+        Some(name) => ifindex_in(netns.as_ref().map(|n| n.path.as_path()), name)?,
     };
-    if let Some(pid) = config.pid
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    {
-        return Err(anyhow!("--pid {pid}: no such process"));
+    if let Some(pid) = config.pid {
+        check_pid(pid)?;
     }
     Ok(Selectors {
-        netns,
+        netns: netns.map_or(0, |n| n.inode),
         ifindex,
         pid: config.pid.unwrap_or(0),
         padding: 0,
