@@ -39,6 +39,10 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Internal: started by `lab run`, removes the lab namespaces of process PARENT once it is
+    /// gone (see `lab::netns::spawn_guardian`).
+    #[command(name = "lab-guard", hide = true)]
+    LabGuard { parent: u32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,10 +59,6 @@ pub enum LabCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
-    /// Internal: started by `lab run`, removes the namespaces of process PARENT once it is gone
-    /// (see `lab::netns::spawn_guardian`).
-    #[command(hide = true)]
-    Guard { parent: u32 },
 }
 
 #[derive(Debug, Args, Clone)]

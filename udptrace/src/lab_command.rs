@@ -40,10 +40,6 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
             }
             print_stdout(&text).context("writing the output")
         }
-        LabCommand::Guard { parent } => {
-            netns::guard(parent);
-            Ok(())
-        }
         LabCommand::Run {
             name,
             trace,

@@ -4,8 +4,9 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use udptrace::{
-    cli::{Cli, Command, LabCommand, TraceArgs},
+    cli::{Cli, Command, TraceArgs},
     doctor,
+    lab::netns,
     lab_command::{self, output_for},
     render::{is_closed_pipe, stdout_was_closed},
     session::{TraceConfig, Tracer},
@@ -14,34 +15,35 @@ use udptrace::{
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    // First: from here on SIGINT/SIGTERM end a run with its summary, whenever they come.
-    let mut signals = match StopSignals::install() {
-        Ok(signals) => signals,
-        Err(error) => {
-            eprintln!("udptrace: {error:#}");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        // Default signal actions, and its stdout is /dev/null by design.
+        Some(Command::LabGuard { parent }) => {
+            netns::guard(parent);
+            return ExitCode::SUCCESS;
+        }
+        _ if stdout_was_closed() => {
+            eprintln!(
+                "udptrace: standard output is closed; redirect it (to a file, a pipe or /dev/null) instead"
+            );
             return ExitCode::FAILURE;
         }
-    };
-    let cli = Cli::parse();
-    let guardian = matches!(
-        cli.command,
-        Some(Command::Lab {
-            command: LabCommand::Guard { .. }
-        })
-    );
-    if stdout_was_closed() && !guardian {
-        eprintln!(
-            "udptrace: standard output is closed; redirect it (to a file, a pipe or /dev/null) instead"
-        );
-        return ExitCode::FAILURE;
-    }
-    let result = match cli.command {
+        // Short, with nothing to clean up: Ctrl-C keeps its default action (the kernel
+        // detaches what doctor attached when the process dies).
         Some(Command::Doctor { json, probes }) => match doctor::run(json, probes.map(Into::into)) {
             Ok(status) => return ExitCode::from(status),
             Err(error) => Err(anyhow::Error::new(error).context("writing the output")),
         },
-        Some(Command::Lab { command }) => lab_command::run(command, &mut signals).await,
-        None => trace(&cli.trace, &mut signals).await,
+        // Before anything is attached, built or announced: from here on SIGINT/SIGTERM end
+        // the run with its summary and clean-up, whenever they come.
+        Some(Command::Lab { command }) => match StopSignals::install() {
+            Ok(mut signals) => lab_command::run(command, &mut signals).await,
+            Err(error) => Err(error),
+        },
+        None => match StopSignals::install() {
+            Ok(mut signals) => trace(&cli.trace, &mut signals).await,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,8 +4,8 @@
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// SIGINT and SIGTERM, caught from the moment this is created. Create it first thing in
-/// `main`, before anything is announced: tokio installs the process-wide handler when the
+/// SIGINT and SIGTERM, caught from the moment this is created. Create it before anything is
+/// attached, built or announced: tokio installs the process-wide handler when the
 /// first `Signal` is made, so a signal that came between the `ready` line and the first wait
 /// would otherwise meet the default action and kill udptrace without its summary. Each
 /// `Signal` remembers a delivery made before it is awaited.

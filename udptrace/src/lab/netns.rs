@@ -357,7 +357,7 @@ fn remove_owned_by(dead: impl Fn(u32) -> bool) -> Vec<String> {
 /// The write end of the guardian's pipe: held (never written) for the life of this process.
 static GUARDIAN: OnceLock<ChildStdin> = OnceLock::new();
 
-/// Starts `udptrace lab guard <this pid>`, which removes this process's namespaces once it is
+/// Starts `udptrace lab-guard <this pid>`, which removes this process's namespaces once it is
 /// gone, SIGKILL included (the guards' drops and `cleanup_all` then never run). The guardian
 /// waits for end-of-file on a pipe whose only write end is here: the kernel closes it when
 /// this process dies, however it dies. Not PR_SET_PDEATHSIG: that fires when the *thread*
@@ -370,7 +370,7 @@ pub fn spawn_guardian() -> anyhow::Result<()> {
     }
     // /proc/self/exe: this very binary, even if the file was replaced since it started.
     let mut child = Command::new("/proc/self/exe")
-        .args(["lab", "guard", &std::process::id().to_string()])
+        .args(["lab-guard", &std::process::id().to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .process_group(0)
@@ -381,7 +381,7 @@ pub fn spawn_guardian() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `udptrace lab guard PARENT`: waits until the parent's end of stdin closes (the parent
+/// `udptrace lab-guard PARENT`: waits until the parent's end of stdin closes (the parent
 /// exited or was killed), then deletes the namespaces named after PARENT. They are its own:
 /// its pid is in their names and it was alive when it made them. A parent that exited
 /// normally removed them already, leaving nothing to do.
