@@ -7,7 +7,7 @@ use anyhow::{Context as _, anyhow};
 use crate::{
     cli::{LabCommand, OutputArgs},
     lab::{Scenario, netns, scenarios},
-    render::{Output, json::JsonOutput, print_stdout, text::TextOutput},
+    render::{Output, json::JsonOutput, note, print_stdout, text::TextOutput},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
@@ -78,7 +78,7 @@ async fn run_scenario(
         None
     };
     let lab = scenario.setup().context("building the lab")?;
-    eprintln!(
+    note(format_args!(
         "lab {}: {}\nexpected verdicts: {}",
         scenario.name,
         scenario.description,
@@ -87,7 +87,7 @@ async fn run_scenario(
         } else {
             scenario.expected.join(", ")
         }
-    );
+    ));
     let lab = std::sync::Arc::new(lab);
     let exercised = {
         let lab = std::sync::Arc::clone(&lab);
@@ -126,6 +126,10 @@ async fn run_scenario(
         }
     }
     .context("lab task")??;
-    eprintln!("lab {}: {}", scenario.name, outcome.describe());
+    note(format_args!(
+        "lab {}: {}",
+        scenario.name,
+        outcome.describe()
+    ));
     Ok(())
 }

@@ -8,7 +8,7 @@ use udptrace::{
     doctor,
     lab::netns,
     lab_command::{self, output_for},
-    render::{is_closed_pipe, stdout_was_closed},
+    render::{is_closed_pipe, note, stdout_was_closed},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
@@ -23,9 +23,9 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         _ if stdout_was_closed() => {
-            eprintln!(
+            note(format_args!(
                 "udptrace: standard output is closed; redirect it (to a file, a pipe or /dev/null) instead"
-            );
+            ));
             return ExitCode::FAILURE;
         }
         // Short, with nothing to clean up: Ctrl-C keeps its default action (the kernel
@@ -55,10 +55,10 @@ async fn main() -> ExitCode {
             // A bad filter expression is a usage error (exit 2, like tcpdump); its Display
             // already carries the caret diagram.
             if let Some(filter_error) = error.downcast_ref::<udptrace::filter::FilterError>() {
-                eprintln!("{filter_error}");
+                note(format_args!("{filter_error}"));
                 return ExitCode::from(2);
             }
-            eprintln!("udptrace: {error:#}");
+            note(format_args!("udptrace: {error:#}"));
             ExitCode::FAILURE
         }
     }

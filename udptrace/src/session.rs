@@ -30,7 +30,7 @@ use crate::{
     knowledge::Knowledge,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
-    render::{Output, Stats},
+    render::{Output, Stats, note},
     sockets::{receive_buffers_in, udp_sockets_in},
     stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
@@ -205,16 +205,16 @@ impl Tracer {
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
-                        eprintln!(
+                        note(format_args!(
                             "udptrace: {} events sampled out in the last second (at most {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
                             sampled - last_sampled
-                        );
+                        ));
                         last_sampled = sampled;
                     }
                     let lost = counters.get(Counter::Lost);
                     if lost > last_lost {
                         let delta = lost - last_lost;
-                        eprintln!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)");
+                        note(format_args!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)"));
                         output.lost(delta, lost).context(WRITING)?;
                         last_lost = lost;
                     }
@@ -295,7 +295,9 @@ impl Tracer {
                 Err(error) => {
                     stats.decode_errors += 1;
                     if stats.decode_errors == 1 {
-                        eprintln!("udptrace: undecodable record ({error}); counting the rest");
+                        note(format_args!(
+                            "udptrace: undecodable record ({error}); counting the rest"
+                        ));
                     }
                 }
             }

@@ -28,6 +28,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
+use crate::render::note;
+
 const PREFIX: &str = "udpt-";
 const NETNS_DIR: &str = "/run/netns";
 
@@ -390,7 +392,9 @@ pub fn guard(parent: u32) {
     // Nothing is ever written: read returns 0 (EOF) when the parent is gone, or an error.
     while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
     for name in remove_owned_by(|pid| pid == parent) {
-        eprintln!("udptrace: removed lab namespace {name} left by process {parent}");
+        note(format_args!(
+            "udptrace: removed lab namespace {name} left by process {parent}"
+        ));
     }
 }
 

@@ -120,3 +120,11 @@ pub fn print_stdout(text: &str) -> io::Result<()> {
     stdout.write_all(text.as_bytes())?;
     stdout.flush()
 }
+
+/// Writes one diagnostic line to stderr. Unlike `eprintln!`, which panics when the write fails
+/// (`udptrace ... 2>&1 | head` once head is gone, `2>/dev/full`), a failure is dropped: stderr
+/// is where it would have been reported.
+pub fn note(line: std::fmt::Arguments<'_>) {
+    use io::Write as _;
+    let _ = writeln!(io::stderr(), "{line}");
+}

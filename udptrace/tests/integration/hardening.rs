@@ -91,19 +91,30 @@ fn closed_port_sender(port: u16) -> (Netns, Arc<AtomicBool>, thread::JoinHandle<
     (netns, stop, sender)
 }
 
-/// `udptrace ARGS | head -n LINES`: head's lines, udptrace's status and stderr, and how long
-/// udptrace outlived head.
-fn through_head(args: &[&str], lines: usize) -> (Vec<String>, ExitStatus, String, Duration) {
+/// `udptrace ARGS | head -n LINES` (`2>&1 |` with `merge_stderr`): head's lines, udptrace's
+/// status and stderr (empty when merged), and how long udptrace outlived head.
+fn through_head(
+    args: &[&str],
+    lines: usize,
+    merge_stderr: bool,
+) -> (Vec<String>, ExitStatus, String, Duration) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let stderr = if merge_stderr {
+        Stdio::from(writer.try_clone().expect("dup"))
+    } else {
+        Stdio::piped()
+    };
     let mut tracer = Command::new(UDPTRACE)
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(writer)
+        .stderr(stderr)
         .spawn()
         .expect("starting udptrace");
+    // The command still holds the parent's copies of the write end: gone with it here.
     let mut head = Command::new("head")
         .args(["-n", &lines.to_string()])
-        .stdin(Stdio::from(tracer.stdout.take().unwrap()))
+        .stdin(reader)
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting head");
@@ -128,7 +139,7 @@ fn head_ends_a_quiet_trace_within_a_second() {
     require_root();
     let _turn = serial();
     // Nothing matches after `ready`: only watching stdout can notice head is gone.
-    let (printed, status, stderr, outlived) = through_head(&["--json", "port", "6302"], 1);
+    let (printed, status, stderr, outlived) = through_head(&["--json", "port", "6302"], 1, false);
     eprintln!("quiet trace: udptrace exited {outlived:?} after head");
     let ready: Value = serde_json::from_str(&printed[0]).unwrap();
     assert_eq!(ready["type"], "ready");
@@ -138,12 +149,25 @@ fn head_ends_a_quiet_trace_within_a_second() {
 }
 
 #[test]
+fn head_ends_a_text_trace_with_stderr_in_the_pipe() {
+    require_root();
+    let _turn = serial();
+    // `2>&1 | head -1`: the banner (stderr) is the first line; every later write, to stdout
+    // or to stderr, meets the closed pipe and must neither panic nor complain.
+    let (printed, status, _, outlived) = through_head(&["port", "6307"], 1, true);
+    eprintln!("text trace, 2>&1: udptrace exited {outlived:?} after head");
+    assert!(printed[0].starts_with("tracing port 6307 ("), "{printed:?}");
+    assert!(status.success(), "status {status}");
+    assert!(outlived < Duration::from_secs(1), "{outlived:?}");
+}
+
+#[test]
 fn head_ends_a_busy_trace_within_a_second() {
     require_root();
     let _turn = serial();
     let (netns, stop, sender) = closed_port_sender(6301);
     // The ready record and the first event of the sender's flow; the sender goes on.
-    let (printed, status, stderr, outlived) = through_head(&["--json", "port", "6301"], 2);
+    let (printed, status, stderr, outlived) = through_head(&["--json", "port", "6301"], 2, false);
     let sender_ran = !stop.swap(true, Ordering::Relaxed);
     sender.join().unwrap();
     drop(netns);
