@@ -39,6 +39,10 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Internal: started by `lab run`, removes the lab namespaces of process PARENT once it is
+    /// gone (see `lab::netns::spawn_guardian`).
+    #[command(name = "lab-guard", hide = true)]
+    LabGuard { parent: u32 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,8 +78,8 @@ pub struct OutputArgs {
 pub struct TraceArgs {
     #[command(flatten)]
     pub output: OutputArgs,
-    /// Stop after N events.
-    #[arg(short = 'c', long)]
+    /// Stop after N events (at least 1).
+    #[arg(short = 'c', long, value_name = "N", value_parser = parse_count)]
     pub count: Option<u64>,
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -88,14 +92,11 @@ pub struct TraceArgs {
     #[arg(long, value_name = "NAME|PATH|PID|INODE")]
     pub netns: Option<String>,
     /// Only socket events of this process (drops and ICMP errors are not tied to a process).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_pid)]
     pub pid: Option<u32>,
-    /// tcpdump-style filter expression.
-    #[arg(
-        value_name = "FILTER",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// tcpdump-style filter expression. Options may come before, between or after its words
+    /// (no filter word starts with `-`); after `--` every word is a filter word.
+    #[arg(value_name = "FILTER")]
     pub filter: Vec<String>,
 }
 
@@ -120,6 +121,23 @@ impl From<ProbeMechanism> for Mechanism {
     }
 }
 
+fn parse_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("0 would stop before the first event: give at least 1".into()),
+        Ok(count) => Ok(count),
+        Err(_) => Err(format!("`{text}` is not a number of events")),
+    }
+}
+
+fn parse_pid(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        // The kernel's PIDs start at 1; 0 would mean "any process" to the programs.
+        Ok(0) => Err("0 is not a process id".into()),
+        Ok(pid) => Ok(pid),
+        Err(_) => Err(format!("`{text}` is not a process id")),
+    }
+}
+
 fn parse_ring_size(text: &str) -> Result<u32, String> {
     let size: u32 = text
         .parse()
@@ -130,27 +148,39 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     Ok(size)
 }
 
-/// Where `--netns` points, before resolution to an inode.
+/// Where `--netns` points, before it is opened and checked (`host::open_netns`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum NetnsSpec {
+    /// A namespace inode number (as `ls -i /run/netns` or `lsns` show it), not zero.
     Inode(u32),
     Path(PathBuf),
 }
 
 impl NetnsSpec {
-    /// A number is a PID when /proc has it, else an inode; a word is a name in /run/netns.
-    pub fn parse(text: &str) -> Self {
+    /// A number is a PID when /proc has it, else an inode; a word is a name in /run/netns; a
+    /// word with a `/` is a path. Empty and 0 name nothing (0 would mean "every namespace" to
+    /// the programs).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err(
+                "--netns '': empty; give a name from /run/netns, a path, a PID or an inode number"
+                    .into(),
+            );
+        }
         if let Ok(number) = text.parse::<u32>() {
+            if number == 0 {
+                return Err("--netns 0: neither a process nor a namespace inode".into());
+            }
             let proc_path = PathBuf::from(format!("/proc/{number}/ns/net"));
             if proc_path.exists() {
-                return Self::Path(proc_path);
+                return Ok(Self::Path(proc_path));
             }
-            return Self::Inode(number);
+            return Ok(Self::Inode(number));
         }
         if text.contains('/') {
-            Self::Path(PathBuf::from(text))
+            Ok(Self::Path(PathBuf::from(text)))
         } else {
-            Self::Path(PathBuf::from("/run/netns").join(text))
+            Ok(Self::Path(PathBuf::from("/run/netns").join(text)))
         }
     }
 }
@@ -190,23 +220,65 @@ mod tests {
     }
 
     #[test]
+    fn count_must_be_positive() {
+        let error = Cli::try_parse_from(["udptrace", "--count", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("give at least 1"), "{error}");
+        assert!(Cli::try_parse_from(["udptrace", "-c", "x"]).is_err());
+        let cli = Cli::try_parse_from(["udptrace", "-c", "1", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.count, Some(1));
+    }
+
+    #[test]
+    fn pid_zero_is_refused() {
+        let error = Cli::try_parse_from(["udptrace", "--pid", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0 is not a process id"), "{error}");
+        assert!(Cli::try_parse_from(["udptrace", "--pid", "-3"]).is_err());
+    }
+
+    #[test]
+    fn unknown_flags_are_flags_not_filter_words() {
+        let error = Cli::try_parse_from(["udptrace", "--bogus", "port", "53"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(error.to_string().contains("--bogus"), "{error}");
+        // Options after the filter words are still options.
+        let cli =
+            Cli::try_parse_from(["udptrace", "not", "port", "53", "--json", "-c", "2"]).unwrap();
+        assert_eq!(cli.trace.filter, ["not", "port", "53"]);
+        assert!(cli.trace.output.json);
+        assert_eq!(cli.trace.count, Some(2));
+        // After `--`, anything is a filter word (the filter parser judges it).
+        let cli = Cli::try_parse_from(["udptrace", "--", "--bogus", "port"]).unwrap();
+        assert_eq!(cli.trace.filter, ["--bogus", "port"]);
+    }
+
+    #[test]
     fn netns_specs() {
         assert_eq!(
             NetnsSpec::parse("4026531840"),
-            NetnsSpec::Inode(4_026_531_840)
+            Ok(NetnsSpec::Inode(4_026_531_840))
         );
         let pid = std::process::id();
         assert_eq!(
             NetnsSpec::parse(&pid.to_string()),
-            NetnsSpec::Path(format!("/proc/{pid}/ns/net").into())
+            Ok(NetnsSpec::Path(format!("/proc/{pid}/ns/net").into()))
         );
         assert_eq!(
             NetnsSpec::parse("blue"),
-            NetnsSpec::Path("/run/netns/blue".into())
+            Ok(NetnsSpec::Path("/run/netns/blue".into()))
         );
         assert_eq!(
             NetnsSpec::parse("/var/run/netns/x"),
-            NetnsSpec::Path("/var/run/netns/x".into())
+            Ok(NetnsSpec::Path("/var/run/netns/x".into()))
         );
+    }
+
+    #[test]
+    fn netns_specs_that_name_nothing() {
+        assert!(NetnsSpec::parse("").unwrap_err().contains("empty"));
+        assert!(NetnsSpec::parse("0").unwrap_err().contains("--netns 0"));
     }
 }

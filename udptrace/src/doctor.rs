@@ -8,7 +8,7 @@ use udptrace_common::event::Mechanism;
 
 use crate::{
     host::{effective_capabilities, missing_capabilities},
-    render::json::probes_json,
+    render::{json::probes_json, print_stdout},
     session::{TraceConfig, Tracer},
 };
 
@@ -36,8 +36,9 @@ fn kernel_release() -> String {
     )
 }
 
-/// Runs the checks, prints the report, returns the exit status (0 = every core hook attached).
-pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
+/// Runs the checks, prints the report, returns the exit status (0 = every core hook attached),
+/// or the error writing the report.
+pub fn run(json_output: bool, forced: Option<Mechanism>) -> std::io::Result<u8> {
     let kernel = kernel_release();
     let missing_caps = missing_capabilities(effective_capabilities());
     let btf = std::fs::metadata("/sys/kernel/btf/vmlinux").map(|m| m.len());
@@ -72,8 +73,8 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
             "error": tracer.as_ref().err().map(|e| format!("{e:#}")),
             "ok": core_ok,
         });
-        println!("{report}");
-        return if core_ok { 0 } else { 1 };
+        print_stdout(&format!("{report}\n"))?;
+        return Ok(u8::from(!core_ok));
     }
     let mut text = String::new();
     let _ = writeln!(text, "kernel      {kernel}");
@@ -169,6 +170,6 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> i32 {
             "NOT READY: a core hook cannot be attached (see above)"
         }
     );
-    print!("{text}");
-    if core_ok { 0 } else { 1 }
+    print_stdout(&text)?;
+    Ok(u8::from(!core_ok))
 }

@@ -6,10 +6,10 @@ use anyhow::{Context as _, anyhow};
 
 use crate::{
     cli::{LabCommand, OutputArgs},
-    lab::{netns, scenarios},
-    render::{Output, json::JsonOutput, text::TextOutput},
+    lab::{Scenario, netns, scenarios},
+    render::{Output, json::JsonOutput, note, print_stdout, text::TextOutput},
     session::{TraceConfig, Tracer},
-    shutdown::stop_signal,
+    shutdown::StopSignals,
 };
 
 /// The output chosen on the command line; text is coloured only on a terminal without NO_COLOR.
@@ -23,21 +23,22 @@ pub fn output_for(args: &OutputArgs) -> Box<dyn Output> {
     }
 }
 
-pub async fn run(command: LabCommand) -> anyhow::Result<()> {
+pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Result<()> {
     match command {
         LabCommand::List => {
+            let mut text = String::new();
             for scenario in scenarios::SCENARIOS {
                 let expected = if scenario.expected.is_empty() {
                     "no verdict (healthy control)".to_owned()
                 } else {
                     scenario.expected.join(", ")
                 };
-                println!(
-                    "{:<28} {}\n{:<28} expect: {expected}",
+                text.push_str(&format!(
+                    "{:<28} {}\n{:<28} expect: {expected}\n",
                     scenario.name, scenario.description, ""
-                );
+                ));
             }
-            Ok(())
+            print_stdout(&text).context("writing the output")
         }
         LabCommand::Run {
             name,
@@ -46,69 +47,89 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
         } => {
             let scenario = scenarios::find(&name)
                 .ok_or_else(|| anyhow!("no lab scenario `{name}`: see `udptrace lab list`"))?;
-            let tracer = if trace {
-                Some(Tracer::start(TraceConfig {
-                    filter: vec!["port".into(), scenario.port().to_string()],
-                    probes: output.probes.map(Into::into),
-                    ring_size: output.ring_size,
-                    ..TraceConfig::default()
-                })?)
-            } else {
-                None
-            };
-            let lab = scenario.setup().context("building the lab")?;
-            eprintln!(
-                "lab {}: {}\nexpected verdicts: {}",
-                scenario.name,
-                scenario.description,
-                if scenario.expected.is_empty() {
-                    "none".into()
-                } else {
-                    scenario.expected.join(", ")
-                }
-            );
-            let lab = std::sync::Arc::new(lab);
-            let exercised = {
-                let lab = std::sync::Arc::clone(&lab);
-                tokio::task::spawn_blocking(move || scenario.exercise(&lab))
-            };
-            let outcome = match tracer {
-                Some(tracer) => {
-                    let mut out = output_for(&output);
-                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                    let waiter = tokio::spawn(async move {
-                        let outcome = exercised.await;
-                        // Events and verdicts settle after the last datagram.
-                        tokio::time::sleep(Duration::from_millis(700)).await;
-                        let _ = done_tx.send(());
-                        outcome
-                    });
-                    let stop = async {
-                        tokio::select! {
-                            _ = done_rx => {}
-                            () = stop_signal() => {}
-                        }
-                    };
-                    tracer.run(out.as_mut(), stop).await?;
-                    waiter.await.context("lab task")?
-                }
-                None => {
-                    tokio::select! {
-                        outcome = exercised => outcome,
-                        () = stop_signal() => {
-                            // The peers' threads end on their own deadlines; the namespaces
-                            // go now.
-                            netns::cleanup_all();
-                            anyhow::bail!("interrupted; the lab's namespaces were removed");
-                        }
-                    }
-                }
-            }
-            .context("lab task")??;
-            eprintln!("lab {}: {}", scenario.name, outcome.describe());
-            drop(lab);
+            // Before the first namespace exists: a SIGKILL at any moment leaves nothing behind.
+            netns::spawn_guardian()?;
+            let result = run_scenario(scenario, trace, &output, signals).await;
+            // On every path (done, Ctrl-C, an error): peers stop within a tick, the namespaces
+            // go now.
             netns::cleanup_all();
-            Ok(())
+            result
         }
     }
+}
+
+/// `lab run`: builds the lab, exercises it (traced with `trace`) until it is done or a signal
+/// comes. A signal during the set-up (which blocks this thread) is kept by `signals` and ends
+/// the run as soon as the set-up returns.
+async fn run_scenario(
+    scenario: &'static Scenario,
+    trace: bool,
+    output: &OutputArgs,
+    signals: &mut StopSignals,
+) -> anyhow::Result<()> {
+    let tracer = if trace {
+        Some(Tracer::start(TraceConfig {
+            filter: vec!["port".into(), scenario.port().to_string()],
+            probes: output.probes.map(Into::into),
+            ring_size: output.ring_size,
+            ..TraceConfig::default()
+        })?)
+    } else {
+        None
+    };
+    let lab = scenario.setup().context("building the lab")?;
+    note(format_args!(
+        "lab {}: {}\nexpected verdicts: {}",
+        scenario.name,
+        scenario.description,
+        if scenario.expected.is_empty() {
+            "none".into()
+        } else {
+            scenario.expected.join(", ")
+        }
+    ));
+    let lab = std::sync::Arc::new(lab);
+    let exercised = {
+        let lab = std::sync::Arc::clone(&lab);
+        tokio::task::spawn_blocking(move || scenario.exercise(&lab))
+    };
+    let interrupted = || anyhow!("interrupted; the lab's namespaces were removed");
+    let outcome = match tracer {
+        Some(tracer) => {
+            let mut out = output_for(output);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let waiter = tokio::spawn(async move {
+                let outcome = exercised.await;
+                // Events and verdicts settle after the last datagram.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                let _ = done_tx.send(());
+                outcome
+            });
+            let mut stopped = false;
+            let stop = async {
+                tokio::select! {
+                    _ = done_rx => {}
+                    () = signals.or_stdout_closed() => stopped = true,
+                }
+            };
+            tracer.run(out.as_mut(), stop).await?;
+            if stopped {
+                return Err(interrupted());
+            }
+            waiter.await.context("lab task")?
+        }
+        None => {
+            tokio::select! {
+                outcome = exercised => outcome,
+                () = signals.recv() => return Err(interrupted()),
+            }
+        }
+    }
+    .context("lab task")??;
+    note(format_args!(
+        "lab {}: {}",
+        scenario.name,
+        outcome.describe()
+    ));
+    Ok(())
 }

@@ -9,7 +9,7 @@ use std::{
     cell::RefCell,
     collections::HashMap,
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -95,9 +95,11 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
         for entry in entries.flatten() {
             if let Ok(metadata) = fs::metadata(entry.path()) {
                 let inode = metadata.ino() as u32;
+                // Whoever ran `ip netns add` chose the name: escaped like comm and ifname, in
+                // the text and the JSON output alike.
                 cache
                     .netns
-                    .insert(inode, entry.file_name().to_string_lossy().into_owned());
+                    .insert(inode, sanitize_kernel_string(entry.file_name().as_bytes()));
                 cache.netns_paths.insert(inode, entry.path());
             }
         }
@@ -201,5 +203,19 @@ mod tests {
     fn names_our_own_namespace() {
         let inode = fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
         assert!(Processes::default().netns_name(inode).is_some());
+    }
+
+    #[test]
+    fn namespace_names_are_escaped() {
+        // A /run/netns stand-in with a hostile name (rescan only stats the entries).
+        let dir = std::env::temp_dir().join(format!("udptrace-netns-names-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let hostile = dir.join(std::ffi::OsStr::from_bytes(b"evil\x1b[2J\xff\\"));
+        fs::write(&hostile, b"").unwrap();
+        let inode = fs::metadata(&hostile).unwrap().ino() as u32;
+        let mut cache = Cache::default();
+        rescan(&mut cache, Path::new("/nonexistent-proc"), &dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(cache.netns[&inode], "evil\\x1b[2J\\xff\\\\");
     }
 }

@@ -6,12 +6,11 @@ use std::{
     collections::HashMap,
     future::Future,
     net::SocketAddr,
-    os::unix::fs::MetadataExt as _,
     rc::Rc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
     event::{Counter, EventKind, Mechanism, SAMPLE_EVENTS_PER_SECOND},
@@ -20,7 +19,6 @@ use udptrace_common::{
 };
 
 use crate::{
-    cli::NetnsSpec,
     clock::{WallClock, monotonic_ns},
     decode::{self, KernelNames, What},
     filter::{self, CompiledFilter},
@@ -29,14 +27,18 @@ use crate::{
         table::{FlowKey, Tally, canonical},
         verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
-    host::{ifindex_in, preflight},
+    host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,
     namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
-    render::{Output, Stats},
+    procs::Processes,
+    render::{Output, Stats, note},
     reorder::{REORDER_WINDOW, Reorder},
     stream::{CounterValues, Counters, EventRing, FlowCounts},
 };
+
+/// Context of an output error (`main` tells a closed pipe from the others by its source).
+const WRITING: &str = "writing the output";
 
 /// Longest an event waits in the ring before it is printed.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
@@ -103,7 +105,7 @@ impl Tracer {
         let filter = filter::compile(&config.filter)?;
         preflight()?;
         let knowledge = Knowledge::load()?;
-        let selectors = selectors(&config)?;
+        let selectors = selectors(&config, &knowledge.processes)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
             .override_global(FILTER_GLOBAL, &*filter.program, true)
@@ -174,7 +176,9 @@ impl Tracer {
         output: &mut dyn Output,
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<Stats> {
-        output.ready(&self.filter.expression, &self.probes);
+        output
+            .ready(&self.filter.expression, &self.probes)
+            .context(WRITING)?;
         let deadline = self.config.duration.map(|d| Instant::now() + d);
         let mut stats = Stats::default();
         let mut last_lost = 0;
@@ -200,14 +204,14 @@ impl Tracer {
             tokio::select! {
                 ready = self.ring.readable() => {
                     ready?;
-                    self.drain(output, &mut stats);
+                    self.drain(output, &mut stats)?;
                 }
-                _ = drain_tick.tick() => self.drain(output, &mut stats),
+                _ = drain_tick.tick() => self.drain(output, &mut stats)?,
                 _ = verdict_tick.tick() => {
                     // Evidence is observed a reorder window after it happened.
                     let observed_until = monotonic_ns().saturating_sub(REORDER_WINDOW.as_nanos() as u64);
                     for verdict in self.diagnosis.ready(observed_until, false) {
-                        output.verdict(&verdict);
+                        output.verdict(&verdict).context(WRITING)?;
                     }
                 }
                 _ = tick.tick() => {
@@ -215,17 +219,17 @@ impl Tracer {
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
-                        eprintln!(
+                        note(format_args!(
                             "udptrace: {} events sampled out in the last second (at most {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
                             sampled - last_sampled
-                        );
+                        ));
                         last_sampled = sampled;
                     }
                     let lost = counters.get(Counter::Lost);
                     if lost > last_lost {
                         let delta = lost - last_lost;
-                        eprintln!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)");
-                        output.lost(delta, lost);
+                        note(format_args!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)"));
+                        output.lost(delta, lost).context(WRITING)?;
                         last_lost = lost;
                     }
                 }
@@ -235,20 +239,22 @@ impl Tracer {
         }
         // Records already in the ring belong to this run, and nothing earlier than the held
         // events can come any more.
-        self.drain(output, &mut stats);
+        self.drain(output, &mut stats)?;
         let rest = self.pending.release_all();
-        self.observe(rest, output, &mut stats);
+        self.observe(rest, output, &mut stats)?;
         let counters = self.counters.read()?;
         let lost = counters.get(Counter::Lost);
         if lost > last_lost {
-            output.lost(lost - last_lost, lost);
+            output.lost(lost - last_lost, lost).context(WRITING)?;
         }
         fill_stats(&mut stats, &counters);
         self.count_in_kernel()?;
         for verdict in self.diagnosis.ready(monotonic_ns(), true) {
-            output.verdict(&verdict);
+            output.verdict(&verdict).context(WRITING)?;
         }
-        output.summary(&self.diagnosis.flows, self.diagnosis.verdicts(), &stats);
+        output
+            .summary(&self.diagnosis.flows, self.diagnosis.verdicts(), &stats)
+            .context(WRITING)?;
         Ok(stats)
     }
 
@@ -286,7 +292,7 @@ impl Tracer {
     }
 
     /// Decodes what the ring holds, then shows and diagnoses the events whose turn has come.
-    fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) {
+    fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) -> anyhow::Result<()> {
         let knowledge = &self.knowledge;
         let clock = &self.clock;
         let pending = &mut self.pending;
@@ -307,31 +313,34 @@ impl Tracer {
                 Err(error) => {
                     stats.decode_errors += 1;
                     if stats.decode_errors == 1 {
-                        eprintln!("udptrace: undecodable record ({error}); counting the rest");
+                        note(format_args!(
+                            "udptrace: undecodable record ({error}); counting the rest"
+                        ));
                     }
                 }
             }
         });
         let due = self.pending.release(monotonic_ns());
-        self.observe(due, output, stats);
+        self.observe(due, output, stats)
     }
 
-    /// Shows `events` (in kernel-time order) and feeds them to the rules, up to `--count`.
+    /// Shows `events` (in kernel-time order) and feeds them to the rules, up to `--count`;
+    /// fails with the first write error (the run ends on it).
     fn observe(
         &mut self,
         events: Vec<decode::TraceEvent>,
         output: &mut dyn Output,
         stats: &mut Stats,
-    ) {
+    ) -> anyhow::Result<()> {
         for event in events {
             if self.reached_count(stats) {
                 break;
             }
             stats.events += 1;
-            output.event(&event);
+            output.event(&event).context(WRITING)?;
             self.diagnosis.observe(&event);
         }
-        output.flush();
+        output.flush().context(WRITING)
     }
 }
 
@@ -366,43 +375,21 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
 }
 
 /// `--netns`, `-i`, `--pid` → the kernel's numbers.
-fn selectors(config: &TraceConfig) -> anyhow::Result<Selectors> {
-    let netns_path = match config.netns.as_deref().map(NetnsSpec::parse) {
-        None => None,
-        Some(NetnsSpec::Inode(inode)) => {
-            return Ok(Selectors {
-                netns: inode,
-                ifindex: match &config.interface {
-                    Some(name) => bail!(
-                        "-i {name} needs --netns as a name, path or PID to find the device in (an inode cannot be entered)"
-                    ),
-                    None => 0,
-                },
-                pid: config.pid.unwrap_or(0),
-                padding: 0,
-            });
-        }
-        Some(NetnsSpec::Path(path)) => Some(path),
-    };
-    let netns = match &netns_path {
-        Some(path) => {
-            let metadata = std::fs::metadata(path)
-                .with_context(|| format!("--netns: cannot open {}", path.display()))?;
-            metadata.ino() as u32
-        }
-        None => 0,
-    };
+fn selectors(config: &TraceConfig, known: &Processes) -> anyhow::Result<Selectors> {
+    let netns = config
+        .netns
+        .as_deref()
+        .map(|text| open_netns(text, known))
+        .transpose()?;
     let ifindex = match &config.interface {
         None => 0,
-        Some(name) => ifindex_in(netns_path.as_deref(), name)?,
+        Some(name) => ifindex_in(netns.as_ref().map(|n| n.path.as_path()), name)?,
     };
-    if let Some(pid) = config.pid
-        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    {
-        return Err(anyhow!("--pid {pid}: no such process"));
+    if let Some(pid) = config.pid {
+        check_pid(pid)?;
     }
     Ok(Selectors {
-        netns,
+        netns: netns.map_or(0, |n| n.inode),
         ifindex,
         pid: config.pid.unwrap_or(0),
         padding: 0,

@@ -12,18 +12,23 @@
 
 use std::{
     fs::File,
-    io::Write as _,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    io::{Read as _, Write as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::MetadataExt as _, process::CommandExt as _},
+    },
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{ChildStdin, Command, Stdio},
     sync::{
-        Mutex,
+        Mutex, OnceLock,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
 };
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
+
+use crate::render::note;
 
 const PREFIX: &str = "udpt-";
 const NETNS_DIR: &str = "/run/netns";
@@ -330,6 +335,11 @@ fn owner_pid(name: &str) -> Option<u32> {
 /// Deletes `udpt-<pid>-*` namespaces whose process no longer exists (a crash or SIGKILL) and
 /// returns their names.
 pub fn cleanup_stale() -> Vec<String> {
+    remove_owned_by(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Deletes the lab namespaces whose owner pid satisfies `dead` and returns their names.
+fn remove_owned_by(dead: impl Fn(u32) -> bool) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
         return Vec::new();
     };
@@ -339,13 +349,53 @@ pub fn cleanup_stale() -> Vec<String> {
         let Some(pid) = owner_pid(&name) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists()
-            && run("ip", &["netns", "del", &name], None).is_ok()
-        {
+        if dead(pid) && run("ip", &["netns", "del", &name], None).is_ok() {
             removed.push(name);
         }
     }
     removed
+}
+
+/// The write end of the guardian's pipe: held (never written) for the life of this process.
+static GUARDIAN: OnceLock<ChildStdin> = OnceLock::new();
+
+/// Starts `udptrace lab-guard <this pid>`, which removes this process's namespaces once it is
+/// gone, SIGKILL included (the guards' drops and `cleanup_all` then never run). The guardian
+/// waits for end-of-file on a pipe whose only write end is here: the kernel closes it when
+/// this process dies, however it dies. Not PR_SET_PDEATHSIG: that fires when the *thread*
+/// that forked exits, and the lab forks from tokio's threads. The guardian has its own
+/// process group, so the terminal's Ctrl-C goes to this process only (which cleans up itself).
+/// Call it before the first namespace is created; later calls do nothing.
+pub fn spawn_guardian() -> anyhow::Result<()> {
+    if GUARDIAN.get().is_some() {
+        return Ok(());
+    }
+    // /proc/self/exe: this very binary, even if the file was replaced since it started.
+    let mut child = Command::new("/proc/self/exe")
+        .args(["lab-guard", &std::process::id().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting the lab's guardian process")?;
+    let pipe = child.stdin.take().context("the guardian's pipe")?;
+    let _ = GUARDIAN.set(pipe);
+    Ok(())
+}
+
+/// `udptrace lab-guard PARENT`: waits until the parent's end of stdin closes (the parent
+/// exited or was killed), then deletes the namespaces named after PARENT. They are its own:
+/// its pid is in their names and it was alive when it made them. A parent that exited
+/// normally removed them already, leaving nothing to do.
+pub fn guard(parent: u32) {
+    let mut sink = [0_u8; 64];
+    // Nothing is ever written: read returns 0 (EOF) when the parent is gone, or an error.
+    while matches!(std::io::stdin().read(&mut sink), Ok(n) if n > 0) {}
+    for name in remove_owned_by(|pid| pid == parent) {
+        note(format_args!(
+            "udptrace: removed lab namespace {name} left by process {parent}"
+        ));
+    }
 }
 
 /// Connects `a` and `b` with a veth pair named `a_dev` (in `a`) and `b_dev` (in `b`), both up.

@@ -1,7 +1,7 @@
 //! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `verdict`,
 //! `flow`, `stats`).
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use serde_json::{Value, json};
 use udptrace_common::event::Mechanism;
@@ -29,25 +29,23 @@ impl<W: Write> JsonOutput<W> {
     /// Writes `value` (a struct serializing to a JSON object) with a leading `type` field (and
     /// `final: true` for exit-summary records). Serialized straight into a reused buffer and
     /// spliced, not through `serde_json::Value`: this runs once per event.
-    fn tagged(&mut self, kind: &str, value: &impl serde::Serialize, last: bool) {
+    fn tagged(&mut self, kind: &str, value: &impl serde::Serialize, last: bool) -> io::Result<()> {
         self.buffer.clear();
         if serde_json::to_writer(&mut self.buffer, value).is_err()
             || self.buffer.first() != Some(&b'{')
         {
-            return;
+            return Ok(());
         }
         let rest = &self.buffer[1..];
         let separator = if rest == b"}" { "" } else { "," };
         let fin = if last { ",\"final\":true" } else { "" };
-        // A closed stdout (e.g. `| head`) must not panic; the run ends on its own.
-        let _ = write!(self.out, "{{\"type\":\"{kind}\"{fin}{separator}");
-        let _ = self.out.write_all(rest);
-        let _ = self.out.write_all(b"\n");
+        write!(self.out, "{{\"type\":\"{kind}\"{fin}{separator}")?;
+        self.out.write_all(rest)?;
+        self.out.write_all(b"\n")
     }
 
-    fn line(&mut self, value: &Value) {
-        // A closed stdout (e.g. `| head`) must not panic; the run ends on its own.
-        let _ = writeln!(self.out, "{value}");
+    fn line(&mut self, value: &Value) -> io::Result<()> {
+        writeln!(self.out, "{value}")
     }
 }
 
@@ -72,34 +70,39 @@ pub fn probes_json(probes: &[HookOutcome]) -> Value {
 }
 
 impl<W: Write> Output for JsonOutput<W> {
-    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
         self.line(&json!({
             "type": "ready",
             "filter": filter,
             "probes": probes_json(probes),
-        }));
-        self.flush();
+        }))?;
+        self.flush()
     }
 
-    fn flush(&mut self) {
-        let _ = self.out.flush();
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 
-    fn event(&mut self, event: &TraceEvent) {
-        self.tagged("event", event, false);
+    fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
+        self.tagged("event", event, false)
     }
 
-    fn lost(&mut self, lost: u64, total: u64) {
-        self.line(&json!({"type": "lost", "count": lost, "total": total}));
-        self.flush();
+    fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
+        self.line(&json!({"type": "lost", "count": lost, "total": total}))?;
+        self.flush()
     }
 
-    fn verdict(&mut self, verdict: &Verdict) {
-        self.tagged("verdict", verdict, false);
-        self.flush();
+    fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
+        self.tagged("verdict", verdict, false)?;
+        self.flush()
     }
 
-    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
+    fn summary(
+        &mut self,
+        flows: &FlowTable,
+        verdicts: &[Verdict],
+        stats: &Stats,
+    ) -> io::Result<()> {
         for (key, flow) in flows.sorted() {
             let mut value = serde_json::to_value(flow).unwrap_or(Value::Null);
             if let Value::Object(map) = &mut value {
@@ -107,13 +110,13 @@ impl<W: Write> Output for JsonOutput<W> {
                 map.insert("a".into(), key.a.to_string().into());
                 map.insert("b".into(), key.b.to_string().into());
             }
-            self.line(&value);
+            self.line(&value)?;
         }
         for verdict in verdicts {
-            self.tagged("verdict", verdict, true);
+            self.tagged("verdict", verdict, true)?;
         }
-        self.tagged("stats", stats, false);
-        self.flush();
+        self.tagged("stats", stats, false)?;
+        self.flush()
     }
 }
 
@@ -126,9 +129,10 @@ mod tests {
     fn records_are_tagged_objects() {
         let mut out = Vec::new();
         let mut json = JsonOutput::new(&mut out);
-        json.tagged("stats", &Stats::default(), true);
-        json.tagged("empty", &serde_json::Map::new(), false);
-        json.lost(3, 7);
+        json.tagged("stats", &Stats::default(), true).unwrap();
+        json.tagged("empty", &serde_json::Map::new(), false)
+            .unwrap();
+        json.lost(3, 7).unwrap();
         let lines: Vec<Value> = String::from_utf8(out)
             .unwrap()
             .lines()

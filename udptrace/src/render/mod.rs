@@ -4,7 +4,10 @@
 pub mod json;
 pub mod text;
 
+use std::io;
+
 use serde::Serialize;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     decode::TraceEvent,
@@ -39,17 +42,89 @@ pub struct Stats {
     pub events: u64,
 }
 
-/// Where output goes; one implementation per format.
+/// Where output goes; one implementation per format. Every write reports its error: the
+/// session stops at the first one (`main` exits quietly on a closed pipe, with a message and a
+/// failure status on anything else, e.g. ENOSPC).
 pub trait Output {
-    fn ready(&mut self, filter: &str, probes: &[HookOutcome]);
+    /// The start-up line (text: on stderr, like tcpdump's banner; JSON: the `ready` record).
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()>;
     /// Events are buffered: written out after each batch drained from the ring, not one
     /// system call per event.
-    fn event(&mut self, event: &TraceEvent);
-    fn flush(&mut self);
+    fn event(&mut self, event: &TraceEvent) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
     /// Events lost in the last interval (`lost` > 0), and in total.
-    fn lost(&mut self, lost: u64, total: u64);
+    fn lost(&mut self, lost: u64, total: u64) -> io::Result<()>;
     /// A verdict whose evidence is complete.
-    fn verdict(&mut self, verdict: &Verdict);
+    fn verdict(&mut self, verdict: &Verdict) -> io::Result<()>;
     /// At exit: every flow and every verdict with final counts, then the totals.
-    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats);
+    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats)
+    -> io::Result<()>;
+}
+
+/// Whether `error` comes from writing into a pipe nobody reads any more (EPIPE: Rust ignores
+/// SIGPIPE, so the write fails instead of killing the process): `udptrace ... | head -1`.
+pub fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Completes when standard output's reader is gone, without writing to it: a quiet trace
+/// (nothing matching) must notice `| head -1` exiting as promptly as a busy one. A pipe's
+/// write end polls EPOLLERR once the last reader closed (fs/pipe.c `pipe_poll`), which epoll
+/// reports whatever interest was registered. Never completes for files and /dev/null: epoll
+/// refuses them (EPERM) and they have no reader to lose.
+pub async fn stdout_closed() {
+    // AsyncFd only watches the descriptor: it neither sets O_NONBLOCK on the shared file
+    // description nor closes fd 1 when dropped (dropping a `Stdout` handle closes nothing).
+    // SAFETY: fd 1 is open (std reopens a closed one on /dev/null before `main`) and udptrace
+    // never closes or replaces it, so it refers to the same file description throughout.
+    let registered = unsafe { AsyncFd::register_with_interest(io::stdout(), Interest::ERROR) };
+    if let Ok(watch) = registered
+        && watch.ready(Interest::ERROR).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Whether standard output was closed when udptrace started (`udptrace ... >&-`). Rust's
+/// runtime reopens a closed descriptor 0-2 on /dev/null, read-write, before `main` (std's
+/// `sanitize_standard_fds`), so every write would vanish without an error; a shell's
+/// `>/dev/null` opens it write-only.
+pub fn stdout_was_closed() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(null) = std::fs::metadata("/dev/null") else {
+        return false;
+    };
+    // SAFETY: fstat and fcntl(F_GETFL) on a descriptor number only read; an invalid one fails.
+    let (stat, flags) = unsafe {
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(libc::STDOUT_FILENO, &raw mut stat) != 0 {
+            return true;
+        }
+        (stat, libc::fcntl(libc::STDOUT_FILENO, libc::F_GETFL))
+    };
+    stat.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && stat.st_rdev == null.rdev()
+        && flags >= 0
+        && flags & libc::O_ACCMODE == libc::O_RDWR
+}
+
+/// Writes `text` to standard output now, reporting the error (`println!` would panic on it).
+pub fn print_stdout(text: &str) -> io::Result<()> {
+    use io::Write as _;
+    let mut stdout = io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()
+}
+
+/// Writes one diagnostic line to stderr. Unlike `eprintln!`, which panics when the write fails
+/// (`udptrace ... 2>&1 | head` once head is gone, `2>/dev/full`), a failure is dropped: stderr
+/// is where it would have been reported.
+pub fn note(line: std::fmt::Arguments<'_>) {
+    use io::Write as _;
+    let _ = writeln!(io::stderr(), "{line}");
 }

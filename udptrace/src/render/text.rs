@@ -12,7 +12,7 @@
 //! JSON output). Colour only on a terminal and never with
 //! NO_COLOR (<https://no-color.org>).
 
-use std::io::Write;
+use std::io::{self, Write};
 
 use super::{Output, Stats};
 use crate::{
@@ -178,24 +178,24 @@ fn context(event: &TraceEvent) -> String {
 }
 
 impl<W: Write> Output for TextOutput<W> {
-    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
         let attached: Vec<String> = probes
             .iter()
             .filter_map(|o| o.attached.map(|m| format!("{}:{}", o.hook.name, m.name())))
             .collect();
         let filter = if filter.is_empty() { "all UDP" } else { filter };
+        // On stderr, like tcpdump's "listening on ...": stdout carries only what was traced,
+        // so `udptrace ... > file` or `| grep` gets no banner. Not an output error when it
+        // fails: a broken stderr is where errors would have been reported.
         let _ = writeln!(
-            self.out,
-            "{}",
-            self.paint(
-                DIM,
-                &format!("tracing {filter} ({}); Ctrl-C to stop", attached.join(" "))
-            )
+            io::stderr(),
+            "tracing {filter} ({}); Ctrl-C to stop",
+            attached.join(" ")
         );
-        let _ = self.out.flush();
+        Ok(())
     }
 
-    fn event(&mut self, event: &TraceEvent) {
+    fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
         let colour = match event.what {
             What::Drop { .. } => RED,
             What::Icmp { .. } => YELLOW,
@@ -211,29 +211,35 @@ impl<W: Write> Output for TextOutput<W> {
             colour,
             &format!("{:<10}", format!("{branch}{}", event.kind_name())),
         );
-        let _ = writeln!(self.out, "{time} {kind} {}", summary(event));
+        writeln!(self.out, "{time} {kind} {}", summary(event))?;
         let context = self.paint(DIM, &context(event));
-        let _ = writeln!(self.out, "{:27}{context}", "");
+        writeln!(self.out, "{:27}{context}", "")
     }
 
-    fn flush(&mut self) {
-        let _ = self.out.flush();
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 
-    fn lost(&mut self, _lost: u64, _total: u64) {
+    fn lost(&mut self, _lost: u64, _total: u64) -> io::Result<()> {
         // Text mode reports losses on stderr (status line) so stdout stays one event per line.
+        Ok(())
     }
 
-    fn verdict(&mut self, verdict: &Verdict) {
+    fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
         let text = verdict_text(verdict);
-        let _ = writeln!(self.out, "{}", self.paint(BOLD_RED, &text));
-        let _ = self.out.flush();
+        writeln!(self.out, "{}", self.paint(BOLD_RED, &text))?;
+        self.out.flush()
     }
 
-    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
+    fn summary(
+        &mut self,
+        flows: &FlowTable,
+        verdicts: &[Verdict],
+        stats: &Stats,
+    ) -> io::Result<()> {
         let flows = flows.sorted();
         if !flows.is_empty() {
-            let _ = writeln!(self.out, "\nflows");
+            writeln!(self.out, "\nflows")?;
         }
         for (key, flow) in flows {
             let mut line = format!(
@@ -261,15 +267,15 @@ impl<W: Write> Output for TextOutput<W> {
                     flow.verdicts.iter().copied().collect::<Vec<_>>().join(", ")
                 ));
             }
-            let _ = writeln!(self.out, "{line}");
+            writeln!(self.out, "{line}")?;
         }
         if !verdicts.is_empty() {
-            let _ = writeln!(self.out, "\nverdicts");
+            writeln!(self.out, "\nverdicts")?;
             for verdict in verdicts {
-                let _ = writeln!(self.out, "{}", verdict_text(verdict));
+                writeln!(self.out, "{}", verdict_text(verdict))?;
             }
         }
-        let _ = writeln!(
+        writeln!(
             self.out,
             "\n{} events shown; kernel: {} UDP occurrences seen, {} filtered out in the kernel, \
              {} submitted, {} lost (ring buffer full; {} of them drops), {} sampled out \
@@ -284,8 +290,8 @@ impl<W: Write> Output for TextOutput<W> {
             stats.drops_sampled,
             stats.kernel_read_errors,
             stats.decode_errors
-        );
-        let _ = self.out.flush();
+        )?;
+        self.out.flush()
     }
 }
 
@@ -334,10 +340,12 @@ mod tests {
     #[test]
     fn drop_line_fits_80_columns() {
         let mut out = Vec::new();
-        TextOutput::new(&mut out, false).event(&event(What::Drop {
-            reason: "NO_SOCKET".into(),
-            location: "__udp4_lib_rcv+0x2cd".into(),
-        }));
+        TextOutput::new(&mut out, false)
+            .event(&event(What::Drop {
+                reason: "NO_SOCKET".into(),
+                location: "__udp4_lib_rcv+0x2cd".into(),
+            }))
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -357,11 +365,11 @@ mod tests {
         let mut text = TextOutput::new(&mut out, false);
         let mut hop = event(What::Xmit);
         hop.skb = Some("0xffff888000001000".into());
-        text.event(&hop);
+        text.event(&hop).unwrap();
         hop.what = What::Recv;
-        text.event(&hop);
+        text.event(&hop).unwrap();
         hop.skb = Some("0xffff888000002000".into());
-        text.event(&hop);
+        text.event(&hop).unwrap();
         let text = String::from_utf8(out).unwrap();
         let kinds: Vec<&str> = text.lines().step_by(2).map(|l| &l[16..26]).collect();
         assert_eq!(kinds, ["xmit      ", "`- recv   ", "recv      "]);
@@ -370,18 +378,22 @@ mod tests {
     #[test]
     fn no_colour_means_no_escapes() {
         let mut out = Vec::new();
-        TextOutput::new(&mut out, false).event(&event(What::Icmp {
-            icmp_type: 3,
-            icmp_code: 3,
-            meaning: "port-unreachable",
-        }));
+        TextOutput::new(&mut out, false)
+            .event(&event(What::Icmp {
+                icmp_type: 3,
+                icmp_code: 3,
+                meaning: "port-unreachable",
+            }))
+            .unwrap();
         assert!(!out.contains(&0x1b));
         let mut out = Vec::new();
-        TextOutput::new(&mut out, true).event(&event(What::Icmp {
-            icmp_type: 3,
-            icmp_code: 3,
-            meaning: "port-unreachable",
-        }));
+        TextOutput::new(&mut out, true)
+            .event(&event(What::Icmp {
+                icmp_type: 3,
+                icmp_code: 3,
+                meaning: "port-unreachable",
+            }))
+            .unwrap();
         assert!(out.contains(&0x1b));
     }
 }

@@ -29,6 +29,13 @@ pub fn require_root() {
 /// ports, so two at once would see each other's events.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Holds the traces' turn (see `SERIAL`) for a test that runs `udptrace` itself.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running `udptrace --json` whose stdout lines are collected in the background.
 pub struct Trace {
     _serial: MutexGuard<'static, ()>,
@@ -43,9 +50,7 @@ impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
         require_root();
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let serial = serial();
         let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
             .arg("--json")
             .args(args)

@@ -5,6 +5,7 @@ mod common;
 mod doctor;
 mod drops;
 mod filters;
+mod hardening;
 mod path;
 mod real_tools;
 mod verdicts;
