@@ -17,7 +17,10 @@ use std::io::Write;
 use super::{Output, Stats};
 use crate::{
     decode::{SocketInfo, TraceEvent, What, endpoint},
-    flows::{table::FlowTable, verdicts::Verdict},
+    flows::{
+        table::{Counts, FlowTable},
+        verdicts::{MAX_VERDICTS_PER_RULE, Verdict},
+    },
     probes::attach::HookOutcome,
 };
 
@@ -230,9 +233,10 @@ impl<W: Write> Output for TextOutput<W> {
         let _ = self.out.flush();
     }
 
-    fn summary(&mut self, flows: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
-        let flows = flows.sorted();
-        if !flows.is_empty() {
+    fn summary(&mut self, table: &FlowTable, verdicts: &[Verdict], stats: &Stats) {
+        let flows = table.sorted();
+        let other = table.other();
+        if !flows.is_empty() || !other.is_empty() {
             let _ = writeln!(self.out, "\nflows");
         }
         for (key, flow) in flows {
@@ -240,28 +244,24 @@ impl<W: Write> Output for TextOutput<W> {
                 "  {key}  {} > / {} <",
                 flow.datagrams_a_to_b, flow.datagrams_b_to_a
             );
-            for (reason, count) in &flow.drops {
-                line.push_str(&format!("  drop {reason} x{count}"));
-            }
-            if flow.icmp_errors > 0 {
-                line.push_str(&format!("  icmp x{}", flow.icmp_errors));
-            }
-            for (errno, count) in &flow.socket_errors {
-                line.push_str(&format!("  {errno} x{count}"));
-            }
+            line.push_str(&problems(&flow.drops, flow.icmp_errors, &flow.socket_errors));
             if !flow.processes.is_empty() {
-                line.push_str(&format!(
-                    "  {}",
-                    flow.processes.iter().cloned().collect::<Vec<_>>().join(",")
-                ));
+                line.push_str(&format!("  {}", flow.processes.join(",")));
             }
             if !flow.verdicts.is_empty() {
-                line.push_str(&format!(
-                    "  => {}",
-                    flow.verdicts.iter().copied().collect::<Vec<_>>().join(", ")
-                ));
+                line.push_str(&format!("  => {}", flow.verdicts.join(", ")));
             }
             let _ = writeln!(self.out, "{line}");
+        }
+        if !other.is_empty() {
+            let _ = writeln!(
+                self.out,
+                "  other flows ({} evicted past --max-flows, {} events counted by the kernel without their flow)  {} datagrams{}",
+                other.flows_evicted,
+                other.kernel_overflow_events,
+                other.datagrams,
+                problems(&other.drops, other.icmp_errors, &other.socket_errors)
+            );
         }
         if !verdicts.is_empty() {
             let _ = writeln!(self.out, "\nverdicts");
@@ -273,7 +273,9 @@ impl<W: Write> Output for TextOutput<W> {
             self.out,
             "\n{} events shown; kernel: {} UDP occurrences seen, {} filtered out in the kernel, \
              {} submitted, {} lost (ring buffer full; {} of them drops), {} sampled out \
-             ({} of them drops; counted in the flows), {} read errors; {} undecodable records",
+             ({} of them drops; counted in the flows), {} uncounted, {} read errors; {} undecodable \
+             records; {} flows evicted, {} events counted without their flow, {} verdicts not opened \
+             (limit {MAX_VERDICTS_PER_RULE} per rule)",
             stats.events,
             stats.seen,
             stats.filtered_in_kernel,
@@ -282,11 +284,30 @@ impl<W: Write> Output for TextOutput<W> {
             stats.drops_lost,
             stats.sampled,
             stats.drops_sampled,
+            stats.uncounted,
             stats.kernel_read_errors,
-            stats.decode_errors
+            stats.decode_errors,
+            stats.flows_evicted,
+            stats.kernel_overflow_events,
+            stats.verdicts_not_opened,
         );
         let _ = self.out.flush();
     }
+}
+
+/// `  drop REASON xN  icmp xN  ERRNO xN` of a flow (or of the other flows).
+fn problems(drops: &Counts, icmp_errors: u64, socket_errors: &Counts) -> String {
+    let mut text = String::new();
+    for (reason, count) in drops.iter() {
+        text.push_str(&format!("  drop {reason} x{count}"));
+    }
+    if icmp_errors > 0 {
+        text.push_str(&format!("  icmp x{icmp_errors}"));
+    }
+    for (errno, count) in socket_errors.iter() {
+        text.push_str(&format!("  {errno} x{count}"));
+    }
+    text
 }
 
 /// A verdict as a block: headline, evidence, fix.
