@@ -282,7 +282,9 @@ fn counted_and_shown(event: &Event, kind: EventKind, tracked: bool) -> bool {
         tuple: event.tuple,
         kind: kind as u8,
         first: u8::from(matches!(kind, EventKind::Xmit | EventKind::Recv) && !tracked),
-        generation: GENERATION.get(0).map_or(0, |generation| (*generation & 1) as u8),
+        generation: GENERATION
+            .get(0)
+            .map_or(0, |generation| (*generation & 1) as u8),
         padding: 0,
         reason: if kind == EventKind::Drop {
             event.detail.reason

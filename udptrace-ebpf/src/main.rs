@@ -7,7 +7,10 @@
 #![no_main]
 // `atomic_xadd` for counters shared by all CPUs (see `emit::add_one`).
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "core_intrinsics: the BPF target has no atomic RMW API")]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics: the BPF target has no atomic RMW API"
+)]
 
 mod emit;
 mod hooks;

@@ -164,8 +164,7 @@ impl FlowCounts {
     pub fn read_rest(&self) -> anyhow::Result<KernelCounts> {
         Ok(KernelCounts {
             flows: batch_read(&self.flows, None).context("reading the flow counts")?,
-            overflow: batch_read(&self.overflow, None)
-                .context("reading the other-flows counts")?,
+            overflow: batch_read(&self.overflow, None).context("reading the other-flows counts")?,
         })
     }
 }

@@ -162,7 +162,8 @@ struct Tool {
     lost_reported: Arc<AtomicU64>,
     /// udptrace `drop` events printed.
     drops: Arc<AtomicU64>,
-    /// NO_SOCKET drops in udptrace's flow summaries (the kernel's per-flow counts).
+    /// NO_SOCKET drops in udptrace's flow summaries and its other-flows aggregate (the
+    /// kernel's per-flow counts).
     flow_drops: Arc<AtomicU64>,
 }
 
@@ -244,7 +245,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
                 // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
                 if line.contains("\"type\":\"ready\"") || line.starts_with("Attaching") {
                     let _ = ready_tx.send(());
-                } else if line.contains("\"type\":\"flow\"")
+                } else if (line.contains("\"type\":\"flow\"")
+                    || line.contains("\"type\":\"other_flows\""))
                     && let Ok(flow) = serde_json::from_str::<serde_json::Value>(&line)
                 {
                     let no_socket = flow["drops"]["NO_SOCKET"].as_u64().unwrap_or(0);

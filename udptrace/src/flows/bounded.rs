@@ -105,7 +105,10 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
             .map(|(key, entry)| (entry.last, key))
             .collect();
         ages.select_nth_unstable_by_key(count - 1, |(last, _)| *last);
-        let oldest: Vec<K> = ages[..count].iter().map(|(_, key)| (*key).clone()).collect();
+        let oldest: Vec<K> = ages[..count]
+            .iter()
+            .map(|(_, key)| (*key).clone())
+            .collect();
         for key in oldest {
             if let Some(entry) = self.map.remove(&key) {
                 evicted(key, entry.value);

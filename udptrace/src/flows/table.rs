@@ -75,7 +75,10 @@ pub struct Counts(Vec<(String, u64)>);
 
 impl Counts {
     pub fn add(&mut self, name: &str, count: u64) {
-        match self.0.binary_search_by(|(known, _)| known.as_str().cmp(name)) {
+        match self
+            .0
+            .binary_search_by(|(known, _)| known.as_str().cmp(name))
+        {
             Ok(index) => self.0[index].1 += count,
             Err(index) => self.0.insert(index, (name.to_owned(), count)),
         }

@@ -1277,7 +1277,14 @@ mod tests {
             "192.0.2.2:6000".parse().unwrap(),
         );
         let rcvbuf = Tally::Drops("SOCKET_RCVBUFF".into());
-        let drop_at = |ts| event(drop("SOCKET_RCVBUFF"), "192.0.2.1:1000", "192.0.2.2:6000", ts);
+        let drop_at = |ts| {
+            event(
+                drop("SOCKET_RCVBUFF"),
+                "192.0.2.1:1000",
+                "192.0.2.2:6000",
+                ts,
+            )
+        };
         // Kernel drains (deltas) interleaved with the events in every order: 5 drops, 3 shown.
         for kernel_first in [0, 1, 2, 3] {
             let mut diagnosis = Diagnosis::new(no_sockets());
@@ -1322,7 +1329,11 @@ mod tests {
         }
         assert_eq!(diagnosis.verdicts().len(), MAX_VERDICTS_PER_RULE);
         assert_eq!(diagnosis.not_opened(), 50);
-        assert_eq!(listed.get(), MAX_VERDICTS_PER_RULE, "no socket listing past it");
+        assert_eq!(
+            listed.get(),
+            MAX_VERDICTS_PER_RULE,
+            "no socket listing past it"
+        );
         // Another rule keeps its own allowance: a firewall drop still opens its verdict.
         diagnosis.observe(&event(
             drop("NETFILTER_DROP"),

@@ -244,7 +244,11 @@ impl<W: Write> Output for TextOutput<W> {
                 "  {key}  {} > / {} <",
                 flow.datagrams_a_to_b, flow.datagrams_b_to_a
             );
-            line.push_str(&problems(&flow.drops, flow.icmp_errors, &flow.socket_errors));
+            line.push_str(&problems(
+                &flow.drops,
+                flow.icmp_errors,
+                &flow.socket_errors,
+            ));
             if !flow.processes.is_empty() {
                 line.push_str(&format!("  {}", flow.processes.join(",")));
             }

@@ -29,6 +29,14 @@ pub fn require_root() {
 /// ports, so two at once would see each other's events.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// Waits for this test's turn to trace (see `SERIAL`); the trace may start once this returns.
+pub fn serial() -> MutexGuard<'static, ()> {
+    require_root();
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A running `udptrace --json` whose stdout lines are collected in the background.
 pub struct Trace {
     _serial: MutexGuard<'static, ()>,
@@ -40,10 +48,7 @@ pub struct Trace {
 impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
-        require_root();
-        let serial = SERIAL
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let serial = serial();
         let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
             .arg("--json")
             .args(args)

@@ -7,4 +7,5 @@ mod drops;
 mod filters;
 mod path;
 mod real_tools;
+mod scale;
 mod verdicts;
