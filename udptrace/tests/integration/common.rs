@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::{Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
@@ -37,6 +37,21 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Starts `udptrace --json ARGS...` once it is this test's turn to trace: the turn, the
+/// process and its stdout.
+pub fn spawn_udptrace(args: &[&str]) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
+    let serial = serial();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .arg("--json")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting udptrace");
+    let stdout = child.stdout.take().expect("stdout");
+    (serial, child, stdout)
+}
+
 /// A running `udptrace --json` whose stdout lines are collected in the background.
 pub struct Trace {
     _serial: MutexGuard<'static, ()>,
@@ -48,15 +63,7 @@ pub struct Trace {
 impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
-        let serial = serial();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting udptrace");
-        let stdout = child.stdout.take().expect("stdout");
+        let (serial, child, stdout) = spawn_udptrace(args);
         let (sender, lines) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {

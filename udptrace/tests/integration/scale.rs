@@ -8,7 +8,7 @@ use std::{
     net::{Ipv4Addr, UdpSocket},
     ops::Range,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    process::{Child, Command, Stdio},
+    process::Child,
     sync::{
         Arc, MutexGuard,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,7 +21,7 @@ use std::{
 use serde_json::Value;
 use udptrace::lab::netns::{Netns, veth};
 
-use crate::common::serial;
+use crate::common::spawn_udptrace;
 
 const RECEIVER: [u8; 4] = [192, 0, 2, 2];
 /// Source addresses cycled through: hosts 1-250 of 198.51.100.0/24 and of 203.0.113.0/24.
@@ -248,15 +248,7 @@ fn vm_hwm_kib(pid: u32) -> Option<u64> {
 
 impl Run {
     fn start(args: &[&str], keep: &'static str) -> Self {
-        let serial = serial();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting udptrace");
-        let stdout = child.stdout.take().expect("stdout");
+        let (serial, child, stdout) = spawn_udptrace(args);
         let (sender, lines) = mpsc::channel();
         let events = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&events);
