@@ -393,6 +393,41 @@ mod tests {
     }
 
     #[test]
+    fn evicted_flows_are_summed_up_in_one_line() {
+        use crate::flows::table::{FlowKey, Tally};
+        let mut table = FlowTable::new(1);
+        let server: std::net::SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        for port in [1000, 1001] {
+            let key = FlowKey::new(([192, 0, 2, 1], port).into(), server);
+            table.add_tally(key, &Tally::Drops("NO_SOCKET".into()), 3);
+        }
+        table.add_other(&Tally::Drops("NO_SOCKET".into()), 2);
+        let stats = Stats {
+            flows_evicted: 1,
+            kernel_overflow_events: 2,
+            ..Stats::default()
+        };
+        let mut out = Vec::new();
+        TextOutput::new(&mut out, false).summary(&table, &[], &stats);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("  192.0.2.1:1001 <> 192.0.2.2:4000  0 > / 0 <  drop NO_SOCKET x3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  other flows (1 evicted past --max-flows, 2 events counted by the kernel without \
+                 their flow)  0 datagrams  drop NO_SOCKET x5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 flows evicted, 2 events counted without their flow"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn no_colour_means_no_escapes() {
         let mut out = Vec::new();
         TextOutput::new(&mut out, false).event(&event(What::Icmp {
