@@ -203,12 +203,18 @@ impl Tracer {
                 _ = tick.tick() => {
                     // Also the generation's end: the sampling allowances restart with it.
                     let counts = self.flow_counts.drain()?;
+                    let flowless: u64 = counts.overflow.iter().map(|(_, count)| count).sum();
+                    if flowless > 0 {
+                        eprintln!(
+                            "udptrace: {flowless} events counted without their flow (the kernel's flow map was full: too many new flows a second); added up under other flows"
+                        );
+                    }
                     self.count_in_kernel(counts);
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
                         eprintln!(
-                            "udptrace: {} events sampled out in the last second (at most {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
+                            "udptrace: {} events sampled out in the last second (about {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
                             sampled - last_sampled
                         );
                         last_sampled = sampled;
