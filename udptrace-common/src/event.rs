@@ -59,9 +59,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// Kinds that occur once or more per datagram: written at most
-    /// [`SAMPLE_EVENTS_PER_SECOND`] a second per flow (and per drop reason, per CPU), the rest
-    /// counted. Errors, ICMP and `connect` are rare or rate-limited by the kernel already, and
+    /// Kinds that occur once or more per datagram: written about
+    /// [`SAMPLE_EVENTS_PER_SECOND`] a second per flow (and per drop reason), the rest counted. Errors, ICMP and `connect` are rare or rate-limited by the kernel already, and
     /// their every occurrence is shown.
     pub const fn sampled(self) -> bool {
         matches!(
@@ -192,17 +191,29 @@ pub struct Event {
     pub detail: EventDetail,
 }
 
-/// Events written per second for one [`FlowCountKey`] on one CPU. Past it, the per-datagram
-/// kinds ([`EventKind::sampled`]) are only counted (`FLOW_COUNTS`, `Counter::Sampled`): a storm
-/// costs the ring buffer, the terminal and the traced host a hash update per datagram instead
-/// of a record, and the per-flow totals (drops, datagrams) stay exact.
+/// Events written per [`FlowCountKey`] per generation (about a second: userspace flips the
+/// generation on its one-second tick, so each key starts a fresh allowance then), over all
+/// CPUs. Past it, the per-datagram kinds ([`EventKind::sampled`]) are only counted
+/// (`FLOW_COUNTS`, `Counter::Sampled`): a storm costs the ring buffer, the terminal and the
+/// traced host a hash update per datagram instead of a record, and the per-flow totals (drops,
+/// datagrams) stay exact. Approximate by design: CPUs racing on one key may each write one more,
+/// and a key active across a flip can show up to twice this within a second.
 pub const SAMPLE_EVENTS_PER_SECOND: u64 = 100;
 
-/// Capacity of `FLOW_COUNTS` (an LRU: past this many keys, the least recently counted lose
-/// their count).
-pub const FLOW_COUNTS_ENTRIES: u32 = 16_384;
+/// Capacity of `FLOW_COUNTS`, a plain (never evicting) hash shared by all CPUs. It holds two
+/// generations of keys (the one being counted and the one userspace drains next), each about a
+/// second of traffic, at about four keys a flow (drops per reason, datagrams in each direction
+/// at their first device, deliveries...): room for a storm of ~16,000 new flows a second.
+/// Preallocated, about 130 bytes a key (~17 MB), whatever the number of CPUs. A key that finds
+/// it full is counted in `FLOW_OVERFLOW` instead (the "other flows" bucket).
+pub const FLOW_COUNTS_ENTRIES: u32 = 131_072;
 
-/// Key of `FLOW_COUNTS`: what a sampled event counts towards.
+/// Capacity of `FLOW_OVERFLOW`: its keys have no tuple, so there are at most two generations
+/// of (kind, first, drop reason).
+pub const FLOW_OVERFLOW_ENTRIES: u32 = 4_096;
+
+/// Key of `FLOW_COUNTS` (and, with a zero tuple, of `FLOW_OVERFLOW`): what a sampled event
+/// counts towards.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCountKey {
@@ -212,20 +223,22 @@ pub struct FlowCountKey {
     /// `Xmit`/`Recv`: 1 where the datagram is first seen (not yet followed), so that the
     /// counts of these keys are datagrams, not hops.
     pub first: u8,
-    pub padding: u16,
+    /// The generation (0 or 1, `GENERATION`) the event was counted in: userspace drains and
+    /// deletes the keys of the generation it flipped away from a tick earlier.
+    pub generation: u8,
+    pub padding: u8,
     /// `Drop`: the `enum skb_drop_reason` value; 0 otherwise.
     pub reason: u32,
 }
 
-/// Value of `FLOW_COUNTS` (per CPU).
+/// Value of `FLOW_COUNTS` and `FLOW_OVERFLOW`, shared by all CPUs (updated with atomic adds).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowCount {
     /// Every event of this key that passed the filter, written or not.
     pub count: u64,
-    /// Start of the current one-second window (ktime ns) and events written in it.
-    pub window_start_ns: u64,
-    pub window_events: u64,
+    /// Events of this key written to the ring buffer (or attempted: a full ring loses some).
+    pub shown: u64,
 }
 
 /// Attach mechanisms, best first for a given hook.
@@ -288,13 +301,17 @@ pub enum Counter {
     /// when the ring overflows.
     DropsLost = 5,
     /// Events not written because their key had had [`SAMPLE_EVENTS_PER_SECOND`] in the
-    /// current second on the CPU; counted in `FLOW_COUNTS`.
+    /// current generation; counted in `FLOW_COUNTS` (or `FLOW_OVERFLOW`).
     Sampled = 6,
     /// Of `Sampled`, the drop events.
     DropsSampled = 7,
+    /// Per-datagram events counted neither per flow nor in the other-flows bucket (both
+    /// `FLOW_COUNTS` and `FLOW_OVERFLOW` full; sized so that this stays 0). They are still
+    /// written to the ring buffer.
+    Uncounted = 8,
 }
 
-pub const COUNTER_COUNT: u32 = 8;
+pub const COUNTER_COUNT: u32 = 9;
 
 impl Counter {
     pub const ALL: [Self; COUNTER_COUNT as usize] = [
@@ -306,6 +323,7 @@ impl Counter {
         Self::DropsLost,
         Self::Sampled,
         Self::DropsSampled,
+        Self::Uncounted,
     ];
 }
 

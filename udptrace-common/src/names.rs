@@ -6,9 +6,13 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Per-CPU `u64` counters indexed by [`crate::event::Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Per-CPU LRU hash [`crate::event::FlowCountKey`] → [`crate::event::FlowCount`]: per flow,
+/// Hash [`crate::event::FlowCountKey`] → [`crate::event::FlowCount`]: per flow and generation,
 /// every drop (by reason) and every datagram, including those whose event was sampled out.
 pub const FLOW_COUNTS_MAP: &str = "FLOW_COUNTS";
+/// The same for events whose flow found `FLOW_COUNTS` full (keys without a tuple).
+pub const FLOW_OVERFLOW_MAP: &str = "FLOW_OVERFLOW";
+/// One-entry `u32` array: the generation (0 or 1) the programs count in; userspace flips it.
+pub const GENERATION_MAP: &str = "GENERATION";
 /// Global holding [`crate::offsets::KernelOffsets`], set before load.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Global holding [`crate::filter::Filter`], set before load.

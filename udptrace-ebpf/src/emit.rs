@@ -2,16 +2,23 @@
 //! ring buffer, with every outcome counted in `COUNTERS` so that nothing is lost silently.
 //! Filtering happens before anything reaches the ring buffer, so traffic nobody asked about
 //! costs no ring space and no wake-up; a storm of traffic somebody asked about is counted per
-//! flow in `FLOW_COUNTS` and written as a sample.
+//! flow in `FLOW_COUNTS` (drained by userspace every second) and written as a sample.
 //!
 //! Events are assembled in a per-CPU scratch slot, not on the stack: an `Event` plus the
 //! parsing state of the inlined hooks exceeds the 512-byte BPF stack.
 
-use core::ptr::read_volatile;
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::read_volatile,
+};
 
-use aya_ebpf::helpers::{
-    bpf_get_current_comm, bpf_get_current_pid_tgid,
-    generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid,
+        generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    },
+    maps::HashMap,
 };
 use udptrace_common::event::{
     Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, FlowCount,
@@ -19,7 +26,8 @@ use udptrace_common::event::{
 };
 
 use crate::{
-    COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FOLLOWING_SINCE, SCRATCH, SELECTORS, TRACKED, kernel,
+    COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION, SCRATCH,
+    SELECTORS, TRACKED, kernel, mem,
 };
 
 #[inline(always)]
@@ -205,7 +213,7 @@ pub fn submit(
         }
         _ => {}
     }
-    if kind.sampled() && !counted_and_shown(event, kind, tracked, now) {
+    if kind.sampled() && !counted_and_shown(event, kind, tracked) {
         count(Counter::Sampled);
         if kind == EventKind::Drop {
             count(Counter::DropsSampled);
@@ -262,15 +270,21 @@ pub fn submit(
     true
 }
 
-/// Counts an event that passed the filter in `FLOW_COUNTS` (per flow, kind, first sighting
-/// and drop reason, per CPU) and says whether it is written: the first
-/// `SAMPLE_EVENTS_PER_SECOND` of each second on this CPU are.
+/// Counts an event that passed the filter in `FLOW_COUNTS` (per flow, kind, first sighting,
+/// drop reason and generation, shared by all CPUs) and says whether it is written: the first
+/// `SAMPLE_EVENTS_PER_SECOND` of each key in each generation are. When `FLOW_COUNTS` is full
+/// (a storm of new flows faster than userspace drains it), the event is counted without its
+/// tuple in `FLOW_OVERFLOW`, the "other flows" bucket, and sampled there: nothing is evicted,
+/// so per-flow counts plus the bucket are every event.
 #[inline(always)]
-fn counted_and_shown(event: &Event, kind: EventKind, tracked: bool, now: u64) -> bool {
-    let key = FlowCountKey {
+fn counted_and_shown(event: &Event, kind: EventKind, tracked: bool) -> bool {
+    let mut key = FlowCountKey {
         tuple: event.tuple,
         kind: kind as u8,
         first: u8::from(matches!(kind, EventKind::Xmit | EventKind::Recv) && !tracked),
+        generation: GENERATION
+            .get(0)
+            .map_or(0, |generation| (*generation & 1) as u8),
         padding: 0,
         reason: if kind == EventKind::Drop {
             event.detail.reason
@@ -278,29 +292,55 @@ fn counted_and_shown(event: &Event, kind: EventKind, tracked: bool, now: u64) ->
             0
         },
     };
-    let Some(entry) = FLOW_COUNTS.get_ptr_mut(&key) else {
-        let first = FlowCount {
-            count: 1,
-            window_start_ns: now,
-            window_events: 1,
-        };
-        // A new entry holds `first` on this CPU and zeros on the others. A full map evicts
-        // its least recently used key (whose count is then lost: see FLOW_COUNTS_ENTRIES).
-        let _ = FLOW_COUNTS.insert(&key, &first, 0);
-        return true;
-    };
-    // SAFETY: this CPU's value in map memory; a program is not preempted on its CPU.
-    let entry = unsafe { &mut *entry };
-    entry.count += 1;
-    if now.wrapping_sub(entry.window_start_ns) >= 1_000_000_000 {
-        entry.window_start_ns = now;
-        entry.window_events = 0;
+    if let Some(shown) = count_in(&FLOW_COUNTS, &key) {
+        return shown;
     }
-    if entry.window_events < SAMPLE_EVENTS_PER_SECOND {
-        entry.window_events += 1;
-        return true;
+    mem::zero(&mut key.tuple);
+    count_in(&FLOW_OVERFLOW, &key).unwrap_or_else(|| {
+        count(Counter::Uncounted);
+        true
+    })
+}
+
+/// `-EEXIST` (include/uapi/asm-generic/errno-base.h): `BPF_NOEXIST` lost a race.
+const EEXIST: i64 = 17;
+
+/// Adds an event to `key` in `map`, creating the key; `None` when the map is full. Returns
+/// whether the event is within its key's sample.
+#[inline(always)]
+fn count_in(map: &HashMap<FlowCountKey, FlowCount>, key: &FlowCountKey) -> Option<bool> {
+    if let Some(value) = map.get_ptr_mut(key) {
+        return Some(add_one(value));
     }
-    false
+    let first = FlowCount { count: 1, shown: 1 };
+    // A preallocated hash refuses a new key when full (-E2BIG, kernel/bpf/hashtab.c
+    // alloc_htab_elem) instead of evicting one.
+    match map.insert(key, &first, u64::from(BPF_NOEXIST)) {
+        Ok(()) => Some(true),
+        // Another CPU created the key between the lookup and the insert.
+        Err(error) if i64::from(error) == -EEXIST => map.get_ptr_mut(key).map(add_one),
+        Err(_) => None,
+    }
+}
+
+/// Counts one event on a shared value; whether it is within the sample. The count is an atomic
+/// add (BPF `lock xadd`: exact from every CPU at once; `core::sync::atomic` offers no
+/// read-modify-write on the BPF target, the intrinsic lowers to the instruction); the sample
+/// check reads before it adds, so CPUs racing on one key may each write one event more than
+/// the allowance.
+#[inline(always)]
+fn add_one(value: *mut FlowCount) -> bool {
+    // SAFETY: `value` points into map memory, 8-aligned, valid while the program runs (a key
+    // of the current generation is never deleted under it: see `FlowCountKey::generation`).
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*value).count, 1);
+        let shown = &raw mut (*value).shown;
+        if read_volatile(shown) >= SAMPLE_EVENTS_PER_SECOND {
+            return false;
+        }
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(shown, 1);
+    }
+    true
 }
 
 /// A datagram older than this at a hop is not the one that was followed: the skb address

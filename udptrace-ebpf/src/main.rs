@@ -5,6 +5,12 @@
 //! the offsets userspace resolved from BTF, `emit` applies the filter and writes the ring buffer.
 #![no_std]
 #![no_main]
+// `atomic_xadd` for counters shared by all CPUs (see `emit::add_one`).
+#![feature(core_intrinsics)]
+#![expect(
+    internal_features,
+    reason = "core_intrinsics: the BPF target has no atomic RMW API"
+)]
 
 mod emit;
 mod hooks;
@@ -12,9 +18,11 @@ mod kernel;
 mod mem;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
-    event::{COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FlowCount, FlowCountKey},
+    event::{
+        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount, FlowCountKey,
+    },
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
 };
@@ -60,11 +68,22 @@ static TRACKED: LruHashMap<u64, emit::Followed> = LruHashMap::with_max_entries(1
 static FOLLOWING_SINCE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Every per-datagram event that passed the filter, per flow (drops per reason, datagrams at
-/// their first device), written or sampled out (see `emit::counted_and_shown`); per CPU, so
-/// counting needs no atomics. Userspace sums the CPUs for exact per-flow totals.
+/// their first device) and generation, written or sampled out (see `emit::counted_and_shown`).
+/// Not an LRU, which would evict counts silently, and not per CPU, whose values multiply by the
+/// CPU count (64 CPUs: 64 values a key): one value shared by all CPUs, updated with atomic
+/// adds. Userspace drains (reads and deletes) each generation a tick after it ends.
 #[map(name = "FLOW_COUNTS")]
-static FLOW_COUNTS: LruPerCpuHashMap<FlowCountKey, FlowCount> =
-    LruPerCpuHashMap::with_max_entries(FLOW_COUNTS_ENTRIES, 0);
+static FLOW_COUNTS: HashMap<FlowCountKey, FlowCount> =
+    HashMap::with_max_entries(FLOW_COUNTS_ENTRIES, 0);
+
+/// The "other flows" bucket: events whose flow found `FLOW_COUNTS` full, keyed without tuple.
+#[map(name = "FLOW_OVERFLOW")]
+static FLOW_OVERFLOW: HashMap<FlowCountKey, FlowCount> =
+    HashMap::with_max_entries(FLOW_OVERFLOW_ENTRIES, 0);
+
+/// The generation (0 or 1) events are counted in; userspace flips it every tick.
+#[map(name = "GENERATION")]
+static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
 /// only the socket, can say which datagram was delivered (see `hooks::path`).

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udptrace_common::event::Mechanism;
 
+use crate::flows::table::DEFAULT_MAX_FLOWS;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "udptrace",
@@ -81,6 +83,10 @@ pub struct TraceArgs {
     /// Stop after N events (at least 1).
     #[arg(short = 'c', long, value_name = "N", value_parser = parse_count)]
     pub count: Option<u64>,
+    /// Keep at most N flows in the table; the least recently active are added up into one
+    /// "other flows" line (counted: `flows_evicted`).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_FLOWS, value_parser = parse_max_flows)]
+    pub max_flows: usize,
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -146,6 +152,14 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
         return Err(format!("{size} must be a power of two of at least 4096"));
     }
     Ok(size)
+}
+
+fn parse_max_flows(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(max) => Ok(max),
+        Err(_) => Err(format!("`{text}` is not a number of flows")),
+    }
 }
 
 /// Where `--netns` points, before it is opened and checked (`host::open_netns`).
@@ -253,6 +267,17 @@ mod tests {
         // After `--`, anything is a filter word (the filter parser judges it).
         let cli = Cli::try_parse_from(["udptrace", "--", "--bogus", "port"]).unwrap();
         assert_eq!(cli.trace.filter, ["--bogus", "port"]);
+    }
+
+    #[test]
+    fn max_flows_is_validated() {
+        let cli = Cli::try_parse_from(["udptrace", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.max_flows, DEFAULT_MAX_FLOWS);
+        let cli = Cli::try_parse_from(["udptrace", "--max-flows", "5", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.max_flows, 5);
+        for bad in ["0", "-1", "many"] {
+            assert!(Cli::try_parse_from(["udptrace", "--max-flows", bad]).is_err());
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     future::Future,
     net::SocketAddr,
     rc::Rc,
@@ -13,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
-    event::{Counter, EventKind, Mechanism, SAMPLE_EVENTS_PER_SECOND},
+    event::{Counter, EventKind, FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND},
     filter::Selectors,
     names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
 };
@@ -24,7 +23,7 @@ use crate::{
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
-        table::{FlowKey, Tally, canonical},
+        table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
         verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -34,7 +33,7 @@ use crate::{
     procs::Processes,
     render::{Output, Stats, note},
     reorder::{REORDER_WINDOW, Reorder},
-    stream::{CounterValues, Counters, EventRing, FlowCounts},
+    stream::{CounterValues, Counters, EventRing, FlowCounts, KernelCounts},
 };
 
 /// Context of an output error (`main` tells a closed pipe from the others by its source).
@@ -55,6 +54,8 @@ pub struct TraceConfig {
     pub pid: Option<u32>,
     pub probes: Option<Mechanism>,
     pub ring_size: u32,
+    /// `--max-flows`: flows kept one by one (default `DEFAULT_MAX_FLOWS`).
+    pub max_flows: Option<usize>,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     /// `doctor`: attach what can be attached and report, even without a core hook.
@@ -152,7 +153,8 @@ impl Tracer {
             &knowledge.processes,
         ))));
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces)))
-            .with_rules(rule_lister(Rc::clone(&namespaces)));
+            .with_rules(rule_lister(Rc::clone(&namespaces)))
+            .with_max_flows(config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS));
         Ok(Self {
             diagnosis,
             namespaces,
@@ -216,11 +218,20 @@ impl Tracer {
                 }
                 _ = tick.tick() => {
                     self.namespaces.borrow_mut().release_idle(monotonic_ns());
+                    // Also the generation's end: the sampling allowances restart with it.
+                    let counts = self.flow_counts.drain()?;
+                    let flowless: u64 = counts.overflow.iter().map(|(_, count)| count).sum();
+                    if flowless > 0 {
+                        note(format_args!(
+                            "udptrace: {flowless} events counted without their flow (the kernel's flow map was full: too many new flows a second); added up under other flows"
+                        ));
+                    }
+                    self.count_in_kernel(counts);
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
                         note(format_args!(
-                            "udptrace: {} events sampled out in the last second (at most {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
+                            "udptrace: {} events sampled out in the last second (about {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
                             sampled - last_sampled
                         ));
                         last_sampled = sampled;
@@ -248,7 +259,11 @@ impl Tracer {
             output.lost(lost - last_lost, lost).context(WRITING)?;
         }
         fill_stats(&mut stats, &counters);
-        self.count_in_kernel()?;
+        let counts = self.flow_counts.read_rest()?;
+        self.count_in_kernel(counts);
+        stats.flows_evicted = self.diagnosis.flows.other().flows_evicted;
+        stats.kernel_overflow_events = self.diagnosis.flows.other().kernel_overflow_events;
+        stats.verdicts_not_opened = self.diagnosis.not_opened();
         for verdict in self.diagnosis.ready(monotonic_ns(), true) {
             output.verdict(&verdict).context(WRITING)?;
         }
@@ -258,29 +273,36 @@ impl Tracer {
         Ok(stats)
     }
 
-    /// Brings the flows' drop and datagram counts (and the verdicts they feed) to the kernel's
-    /// totals, which include the events sampled out.
-    fn count_in_kernel(&mut self) -> anyhow::Result<()> {
-        let mut totals: HashMap<(FlowKey, Tally), u64> = HashMap::new();
-        for (key, count) in self.flow_counts.read()? {
-            let (saddr, daddr) = decode::addresses(&key.tuple);
-            let source = SocketAddr::new(saddr, key.tuple.sport);
-            let flow = FlowKey::new(source, SocketAddr::new(daddr, key.tuple.dport));
-            let tally = match EventKind::from_u8(key.kind) {
-                Some(EventKind::Drop) => Tally::Drops(self.knowledge.drop_reason(key.reason)),
-                // A datagram is first seen at one device: where it was sent, or where it
-                // arrived from elsewhere.
-                Some(EventKind::Xmit | EventKind::Recv) if key.first != 0 => {
-                    Tally::DatagramsFrom(canonical(source))
-                }
-                _ => continue,
-            };
-            *totals.entry((flow, tally)).or_default() += count;
+    /// Adds the kernel's counts to the flows' drop and datagram counts (and the verdicts they
+    /// feed): they include the events sampled out or lost.
+    fn count_in_kernel(&mut self, counts: KernelCounts) {
+        for (key, count) in counts.flows {
+            if let Some((flow, tally)) = self.tally(&key) {
+                self.diagnosis.count_in_kernel(flow, tally, count);
+            }
         }
-        for ((flow, tally), total) in totals {
-            self.diagnosis.count_in_kernel(flow, tally, total);
+        for (key, count) in counts.overflow {
+            if let Some((_, tally)) = self.tally(&key) {
+                self.diagnosis.flows.add_other(&tally, count);
+            }
         }
-        Ok(())
+    }
+
+    /// What a kernel count key adds to: drops by reason, or datagrams at their first device.
+    fn tally(&self, key: &FlowCountKey) -> Option<(FlowKey, Tally)> {
+        let (saddr, daddr) = decode::addresses(&key.tuple);
+        let source = SocketAddr::new(saddr, key.tuple.sport);
+        let flow = FlowKey::new(source, SocketAddr::new(daddr, key.tuple.dport));
+        let tally = match EventKind::from_u8(key.kind) {
+            Some(EventKind::Drop) => Tally::Drops(self.knowledge.drop_reason(key.reason)),
+            // A datagram is first seen at one device: where it was sent, or where it
+            // arrived from elsewhere.
+            Some(EventKind::Xmit | EventKind::Recv) if key.first != 0 => {
+                Tally::DatagramsFrom(canonical(source))
+            }
+            _ => return None,
+        };
+        Some((flow, tally))
     }
 
     pub fn knowledge(&self) -> &Knowledge {
@@ -371,6 +393,7 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
     stats.drops_lost = counters.get(Counter::DropsLost);
     stats.sampled = counters.get(Counter::Sampled);
     stats.drops_sampled = counters.get(Counter::DropsSampled);
+    stats.uncounted = counters.get(Counter::Uncounted);
     stats.kernel_read_errors = counters.get(Counter::ReadErrors);
 }
 

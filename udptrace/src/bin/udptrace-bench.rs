@@ -5,12 +5,13 @@
 //!
 //! Load: a `sendmmsg` blaster in one private namespace, a `recvmmsg` receiver in another, over
 //! veth, documentation-range addresses, fixed duration; measured as datagrams per second
-//! delivered to the receiver.
+//! delivered to the receiver. The storms are timed instead: a million datagrams of one flow
+//! to a closed port, and one datagram from each of a million distinct flows (`lab::storm`).
 
 use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader},
-    net::{SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd as _,
     process::{Child, Command, Stdio},
     sync::{
@@ -22,10 +23,16 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use udptrace::lab::netns::{Netns, veth};
+use udptrace::lab::{
+    netns::{Netns, veth},
+    storm,
+};
 
 const LOAD_PORT: u16 = 7000;
 const CLOSED_PORT: u16 = 7001;
+/// Closed port of the flow storm: `FLOW_STORM_FLOWS` distinct flows, one datagram each.
+const FLOW_STORM_PORT: u16 = 7002;
+const FLOW_STORM_FLOWS: u32 = 1_000_000;
 const DURATION: Duration = Duration::from_secs(3);
 /// A drop storm is this many datagrams to a closed port (timed: the rate is how fast they
 /// went out), bounded by `STORM_TIMEOUT`.
@@ -63,10 +70,12 @@ enum Variant {
     UdptraceDropStorm,
     EmptyPrograms,
     UdptraceCostliestFilter,
+    FlowStormBaseline,
+    UdptraceFlowStorm,
 }
 
 impl Variant {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::Baseline,
         Self::EmptyPrograms,
         Self::UdptraceNoMatch,
@@ -76,6 +85,8 @@ impl Variant {
         Self::Tcpdump,
         Self::DropStormBaseline,
         Self::UdptraceDropStorm,
+        Self::FlowStormBaseline,
+        Self::UdptraceFlowStorm,
     ];
 
     fn name(self) -> &'static str {
@@ -91,6 +102,8 @@ impl Variant {
             Self::UdptraceCostliestFilter => {
                 "udptrace, costliest accepted filter, matching nothing"
             }
+            Self::FlowStormBaseline => "flow storm (1M distinct flows), no tracer",
+            Self::UdptraceFlowStorm => "flow storm (1M distinct flows), udptrace matching them",
         }
     }
 
@@ -106,6 +119,8 @@ impl Variant {
             Self::UdptraceDropStorm => "storm",
             Self::EmptyPrograms => "floor",
             Self::UdptraceCostliestFilter => "costliest-filter",
+            Self::FlowStormBaseline => "flows-baseline",
+            Self::UdptraceFlowStorm => "flows",
         }
     }
 
@@ -133,12 +148,29 @@ impl Variant {
                     || *v == Self::Baseline
                     || (*v == Self::DropStormBaseline
                         && keys.contains(&Self::UdptraceDropStorm.key()))
+                    || (*v == Self::FlowStormBaseline
+                        && keys.contains(&Self::UdptraceFlowStorm.key()))
             })
             .collect())
     }
 
     fn storm(self) -> bool {
         matches!(self, Self::DropStormBaseline | Self::UdptraceDropStorm)
+    }
+
+    fn flow_storm(self) -> bool {
+        matches!(self, Self::FlowStormBaseline | Self::UdptraceFlowStorm)
+    }
+
+    /// The variant whose rate this one's is compared with.
+    fn baseline(self) -> Self {
+        if self.storm() {
+            Self::DropStormBaseline
+        } else if self.flow_storm() {
+            Self::FlowStormBaseline
+        } else {
+            Self::Baseline
+        }
     }
 }
 
@@ -168,7 +200,8 @@ struct Tool {
     lost_reported: Arc<AtomicU64>,
     /// udptrace `drop` events printed.
     drops: Arc<AtomicU64>,
-    /// NO_SOCKET drops in udptrace's flow summaries (the kernel's per-flow counts).
+    /// NO_SOCKET drops in udptrace's flow summaries and its other-flows aggregate (the
+    /// kernel's per-flow counts).
     flow_drops: Arc<AtomicU64>,
 }
 
@@ -181,7 +214,10 @@ fn udptrace_binary() -> std::path::PathBuf {
 fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>> {
     let started = Instant::now();
     let mut command = match variant {
-        Variant::Baseline | Variant::DropStormBaseline | Variant::EmptyPrograms => return Ok(None),
+        Variant::Baseline
+        | Variant::DropStormBaseline
+        | Variant::EmptyPrograms
+        | Variant::FlowStormBaseline => return Ok(None),
         Variant::UdptraceNoMatch => {
             let mut c = Command::new(udptrace_binary());
             c.args(["--json", "port", "9"]);
@@ -202,6 +238,11 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         Variant::UdptraceDropStorm => {
             let mut c = Command::new(udptrace_binary());
             c.args(["--json", "port", &CLOSED_PORT.to_string()]);
+            c
+        }
+        Variant::UdptraceFlowStorm => {
+            let mut c = Command::new(udptrace_binary());
+            c.args(["--json", "port", &FLOW_STORM_PORT.to_string()]);
             c
         }
         Variant::Bpftrace => {
@@ -257,7 +298,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
                 // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
                 if line.contains("\"type\":\"ready\"") || line.starts_with("Attaching") {
                     let _ = ready_tx.send(());
-                } else if line.contains("\"type\":\"flow\"")
+                } else if (line.contains("\"type\":\"flow\"")
+                    || line.contains("\"type\":\"other_flows\""))
                     && let Ok(flow) = serde_json::from_str::<serde_json::Value>(&line)
                 {
                     let no_socket = flow["drops"]["NO_SOCKET"].as_u64().unwrap_or(0);
@@ -497,7 +539,18 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
     let no_ports_before = receiver_ns.snmp("Udp", "NoPorts")?;
     let start = Instant::now();
     let stop = start + DURATION;
-    let rate = if variant.storm() {
+    let rate = if variant.flow_storm() {
+        let sent = storm::send_flows(
+            sender,
+            Ipv4Addr::new(192, 0, 2, 2),
+            FLOW_STORM_PORT,
+            0..FLOW_STORM_FLOWS,
+            None,
+        )?
+        .join()
+        .map_err(|_| anyhow::anyhow!("flow storm sender panicked"))??;
+        sent as f64 / start.elapsed().as_secs_f64()
+    } else if variant.storm() {
         let target: SocketAddr = ([192, 0, 2, 2], CLOSED_PORT).into();
         let sent = blaster(sender, target, start + STORM_TIMEOUT, STORM_DATAGRAMS)?;
         sent as f64 / start.elapsed().as_secs_f64()
@@ -516,11 +569,16 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
     if let Some(tool) = tool {
         let is_udptrace = matches!(
             variant,
-            Variant::UdptraceNoMatch | Variant::UdptraceMatch | Variant::UdptraceDropStorm
+            Variant::UdptraceNoMatch
+                | Variant::UdptraceMatch
+                | Variant::UdptraceDropStorm
+                | Variant::UdptraceFlowStorm
         );
         let stats = stop_tool(tool, &mut sample, is_udptrace)?;
-        if variant == Variant::UdptraceDropStorm
-            && let Some(totals) = stats
+        if matches!(
+            variant,
+            Variant::UdptraceDropStorm | Variant::UdptraceFlowStorm
+        ) && let Some(totals) = stats
         {
             // One NO_SOCKET drop per datagram that reached the closed port: the flows' counts
             // and the drop events (shown, lost to a full ring, sampled out) must each equal
@@ -552,6 +610,7 @@ fn main() -> anyhow::Result<()> {
     veth(&sender, "eth0", &receiver_ns, "eth0")?;
     sender.ip(&["addr", "add", "192.0.2.1/24", "dev", "eth0"])?;
     receiver_ns.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
+    storm::prepare(&sender, &receiver_ns, Ipv4Addr::new(192, 0, 2, 2))?;
     let variants = Variant::selected()?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
     for round in 0..ROUNDS {
@@ -586,15 +645,14 @@ fn report(samples: &[(Variant, Sample)]) -> String {
             .collect();
         median(&mut rates)
     };
-    let baseline = rate_of(Variant::Baseline);
-    let storm_baseline = rate_of(Variant::DropStormBaseline);
     let mut text = String::new();
     let _ = writeln!(
         text,
         "# udptrace overhead benchmark\n\nLoad: sendmmsg blaster → recvmmsg receiver over veth between two namespaces, {PAYLOAD}-byte \
          datagrams, {} s per sample, {ROUNDS} rounds alternating the variants; medians. Throughput is datagrams \
          per second delivered to the receiver (drop storm: {STORM_DATAGRAMS} datagrams sent to a closed port, \
-         timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \
+         timed; flow storm: one datagram from each of {FLOW_STORM_FLOWS} distinct flows to a closed port, sent \
+         from a raw socket, timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \
          tracepoint udptrace uses ({}): no tracer built on them can cost less.\n",
         DURATION.as_secs(),
         empty_programs::tracepoints().join(", ")
@@ -609,11 +667,7 @@ fn report(samples: &[(Variant, Sample)]) -> String {
             continue;
         }
         let rate = rate_of(variant);
-        let base = if variant.storm() {
-            storm_baseline
-        } else {
-            baseline
-        };
+        let base = rate_of(variant.baseline());
         let last = samples
             .iter()
             .rev()

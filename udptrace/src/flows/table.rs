@@ -1,12 +1,11 @@
-//! The flow table: both directions of a conversation are one flow, keyed by its two endpoints.
+//! The flow table: both directions of a conversation are one flow, keyed by its two endpoints;
+//! at most `--max-flows` of them, the least recently active evicted into one aggregate.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::SocketAddr,
-};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use super::bounded::Bounded;
 use crate::decode::{TraceEvent, What};
 
 /// Two endpoints, smaller first, so that both directions map to one key.
@@ -45,7 +44,9 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
 }
 
 /// A per-flow total the kernel keeps for sampled events (`FLOW_COUNTS`), so that flows and
-/// verdicts stay exact when a storm's events are not all written.
+/// verdicts stay exact when a storm's events are not all written. Flows take these totals from
+/// the kernel only (`FlowTable::add_tally`), never from events: every event of these kinds is
+/// counted there, written or not.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Tally {
     /// Drops with this reason.
@@ -67,6 +68,50 @@ impl Tally {
     }
 }
 
+/// Name → count pairs, few per flow (a drop reason or two): a vector costs a fraction of a
+/// `BTreeMap` node. Serialized as a JSON object, sorted by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts(Vec<(String, u64)>);
+
+impl Counts {
+    pub fn add(&mut self, name: &str, count: u64) {
+        match self
+            .0
+            .binary_search_by(|(known, _)| known.as_str().cmp(name))
+        {
+            Ok(index) => self.0[index].1 += count,
+            Err(index) => self.0.insert(index, (name.to_owned(), count)),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|(known, _)| known == name)
+            .map_or(0, |(_, count)| *count)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.0.iter().map(|(name, count)| (name.as_str(), *count))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn merge(&mut self, other: &Self) {
+        for (name, count) in other.iter() {
+            self.add(name, count);
+        }
+    }
+}
+
+impl Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
 /// What happened in one flow.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Flow {
@@ -74,23 +119,87 @@ pub struct Flow {
     /// it was seen at.
     pub datagrams_a_to_b: u64,
     pub datagrams_b_to_a: u64,
-    pub drops: BTreeMap<String, u64>,
+    pub drops: Counts,
     pub icmp_errors: u64,
-    pub socket_errors: BTreeMap<String, u64>,
-    /// `comm[pid]` of processes that sent or received in this flow.
-    pub processes: BTreeSet<String>,
-    pub verdicts: BTreeSet<&'static str>,
+    pub socket_errors: Counts,
+    /// `comm[pid]` of processes that sent or received in this flow, sorted.
+    pub processes: Vec<String>,
+    /// Codes of the verdicts given on this flow, sorted.
+    pub verdicts: Vec<&'static str>,
 }
 
-#[derive(Default)]
+/// Inserts `item` into a sorted vector unless present.
+fn insert_sorted<T: Ord>(items: &mut Vec<T>, item: T) {
+    if let Err(index) = items.binary_search(&item) {
+        items.insert(index, item);
+    }
+}
+
+/// Flows no longer (or never) listed one by one, added up: those evicted from the table, and
+/// the events the kernel counted without their flow because its per-flow map was full.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OtherFlows {
+    /// Flows evicted from the table (least recently active first) to keep it within
+    /// `--max-flows`; their counts are added here.
+    pub flows_evicted: u64,
+    /// Events the kernel counted in its "other flows" bucket (`FLOW_OVERFLOW`); their counts
+    /// are added here.
+    pub kernel_overflow_events: u64,
+    /// Datagrams, either direction.
+    pub datagrams: u64,
+    pub drops: Counts,
+    pub icmp_errors: u64,
+    pub socket_errors: Counts,
+}
+
+impl OtherFlows {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn absorb(&mut self, flow: &Flow) {
+        self.flows_evicted += 1;
+        self.datagrams += flow.datagrams_a_to_b + flow.datagrams_b_to_a;
+        self.drops.merge(&flow.drops);
+        self.icmp_errors += flow.icmp_errors;
+        self.socket_errors.merge(&flow.socket_errors);
+    }
+}
+
+/// Flows kept when `--max-flows` is not given.
+pub const DEFAULT_MAX_FLOWS: usize = 10_000;
+
+/// Every flow, up to a maximum: past it, the least recently active flows are evicted into
+/// `other` (their counts survive there, their endpoints do not).
 pub struct FlowTable {
-    flows: HashMap<FlowKey, Flow>,
+    flows: Bounded<FlowKey, Flow>,
+    other: OtherFlows,
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FLOWS)
+    }
 }
 
 impl FlowTable {
+    pub fn new(max_flows: usize) -> Self {
+        Self {
+            flows: Bounded::new(max_flows),
+            other: OtherFlows::default(),
+        }
+    }
+
+    /// `key`'s flow, created (evicting the least recently active when full) if absent.
+    fn flow(&mut self, key: FlowKey) -> &mut Flow {
+        let other = &mut self.other;
+        self.flows
+            .get_or_insert_with(key, Flow::default, |_, flow| other.absorb(&flow))
+    }
+
     /// Accounts `event` to its flow. Route lookups (the source may still be unchosen) and
     /// sends on unconnected sockets (no peer) name no complete flow: their datagram is counted
-    /// at its hops instead.
+    /// at its hops instead. Drops and datagrams are counted by the kernel (`add_tally`).
     pub fn record(&mut self, event: &TraceEvent) {
         let incomplete = match &event.what {
             What::Route { .. } => true,
@@ -101,29 +210,14 @@ impl FlowTable {
         if incomplete {
             return;
         }
-        let key = FlowKey::of(event);
-        let flow = self.flows.entry(key).or_default();
-        let forward = canonical(event.source()) == key.a;
-        let count_datagram = |flow: &mut Flow| {
-            if forward {
-                flow.datagrams_a_to_b += 1;
-            } else {
-                flow.datagrams_b_to_a += 1;
-            }
-        };
+        let flow = self.flow(FlowKey::of(event));
         match &event.what {
-            // A datagram crosses several hops: counted at the first, where the kernel starts
-            // following its skb; later hops carry the `tracked` flag. (skb addresses are
-            // recycled within microseconds, so they cannot tell datagrams apart.)
-            What::Xmit | What::Recv if !event.tracked => count_datagram(flow),
-            What::Drop { reason, .. } => *flow.drops.entry(reason.clone()).or_default() += 1,
             What::Icmp { .. } => flow.icmp_errors += 1,
             What::SockError { errno, .. }
             | What::SendError { errno, .. }
-            | What::RecvError { errno, .. } => {
-                *flow.socket_errors.entry(errno.clone()).or_default() += 1;
-            }
-            What::Xmit
+            | What::RecvError { errno, .. } => flow.socket_errors.add(errno, 1),
+            What::Drop { .. }
+            | What::Xmit
             | What::Recv
             | What::Deliver { .. }
             | What::Send { .. }
@@ -132,43 +226,51 @@ impl FlowTable {
             | What::Lookup { .. } => {}
         }
         if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
-            flow.processes.insert(format!("{comm}[{pid}]"));
+            insert_sorted(&mut flow.processes, format!("{comm}[{pid}]"));
         }
         if let What::Deliver { socket } = &event.what
             && let (Some(pid), Some(comm)) = (socket.owner_pid, &socket.owner_comm)
         {
-            flow.processes.insert(format!("{comm}[{pid}]"));
+            insert_sorted(&mut flow.processes, format!("{comm}[{pid}]"));
         }
     }
 
-    /// What `key` counted of `tally` so far.
+    /// What `key` counted of `tally` so far (0 once evicted).
     pub fn tally(&self, key: FlowKey, tally: &Tally) -> u64 {
         let Some(flow) = self.flows.get(&key) else {
             return 0;
         };
         match tally {
-            Tally::Drops(reason) => flow.drops.get(reason).copied().unwrap_or(0),
+            Tally::Drops(reason) => flow.drops.get(reason),
             Tally::DatagramsFrom(source) if *source == key.a => flow.datagrams_a_to_b,
             Tally::DatagramsFrom(_) => flow.datagrams_b_to_a,
         }
     }
 
-    /// Sets what `key` counted of `tally` to the kernel's total, which includes events sampled
-    /// out or lost (never below what the events showed).
-    pub fn set_tally(&mut self, key: FlowKey, tally: Tally, total: u64) {
-        let flow = self.flows.entry(key).or_default();
-        let count = match tally {
-            Tally::Drops(reason) => flow.drops.entry(reason).or_default(),
-            Tally::DatagramsFrom(source) if source == key.a => &mut flow.datagrams_a_to_b,
-            Tally::DatagramsFrom(_) => &mut flow.datagrams_b_to_a,
-        };
-        *count = (*count).max(total);
+    /// Adds `count` events of `tally` the kernel counted in `key` (written, sampled out or
+    /// lost alike).
+    pub fn add_tally(&mut self, key: FlowKey, tally: &Tally, count: u64) {
+        let flow = self.flow(key);
+        match tally {
+            Tally::Drops(reason) => flow.drops.add(reason, count),
+            Tally::DatagramsFrom(source) if *source == key.a => flow.datagrams_a_to_b += count,
+            Tally::DatagramsFrom(_) => flow.datagrams_b_to_a += count,
+        }
+    }
+
+    /// Adds `count` events the kernel counted in its "other flows" bucket.
+    pub fn add_other(&mut self, tally: &Tally, count: u64) {
+        self.other.kernel_overflow_events += count;
+        match tally {
+            Tally::Drops(reason) => self.other.drops.add(reason, count),
+            Tally::DatagramsFrom(_) => self.other.datagrams += count,
+        }
     }
 
     /// Records a verdict on a flow; socket-wide verdicts (`a == b`) belong to no single flow.
     pub fn mark(&mut self, key: FlowKey, code: &'static str) {
         if key.a != key.b {
-            self.flows.entry(key).or_default().verdicts.insert(code);
+            insert_sorted(&mut self.flow(key).verdicts, code);
         }
     }
 
@@ -177,5 +279,72 @@ impl FlowTable {
         let mut flows: Vec<_> = self.flows.iter().collect();
         flows.sort_by_key(|(key, _)| **key);
         flows
+    }
+
+    /// The evicted flows and the kernel's flowless counts, added up.
+    pub fn other(&self) -> &OtherFlows {
+        &self.other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey::new(
+            SocketAddr::from(([198, 51, 100, 1], port)),
+            SocketAddr::from(([192, 0, 2, 2], 4000)),
+        )
+    }
+
+    #[test]
+    fn evicted_flows_add_up_in_other_flows() {
+        let mut table = FlowTable::new(10);
+        let no_socket = Tally::Drops("NO_SOCKET".into());
+        for port in 1..=25 {
+            table.add_tally(key(port), &no_socket, u64::from(port));
+            table.add_tally(
+                key(port),
+                &Tally::DatagramsFrom(SocketAddr::from(([198, 51, 100, 1], port))),
+                2,
+            );
+        }
+        table.add_other(&no_socket, 7);
+        table.add_other(
+            &Tally::DatagramsFrom(SocketAddr::from(([0, 0, 0, 0], 0))),
+            3,
+        );
+        let listed = table.sorted();
+        assert!(listed.len() <= 10);
+        let other = table.other();
+        assert_eq!(other.flows_evicted as usize + listed.len(), 25);
+        assert_eq!(other.kernel_overflow_events, 10);
+        // Nothing is lost: listed + other = everything counted.
+        let listed_drops: u64 = listed.iter().map(|(_, f)| f.drops.get("NO_SOCKET")).sum();
+        assert_eq!(
+            listed_drops + other.drops.get("NO_SOCKET"),
+            (1..=25).sum::<u64>() + 7
+        );
+        let listed_datagrams: u64 = listed
+            .iter()
+            .map(|(_, f)| f.datagrams_a_to_b + f.datagrams_b_to_a)
+            .sum();
+        assert_eq!(listed_datagrams + other.datagrams, 25 * 2 + 3);
+        // The most recently active flows are the ones listed.
+        assert!(listed.iter().any(|(k, _)| **k == key(25)));
+        assert!(!listed.iter().any(|(k, _)| **k == key(1)));
+    }
+
+    #[test]
+    fn counts_serialize_as_sorted_objects() {
+        let mut counts = Counts::default();
+        counts.add("NO_SOCKET", 2);
+        counts.add("NETFILTER_DROP", 1);
+        counts.add("NO_SOCKET", 3);
+        assert_eq!(
+            serde_json::to_string(&counts).unwrap(),
+            r#"{"NETFILTER_DROP":1,"NO_SOCKET":5}"#
+        );
     }
 }

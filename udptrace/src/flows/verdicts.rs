@@ -14,7 +14,10 @@ use std::{
 
 use serde::Serialize;
 
-use super::table::{FlowKey, FlowTable, Tally, canonical};
+use super::{
+    bounded::Bounded,
+    table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally, canonical},
+};
 use crate::{
     decode::{SendCall, TraceEvent, What},
     render::text::summary,
@@ -31,6 +34,13 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 const MAX_EVIDENCE: usize = 12;
 /// Recent events remembered for rules that look back (ICMP errors, route lookups, NAT).
 const HISTORY: usize = 2_048;
+/// Verdicts opened per rule (the three NO_SOCKET codes share one allowance). A storm of
+/// broken flows (a port scan, thousands of clients of a dead service) would otherwise open a
+/// verdict, list sockets and print a report per flow; past this, occurrences in new flows are
+/// counted (`not_opened`) and their drops stay in the flows.
+pub const MAX_VERDICTS_PER_RULE: usize = 256;
+/// The rules, for `MAX_VERDICTS_PER_RULE`.
+const RULES: usize = 6;
 
 pub const REPLY_SOURCE_MISMATCH: &str = "reply_source_mismatch";
 pub const CONNECTED_SOCKET_MISMATCH: &str = "connected_socket_mismatch";
@@ -101,17 +111,50 @@ pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
 /// Lists the firewall rules of the event's network namespace that drop its destination port.
 pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<String>>>;
 
+/// The kernel's count of a (flow, tally) credited to the verdict its events count towards.
+struct Credit {
+    verdict: usize,
+    /// Events of the tally this verdict counted since the credit began.
+    observed: u64,
+    /// What the kernel counted of the tally since.
+    kernel: u64,
+}
+
+impl Credit {
+    /// What the verdict counts beyond its observed events: the verdict's share is
+    /// max(observed, kernel), whichever order events and kernel counts arrive in.
+    fn extra(&self) -> u64 {
+        self.kernel.saturating_sub(self.observed)
+    }
+}
+
+/// Which `MAX_VERDICTS_PER_RULE` allowance a code draws on.
+fn rule_of(code: &str) -> usize {
+    match code {
+        PORT_UNREACHABLE | CONNECTED_SOCKET_MISMATCH | NAT_REPLY_MISMATCH => 0,
+        REPLY_SOURCE_MISMATCH => 1,
+        FIREWALL_DROP => 2,
+        RCVBUF_OVERFLOW => 3,
+        RP_FILTER_DROP => 4,
+        _ => 5,
+    }
+}
+
 pub struct Diagnosis {
     pub flows: FlowTable,
     verdicts: Vec<Verdict>,
     index: HashMap<(FlowKey, &'static str), usize>,
-    /// (client endpoint, server port) → request to a wildcard socket.
-    requests: HashMap<(SocketAddr, u16), Request>,
+    /// Verdicts opened per rule (`rule_of`).
+    opened: [usize; RULES],
+    /// Occurrences that would have opened a verdict past `MAX_VERDICTS_PER_RULE`.
+    not_opened: u64,
+    /// (client endpoint, server port) → request to a wildcard socket; as many as flows.
+    requests: Bounded<(SocketAddr, u16), Request>,
     /// Datagrams (source, destination) already explained by a verdict.
-    explained: HashMap<(SocketAddr, SocketAddr), usize>,
+    explained: Bounded<(SocketAddr, SocketAddr), usize>,
     /// (flow, tally) → the verdict those events count towards, so that events the kernel
     /// counted without writing them (sampled out, lost) count there too (`count_in_kernel`).
-    tally_verdicts: HashMap<(FlowKey, Tally), usize>,
+    tally_verdicts: Bounded<(FlowKey, Tally), Credit>,
     /// The verdict the event being observed counted towards, if any.
     counted: Option<usize>,
     history: VecDeque<TraceEvent>,
@@ -125,14 +168,27 @@ impl Diagnosis {
             flows: FlowTable::default(),
             verdicts: Vec::new(),
             index: HashMap::new(),
-            requests: HashMap::new(),
-            explained: HashMap::new(),
-            tally_verdicts: HashMap::new(),
+            opened: [0; RULES],
+            not_opened: 0,
+            requests: Bounded::new(DEFAULT_MAX_FLOWS),
+            explained: Bounded::new(DEFAULT_MAX_FLOWS),
+            tally_verdicts: Bounded::new(DEFAULT_MAX_FLOWS),
             counted: None,
             history: VecDeque::new(),
             sockets,
             rules: Box::new(|_| None),
         }
+    }
+
+    /// Keeps at most `max_flows` flows (and as many requests, explained datagrams and
+    /// credited tallies).
+    #[must_use]
+    pub fn with_max_flows(mut self, max_flows: usize) -> Self {
+        self.flows = FlowTable::new(max_flows);
+        self.requests = Bounded::new(max_flows);
+        self.explained = Bounded::new(max_flows);
+        self.tally_verdicts = Bounded::new(max_flows);
+        self
     }
 
     /// Names the rule behind `firewall_drop` verdicts.
@@ -168,8 +224,27 @@ impl Diagnosis {
         if let Some(tally) = Tally::of(event)
             && let Some(index) = self.counted
         {
-            self.tally_verdicts
-                .insert((FlowKey::of(event), tally), index);
+            let credit = self.tally_verdicts.get_or_insert_with(
+                (FlowKey::of(event), tally),
+                || Credit {
+                    verdict: index,
+                    observed: 0,
+                    kernel: 0,
+                },
+                |_, _| {},
+            );
+            if credit.verdict != index {
+                *credit = Credit {
+                    verdict: index,
+                    observed: 0,
+                    kernel: 0,
+                };
+            }
+            let before = credit.extra();
+            credit.observed += 1;
+            // The event already counted once on the verdict: the kernel's count of it, if
+            // credited before the event arrived, is taken back.
+            self.verdicts[index].count -= before - credit.extra();
         }
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -177,14 +252,30 @@ impl Diagnosis {
         self.history.push_back(event.clone());
     }
 
-    /// The kernel counted `total` of `tally` in `flow`, events written or not (a storm's
-    /// events are sampled): the flow and the verdict those events feed take the total.
-    pub fn count_in_kernel(&mut self, flow: FlowKey, tally: Tally, total: u64) {
-        let shown = self.flows.tally(flow, &tally);
-        if let Some(&index) = self.tally_verdicts.get(&(flow, tally.clone())) {
-            self.verdicts[index].count += total.saturating_sub(shown);
+    /// The kernel counted `count` more of `tally` in `flow`, events written or not (a storm's
+    /// events are sampled): the flow takes them, and so does the verdict those events feed
+    /// (beyond the events it already counted).
+    pub fn count_in_kernel(&mut self, flow: FlowKey, tally: Tally, count: u64) {
+        self.flows.add_tally(flow, &tally, count);
+        if let Some(credit) = self.tally_verdicts.get_mut(&(flow, tally)) {
+            let before = credit.extra();
+            credit.kernel += count;
+            self.verdicts[credit.verdict].count += credit.extra() - before;
         }
-        self.flows.set_tally(flow, tally, total);
+    }
+
+    /// Occurrences past `MAX_VERDICTS_PER_RULE` that opened no verdict.
+    pub fn not_opened(&self) -> u64 {
+        self.not_opened
+    }
+
+    /// Whether a verdict of `code` may still be opened; counts the occurrence otherwise.
+    fn room_for(&mut self, code: &str) -> bool {
+        let room = self.opened[rule_of(code)] < MAX_VERDICTS_PER_RULE;
+        if !room {
+            self.not_opened += 1;
+        }
+        room
     }
 
     /// Verdicts whose evidence has settled by `now_ns` (kernel monotonic time) and were not yet
@@ -223,17 +314,23 @@ impl Diagnosis {
         self.counted = Some(index);
     }
 
+    /// Counts `event` on the open verdict of `code` on `key`, or opens it (within the rule's
+    /// allowance: `None` past it).
     fn verdict(
         &mut self,
         key: FlowKey,
         code: &'static str,
         event: &TraceEvent,
         make: impl FnOnce() -> (String, Vec<String>, String),
-    ) -> usize {
+    ) -> Option<usize> {
         if let Some(&index) = self.index.get(&(key, code)) {
             self.count_occurrence(index, event);
-            return index;
+            return Some(index);
         }
+        if !self.room_for(code) {
+            return None;
+        }
+        self.opened[rule_of(code)] += 1;
         let (summary, evidence, fix) = make();
         self.flows.mark(key, code);
         self.verdicts.push(Verdict {
@@ -255,7 +352,7 @@ impl Diagnosis {
         let index = self.verdicts.len() - 1;
         self.index.insert((key, code), index);
         self.counted = Some(index);
-        index
+        Some(index)
     }
 
     /// Adds ICMP errors and socket errors to verdicts already open on their flow.
@@ -363,7 +460,9 @@ impl Diagnosis {
                 ),
             )
         });
-        self.explained.insert(datagram, index);
+        if let Some(index) = index {
+            self.explained.insert(datagram, index);
+        }
     }
 
     /// A send seen by a function probe on `udp_sendmsg` is reported when the call returns,
@@ -411,7 +510,8 @@ impl Diagnosis {
         match reason {
             "NO_SOCKET" => self.on_no_socket(event, key),
             "NETFILTER_DROP" => {
-                if self.bump(key, FIREWALL_DROP, event) {
+                // Listing rules costs a namespace switch: not for verdicts past the allowance.
+                if self.bump(key, FIREWALL_DROP, event) || !self.room_for(FIREWALL_DROP) {
                     return;
                 }
                 let location = match &event.what {
@@ -444,7 +544,7 @@ impl Diagnosis {
             "SOCKET_RCVBUFF" => {
                 // Keyed by the receiving socket: every sender's drops count together.
                 let key = FlowKey::new(event.destination(), event.destination());
-                if self.bump(key, RCVBUF_OVERFLOW, event) {
+                if self.bump(key, RCVBUF_OVERFLOW, event) || !self.room_for(RCVBUF_OVERFLOW) {
                     return;
                 }
                 let sockets = (self.sockets)(event).unwrap_or_default();
@@ -519,7 +619,7 @@ impl Diagnosis {
     /// conntrack did not map back, or nothing listening at all.
     fn on_no_socket(&mut self, event: &TraceEvent, key: FlowKey) {
         // Listing sockets costs a sock_diag dump (cached per namespace): once per flow, not per
-        // drop.
+        // drop, and not past the rule's allowance of verdicts.
         if [
             CONNECTED_SOCKET_MISMATCH,
             NAT_REPLY_MISMATCH,
@@ -527,6 +627,7 @@ impl Diagnosis {
         ]
         .into_iter()
         .any(|code| self.bump(key, code, event))
+            || !self.room_for(PORT_UNREACHABLE)
         {
             return;
         }
@@ -1237,28 +1338,118 @@ mod tests {
     #[test]
     fn flows_count_both_directions_once_per_datagram() {
         let mut diagnosis = Diagnosis::new(no_sockets());
+        let client: SocketAddr = "192.0.2.1:1000".parse().unwrap();
+        let server: SocketAddr = "192.0.2.2:53".parse().unwrap();
         let mut request = event(What::Xmit, "192.0.2.1:1000", "192.0.2.2:53", 1);
+        // A datagram counts where it is first seen (the kernel counts it there: `Tally`).
+        assert_eq!(Tally::of(&request), Some(Tally::DatagramsFrom(client)));
         diagnosis.observe(&request);
         // The same datagram at the next device: the kernel flags it as followed.
         request.what = What::Recv;
         request.tracked = true;
+        assert_eq!(Tally::of(&request), None);
         diagnosis.observe(&request);
-        diagnosis.observe(&event(What::Xmit, "192.0.2.2:53", "192.0.2.1:1000", 2));
+        let reply = event(What::Xmit, "192.0.2.2:53", "192.0.2.1:1000", 2);
+        assert_eq!(Tally::of(&reply), Some(Tally::DatagramsFrom(server)));
+        diagnosis.observe(&reply);
         // A new datagram in a recycled skb (same address, not followed): counted.
         let mut next = event(What::Xmit, "192.0.2.1:1000", "192.0.2.2:53", 3);
         next.skb.clone_from(&request.skb);
+        assert_eq!(Tally::of(&next), Some(Tally::DatagramsFrom(client)));
         diagnosis.observe(&next);
         let flows = diagnosis.flows.sorted();
-        assert_eq!(flows.len(), 1);
+        assert_eq!(flows.len(), 1, "both directions are one flow");
         let (key, flow) = flows[0];
-        assert_eq!(key.a, "192.0.2.1:1000".parse().unwrap());
-        assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (2, 1));
-        // The kernel counted 40 datagrams from the server, 39 of them sampled out.
+        assert_eq!(key.a, client);
+        // The counts are the kernel's, which include events sampled out.
+        assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (0, 0));
         let key = *key;
-        let from_server = Tally::DatagramsFrom("192.0.2.2:53".parse().unwrap());
-        diagnosis.count_in_kernel(key, from_server, 40);
+        diagnosis.count_in_kernel(key, Tally::DatagramsFrom(client), 2);
+        diagnosis.count_in_kernel(key, Tally::DatagramsFrom(server), 1);
+        diagnosis.count_in_kernel(key, Tally::DatagramsFrom(server), 39);
         let (_, flow) = diagnosis.flows.sorted()[0];
         assert_eq!((flow.datagrams_a_to_b, flow.datagrams_b_to_a), (2, 40));
         assert!(IpAddr::from([192, 0, 2, 1]) == key.a.ip());
+    }
+
+    #[test]
+    fn verdict_counts_do_not_depend_on_when_the_kernel_counts_arrive() {
+        let flow = FlowKey::new(
+            "192.0.2.1:1000".parse().unwrap(),
+            "192.0.2.2:6000".parse().unwrap(),
+        );
+        let rcvbuf = Tally::Drops("SOCKET_RCVBUFF".into());
+        let drop_at = |ts| {
+            event(
+                drop("SOCKET_RCVBUFF"),
+                "192.0.2.1:1000",
+                "192.0.2.2:6000",
+                ts,
+            )
+        };
+        // Kernel drains (deltas) interleaved with the events in every order: 5 drops, 3 shown.
+        for kernel_first in [0, 1, 2, 3] {
+            let mut diagnosis = Diagnosis::new(no_sockets());
+            for ts in 0..3 {
+                if ts == kernel_first {
+                    diagnosis.count_in_kernel(flow, rcvbuf.clone(), 2);
+                    diagnosis.count_in_kernel(flow, rcvbuf.clone(), 3);
+                }
+                diagnosis.observe(&drop_at(ts + 1));
+            }
+            if kernel_first == 3 {
+                diagnosis.count_in_kernel(flow, rcvbuf.clone(), 5);
+            }
+            let expected = if kernel_first == 0 {
+                // The kernel's counts came before the verdict existed: only the flow has them.
+                3
+            } else {
+                5
+            };
+            assert_eq!(
+                diagnosis.verdicts()[0].count,
+                expected,
+                "kernel counts after event {kernel_first}"
+            );
+            assert_eq!(diagnosis.flows.tally(flow, &rcvbuf), 5);
+        }
+    }
+
+    #[test]
+    fn verdicts_past_the_allowance_are_counted_not_opened() {
+        let listed = std::rc::Rc::new(std::cell::Cell::new(0));
+        let calls = std::rc::Rc::clone(&listed);
+        let sockets: SocketLister = Box::new(move |_| {
+            calls.set(calls.get() + 1);
+            Some(SocketList::default())
+        });
+        let mut diagnosis = Diagnosis::new(sockets).with_max_flows(100);
+        let flows = MAX_VERDICTS_PER_RULE + 50;
+        for port in 0..flows {
+            let source = format!("198.51.100.7:{}", 10_000 + port);
+            diagnosis.observe(&event(drop("NO_SOCKET"), &source, "192.0.2.2:4000", 1));
+        }
+        assert_eq!(diagnosis.verdicts().len(), MAX_VERDICTS_PER_RULE);
+        assert_eq!(diagnosis.not_opened(), 50);
+        assert_eq!(
+            listed.get(),
+            MAX_VERDICTS_PER_RULE,
+            "no socket listing past it"
+        );
+        // Another rule keeps its own allowance: a firewall drop still opens its verdict.
+        diagnosis.observe(&event(
+            drop("NETFILTER_DROP"),
+            "198.51.100.8:1",
+            "192.0.2.2:5000",
+            2,
+        ));
+        assert!(diagnosis.verdicts().iter().any(|v| v.code == FIREWALL_DROP));
+        // The flow table kept at most 100 flows; the others were evicted, counted.
+        let listed = diagnosis.flows.sorted().len();
+        assert!(listed <= 100, "{listed}");
+        assert_eq!(
+            diagnosis.flows.other().flows_evicted as usize + listed,
+            flows + 1
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `verdict`,
-//! `flow`, `stats`).
+//! `flow`, `other_flows`, `stats`).
 
 use std::io::{self, Write};
 
@@ -112,6 +112,7 @@ impl<W: Write> Output for JsonOutput<W> {
             }
             self.line(&value)?;
         }
+        self.tagged("other_flows", flows.other(), false)?;
         for verdict in verdicts {
             self.tagged("verdict", verdict, true)?;
         }

@@ -34,6 +34,17 @@ pub struct Stats {
     /// Of `sampled`, drop events: delivered drops + `drops_lost` + this = every drop the kernel
     /// made.
     pub drops_sampled: u64,
+    /// Per-datagram events the kernel could count neither per flow nor in its other-flows
+    /// bucket (both maps full; sized to stay 0).
+    pub uncounted: u64,
+    /// Flows evicted from the flow table (`--max-flows`) into the `other_flows` aggregate.
+    pub flows_evicted: u64,
+    /// Events the kernel counted without their flow, its per-flow map being full; in
+    /// `other_flows` too.
+    pub kernel_overflow_events: u64,
+    /// Occurrences in new flows that opened no verdict: the rule had opened
+    /// `MAX_VERDICTS_PER_RULE` already.
+    pub verdicts_not_opened: u64,
     /// Abandoned in the kernel because a read of kernel memory failed.
     pub kernel_read_errors: u64,
     /// Records userspace could not decode.

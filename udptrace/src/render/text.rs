@@ -17,7 +17,10 @@ use std::io::{self, Write};
 use super::{Output, Stats};
 use crate::{
     decode::{SocketInfo, TraceEvent, What, endpoint},
-    flows::{table::FlowTable, verdicts::Verdict},
+    flows::{
+        table::{Counts, FlowTable},
+        verdicts::{MAX_VERDICTS_PER_RULE, Verdict},
+    },
     probes::attach::HookOutcome,
 };
 
@@ -233,12 +236,13 @@ impl<W: Write> Output for TextOutput<W> {
 
     fn summary(
         &mut self,
-        flows: &FlowTable,
+        table: &FlowTable,
         verdicts: &[Verdict],
         stats: &Stats,
     ) -> io::Result<()> {
-        let flows = flows.sorted();
-        if !flows.is_empty() {
+        let flows = table.sorted();
+        let other = table.other();
+        if !flows.is_empty() || !other.is_empty() {
             writeln!(self.out, "\nflows")?;
         }
         for (key, flow) in flows {
@@ -246,28 +250,28 @@ impl<W: Write> Output for TextOutput<W> {
                 "  {key}  {} > / {} <",
                 flow.datagrams_a_to_b, flow.datagrams_b_to_a
             );
-            for (reason, count) in &flow.drops {
-                line.push_str(&format!("  drop {reason} x{count}"));
-            }
-            if flow.icmp_errors > 0 {
-                line.push_str(&format!("  icmp x{}", flow.icmp_errors));
-            }
-            for (errno, count) in &flow.socket_errors {
-                line.push_str(&format!("  {errno} x{count}"));
-            }
+            line.push_str(&problems(
+                &flow.drops,
+                flow.icmp_errors,
+                &flow.socket_errors,
+            ));
             if !flow.processes.is_empty() {
-                line.push_str(&format!(
-                    "  {}",
-                    flow.processes.iter().cloned().collect::<Vec<_>>().join(",")
-                ));
+                line.push_str(&format!("  {}", flow.processes.join(",")));
             }
             if !flow.verdicts.is_empty() {
-                line.push_str(&format!(
-                    "  => {}",
-                    flow.verdicts.iter().copied().collect::<Vec<_>>().join(", ")
-                ));
+                line.push_str(&format!("  => {}", flow.verdicts.join(", ")));
             }
             writeln!(self.out, "{line}")?;
+        }
+        if !other.is_empty() {
+            writeln!(
+                self.out,
+                "  other flows ({} evicted past --max-flows, {} events counted by the kernel without their flow)  {} datagrams{}",
+                other.flows_evicted,
+                other.kernel_overflow_events,
+                other.datagrams,
+                problems(&other.drops, other.icmp_errors, &other.socket_errors)
+            )?;
         }
         if !verdicts.is_empty() {
             writeln!(self.out, "\nverdicts")?;
@@ -279,7 +283,9 @@ impl<W: Write> Output for TextOutput<W> {
             self.out,
             "\n{} events shown; kernel: {} UDP occurrences seen, {} filtered out in the kernel, \
              {} submitted, {} lost (ring buffer full; {} of them drops), {} sampled out \
-             ({} of them drops; counted in the flows), {} read errors; {} undecodable records",
+             ({} of them drops; counted in the flows), {} uncounted, {} read errors; {} undecodable \
+             records; {} flows evicted, {} events counted without their flow, {} verdicts not opened \
+             (limit {MAX_VERDICTS_PER_RULE} per rule)",
             stats.events,
             stats.seen,
             stats.filtered_in_kernel,
@@ -288,11 +294,30 @@ impl<W: Write> Output for TextOutput<W> {
             stats.drops_lost,
             stats.sampled,
             stats.drops_sampled,
+            stats.uncounted,
             stats.kernel_read_errors,
-            stats.decode_errors
+            stats.decode_errors,
+            stats.flows_evicted,
+            stats.kernel_overflow_events,
+            stats.verdicts_not_opened,
         )?;
         self.out.flush()
     }
+}
+
+/// `  drop REASON xN  icmp xN  ERRNO xN` of a flow (or of the other flows).
+fn problems(drops: &Counts, icmp_errors: u64, socket_errors: &Counts) -> String {
+    let mut text = String::new();
+    for (reason, count) in drops.iter() {
+        text.push_str(&format!("  drop {reason} x{count}"));
+    }
+    if icmp_errors > 0 {
+        text.push_str(&format!("  icmp x{icmp_errors}"));
+    }
+    for (errno, count) in socket_errors.iter() {
+        text.push_str(&format!("  {errno} x{count}"));
+    }
+    text
 }
 
 /// A verdict as a block: headline, evidence, fix.
@@ -373,6 +398,43 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         let kinds: Vec<&str> = text.lines().step_by(2).map(|l| &l[16..26]).collect();
         assert_eq!(kinds, ["xmit      ", "`- recv   ", "recv      "]);
+    }
+
+    #[test]
+    fn evicted_flows_are_summed_up_in_one_line() {
+        use crate::flows::table::{FlowKey, Tally};
+        let mut table = FlowTable::new(1);
+        let server: std::net::SocketAddr = "192.0.2.2:4000".parse().unwrap();
+        for port in [1000, 1001] {
+            let key = FlowKey::new(([192, 0, 2, 1], port).into(), server);
+            table.add_tally(key, &Tally::Drops("NO_SOCKET".into()), 3);
+        }
+        table.add_other(&Tally::Drops("NO_SOCKET".into()), 2);
+        let stats = Stats {
+            flows_evicted: 1,
+            kernel_overflow_events: 2,
+            ..Stats::default()
+        };
+        let mut out = Vec::new();
+        TextOutput::new(&mut out, false)
+            .summary(&table, &[], &stats)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("  192.0.2.1:1001 <> 192.0.2.2:4000  0 > / 0 <  drop NO_SOCKET x3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "  other flows (1 evicted past --max-flows, 2 events counted by the kernel without \
+                 their flow)  0 datagrams  drop NO_SOCKET x5\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("1 flows evicted, 2 events counted without their flow"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
     sync::{Mutex, MutexGuard, mpsc},
     thread,
     time::{Duration, Instant},
@@ -29,11 +29,27 @@ pub fn require_root() {
 /// ports, so two at once would see each other's events.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// Holds the traces' turn (see `SERIAL`) for a test that runs `udptrace` itself.
+/// Waits for this test's turn to trace (see `SERIAL`); the trace may start once this returns.
 pub fn serial() -> MutexGuard<'static, ()> {
+    require_root();
     SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Starts `udptrace --json ARGS...` once it is this test's turn to trace: the turn, the
+/// process and its stdout.
+pub fn spawn_udptrace(args: &[&str]) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
+    let serial = serial();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .arg("--json")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting udptrace");
+    let stdout = child.stdout.take().expect("stdout");
+    (serial, child, stdout)
 }
 
 /// A running `udptrace --json` whose stdout lines are collected in the background.
@@ -49,17 +65,8 @@ pub struct Trace {
 impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
-        require_root();
-        let serial = serial();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .arg("--json")
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting udptrace");
+        let (serial, child, stdout) = spawn_udptrace(args);
         let started = Instant::now();
-        let stdout = child.stdout.take().expect("stdout");
         let (sender, lines) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {

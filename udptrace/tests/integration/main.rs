@@ -8,4 +8,5 @@ mod filters;
 mod hardening;
 mod path;
 mod real_tools;
+mod scale;
 mod verdicts;
