@@ -178,13 +178,14 @@ fn terms(count: usize, joiner: &str, term: impl Fn(usize) -> String) -> String {
 }
 
 /// Issue 12 item 6: 32 `net X/24` terms took 100 s to verify. The last network is the one the
-/// test traffic uses; the others are private networks no test host has.
+/// test traffic uses; the others are in the benchmarking range 198.18.0.0/15 (RFC 2544), which no
+/// test host has.
 fn thirty_two_networks() -> String {
     terms(32, "or", |i| {
         if i == 31 {
             "net 203.0.113.0/24".to_owned()
         } else {
-            format!("net 10.{i}.0.0/24")
+            format!("net 198.18.{i}.0/24")
         }
     })
 }
@@ -199,6 +200,10 @@ fn ready_time(filter: &str) -> Duration {
         .expect("three starts")
 }
 
+/// The largest filters add under a second to start-up on the development machine (the old
+/// compilation added 100 s). Under emulation (the kernel matrix runs this in QEMU's TCG, where
+/// everything takes about ten times as long) the bound scales with the machine: at most the
+/// one-port filter's own start-up time again.
 #[test]
 fn big_filters_verify_within_a_second_of_a_one_port_filter() {
     let one_port = ready_time("port 6101");
@@ -217,7 +222,7 @@ fn big_filters_verify_within_a_second_of_a_one_port_filter() {
         let ready = ready_time(&filter);
         eprintln!("ready after {ready:?} with {name}, {one_port:?} with one port");
         assert!(
-            ready.saturating_sub(one_port) < Duration::from_secs(1),
+            ready.saturating_sub(one_port) < one_port.max(Duration::from_secs(1)),
             "{name}: ready after {ready:?}, a one-port filter after {one_port:?}"
         );
     }

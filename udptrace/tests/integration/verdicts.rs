@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use udptrace::lab::{netns::Netns, scenarios::SCENARIOS};
+use udptrace::{
+    flows::verdicts::MAX_VERDICTS_PER_RULE,
+    lab::{netns::Netns, scenarios::SCENARIOS},
+};
 
 use crate::{
     common::{Trace, events, function_probe, stats, verdicts},
@@ -259,10 +262,17 @@ fn a_storm_of_new_flows_starts_no_subprocess() {
         "the firewall verdict runs nft once, nothing else runs: {spawned:?}"
     );
     assert_eq!(stats["lost"], 0, "events lost: {stats}");
+    // Each rule opens a bounded number of verdicts (an attacker can invent flows); every
+    // other flow's drop is counted as a verdict not opened, none goes unaccounted.
     assert_eq!(
         unreachable.len(),
-        usize::from(FLOWS),
-        "a port_unreachable verdict for each new flow"
+        MAX_VERDICTS_PER_RULE,
+        "port_unreachable verdicts up to the rule's allowance"
+    );
+    assert_eq!(
+        stats["verdicts_not_opened"].as_u64().unwrap(),
+        u64::from(FLOWS) - MAX_VERDICTS_PER_RULE as u64,
+        "the other flows' drops are counted: {stats}"
     );
     let firewall = verdicts(&records)
         .into_iter()
