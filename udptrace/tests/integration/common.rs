@@ -6,7 +6,9 @@
 //! nothing here skips silently.
 
 use std::{
+    fs,
     io::{BufRead as _, BufReader},
+    path::PathBuf,
     process::{Child, ChildStdout, Command, Stdio},
     sync::{Mutex, MutexGuard, mpsc},
     thread,
@@ -182,4 +184,86 @@ pub fn attached(records: &[Value], hook: &str) -> bool {
 /// assertions of the kernel matrix depend on.
 pub fn function_probe(records: &[Value], hook: &str) -> bool {
     matches!(mechanism(records, hook), Some("fentry" | "kprobe"))
+}
+
+/// The processes a process and its descendants start, and the programs they execute, seen
+/// by the kernel: an ftrace instance records `task:task_newtask` (with the new task's clone
+/// flags, include/trace/events/task.h) and `sched:sched_process_exec` for the process's
+/// threads (`set_event_pid`) and every task they create from then on (`options/event-fork`).
+pub struct Descendants {
+    instance: PathBuf,
+}
+
+/// include/uapi/linux/sched.h: a new thread, not a new process.
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+impl Descendants {
+    pub fn of(pid: u32) -> Self {
+        let instance = PathBuf::from(format!(
+            "/sys/kernel/tracing/instances/udptrace-test-{}",
+            std::process::id()
+        ));
+        fs::create_dir(&instance)
+            .unwrap_or_else(|e| panic!("creating ftrace instance {}: {e}", instance.display()));
+        // The guard owns the instance from here.
+        let descendants = Self { instance };
+        descendants.write("options/event-fork", "1");
+        let threads = || {
+            let mut tids: Vec<String> = fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            tids.sort();
+            tids
+        };
+        let tids = threads();
+        descendants.write("set_event_pid", &tids.join(" "));
+        // A thread started between the listing and the write would escape event-fork.
+        assert_eq!(
+            threads(),
+            tids,
+            "udptrace started threads while being listed"
+        );
+        descendants.write("events/task/task_newtask/enable", "1");
+        descendants.write("events/sched/sched_process_exec/enable", "1");
+        descendants
+    }
+
+    fn write(&self, file: &str, value: &str) {
+        let path = self.instance.join(file);
+        fs::write(&path, value)
+            .unwrap_or_else(|e| panic!("writing {value:?} to {}: {e}", path.display()));
+    }
+
+    /// `new process PID` for each process started so far, `exec FILENAME` for each program
+    /// executed.
+    pub fn spawned(&self) -> Vec<String> {
+        let text = fs::read_to_string(self.instance.join("trace")).unwrap();
+        let field = |line: &str, name: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name))
+                .map(str::to_owned)
+        };
+        let mut spawned = Vec::new();
+        for line in text.lines().filter(|line| !line.starts_with('#')) {
+            if line.contains("task_newtask:") {
+                let flags = field(line, "clone_flags=")
+                    .and_then(|flags| u64::from_str_radix(&flags, 16).ok())
+                    .unwrap_or_else(|| panic!("no clone_flags in {line:?}"));
+                if flags & CLONE_THREAD == 0 {
+                    spawned.push(format!("new process {}", field(line, "pid=").unwrap()));
+                }
+            } else if line.contains("sched_process_exec:") {
+                spawned.push(format!("exec {}", field(line, "filename=").unwrap()));
+            }
+        }
+        spawned
+    }
+}
+
+impl Drop for Descendants {
+    fn drop(&mut self) {
+        // Removing an instance disables its events.
+        let _ = fs::remove_dir(&self.instance);
+    }
 }

@@ -23,7 +23,7 @@ use udptrace::lab::{
     storm,
 };
 
-use crate::common::spawn_udptrace;
+use crate::common::{Descendants, spawn_udptrace};
 
 const RECEIVER: [u8; 4] = [192, 0, 2, 2];
 
@@ -257,6 +257,7 @@ fn closed_port_drops_of_100k_flows_add_up_to_no_ports() {
     let bed = Bed::new();
     let before = bed.no_ports();
     let run = Run::start(&["dst", "port", "4000"], "");
+    let descendants = Descendants::of(run.child.id());
     // Each flow twice, in two passes: counts of a flow add up across generations too.
     let mut datagrams = 0;
     for _ in 0..2 {
@@ -264,6 +265,13 @@ fn closed_port_drops_of_100k_flows_add_up_to_no_ports() {
     }
     let no_ports = bed.settled_no_ports() - before;
     let exit = run.stop();
+    // Nothing udptrace learns about 100,000 new flows' sockets may cost a process (it used to
+    // run `ss` for each new flow with a NO_SOCKET drop).
+    let spawned = descendants.spawned();
+    assert!(
+        spawned.is_empty(),
+        "udptrace started processes: {spawned:?}"
+    );
     let records = &exit.records;
     let (listed, other) = drops(records, "NO_SOCKET");
     eprintln!(
