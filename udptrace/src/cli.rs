@@ -1,6 +1,6 @@
 //! Command-line definitions only (clap).
 
-use std::path::PathBuf;
+use std::{path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udptrace_common::event::Mechanism;
@@ -127,21 +127,31 @@ impl From<ProbeMechanism> for Mechanism {
     }
 }
 
-fn parse_count(text: &str) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(0) => Err("0 would stop before the first event: give at least 1".into()),
-        Ok(count) => Ok(count),
-        Err(_) => Err(format!("`{text}` is not a number of events")),
+/// A whole number of at least 1: `what` names such a number in errors, `zero` says why 0 is
+/// refused.
+fn parse_positive<T: FromStr + Default + PartialEq>(
+    text: &str,
+    what: &str,
+    zero: &str,
+) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(value) if value == T::default() => Err(zero.into()),
+        Ok(value) => Ok(value),
+        Err(_) => Err(format!("`{text}` is not {what}")),
     }
 }
 
+fn parse_count(text: &str) -> Result<u64, String> {
+    parse_positive(
+        text,
+        "a number of events",
+        "0 would stop before the first event: give at least 1",
+    )
+}
+
 fn parse_pid(text: &str) -> Result<u32, String> {
-    match text.parse::<u32>() {
-        // The kernel's PIDs start at 1; 0 would mean "any process" to the programs.
-        Ok(0) => Err("0 is not a process id".into()),
-        Ok(pid) => Ok(pid),
-        Err(_) => Err(format!("`{text}` is not a process id")),
-    }
+    // The kernel's PIDs start at 1; 0 would mean "any process" to the programs.
+    parse_positive(text, "a process id", "0 is not a process id")
 }
 
 fn parse_ring_size(text: &str) -> Result<u32, String> {
@@ -155,11 +165,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
 }
 
 fn parse_max_flows(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(max) => Ok(max),
-        Err(_) => Err(format!("`{text}` is not a number of flows")),
-    }
+    parse_positive(text, "a number of flows", "must be at least 1")
 }
 
 /// Where `--netns` points, before it is opened and checked (`host::open_netns`).
