@@ -27,7 +27,7 @@ use udptrace_common::event::{
 
 use crate::{
     COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION, SCRATCH,
-    SELECTORS, TRACKED, kernel, mem,
+    SCRATCH_DEPTH, SELECTORS, TRACKED, kernel, mem,
 };
 
 #[inline(always)]
@@ -38,11 +38,67 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// This CPU's scratch event. Hooks overwrite every field they use; `submit` fills the header.
+/// Scratch events per CPU: one for each context that can interrupt another while it
+/// assembles an event (process, softirq, hardirq, NMI).
+pub const SCRATCH_SLOTS: u32 = 4;
+
+/// A scratch event of this CPU, lent to one program until dropped. Hooks overwrite every field
+/// they use; `submit` fills the header.
+///
+/// A program is not preempted, but it can be interrupted: a hardirq arriving while a
+/// process-context hook (a send, a connect) runs may run pending softirqs on its way out, and
+/// the receive path's hooks run there. With one slot per CPU, the interrupting hook would
+/// overwrite the tuple the interrupted one had already matched against the filter, which then
+/// writes another datagram's tuple under its own verdict (once on Linux 7.3 under emulation:
+/// a `not port P` trace showed a datagram of port P). So each nesting level takes its own
+/// slot, like a stack: `SCRATCH_DEPTH` counts the levels in use.
+pub struct Scratch {
+    event: &'static mut Event,
+    depth: &'static mut u32,
+    /// The depth this slot was taken at, restored when it is returned.
+    level: u32,
+}
+
+impl core::ops::Deref for Scratch {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        self.event
+    }
+}
+
+impl core::ops::DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut Event {
+        self.event
+    }
+}
+
+impl Drop for Scratch {
+    #[inline(always)]
+    fn drop(&mut self) {
+        *self.depth = self.level;
+    }
+}
+
+/// Lends the scratch event of this CPU's current nesting level; `None` (counted as a read
+/// error by the hook's caller) only when more levels nest than [`SCRATCH_SLOTS`].
 #[inline(always)]
-pub fn scratch() -> Option<&'static mut Event> {
-    // SAFETY: per-CPU slot 0 of a one-entry array, used by one program at a time on a CPU.
-    SCRATCH.get_ptr_mut(0).map(|event| unsafe { &mut *event })
+pub fn scratch() -> Option<Scratch> {
+    // SAFETY: this CPU's counter; whatever interrupts us restores it before we resume.
+    let depth = unsafe { &mut *SCRATCH_DEPTH.get_ptr_mut(0)? };
+    let level = *depth;
+    if level >= SCRATCH_SLOTS {
+        return None;
+    }
+    // SAFETY: slot `level` of this CPU belongs to this program until the guard is dropped:
+    // programs interrupting it take the next slots and give them back before it resumes.
+    let event = unsafe { &mut *SCRATCH.get_ptr_mut(level)? };
+    *depth = level + 1;
+    Some(Scratch {
+        event,
+        depth,
+        level,
+    })
 }
 
 /// Whose context the hook runs in. Receive-side hooks run in softirq on whatever task the CPU

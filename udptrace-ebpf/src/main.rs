@@ -54,7 +54,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT,
 
 /// Per-CPU slot where hooks assemble an event (see `emit`).
 #[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(emit::SCRATCH_SLOTS, 0);
+
+/// Per CPU: how many programs are assembling an event in `SCRATCH` right now (nested by
+/// interrupts; see `emit::scratch`).
+#[map(name = "SCRATCH_DEPTH")]
+static SCRATCH_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// skbs of datagrams that matched the filter at some hop → when followed (ktime ns) and
 /// their tuple's fingerprint at the last hop; followed until freed, delivered or stale (see

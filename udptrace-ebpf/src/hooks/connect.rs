@@ -78,9 +78,10 @@ pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
 /// Disconnects (`AF_UNSPEC`) leave a zero peer and are not reported.
 #[inline(always)]
 fn on_connect(sk: u64, ret: i32, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_sock_tuple(
         sk,
         kernel::Access::of_arguments(mechanism),

@@ -54,9 +54,10 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_datagram(
         skb,
         kernel::Access::of_arguments(mechanism),

@@ -111,9 +111,10 @@ fn on_icmp_send(
     code: i32,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_datagram(
         skb,
         kernel::Access::of_arguments(mechanism),
@@ -159,9 +160,10 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
     if icmp_type == 0 || icmp_type > ICMPV6_ERROR_MAX {
         return Ok(());
     }
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     let quoted = kernel::Network {
         family: AF_INET6,
         header: icmp + 8,

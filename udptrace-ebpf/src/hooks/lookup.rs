@@ -95,9 +95,10 @@ fn on_lookup(
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
     let [net, saddr, sport, daddr, dport] = args;
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     event.tuple.family = family;
     event.tuple.proto = IPPROTO_UDP;
     event.tuple.padding = 0;

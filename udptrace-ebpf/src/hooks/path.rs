@@ -67,9 +67,10 @@ fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))? else {
         return Ok(());
     };
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     let protocol = kernel::ip_udp(&net, &mut event.tuple)?;
     if protocol == IPPROTO_ICMPV6 && net.family == AF_INET6 {
         return icmp::icmp6_error(skb, &net, mechanism);
@@ -108,9 +109,10 @@ fn on_receive(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))? else {
         return Ok(());
     };
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if kernel::ip_udp(&net, &mut event.tuple)? != IPPROTO_UDP {
         return Ok(());
     }
@@ -187,9 +189,10 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     if skb == 0 {
         return Ok(());
     }
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_sock_tuple(sk, Access::of_arguments(mechanism), &mut event.detail.sock)? {
         return Ok(());
     }
@@ -282,9 +285,10 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     if proto != IPPROTO_UDP {
         return Ok(());
     }
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     mem::zero(&mut event.tuple);
     event.tuple.family = family;
     event.tuple.proto = proto;

@@ -47,9 +47,10 @@ pub fn sk_error_raw_tp(ctx: RawTracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_sock_tuple(
         sk,
         kernel::Access::of_arguments(mechanism),
@@ -157,9 +158,10 @@ fn on_send_call(
     if ret == -EAGAIN {
         return Ok(());
     }
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_sock_tuple(
         sk,
         kernel::Access::of_arguments(mechanism),
@@ -389,9 +391,10 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
     if ret == -EAGAIN || (ret >= 0 && kind != EventKind::SendError) {
         return Ok(());
     }
-    let Some(event) = scratch() else {
+    let Some(mut lease) = scratch() else {
         return Ok(());
     };
+    let event = &mut *lease;
     if !kernel::udp_sock_tuple(
         sk,
         kernel::Access::of_arguments(mechanism),
