@@ -1006,7 +1006,8 @@ fn recv_with_destination(
         message.msg_iov = &raw mut iov;
         message.msg_iovlen = 1;
         message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = size_of_val(&control);
+        // socklen_t on musl, size_t on glibc.
+        message.msg_controllen = size_of_val(&control) as _;
         let n = libc::recvmsg(socket.as_raw_fd(), &raw mut message, 0);
         if n < 0 {
             return Err(std::io::Error::last_os_error());
@@ -1066,11 +1067,11 @@ fn send_from(
         match source {
             IpAddr::V4(v4) => {
                 message.msg_controllen =
-                    libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+                    libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as _;
                 let cmsg = libc::CMSG_FIRSTHDR(&raw const message);
                 (*cmsg).cmsg_level = libc::IPPROTO_IP;
                 (*cmsg).cmsg_type = libc::IP_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
                 let mut info: libc::in_pktinfo = std::mem::zeroed();
                 info.ipi_spec_dst.s_addr = u32::from_ne_bytes(v4.octets());
                 libc::CMSG_DATA(cmsg)
@@ -1079,11 +1080,11 @@ fn send_from(
             }
             IpAddr::V6(v6) => {
                 message.msg_controllen =
-                    libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                    libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as _;
                 let cmsg = libc::CMSG_FIRSTHDR(&raw const message);
                 (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
                 (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
                 let mut info: libc::in6_pktinfo = std::mem::zeroed();
                 info.ipi6_addr.s6_addr = v6.octets();
                 libc::CMSG_DATA(cmsg)
