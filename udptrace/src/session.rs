@@ -19,7 +19,7 @@ use udptrace_common::{
 
 use crate::{
     clock::{WallClock, monotonic_ns},
-    decode::{self, KernelNames, What},
+    decode::{self, KernelNames},
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
@@ -28,6 +28,7 @@ use crate::{
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,
+    model::{TraceEvent, What},
     namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
@@ -75,7 +76,7 @@ pub struct Tracer {
     clock: WallClock,
     config: TraceConfig,
     /// Decoded events waiting for earlier ones still on their way (see `reorder`).
-    pending: Reorder<decode::TraceEvent>,
+    pending: Reorder<TraceEvent>,
     diagnosis: Diagnosis,
     /// Shared with the diagnosis' socket and rule listers.
     namespaces: Rc<RefCell<Namespaces>>,
@@ -350,7 +351,7 @@ impl Tracer {
     /// fails with the first write error (the run ends on it).
     fn observe(
         &mut self,
-        events: Vec<decode::TraceEvent>,
+        events: Vec<TraceEvent>,
         output: &mut dyn Output,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {

@@ -19,9 +19,13 @@ use super::{
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally, canonical},
 };
 use crate::{
-    decode::{SendCall, TraceEvent, What},
-    render::text::summary,
-    sockets::SocketList,
+    firewall::FirewallRule,
+    model::{DropReason, Process, RouteDirection, SendCall, SocketInfo, TraceEvent, What},
+    render::{
+        text::summary,
+        wire::{device_text, endpoints_text, location_text, process_text},
+    },
+    sockets::{Mismatch, SocketList, UdpSocketEntry},
 };
 
 /// Wording the send-call refinement of reply_source_mismatch inserts after (and finds).
@@ -79,7 +83,7 @@ impl Verdict {
 }
 
 fn evidence_line(event: &TraceEvent) -> String {
-    let time = event.time.get(11..26).unwrap_or(&event.time);
+    let time = event.time.time_of_day();
     let place = match (&event.netns_name, &event.ifname) {
         (Some(ns), Some(dev)) => format!(" [ns {ns} dev {dev}]"),
         (Some(ns), None) => format!(" [ns {ns}]"),
@@ -87,7 +91,7 @@ fn evidence_line(event: &TraceEvent) -> String {
         (None, None) => String::new(),
     };
     let location = match &event.what {
-        What::Drop { location, .. } => format!(" at {location}"),
+        What::Drop { location, .. } => format!(" at {}", location_text(location)),
         _ => String::new(),
     };
     format!(
@@ -109,7 +113,7 @@ struct Request {
 pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
 
 /// Lists the firewall rules of the event's network namespace that drop its destination port.
-pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<String>>>;
+pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
 
 /// The kernel's count of a (flow, tally) credited to the verdict its events count towards.
 struct Credit {
@@ -368,16 +372,11 @@ impl Diagnosis {
         }
     }
 
-    fn on_deliver(&mut self, event: &TraceEvent, socket: &crate::decode::SocketInfo) {
-        let wildcard = socket
-            .local
-            .parse::<SocketAddr>()
-            .is_ok_and(|local| local.ip().is_unspecified());
-        if wildcard && socket.peer.is_none() {
-            let owner = match (&socket.owner_comm, socket.owner_pid) {
-                (Some(comm), Some(pid)) => format!(" owned by {comm}[{pid}]"),
-                _ => String::new(),
-            };
+    fn on_deliver(&mut self, event: &TraceEvent, socket: &SocketInfo) {
+        if socket.local.ip().is_unspecified() && socket.peer.is_none() {
+            let owner = socket.owner.as_ref().map_or_else(String::new, |owner| {
+                format!(" owned by {}", process_text(owner))
+            });
             self.requests.insert(
                 (canonical(event.source()), event.dport),
                 Request {
@@ -419,7 +418,7 @@ impl Diagnosis {
                 matches!(
                     &e.what,
                     What::Route {
-                        direction: "output",
+                        direction: RouteDirection::Output,
                         ..
                     }
                 ) && canonical(e.destination()) == client
@@ -430,7 +429,7 @@ impl Diagnosis {
         let request_socket = request.socket.clone();
         let request_evidence = request.evidence.clone();
         let device = route.as_ref().and_then(|r| match &r.what {
-            What::Route { device, .. } => Some(device.clone()),
+            What::Route { device, .. } => Some(device_text(device).to_owned()),
             _ => None,
         });
         let index = self.verdict(key, REPLY_SOURCE_MISMATCH, event, || {
@@ -485,10 +484,8 @@ impl Diagnosis {
         if verdict.code != REPLY_SOURCE_MISMATCH || verdict.summary.contains(SENDER_SHOWN) {
             return;
         }
-        let who = match (&event.comm, event.pid) {
-            (Some(comm), Some(pid)) => format!("{comm}[{pid}] "),
-            _ => String::new(),
-        };
+        let who = named(event.process.as_ref())
+            .map_or_else(String::new, |process| format!("{} ", process_text(process)));
         let how = format!(
             " ({SENDER_SHOWN} {who}replying with {} without IP_PKTINFO)",
             if call.connected { "send()" } else { "sendto()" }
@@ -500,14 +497,14 @@ impl Diagnosis {
         verdict.add_evidence(event);
     }
 
-    fn on_drop(&mut self, event: &TraceEvent, reason: &str) {
+    fn on_drop(&mut self, event: &TraceEvent, reason: &DropReason) {
         let datagram = (canonical(event.source()), canonical(event.destination()));
         if let Some(&index) = self.explained.get(&datagram) {
             self.verdicts[index].add_evidence(event);
             return;
         }
         let key = FlowKey::of(event);
-        match reason {
+        match reason.name.as_str() {
             "NO_SOCKET" => self.on_no_socket(event, key),
             "NETFILTER_DROP" => {
                 // Listing rules costs a namespace switch: not for verdicts past the allowance.
@@ -515,10 +512,14 @@ impl Diagnosis {
                     return;
                 }
                 let location = match &event.what {
-                    What::Drop { location, .. } => location.clone(),
+                    What::Drop { location, .. } => location_text(location),
                     _ => String::new(),
                 };
-                let rules = (self.rules)(event).unwrap_or_default();
+                let rules: Vec<String> = (self.rules)(event)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(rule_text)
+                    .collect();
                 let rule = rules
                     .first()
                     .map_or_else(String::new, |rule| format!(": {rule}"));
@@ -555,12 +556,10 @@ impl Diagnosis {
                         || event.destination().to_string(),
                         |(entry, owner)| {
                             format!(
-                                "{} (inode {}{}, {} bytes queued{}, {} drops counted by the socket)",
+                                "{} (inode {}, owned by {}, {} bytes queued{}, {} drops counted by the socket)",
                                 entry.local,
                                 entry.inode,
-                                owner
-                                    .as_ref()
-                                    .map_or_else(String::new, |o| format!(", owned by {o}")),
+                                owner_text(entry, owner.as_ref()),
                                 entry.rx_queue,
                                 entry.rcvbuf.map_or_else(String::new, |rb| {
                                     format!(" in a {rb}-byte receive buffer")
@@ -643,17 +642,15 @@ impl Diagnosis {
         }) {
             let why = entry
                 .mismatch(event.source(), event.destination())
-                .unwrap_or_default();
+                .map_or_else(String::new, mismatch_text);
             let socket = format!(
-                "{}{} (inode {}{})",
+                "{}{} (inode {}, owned by {})",
                 entry.local,
                 entry
                     .peer
                     .map_or_else(String::new, |peer| format!(" connected to {peer}")),
                 entry.inode,
-                owner
-                    .as_ref()
-                    .map_or_else(String::new, |o| format!(", owned by {o}"))
+                owner_text(entry, owner.as_ref())
             );
             // With a function probe on the connect path: who pinned the socket, and when.
             let connect = self
@@ -668,10 +665,8 @@ impl Diagnosis {
                 .cloned();
             self.verdict(key, CONNECTED_SOCKET_MISMATCH, event, || {
                 let pinned = connect.as_ref().map_or_else(String::new, |connect| {
-                    let who = match (&connect.comm, connect.pid) {
-                        (Some(comm), Some(pid)) => format!(" by {comm}[{pid}]"),
-                        _ => String::new(),
-                    };
+                    let who = named(connect.process.as_ref())
+                        .map_or_else(String::new, |process| format!(" by {}", process_text(process)));
                     format!(
                         "; connect(){who} pinned it to local address {} and peer {}",
                         connect.source(),
@@ -757,22 +752,56 @@ impl Diagnosis {
     /// the dropped datagram's destination, but from another source: the reply conntrack was
     /// waiting for, and the one that came.
     fn nat_expectation(&self, event: &TraceEvent) -> Option<(String, String)> {
-        let destination = event.destination().to_string();
-        let source = event.source().to_string();
         self.history.iter().rev().find_map(|earlier| {
             let conntrack = earlier.conntrack.as_ref()?;
             if earlier.netns != event.netns {
                 return None;
             }
-            let (reply_from, reply_to) = conntrack.reply.split_once(" > ")?;
-            (reply_to == destination && reply_from != source).then(|| {
+            let reply = conntrack.reply;
+            (reply.dst == event.destination() && reply.src != event.source()).then(|| {
                 (
-                    reply_from.to_owned(),
-                    format!("original {}, reply {}", conntrack.original, conntrack.reply),
+                    reply.src.to_string(),
+                    format!(
+                        "original {}, reply {}",
+                        endpoints_text(&conntrack.original),
+                        endpoints_text(&reply)
+                    ),
                 )
             })
         })
     }
+}
+
+/// A process with a name: the kernel gives some without (`comm` empty).
+fn named(process: Option<&Process>) -> Option<&Process> {
+    process.filter(|process| !process.comm.is_empty())
+}
+
+/// `comm[pid]` of the process holding the socket, else `uid N`.
+fn owner_text(entry: &UdpSocketEntry, owner: Option<&Process>) -> String {
+    owner.map_or_else(|| format!("uid {}", entry.uid), process_text)
+}
+
+fn mismatch_text(mismatch: Mismatch) -> String {
+    match mismatch {
+        Mismatch::Port { listens } => format!("it listens on port {listens}"),
+        Mismatch::Address { bound, addressed } => {
+            format!("it is bound to {bound} but the datagram is addressed to {addressed}")
+        }
+        Mismatch::Peer { connected, source } => {
+            format!("it is connected to {connected}, not to {source}")
+        }
+    }
+}
+
+fn rule_text(rule: &FirewallRule) -> String {
+    format!(
+        "table {} chain {} (hook {}): {}",
+        rule.table,
+        rule.chain,
+        rule.hook.as_deref().unwrap_or("?"),
+        rule.text
+    )
 }
 
 fn namespace(event: &TraceEvent) -> String {
@@ -788,7 +817,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        decode::{Conntrack, SocketInfo},
+        clock::WallTime,
+        model::{Conntrack, Endpoints, Family, Location, Probe, Skb},
         sockets::UdpSocketEntry,
     };
 
@@ -796,20 +826,23 @@ mod tests {
         let src: SocketAddr = src.parse().unwrap();
         let dst: SocketAddr = dst.parse().unwrap();
         TraceEvent {
-            time: "2026-11-22T12:00:00.000000Z".into(),
+            time: WallTime::parse_rfc3339("2026-11-22T12:00:00.000000Z").unwrap(),
             ts_ns,
             what,
-            probe: "tp_btf",
+            probe: Probe(Some(udptrace_common::event::Mechanism::TpBtf)),
             netns: 7,
             netns_name: Some("host".into()),
             ifindex: None,
             ifname: None,
-            pid: None,
-            comm: None,
-            skb: Some(format!("{ts_ns:#x}")),
+            process: None,
+            skb: Some(Skb(ts_ns)),
             tracked: false,
             conntrack: None,
-            family: "ipv4",
+            family: if src.is_ipv4() {
+                Family::Ipv4
+            } else {
+                Family::Ipv6
+            },
             saddr: src.ip(),
             sport: src.port(),
             daddr: dst.ip(),
@@ -819,18 +852,24 @@ mod tests {
 
     fn drop(reason: &str) -> What {
         What::Drop {
-            reason: reason.into(),
-            location: "__udp4_lib_rcv+0x2cd".into(),
+            reason: DropReason::named(reason),
+            location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
         }
     }
 
     fn wildcard_socket() -> SocketInfo {
         SocketInfo {
-            local: "0.0.0.0:4000".into(),
+            local: "0.0.0.0:4000".parse().unwrap(),
             peer: None,
             inode: 99,
-            owner_pid: Some(42),
-            owner_comm: Some("server".into()),
+            owner: Some(process(42, "server")),
+        }
+    }
+
+    fn process(pid: u32, comm: &str) -> Process {
+        Process {
+            pid,
+            comm: comm.into(),
         }
     }
 
@@ -860,8 +899,8 @@ mod tests {
         ));
         diagnosis.observe(&event(
             What::Route {
-                direction: "output",
-                device: "br0".into(),
+                direction: RouteDirection::Output,
+                device: crate::model::RouteDevice(Some("br0".into())),
                 table: 254,
                 error: None,
             },
@@ -926,7 +965,7 @@ mod tests {
     fn wrong_source_reply_v6() -> (Vec<TraceEvent>, SocketLister) {
         let client = "[2001:db8:1::2]:40000";
         let wildcard = SocketInfo {
-            local: "[::]:4000".into(),
+            local: "[::]:4000".parse().unwrap(),
             ..wildcard_socket()
         };
         let events = vec![
@@ -938,8 +977,8 @@ mod tests {
             ),
             event(
                 What::Route {
-                    direction: "output",
-                    device: "br0".into(),
+                    direction: RouteDirection::Output,
+                    device: crate::model::RouteDevice(Some("br0".into())),
                     table: 254,
                     error: None,
                 },
@@ -962,7 +1001,7 @@ mod tests {
                     drops: 0,
                     rcvbuf: None,
                 },
-                Some("client[9]".into()),
+                Some(process(9, "client")),
             )]))
         });
         (events, sockets)
@@ -1039,8 +1078,7 @@ mod tests {
             client,
             2,
         );
-        send.pid = Some(42);
-        send.comm = Some("server".into());
+        send.process = Some(process(42, "server"));
         // Another socket's send to the client says nothing about this reply.
         diagnosis.observe(&event(
             What::Send {
@@ -1102,7 +1140,7 @@ mod tests {
             What::Icmp {
                 icmp_type: 3,
                 icmp_code: 3,
-                meaning: "port-unreachable",
+                meaning: "port-unreachable".into(),
             },
             client,
             server,
@@ -1111,8 +1149,7 @@ mod tests {
         diagnosis.observe(&event(drop("NO_SOCKET"), client, server, 2));
         diagnosis.observe(&event(
             What::SockError {
-                errno: "ECONNREFUSED".into(),
-                code: 111,
+                error: crate::model::SocketErrno(crate::model::Errno(111)),
             },
             client,
             server,
@@ -1141,7 +1178,7 @@ mod tests {
                     drops: 0,
                     rcvbuf: None,
                 },
-                Some("nc[77]".into()),
+                Some(process(77, "nc")),
             )]))
         });
         let mut diagnosis = Diagnosis::new(sockets);
@@ -1180,18 +1217,17 @@ mod tests {
                     drops: 0,
                     rcvbuf: None,
                 },
-                Some("nc[77]".into()),
+                Some(process(77, "nc")),
             )]))
         });
         let mut diagnosis = Diagnosis::new(sockets);
         let mut connect = event(
             What::Connect {
                 socket: SocketInfo {
-                    local: "198.51.100.1:4000".into(),
-                    peer: Some("198.51.100.2:40000".into()),
+                    local: "198.51.100.1:4000".parse().unwrap(),
+                    peer: Some("198.51.100.2:40000".parse().unwrap()),
                     inode: 5,
-                    owner_pid: Some(77),
-                    owner_comm: Some("nc".into()),
+                    owner: Some(process(77, "nc")),
                 },
                 error: None,
             },
@@ -1199,8 +1235,7 @@ mod tests {
             "198.51.100.2:40000",
             1,
         );
-        connect.pid = Some(77);
-        connect.comm = Some("nc".into());
+        connect.process = Some(process(77, "nc"));
         diagnosis.observe(&connect);
         diagnosis.observe(&event(
             drop("NO_SOCKET"),
@@ -1233,8 +1268,14 @@ mod tests {
         let mut diagnosis = Diagnosis::new(no_sockets());
         let mut outgoing = event(What::Xmit, "198.51.100.2:40000", "203.0.113.1:4000", 1);
         outgoing.conntrack = Some(Conntrack {
-            original: "198.51.100.2:40000 > 203.0.113.1:4000".into(),
-            reply: "203.0.113.1:4000 > 192.0.2.3:40000".into(),
+            original: Endpoints {
+                src: "198.51.100.2:40000".parse().unwrap(),
+                dst: "203.0.113.1:4000".parse().unwrap(),
+            },
+            reply: Endpoints {
+                src: "203.0.113.1:4000".parse().unwrap(),
+                dst: "192.0.2.3:40000".parse().unwrap(),
+            },
             status: 0,
         });
         diagnosis.observe(&outgoing);
@@ -1258,9 +1299,12 @@ mod tests {
     fn firewall_drops_name_the_rule() {
         let rules: RuleLister = Box::new(|event| {
             assert_eq!((event.netns, event.dport), (7, 5000));
-            Some(vec![
-                "table inet f chain input (hook input): udp dport 5000 drop # handle 2".into(),
-            ])
+            Some(vec![FirewallRule {
+                table: "inet f".into(),
+                chain: "input".into(),
+                hook: Some("input".into()),
+                text: "udp dport 5000 drop # handle 2".into(),
+            }])
         });
         let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules);
         diagnosis.observe(&event(
@@ -1320,7 +1364,7 @@ mod tests {
             "192.0.2.2:6000".parse().unwrap(),
         );
         // The kernel counted 10: 7 events were sampled out.
-        let rcvbuf = Tally::Drops("SOCKET_RCVBUFF".into());
+        let rcvbuf = Tally::Drops(DropReason::named("SOCKET_RCVBUFF"));
         diagnosis.count_in_kernel(flow, rcvbuf.clone(), 10);
         assert_eq!(diagnosis.verdicts()[0].count, 10);
         assert_eq!(diagnosis.flows.tally(flow, &rcvbuf), 10);
@@ -1329,7 +1373,7 @@ mod tests {
             "192.0.2.1:1001".parse().unwrap(),
             "192.0.2.2:6001".parse().unwrap(),
         );
-        let no_socket = Tally::Drops("NO_SOCKET".into());
+        let no_socket = Tally::Drops(DropReason::named("NO_SOCKET"));
         diagnosis.count_in_kernel(other, no_socket.clone(), 5);
         assert_eq!(diagnosis.flows.tally(other, &no_socket), 5);
         assert_eq!(diagnosis.verdicts().len(), 1);
@@ -1378,7 +1422,7 @@ mod tests {
             "192.0.2.1:1000".parse().unwrap(),
             "192.0.2.2:6000".parse().unwrap(),
         );
-        let rcvbuf = Tally::Drops("SOCKET_RCVBUFF".into());
+        let rcvbuf = Tally::Drops(DropReason::named("SOCKET_RCVBUFF"));
         let drop_at = |ts| {
             event(
                 drop("SOCKET_RCVBUFF"),

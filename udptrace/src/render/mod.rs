@@ -3,6 +3,7 @@
 
 pub mod json;
 pub mod text;
+pub mod wire;
 
 use std::io;
 
@@ -10,8 +11,8 @@ use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
-    decode::TraceEvent,
     flows::{table::FlowTable, verdicts::Verdict},
+    model::TraceEvent,
     probes::attach::HookOutcome,
 };
 
