@@ -23,8 +23,10 @@ use crate::{
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
+        diagnosis::Diagnosis,
+        ledger::SETTLE,
+        rule::{RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
-        verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::bounded::Bounded;
+use super::{bounded::Bounded, code::VerdictCode};
 use crate::model::{DropReason, Process, TraceEvent, What};
 
 /// Two endpoints, smaller first, so that both directions map to one key.
@@ -127,7 +127,7 @@ pub struct Flow {
     #[serde(skip)]
     pub processes: Vec<Process>,
     /// Codes of the verdicts given on this flow, sorted.
-    pub verdicts: Vec<&'static str>,
+    pub verdicts: Vec<VerdictCode>,
 }
 
 /// Inserts `item` into a sorted vector unless present.
@@ -270,7 +270,7 @@ impl FlowTable {
     }
 
     /// Records a verdict on a flow; socket-wide verdicts (`a == b`) belong to no single flow.
-    pub fn mark(&mut self, key: FlowKey, code: &'static str) {
+    pub fn mark(&mut self, key: FlowKey, code: VerdictCode) {
         if key.a != key.b {
             insert_sorted(&mut self.flow(key).verdicts, code);
         }

@@ -6,9 +6,9 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 use udptrace_common::event::Mechanism;
 
-use super::{Output, Stats, wire::processes_text};
+use super::{Output, Stats, verdict::VerdictRecord, wire::processes_text};
 use crate::{
-    flows::{table::FlowTable, verdicts::Verdict},
+    flows::{table::FlowTable, verdict::Verdict},
     model::TraceEvent,
     probes::attach::HookOutcome,
 };
@@ -93,7 +93,7 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
-        self.tagged("verdict", verdict, false)?;
+        self.tagged("verdict", &VerdictRecord::of(verdict), false)?;
         self.flush()
     }
 
@@ -115,7 +115,7 @@ impl<W: Write> Output for JsonOutput<W> {
         }
         self.tagged("other_flows", flows.other(), false)?;
         for verdict in verdicts {
-            self.tagged("verdict", verdict, true)?;
+            self.tagged("verdict", &VerdictRecord::of(verdict), true)?;
         }
         self.tagged("stats", stats, false)?;
         self.flush()
