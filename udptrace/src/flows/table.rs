@@ -32,12 +32,6 @@ impl FlowKey {
     }
 }
 
-impl std::fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} <> {}", self.a, self.b)
-    }
-}
-
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 pub fn canonical(address: SocketAddr) -> SocketAddr {
     SocketAddr::new(address.ip().to_canonical(), address.port())

@@ -18,7 +18,7 @@ use super::{
     Output, Stats,
     event::summary,
     verdict::verdict_text,
-    wire::{endpoints_text, location_text, process_text, processes_text, skb_text},
+    wire::{endpoints_text, flow_key_text, location_text, process_text, processes_text, skb_text},
 };
 use crate::{
     flows::{
@@ -164,8 +164,10 @@ impl<W: Write> Output for TextOutput<W> {
         }
         for (key, flow) in flows {
             let mut line = format!(
-                "  {key}  {} > / {} <",
-                flow.datagrams_a_to_b, flow.datagrams_b_to_a
+                "  {}  {} > / {} <",
+                flow_key_text(key),
+                flow.datagrams_a_to_b,
+                flow.datagrams_b_to_a
             );
             line.push_str(&problems(
                 &flow.drops,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::{
     event::summary as event_summary,
-    wire::{device_text, endpoints_text, location_text, process_text},
+    wire::{device_text, endpoints_text, flow_key_text, location_text, process_text},
 };
 use crate::{
     firewall::FirewallRule,
@@ -70,7 +70,7 @@ pub fn flow_text(verdict: &Verdict) -> String {
     if verdict.socket_wide() {
         format!("* > {}", verdict.key.a)
     } else {
-        verdict.key.to_string()
+        flow_key_text(&verdict.key)
     }
 }
 

@@ -9,6 +9,7 @@ use udptrace_common::event::Mechanism;
 
 use crate::{
     clock::WallTime,
+    flows::table::FlowKey,
     model::{
         DropReason, Endpoints, Errno, Location, Probe, Process, RouteDevice, Skb, SocketErrno,
         SocketInfo,
@@ -25,6 +26,11 @@ pub fn processes_text(processes: &[Process]) -> Vec<String> {
     let mut texts: Vec<String> = processes.iter().map(process_text).collect();
     texts.sort();
     texts
+}
+
+/// `192.0.2.1:40000 <> 192.0.2.2:4000`: a flow, both directions.
+pub fn flow_key_text(key: &FlowKey) -> String {
+    format!("{} <> {}", key.a, key.b)
 }
 
 /// `192.0.2.1:40000 > 192.0.2.2:4000`.
