@@ -1,4 +1,5 @@
-//! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) → wall-clock text.
+//! Kernel timestamps (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) → wall-clock time: the one place
+//! where an event's wall-clock time is derived, and its RFC 3339 form written and read.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -25,23 +26,71 @@ impl WallClock {
         }
     }
 
-    fn unix_ns(&self, monotonic: u64) -> i128 {
-        self.realtime_minus_monotonic_ns + i128::from(monotonic)
+    /// The wall-clock time of kernel time `monotonic`, in whole microseconds: the offset
+    /// between the clocks is read once, so finer digits would be noise, and the time then reads
+    /// back from its RFC 3339 form unchanged.
+    pub fn at(&self, monotonic: u64) -> WallTime {
+        let ns = (self.realtime_minus_monotonic_ns + i128::from(monotonic)).max(0);
+        WallTime(u64::try_from(ns - ns % 1_000).unwrap_or(u64::MAX))
+    }
+}
+
+/// Wall-clock time: nanoseconds since the Unix epoch (UTC), whole microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WallTime(pub u64);
+
+impl WallTime {
+    /// `2026-11-22T12:01:02.123456Z`.
+    pub fn rfc3339(self) -> String {
+        let secs = (self.0 / 1_000_000_000) as i64;
+        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+        format!("{year:04}-{month:02}-{day:02}T{}Z", self.time_of_day())
     }
 
-    /// `2026-11-22T12:01:02.123456Z`.
-    pub fn rfc3339(&self, monotonic: u64) -> String {
-        let ns = self.unix_ns(monotonic).max(0);
-        let secs = (ns / 1_000_000_000) as i64;
-        let micros = (ns % 1_000_000_000) / 1_000;
-        let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
-        let of_day = secs.rem_euclid(86_400);
+    /// `12:01:02.123456`: the time of day (UTC) with microseconds.
+    pub fn time_of_day(self) -> String {
+        let of_day = (self.0 / 1_000_000_000) % 86_400;
+        let micros = (self.0 % 1_000_000_000) / 1_000;
         format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            "{:02}:{:02}:{:02}.{micros:06}",
             of_day / 3_600,
             of_day % 3_600 / 60,
             of_day % 60
         )
+    }
+
+    /// Reads `rfc3339`'s form back (`None` for anything else).
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 27 || bytes[26] != b'Z' || bytes[10] != b'T' {
+            return None;
+        }
+        let number = |range: std::ops::Range<usize>| -> Option<i64> {
+            let digits = text.get(range)?;
+            digits
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| digits.parse().ok())?
+        };
+        let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':'), (19, b'.')];
+        if separators.iter().any(|&(at, byte)| bytes[at] != byte) {
+            return None;
+        }
+        let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+        let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+        let micros = number(20..26)?;
+        if !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        let secs = days * 86_400 + hour * 3_600 + minute * 60 + second;
+        let ns = u64::try_from(secs).ok()?.checked_mul(1_000_000_000)?;
+        Some(Self(ns + u64::try_from(micros).ok()? * 1_000))
     }
 }
 
@@ -71,6 +120,18 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+/// (year, month, day) → days since 1970-01-01, the inverse of `civil_from_days` (Howard
+/// Hinnant's `days_from_civil`, same page).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,19 +139,41 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(
-            WallClock::fixed(0).rfc3339(0),
+            WallClock::fixed(0).at(0).rfc3339(),
             "1970-01-01T00:00:00.000000Z"
         );
         // 2026-11-22T11:26:08.5Z = 1795346768.5 s since the epoch.
         assert_eq!(
-            WallClock::fixed(1_795_346_768_500_000_000).rfc3339(0),
+            WallClock::fixed(1_795_346_768_500_000_000).at(0).rfc3339(),
             "2026-11-22T11:26:08.500000Z"
         );
-        // Leap day.
-        assert_eq!(
-            WallClock::fixed(951_782_400 * 1_000_000_000).rfc3339(1_000),
-            "2000-02-29T00:00:00.000001Z"
-        );
+        // Leap day; nanoseconds below a microsecond are dropped.
+        let leap = WallClock::fixed(951_782_400 * 1_000_000_000).at(1_999);
+        assert_eq!(leap.rfc3339(), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(leap.time_of_day(), "00:00:00.000001");
+    }
+
+    #[test]
+    fn reads_its_own_form_back() {
+        for ns in [
+            0,
+            951_782_400_000_001_000,
+            1_795_346_768_500_000_000,
+            4_102_444_799_999_999_000,
+        ] {
+            let time = WallTime(ns);
+            assert_eq!(WallTime::parse_rfc3339(&time.rfc3339()), Some(time));
+        }
+        for bad in [
+            "",
+            "2026-11-22T11:26:08.5Z",
+            "2026-11-22 11:26:08.500000Z",
+            "2026-13-22T11:26:08.500000Z",
+            "2026-11-22T11:26:08.50000xZ",
+            "2026-11-22T11:26:08.500000+",
+        ] {
+            assert_eq!(WallTime::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! Raw ring-buffer records → domain events. Nothing above this module knows a kernel layout;
 //! nothing below it knows about output. Keep in sync with `udptrace-common/src/event.rs`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use serde::Serialize;
 use udptrace_common::event::{
     AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
     FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
 };
 
-use crate::{clock::WallClock, sanitize::sanitize_kernel_string};
+use crate::{
+    clock::WallClock,
+    model::{
+        Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
+        RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
+    },
+    sanitize::sanitize_kernel_string,
+};
 
 /// Why a record could not be decoded (counted, never fatal).
 #[derive(Debug, PartialEq, Eq)]
@@ -22,6 +28,8 @@ pub enum DecodeError {
     Kind(u8),
 }
 
+impl std::error::Error for DecodeError {}
+
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -32,95 +40,15 @@ impl std::fmt::Display for DecodeError {
     }
 }
 
-/// Turns kernel numbers into names: drop reasons, code addresses, errnos.
+/// Turns kernel numbers into names: drop reasons, code addresses, socket owners.
 pub trait KernelNames {
-    fn drop_reason(&self, value: u32) -> String;
+    fn drop_reason(&self, value: u32) -> DropReason;
+    /// `symbol+0xoff` of a kernel code address, when /proc/kallsyms shows it.
     fn symbol(&self, address: u64) -> Option<String>;
-    /// Owner (pid, comm) of the socket with this inode, if a process holds it.
-    fn socket_owner(&self, inode: u64) -> Option<(u32, String)>;
+    /// The process holding the socket with this inode, if one does.
+    fn socket_owner(&self, inode: u64) -> Option<Process>;
     /// Name of a network namespace (/run/netns name, or `pid:comm` of a process in it).
     fn netns_name(&self, inode: u32) -> Option<String>;
-}
-
-/// What happened, with the fields that only that kind has.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum What {
-    /// A UDP datagram was freed with a drop reason.
-    Drop {
-        /// `enum skb_drop_reason` name without `SKB_DROP_REASON_`.
-        reason: String,
-        /// Where in the kernel (`symbol+0xoff`, or the raw address when symbols are hidden).
-        location: String,
-    },
-    /// An ICMP error was sent about the datagram in `src`/`dst`.
-    Icmp {
-        icmp_type: u8,
-        icmp_code: u8,
-        /// e.g. `port-unreachable`.
-        meaning: &'static str,
-    },
-    /// An error was reported to a socket (`sk_err`); `src` is the socket's local address,
-    /// `dst` its connected peer.
-    SockError { errno: String, code: u32 },
-    /// A send on a UDP socket failed.
-    SendError {
-        errno: String,
-        code: u32,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        call: Option<SendCall>,
-    },
-    /// A receive on a UDP socket failed.
-    RecvError { errno: String, code: u32 },
-    /// A UDP send returned. From a function probe on `udp_sendmsg` (`call` set): `dst` is the
-    /// destination asked for and `src` the socket's local address, or the source the caller
-    /// asked for with `IP_PKTINFO`. From the `sock_send_length` tracepoint: `src`/`dst` are the
-    /// socket's local address and connected peer (`0.0.0.0:0` when unconnected: the destination
-    /// then shows in the `route` and `xmit` events of the datagram).
-    Send {
-        bytes: u32,
-        socket: SocketInfo,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        call: Option<SendCall>,
-    },
-    /// A route lookup for the flow `src > dst` (source `0.0.0.0`/`::` when the kernel is to
-    /// choose it: the address it chose is the source of the `xmit` that follows).
-    Route {
-        /// `output` for locally sent datagrams, `input` for received ones.
-        direction: &'static str,
-        /// Device the lookup chose (`-` when it failed).
-        device: String,
-        table: u32,
-        /// 0, or the negative errno of a failed lookup (e.g. ENETUNREACH).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-    /// The datagram was handed to device `ifname` for transmission.
-    Xmit,
-    /// The datagram entered device `ifname`.
-    Recv,
-    /// The datagram was queued to a socket.
-    Deliver { socket: SocketInfo },
-    /// `connect()` on a UDP socket returned: `src` is the local address the kernel pinned the
-    /// socket to, `dst` its peer (`error` when the call failed).
-    Connect {
-        socket: SocketInfo,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<String>,
-    },
-    /// UDP looked up the socket for the received datagram `src > dst`: the socket it found,
-    /// `null` when none matched (the datagram then dies NO_SOCKET).
-    Lookup { socket: Option<SocketInfo> },
-}
-
-/// What the sender asked `udp_sendmsg` for, known from function probes only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct SendCall {
-    /// `IP_PKTINFO`/`IPV6_PKTINFO` ancillary data was passed (the way a server bound to the
-    /// wildcard address answers from the address the request came to).
-    pub pktinfo: bool,
-    /// The socket is connected (`send()`/`write()` to its peer).
-    pub connected: bool,
 }
 
 impl SendCall {
@@ -129,99 +57,6 @@ impl SendCall {
             pktinfo: detail.flags & FLAG_PKTINFO != 0,
             connected: detail.flags & FLAG_CONNECTED != 0,
         })
-    }
-}
-
-/// A socket as `ss` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SocketInfo {
-    /// Bound address and port (`0.0.0.0:4000` for a wildcard-bound socket).
-    pub local: String,
-    /// Connected peer, when connect()ed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<String>,
-    /// Socket inode (`ss -e` `ino:`), 0 when unknown.
-    pub inode: u64,
-    /// Owning process, found from the inode in /proc/*/fd.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner_pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner_comm: Option<String>,
-}
-
-/// Conntrack entry attached to the skb at that point.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Conntrack {
-    /// Original direction `saddr:sport > daddr:dport`.
-    pub original: String,
-    /// Reply direction as conntrack expects it (NAT shows here as a different address).
-    pub reply: String,
-    /// `nf_conn.status` bits (IPS_*; include/uapi/linux/netfilter/nf_conntrack_common.h).
-    pub status: u64,
-}
-
-/// A decoded event, ready for flows and output.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TraceEvent {
-    /// Wall-clock time, RFC 3339 UTC with microseconds.
-    pub time: String,
-    /// CLOCK_MONOTONIC nanoseconds from the kernel, for ordering.
-    pub ts_ns: u64,
-    #[serde(flatten)]
-    pub what: What,
-    /// Attach mechanism that produced it.
-    pub probe: &'static str,
-    pub netns: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub netns_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ifindex: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ifname: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub comm: Option<String>,
-    /// Kernel address of the skb, hex; shared by the hops of one datagram.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skb: Option<String>,
-    /// Reported because the datagram was followed from an earlier matching hop, not because
-    /// this event's own addresses matched the filter (e.g. after NAT).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub tracked: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub conntrack: Option<Conntrack>,
-    pub family: &'static str,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-}
-
-impl TraceEvent {
-    pub fn source(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.saddr, self.sport)
-    }
-
-    pub fn destination(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.daddr, self.dport)
-    }
-
-    pub fn kind_name(&self) -> &'static str {
-        match self.what {
-            What::Drop { .. } => "drop",
-            What::Icmp { .. } => "icmp",
-            What::SockError { .. } => "sock_error",
-            What::SendError { .. } => "send_error",
-            What::RecvError { .. } => "recv_error",
-            What::Send { .. } => "send",
-            What::Route { .. } => "route",
-            What::Xmit => "xmit",
-            What::Recv => "recv",
-            What::Deliver { .. } => "deliver",
-            What::Connect { .. } => "connect",
-            What::Lookup { .. } => "lookup",
-        }
     }
 }
 
@@ -248,49 +83,38 @@ pub fn decode(
             reason: names.drop_reason(detail.reason),
             location: names
                 .symbol(detail.location)
-                .unwrap_or_else(|| format!("{:#x}", detail.location)),
+                .map_or(Location::Address(detail.location), Location::Symbol),
         },
         EventKind::IcmpError => What::Icmp {
             icmp_type: detail.icmp_type,
             icmp_code: detail.icmp_code,
-            meaning: icmp_meaning(event.tuple.family, detail.icmp_type, detail.icmp_code),
+            meaning: icmp_meaning(event.tuple.family, detail.icmp_type, detail.icmp_code).into(),
         },
         EventKind::SockError => What::SockError {
-            errno: crate::kernel::errno_name(detail.error as i32).to_owned(),
-            code: detail.error,
+            error: SocketErrno(errno(detail.error as i32)),
         },
         EventKind::SendError => What::SendError {
-            errno: crate::kernel::errno_name(detail.error as i32).to_owned(),
-            code: detail.error,
+            error: SocketErrno(errno(detail.error as i32)),
             call: SendCall::of(detail),
         },
         EventKind::RecvError => What::RecvError {
-            errno: crate::kernel::errno_name(detail.error as i32).to_owned(),
-            code: detail.error,
+            error: SocketErrno(errno(detail.error as i32)),
         },
         EventKind::Send => What::Send {
             bytes: detail.bytes,
             socket: socket_info(detail, names),
             call: SendCall::of(detail),
         },
-        EventKind::Route => {
-            let device = sanitize_kernel_string(&detail.route_dev);
-            What::Route {
-                direction: if detail.flags & FLAG_ROUTE_INPUT != 0 {
-                    "input"
-                } else {
-                    "output"
-                },
-                device: if device.is_empty() {
-                    "-".into()
-                } else {
-                    device
-                },
-                table: detail.route_table,
-                error: (detail.route_err != 0)
-                    .then(|| crate::kernel::errno_name(-detail.route_err).to_owned()),
-            }
-        }
+        EventKind::Route => What::Route {
+            direction: if detail.flags & FLAG_ROUTE_INPUT != 0 {
+                RouteDirection::Input
+            } else {
+                RouteDirection::Output
+            },
+            device: RouteDevice(non_empty(sanitize_kernel_string(&detail.route_dev))),
+            table: detail.route_table,
+            error: (detail.route_err != 0).then(|| errno(detail.route_err)),
+        },
         EventKind::Xmit => What::Xmit,
         EventKind::Recv => What::Recv,
         EventKind::Deliver => What::Deliver {
@@ -298,8 +122,7 @@ pub fn decode(
         },
         EventKind::Connect => What::Connect {
             socket: socket_info(detail, names),
-            error: (detail.error != 0)
-                .then(|| crate::kernel::errno_name(detail.error as i32).to_owned()),
+            error: (detail.error != 0).then(|| errno(detail.error as i32)),
         },
         EventKind::Lookup => What::Lookup {
             socket: (detail.sock.family != 0).then(|| socket_info(detail, names)),
@@ -307,29 +130,29 @@ pub fn decode(
     };
     let (saddr, daddr) = addresses(&event.tuple);
     Ok(TraceEvent {
-        time: clock.rfc3339(header.ts_ns),
+        time: clock.at(header.ts_ns),
         ts_ns: header.ts_ns,
         what,
-        probe: Mechanism::from_u8(header.mechanism).map_or("unknown", Mechanism::name),
+        probe: Probe(Mechanism::from_u8(header.mechanism)),
         netns: header.netns,
         netns_name: names.netns_name(header.netns),
         ifindex: (header.ifindex != 0).then_some(header.ifindex),
         ifname: non_empty(sanitize_kernel_string(&header.ifname)),
-        pid: (header.pid != 0).then_some(header.pid),
-        comm: (header.pid != 0)
-            .then(|| sanitize_kernel_string(&header.comm))
-            .and_then(non_empty),
-        skb: (header.skb != 0).then(|| format!("{:#x}", header.skb)),
+        process: (header.pid != 0).then(|| Process {
+            pid: header.pid,
+            comm: sanitize_kernel_string(&header.comm),
+        }),
+        skb: (header.skb != 0).then_some(Skb(header.skb)),
         tracked: detail.flags & FLAG_TRACKED != 0,
         conntrack: (detail.flags & FLAG_CONNTRACK != 0).then(|| Conntrack {
-            original: flow_text(&detail.ct_original),
-            reply: flow_text(&detail.ct_reply),
+            original: endpoints(&detail.ct_original),
+            reply: endpoints(&detail.ct_reply),
             status: detail.ct_status,
         }),
         family: if event.tuple.family == AF_INET6 {
-            "ipv6"
+            Family::Ipv6
         } else {
-            "ipv4"
+            Family::Ipv4
         },
         saddr,
         sport: event.tuple.sport,
@@ -338,31 +161,28 @@ pub fn decode(
     })
 }
 
+/// An errno the kernel reported, positive or negative.
+fn errno(value: i32) -> Errno {
+    Errno(value.unsigned_abs())
+}
+
 fn socket_info(detail: &EventDetail, names: &dyn KernelNames) -> SocketInfo {
     let (local, peer) = addresses(&detail.sock);
-    let owner = names.socket_owner(detail.sock_ino);
     SocketInfo {
-        local: endpoint(local, detail.sock.sport),
-        peer: (detail.sock.dport != 0).then(|| endpoint(peer, detail.sock.dport)),
+        local: SocketAddr::new(local, detail.sock.sport),
+        peer: (detail.sock.dport != 0).then(|| SocketAddr::new(peer, detail.sock.dport)),
         inode: detail.sock_ino,
-        owner_pid: owner.as_ref().map(|(pid, _)| *pid),
-        owner_comm: owner.map(|(_, comm)| comm),
+        owner: names.socket_owner(detail.sock_ino),
     }
 }
 
-/// `192.0.2.1:4000` or `[2001:db8::1]:4000`.
-pub fn endpoint(address: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(address, port).to_string()
-}
-
-/// `saddr:sport > daddr:dport`.
-fn flow_text(tuple: &Tuple) -> String {
+/// A kernel tuple as the endpoints of its direction.
+fn endpoints(tuple: &Tuple) -> Endpoints {
     let (saddr, daddr) = addresses(tuple);
-    format!(
-        "{} > {}",
-        endpoint(saddr, tuple.sport),
-        endpoint(daddr, tuple.dport)
-    )
+    Endpoints {
+        src: SocketAddr::new(saddr, tuple.sport),
+        dst: SocketAddr::new(daddr, tuple.dport),
+    }
 }
 
 fn non_empty(text: String) -> Option<String> {
@@ -421,18 +241,24 @@ mod tests {
 
     struct Names;
     impl KernelNames for Names {
-        fn drop_reason(&self, value: u32) -> String {
-            if value == 3 {
-                "NO_SOCKET".into()
-            } else {
-                format!("UNKNOWN({value})")
+        fn drop_reason(&self, value: u32) -> DropReason {
+            DropReason {
+                name: if value == 3 {
+                    "NO_SOCKET".into()
+                } else {
+                    format!("UNKNOWN({value})")
+                },
+                value: Some(value),
             }
         }
         fn symbol(&self, address: u64) -> Option<String> {
             (address == 0xffff_ffff_8100_0010).then(|| "__udp4_lib_rcv+0x10".into())
         }
-        fn socket_owner(&self, inode: u64) -> Option<(u32, String)> {
-            (inode == 77).then(|| (1234, "nc".into()))
+        fn socket_owner(&self, inode: u64) -> Option<Process> {
+            (inode == 77).then(|| Process {
+                pid: 1234,
+                comm: "nc".into(),
+            })
         }
         fn netns_name(&self, inode: u32) -> Option<String> {
             (inode == 4_026_531_840).then(|| "client".into())
@@ -490,20 +316,18 @@ mod tests {
         assert_eq!(
             event.what,
             What::Drop {
-                reason: "NO_SOCKET".into(),
-                location: "__udp4_lib_rcv+0x10".into()
+                reason: DropReason::named("NO_SOCKET"),
+                location: Location::Symbol("__udp4_lib_rcv+0x10".into())
             }
         );
         assert_eq!(event.saddr.to_string(), "192.0.2.1");
         assert_eq!(event.daddr.to_string(), "192.0.2.2");
         assert_eq!((event.sport, event.dport), (40_000, 4_000));
         assert_eq!(event.ifname.as_deref(), Some("veth0"));
-        assert_eq!(event.pid, None, "softirq events claim no process");
-        assert_eq!(event.probe, "tp_btf");
-        let json = serde_json::to_value(&event).unwrap();
-        assert_eq!(json["kind"], "drop");
-        assert_eq!(json["reason"], "NO_SOCKET");
-        assert_eq!(json["saddr"], "192.0.2.1");
+        assert_eq!(event.process, None, "softirq events claim no process");
+        assert_eq!(event.probe, Probe(Some(Mechanism::TpBtf)));
+        assert_eq!(event.skb, Some(Skb(0xffff_8880_0000_1000)));
+        assert_eq!(event.drop_reason().and_then(|r| r.value), Some(3));
     }
 
     #[test]
@@ -538,8 +362,8 @@ mod tests {
         assert_eq!(
             decoded.what,
             What::Drop {
-                reason: "UNKNOWN(77)".into(),
-                location: "0x1234".into()
+                reason: DropReason::named("UNKNOWN(77)"),
+                location: Location::Address(0x1234)
             }
         );
     }
@@ -559,10 +383,15 @@ mod tests {
         let What::Deliver { socket } = &decoded.what else {
             panic!("not a delivery: {decoded:?}");
         };
-        assert_eq!(socket.local, "0.0.0.0:4000");
+        assert_eq!(socket.local, "0.0.0.0:4000".parse().unwrap());
         assert_eq!(socket.peer, None, "an unconnected socket has no peer");
-        assert_eq!(socket.owner_pid, Some(1234));
-        assert_eq!(socket.owner_comm.as_deref(), Some("nc"));
+        assert_eq!(
+            socket.owner,
+            Some(Process {
+                pid: 1234,
+                comm: "nc".into()
+            })
+        );
     }
 
     #[test]
@@ -580,8 +409,10 @@ mod tests {
         let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
         assert!(decoded.tracked);
         let conntrack = decoded.conntrack.unwrap();
-        assert_eq!(conntrack.original, "192.0.2.1:40000 > 192.0.2.2:4000");
-        assert_eq!(conntrack.reply, "192.0.2.2:4000 > 203.0.113.9:1024");
+        assert_eq!(conntrack.original.src, "192.0.2.1:40000".parse().unwrap());
+        assert_eq!(conntrack.original.dst, "192.0.2.2:4000".parse().unwrap());
+        assert_eq!(conntrack.reply.src, "192.0.2.2:4000".parse().unwrap());
+        assert_eq!(conntrack.reply.dst, "203.0.113.9:1024".parse().unwrap());
     }
 
     #[test]
@@ -597,7 +428,7 @@ mod tests {
         event.tuple.family = AF_INET6;
         event.tuple.saddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
-        assert_eq!(decoded.family, "ipv6");
+        assert_eq!(decoded.family, Family::Ipv6);
         assert_eq!(decoded.saddr.to_string(), "2001:db8::1");
     }
 }

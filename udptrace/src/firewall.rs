@@ -10,6 +10,8 @@
 
 use std::{fs::File, io, os::fd::AsRawFd as _, process::Command};
 
+use serde::Serialize;
+
 /// `nft -a list ruleset` run inside the network namespace `netns` refers to.
 pub fn ruleset_in(netns: &File) -> io::Result<String> {
     let netns = netns.try_clone()?;
@@ -28,13 +30,25 @@ pub fn ruleset_in(netns: &File) -> io::Result<String> {
     .map_err(|_| io::Error::other("nft thread panicked"))?
 }
 
+/// An nftables rule, where it sits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FirewallRule {
+    /// `FAMILY NAME`, e.g. `inet filter`.
+    pub table: String,
+    pub chain: String,
+    /// The chain's hook (`input`, `prerouting`, ...), `None` for a regular chain.
+    pub hook: Option<String>,
+    /// The rule as `nft -a` prints it, `# handle N` included.
+    pub text: String,
+}
+
 /// The drop/reject rules in `text` (an `nft -a list ruleset`) mentioning destination port
-/// `port`, each as `table FAMILY NAME chain CHAIN (hook HOOK): RULE # handle N`.
-pub fn parse_ruleset(text: &str, port: u16) -> Vec<String> {
+/// `port`.
+pub fn parse_ruleset(text: &str, port: u16) -> Vec<FirewallRule> {
     let port = port.to_string();
     let mut table = String::new();
     let mut chain = String::new();
-    let mut hook = String::from("?");
+    let mut hook = None;
     let mut rules = Vec::new();
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -42,12 +56,15 @@ pub fn parse_ruleset(text: &str, port: u16) -> Vec<String> {
             ["table", family, name, ..] => table = format!("{family} {name}"),
             ["chain", name, ..] => {
                 (*name).clone_into(&mut chain);
-                hook = String::from("?");
+                hook = None;
             }
-            ["type", _, "hook", name, ..] => (*name).clone_into(&mut hook),
-            _ if drops_port(&words, &port) => {
-                rules.push(format!("table {table} chain {chain} (hook {hook}): {line}"));
-            }
+            ["type", _, "hook", name, ..] => hook = Some((*name).to_owned()),
+            _ if drops_port(&words, &port) => rules.push(FirewallRule {
+                table: table.clone(),
+                chain: chain.clone(),
+                hook: hook.clone(),
+                text: line.to_owned(),
+            }),
             _ => {}
         }
     }
@@ -103,11 +120,16 @@ mod tests {
     fn finds_the_rules_that_drop_a_port() {
         assert_eq!(
             parse_ruleset(RULESET, 5003),
-            ["table inet udptrace_lab chain input (hook input): udp dport 5003 drop # handle 2"]
+            [FirewallRule {
+                table: "inet udptrace_lab".into(),
+                chain: "input".into(),
+                hook: Some("input".into()),
+                text: "udp dport 5003 drop # handle 2".into()
+            }]
         );
         assert_eq!(parse_ruleset(RULESET, 6050).len(), 1);
-        assert!(parse_ruleset(RULESET, 7000)[0].contains("handle 4"));
-        assert!(parse_ruleset(RULESET, 53)[0].contains("handle 4"));
+        assert!(parse_ruleset(RULESET, 7000)[0].text.contains("handle 4"));
+        assert!(parse_ruleset(RULESET, 53)[0].text.contains("handle 4"));
         assert!(parse_ruleset(RULESET, 9).is_empty());
     }
 }

@@ -11,6 +11,7 @@ use crate::{
         btf::Btf, kallsyms::Kallsyms, offsets::resolve_offsets, reasons::DropReasons,
         tracefs::Tracefs,
     },
+    model::{DropReason, Process},
     procs::Processes,
 };
 
@@ -65,15 +66,18 @@ impl Knowledge {
 }
 
 impl KernelNames for Knowledge {
-    fn drop_reason(&self, value: u32) -> String {
-        self.reasons.name(value)
+    fn drop_reason(&self, value: u32) -> DropReason {
+        DropReason {
+            name: self.reasons.name(value),
+            value: Some(value),
+        }
     }
 
     fn symbol(&self, address: u64) -> Option<String> {
         self.symbols.as_ref().ok()?.symbolize(address)
     }
 
-    fn socket_owner(&self, inode: u64) -> Option<(u32, String)> {
+    fn socket_owner(&self, inode: u64) -> Option<Process> {
         self.processes.socket_owner(inode)
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way through these modules:
 //! kernel hooks (`udptrace-ebpf`) → `probes` (load/attach) → `stream` (ring buffer, counters)
-//! → `decode` (raw records → domain events) → `reorder` (back in kernel-time order) → `flows`
+//! → `decode` (raw records → the typed events of `model`) → `reorder` (back in kernel-time order) → `flows`
 //! (flow table, verdicts) → `render` (text / JSON).
 //! `kernel` holds everything learnt from the running kernel at start-up (BTF offsets, tracefs
 //! formats, drop-reason names, symbols); `filter` compiles expressions for the kernel; `lab`
@@ -20,6 +20,7 @@ pub mod knowledge;
 pub mod lab;
 pub mod lab_command;
 pub mod manual;
+pub mod model;
 pub mod namespaces;
 pub mod probes;
 pub mod procs;

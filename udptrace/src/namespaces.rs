@@ -132,17 +132,13 @@ fn list_sockets(
         *diag_slot = None;
         return None;
     };
-    // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited. A
-    // socket no process holds open (or one udptrace could not find) is named by its uid.
+    // Owners are resolved once per listing: a miss rescans /proc, itself rate-limited.
     Some(
         entries
             .into_iter()
             .map(|entry| {
-                let owner = processes.socket_owner(entry.inode).map_or_else(
-                    || format!("uid {}", entry.uid),
-                    |(pid, comm)| format!("{comm}[{pid}]"),
-                );
-                (entry, Some(owner))
+                let owner = processes.socket_owner(entry.inode);
+                (entry, owner)
             })
             .collect(),
     )
@@ -222,10 +218,9 @@ mod tests {
             .iter()
             .find(|(entry, _)| entry.local == owned.local_addr().unwrap())
             .expect("the socket is listed");
-        assert!(
-            owner
-                .as_ref()
-                .is_some_and(|owner| owner.ends_with(&format!("[{}]", std::process::id()))),
+        assert_eq!(
+            owner.as_ref().map(|owner| owner.pid),
+            Some(std::process::id()),
             "{owner:?}"
         );
         // A socket bound after the listing is not in the cached list within the interval...

@@ -14,14 +14,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::sanitize::sanitize_kernel_string;
+use crate::{model::Process, sanitize::sanitize_kernel_string};
 
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 const RESCAN_COST_FACTOR: u32 = 10;
 
 #[derive(Default)]
 struct Cache {
-    sockets: HashMap<u64, (u32, String)>,
+    sockets: HashMap<u64, Process>,
     netns: HashMap<u32, String>,
     /// A file that refers to each namespace, to enter it.
     netns_paths: HashMap<u32, PathBuf>,
@@ -38,7 +38,7 @@ pub struct Processes {
 
 impl Processes {
     /// The process holding socket `inode` (the lowest pid when several share it).
-    pub fn socket_owner(&self, inode: u64) -> Option<(u32, String)> {
+    pub fn socket_owner(&self, inode: u64) -> Option<Process> {
         if inode == 0 {
             return None;
         }
@@ -146,10 +146,10 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
                 continue;
             };
             if let Some(inode) = socket_inode(&target.to_string_lossy()) {
-                cache
-                    .sockets
-                    .entry(inode)
-                    .or_insert_with(|| (pid, comm.clone()));
+                cache.sockets.entry(inode).or_insert_with(|| Process {
+                    pid,
+                    comm: comm.clone(),
+                });
             }
         }
     }
@@ -194,8 +194,8 @@ mod tests {
         let link = fs::read_link(format!("/proc/self/fd/{}", socket.as_raw_fd())).unwrap();
         let inode = socket_inode(&link.to_string_lossy()).unwrap();
         let processes = Processes::default();
-        let (pid, _comm) = processes.socket_owner(inode).unwrap();
-        assert_eq!(pid, std::process::id());
+        let owner = processes.socket_owner(inode).unwrap();
+        assert_eq!(owner.pid, std::process::id());
         assert_eq!(processes.socket_owner(0), None);
     }
 

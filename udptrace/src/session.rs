@@ -19,15 +19,18 @@ use udptrace_common::{
 
 use crate::{
     clock::{WallClock, monotonic_ns},
-    decode::{self, KernelNames, What},
+    decode::{self, KernelNames},
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
+        diagnosis::Diagnosis,
+        ledger::SETTLE,
+        rule::{RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
-        verdicts::{Diagnosis, RuleLister, SETTLE, SocketLister},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,
+    model::{TraceEvent, What},
     namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
@@ -75,7 +78,7 @@ pub struct Tracer {
     clock: WallClock,
     config: TraceConfig,
     /// Decoded events waiting for earlier ones still on their way (see `reorder`).
-    pending: Reorder<decode::TraceEvent>,
+    pending: Reorder<TraceEvent>,
     diagnosis: Diagnosis,
     /// Shared with the diagnosis' socket and rule listers.
     namespaces: Rc<RefCell<Namespaces>>,
@@ -350,7 +353,7 @@ impl Tracer {
     /// fails with the first write error (the run ends on it).
     fn observe(
         &mut self,
-        events: Vec<decode::TraceEvent>,
+        events: Vec<TraceEvent>,
         output: &mut dyn Output,
         stats: &mut Stats,
     ) -> anyhow::Result<()> {

@@ -27,8 +27,26 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
 use serde::Serialize;
 
-/// A namespace's UDP sockets, each with its owner: `comm[pid]`, else `uid N`.
-pub type SocketList = Rc<[(UdpSocketEntry, Option<String>)]>;
+use crate::model::Process;
+
+/// A namespace's UDP sockets, each with the process holding it, when one was found (verdicts
+/// then name the socket's `uid`).
+pub type SocketList = Rc<[(UdpSocketEntry, Option<Process>)]>;
+
+/// Why a datagram does not match a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Mismatch {
+    /// The socket is on another port.
+    Port { listens: u16 },
+    /// The socket is bound to another address.
+    Address { bound: IpAddr, addressed: IpAddr },
+    /// The socket is connected to another peer.
+    Peer {
+        connected: SocketAddr,
+        source: SocketAddr,
+    },
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UdpSocketEntry {
@@ -60,21 +78,25 @@ impl UdpSocketEntry {
                 .is_none_or(|peer| same_ip(peer.ip(), source.ip()) && peer.port() == source.port())
     }
 
-    /// Why a datagram `source > destination` does not match this socket, in words.
-    pub fn mismatch(&self, source: SocketAddr, destination: SocketAddr) -> Option<String> {
+    /// Why a datagram `source > destination` does not match this socket.
+    pub fn mismatch(&self, source: SocketAddr, destination: SocketAddr) -> Option<Mismatch> {
         if self.local.port() != destination.port() {
-            return Some(format!("it listens on port {}", self.local.port()));
+            return Some(Mismatch::Port {
+                listens: self.local.port(),
+            });
         }
         if !self.local.ip().is_unspecified() && !same_ip(self.local.ip(), destination.ip()) {
-            return Some(format!(
-                "it is bound to {} but the datagram is addressed to {}",
-                self.local.ip(),
-                destination.ip()
-            ));
+            return Some(Mismatch::Address {
+                bound: self.local.ip(),
+                addressed: destination.ip(),
+            });
         }
         match self.peer {
             Some(peer) if !(same_ip(peer.ip(), source.ip()) && peer.port() == source.port()) => {
-                Some(format!("it is connected to {peer}, not to {source}"))
+                Some(Mismatch::Peer {
+                    connected: peer,
+                    source,
+                })
             }
             _ => None,
         }
@@ -555,15 +577,23 @@ mod tests {
         let to_uplink = "192.0.2.1:4000".parse().unwrap();
         assert!(!connected.accepts(from, to_uplink));
         assert_eq!(
-            connected.mismatch(from, to_uplink).unwrap(),
-            "it is bound to 198.51.100.1 but the datagram is addressed to 192.0.2.1"
+            connected.mismatch(from, to_uplink),
+            Some(Mismatch::Address {
+                bound: "198.51.100.1".parse().unwrap(),
+                addressed: "192.0.2.1".parse().unwrap()
+            })
         );
         let other = "198.51.100.3:1".parse().unwrap();
         assert_eq!(
-            connected
-                .mismatch(other, "198.51.100.1:4000".parse().unwrap())
-                .unwrap(),
-            "it is connected to 198.51.100.2:40000, not to 198.51.100.3:1"
+            connected.mismatch(other, "198.51.100.1:4000".parse().unwrap()),
+            Some(Mismatch::Peer {
+                connected: "198.51.100.2:40000".parse().unwrap(),
+                source: other
+            })
+        );
+        assert_eq!(
+            connected.mismatch(from, "198.51.100.1:4001".parse().unwrap()),
+            Some(Mismatch::Port { listens: 4000 })
         );
         let wildcard = UdpSocketEntry {
             local: "0.0.0.0:4000".parse().unwrap(),

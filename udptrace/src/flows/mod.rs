@@ -1,6 +1,14 @@
 //! Flows and verdicts: the decoded events grouped per conversation, and the rules that turn
-//! them into a diagnosis with evidence and a fix. Nothing here knows a kernel layout.
+//! them into a diagnosis: typed facts and evidence events (`render` words them). Nothing here
+//! knows a kernel layout or writes a sentence.
 
 pub mod bounded;
+pub mod code;
+pub mod diagnosis;
+pub mod ledger;
+pub mod rule;
+mod rules;
 pub mod table;
-pub mod verdicts;
+#[cfg(test)]
+pub mod testing;
+pub mod verdict;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use super::bounded::Bounded;
-use crate::decode::{TraceEvent, What};
+use super::{bounded::Bounded, code::VerdictCode};
+use crate::model::{DropReason, Process, TraceEvent, What};
 
 /// Two endpoints, smaller first, so that both directions map to one key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,12 +32,6 @@ impl FlowKey {
     }
 }
 
-impl std::fmt::Display for FlowKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} <> {}", self.a, self.b)
-    }
-}
-
 /// IPv4-mapped IPv6 addresses compare as IPv4.
 pub fn canonical(address: SocketAddr) -> SocketAddr {
     SocketAddr::new(address.ip().to_canonical(), address.port())
@@ -50,7 +44,7 @@ pub fn canonical(address: SocketAddr) -> SocketAddr {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Tally {
     /// Drops with this reason.
-    Drops(String),
+    Drops(DropReason),
     /// Datagrams sent by this endpoint (counted once, at the first device).
     DatagramsFrom(SocketAddr),
 }
@@ -122,10 +116,12 @@ pub struct Flow {
     pub drops: Counts,
     pub icmp_errors: u64,
     pub socket_errors: Counts,
-    /// `comm[pid]` of processes that sent or received in this flow, sorted.
-    pub processes: Vec<String>,
+    /// Processes that sent or received in this flow (the record shows them as `comm[pid]`:
+    /// `render`).
+    #[serde(skip)]
+    pub processes: Vec<Process>,
     /// Codes of the verdicts given on this flow, sorted.
-    pub verdicts: Vec<&'static str>,
+    pub verdicts: Vec<VerdictCode>,
 }
 
 /// Inserts `item` into a sorted vector unless present.
@@ -213,9 +209,9 @@ impl FlowTable {
         let flow = self.flow(FlowKey::of(event));
         match &event.what {
             What::Icmp { .. } => flow.icmp_errors += 1,
-            What::SockError { errno, .. }
-            | What::SendError { errno, .. }
-            | What::RecvError { errno, .. } => flow.socket_errors.add(errno, 1),
+            What::SockError { error, .. }
+            | What::SendError { error, .. }
+            | What::RecvError { error, .. } => flow.socket_errors.add(error.0.name(), 1),
             What::Drop { .. }
             | What::Xmit
             | What::Recv
@@ -225,13 +221,13 @@ impl FlowTable {
             | What::Connect { .. }
             | What::Lookup { .. } => {}
         }
-        if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
-            insert_sorted(&mut flow.processes, format!("{comm}[{pid}]"));
+        if let Some(process) = event.process.as_ref().filter(|p| !p.comm.is_empty()) {
+            insert_sorted(&mut flow.processes, process.clone());
         }
         if let What::Deliver { socket } = &event.what
-            && let (Some(pid), Some(comm)) = (socket.owner_pid, &socket.owner_comm)
+            && let Some(owner) = &socket.owner
         {
-            insert_sorted(&mut flow.processes, format!("{comm}[{pid}]"));
+            insert_sorted(&mut flow.processes, owner.clone());
         }
     }
 
@@ -241,7 +237,7 @@ impl FlowTable {
             return 0;
         };
         match tally {
-            Tally::Drops(reason) => flow.drops.get(reason),
+            Tally::Drops(reason) => flow.drops.get(&reason.name),
             Tally::DatagramsFrom(source) if *source == key.a => flow.datagrams_a_to_b,
             Tally::DatagramsFrom(_) => flow.datagrams_b_to_a,
         }
@@ -252,7 +248,7 @@ impl FlowTable {
     pub fn add_tally(&mut self, key: FlowKey, tally: &Tally, count: u64) {
         let flow = self.flow(key);
         match tally {
-            Tally::Drops(reason) => flow.drops.add(reason, count),
+            Tally::Drops(reason) => flow.drops.add(&reason.name, count),
             Tally::DatagramsFrom(source) if *source == key.a => flow.datagrams_a_to_b += count,
             Tally::DatagramsFrom(_) => flow.datagrams_b_to_a += count,
         }
@@ -262,13 +258,13 @@ impl FlowTable {
     pub fn add_other(&mut self, tally: &Tally, count: u64) {
         self.other.kernel_overflow_events += count;
         match tally {
-            Tally::Drops(reason) => self.other.drops.add(reason, count),
+            Tally::Drops(reason) => self.other.drops.add(&reason.name, count),
             Tally::DatagramsFrom(_) => self.other.datagrams += count,
         }
     }
 
     /// Records a verdict on a flow; socket-wide verdicts (`a == b`) belong to no single flow.
-    pub fn mark(&mut self, key: FlowKey, code: &'static str) {
+    pub fn mark(&mut self, key: FlowKey, code: VerdictCode) {
         if key.a != key.b {
             insert_sorted(&mut self.flow(key).verdicts, code);
         }
@@ -301,7 +297,7 @@ mod tests {
     #[test]
     fn evicted_flows_add_up_in_other_flows() {
         let mut table = FlowTable::new(10);
-        let no_socket = Tally::Drops("NO_SOCKET".into());
+        let no_socket = Tally::Drops(DropReason::named("NO_SOCKET"));
         for port in 1..=25 {
             table.add_tally(key(port), &no_socket, u64::from(port));
             table.add_tally(

@@ -6,10 +6,10 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 use udptrace_common::event::Mechanism;
 
-use super::{Output, Stats};
+use super::{Output, Stats, verdict::VerdictRecord, wire::processes_text};
 use crate::{
-    decode::TraceEvent,
-    flows::{table::FlowTable, verdicts::Verdict},
+    flows::{table::FlowTable, verdict::Verdict},
+    model::TraceEvent,
     probes::attach::HookOutcome,
 };
 
@@ -93,7 +93,7 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
-        self.tagged("verdict", verdict, false)?;
+        self.tagged("verdict", &VerdictRecord::of(verdict), false)?;
         self.flush()
     }
 
@@ -109,12 +109,13 @@ impl<W: Write> Output for JsonOutput<W> {
                 map.insert("type".into(), "flow".into());
                 map.insert("a".into(), key.a.to_string().into());
                 map.insert("b".into(), key.b.to_string().into());
+                map.insert("processes".into(), processes_text(&flow.processes).into());
             }
             self.line(&value)?;
         }
         self.tagged("other_flows", flows.other(), false)?;
         for verdict in verdicts {
-            self.tagged("verdict", verdict, true)?;
+            self.tagged("verdict", &VerdictRecord::of(verdict), true)?;
         }
         self.tagged("stats", stats, false)?;
         self.flush()
@@ -124,7 +125,231 @@ impl<W: Write> Output for JsonOutput<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::Stats;
+    use crate::{
+        clock::WallTime,
+        model::{
+            Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
+            RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, What,
+        },
+        render::Stats,
+    };
+
+    fn socket(owner: Option<Process>) -> SocketInfo {
+        SocketInfo {
+            local: "0.0.0.0:4000".parse().unwrap(),
+            peer: Some("[2001:db8::2]:40000".parse().unwrap()),
+            inode: 31_337,
+            owner,
+        }
+    }
+
+    /// One event of every kind, every optional field set somewhere.
+    fn events() -> Vec<TraceEvent> {
+        let nc = Process {
+            pid: 77,
+            comm: "nc".into(),
+        };
+        let whats = [
+            What::Drop {
+                reason: DropReason {
+                    name: "NO_SOCKET".into(),
+                    value: Some(3),
+                },
+                location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+            },
+            What::Drop {
+                reason: DropReason::named("UNKNOWN(77)"),
+                location: Location::Address(0xffff_ffff_8100_0010),
+            },
+            What::Icmp {
+                icmp_type: 3,
+                icmp_code: 3,
+                meaning: "port-unreachable".into(),
+            },
+            What::SockError {
+                error: SocketErrno(Errno(111)),
+            },
+            What::SendError {
+                error: SocketErrno(Errno(101)),
+                call: Some(SendCall {
+                    pktinfo: false,
+                    connected: true,
+                }),
+            },
+            What::RecvError {
+                error: SocketErrno(Errno(11)),
+            },
+            What::Send {
+                bytes: 5,
+                socket: socket(Some(nc.clone())),
+                call: Some(SendCall {
+                    pktinfo: true,
+                    connected: false,
+                }),
+            },
+            What::Send {
+                bytes: 5,
+                socket: socket(None),
+                call: None,
+            },
+            What::Route {
+                direction: RouteDirection::Output,
+                device: RouteDevice(Some("br0".into())),
+                table: 254,
+                error: None,
+            },
+            What::Route {
+                direction: RouteDirection::Input,
+                device: RouteDevice(None),
+                table: 0,
+                error: Some(Errno(101)),
+            },
+            What::Xmit,
+            What::Recv,
+            What::Deliver {
+                socket: socket(Some(nc.clone())),
+            },
+            What::Connect {
+                socket: socket(None),
+                error: Some(Errno(111)),
+            },
+            What::Lookup { socket: None },
+            What::Lookup {
+                socket: Some(socket(None)),
+            },
+        ];
+        whats
+            .into_iter()
+            .enumerate()
+            .map(|(index, what)| {
+                let index = index as u64;
+                TraceEvent {
+                    time: WallTime(1_795_346_768_123_456_000 + index * 1_000),
+                    ts_ns: 1_000 + index,
+                    what,
+                    probe: Probe(Mechanism::ALL.get(index as usize % 6).copied()),
+                    netns: 4_026_531_840,
+                    netns_name: index.is_multiple_of(2).then(|| "client".into()),
+                    ifindex: index.is_multiple_of(3).then_some(7),
+                    ifname: index.is_multiple_of(3).then(|| "veth0".into()),
+                    process: match index % 3 {
+                        0 => None,
+                        1 => Some(nc.clone()),
+                        _ => Some(Process {
+                            pid: 9,
+                            comm: String::new(),
+                        }),
+                    },
+                    skb: (index % 2 == 1).then_some(Skb(0xffff_8880_0000_1000 + index)),
+                    tracked: index.is_multiple_of(4),
+                    conntrack: index.is_multiple_of(5).then_some(Conntrack {
+                        original: Endpoints {
+                            src: "192.0.2.1:40000".parse().unwrap(),
+                            dst: "192.0.2.2:4000".parse().unwrap(),
+                        },
+                        reply: Endpoints {
+                            src: "192.0.2.2:4000".parse().unwrap(),
+                            dst: "203.0.113.9:1024".parse().unwrap(),
+                        },
+                        status: 0x18a,
+                    }),
+                    family: Family::Ipv4,
+                    saddr: "192.0.2.1".parse().unwrap(),
+                    sport: 40_000,
+                    daddr: "192.0.2.2".parse().unwrap(),
+                    dport: 4_000,
+                }
+            })
+            .collect()
+    }
+
+    /// The event records of `events`, one line each.
+    fn records(events: &[TraceEvent]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut json = JsonOutput::new(&mut out);
+        for event in events {
+            json.event(event).unwrap();
+        }
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn event_records_read_back_into_the_same_events() {
+        let events = events();
+        for (event, line) in events.iter().zip(records(&events)) {
+            let read: TraceEvent =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(&read, event, "{line}");
+        }
+    }
+
+    /// The record format scripts and docs/json-schema.md rely on, field by field and in order.
+    #[test]
+    fn event_records_keep_their_format() {
+        let lines = records(&events());
+        assert_eq!(
+            lines[0],
+            r#"{"type":"event","time":"2026-11-22T11:26:08.123456Z","ts_ns":1000,"kind":"drop","reason":"NO_SOCKET","location":"__udp4_lib_rcv+0x2cd","probe":"fentry","netns":4026531840,"netns_name":"client","ifindex":7,"ifname":"veth0","tracked":true,"conntrack":{"original":"192.0.2.1:40000 > 192.0.2.2:4000","reply":"192.0.2.2:4000 > 203.0.113.9:1024","status":394},"family":"ipv4","saddr":"192.0.2.1","sport":40000,"daddr":"192.0.2.2","dport":4000}"#
+        );
+        assert_eq!(
+            lines[1],
+            r#"{"type":"event","time":"2026-11-22T11:26:08.123457Z","ts_ns":1001,"kind":"drop","reason":"UNKNOWN(77)","location":"0xffffffff81000010","probe":"kprobe","netns":4026531840,"pid":77,"comm":"nc","skb":"0xffff888000001001","family":"ipv4","saddr":"192.0.2.1","sport":40000,"daddr":"192.0.2.2","dport":4000}"#
+        );
+        assert!(
+            lines[3].contains(r#""kind":"sock_error","errno":"ECONNREFUSED","code":111,"probe":"#),
+            "{}",
+            lines[3]
+        );
+        assert!(
+            lines[5].contains(r#""pid":9,"skb""#),
+            "no comm: {}",
+            lines[5]
+        );
+        assert!(
+            lines[6].contains(r#""socket":{"local":"0.0.0.0:4000","peer":"[2001:db8::2]:40000","inode":31337,"owner_pid":77,"owner_comm":"nc"},"call":{"pktinfo":true,"connected":false}"#),
+            "{}",
+            lines[6]
+        );
+        assert!(
+            lines[8].contains(
+                r#""kind":"route","direction":"output","device":"br0","table":254,"probe""#
+            ),
+            "{}",
+            lines[8]
+        );
+        assert!(
+            lines[9].contains(
+                r#""kind":"route","direction":"input","device":"-","table":0,"error":"ENETUNREACH""#
+            ),
+            "{}",
+            lines[9]
+        );
+        assert!(
+            lines[14].contains(r#""kind":"lookup","socket":null"#),
+            "{}",
+            lines[14]
+        );
+    }
+
+    #[test]
+    fn malformed_event_records_are_refused() {
+        let line = &records(&events())[1];
+        for (good, bad) in [
+            ("0xffff888000001001", "ffff888000001001"),
+            ("2026-11-22T11:26:08.123457Z", "yesterday"),
+            (r#""probe":"kprobe""#, r#""probe":"uprobe""#),
+        ] {
+            let broken = line.replacen(good, bad, 1);
+            assert!(
+                serde_json::from_str::<TraceEvent>(&broken).is_err(),
+                "{broken}"
+            );
+        }
+    }
 
     #[test]
     fn records_are_tagged_objects() {

@@ -1,8 +1,11 @@
 //! Presentation only: text for a human at 3 a.m., NDJSON for machines. Both see the same
 //! domain events and statistics. The JSON schema is documented in docs/json-schema.md.
 
+pub mod event;
 pub mod json;
 pub mod text;
+pub mod verdict;
+pub mod wire;
 
 use std::io;
 
@@ -10,8 +13,8 @@ use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
-    decode::TraceEvent,
-    flows::{table::FlowTable, verdicts::Verdict},
+    flows::{table::FlowTable, verdict::Verdict},
+    model::TraceEvent,
     probes::attach::HookOutcome,
 };
 

@@ -14,13 +14,19 @@
 
 use std::io::{self, Write};
 
-use super::{Output, Stats};
+use super::{
+    Output, Stats,
+    event::summary,
+    verdict::verdict_text,
+    wire::{endpoints_text, flow_key_text, location_text, process_text, processes_text, skb_text},
+};
 use crate::{
-    decode::{SocketInfo, TraceEvent, What, endpoint},
     flows::{
+        ledger::MAX_VERDICTS_PER_RULE,
         table::{Counts, FlowTable},
-        verdicts::{MAX_VERDICTS_PER_RULE, Verdict},
+        verdict::Verdict,
     },
+    model::{Skb, TraceEvent, What},
     probes::attach::HookOutcome,
 };
 
@@ -28,7 +34,7 @@ pub struct TextOutput<W: Write> {
     out: W,
     colour: bool,
     /// The datagram of the previous event: its next hops are drawn as a branch under it.
-    last_skb: Option<String>,
+    last_skb: Option<Skb>,
 }
 
 const RED: &str = "\x1b[31m";
@@ -56,105 +62,15 @@ impl<W: Write> TextOutput<W> {
     }
 }
 
-/// The event's one-line summary without time and colour (also used by verdict evidence).
-pub fn summary(event: &TraceEvent) -> String {
-    let src = endpoint(event.saddr, event.sport);
-    let dst = endpoint(event.daddr, event.dport);
-    match &event.what {
-        What::Drop { reason, .. } => format!("{src} > {dst} {reason}"),
-        What::Icmp {
-            icmp_type,
-            icmp_code,
-            meaning,
-        } => format!("{meaning} (type {icmp_type} code {icmp_code}) about {src} > {dst}"),
-        What::SockError { errno, .. } => format!("{errno} on socket {src} (peer {dst})"),
-        What::SendError { errno, .. } | What::RecvError { errno, .. } => {
-            format!("{errno} on socket {src} (peer {dst})")
-        }
-        What::Send {
-            bytes,
-            socket,
-            call: Some(call),
-        } => {
-            let how = if call.pktinfo {
-                format!("sendmsg() with IP_PKTINFO source {}", event.saddr)
-            } else if call.connected {
-                format!(
-                    "on a socket connected to {}",
-                    socket.peer.as_deref().unwrap_or("?")
-                )
-            } else if event.saddr.is_unspecified() {
-                "sendto() without IP_PKTINFO: the kernel chooses the source".to_owned()
-            } else {
-                "sendto()".to_owned()
-            };
-            format!("{bytes} bytes from {} to {dst}, {how}", socket.local)
-        }
-        What::Send {
-            bytes,
-            socket,
-            call: None,
-        } => match &socket.peer {
-            Some(peer) => format!("{bytes} bytes from {} to {peer}", socket.local),
-            None => format!("{bytes} bytes from {} (unconnected)", socket.local),
-        },
-        What::Route {
-            direction,
-            device,
-            error,
-            ..
-        } => {
-            let outcome = match error {
-                Some(error) => format!("failed {error}"),
-                // An unbound sender: this lookup is where the kernel picks the source address
-                // (the preferred source of the route, else the device's primary address).
-                None if event.saddr.is_unspecified() => {
-                    format!("dev {device}, source chosen from {device}")
-                }
-                None => format!("dev {device}"),
-            };
-            format!("{direction} {src} > {dst} {outcome}")
-        }
-        What::Xmit | What::Recv => format!("{src} > {dst}"),
-        What::Deliver { socket } => format!("{src} > {dst} to {}", socket_text(socket)),
-        What::Connect {
-            socket,
-            error: None,
-        } => format!(
-            "socket {} pinned to local {src} and peer {dst}",
-            socket_text(socket)
-        ),
-        What::Connect {
-            socket,
-            error: Some(error),
-        } => format!("socket {} to {dst} failed {error}", socket_text(socket)),
-        What::Lookup {
-            socket: Some(socket),
-        } => format!("{src} > {dst} found socket {}", socket_text(socket)),
-        What::Lookup { socket: None } => format!("{src} > {dst} found no socket"),
-    }
-}
-
-/// `0.0.0.0:4000 (connected to 192.0.2.1:5000) nc[123]`.
-fn socket_text(socket: &SocketInfo) -> String {
-    let owner = match (&socket.owner_comm, socket.owner_pid) {
-        (Some(comm), Some(pid)) => format!(" {comm}[{pid}]"),
-        _ => String::new(),
-    };
-    match &socket.peer {
-        Some(peer) => format!("{} (connected to {peer}){owner}", socket.local),
-        None => format!("{}{owner}", socket.local),
-    }
-}
-
 /// The indented context line: where it happened.
 fn context(event: &TraceEvent) -> String {
     let mut parts = Vec::new();
     if let What::Drop { location, .. } = &event.what {
-        parts.push(format!("at {location}"));
+        parts.push(format!("at {}", location_text(location)));
     }
-    if let Some(skb) = &event.skb {
+    if let Some(skb) = event.skb {
         // The last hex digits identify a datagram across its hops well enough for a reader.
+        let skb = skb_text(skb);
         parts.push(format!("#{}", &skb[skb.len().saturating_sub(5)..]));
     }
     if event.tracked {
@@ -163,7 +79,8 @@ fn context(event: &TraceEvent) -> String {
     if let Some(conntrack) = &event.conntrack {
         parts.push(format!(
             "ct {} / reply {}",
-            conntrack.original, conntrack.reply
+            endpoints_text(&conntrack.original),
+            endpoints_text(&conntrack.reply)
         ));
     }
     match (&event.netns_name, event.netns) {
@@ -174,8 +91,8 @@ fn context(event: &TraceEvent) -> String {
     if let Some(ifname) = &event.ifname {
         parts.push(ifname.clone());
     }
-    if let (Some(pid), Some(comm)) = (event.pid, &event.comm) {
-        parts.push(format!("{comm}[{pid}]"));
+    if let Some(process) = event.process.as_ref().filter(|p| !p.comm.is_empty()) {
+        parts.push(process_text(process));
     }
     parts.join("  ")
 }
@@ -205,10 +122,10 @@ impl<W: Write> Output for TextOutput<W> {
             What::SockError { .. } | What::SendError { .. } | What::RecvError { .. } => MAGENTA,
             _ => DIM,
         };
-        let time = event.time.get(11..26).unwrap_or(&event.time);
+        let time = event.time.time_of_day();
         // Hops of the datagram of the previous line hang under it: one packet reads as a tree.
         let continues = event.skb.is_some() && event.skb == self.last_skb;
-        self.last_skb.clone_from(&event.skb);
+        self.last_skb = event.skb;
         let branch = if continues { "`- " } else { "" };
         let kind = self.paint(
             colour,
@@ -247,8 +164,10 @@ impl<W: Write> Output for TextOutput<W> {
         }
         for (key, flow) in flows {
             let mut line = format!(
-                "  {key}  {} > / {} <",
-                flow.datagrams_a_to_b, flow.datagrams_b_to_a
+                "  {}  {} > / {} <",
+                flow_key_text(key),
+                flow.datagrams_a_to_b,
+                flow.datagrams_b_to_a
             );
             line.push_str(&problems(
                 &flow.drops,
@@ -256,10 +175,11 @@ impl<W: Write> Output for TextOutput<W> {
                 &flow.socket_errors,
             ));
             if !flow.processes.is_empty() {
-                line.push_str(&format!("  {}", flow.processes.join(",")));
+                line.push_str(&format!("  {}", processes_text(&flow.processes).join(",")));
             }
             if !flow.verdicts.is_empty() {
-                line.push_str(&format!("  => {}", flow.verdicts.join(", ")));
+                let codes: Vec<&str> = flow.verdicts.iter().map(|code| code.name()).collect();
+                line.push_str(&format!("  => {}", codes.join(", ")));
             }
             writeln!(self.out, "{line}")?;
         }
@@ -320,41 +240,31 @@ fn problems(drops: &Counts, icmp_errors: u64, socket_errors: &Counts) -> String 
     text
 }
 
-/// A verdict as a block: headline, evidence, fix.
-pub fn verdict_text(verdict: &Verdict) -> String {
-    let mut text = format!(
-        "VERDICT {} ({}, x{}): {}\n",
-        verdict.code, verdict.flow, verdict.count, verdict.summary
-    );
-    for line in &verdict.evidence {
-        text.push_str(&format!("    evidence: {line}\n"));
-    }
-    text.push_str(&format!("    fix: {}", verdict.fix));
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
 
     use super::*;
+    use crate::{
+        clock::WallTime,
+        model::{DropReason, Family, Location, Probe},
+    };
 
     fn event(what: What) -> TraceEvent {
         TraceEvent {
-            time: "2026-11-22T12:01:02.123456Z".into(),
+            time: WallTime::parse_rfc3339("2026-11-22T12:01:02.123456Z").unwrap(),
             ts_ns: 1,
             what,
-            probe: "tp_btf",
+            probe: Probe(Some(udptrace_common::event::Mechanism::TpBtf)),
             netns: 4_026_532_481,
             netns_name: None,
             ifindex: Some(3),
             ifname: Some("veth-s".into()),
-            pid: None,
-            comm: None,
+            process: None,
             skb: None,
             tracked: false,
             conntrack: None,
-            family: "ipv4",
+            family: Family::Ipv4,
             saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
             sport: 40_000,
             daddr: "192.0.2.2".parse::<IpAddr>().unwrap(),
@@ -367,8 +277,8 @@ mod tests {
         let mut out = Vec::new();
         TextOutput::new(&mut out, false)
             .event(&event(What::Drop {
-                reason: "NO_SOCKET".into(),
-                location: "__udp4_lib_rcv+0x2cd".into(),
+                reason: DropReason::named("NO_SOCKET"),
+                location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
             }))
             .unwrap();
         let text = String::from_utf8(out).unwrap();
@@ -389,11 +299,11 @@ mod tests {
         let mut out = Vec::new();
         let mut text = TextOutput::new(&mut out, false);
         let mut hop = event(What::Xmit);
-        hop.skb = Some("0xffff888000001000".into());
+        hop.skb = Some(Skb(0xffff_8880_0000_1000));
         text.event(&hop).unwrap();
         hop.what = What::Recv;
         text.event(&hop).unwrap();
-        hop.skb = Some("0xffff888000002000".into());
+        hop.skb = Some(Skb(0xffff_8880_0000_2000));
         text.event(&hop).unwrap();
         let text = String::from_utf8(out).unwrap();
         let kinds: Vec<&str> = text.lines().step_by(2).map(|l| &l[16..26]).collect();
@@ -407,9 +317,9 @@ mod tests {
         let server: std::net::SocketAddr = "192.0.2.2:4000".parse().unwrap();
         for port in [1000, 1001] {
             let key = FlowKey::new(([192, 0, 2, 1], port).into(), server);
-            table.add_tally(key, &Tally::Drops("NO_SOCKET".into()), 3);
+            table.add_tally(key, &Tally::Drops(DropReason::named("NO_SOCKET")), 3);
         }
-        table.add_other(&Tally::Drops("NO_SOCKET".into()), 2);
+        table.add_other(&Tally::Drops(DropReason::named("NO_SOCKET")), 2);
         let stats = Stats {
             flows_evicted: 1,
             kernel_overflow_events: 2,
@@ -444,7 +354,7 @@ mod tests {
             .event(&event(What::Icmp {
                 icmp_type: 3,
                 icmp_code: 3,
-                meaning: "port-unreachable",
+                meaning: "port-unreachable".into(),
             }))
             .unwrap();
         assert!(!out.contains(&0x1b));
@@ -453,7 +363,7 @@ mod tests {
             .event(&event(What::Icmp {
                 icmp_type: 3,
                 icmp_code: 3,
-                meaning: "port-unreachable",
+                meaning: "port-unreachable".into(),
             }))
             .unwrap();
         assert!(out.contains(&0x1b));

@@ -8,7 +8,7 @@ use std::{
 };
 
 use udptrace::{
-    flows::verdicts::MAX_VERDICTS_PER_RULE,
+    flows::ledger::MAX_VERDICTS_PER_RULE,
     lab::{netns::Netns, scenarios::SCENARIOS},
 };
 

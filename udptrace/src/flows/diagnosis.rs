@@ -1,0 +1,134 @@
+//! The dispatcher: feeds each event to the flow table, the ledger and the registered rules
+//! (`rules::registered`), and answers for the verdicts.
+
+use std::collections::VecDeque;
+
+use super::{
+    ledger::{Ledger, RuleId},
+    rule::{Context, Environment, HISTORY, KnownReason, Rule, RuleLister, SocketLister},
+    rules,
+    table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},
+    verdict::Verdict,
+};
+use crate::model::{TraceEvent, What};
+
+pub struct Diagnosis {
+    pub flows: FlowTable,
+    ledger: Ledger,
+    rules: Vec<Box<dyn Rule>>,
+    history: VecDeque<TraceEvent>,
+    env: Environment,
+}
+
+impl Diagnosis {
+    pub fn new(sockets: SocketLister) -> Self {
+        Self::build(
+            DEFAULT_MAX_FLOWS,
+            Environment {
+                sockets,
+                rules: Box::new(|_| None),
+            },
+        )
+    }
+
+    fn build(max_flows: usize, env: Environment) -> Self {
+        let rules = rules::registered(max_flows);
+        Self {
+            flows: FlowTable::new(max_flows),
+            ledger: Ledger::new(rules.len(), max_flows),
+            rules,
+            history: VecDeque::new(),
+            env,
+        }
+    }
+
+    /// Keeps at most `max_flows` flows (and as many requests, explained datagrams and
+    /// credited tallies); before any event.
+    #[must_use]
+    pub fn with_max_flows(self, max_flows: usize) -> Self {
+        Self::build(max_flows, self.env)
+    }
+
+    /// Names the rule behind `firewall_drop` verdicts.
+    #[must_use]
+    pub fn with_rules(mut self, rules: RuleLister) -> Self {
+        self.env.rules = rules;
+        self
+    }
+
+    /// Feeds one event to the rules.
+    pub fn observe(&mut self, event: &TraceEvent) {
+        self.flows.record(event);
+        self.ledger.begin();
+        match &event.what {
+            What::Drop { reason, .. } => {
+                // A drop of a datagram a verdict explains (a wrong-source reply dying at the
+                // client) is its evidence, not a new case.
+                if !self.ledger.add_to_explained(event)
+                    && let Some(known) = KnownReason::of(reason)
+                {
+                    self.each_rule(|rule, cx| {
+                        if rule.drops().contains(&known) {
+                            rule.on_drop(event, known, cx);
+                        }
+                    });
+                }
+            }
+            other => {
+                if matches!(
+                    other,
+                    What::Icmp { .. }
+                        | What::SockError { .. }
+                        | What::SendError { .. }
+                        | What::RecvError { .. }
+                ) && !self.ledger.add_to_explained(event)
+                {
+                    self.ledger.add_to_flow(event);
+                }
+                self.each_rule(|rule, cx| rule.on_event(event, cx));
+            }
+        }
+        self.ledger.end(event);
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(event.clone());
+    }
+
+    fn each_rule(&mut self, mut run: impl FnMut(&mut dyn Rule, &mut Context<'_>)) {
+        for (index, rule) in self.rules.iter_mut().enumerate() {
+            let mut cx = Context {
+                rule: RuleId(index),
+                ledger: &mut self.ledger,
+                flows: &mut self.flows,
+                history: &self.history,
+                env: &self.env,
+            };
+            run(rule.as_mut(), &mut cx);
+        }
+    }
+
+    /// The kernel counted `count` more of `tally` in `flow`, events written or not (a storm's
+    /// events are sampled): the flow takes them, and so does the verdict those events feed
+    /// (beyond the events it already counted).
+    pub fn count_in_kernel(&mut self, flow: FlowKey, tally: Tally, count: u64) {
+        self.flows.add_tally(flow, &tally, count);
+        self.ledger.count_in_kernel(flow, tally, count);
+    }
+
+    /// Occurrences past `MAX_VERDICTS_PER_RULE` that opened no verdict.
+    pub fn not_opened(&self) -> u64 {
+        self.ledger.not_opened()
+    }
+
+    /// Verdicts whose evidence has settled by `now_ns` (kernel monotonic time) and were not yet
+    /// emitted; `flush` emits all.
+    pub fn ready(&mut self, now_ns: u64, flush: bool) -> Vec<Verdict> {
+        self.ledger.ready(now_ns, flush)
+    }
+
+    /// Every verdict with its final evidence and counts.
+    pub fn verdicts(&self) -> &[Verdict] {
+        self.ledger.verdicts()
+    }
+}

@@ -1,0 +1,107 @@
+//! What a verdict rule is (`Rule`), what it may use (`Context`), and the drop reasons rules
+//! judge (`KnownReason`). The rules themselves are in `rules/`, one file per family; the
+//! dispatcher (`diagnosis.rs`) hands them the events.
+
+use std::collections::VecDeque;
+
+use super::{
+    ledger::{Ledger, RuleId},
+    table::{FlowKey, FlowTable},
+    verdict::{Facts, VerdictCode},
+};
+use crate::{firewall::FirewallRule, model::DropReason, model::TraceEvent, sockets::SocketList};
+
+/// Recent events remembered for rules that look back (ICMP errors, route lookups, NAT).
+pub const HISTORY: usize = 2_048;
+
+/// Lists the UDP sockets of the event's network namespace, as they were at the event or since;
+/// `None` when it cannot be entered.
+pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
+
+/// Lists the firewall rules of the event's network namespace that drop its destination port.
+pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
+
+/// What rules may ask about the namespace of an event.
+pub struct Environment {
+    pub sockets: SocketLister,
+    pub rules: RuleLister,
+}
+
+/// The drop reasons rules judge: the one place their kernel names are matched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KnownReason {
+    /// No socket accepted the datagram.
+    NoSocket,
+    /// A netfilter (nftables/iptables) rule dropped it.
+    NetfilterDrop,
+    /// The receiving socket's buffer was full.
+    SocketRcvbuff,
+    /// Reverse-path filtering dropped it.
+    IpRpfilter,
+    /// Its UDP checksum was wrong.
+    UdpCsum,
+}
+
+impl KnownReason {
+    pub fn of(reason: &DropReason) -> Option<Self> {
+        Some(match reason.name.as_str() {
+            "NO_SOCKET" => Self::NoSocket,
+            "NETFILTER_DROP" => Self::NetfilterDrop,
+            "SOCKET_RCVBUFF" => Self::SocketRcvbuff,
+            "IP_RPFILTER" => Self::IpRpfilter,
+            "UDP_CSUM" => Self::UdpCsum,
+            _ => return None,
+        })
+    }
+}
+
+/// A verdict rule: it follows the events it needs, in kernel-time order, and opens or counts
+/// verdicts through the context's ledger. It owns whatever state it keeps.
+pub trait Rule {
+    /// The drop reasons it judges (`on_drop`).
+    fn drops(&self) -> &'static [KnownReason] {
+        &[]
+    }
+
+    /// A drop with one of `drops()`'s reasons that no verdict explains yet.
+    fn on_drop(&mut self, _event: &TraceEvent, _reason: KnownReason, _cx: &mut Context<'_>) {}
+
+    /// Every event that is not a drop.
+    fn on_event(&mut self, _event: &TraceEvent, _cx: &mut Context<'_>) {}
+}
+
+/// What a rule works with while it looks at one event.
+pub struct Context<'a> {
+    /// The rule being run (its allowance of verdicts).
+    pub rule: RuleId,
+    pub ledger: &'a mut Ledger,
+    pub flows: &'a mut FlowTable,
+    /// Recent events, oldest first (the event being observed is not in it yet).
+    pub history: &'a VecDeque<TraceEvent>,
+    pub env: &'a Environment,
+}
+
+impl Context<'_> {
+    /// Counts `event` on the open verdict of `code` on `key`, or opens it with the facts and
+    /// first evidence `make` gives (within the rule's allowance: `None` past it).
+    pub fn verdict(
+        &mut self,
+        key: FlowKey,
+        code: VerdictCode,
+        event: &TraceEvent,
+        make: impl FnOnce() -> (Facts, Vec<TraceEvent>),
+    ) -> Option<usize> {
+        self.ledger
+            .open(self.rule, self.flows, (key, code), event, make)
+    }
+
+    /// Whether the rule may still open a verdict; counts the occurrence otherwise.
+    pub fn room(&mut self) -> bool {
+        self.ledger.room_for(self.rule)
+    }
+
+    /// The most recent event of the history that `matches`.
+    pub fn recent(&self, matches: impl Fn(&TraceEvent) -> bool) -> Option<&TraceEvent> {
+        self.history.iter().rev().find(|event| matches(event))
+    }
+}

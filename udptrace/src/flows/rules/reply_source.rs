@@ -1,0 +1,195 @@
+//! reply_source_mismatch: a reply to a request that went to A:p leaves from B:p. A server
+//! socket bound to the wildcard address that answers with plain `sendto()` lets the kernel pick
+//! the reply's source from the route back (the device's address), not the address the client
+//! wrote to; the client's connected socket then refuses the reply.
+
+use std::net::SocketAddr;
+
+use crate::{
+    flows::{
+        bounded::Bounded,
+        rule::{Context, Rule},
+        table::{FlowKey, canonical},
+        verdict::{Facts, Sender, VerdictCode},
+    },
+    model::{RouteDirection, SendCall, SocketInfo, TraceEvent, What},
+};
+
+/// A request delivered to a wildcard-bound socket: the address the client asked for.
+struct Request {
+    server: SocketAddr,
+    socket: SocketInfo,
+    /// The delivery, the verdict's first evidence.
+    deliver: TraceEvent,
+}
+
+pub struct ReplySource {
+    /// (client endpoint, server port) → request to a wildcard socket; as many as flows.
+    requests: Bounded<(SocketAddr, u16), Request>,
+}
+
+impl ReplySource {
+    pub fn new(max_flows: usize) -> Self {
+        Self {
+            requests: Bounded::new(max_flows),
+        }
+    }
+
+    fn on_deliver(&mut self, event: &TraceEvent, socket: &SocketInfo) {
+        if socket.local.ip().is_unspecified() && socket.peer.is_none() {
+            self.requests.insert(
+                (canonical(event.source()), event.dport),
+                Request {
+                    server: canonical(event.destination()),
+                    socket: socket.clone(),
+                    deliver: event.clone(),
+                },
+            );
+        }
+    }
+
+    fn on_xmit(&self, event: &TraceEvent, cx: &mut Context<'_>) {
+        // Only a datagram's first hop shows the source the sender chose; later hops of the
+        // same skb (`tracked`) may carry a tuple NAT rewrote on the way (a DNAT undone is not
+        // a wrong source).
+        if event.tracked {
+            return;
+        }
+        let client = canonical(event.destination());
+        let Some(request) = self.requests.get(&(client, event.sport)) else {
+            return;
+        };
+        let used = canonical(event.source());
+        if used.ip() == request.server.ip() {
+            return;
+        }
+        let datagram = (used, client);
+        if let Some(index) = cx.ledger.explained(&datagram) {
+            cx.ledger.count_occurrence(index, event);
+            return;
+        }
+        let key = FlowKey::new(client, request.server);
+        let route = cx
+            .recent(|e| {
+                matches!(
+                    &e.what,
+                    What::Route {
+                        direction: RouteDirection::Output,
+                        ..
+                    }
+                ) && canonical(e.destination()) == client
+                    && e.sport == event.sport
+            })
+            .cloned();
+        let index = cx.verdict(key, VerdictCode::ReplySourceMismatch, event, || {
+            let route_device = route.as_ref().and_then(|route| match &route.what {
+                What::Route { device, .. } => Some(device.clone()),
+                _ => None,
+            });
+            let mut evidence = vec![request.deliver.clone(), event.clone()];
+            evidence.extend(route);
+            (
+                Facts::ReplySource {
+                    client,
+                    asked: request.server,
+                    used,
+                    socket: request.socket.clone(),
+                    route_device,
+                    sender: None,
+                },
+                evidence,
+            )
+        });
+        if let Some(index) = index {
+            cx.ledger.explain(datagram, index);
+        }
+    }
+
+    /// A send seen by a function probe on `udp_sendmsg` is reported when the call returns,
+    /// after its datagram's `xmit`: it completes the verdict of that reply with how the
+    /// server sent it.
+    fn on_send_call(event: &TraceEvent, call: SendCall, cx: &mut Context<'_>) {
+        if call.pktinfo {
+            return;
+        }
+        let client = canonical(event.destination());
+        let Some(index) = cx
+            .ledger
+            .explained_datagrams()
+            .find(|((from, to), _)| *to == client && from.port() == event.sport)
+            .map(|(_, index)| index)
+        else {
+            return;
+        };
+        let verdict = cx.ledger.verdict_mut(index);
+        let Facts::ReplySource { sender, .. } = &mut verdict.facts else {
+            return;
+        };
+        if sender.is_some() {
+            return;
+        }
+        *sender = Some(Sender {
+            process: event.process.clone(),
+            call,
+        });
+        cx.ledger.add_evidence(index, event);
+    }
+}
+
+impl Rule for ReplySource {
+    fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
+        match &event.what {
+            What::Deliver { socket } => self.on_deliver(event, socket),
+            What::Xmit => self.on_xmit(event, cx),
+            What::Send {
+                call: Some(call), ..
+            } => Self::on_send_call(event, *call, cx),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        flows::{
+            diagnosis::Diagnosis,
+            testing::{
+                no_sockets, process, sendto_without_pktinfo, wildcard_socket, wrong_source_reply,
+            },
+            verdict::{Facts, Sender, VerdictCode},
+        },
+        model::{RouteDevice, SendCall, TraceEvent},
+    };
+
+    #[test]
+    fn facts_name_the_address_asked_the_address_used_and_the_sender() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let client = "198.51.100.2:40000";
+        for event in wrong_source_reply(client) {
+            diagnosis.observe(&event);
+        }
+        diagnosis.observe(&sendto_without_pktinfo(client, 4));
+        let verdict = &diagnosis.verdicts()[0];
+        assert_eq!(verdict.code, VerdictCode::ReplySourceMismatch);
+        assert_eq!(
+            verdict.facts,
+            Facts::ReplySource {
+                client: client.parse().unwrap(),
+                asked: "192.0.2.1:4000".parse().unwrap(),
+                used: "198.51.100.1:4000".parse().unwrap(),
+                socket: wildcard_socket(),
+                route_device: Some(RouteDevice(Some("br0".into()))),
+                sender: Some(Sender {
+                    process: Some(process(42, "server")),
+                    call: SendCall {
+                        pktinfo: false,
+                        connected: false
+                    },
+                }),
+            }
+        );
+        let kinds: Vec<&str> = verdict.evidence.iter().map(TraceEvent::kind_name).collect();
+        assert_eq!(kinds, ["deliver", "xmit", "route", "send"]);
+    }
+}

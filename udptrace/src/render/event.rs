@@ -1,0 +1,108 @@
+//! An event in words: the one-line summary the text output prints after the time and kind,
+//! and verdict evidence lines reuse.
+
+use super::wire::{device_text, process_text};
+use crate::model::{RouteDirection, SocketInfo, TraceEvent, What};
+
+/// The event's one-line summary without time and colour (also used by verdict evidence).
+pub fn summary(event: &TraceEvent) -> String {
+    let src = event.source();
+    let dst = event.destination();
+    match &event.what {
+        What::Drop { reason, .. } => format!("{src} > {dst} {}", reason.name),
+        What::Icmp {
+            icmp_type,
+            icmp_code,
+            meaning,
+        } => format!("{meaning} (type {icmp_type} code {icmp_code}) about {src} > {dst}"),
+        What::SockError { error, .. }
+        | What::SendError { error, .. }
+        | What::RecvError { error, .. } => {
+            format!("{} on socket {src} (peer {dst})", error.0.name())
+        }
+        What::Send {
+            bytes,
+            socket,
+            call: Some(call),
+        } => {
+            let how = if call.pktinfo {
+                format!("sendmsg() with IP_PKTINFO source {}", event.saddr)
+            } else if call.connected {
+                format!(
+                    "on a socket connected to {}",
+                    socket
+                        .peer
+                        .map_or_else(|| "?".to_owned(), |peer| peer.to_string())
+                )
+            } else if event.saddr.is_unspecified() {
+                "sendto() without IP_PKTINFO: the kernel chooses the source".to_owned()
+            } else {
+                "sendto()".to_owned()
+            };
+            format!("{bytes} bytes from {} to {dst}, {how}", socket.local)
+        }
+        What::Send {
+            bytes,
+            socket,
+            call: None,
+        } => match &socket.peer {
+            Some(peer) => format!("{bytes} bytes from {} to {peer}", socket.local),
+            None => format!("{bytes} bytes from {} (unconnected)", socket.local),
+        },
+        What::Route {
+            direction,
+            device,
+            error,
+            ..
+        } => {
+            let device = device_text(device);
+            let direction = match direction {
+                RouteDirection::Output => "output",
+                RouteDirection::Input => "input",
+            };
+            let outcome = match error {
+                Some(error) => format!("failed {}", error.name()),
+                // An unbound sender: this lookup is where the kernel picks the source address
+                // (the preferred source of the route, else the device's primary address).
+                None if event.saddr.is_unspecified() => {
+                    format!("dev {device}, source chosen from {device}")
+                }
+                None => format!("dev {device}"),
+            };
+            format!("{direction} {src} > {dst} {outcome}")
+        }
+        What::Xmit | What::Recv => format!("{src} > {dst}"),
+        What::Deliver { socket } => format!("{src} > {dst} to {}", socket_text(socket)),
+        What::Connect {
+            socket,
+            error: None,
+        } => format!(
+            "socket {} pinned to local {src} and peer {dst}",
+            socket_text(socket)
+        ),
+        What::Connect {
+            socket,
+            error: Some(error),
+        } => format!(
+            "socket {} to {dst} failed {}",
+            socket_text(socket),
+            error.name()
+        ),
+        What::Lookup {
+            socket: Some(socket),
+        } => format!("{src} > {dst} found socket {}", socket_text(socket)),
+        What::Lookup { socket: None } => format!("{src} > {dst} found no socket"),
+    }
+}
+
+/// `0.0.0.0:4000 (connected to 192.0.2.1:5000) nc[123]`.
+fn socket_text(socket: &SocketInfo) -> String {
+    let owner = socket
+        .owner
+        .as_ref()
+        .map_or_else(String::new, |owner| format!(" {}", process_text(owner)));
+    match &socket.peer {
+        Some(peer) => format!("{} (connected to {peer}){owner}", socket.local),
+        None => format!("{}{owner}", socket.local),
+    }
+}

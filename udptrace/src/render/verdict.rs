@@ -1,0 +1,371 @@
+//! A verdict in words: its summary, evidence lines and fix, written from its facts and
+//! evidence events (`flows/verdict.rs`); the text output prints them as a block, the JSON
+//! verdict record carries them next to the facts and events themselves.
+
+use serde::Serialize;
+
+use super::{
+    event::summary as event_summary,
+    wire::{device_text, endpoints_text, flow_key_text, location_text, process_text},
+};
+use crate::{
+    firewall::FirewallRule,
+    flows::{
+        ledger::MAX_EVIDENCE,
+        verdict::{Facts, ListedSocket, Namespace, Verdict},
+    },
+    model::{Process, TraceEvent, What},
+    sockets::Mismatch,
+};
+
+/// The JSON verdict record (docs/json-schema.md).
+#[derive(Serialize)]
+pub struct VerdictRecord<'a> {
+    code: &'static str,
+    /// `a <> b`, or `* > socket` for a socket-wide verdict.
+    flow: String,
+    summary: String,
+    /// The evidence as text lines with their times.
+    evidence: Vec<String>,
+    fix: String,
+    count: u64,
+    facts: &'a Facts,
+    /// The evidence events, as event records (without `type`).
+    evidence_events: &'a [TraceEvent],
+}
+
+impl<'a> VerdictRecord<'a> {
+    pub fn of(verdict: &'a Verdict) -> Self {
+        Self {
+            code: verdict.code.name(),
+            flow: flow_text(verdict),
+            summary: summary(verdict),
+            evidence: evidence_lines(verdict),
+            fix: fix(verdict),
+            count: verdict.count,
+            facts: &verdict.facts,
+            evidence_events: &verdict.evidence,
+        }
+    }
+}
+
+/// A verdict as a block: headline, evidence, fix.
+pub fn verdict_text(verdict: &Verdict) -> String {
+    let mut text = format!(
+        "VERDICT {} ({}, x{}): {}\n",
+        verdict.code.name(),
+        flow_text(verdict),
+        verdict.count,
+        summary(verdict)
+    );
+    for line in evidence_lines(verdict) {
+        text.push_str(&format!("    evidence: {line}\n"));
+    }
+    text.push_str(&format!("    fix: {}", fix(verdict)));
+    text
+}
+
+/// The flow it concerns; a socket-wide verdict concerns every sender.
+pub fn flow_text(verdict: &Verdict) -> String {
+    if verdict.socket_wide() {
+        format!("* > {}", verdict.key.a)
+    } else {
+        flow_key_text(&verdict.key)
+    }
+}
+
+/// One event as an evidence line: time, kind, what happened, where.
+pub fn evidence_line(event: &TraceEvent) -> String {
+    let place = match (&event.netns_name, &event.ifname) {
+        (Some(ns), Some(dev)) => format!(" [ns {ns} dev {dev}]"),
+        (Some(ns), None) => format!(" [ns {ns}]"),
+        (None, Some(dev)) => format!(" [dev {dev}]"),
+        (None, None) => String::new(),
+    };
+    let location = match &event.what {
+        What::Drop { location, .. } => format!(" at {}", location_text(location)),
+        _ => String::new(),
+    };
+    format!(
+        "{} {} {}{location}{place}",
+        event.time.time_of_day(),
+        event.kind_name(),
+        event_summary(event)
+    )
+}
+
+/// The evidence events as lines, with the lines the facts add (the socket on the port, the
+/// firewall rules) after the first; at most `MAX_EVIDENCE`.
+pub fn evidence_lines(verdict: &Verdict) -> Vec<String> {
+    let mut events = verdict.evidence.iter().map(evidence_line);
+    let mut lines: Vec<String> = events.next().into_iter().collect();
+    match &verdict.facts {
+        Facts::ConnectedSocket {
+            namespace, socket, ..
+        } => lines.push(format!(
+            "socket {} in namespace {}",
+            connected_socket_text(socket),
+            namespace_text(namespace)
+        )),
+        Facts::Firewall { rules, .. } => {
+            lines.extend(rules.iter().map(|rule| format!("rule {}", rule_text(rule))));
+        }
+        _ => {}
+    }
+    lines.extend(events);
+    lines.truncate(MAX_EVIDENCE);
+    lines
+}
+
+/// The one-sentence diagnosis.
+pub fn summary(verdict: &Verdict) -> String {
+    match &verdict.facts {
+        Facts::ReplySource {
+            client,
+            asked,
+            used,
+            socket,
+            route_device,
+            sender,
+        } => {
+            let owner = socket.owner.as_ref().map_or_else(String::new, |owner| {
+                format!(" owned by {}", process_text(owner))
+            });
+            let how = sender.as_ref().map_or_else(String::new, |sender| {
+                let who = named(sender.process.as_ref())
+                    .map_or_else(String::new, |process| format!("{} ", process_text(process)));
+                format!(
+                    " (udp_sendmsg shows {who}replying with {} without IP_PKTINFO)",
+                    if sender.call.connected {
+                        "send()"
+                    } else {
+                        "sendto()"
+                    }
+                )
+            });
+            let why = route_device.as_ref().map_or_else(String::new, |device| {
+                let device = device_text(device);
+                format!(
+                    ": the route to {} goes out {device}, so the kernel chose {device}'s address as the source",
+                    client.ip()
+                )
+            });
+            format!(
+                "{client} sent to {asked} but the reply came from {used}: the server socket \
+                 {} (inode {}){owner} is bound to the wildcard address and replied without \
+                 choosing a source{how}{why}; {client} does not accept a reply from {}",
+                socket.local,
+                socket.inode,
+                used.ip()
+            )
+        }
+        Facts::ConnectedSocket {
+            source,
+            destination,
+            socket,
+            mismatch,
+            connect,
+            ..
+        } => {
+            let pinned = connect.as_ref().map_or_else(String::new, |connect| {
+                let who = named(connect.process.as_ref()).map_or_else(String::new, |process| {
+                    format!(" by {}", process_text(process))
+                });
+                format!(
+                    "; connect(){who} pinned it to local address {} and peer {}",
+                    connect.local, connect.peer
+                )
+            });
+            format!(
+                "{source} > {destination} is dropped (NO_SOCKET) although socket {} exists on \
+                 port {}: {}{pinned}",
+                connected_socket_text(socket),
+                destination.port(),
+                mismatch_text(*mismatch)
+            )
+        }
+        Facts::NatReply {
+            source,
+            destination,
+            namespace,
+            expected,
+            conntrack,
+        } => format!(
+            "the reply {source} > {destination} reaches namespace {} but conntrack expected the \
+             reply to come from {expected} (original {}, reply {}); it is not translated back \
+             and dies NO_SOCKET",
+            namespace_text(namespace),
+            endpoints_text(&conntrack.original),
+            endpoints_text(&conntrack.reply)
+        ),
+        Facts::PortUnreachable {
+            source,
+            destination,
+            namespace,
+        } => format!(
+            "nothing listens on {destination} in namespace {}: {source} gets NO_SOCKET drops and \
+             ICMP port unreachable (ECONNREFUSED on a connected client socket)",
+            namespace_text(namespace)
+        ),
+        Facts::Firewall {
+            source,
+            destination,
+            namespace,
+            location,
+            rules,
+        } => format!(
+            "a netfilter rule drops {source} > {destination} in namespace {} (dropped at {}){}",
+            namespace_text(namespace),
+            location_text(location),
+            rules
+                .first()
+                .map_or_else(String::new, |rule| format!(": {}", rule_text(rule)))
+        ),
+        Facts::Rcvbuf {
+            destination,
+            namespace,
+            socket,
+        } => {
+            let socket = socket.as_ref().map_or_else(
+                || destination.to_string(),
+                |socket| {
+                    let entry = &socket.entry;
+                    format!(
+                        "{} (inode {}, owned by {}, {} bytes queued{}, {} drops counted by the socket)",
+                        entry.local,
+                        entry.inode,
+                        owner_text(socket),
+                        entry.rx_queue,
+                        entry.rcvbuf.map_or_else(String::new, |rb| {
+                            format!(" in a {rb}-byte receive buffer")
+                        }),
+                        entry.drops
+                    )
+                },
+            );
+            format!(
+                "socket {socket} in namespace {} drops datagrams: its receive buffer is full (the \
+                 process does not read fast enough)",
+                namespace_text(namespace)
+            )
+        }
+        Facts::RpFilter {
+            source,
+            destination,
+            device,
+            saddr,
+        } => format!(
+            "reverse-path filtering drops {source} > {destination} on {}: the route back to \
+             {saddr} does not leave through the interface it arrived on",
+            device.as_deref().unwrap_or("?")
+        ),
+        Facts::Checksum {
+            source,
+            destination,
+        } => format!("{source} > {destination} arrives with a bad UDP checksum"),
+    }
+}
+
+/// What to do about it.
+pub fn fix(verdict: &Verdict) -> String {
+    match &verdict.facts {
+        Facts::ReplySource { asked, .. } => format!(
+            "bind the server socket to {} (the address clients use), or receive the destination \
+             address with IP_PKTINFO/IPV6_RECVPKTINFO and send the reply with sendmsg() carrying \
+             it as the source",
+            asked.ip()
+        ),
+        Facts::ConnectedSocket { destination, .. } => format!(
+            "do not connect() a server socket (netcat -u -l does after the first datagram), or \
+             bind it to the address clients use ({})",
+            destination.ip()
+        ),
+        Facts::NatReply { expected, .. } => format!(
+            "make the reply come from {expected}: the server (or its userland proxy) must answer \
+             from the address the client's NAT sent to — disable the userland proxy \
+             (dockerd --userland-proxy=false) or bind/answer with IP_PKTINFO"
+        ),
+        Facts::PortUnreachable { destination, .. } => format!(
+            "start the service on port {} (check `ss -uanp` in that namespace), or point the \
+             client at the right address and port",
+            destination.port()
+        ),
+        Facts::Firewall { destination, .. } => format!(
+            "find the rule with `nft list ruleset` (or `iptables-save`) in that namespace and \
+             allow udp dport {}",
+            destination.port()
+        ),
+        Facts::Rcvbuf { .. } => "read faster (more threads, recvmmsg), or raise the buffer: \
+                                 setsockopt SO_RCVBUF (capped by net.core.rmem_max) or \
+                                 SO_RCVBUFFORCE"
+            .into(),
+        Facts::RpFilter { .. } => "set net.ipv4.conf.<dev>.rp_filter=2 (loose) on multi-homed \
+                                   hosts, or fix the routes"
+            .into(),
+        Facts::Checksum { .. } => "check the sender's checksum offload (ethtool -K DEV tx off) \
+                                   and anything rewriting the packet on the way"
+            .into(),
+    }
+}
+
+/// A process with a name: the kernel gives some without (`comm` empty).
+fn named(process: Option<&Process>) -> Option<&Process> {
+    process.filter(|process| !process.comm.is_empty())
+}
+
+/// The namespace's name, else its inode.
+fn namespace_text(namespace: &Namespace) -> String {
+    namespace
+        .netns_name
+        .clone()
+        .unwrap_or_else(|| namespace.netns.to_string())
+}
+
+/// `comm[pid]` of the process holding the socket, else `uid N`.
+fn owner_text(socket: &ListedSocket) -> String {
+    socket
+        .owner
+        .as_ref()
+        .map_or_else(|| format!("uid {}", socket.entry.uid), process_text)
+}
+
+/// `198.51.100.1:4000 connected to 198.51.100.2:40000 (inode 5, owned by nc[77])`.
+fn connected_socket_text(socket: &ListedSocket) -> String {
+    format!(
+        "{}{} (inode {}, owned by {})",
+        socket.entry.local,
+        socket
+            .entry
+            .peer
+            .map_or_else(String::new, |peer| format!(" connected to {peer}")),
+        socket.entry.inode,
+        owner_text(socket)
+    )
+}
+
+fn mismatch_text(mismatch: Mismatch) -> String {
+    match mismatch {
+        Mismatch::Port { listens } => format!("it listens on port {listens}"),
+        Mismatch::Address { bound, addressed } => {
+            format!("it is bound to {bound} but the datagram is addressed to {addressed}")
+        }
+        Mismatch::Peer { connected, source } => {
+            format!("it is connected to {connected}, not to {source}")
+        }
+    }
+}
+
+/// `table inet f chain input (hook input): udp dport 5000 drop # handle 2`.
+fn rule_text(rule: &FirewallRule) -> String {
+    format!(
+        "table {} chain {} (hook {}): {}",
+        rule.table,
+        rule.chain,
+        rule.hook.as_deref().unwrap_or("?"),
+        rule.text
+    )
+}
+
+#[cfg(test)]
+#[path = "verdict_tests.rs"]
+mod tests;
