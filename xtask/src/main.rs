@@ -3,7 +3,8 @@
 //!
 //! - `setup` installs what a fresh machine lacks, idempotently (a second or so when nothing is).
 //! - `run -- ARGS` builds udptrace (release) and runs it as root (default: the lab demo).
-//! - `test -- ARGS` runs every test (unit tests and the root integration tests), then clippy.
+//! - `test -- ARGS` checks the formatting, runs every test (unit tests and the root integration
+//!   tests), then clippy.
 //! - `bench` measures the overhead on a UDP load against the alternatives (bench/results.md).
 //!
 //! When not root, what needs root goes through `sudo -E`; without sudo they fail (nothing is
@@ -44,7 +45,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, run every test (unit and root integration tests, release build), then clippy.
+    /// Check the formatting (`cargo fmt --check`, first: it takes a second), set up, run every
+    /// test (unit and root integration tests, release build), then clippy.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -134,6 +136,13 @@ fn run_udptrace(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
 }
 
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    // Before anything slow (and before asking for sudo): a formatting slip should cost a
+    // second, not the twenty minutes of the tests that would come first.
+    let mut format = cargo(root);
+    format.args(["fmt", "--all", "--check"]);
+    println!("test: formatting: {}", describe(&format));
+    run(&mut format).context("formatting differs from rustfmt's: run `cargo fmt --all`")?;
+    println!("test: formatting: passed");
     let privilege = Privilege::acquire(&format!("run the integration tests (they {ROOT_REASON})"))?;
     let matrix = vm_matrix_wanted() && args.is_empty();
     let packages = if matrix {
