@@ -61,7 +61,7 @@ pub fn probes_json(probes: &[HookOutcome]) -> Value {
                     "attempts": outcome.attempts.iter().map(|attempt| json!({
                         "mechanism": attempt.mechanism.name(),
                         "ok": attempt.result.is_ok(),
-                        "error": attempt.result.as_ref().err(),
+                        "error": attempt.result.as_ref().err().map(ToString::to_string),
                     })).collect::<Vec<_>>(),
                 })
             })
