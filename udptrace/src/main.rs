@@ -7,8 +7,8 @@ use udptrace::{
     cli::{Cli, Command, TraceArgs},
     doctor,
     lab::netns,
-    lab_command::{self, output_for},
-    render::{is_closed_pipe, note, stdout_was_closed},
+    lab_command,
+    render::{is_closed_pipe, note, output_for, stdout_was_closed},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
@@ -84,7 +84,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         diagnose_only: false,
     };
     let tracer = Tracer::start(config)?;
-    let mut output = output_for(&args.output);
+    let mut output = output_for(args.output.json);
     // A closed stdout ends the run like a signal; writing the summary then fails with EPIPE,
     // which `main` turns into a quiet exit.
     tracer

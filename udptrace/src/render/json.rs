@@ -1,12 +1,12 @@
-//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `verdict`,
-//! `flow`, `other_flows`, `stats`).
+//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `sampled`,
+//! `status`, `verdict`, `flow`, `other_flows`, `stats`).
 
 use std::io::{self, Write};
 
 use serde_json::{Value, json};
 use udptrace_common::event::Mechanism;
 
-use super::{Output, Stats};
+use super::{Output, Stats, Status};
 use crate::{
     decode::TraceEvent,
     flows::{table::FlowTable, verdicts::Verdict},
@@ -92,6 +92,23 @@ impl<W: Write> Output for JsonOutput<W> {
         self.flush()
     }
 
+    fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()> {
+        self.line(&json!({"type": "sampled", "count": sampled, "total": total}))?;
+        self.flush()
+    }
+
+    fn status(&mut self, status: &Status) -> io::Result<()> {
+        self.line(&match status {
+            Status::FlowMapFull { events } => {
+                json!({"type": "status", "code": "flow_map_full", "count": events})
+            }
+            Status::Undecodable(error) => {
+                json!({"type": "status", "code": "undecodable", "error": error.to_string()})
+            }
+        })?;
+        self.flush()
+    }
+
     fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
         self.tagged("verdict", verdict, false)?;
         self.flush()
@@ -134,6 +151,10 @@ mod tests {
         json.tagged("empty", &serde_json::Map::new(), false)
             .unwrap();
         json.lost(3, 7).unwrap();
+        json.sampled(40, 90).unwrap();
+        json.status(&Status::FlowMapFull { events: 5 }).unwrap();
+        json.status(&Status::Undecodable(crate::decode::DecodeError::Kind(200)))
+            .unwrap();
         let lines: Vec<Value> = String::from_utf8(out)
             .unwrap()
             .lines()
@@ -146,6 +167,22 @@ mod tests {
         assert_eq!(
             lines[2],
             serde_json::json!({"type": "lost", "count": 3, "total": 7})
+        );
+        assert_eq!(
+            lines[3],
+            serde_json::json!({"type": "sampled", "count": 40, "total": 90})
+        );
+        assert_eq!(
+            lines[4],
+            serde_json::json!({"type": "status", "code": "flow_map_full", "count": 5})
+        );
+        assert_eq!(
+            lines[5],
+            serde_json::json!({
+                "type": "status",
+                "code": "undecodable",
+                "error": "record has unknown kind 200"
+            })
         );
     }
 }
