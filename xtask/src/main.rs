@@ -157,11 +157,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     if !selects_packages(args) {
         test.args(["--workspace", "--exclude", EBPF_CRATE]);
     }
-    if privilege == Privilege::Sudo {
-        // Only the test binaries run as root; the build stays the user's (no root-owned files
-        // in target/).
-        test.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
-    }
+    run_as_root(&mut test, privilege);
     test.args(args).env("RUST_BACKTRACE", "1");
 
     let mut clippy = cargo(root);
@@ -222,16 +218,31 @@ fn selects_packages(args: &[String]) -> bool {
         .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"))
 }
 
+/// `cargo bench` of udptrace/benches/udptrace-bench.rs (the `bench` profile: release
+/// settings), which writes bench/results.md.
 fn bench(root: &Path) -> anyhow::Result<()> {
     let privilege = Privilege::acquire(ROOT_REASON)?;
     setup::setup(&target_dir(root), &all_packages())?;
-    build_release(root)?;
-    let binary = target_dir(root).join("release").join("udptrace-bench");
-    let mut command = privilege.command(&binary);
-    command
-        .arg(root.join("bench").join("results.md"))
-        .current_dir(root);
+    let mut command = cargo(root);
+    command.args([
+        "bench",
+        "--package",
+        "udptrace",
+        "--bench",
+        "udptrace-bench",
+    ]);
+    run_as_root(&mut command, privilege);
+    command.arg("--").arg(root.join("bench").join("results.md"));
     exec(command)
+}
+
+/// Makes cargo run the binaries it builds (tests, benches) as root: through `sudo -E` when
+/// this process is not root. Only they run as root; the build stays the user's (no root-owned
+/// files in target/).
+fn run_as_root(cargo: &mut Command, privilege: Privilege) {
+    if privilege == Privilege::Sudo {
+        cargo.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
+    }
 }
 
 fn build_release(root: &Path) -> anyhow::Result<()> {

@@ -324,8 +324,8 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
         .zip(sizes)
         .zip(offsets.iter_mut())
     {
-        *offset = checked_field(fields, name, size)
-            .map_err(|error| RouteError::Field { name: *name, error })?;
+        *offset =
+            checked_field(fields, name, size).map_err(|error| RouteError::Field { name, error })?;
     }
     let [tb_id, err, oif, iif, proto, src, dst, sport, dport, name] = offsets;
     Ok(RouteRecordFields {
