@@ -377,19 +377,11 @@ fn stop_tool(
     sample: &mut Sample,
     is_udptrace: bool,
 ) -> anyhow::Result<Option<UdptraceTotals>> {
-    let Tool {
-        mut child,
-        ready,
-        lines,
-        stats,
-        lost_reported,
-        drops,
-        flow_drops,
-    } = tool;
+    let mut child = tool.child;
     let (cpu, rss) = usage(child.id());
     sample.cpu_seconds = cpu;
     sample.peak_rss_kib = rss;
-    sample.ready_ms = Some(ready.as_millis());
+    sample.ready_ms = Some(tool.ready.as_millis());
     let interrupted = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -411,10 +403,11 @@ fn stop_tool(
     // Let the reader threads finish the pipe.
     thread::sleep(Duration::from_millis(300));
     if !is_udptrace {
-        sample.events = Some(lines.load(Ordering::Relaxed));
+        sample.events = Some(tool.lines.load(Ordering::Relaxed));
         return Ok(None);
     }
-    let stats = stats
+    let stats = tool
+        .stats
         .lock()
         .unwrap()
         .clone()
@@ -422,11 +415,11 @@ fn stop_tool(
     sample.events = stats["events"].as_u64();
     let lost = stats["lost"].as_u64().unwrap_or(0);
     sample.lost = Some(lost);
-    sample.lost_reported = Some(lost_reported.load(Ordering::Relaxed) == lost);
+    sample.lost_reported = Some(tool.lost_reported.load(Ordering::Relaxed) == lost);
     Ok(Some(UdptraceTotals {
         stats,
-        drop_events: drops.load(Ordering::Relaxed),
-        flow_drops: flow_drops.load(Ordering::Relaxed),
+        drop_events: tool.drops.load(Ordering::Relaxed),
+        flow_drops: tool.flow_drops.load(Ordering::Relaxed),
     }))
 }
 
