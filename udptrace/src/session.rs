@@ -251,6 +251,12 @@ impl Tracer {
         if lost > last_lost {
             output.lost(lost - last_lost, lost).context(WRITING)?;
         }
+        let sampled = counters.get(Counter::Sampled);
+        if sampled > last_sampled {
+            output
+                .sampled(sampled - last_sampled, sampled)
+                .context(WRITING)?;
+        }
         fill_stats(&mut stats, &counters);
         let counts = self.flow_counts.read_rest()?;
         self.count_in_kernel(counts);

@@ -210,6 +210,15 @@ fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
     );
     // The datagrams' device hops were sampled too, and the flow still counts every datagram.
     assert!(stats["sampled"].as_u64().unwrap() > sampled, "{stats}");
+    let sampled_records: u64 = records
+        .iter()
+        .filter(|r| r["type"] == "sampled")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        sampled_records, stats["sampled"],
+        "every sampled-out event is reported in `sampled` records"
+    );
     let datagrams: u64 = records
         .iter()
         .filter(|r| r["type"] == "flow")
