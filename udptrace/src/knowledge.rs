@@ -8,8 +8,11 @@ use udptrace_common::offsets::KernelOffsets;
 use crate::{
     decode::KernelNames,
     kernel::{
-        btf::Btf, kallsyms::Kallsyms, offsets::resolve_offsets, reasons::DropReasons,
-        tracefs::Tracefs,
+        btf::Btf,
+        kallsyms::{Kallsyms, KallsymsError},
+        offsets::resolve_offsets,
+        reasons::DropReasons,
+        tracefs::{Tracefs, TracefsError},
     },
     model::{DropReason, Process},
     procs::Processes,
@@ -23,9 +26,9 @@ pub struct Knowledge {
     pub offsets: KernelOffsets,
     /// Fields this kernel lacks, and why; each disables only what reads it.
     pub missing: Vec<(String, String)>,
-    pub tracefs: Result<Tracefs, String>,
+    pub tracefs: Result<Tracefs, TracefsError>,
     pub reasons: DropReasons,
-    pub symbols: Result<Kallsyms, String>,
+    pub symbols: Result<Kallsyms, KallsymsError>,
     pub processes: Rc<Processes>,
 }
 

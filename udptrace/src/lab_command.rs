@@ -1,27 +1,16 @@
 //! `udptrace lab list` and `udptrace lab run NAME [--trace]`.
 
-use std::{io::IsTerminal as _, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 
 use crate::{
     cli::{LabCommand, OutputArgs},
     lab::{Scenario, netns, scenarios},
-    render::{Output, json::JsonOutput, note, print_stdout, text::TextOutput},
+    render::{note, output_for, print_stdout},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
-
-/// The output chosen on the command line; text is coloured only on a terminal without NO_COLOR.
-pub fn output_for(args: &OutputArgs) -> Box<dyn Output> {
-    let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-    if args.json {
-        Box::new(JsonOutput::new(stdout))
-    } else {
-        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Box::new(TextOutput::new(stdout, colour))
-    }
-}
 
 pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Result<()> {
     match command {
@@ -96,7 +85,7 @@ async fn run_scenario(
     let interrupted = || anyhow!("interrupted; the lab's namespaces were removed");
     let outcome = match tracer {
         Some(tracer) => {
-            let mut out = output_for(output);
+            let mut out = output_for(output.json);
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let waiter = tokio::spawn(async move {
                 let outcome = exercised.await;

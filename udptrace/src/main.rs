@@ -8,9 +8,8 @@ use udptrace::{
     cli::{Cli, Command, TraceArgs},
     doctor,
     lab::netns,
-    lab_command::{self, output_for},
-    manual,
-    render::{is_closed_pipe, note, print_stdout, stdout_was_closed},
+    lab_command, manual,
+    render::{is_closed_pipe, note, output_for, print_stdout, stdout_was_closed},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
@@ -92,7 +91,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         diagnose_only: false,
     };
     let tracer = Tracer::start(config)?;
-    let mut output = output_for(&args.output);
+    let mut output = output_for(args.output.json);
     // A closed stdout ends the run like a signal; writing the summary then fails with EPIPE,
     // which `main` turns into a quiet exit.
     tracer

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
-    event::{Counter, EventKind, FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND},
+    event::{Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
 };
@@ -34,7 +34,7 @@ use crate::{
     namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
-    render::{Output, Stats, note},
+    render::{Output, Stats, Status},
     reorder::{REORDER_WINDOW, Reorder},
     stream::{CounterValues, Counters, EventRing, FlowCounts, KernelCounts},
 };
@@ -225,25 +225,18 @@ impl Tracer {
                     let counts = self.flow_counts.drain()?;
                     let flowless: u64 = counts.overflow.iter().map(|(_, count)| count).sum();
                     if flowless > 0 {
-                        note(format_args!(
-                            "udptrace: {flowless} events counted without their flow (the kernel's flow map was full: too many new flows a second); added up under other flows"
-                        ));
+                        output.status(&Status::FlowMapFull { events: flowless }).context(WRITING)?;
                     }
                     self.count_in_kernel(counts);
                     let counters = self.counters.read()?;
                     let sampled = counters.get(Counter::Sampled);
                     if sampled > last_sampled {
-                        note(format_args!(
-                            "udptrace: {} events sampled out in the last second (about {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)",
-                            sampled - last_sampled
-                        ));
+                        output.sampled(sampled - last_sampled, sampled).context(WRITING)?;
                         last_sampled = sampled;
                     }
                     let lost = counters.get(Counter::Lost);
                     if lost > last_lost {
-                        let delta = lost - last_lost;
-                        note(format_args!("udptrace: {delta} events lost in the last second (ring buffer full; {lost} in total)"));
-                        output.lost(delta, lost).context(WRITING)?;
+                        output.lost(lost - last_lost, lost).context(WRITING)?;
                         last_lost = lost;
                     }
                 }
@@ -260,6 +253,12 @@ impl Tracer {
         let lost = counters.get(Counter::Lost);
         if lost > last_lost {
             output.lost(lost - last_lost, lost).context(WRITING)?;
+        }
+        let sampled = counters.get(Counter::Sampled);
+        if sampled > last_sampled {
+            output
+                .sampled(sampled - last_sampled, sampled)
+                .context(WRITING)?;
         }
         fill_stats(&mut stats, &counters);
         let counts = self.flow_counts.read_rest()?;
@@ -322,6 +321,7 @@ impl Tracer {
         let clock = &self.clock;
         let pending = &mut self.pending;
         let namespaces = &self.namespaces;
+        let mut undecodable = None;
         self.ring.drain(|bytes| {
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
                 Ok(event) => {
@@ -338,13 +338,16 @@ impl Tracer {
                 Err(error) => {
                     stats.decode_errors += 1;
                     if stats.decode_errors == 1 {
-                        note(format_args!(
-                            "udptrace: undecodable record ({error}); counting the rest"
-                        ));
+                        undecodable = Some(error);
                     }
                 }
             }
         });
+        if let Some(error) = undecodable {
+            output
+                .status(&Status::Undecodable(error))
+                .context(WRITING)?;
+        }
         let due = self.pending.release(monotonic_ns());
         self.observe(due, output, stats)
     }

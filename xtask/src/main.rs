@@ -3,7 +3,8 @@
 //!
 //! - `setup` installs what a fresh machine lacks, idempotently (a second or so when nothing is).
 //! - `run -- ARGS` builds udptrace (release) and runs it as root (default: the lab demo).
-//! - `test -- ARGS` runs every test (unit tests and the root integration tests), then clippy.
+//! - `test -- ARGS` checks the formatting, runs every test (unit tests and the root integration
+//!   tests), then clippy.
 //! - `dist` builds the static binary with its manual page, completions and checksums (dist/).
 //! - `bench` measures the overhead on a UDP load against the alternatives (bench/results.md).
 //!
@@ -47,7 +48,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, run every test (unit and root integration tests, release build), then clippy.
+    /// Check the formatting (`cargo fmt --check`, first: it takes a second), set up, run every
+    /// test (unit and root integration tests, release build), then clippy.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -156,6 +158,13 @@ fn run_udptrace(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
 }
 
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    // Before anything slow (and before asking for sudo): a formatting slip should cost a
+    // second, not the twenty minutes of the tests that would come first.
+    let mut format = cargo(root);
+    format.args(["fmt", "--all", "--check"]);
+    println!("test: formatting: {}", describe(&format));
+    run(&mut format).context("formatting differs from rustfmt's: run `cargo fmt --all`")?;
+    println!("test: formatting: passed");
     let privilege = Privilege::acquire(&format!("run the integration tests (they {ROOT_REASON})"))?;
     let matrix = vm_matrix_wanted() && args.is_empty();
     let mut packages = if matrix {
@@ -171,11 +180,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     if !selects_packages(args) {
         test.args(["--workspace", "--exclude", EBPF_CRATE]);
     }
-    if privilege == Privilege::Sudo {
-        // Only the test binaries run as root; the build stays the user's (no root-owned files
-        // in target/).
-        test.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
-    }
+    run_as_root(&mut test, privilege);
     test.args(args).env("RUST_BACKTRACE", "1");
 
     let mut clippy = cargo(root);
@@ -244,16 +249,31 @@ fn selects_packages(args: &[String]) -> bool {
         .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"))
 }
 
+/// `cargo bench` of udptrace/benches/udptrace-bench.rs (the `bench` profile: release
+/// settings), which writes bench/results.md.
 fn bench(root: &Path) -> anyhow::Result<()> {
     let privilege = Privilege::acquire(ROOT_REASON)?;
     setup::setup(&target_dir(root), &all_packages())?;
-    build_release(root)?;
-    let binary = target_dir(root).join("release").join("udptrace-bench");
-    let mut command = privilege.command(&binary);
-    command
-        .arg(root.join("bench").join("results.md"))
-        .current_dir(root);
+    let mut command = cargo(root);
+    command.args([
+        "bench",
+        "--package",
+        "udptrace",
+        "--bench",
+        "udptrace-bench",
+    ]);
+    run_as_root(&mut command, privilege);
+    command.arg("--").arg(root.join("bench").join("results.md"));
     exec(command)
+}
+
+/// Makes cargo run the binaries it builds (tests, benches) as root: through `sudo -E` when
+/// this process is not root. Only they run as root; the build stays the user's (no root-owned
+/// files in target/).
+fn run_as_root(cargo: &mut Command, privilege: Privilege) {
+    if privilege == Privilege::Sudo {
+        cargo.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
+    }
 }
 
 fn build_release(root: &Path) -> anyhow::Result<()> {

@@ -367,45 +367,46 @@ impl Btf {
                 }
             }
         }
-        let message = first_error.unwrap_or_default();
+        let message = first_error.map(|error| error.0).unwrap_or_default();
         error(format!("{struct_name}.{path}: {message}"))
     }
 
     /// [`Self::member_offset`] for one candidate struct; errors are bare messages the caller
     /// prefixes with the path.
-    fn walk(&self, struct_id: u32, path: &str) -> Result<FieldInfo, String> {
+    fn walk(&self, struct_id: u32, path: &str) -> Result<FieldInfo, BtfError> {
         let parts: Vec<&str> = path.split('.').collect();
-        let mut container = self.resolve(struct_id).map_err(|e| e.0)?;
+        let mut container = self.resolve(struct_id)?;
         let mut bits = 0u64;
         for (index, part) in parts.iter().enumerate() {
             let walked = parts[..index].join(".");
             if part.is_empty() {
-                return Err(format!("empty component in path `{path}`"));
+                return error(format!("empty component in path `{path}`"));
             }
             if !container.kind.is_composite() {
-                return Err(format!(
+                return error(format!(
                     "`{walked}` is {}, not a struct or union",
                     container.kind.describe()
                 ));
             }
             let mut budget = MEMBER_BUDGET;
             let found = self
-                .find_member(container, part, 0, &mut budget)
-                .map_err(|e| e.0)?
+                .find_member(container, part, 0, &mut budget)?
                 .ok_or_else(|| match self.string(container.name_off) {
-                    Ok(name) if !name.is_empty() => format!("no member `{part}` in {name}"),
-                    _ => format!("no member `{part}`"),
+                    Ok(name) if !name.is_empty() => {
+                        BtfError(format!("no member `{part}` in {name}"))
+                    }
+                    _ => BtfError(format!("no member `{part}`")),
                 })?;
             bits += found.bit_offset;
             let last = index + 1 == parts.len();
             if let Some(width) = found.bitfield {
                 if !last {
-                    return Err(format!("`{part}` is a bitfield, not a struct or union"));
+                    return error(format!("`{part}` is a bitfield, not a struct or union"));
                 }
                 // A bitfield that happens to be whole, aligned bytes reads like an integer of
                 // that size (sk_protocol was `unsigned int sk_protocol:8` before Linux 5.6).
                 if !bits.is_multiple_of(8) || !width.is_multiple_of(8) || width == 0 {
-                    return Err(format!(
+                    return error(format!(
                         "`{part}` is a {width}-bit bitfield at bit {bits}: not byte aligned"
                     ));
                 }
@@ -415,18 +416,18 @@ impl Btf {
                 });
             }
             if !bits.is_multiple_of(8) {
-                return Err(format!("`{part}` starts at bit {bits}: not byte aligned"));
+                return error(format!("`{part}` starts at bit {bits}: not byte aligned"));
             }
             if last {
-                let size = self.size_of(found.type_id, 0).map_err(|e| e.0)?;
+                let size = self.size_of(found.type_id, 0)?;
                 return Ok(FieldInfo {
                     offset: byte_offset(bits)?,
                     size,
                 });
             }
-            container = self.resolve(found.type_id).map_err(|e| e.0)?;
+            container = self.resolve(found.type_id)?;
         }
-        Err(format!("empty path `{path}`"))
+        error(format!("empty path `{path}`"))
     }
 
     /// Finds member `name` of `container`, looking inside anonymous struct/union members;
@@ -636,8 +637,8 @@ impl Btf {
     }
 }
 
-fn byte_offset(bits: u64) -> Result<u32, String> {
-    u32::try_from(bits / 8).map_err(|_| format!("offset of {bits} bits is too large"))
+fn byte_offset(bits: u64) -> Result<u32, BtfError> {
+    u32::try_from(bits / 8).map_err(|_| BtfError(format!("offset of {bits} bits is too large")))
 }
 
 /// `struct btf_header` (include/uapi/linux/btf.h).

@@ -15,6 +15,27 @@
 /// a gap before module space, a stale pointer).
 const MAX_OFFSET: u64 = 1 << 20;
 
+/// Why /proc/kallsyms gave no table.
+#[derive(Debug, thiserror::Error)]
+pub enum KallsymsError {
+    #[error("reading /proc/kallsyms: {0}")]
+    Read(std::io::Error),
+    #[error("/proc/kallsyms: {0}")]
+    Parse(ParseError),
+}
+
+/// Why a kallsyms text names no code address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("no code symbols listed")]
+    NoCodeSymbols,
+    #[error(
+        "kernel addresses are hidden (all zero): kernel.kptr_restrict is set, or this process \
+         lacks CAP_SYSLOG; drop locations cannot be named"
+    )]
+    AddressesHidden,
+}
+
 /// Text symbols sorted by address.
 #[derive(Clone, Debug)]
 pub struct Kallsyms {
@@ -24,15 +45,14 @@ pub struct Kallsyms {
 
 impl Kallsyms {
     /// The running kernel's symbols.
-    pub fn from_proc() -> Result<Self, String> {
-        let text = std::fs::read_to_string("/proc/kallsyms")
-            .map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
-        Self::parse(&text).map_err(|e| format!("/proc/kallsyms: {e}"))
+    pub fn from_proc() -> Result<Self, KallsymsError> {
+        let text = std::fs::read_to_string("/proc/kallsyms").map_err(KallsymsError::Read)?;
+        Self::parse(&text).map_err(KallsymsError::Parse)
     }
 
     /// Parses kallsyms text, keeping code symbols (types `t`/`T`, and weak `w`/`W`, which are
     /// code in practice); lines that do not parse are skipped.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut symbols: Vec<(u64, String)> = text
             .lines()
             .filter_map(|line| {
@@ -44,14 +64,10 @@ impl Kallsyms {
             })
             .collect();
         if symbols.is_empty() {
-            return Err("no code symbols listed".into());
+            return Err(ParseError::NoCodeSymbols);
         }
         if symbols.iter().all(|&(address, _)| address == 0) {
-            return Err(
-                "kernel addresses are hidden (all zero): kernel.kptr_restrict is set, or this \
-                 process lacks CAP_SYSLOG; drop locations cannot be named"
-                    .into(),
-            );
+            return Err(ParseError::AddressesHidden);
         }
         // Stable: among aliases of one address (`_stext`, `_text`, ...) the first listed stays.
         symbols.sort_by_key(|&(address, _)| address);
@@ -153,9 +169,13 @@ zzzz T bad_address
             .collect::<Vec<_>>()
             .join("\n");
         let error = Kallsyms::parse(&hidden).unwrap_err();
-        assert!(error.contains("kptr_restrict"), "{error}");
-        assert!(Kallsyms::parse("").is_err());
-        assert!(Kallsyms::parse("ffffffff83000000 D only_data\n").is_err());
+        assert_eq!(error, ParseError::AddressesHidden);
+        assert!(error.to_string().contains("kptr_restrict"), "{error}");
+        assert_eq!(Kallsyms::parse("").unwrap_err(), ParseError::NoCodeSymbols);
+        assert_eq!(
+            Kallsyms::parse("ffffffff83000000 D only_data\n").unwrap_err(),
+            ParseError::NoCodeSymbols
+        );
     }
 
     /// The live table: readable (a full table) or refused for the one expected reason, which
@@ -164,7 +184,10 @@ zzzz T bad_address
     fn live_kallsyms() {
         match Kallsyms::from_proc() {
             Ok(symbols) => assert!(symbols.len() > 1000, "{} symbols", symbols.len()),
-            Err(error) => assert!(error.contains("kptr_restrict"), "{error}"),
+            Err(error) => assert!(
+                matches!(error, KallsymsError::Parse(ParseError::AddressesHidden)),
+                "{error}"
+            ),
         }
     }
 }

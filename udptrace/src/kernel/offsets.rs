@@ -15,8 +15,32 @@ use udptrace_common::offsets::{
 
 use super::{
     btf::Btf,
-    tracefs::{FormatField, FormatSource},
+    tracefs::{FormatError, FormatField, FormatSource},
 };
+
+/// Why a tracepoint record field cannot be read; the message follows the field's name in
+/// [`OffsetReport::missing`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    #[error("not in the format file")]
+    Absent,
+    #[error("is a dynamic array ({type_name})")]
+    Dynamic { type_name: String },
+    #[error("is {actual} bytes here, udptrace reads {read}")]
+    Size { actual: u32, read: u32 },
+}
+
+/// Why a route tracepoint's record cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum RouteError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error("field `{name}` {error}")]
+    Field {
+        name: &'static str,
+        error: FieldError,
+    },
+}
 
 /// The offsets, and what could not be resolved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,7 +255,9 @@ fn resolve_tracepoint<F: FormatSource + ?Sized>(
     let fields = match formats.format(group, event) {
         Ok(fields) => fields,
         Err(error) => {
-            report.missing.push((format!("{group}:{event}"), error));
+            report
+                .missing
+                .push((format!("{group}:{event}"), error.to_string()));
             return;
         }
     };
@@ -240,25 +266,27 @@ fn resolve_tracepoint<F: FormatSource + ?Sized>(
         let what = format!("{group}:{event}.{name}");
         match checked_field(&fields, name, sizes[slot]) {
             Ok(offset) => report.offsets.tracepoint_args[tracepoint as usize][slot] = offset,
-            Err(why) => report.missing.push((what, why)),
+            Err(why) => report.missing.push((what, why.to_string())),
         }
     }
 }
 
 /// The offset of record field `name`, if it is a plain field of `size` bytes.
-fn checked_field(fields: &[FormatField], name: &str, size: u32) -> Result<u32, String> {
+fn checked_field(fields: &[FormatField], name: &str, size: u32) -> Result<u32, FieldError> {
     let field = fields
         .iter()
         .find(|f| f.name == name)
-        .ok_or_else(|| "not in the format file".to_owned())?;
+        .ok_or(FieldError::Absent)?;
     if field.is_dynamic() {
-        return Err(format!("is a dynamic array ({})", field.type_name));
+        return Err(FieldError::Dynamic {
+            type_name: field.type_name.clone(),
+        });
     }
     if field.size != size {
-        return Err(format!(
-            "is {} bytes here, udptrace reads {size}",
-            field.size
-        ));
+        return Err(FieldError::Size {
+            actual: field.size,
+            read: size,
+        });
     }
     Ok(field.offset)
 }
@@ -272,18 +300,21 @@ fn resolve_routes<F: FormatSource + ?Sized>(formats: &F, report: &mut OffsetRepo
     ] {
         let fields = formats
             .format(group, event)
+            .map_err(RouteError::from)
             .and_then(|fields| route_fields(&fields, ipv6));
         match fields {
             Ok(fields) if ipv6 => report.offsets.fib6 = fields,
             Ok(fields) => report.offsets.fib4 = fields,
-            Err(error) => report.missing.push((format!("{group}:{event}"), error)),
+            Err(error) => report
+                .missing
+                .push((format!("{group}:{event}"), error.to_string())),
         }
     }
 }
 
 /// The route record's fields in [`RouteRecordFields::FIELD_NAMES`] order, checked for the
 /// sizes the program reads (include/trace/events/fib.h, fib6.h).
-fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields, String> {
+fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields, RouteError> {
     let address = if ipv6 { 16 } else { 4 };
     // tb_id, err, oif, iif, proto, src, dst, sport, dport, name[IFNAMSIZ].
     let sizes = [4, 4, 4, 4, 1, address, address, 2, 2, 16];
@@ -294,7 +325,7 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
         .zip(offsets.iter_mut())
     {
         *offset =
-            checked_field(fields, name, size).map_err(|why| format!("field `{name}` {why}"))?;
+            checked_field(fields, name, size).map_err(|error| RouteError::Field { name, error })?;
     }
     let [tb_id, err, oif, iif, proto, src, dst, sport, dport, name] = offsets;
     Ok(RouteRecordFields {
@@ -526,10 +557,14 @@ mod tests {
     #[test]
     fn dynamic_fields_are_not_read_as_plain_ones() {
         let fields = crate::kernel::tracefs::parse_format(fixtures::NET_DEV_QUEUE_6_18);
+        let error = checked_field(&fields, "name", 4).unwrap_err();
         assert_eq!(
-            checked_field(&fields, "name", 4).unwrap_err(),
-            "is a dynamic array (__data_loc char[])"
+            error,
+            FieldError::Dynamic {
+                type_name: "__data_loc char[]".into()
+            }
         );
+        assert_eq!(error.to_string(), "is a dynamic array (__data_loc char[])");
     }
 
     /// The running kernel, read live from /sys/kernel/btf/vmlinux (present wherever udptrace

@@ -48,11 +48,58 @@ impl FormatField {
     }
 }
 
+/// Why a tracepoint's format is unavailable.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("this kernel has no {group}:{event} tracepoint ({} absent)", path.display())]
+    NoTracepoint {
+        group: String,
+        event: String,
+        path: PathBuf,
+    },
+    #[error("reading {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// [`FormatTexts`] holds no file for the event.
+    #[error("no format for {group}:{event}")]
+    NotHeld { group: String, event: String },
+}
+
+/// Why tracefs could be neither found nor mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error("tracefs at {} is not readable: {error} (needs root)", root.display())]
+    NotReadable {
+        root: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "tracefs is not mounted and {target} does not exist (kernel built without \
+         CONFIG_TRACING, or /sys is not sysfs)"
+    )]
+    NoMountPoint { target: &'static str },
+    #[error(
+        "tracefs is not mounted and mounting it at {target} failed: {error} (needs root or \
+         CAP_SYS_ADMIN; or run `mount -t tracefs nodev {target}`)"
+    )]
+    MountFailed {
+        target: &'static str,
+        error: std::io::Error,
+    },
+    #[error(
+        "mounted tracefs at {target} but it has no events/ directory (kernel without \
+         CONFIG_EVENT_TRACING?)"
+    )]
+    NoEvents { target: &'static str },
+}
+
 /// Where tracepoint record layouts come from: the live tracefs, or format files kept in
 /// memory (tests, offline analysis of another machine's formats).
 pub trait FormatSource {
     /// The fields of `group:event`, or why they are unavailable (no such event, ...).
-    fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, String>;
+    fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, FormatError>;
 }
 
 /// A mounted tracefs.
@@ -83,7 +130,7 @@ impl Tracefs {
 
     /// Finds tracefs, mounting it at /sys/kernel/tracing when it is mounted nowhere (a fresh
     /// mount namespace such as `ip netns exec` makes, a minimal container, an initramfs).
-    pub fn find_or_mount() -> Result<Self, String> {
+    pub fn find_or_mount() -> Result<Self, TracefsError> {
         if let Some(found) = Self::find() {
             return Ok(found);
         }
@@ -93,33 +140,19 @@ impl Tracefs {
             if let Err(error) = std::fs::metadata(root.join("events"))
                 && error.kind() == std::io::ErrorKind::PermissionDenied
             {
-                return Err(format!(
-                    "tracefs at {} is not readable: {error} (needs root)",
-                    root.display()
-                ));
+                return Err(TracefsError::NotReadable { root, error });
             }
         }
         let target = MOUNT_POINTS[0];
         if !Path::new(target).is_dir() {
-            return Err(format!(
-                "tracefs is not mounted and {target} does not exist (kernel built without \
-                 CONFIG_TRACING, or /sys is not sysfs)"
-            ));
+            return Err(TracefsError::NoMountPoint { target });
         }
-        mount_tracefs(target).map_err(|e| {
-            format!(
-                "tracefs is not mounted and mounting it at {target} failed: {e} (needs root \
-                 or CAP_SYS_ADMIN; or run `mount -t tracefs nodev {target}`)"
-            )
-        })?;
+        mount_tracefs(target).map_err(|error| TracefsError::MountFailed { target, error })?;
         let root = Path::new(target);
         if root.join("events").is_dir() {
             Ok(Self::at(root))
         } else {
-            Err(format!(
-                "mounted tracefs at {target} but it has no events/ directory (kernel without \
-                 CONFIG_EVENT_TRACING?)"
-            ))
+            Err(TracefsError::NoEvents { target })
         }
     }
 
@@ -138,16 +171,20 @@ impl Tracefs {
 }
 
 impl FormatSource for Tracefs {
-    fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, String> {
+    fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, FormatError> {
         let path = self.format_path(group, event);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                format!(
-                    "this kernel has no {group}:{event} tracepoint ({} absent)",
-                    path.display()
-                )
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::NotFound {
+                FormatError::NoTracepoint {
+                    group: group.to_owned(),
+                    event: event.to_owned(),
+                    path: path.clone(),
+                }
             } else {
-                format!("reading {}: {e}", path.display())
+                FormatError::Read {
+                    path: path.clone(),
+                    error,
+                }
             }
         })?;
         Ok(parse_format(&text))
@@ -175,11 +212,14 @@ impl FormatTexts {
 }
 
 impl FormatSource for FormatTexts {
-    fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, String> {
+    fn format(&self, group: &str, event: &str) -> Result<Vec<FormatField>, FormatError> {
         self.texts
             .get(&(group.to_owned(), event.to_owned()))
             .map(|text| parse_format(text))
-            .ok_or_else(|| format!("no format for {group}:{event}"))
+            .ok_or_else(|| FormatError::NotHeld {
+                group: group.to_owned(),
+                event: event.to_owned(),
+            })
     }
 }
 
@@ -662,7 +702,7 @@ mod tests {
         let formats = linux_6_18();
         assert_eq!(formats.format("skb", "kfree_skb").unwrap().len(), 9);
         assert_eq!(
-            formats.format("skb", "nope").unwrap_err(),
+            formats.format("skb", "nope").unwrap_err().to_string(),
             "no format for skb:nope"
         );
     }
@@ -698,9 +738,18 @@ mod tests {
                 assert_eq!(field(&fields, "reason").size, 4);
                 assert_eq!(field(&fields, "skbaddr").offset, 8);
                 let error = tracefs.format("skb", "no_such_event").unwrap_err();
-                assert!(error.contains("no skb:no_such_event tracepoint"), "{error}");
+                assert!(
+                    matches!(error, FormatError::NoTracepoint { .. }),
+                    "{error:?}"
+                );
+                assert!(
+                    error
+                        .to_string()
+                        .contains("no skb:no_such_event tracepoint"),
+                    "{error}"
+                );
             }
-            Err(error) if !root => assert!(error.contains("tracefs"), "{error}"),
+            Err(error) if !root => assert!(error.to_string().contains("tracefs"), "{error}"),
             Err(error) => panic!("as root: {error}"),
         }
     }

@@ -85,6 +85,37 @@ fn packet(index: u32, destination: Ipv4Addr, dport: u16) -> [u8; PACKET] {
     packet
 }
 
+/// An iovec over `buffer`.
+pub fn iovec(buffer: &mut [u8]) -> libc::iovec {
+    libc::iovec {
+        iov_base: buffer.as_mut_ptr().cast(),
+        iov_len: buffer.len(),
+    }
+}
+
+/// Headers for sendmmsg(2)/recvmmsg(2), here and in the bench: one single-buffer message per
+/// iovec, sent to `destination` when given (a socket that is not connected). The headers point
+/// at `iovecs` and `destination`: both must stay alive, unmoved, while the headers are used.
+pub fn message_headers(
+    iovecs: &mut [libc::iovec],
+    destination: Option<&libc::sockaddr_in>,
+) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero mmsghdr is valid (null pointers, zero lengths).
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            if let Some(destination) = destination {
+                header.msg_hdr.msg_name = std::ptr::from_ref(destination).cast_mut().cast();
+                header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
+            }
+            header.msg_hdr.msg_iov = iov;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect()
+}
+
 /// Sends one datagram for each flow of `flows` to `destination`:`dport` from a raw socket in
 /// `tx`, at most `per_second` a second when given; the thread returns how many the kernel
 /// accepted. Bounded: fails after a minute.
@@ -121,25 +152,9 @@ pub fn send_flows(
             let mut packets: Vec<[u8; PACKET]> = (next..next + count)
                 .map(|index| packet(index, destination, dport))
                 .collect();
-            let mut iovecs: Vec<libc::iovec> = packets
-                .iter_mut()
-                .map(|packet| libc::iovec {
-                    iov_base: packet.as_mut_ptr().cast(),
-                    iov_len: PACKET,
-                })
-                .collect();
-            let mut headers: Vec<libc::mmsghdr> = iovecs
-                .iter_mut()
-                .map(|iov| {
-                    // SAFETY: an all-zero mmsghdr is valid; the pointers are set below.
-                    let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                    header.msg_hdr.msg_name = (&raw const address).cast_mut().cast();
-                    header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as u32;
-                    header.msg_hdr.msg_iov = iov;
-                    header.msg_hdr.msg_iovlen = 1;
-                    header
-                })
-                .collect();
+            let mut iovecs: Vec<libc::iovec> =
+                packets.iter_mut().map(|packet| iovec(packet)).collect();
+            let mut headers = message_headers(&mut iovecs, Some(&address));
             let mut offset = 0;
             while offset < headers.len() {
                 // SAFETY: the headers point at `address`, `iovecs` and `packets`, alive

@@ -37,9 +37,61 @@ pub struct AttachContext<'a> {
 #[derive(Clone, Debug)]
 pub struct Attempt {
     pub mechanism: Mechanism,
-    /// `Ok` when attached; otherwise why not, in words for `doctor`.
-    pub result: Result<(), String>,
+    /// `Ok` when attached; otherwise why not (its message is what `doctor` and the `ready`
+    /// record show).
+    pub result: Result<(), AttemptError>,
 }
+
+/// Why a mechanism was not used for a hook: known before touching the kernel (the prechecks),
+/// or the kernel's refusal to load or attach.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttemptError {
+    #[error("not tried: --probes {}", forced.name())]
+    NotTried { forced: Mechanism },
+    #[error("needs kernel BTF (/sys/kernel/btf/vmlinux)")]
+    NeedsBtf,
+    #[error("kernel has no function {0}")]
+    NoFunction(&'static str),
+    #[error("kernel has no kprobes (no kprobe PMU)")]
+    NoKprobes,
+    #[error("tracefs is not mounted")]
+    NoTracefs,
+    #[error("{group}:{event} is missing or its format has no field `{field}`")]
+    MissingField {
+        group: &'static str,
+        event: &'static str,
+        field: &'static str,
+    },
+    #[error("{group}:{event} is missing or its format lacks fields")]
+    MissingRouteFields {
+        group: &'static str,
+        event: &'static str,
+    },
+    #[error("program {0} missing from the embedded object")]
+    ProgramMissing(&'static str),
+    /// A trampoline (fentry/fexit) for a function with more arguments than this kernel's
+    /// trampolines pass: ENOTSUPP (524, kernel-internal; 6 arguments on x86-64 before Linux
+    /// 6.6). `chain`: aya's error with its causes.
+    #[error(
+        "not supported for this function here (ENOTSUPP; e.g. more arguments than this \
+         kernel's trampolines pass) ({chain})"
+    )]
+    TooManyArguments { chain: String },
+    /// A kernel that refuses trampolines answers EPERM to BPF_PROG_LOAD.
+    #[error("refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here ({chain})")]
+    TrampolinesRefused { chain: String },
+    /// Any other load or attach failure, in aya's words with their causes.
+    #[error("{chain}")]
+    Kernel { chain: String },
+}
+
+/// Why kprobes cannot be attached here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no kprobe PMU (/sys/bus/event_source/devices/kprobe is missing: kernel built without \
+     CONFIG_KPROBES)"
+)]
+pub struct NoKprobePmu;
 
 #[derive(Clone, Debug)]
 pub struct HookOutcome {
@@ -49,11 +101,11 @@ pub struct HookOutcome {
 }
 
 /// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
-pub fn kprobe_status() -> Result<(), String> {
+pub fn kprobe_status() -> Result<(), NoKprobePmu> {
     if std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
         Ok(())
     } else {
-        Err("no kprobe PMU (/sys/bus/event_source/devices/kprobe is missing: kernel built without CONFIG_KPROBES)".into())
+        Err(NoKprobePmu)
     }
 }
 
@@ -71,7 +123,7 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
     for attachment in hook.attachments {
         let result = match context.forced {
             Some(forced) if forced != attachment.mechanism => {
-                Err(format!("not tried: --probes {}", forced.name()))
+                Err(AttemptError::NotTried { forced })
             }
             _ => precheck(attachment, context).and_then(|()| attach(ebpf, attachment, context)),
         };
@@ -96,35 +148,35 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
 }
 
 /// Reasons known without touching the kernel, worded better than the load error would be.
-fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), String> {
+fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), AttemptError> {
     for (_, target) in attachment.programs {
         match target {
             Target::Fexit(function) | Target::Fentry(function) => {
                 if context.btf.is_none() {
-                    return Err("needs kernel BTF (/sys/kernel/btf/vmlinux)".into());
+                    return Err(AttemptError::NeedsBtf);
                 }
                 if !(context.has_function)(function) {
-                    return Err(format!("kernel has no function {function}"));
+                    return Err(AttemptError::NoFunction(function));
                 }
             }
             Target::Kprobe(function) | Target::Kretprobe(function) => {
                 if !context.kprobes {
-                    return Err("kernel has no kprobes (no kprobe PMU)".into());
+                    return Err(AttemptError::NoKprobes);
                 }
                 if context.btf.is_some() && !(context.has_function)(function) {
-                    return Err(format!("kernel has no function {function}"));
+                    return Err(AttemptError::NoFunction(function));
                 }
             }
             Target::TpBtf(_) => {
                 if context.btf.is_none() {
-                    return Err("needs kernel BTF (/sys/kernel/btf/vmlinux)".into());
+                    return Err(AttemptError::NeedsBtf);
                 }
             }
             Target::RawTp(_) => {}
             Target::Tracepoint(event) => {
                 let (group, name) = event.event();
                 if !context.tracefs {
-                    return Err("tracefs is not mounted".into());
+                    return Err(AttemptError::NoTracefs);
                 }
                 let args = context.offsets.tracepoint_args[*event as usize];
                 if let Some(missing) = event
@@ -133,16 +185,17 @@ fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), 
                     .zip(args)
                     .find(|(_, offset)| *offset == OFFSET_MISSING)
                 {
-                    return Err(format!(
-                        "{group}:{name} is missing or its format has no field `{}`",
-                        missing.0
-                    ));
+                    return Err(AttemptError::MissingField {
+                        group,
+                        event: name,
+                        field: missing.0,
+                    });
                 }
             }
             Target::RouteTracepoint { ipv6 } => {
                 let (group, name) = Target::route_event(*ipv6);
                 if !context.tracefs {
-                    return Err("tracefs is not mounted".into());
+                    return Err(AttemptError::NoTracefs);
                 }
                 let fields = if *ipv6 {
                     context.offsets.fib6
@@ -150,9 +203,7 @@ fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), 
                     context.offsets.fib4
                 };
                 if fields.name == OFFSET_MISSING {
-                    return Err(format!(
-                        "{group}:{name} is missing or its format lacks fields"
-                    ));
+                    return Err(AttemptError::MissingRouteFields { group, event: name });
                 }
             }
         }
@@ -166,11 +217,11 @@ fn attach(
     ebpf: &mut Ebpf,
     attachment: &Attachment,
     context: &AttachContext<'_>,
-) -> Result<(), String> {
+) -> Result<(), AttemptError> {
     let mut loaded = Vec::new();
     for (name, target) in attachment.programs {
         let Some(program) = ebpf.program_mut(name) else {
-            return Err(format!("program {name} missing from the embedded object"));
+            return Err(AttemptError::ProgramMissing(name));
         };
         let result = load_and_attach(program, *target, context.btf);
         loaded.push(*name);
@@ -243,9 +294,9 @@ fn unload(program: &mut Program) -> Result<(), ProgramError> {
     }
 }
 
-/// The load/attach error in words, with the errno chain, plus what it means for the common
-/// cases (a kernel that refuses trampolines answers EPERM to the load).
-fn describe(target: Target, error: &ProgramError) -> String {
+/// The load/attach error with its errno chain, told apart for the common cases (a kernel that
+/// refuses trampolines answers EPERM to the load).
+fn describe(target: Target, error: &ProgramError) -> AttemptError {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -259,15 +310,70 @@ fn describe(target: Target, error: &ProgramError) -> String {
     let too_many_args = text.contains("os error 524");
     match target {
         Target::Fexit(_) | Target::Fentry(_) if too_many_args => {
-            format!(
-                "not supported for this function here (ENOTSUPP; e.g. more arguments than this kernel's trampolines pass) ({text})"
-            )
+            AttemptError::TooManyArguments { chain: text }
         }
         Target::Fexit(_) | Target::Fentry(_) if refused => {
-            format!(
-                "refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here ({text})"
-            )
+            AttemptError::TrampolinesRefused { chain: text }
         }
-        _ => text,
+        _ => AttemptError::Kernel { chain: text },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The messages are an interface (`doctor`, the `ready` record's `attempts[].error`,
+    /// scripts matching them): each variant reads as the sentence it replaced.
+    #[test]
+    fn attempt_errors_read_as_before() {
+        for (error, text) in [
+            (
+                AttemptError::NotTried {
+                    forced: Mechanism::RawTracepoint,
+                },
+                "not tried: --probes raw_tp",
+            ),
+            (
+                AttemptError::NoFunction("udp_sendmsg"),
+                "kernel has no function udp_sendmsg",
+            ),
+            (
+                AttemptError::MissingField {
+                    group: "skb",
+                    event: "kfree_skb",
+                    field: "reason",
+                },
+                "skb:kfree_skb is missing or its format has no field `reason`",
+            ),
+            (
+                AttemptError::MissingRouteFields {
+                    group: "fib",
+                    event: "fib_table_lookup",
+                },
+                "fib:fib_table_lookup is missing or its format lacks fields",
+            ),
+            (
+                AttemptError::TrampolinesRefused {
+                    chain: "the BPF_PROG_LOAD syscall failed: Operation not permitted".into(),
+                },
+                "refused by the kernel (EPERM at BPF_PROG_LOAD): no BPF trampolines here \
+                 (the BPF_PROG_LOAD syscall failed: Operation not permitted)",
+            ),
+            (
+                AttemptError::TooManyArguments {
+                    chain: "os error 524".into(),
+                },
+                "not supported for this function here (ENOTSUPP; e.g. more arguments than \
+                 this kernel's trampolines pass) (os error 524)",
+            ),
+        ] {
+            assert_eq!(error.to_string(), text);
+        }
+        assert_eq!(
+            NoKprobePmu.to_string(),
+            "no kprobe PMU (/sys/bus/event_source/devices/kprobe is missing: kernel built \
+             without CONFIG_KPROBES)"
+        );
     }
 }

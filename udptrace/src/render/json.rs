@@ -1,12 +1,12 @@
-//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `verdict`,
-//! `flow`, `other_flows`, `stats`).
+//! NDJSON: one object per line, each with a `type` (`ready`, `event`, `lost`, `sampled`,
+//! `status`, `verdict`, `flow`, `other_flows`, `stats`).
 
 use std::io::{self, Write};
 
 use serde_json::{Value, json};
 use udptrace_common::event::Mechanism;
 
-use super::{Output, Stats, verdict::VerdictRecord, wire::processes_text};
+use super::{Output, Stats, Status, verdict::VerdictRecord, wire::processes_text};
 use crate::{
     flows::{table::FlowTable, verdict::Verdict},
     model::TraceEvent,
@@ -61,7 +61,7 @@ pub fn probes_json(probes: &[HookOutcome]) -> Value {
                     "attempts": outcome.attempts.iter().map(|attempt| json!({
                         "mechanism": attempt.mechanism.name(),
                         "ok": attempt.result.is_ok(),
-                        "error": attempt.result.as_ref().err(),
+                        "error": attempt.result.as_ref().err().map(ToString::to_string),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -89,6 +89,23 @@ impl<W: Write> Output for JsonOutput<W> {
 
     fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
         self.line(&json!({"type": "lost", "count": lost, "total": total}))?;
+        self.flush()
+    }
+
+    fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()> {
+        self.line(&json!({"type": "sampled", "count": sampled, "total": total}))?;
+        self.flush()
+    }
+
+    fn status(&mut self, status: &Status) -> io::Result<()> {
+        self.line(&match status {
+            Status::FlowMapFull { events } => {
+                json!({"type": "status", "code": "flow_map_full", "count": events})
+            }
+            Status::Undecodable(error) => {
+                json!({"type": "status", "code": "undecodable", "error": error.to_string()})
+            }
+        })?;
         self.flush()
     }
 
@@ -359,6 +376,10 @@ mod tests {
         json.tagged("empty", &serde_json::Map::new(), false)
             .unwrap();
         json.lost(3, 7).unwrap();
+        json.sampled(40, 90).unwrap();
+        json.status(&Status::FlowMapFull { events: 5 }).unwrap();
+        json.status(&Status::Undecodable(crate::decode::DecodeError::Kind(200)))
+            .unwrap();
         let lines: Vec<Value> = String::from_utf8(out)
             .unwrap()
             .lines()
@@ -371,6 +392,22 @@ mod tests {
         assert_eq!(
             lines[2],
             serde_json::json!({"type": "lost", "count": 3, "total": 7})
+        );
+        assert_eq!(
+            lines[3],
+            serde_json::json!({"type": "sampled", "count": 40, "total": 90})
+        );
+        assert_eq!(
+            lines[4],
+            serde_json::json!({"type": "status", "code": "flow_map_full", "count": 5})
+        );
+        assert_eq!(
+            lines[5],
+            serde_json::json!({
+                "type": "status",
+                "code": "undecodable",
+                "error": "record has unknown kind 200"
+            })
         );
     }
 }

@@ -7,16 +7,42 @@ pub mod text;
 pub mod verdict;
 pub mod wire;
 
-use std::io;
+use std::io::{self, IsTerminal as _};
 
 use serde::Serialize;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    decode::DecodeError,
     flows::{table::FlowTable, verdict::Verdict},
     model::TraceEvent,
     probes::attach::HookOutcome,
 };
+
+/// The output for `--json` (NDJSON) or text, on standard output; text is coloured only on a
+/// terminal without NO_COLOR.
+pub fn output_for(json_output: bool) -> Box<dyn Output> {
+    let stdout = io::BufWriter::with_capacity(1 << 16, io::stdout());
+    if json_output {
+        Box::new(json::JsonOutput::new(stdout))
+    } else {
+        let colour = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Box::new(text::TextOutput::new(stdout, colour))
+    }
+}
+
+/// Something the user should know about the run itself (not about the traffic), told once
+/// when it happens; the totals at exit count it too.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Events the kernel counted in the last second without their flow: its per-flow map was
+    /// full (too many new flows a second). They are added up under other flows
+    /// (`Stats::kernel_overflow_events`).
+    FlowMapFull { events: u64 },
+    /// The first record that could not be decoded; later ones are only counted
+    /// (`Stats::decode_errors`).
+    Undecodable(DecodeError),
+}
 
 /// Totals at exit (and the numbers behind the status line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -68,6 +94,12 @@ pub trait Output {
     fn flush(&mut self) -> io::Result<()>;
     /// Events lost in the last interval (`lost` > 0), and in total.
     fn lost(&mut self, lost: u64, total: u64) -> io::Result<()>;
+    /// Events sampled out in the last second (`sampled` > 0), and in total: past
+    /// `SAMPLE_EVENTS_PER_SECOND` per flow and kind, the kernel counts events without sending
+    /// them.
+    fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()>;
+    /// A condition of the run itself.
+    fn status(&mut self, status: &Status) -> io::Result<()>;
     /// A verdict whose evidence is complete.
     fn verdict(&mut self, verdict: &Verdict) -> io::Result<()>;
     /// At exit: every flow and every verdict with final counts, then the totals.

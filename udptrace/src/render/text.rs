@@ -14,9 +14,12 @@
 
 use std::io::{self, Write};
 
+use udptrace_common::event::SAMPLE_EVENTS_PER_SECOND;
+
 use super::{
-    Output, Stats,
+    Output, Stats, Status,
     event::summary,
+    note,
     verdict::verdict_text,
     wire::{endpoints_text, flow_key_text, location_text, process_text, processes_text, skb_text},
 };
@@ -140,8 +143,31 @@ impl<W: Write> Output for TextOutput<W> {
         self.out.flush()
     }
 
-    fn lost(&mut self, _lost: u64, _total: u64) -> io::Result<()> {
-        // Text mode reports losses on stderr (status line) so stdout stays one event per line.
+    // Losses, sampling and the run's status go to stderr, like the banner: stdout stays one
+    // event per line. Not output errors when they fail (see `ready`).
+    fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
+        note(format_args!(
+            "udptrace: {lost} events lost in the last second (ring buffer full; {total} in total)"
+        ));
+        Ok(())
+    }
+
+    fn sampled(&mut self, sampled: u64, _total: u64) -> io::Result<()> {
+        note(format_args!(
+            "udptrace: {sampled} events sampled out in the last second (about {SAMPLE_EVENTS_PER_SECOND} a second per flow and kind are shown; the flows count them all)"
+        ));
+        Ok(())
+    }
+
+    fn status(&mut self, status: &Status) -> io::Result<()> {
+        match status {
+            Status::FlowMapFull { events } => note(format_args!(
+                "udptrace: {events} events counted without their flow (the kernel's flow map was full: too many new flows a second); added up under other flows"
+            )),
+            Status::Undecodable(error) => note(format_args!(
+                "udptrace: undecodable record ({error}); counting the rest"
+            )),
+        }
         Ok(())
     }
 

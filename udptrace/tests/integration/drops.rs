@@ -144,6 +144,15 @@ fn flow_drops(records: &[Value], reason: &str) -> u64 {
         .sum()
 }
 
+/// The `count`s of the `lost` or `sampled` records, added up.
+fn reported_count(records: &[Value], kind: &str) -> u64 {
+    records
+        .iter()
+        .filter(|r| r["type"] == kind)
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
 #[test]
 fn receive_buffer_overflow_is_accounted_exactly() {
     // A one-page ring cannot hold the burst's events: what is not delivered is counted as
@@ -169,13 +178,9 @@ fn receive_buffer_overflow_is_accounted_exactly() {
         kernel_drops,
         "the flow's drop count is the kernel's, whatever the ring lost"
     );
-    let lost_records: u64 = records
-        .iter()
-        .filter(|r| r["type"] == "lost")
-        .map(|r| r["count"].as_u64().unwrap())
-        .sum();
     assert_eq!(
-        lost_records, lost,
+        reported_count(&records, "lost"),
+        lost,
         "every loss is reported in `lost` records"
     );
 }
@@ -210,6 +215,11 @@ fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
     );
     // The datagrams' device hops were sampled too, and the flow still counts every datagram.
     assert!(stats["sampled"].as_u64().unwrap() > sampled, "{stats}");
+    assert_eq!(
+        reported_count(&records, "sampled"),
+        stats["sampled"],
+        "every sampled-out event is reported in `sampled` records"
+    );
     let datagrams: u64 = records
         .iter()
         .filter(|r| r["type"] == "flow")

@@ -205,10 +205,9 @@ struct Tool {
     flow_drops: Arc<AtomicU64>,
 }
 
-fn udptrace_binary() -> std::path::PathBuf {
-    std::env::current_exe()
-        .expect("current exe")
-        .with_file_name("udptrace")
+/// The udptrace binary cargo built for this bench (in the same profile).
+fn udptrace_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_udptrace")
 }
 
 fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>> {
@@ -378,19 +377,11 @@ fn stop_tool(
     sample: &mut Sample,
     is_udptrace: bool,
 ) -> anyhow::Result<Option<UdptraceTotals>> {
-    let Tool {
-        mut child,
-        ready,
-        lines,
-        stats,
-        lost_reported,
-        drops,
-        flow_drops,
-    } = tool;
+    let mut child = tool.child;
     let (cpu, rss) = usage(child.id());
     sample.cpu_seconds = cpu;
     sample.peak_rss_kib = rss;
-    sample.ready_ms = Some(ready.as_millis());
+    sample.ready_ms = Some(tool.ready.as_millis());
     let interrupted = Instant::now();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -412,10 +403,11 @@ fn stop_tool(
     // Let the reader threads finish the pipe.
     thread::sleep(Duration::from_millis(300));
     if !is_udptrace {
-        sample.events = Some(lines.load(Ordering::Relaxed));
+        sample.events = Some(tool.lines.load(Ordering::Relaxed));
         return Ok(None);
     }
-    let stats = stats
+    let stats = tool
+        .stats
         .lock()
         .unwrap()
         .clone()
@@ -423,11 +415,11 @@ fn stop_tool(
     sample.events = stats["events"].as_u64();
     let lost = stats["lost"].as_u64().unwrap_or(0);
     sample.lost = Some(lost);
-    sample.lost_reported = Some(lost_reported.load(Ordering::Relaxed) == lost);
+    sample.lost_reported = Some(tool.lost_reported.load(Ordering::Relaxed) == lost);
     Ok(Some(UdptraceTotals {
         stats,
-        drop_events: drops.load(Ordering::Relaxed),
-        flow_drops: flow_drops.load(Ordering::Relaxed),
+        drop_events: tool.drops.load(Ordering::Relaxed),
+        flow_drops: tool.flow_drops.load(Ordering::Relaxed),
     }))
 }
 
@@ -457,22 +449,9 @@ fn receiver(
         while Instant::now() < stop {
             // SAFETY: iovecs and headers point into `buffers`, alive for the call.
             let n = unsafe {
-                let mut iovecs: Vec<libc::iovec> = buffers
-                    .iter_mut()
-                    .map(|b| libc::iovec {
-                        iov_base: b.as_mut_ptr().cast(),
-                        iov_len: PAYLOAD,
-                    })
-                    .collect();
-                let mut headers: Vec<libc::mmsghdr> = iovecs
-                    .iter_mut()
-                    .map(|iov| {
-                        let mut header: libc::mmsghdr = std::mem::zeroed();
-                        header.msg_hdr.msg_iov = iov;
-                        header.msg_hdr.msg_iovlen = 1;
-                        header
-                    })
-                    .collect();
+                let mut iovecs: Vec<libc::iovec> =
+                    buffers.iter_mut().map(|b| storm::iovec(b)).collect();
+                let mut headers = storm::message_headers(&mut iovecs, None);
                 libc::recvmmsg(
                     socket.as_raw_fd(),
                     headers.as_mut_ptr(),
@@ -503,18 +482,13 @@ fn blaster(netns: &Netns, target: SocketAddr, stop: Instant, limit: u64) -> anyh
         while sent < limit && Instant::now() < stop {
             // SAFETY: every header points at the same payload, alive for the call.
             let n = unsafe {
-                let mut iov = libc::iovec {
+                // sendmmsg only reads the payload.
+                let iov = libc::iovec {
                     iov_base: payload.as_ptr().cast_mut().cast(),
                     iov_len: PAYLOAD,
                 };
-                let mut headers: Vec<libc::mmsghdr> = (0..BATCH)
-                    .map(|_| {
-                        let mut header: libc::mmsghdr = std::mem::zeroed();
-                        header.msg_hdr.msg_iov = &raw mut iov;
-                        header.msg_hdr.msg_iovlen = 1;
-                        header
-                    })
-                    .collect();
+                let mut iovecs = [iov; BATCH];
+                let mut headers = storm::message_headers(&mut iovecs, None);
                 libc::sendmmsg(socket.as_raw_fd(), headers.as_mut_ptr(), BATCH as u32, 0)
             };
             // A closed port answers with ICMP errors that fail the next send (ECONNREFUSED):
@@ -602,9 +576,11 @@ fn median(values: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // `cargo bench` appends `--bench` to the arguments given after `--`.
     let output = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "bench/results.md".into());
+        .skip(1)
+        .find(|arg| !arg.starts_with("--"))
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/results.md").into());
     let sender = Netns::create("bench-tx")?;
     let receiver_ns = Netns::create("bench-rx")?;
     veth(&sender, "eth0", &receiver_ns, "eth0")?;
