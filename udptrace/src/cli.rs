@@ -41,10 +41,22 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
-    /// Internal: started by `lab run`, removes the lab namespaces of process PARENT once it is
-    /// gone (see `lab::netns::spawn_guardian`).
-    #[command(name = "lab-guard", hide = true)]
-    LabGuard { parent: u32 },
+    /// Print the shell completion script for SHELL (e.g. `udptrace completions bash >
+    /// /etc/bash_completion.d/udptrace`).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the manual page (roff; `udptrace man | man -l -`).
+    Man,
+}
+
+/// The shells `udptrace completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]

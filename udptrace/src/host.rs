@@ -113,7 +113,7 @@ pub fn ifindex_in(netns: Option<&Path>, name: &str) -> anyhow::Result<u32> {
 const NS_GET_NSTYPE: libc::Ioctl = (0xb7 << 8) | 0x3;
 /// `NSFS_MAGIC` (include/uapi/linux/magic.h): the filesystem of /proc/PID/ns/* and of their
 /// bind mounts in /run/netns.
-const NSFS_MAGIC: libc::__fsword_t = 0x6e73_6673;
+const NSFS_MAGIC: u64 = 0x6e73_6673;
 
 /// A network namespace named by `--netns`: a file that enters it, and its inode (the kernel's
 /// `net->ns.inum`, what the programs compare).
@@ -149,7 +149,8 @@ pub fn open_netns(text: &str, known: &Processes) -> anyhow::Result<NetnsFile> {
             let path = sanitize_kernel_string(path.as_os_str().as_bytes());
             bail!("--netns {shown}: {path}: {error}");
         }
-        stat.f_type
+        // `__fsword_t` (i64) on glibc, `c_ulong` on musl: the magic is a small positive number.
+        u64::try_from(stat.f_type).unwrap_or(0)
     };
     if fs_type != NSFS_MAGIC {
         bail!(

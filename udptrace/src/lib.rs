@@ -19,6 +19,7 @@ pub mod kernel;
 pub mod knowledge;
 pub mod lab;
 pub mod lab_command;
+pub mod manual;
 pub mod model;
 pub mod namespaces;
 pub mod probes;

@@ -2,32 +2,40 @@
 
 use std::{process::ExitCode, time::Duration};
 
+use anyhow::Context as _;
 use clap::Parser as _;
 use udptrace::{
     cli::{Cli, Command, TraceArgs},
     doctor,
     lab::netns,
     lab_command::{self, output_for},
-    render::{is_closed_pipe, note, stdout_was_closed},
+    manual,
+    render::{is_closed_pipe, note, print_stdout, stdout_was_closed},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // The lab's guardian process: internal, so not in the CLI definition (nor in the manual
+    // page and completions generated from it). Default signal actions, and its stdout is
+    // /dev/null by design.
+    if let Some(parent) = netns::guardian_parent(std::env::args_os()) {
+        netns::guard(parent);
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
-        // Default signal actions, and its stdout is /dev/null by design.
-        Some(Command::LabGuard { parent }) => {
-            netns::guard(parent);
-            return ExitCode::SUCCESS;
-        }
         _ if stdout_was_closed() => {
             note(format_args!(
                 "udptrace: standard output is closed; redirect it (to a file, a pipe or /dev/null) instead"
             ));
             return ExitCode::FAILURE;
         }
+        Some(Command::Completions { shell }) => {
+            print_stdout(&manual::completions(shell)).context("writing the completions")
+        }
+        Some(Command::Man) => print_stdout(&manual::man_page()).context("writing the manual page"),
         // Short, with nothing to clean up: Ctrl-C keeps its default action (the kernel
         // detaches what doctor attached when the process dies).
         Some(Command::Doctor { json, probes }) => match doctor::run(json, probes.map(Into::into)) {

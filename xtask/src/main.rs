@@ -1,14 +1,17 @@
-//! Project tasks: `cargo xtask setup | run | test | bench`. These names are a contract (README,
+//! Project tasks: `cargo xtask setup | run | test | bench | dist | vm-test`. These names are a contract (README,
 //! CI's .ci/run).
 //!
 //! - `setup` installs what a fresh machine lacks, idempotently (a second or so when nothing is).
 //! - `run -- ARGS` builds udptrace (release) and runs it as root (default: the lab demo).
 //! - `test -- ARGS` runs every test (unit tests and the root integration tests), then clippy.
+//! - `dist` builds the static binary with its manual page, completions and checksums (dist/).
 //! - `bench` measures the overhead on a UDP load against the alternatives (bench/results.md).
 //!
 //! When not root, what needs root goes through `sudo -E`; without sudo they fail (nothing is
 //! skipped).
 
+mod dist;
+mod docker;
 mod process;
 mod setup;
 mod vm;
@@ -49,6 +52,14 @@ enum Task {
         /// Extra arguments for `cargo test` (e.g. a test name filter, or `-- --nocapture`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the static binary (x86_64-unknown-linux-musl, no dynamic libraries) with its
+    /// manual page, shell completions and SHA256SUMS into dist/.
+    Dist {
+        /// Then check it as the test command does: static, `doctor` ready (also inside an
+        /// image holding only the binary, under a private dockerd), a lab incident diagnosed.
+        #[arg(long)]
+        check: bool,
     },
     /// Measure udptrace's overhead against no tracer, bpftrace and tcpdump; writes
     /// bench/results.md.
@@ -93,6 +104,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Run { args } => run_udptrace(&root, args),
         Task::Test { args } => test(&root, &args),
         Task::Bench => bench(&root),
+        Task::Dist { check } => {
+            if check {
+                Privilege::acquire(ROOT_REASON)?;
+            }
+            setup::setup(&target_dir(&root), setup::DIST_PACKAGES)?;
+            let binary = dist::dist(&root, &target_dir(&root), cargo(&root))?;
+            if check {
+                dist::check(&binary)?;
+            }
+            Ok(())
+        }
         Task::VmTest { kernel } => {
             Privilege::acquire(ROOT_REASON)?;
             setup::setup(&target_dir(&root), &vm_packages())?;
@@ -136,11 +158,12 @@ fn run_udptrace(root: &Path, args: Vec<String>) -> anyhow::Result<()> {
 fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let privilege = Privilege::acquire(&format!("run the integration tests (they {ROOT_REASON})"))?;
     let matrix = vm_matrix_wanted() && args.is_empty();
-    let packages = if matrix {
+    let mut packages = if matrix {
         vm_packages()
     } else {
         setup::PACKAGES.to_vec()
     };
+    packages.extend(setup::DIST_PACKAGES);
     setup::setup(&target_dir(root), &packages)?;
 
     let mut test = cargo(root);
@@ -170,6 +193,14 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for (name, command) in [("tests", &mut test), ("clippy", &mut clippy)] {
         stage(name, &describe(command), &mut failures, || run(command));
+    }
+    if args.is_empty() {
+        stage(
+            "static binary",
+            "cargo xtask dist, then its doctor and the closed-port lab incident",
+            &mut failures,
+            || dist::check(&dist::dist(root, &target_dir(root), cargo(root))?),
+        );
     }
     if matrix {
         let what = format!("cargo xtask vm-test (set {SKIP_VM_TEST}=1 to skip)");

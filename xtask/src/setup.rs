@@ -17,6 +17,10 @@ use crate::process::{self, Privilege, output, run};
 /// netcat-openbsd and python3 (the tests reproduce incidents with real peers too).
 pub const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
 
+/// What `cargo xtask dist --check` (and the test command) runs the static binary under: a
+/// private dockerd, with an image holding only the binary.
+pub const DIST_PACKAGES: &[&str] = &["docker.io"];
+
 /// What `cargo xtask bench` compares udptrace with.
 pub const BENCH_PACKAGES: &[&str] = &["bpftrace", "tcpdump"];
 
@@ -35,6 +39,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub fn setup(target: &Path, packages: &[&str]) -> anyhow::Result<()> {
     let started = Instant::now();
     rust_src()?;
+    musl_target()?;
     bpf_linker(target)?;
     debian_packages(packages)?;
     tracefs()?;
@@ -100,6 +105,32 @@ fn rust_src() -> anyhow::Result<()> {
     run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
         .context("rust-src: installing the nightly's rust-src")?;
     println!("rust-src: installed ({version}, {})", seconds(started));
+    Ok(())
+}
+
+/// The target of the static binary `cargo xtask dist` builds, for the toolchain that builds
+/// userspace (rust-std only: Rust's musl target links its own C library, no musl-gcc needed).
+fn musl_target() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let installed = output(rustup().args(["target", "list", "--installed"]))?;
+    if installed
+        .lines()
+        .any(|line| line.trim() == crate::dist::MUSL_TARGET)
+    {
+        println!("{}: present", crate::dist::MUSL_TARGET);
+        return Ok(());
+    }
+    run(rustup().args(["target", "add", crate::dist::MUSL_TARGET])).with_context(|| {
+        format!(
+            "{}: installing the target (`cargo xtask dist` builds the static binary for it)",
+            crate::dist::MUSL_TARGET
+        )
+    })?;
+    println!(
+        "{}: installed ({})",
+        crate::dist::MUSL_TARGET,
+        seconds(started)
+    );
     Ok(())
 }
 

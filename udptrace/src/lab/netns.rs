@@ -372,7 +372,7 @@ pub fn spawn_guardian() -> anyhow::Result<()> {
     }
     // /proc/self/exe: this very binary, even if the file was replaced since it started.
     let mut child = Command::new("/proc/self/exe")
-        .args(["lab-guard", &std::process::id().to_string()])
+        .args([GUARD_COMMAND, &std::process::id().to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .process_group(0)
@@ -381,6 +381,19 @@ pub fn spawn_guardian() -> anyhow::Result<()> {
     let pipe = child.stdin.take().context("the guardian's pipe")?;
     let _ = GUARDIAN.set(pipe);
     Ok(())
+}
+
+/// The guardian's command line: `udptrace lab-guard PARENT`.
+const GUARD_COMMAND: &str = "lab-guard";
+
+/// PARENT when the command line is exactly the guardian's.
+pub fn guardian_parent(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<u32> {
+    let _program = args.next()?;
+    if args.next()? != GUARD_COMMAND {
+        return None;
+    }
+    let parent = args.next()?.to_str()?.parse().ok()?;
+    args.next().is_none().then_some(parent)
 }
 
 /// `udptrace lab-guard PARENT`: waits until the parent's end of stdin closes (the parent
@@ -413,6 +426,17 @@ pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) -> anyhow::Result<()
 mod tests {
     use super::*;
     use crate::lab::root_or_skip;
+
+    #[test]
+    fn only_the_exact_guardian_command_line_is_the_guardian() {
+        let line = |words: &[&str]| guardian_parent(words.iter().map(Into::into));
+        assert_eq!(line(&["/proc/self/exe", "lab-guard", "42"]), Some(42));
+        assert_eq!(line(&["udptrace", "lab-guard"]), None);
+        assert_eq!(line(&["udptrace", "lab-guard", "x"]), None);
+        assert_eq!(line(&["udptrace", "lab-guard", "42", "more"]), None);
+        assert_eq!(line(&["udptrace", "port", "42"]), None);
+        assert_eq!(line(&[]), None);
+    }
 
     #[test]
     fn reads_snmp_counters() {

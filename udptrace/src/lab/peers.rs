@@ -12,7 +12,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
@@ -443,6 +443,121 @@ pub fn run_client(netns: &Netns, spec: &ClientSpec) -> anyhow::Result<ClientRepo
         }
         Ok(report)
     })
+}
+
+/// Source port of `send_with_bad_checksum`'s datagrams.
+pub const BAD_CHECKSUM_PORT: u16 = 40_013;
+
+/// Sends `count` IPv4 UDP datagrams from `netns` to `target` whose UDP checksum is wrong: a
+/// raw socket writes the UDP header itself (the kernel adds the IP header, raw(7)), and veth
+/// leaves such packets `CHECKSUM_NONE`, so the receiver verifies the checksum in
+/// `__udp4_lib_rcv` (net/ipv4/udp.c, `csum_error`) and drops them UDP_CSUM.
+pub fn send_with_bad_checksum(
+    netns: &Netns,
+    target: SocketAddr,
+    count: usize,
+) -> anyhow::Result<ClientReport> {
+    let SocketAddr::V4(target) = target else {
+        bail!("bad-checksum datagrams are IPv4 only");
+    };
+    netns.enter(move || {
+        // SAFETY: plain socket(2); the descriptor is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        if raw < 0 {
+            bail!("raw UDP socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a new, valid descriptor nobody else owns.
+        let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+        // The source the kernel will choose: a UDP socket connected to the target asks the
+        // same route lookup, and the pseudo-header of the checksum needs it.
+        let probe = UdpSocket::bind("0.0.0.0:0")?;
+        probe.connect(target)?;
+        let SocketAddr::V4(source) = probe.local_addr()? else {
+            bail!("an IPv4 socket with a non-IPv4 address");
+        };
+        let mut report = ClientReport {
+            local: Some(SocketAddr::V4(SocketAddrV4::new(
+                *source.ip(),
+                BAD_CHECKSUM_PORT,
+            ))),
+            pid: std::process::id(),
+            socket_inode: socket_inode(&socket)?,
+            ..ClientReport::default()
+        };
+        let destination = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(target.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        for index in 0..count.min(MAX_DATAGRAMS) {
+            let payload = format!("udptrace lab datagram {index}");
+            let datagram = udp_with_wrong_checksum(
+                SocketAddrV4::new(*source.ip(), BAD_CHECKSUM_PORT),
+                target,
+                payload.as_bytes(),
+            );
+            // SAFETY: valid descriptor, buffer and address of the stated lengths.
+            let sent = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    datagram.as_ptr().cast(),
+                    datagram.len(),
+                    0,
+                    std::ptr::from_ref(&destination).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if sent < 0 {
+                let error = std::io::Error::last_os_error();
+                push_bounded(&mut report.errors, error.raw_os_error().unwrap_or(0));
+            } else {
+                report.sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(report)
+    })
+}
+
+/// A UDP header and payload whose checksum (RFC 768) is off by one, and never 0 (which means
+/// "no checksum" over IPv4 and would be accepted).
+fn udp_with_wrong_checksum(source: SocketAddrV4, target: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    // Lab payloads are a few dozen bytes.
+    let length = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
+    let mut datagram = Vec::with_capacity(usize::from(length));
+    datagram.extend_from_slice(&source.port().to_be_bytes());
+    datagram.extend_from_slice(&target.port().to_be_bytes());
+    datagram.extend_from_slice(&length.to_be_bytes());
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(payload);
+    let mut pseudo = Vec::with_capacity(12 + datagram.len());
+    pseudo.extend_from_slice(&source.ip().octets());
+    pseudo.extend_from_slice(&target.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_UDP as u8]);
+    pseudo.extend_from_slice(&length.to_be_bytes());
+    pseudo.extend_from_slice(&datagram);
+    let correct = internet_checksum(&pseudo);
+    let wrong = match correct.wrapping_add(1) {
+        0 => 1,
+        wrong => wrong,
+    };
+    datagram[6..8].copy_from_slice(&wrong.to_be_bytes());
+    datagram
+}
+
+/// RFC 1071 one's-complement sum, complemented.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// What the userland proxy did.
@@ -891,7 +1006,8 @@ fn recv_with_destination(
         message.msg_iov = &raw mut iov;
         message.msg_iovlen = 1;
         message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = size_of_val(&control);
+        // socklen_t on musl, size_t on glibc.
+        message.msg_controllen = size_of_val(&control) as _;
         let n = libc::recvmsg(socket.as_raw_fd(), &raw mut message, 0);
         if n < 0 {
             return Err(std::io::Error::last_os_error());
@@ -951,11 +1067,11 @@ fn send_from(
         match source {
             IpAddr::V4(v4) => {
                 message.msg_controllen =
-                    libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize;
+                    libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as _;
                 let cmsg = libc::CMSG_FIRSTHDR(&raw const message);
                 (*cmsg).cmsg_level = libc::IPPROTO_IP;
                 (*cmsg).cmsg_type = libc::IP_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as _;
                 let mut info: libc::in_pktinfo = std::mem::zeroed();
                 info.ipi_spec_dst.s_addr = u32::from_ne_bytes(v4.octets());
                 libc::CMSG_DATA(cmsg)
@@ -964,11 +1080,11 @@ fn send_from(
             }
             IpAddr::V6(v6) => {
                 message.msg_controllen =
-                    libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                    libc::CMSG_SPACE(size_of::<libc::in6_pktinfo>() as u32) as _;
                 let cmsg = libc::CMSG_FIRSTHDR(&raw const message);
                 (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
                 (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as usize;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<libc::in6_pktinfo>() as u32) as _;
                 let mut info: libc::in6_pktinfo = std::mem::zeroed();
                 info.ipi6_addr.s6_addr = v6.octets();
                 libc::CMSG_DATA(cmsg)
@@ -1305,5 +1421,41 @@ mod tests {
         assert_eq!(proxied.clients, vec![client.local.unwrap()]);
         assert_eq!(served.received, 2);
         assert_eq!(served.sources, vec![proxied.backend_sockets[0]; 2]);
+    }
+
+    #[test]
+    fn internet_checksum_of_rfc_1071s_example() {
+        // RFC 1071 section 3: the sum of 0001 f203 f4f5 f6f7 is ddf2.
+        assert_eq!(
+            internet_checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
+    }
+
+    #[test]
+    fn corrupted_datagrams_fail_the_receivers_check() {
+        let source = SocketAddrV4::new([192, 0, 2, 1].into(), BAD_CHECKSUM_PORT);
+        let target = SocketAddrV4::new([192, 0, 2, 2].into(), 5013);
+        for payload in [&b""[..], b"x", b"udptrace lab datagram 0"] {
+            let datagram = udp_with_wrong_checksum(source, target, payload);
+            assert_eq!(datagram.len(), 8 + payload.len());
+            assert_ne!(&datagram[6..8], &[0, 0], "0 would mean no checksum");
+            // The receiver sums pseudo-header and datagram, checksum included: a correct one
+            // sums to 0xffff (its complement, what `internet_checksum` returns, is 0).
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 2, 0, 17]);
+            pseudo.extend_from_slice(&u16::try_from(datagram.len()).unwrap().to_be_bytes());
+            pseudo.extend_from_slice(&datagram);
+            assert_ne!(internet_checksum(&pseudo), 0, "{payload:?}");
+            // And it is off by exactly one from the correct checksum.
+            let mut fixed = datagram.clone();
+            let wrong = u16::from_be_bytes([datagram[6], datagram[7]]);
+            fixed[6..8].copy_from_slice(&wrong.wrapping_sub(1).to_be_bytes());
+            let mut pseudo = pseudo[..12].to_vec();
+            pseudo.extend_from_slice(&fixed);
+            if wrong != 1 {
+                assert_eq!(internet_checksum(&pseudo), 0, "{payload:?}");
+            }
+        }
     }
 }

@@ -15,7 +15,7 @@ use super::{
     netns::{Netns, NetnsInfo, veth},
     peers::{
         ClientReport, ClientSpec, Proxy, ProxyReport, SeenDatagram, Server, ServerMode,
-        ServerReport, UdpCounters, Witness, run_client, udp_counters,
+        ServerReport, UdpCounters, Witness, run_client, send_with_bad_checksum, udp_counters,
     },
 };
 
@@ -214,6 +214,10 @@ enum Topology {
     /// wildcard address takes the datagram, forwards it to dind1 and relays the reply from its
     /// wildcard socket: from the bridge address, not the uplink address dind2's NAT sent to.
     DindProxy,
+    /// A multi-homed server: `eth0` towards the client (192.0.2.0/24) and `eth1` towards
+    /// 203.0.113.0/24 (a third namespace), strict reverse-path filtering on; the client sends
+    /// from its second address 203.0.113.1 through `eth0`.
+    MultiHomed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -226,6 +230,8 @@ enum Traffic {
     Overflow,
     /// A request/reply exchange with the given server.
     Exchange(ServerMode),
+    /// Datagrams with a wrong UDP checksum (a raw socket writes the header) to a closed port.
+    BadChecksum,
 }
 
 /// Datagrams in the rcvbuf-overflow burst.
@@ -369,6 +375,28 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: false,
         traffic: Traffic::Exchange(ServerMode::Echo),
     },
+    Scenario {
+        name: "rp-filter",
+        description: "a multi-homed server (eth0 192.0.2.2, eth1 203.0.113.2) with strict rp_filter gets datagrams to 192.0.2.2:5012 on eth0 from 203.0.113.1, whose route back leaves through eth1",
+        diagnosis: "IP_RPFILTER drops on eth0 in the server namespace before UDP sees them: the server socket receives nothing and the client sees no error; fix: rp_filter=2 (loose) or routes that make the path symmetric",
+        expected: &["rp_filter_drop"],
+        topology: Topology::MultiHomed,
+        ipv6: false,
+        port: 5012,
+        bind_specific: true,
+        traffic: Traffic::Exchange(ServerMode::Echo),
+    },
+    Scenario {
+        name: "bad-checksum",
+        description: "a sender writes UDP datagrams to 192.0.2.2:5013 with a wrong checksum (a raw socket, as a broken offload or a middlebox rewriting the payload would leave them)",
+        diagnosis: "UDP_CSUM drops in __udp4_lib_rcv in the server namespace (Udp InCsumErrors grows), no ICMP error back: the datagram is discarded before the port is looked at",
+        expected: &["checksum_error"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5013,
+        bind_specific: false,
+        traffic: Traffic::BadChecksum,
+    },
 ];
 
 /// Every scenario, in `udptrace lab list` order.
@@ -392,6 +420,8 @@ struct Built {
     middle: Vec<Netns>,
     proxy: Option<ProxyPlan>,
     reply_netns: &'static str,
+    /// Where the client binds, when not the wildcard address.
+    client_source: Option<SocketAddr>,
 }
 
 impl Scenario {
@@ -429,6 +459,7 @@ impl Scenario {
             Topology::DockerHost => self.docker_host(),
             Topology::DindNat => self.dind_nat(),
             Topology::DindProxy => self.dind_proxy(),
+            Topology::MultiHomed => self.multi_homed(),
         }
         .with_context(|| format!("setting up lab {}", self.name))?;
         let wildcard = if self.ipv6 { "[::]" } else { "0.0.0.0" };
@@ -449,7 +480,9 @@ impl Scenario {
             server: built.server,
             target: built.target,
             bind,
-            client_bind: address(if self.ipv6 { "[::]:0" } else { "0.0.0.0:0" }),
+            client_bind: built
+                .client_source
+                .unwrap_or_else(|| address(if self.ipv6 { "[::]:0" } else { "0.0.0.0:0" })),
             middle: built.middle,
             proxy: built.proxy,
             reply_netns: built.reply_netns,
@@ -480,6 +513,47 @@ impl Scenario {
             middle: Vec::new(),
             proxy: None,
             reply_netns: "client",
+            client_source: None,
+        })
+    }
+
+    fn multi_homed(&self) -> anyhow::Result<Built> {
+        let client = Netns::create("client")?;
+        let server = Netns::create("server")?;
+        let other = Netns::create("other")?;
+        veth(&client, "eth0", &server, "eth0")?;
+        veth(&server, "eth1", &other, "eth0")?;
+        client.addr("eth0", "192.0.2.1/24")?;
+        // The client's second address: its datagrams from it still leave through eth0.
+        client.addr("eth0", "203.0.113.1/32")?;
+        // ARP for the server from 192.0.2.1, not from the datagram's source: the server's
+        // reverse-path check applies to ARP requests too (net/ipv4/arp.c `arp_process` routes
+        // them as input), and would leave 192.0.2.2 unresolved instead of showing the drop.
+        for key in [
+            "net.ipv4.conf.all.arp_announce",
+            "net.ipv4.conf.eth0.arp_announce",
+        ] {
+            client.sysctl(key, "2")?;
+        }
+        server.addr("eth0", "192.0.2.2/24")?;
+        server.addr("eth1", "203.0.113.2/24")?;
+        other.addr("eth0", "203.0.113.9/24")?;
+        // Strict mode (RFC 3704): the kernel uses the larger of `all` and the device's value
+        // (net/ipv4/fib_frontend.c `fib_validate_source` via IN_DEV_RPFILTER).
+        for key in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.eth0.rp_filter",
+        ] {
+            server.sysctl(key, "1")?;
+        }
+        Ok(Built {
+            client,
+            server,
+            target: address(&format!("192.0.2.2:{}", self.port)),
+            middle: vec![other],
+            proxy: None,
+            reply_netns: "client",
+            client_source: Some(address("203.0.113.1:0")),
         })
     }
 
@@ -514,6 +588,7 @@ impl Scenario {
             middle: Vec::new(),
             proxy: None,
             reply_netns: "container",
+            client_source: None,
         })
     }
 
@@ -575,6 +650,7 @@ impl Scenario {
             middle: vec![host, dind2],
             proxy: None,
             reply_netns: "dind2",
+            client_source: None,
         })
     }
 
@@ -602,6 +678,7 @@ impl Scenario {
                 backend: address(&format!("192.0.2.2:{}", self.port)),
             }),
             reply_netns: "dind2",
+            client_source: None,
         })
     }
 
@@ -624,6 +701,7 @@ impl Scenario {
             // Two datagrams: ICMP errors are not rate limited in the server namespace, so
             // each gets its ECONNREFUSED.
             Traffic::ClosedPort => run_client(&lab.client, &client(2, 50, 300))?,
+            Traffic::BadChecksum => send_with_bad_checksum(&lab.client, lab.target, 2)?,
             Traffic::Firewalled => {
                 let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(2, 50, 300))?;

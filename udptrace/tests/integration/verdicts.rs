@@ -89,6 +89,25 @@ fn every_scenario_yields_exactly_its_verdicts() {
                 "names the owner: {summary}"
             );
         }
+        if scenario.name == "rp-filter" {
+            // Every datagram died before UDP saw it, on the device it arrived at.
+            let verdict = &verdicts(&records)[0];
+            assert_eq!(verdict["count"], outcome.client.sent as u64, "{verdict:#}");
+            assert_eq!(outcome.server.as_ref().map(|s| s.received), Some(0));
+            let summary = verdict["summary"].as_str().unwrap();
+            assert!(summary.contains("on eth0"), "{summary}");
+            assert!(summary.contains("route back to 203.0.113.1"), "{summary}");
+        }
+        if scenario.name == "bad-checksum" {
+            let verdict = &verdicts(&records)[0];
+            let csum_errors = outcome.delta("server", "InCsumErrors").unwrap();
+            assert_eq!(csum_errors, outcome.client.sent as u64);
+            assert_eq!(verdict["count"], csum_errors, "counts match the kernel's");
+            assert!(
+                events(&records, "icmp").is_empty(),
+                "a corrupted datagram gets no ICMP error"
+            );
+        }
     }
 }
 
