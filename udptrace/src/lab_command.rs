@@ -14,8 +14,13 @@ use crate::{
 
 /// The output chosen on the command line; text is coloured only on a terminal without NO_COLOR.
 pub fn output_for(args: &OutputArgs) -> Box<dyn Output> {
+    stdout_output(args.json)
+}
+
+/// NDJSON or text on standard output.
+pub fn stdout_output(json: bool) -> Box<dyn Output> {
     let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout());
-    if args.json {
+    if json {
         Box::new(JsonOutput::new(stdout))
     } else {
         let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -72,6 +77,7 @@ async fn run_scenario(
             filter: vec!["port".into(), scenario.port().to_string()],
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
+            record: output.record.clone(),
             ..TraceConfig::default()
         })?)
     } else {

@@ -7,7 +7,7 @@ pub mod wire;
 
 use std::io;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Totals at exit (and the numbers behind the status line).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// UDP occurrences the kernel programs examined.
     pub seen: u64,
