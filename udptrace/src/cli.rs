@@ -41,6 +41,15 @@ pub enum Command {
         #[command(subcommand)]
         command: LabCommand,
     },
+    /// Show a recording (`-o FILE`) as the live run showed it: events, verdicts, flows,
+    /// rebuilt offline by the same rules.
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// NDJSON output, one object per line (schema: docs/json-schema.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the shell completion script for SHELL (e.g. `udptrace completions bash >
     /// /etc/bash_completion.d/udptrace`).
     Completions {
@@ -86,6 +95,10 @@ pub struct OutputArgs {
     /// Ring buffer size in bytes (power of two, at least one page).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
+    /// Also record the run into FILE (NDJSON with what the verdicts were based on), for
+    /// `udptrace replay FILE`; the output above stays as chosen.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

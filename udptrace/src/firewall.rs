@@ -10,7 +10,7 @@
 
 use std::{fs::File, io, os::fd::AsRawFd as _, process::Command};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `nft -a list ruleset` run inside the network namespace `netns` refers to.
 pub fn ruleset_in(netns: &File) -> io::Result<String> {
@@ -31,7 +31,7 @@ pub fn ruleset_in(netns: &File) -> io::Result<String> {
 }
 
 /// An nftables rule, where it sits.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallRule {
     /// `FAMILY NAME`, e.g. `inet filter`.
     pub table: String,

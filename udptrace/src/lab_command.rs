@@ -61,6 +61,7 @@ async fn run_scenario(
             filter: vec!["port".into(), scenario.port().to_string()],
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
+            record: output.record.clone(),
             ..TraceConfig::default()
         })?)
     } else {

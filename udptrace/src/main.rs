@@ -31,6 +31,7 @@ async fn main() -> ExitCode {
             ));
             return ExitCode::FAILURE;
         }
+        Some(Command::Replay { file, json }) => replay(&file, json),
         Some(Command::Completions { shell }) => {
             print_stdout(&manual::completions(shell)).context("writing the completions")
         }
@@ -89,6 +90,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
             })
             .transpose()?,
         diagnose_only: false,
+        record: args.output.record.clone(),
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(args.output.json);
@@ -97,5 +99,20 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
     tracer
         .run(output.as_mut(), signals.or_stdout_closed())
         .await?;
+    Ok(())
+}
+
+/// `udptrace replay FILE`: what the recording's run showed, rebuilt offline.
+fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let input = std::fs::File::open(file).with_context(|| format!("replay {}", file.display()))?;
+    let mut output = output_for(json);
+    let replayed = udptrace::replay::replay(std::io::BufReader::new(input), output.as_mut())
+        .with_context(|| format!("replay {}", file.display()))?;
+    if replayed.mismatches > 0 {
+        note(format_args!(
+            "udptrace: {} answers of the recording did not fit this build's rules (recorded by another version?): verdicts may differ from the live run's",
+            replayed.mismatches
+        ));
+    }
     Ok(())
 }

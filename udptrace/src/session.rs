@@ -5,6 +5,7 @@ use std::{
     cell::RefCell,
     future::Future,
     net::SocketAddr,
+    path::PathBuf,
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -34,6 +35,7 @@ use crate::{
     namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
+    recording::{Header, RECORDING_VERSION, Recorded, Recording, SharedRecording},
     render::{Output, Stats, Status},
     reorder::{REORDER_WINDOW, Reorder},
     stream::{CounterValues, Counters, EventRing, FlowCounts, KernelCounts},
@@ -63,6 +65,8 @@ pub struct TraceConfig {
     pub duration: Option<Duration>,
     /// `doctor`: attach what can be attached and report, even without a core hook.
     pub diagnose_only: bool,
+    /// `-o FILE`: record the run for `udptrace replay`.
+    pub record: Option<PathBuf>,
 }
 
 /// A loaded and attached tracer; dropping it detaches every program.
@@ -82,6 +86,8 @@ pub struct Tracer {
     diagnosis: Diagnosis,
     /// Shared with the diagnosis' socket and rule listers.
     namespaces: Rc<RefCell<Namespaces>>,
+    /// `-o FILE`, shared with the listers, which record what they answered.
+    recording: Option<SharedRecording>,
 }
 
 /// Tells the programs which hooks attached where that changes what another hook reports.
@@ -155,12 +161,29 @@ impl Tracer {
         let namespaces = Rc::new(RefCell::new(Namespaces::new(Rc::clone(
             &knowledge.processes,
         ))));
-        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces)))
-            .with_rules(rule_lister(Rc::clone(&namespaces)))
-            .with_max_flows(config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS));
+        let max_flows = config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
+        let recording = config
+            .record
+            .as_deref()
+            .map(|path| {
+                Recording::create(
+                    path,
+                    &Header {
+                        version: RECORDING_VERSION,
+                        filter: filter.expression.clone(),
+                        max_flows,
+                    },
+                )
+                .with_context(|| format!("-o {}", path.display()))
+            })
+            .transpose()?;
+        let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces), recording.clone()))
+            .with_rules(rule_lister(Rc::clone(&namespaces), recording.clone()))
+            .with_max_flows(max_flows);
         Ok(Self {
             diagnosis,
             namespaces,
+            recording,
             _ebpf: ebpf,
             probes,
             filter,
@@ -181,6 +204,14 @@ impl Tracer {
         output: &mut dyn Output,
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<Stats> {
+        let mut recorded;
+        let output: &mut dyn Output = match &self.recording {
+            Some(recording) => {
+                recorded = Recorded::new(output, Rc::clone(recording));
+                &mut recorded
+            }
+            None => output,
+        };
         output
             .ready(&self.filter.expression, &self.probes)
             .context(WRITING)?;
@@ -280,11 +311,19 @@ impl Tracer {
     fn count_in_kernel(&mut self, counts: KernelCounts) {
         for (key, count) in counts.flows {
             if let Some((flow, tally)) = self.tally(&key) {
+                if let Some(recording) = &self.recording {
+                    recording
+                        .borrow_mut()
+                        .kernel_count(Some(flow), &tally, count);
+                }
                 self.diagnosis.count_in_kernel(flow, tally, count);
             }
         }
         for (key, count) in counts.overflow {
             if let Some((_, tally)) = self.tally(&key) {
+                if let Some(recording) = &self.recording {
+                    recording.borrow_mut().kernel_count(None, &tally, count);
+                }
                 self.diagnosis.flows.add_other(&tally, count);
             }
         }
@@ -373,21 +412,35 @@ impl Tracer {
 }
 
 /// Lists a namespace's UDP sockets with their owners, for verdicts.
-fn socket_lister(namespaces: Rc<RefCell<Namespaces>>) -> SocketLister {
+fn socket_lister(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> SocketLister {
     Box::new(move |event| {
-        namespaces
+        let sockets = namespaces
             .borrow_mut()
-            .sockets(event.netns, event.ts_ns, monotonic_ns())
+            .sockets(event.netns, event.ts_ns, monotonic_ns());
+        if let Some(recording) = &recording {
+            recording.borrow_mut().sockets(event, sockets.as_ref());
+        }
+        sockets
     })
 }
 
 /// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
-fn rule_lister(namespaces: Rc<RefCell<Namespaces>>) -> RuleLister {
+fn rule_lister(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> RuleLister {
     Box::new(move |event| {
-        let ruleset = namespaces
+        let rules = namespaces
             .borrow_mut()
-            .ruleset(event.netns, event.ts_ns, monotonic_ns())?;
-        Some(parse_ruleset(&ruleset, event.dport))
+            .ruleset(event.netns, event.ts_ns, monotonic_ns())
+            .map(|ruleset| parse_ruleset(&ruleset, event.dport));
+        if let Some(recording) = &recording {
+            recording.borrow_mut().rules(event, rules.as_deref());
+        }
+        rules
     })
 }
 

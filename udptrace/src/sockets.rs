@@ -25,7 +25,7 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
 use netlink_sys::{Socket, protocols::NETLINK_SOCK_DIAG};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Process;
 
@@ -48,7 +48,7 @@ pub enum Mismatch {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UdpSocketEntry {
     pub local: SocketAddr,
     /// Connected peer, or `None` for an unconnected socket.

@@ -63,6 +63,9 @@ enum Task {
         #[arg(long)]
         check: bool,
     },
+    /// Record every lab scenario, traced, into udptrace/tests/recordings/ (the golden tests'
+    /// fixtures: `udptrace replay` must rebuild each run's verdicts and flows from them).
+    Recordings,
     /// Measure udptrace's overhead against no tracer, bpftrace and tcpdump; writes
     /// bench/results.md.
     Bench,
@@ -106,6 +109,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Run { args } => run_udptrace(&root, args),
         Task::Test { args } => test(&root, &args),
         Task::Bench => bench(&root),
+        Task::Recordings => recordings(&root),
         Task::Dist { check } => {
             if check {
                 Privilege::acquire(ROOT_REASON)?;
@@ -274,6 +278,36 @@ fn run_as_root(cargo: &mut Command, privilege: Privilege) {
     if privilege == Privilege::Sudo {
         cargo.args(["--config", r#"target."cfg(all())".runner = "sudo -E""#]);
     }
+}
+
+/// Where `cargo xtask recordings` writes and the golden tests (udptrace/src/replay.rs) read.
+const RECORDINGS: &str = "udptrace/tests/recordings";
+
+fn recordings(root: &Path) -> anyhow::Result<()> {
+    let privilege = Privilege::acquire(ROOT_REASON)?;
+    setup::setup(&target_dir(root), setup::PACKAGES)?;
+    build_release(root)?;
+    let binary = target_dir(root).join("release").join("udptrace");
+    let list = process::output(Command::new(&binary).args(["lab", "list"]))?;
+    // `lab list`: a scenario's name starts each unindented line.
+    let names: Vec<&str> = list
+        .lines()
+        .filter(|line| !line.starts_with(' '))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let directory = root.join(RECORDINGS);
+    std::fs::create_dir_all(&directory)?;
+    for name in names {
+        let file = directory.join(format!("{name}.ndjson"));
+        let mut command = privilege.command(&binary);
+        command
+            .args(["lab", "run", name, "--trace", "--json", "-o"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null());
+        run(&mut command)?;
+        println!("recordings: {}", file.display());
+    }
+    Ok(())
 }
 
 fn build_release(root: &Path) -> anyhow::Result<()> {

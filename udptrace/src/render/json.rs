@@ -44,6 +44,11 @@ impl<W: Write> JsonOutput<W> {
         self.out.write_all(b"\n")
     }
 
+    /// Writes one record of type `kind` (a struct serializing to a JSON object).
+    pub fn record(&mut self, kind: &str, value: &impl serde::Serialize) -> io::Result<()> {
+        self.tagged(kind, value, false)
+    }
+
     fn line(&mut self, value: &Value) -> io::Result<()> {
         writeln!(self.out, "{value}")
     }

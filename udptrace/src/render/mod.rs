@@ -9,7 +9,7 @@ pub mod wire;
 
 use std::io::{self, IsTerminal as _};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -45,7 +45,7 @@ pub enum Status {
 }
 
 /// Totals at exit (and the numbers behind the status line).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
     /// UDP occurrences the kernel programs examined.
     pub seen: u64,

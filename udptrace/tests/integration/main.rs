@@ -8,5 +8,6 @@ mod filters;
 mod hardening;
 mod path;
 mod real_tools;
+mod recordings;
 mod scale;
 mod verdicts;

@@ -1,0 +1,257 @@
+//! Recordings (`-o FILE`): the run's NDJSON records, as `--json` writes them, interleaved with
+//! everything else the diagnosis consumed, in the order it consumed it: the socket lists and
+//! firewall rules the rules asked for while judging an event (written right after that event)
+//! and the kernel's per-flow counts (written when they were added). `udptrace replay FILE`
+//! (`replay.rs`) feeds the same inputs to the same rules and gets the same flows and verdicts,
+//! with no kernel and no host. The record types are documented in docs/json-schema.md.
+
+use std::{
+    cell::RefCell,
+    fs::File,
+    io::{self, BufWriter},
+    net::SocketAddr,
+    path::Path,
+    rc::Rc,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    firewall::FirewallRule,
+    flows::{
+        table::{FlowKey, FlowTable, Tally},
+        verdict::Verdict,
+    },
+    model::{DropReason, Process, TraceEvent},
+    probes::attach::HookOutcome,
+    render::{Output, Stats, Status, json::JsonOutput},
+    sockets::{SocketList, UdpSocketEntry},
+};
+
+/// Layout version of the context records; `replay` refuses others.
+pub const RECORDING_VERSION: u32 = 1;
+
+/// The first record: what `replay` needs to set the rules up as the run had them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub version: u32,
+    pub filter: String,
+    pub max_flows: usize,
+}
+
+/// A socket list a rule asked for about an event (`None`: the namespace could not be read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketsAnswer {
+    pub netns: u32,
+    pub sockets: Option<Vec<SocketRecord>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketRecord {
+    #[serde(flatten)]
+    pub entry: UdpSocketEntry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<Process>,
+}
+
+/// The firewall rules a rule asked for about an event (`None`: none could be read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesAnswer {
+    pub netns: u32,
+    pub dport: u16,
+    pub rules: Option<Vec<FirewallRule>>,
+}
+
+/// What a kernel count adds to (`flows::table::Tally`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TallyRecord {
+    Drops(String),
+    DatagramsFrom(SocketAddr),
+}
+
+impl From<&Tally> for TallyRecord {
+    fn from(tally: &Tally) -> Self {
+        match tally {
+            Tally::Drops(reason) => Self::Drops(reason.name.clone()),
+            Tally::DatagramsFrom(endpoint) => Self::DatagramsFrom(*endpoint),
+        }
+    }
+}
+
+impl From<TallyRecord> for Tally {
+    fn from(record: TallyRecord) -> Self {
+        match record {
+            TallyRecord::Drops(name) => Self::Drops(DropReason::named(&name)),
+            TallyRecord::DatagramsFrom(endpoint) => Self::DatagramsFrom(endpoint),
+        }
+    }
+}
+
+/// The kernel counted `count` more of `tally` in the flow `a <> b` (`None`: in no flow, the
+/// kernel's flow map being full: "other flows").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCount {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub a: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b: Option<SocketAddr>,
+    pub tally: TallyRecord,
+    pub count: u64,
+}
+
+impl KernelCount {
+    pub fn flow(&self) -> Option<FlowKey> {
+        Some(FlowKey::new(self.a?, self.b?))
+    }
+}
+
+/// The file being recorded: the JSON output on it, and the context records written beside.
+pub struct Recording {
+    json: JsonOutput<BufWriter<File>>,
+    /// The first failed write of a context record, reported by the next output call (the
+    /// rules that asked cannot fail).
+    error: Option<io::Error>,
+}
+
+/// Shared between the output (events, verdicts, summary) and the session's listers and
+/// kernel counts.
+pub type SharedRecording = Rc<RefCell<Recording>>;
+
+impl Recording {
+    /// Creates `path` (replacing it) and writes the header.
+    pub fn create(path: &Path, header: &Header) -> io::Result<SharedRecording> {
+        let file = File::create(path)?;
+        let mut recording = Self {
+            json: JsonOutput::new(BufWriter::with_capacity(1 << 16, file)),
+            error: None,
+        };
+        recording.json.record("recording", header)?;
+        Ok(Rc::new(RefCell::new(recording)))
+    }
+
+    fn context(&mut self, kind: &str, value: &impl Serialize) {
+        if self.error.is_none()
+            && let Err(error) = self.json.record(kind, value)
+        {
+            self.error = Some(error);
+        }
+    }
+
+    fn take_error(&mut self) -> io::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+
+    /// The socket list the rules got about `event`.
+    pub fn sockets(&mut self, event: &TraceEvent, answer: Option<&SocketList>) {
+        let sockets = answer.map(|list| {
+            list.iter()
+                .map(|(entry, owner)| SocketRecord {
+                    entry: entry.clone(),
+                    owner: owner.clone(),
+                })
+                .collect()
+        });
+        self.context(
+            "sockets",
+            &SocketsAnswer {
+                netns: event.netns,
+                sockets,
+            },
+        );
+    }
+
+    /// The firewall rules the rules got about `event`.
+    pub fn rules(&mut self, event: &TraceEvent, answer: Option<&[FirewallRule]>) {
+        self.context(
+            "rules",
+            &RulesAnswer {
+                netns: event.netns,
+                dport: event.dport,
+                rules: answer.map(<[FirewallRule]>::to_vec),
+            },
+        );
+    }
+
+    /// A kernel count added to `flow` (`None`: to the other flows).
+    pub fn kernel_count(&mut self, flow: Option<FlowKey>, tally: &Tally, count: u64) {
+        self.context(
+            "kernel_count",
+            &KernelCount {
+                a: flow.map(|key| key.a),
+                b: flow.map(|key| key.b),
+                tally: tally.into(),
+                count,
+            },
+        );
+    }
+}
+
+impl SocketRecord {
+    /// Back into the socket list the rules read.
+    pub fn list(records: Vec<Self>) -> SocketList {
+        records
+            .into_iter()
+            .map(|record| (record.entry, record.owner))
+            .collect()
+    }
+}
+
+/// The user's output, and the same records into the recording.
+pub struct Recorded<'a> {
+    output: &'a mut dyn Output,
+    recording: SharedRecording,
+}
+
+impl<'a> Recorded<'a> {
+    pub fn new(output: &'a mut dyn Output, recording: SharedRecording) -> Self {
+        Self { output, recording }
+    }
+
+    /// Writes to the recording too, first reporting a context record that failed.
+    fn both(&mut self, mut write: impl FnMut(&mut dyn Output) -> io::Result<()>) -> io::Result<()> {
+        write(self.output)?;
+        let mut recording = self.recording.borrow_mut();
+        recording.take_error()?;
+        write(&mut recording.json)
+    }
+}
+
+impl Output for Recorded<'_> {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
+        self.both(|output| output.ready(filter, probes))
+    }
+
+    fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
+        self.both(|output| output.event(event))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.both(|output| output.flush())
+    }
+
+    fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
+        self.both(|output| output.lost(lost, total))
+    }
+
+    fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()> {
+        self.both(|output| output.sampled(sampled, total))
+    }
+
+    fn status(&mut self, status: &Status) -> io::Result<()> {
+        self.both(|output| output.status(status))
+    }
+
+    fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
+        self.both(|output| output.verdict(verdict))
+    }
+
+    fn summary(
+        &mut self,
+        flows: &FlowTable,
+        verdicts: &[Verdict],
+        stats: &Stats,
+    ) -> io::Result<()> {
+        self.both(|output| output.summary(flows, verdicts, stats))
+    }
+}

@@ -1,0 +1,338 @@
+//! `udptrace replay FILE`: a recording (`-o FILE`, `recording.rs`) through the same rules and
+//! outputs as a live run, with no kernel: the events in their recorded order, the socket lists
+//! and firewall rules the rules got then, and the kernel's counts where they came. Verdicts
+//! settle on the events' kernel time, so a replay is deterministic; its final verdicts and
+//! flows are the live run's (the golden tests check that on recordings of every lab scenario).
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::VecDeque,
+    io::BufRead,
+    rc::Rc,
+};
+
+use anyhow::{Context as _, bail};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{
+    firewall::FirewallRule,
+    flows::{
+        diagnosis::Diagnosis,
+        rule::{RuleLister, SocketLister},
+        table::DEFAULT_MAX_FLOWS,
+    },
+    model::TraceEvent,
+    recording::{Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketRecord, SocketsAnswer},
+    render::{Output, Stats},
+    sockets::SocketList,
+};
+
+/// An answer the live run's rules got, waiting for the question in the replay.
+enum Answer {
+    Sockets(SocketsAnswer),
+    Rules(RulesAnswer),
+}
+
+/// One record of a recording.
+enum Record {
+    Header(Header),
+    Event(Box<TraceEvent>),
+    Answer(Answer),
+    KernelCount(KernelCount),
+    Stats(Box<Stats>),
+    /// What the live run wrote that a replay writes again itself (verdicts, flows, ...).
+    Output,
+}
+
+/// What the replay's rules asked that the recording has no answer for: the rules changed
+/// since it was made (the answers are taken in order, so a mismatch is reported, not hidden).
+#[derive(Default)]
+struct Mismatches {
+    unanswered: Cell<u64>,
+    /// Answers to a question about another namespace, or of another kind, than asked.
+    misplaced: Cell<u64>,
+}
+
+/// The outcome of a replay, for its caller and the golden tests.
+pub struct Replayed {
+    pub diagnosis: Diagnosis,
+    pub stats: Stats,
+    /// Recorded answers left unused plus questions left unanswered: 0 when the recording and
+    /// this build's rules agree.
+    pub mismatches: u64,
+}
+
+/// Replays the recording in `input` into `output` (events, verdicts as they settle, summary).
+pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Replayed> {
+    let mut lines = input.lines().enumerate();
+    let header = match lines.next() {
+        Some((_, line)) => match parse(&line?) {
+            Ok(Record::Header(header)) => header,
+            Ok(_) => {
+                bail!("not a udptrace recording: it does not start with a `recording` record")
+            }
+            Err(error) => return Err(error.context("not a udptrace recording: line 1")),
+        },
+        None => bail!("the recording is empty"),
+    };
+    if header.version != RECORDING_VERSION {
+        bail!(
+            "recording version {} (this udptrace reads version {RECORDING_VERSION})",
+            header.version
+        );
+    }
+    let answers = Rc::new(RefCell::new(VecDeque::new()));
+    let mismatches = Rc::new(Mismatches::default());
+    let mut diagnosis = Diagnosis::new(socket_answers(&answers, &mismatches))
+        .with_rules(rule_answers(&answers, &mismatches))
+        .with_max_flows(if header.max_flows == 0 {
+            DEFAULT_MAX_FLOWS
+        } else {
+            header.max_flows
+        });
+    let mut stats = None;
+    let mut events = 0;
+    // Answers follow the event whose judgement asked for them: read them before judging it.
+    let mut next = lines.next();
+    while let Some((index, line)) = next.take() {
+        let record = parse(&line?).with_context(|| format!("line {}", index + 1))?;
+        next = lines.next();
+        match record {
+            Record::Header(_) => bail!("line {}: a second `recording` record", index + 1),
+            Record::Event(event) => {
+                while let Some((answer_index, answer_line)) = next.take() {
+                    let answer_line = answer_line?;
+                    if let Record::Answer(answer) =
+                        parse(&answer_line).with_context(|| format!("line {}", answer_index + 1))?
+                    {
+                        answers.borrow_mut().push_back(answer);
+                        next = lines.next();
+                    } else {
+                        next = Some((answer_index, Ok(answer_line)));
+                        break;
+                    }
+                }
+                output.event(&event)?;
+                events += 1;
+                diagnosis.observe(&event);
+                let unused = answers.borrow_mut().drain(..).count() as u64;
+                mismatches
+                    .misplaced
+                    .set(mismatches.misplaced.get() + unused);
+                for verdict in diagnosis.ready(event.ts_ns, false) {
+                    output.verdict(&verdict)?;
+                }
+            }
+            Record::Answer(_) => {
+                mismatches.misplaced.set(mismatches.misplaced.get() + 1);
+            }
+            Record::KernelCount(count) => {
+                let tally = count.tally.clone().into();
+                match count.flow() {
+                    Some(flow) => diagnosis.count_in_kernel(flow, tally, count.count),
+                    None => diagnosis.flows.add_other(&tally, count.count),
+                }
+            }
+            Record::Stats(recorded) => stats = Some(*recorded),
+            Record::Output => {}
+        }
+    }
+    output.flush()?;
+    for verdict in diagnosis.ready(u64::MAX, true) {
+        output.verdict(&verdict)?;
+    }
+    // The kernel's totals are the live run's; what this replay showed is its own.
+    let mut stats = stats.unwrap_or_default();
+    stats.events = events;
+    stats.flows_evicted = diagnosis.flows.other().flows_evicted;
+    stats.verdicts_not_opened = diagnosis.not_opened();
+    output.summary(&diagnosis.flows, diagnosis.verdicts(), &stats)?;
+    Ok(Replayed {
+        diagnosis,
+        stats,
+        mismatches: mismatches.unanswered.get() + mismatches.misplaced.get(),
+    })
+}
+
+fn parse(line: &str) -> anyhow::Result<Record> {
+    let value: Value = serde_json::from_str(line).context("not a JSON record")?;
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .context("a record without a `type`")?;
+    Ok(match kind {
+        "recording" => Record::Header(typed(value)?),
+        "event" => Record::Event(Box::new(typed(value)?)),
+        "sockets" => Record::Answer(Answer::Sockets(typed(value)?)),
+        "rules" => Record::Answer(Answer::Rules(typed(value)?)),
+        "kernel_count" => Record::KernelCount(typed(value)?),
+        "stats" => Record::Stats(Box::new(typed(value)?)),
+        _ => Record::Output,
+    })
+}
+
+fn typed<T: DeserializeOwned>(value: Value) -> anyhow::Result<T> {
+    let kind = value["type"].as_str().unwrap_or_default().to_owned();
+    serde_json::from_value(value).with_context(|| format!("a malformed `{kind}` record"))
+}
+
+/// The next recorded answer, if it is the one asked for (`matches`).
+fn take_answer<T>(
+    answers: &RefCell<VecDeque<Answer>>,
+    mismatches: &Mismatches,
+    matches: impl FnOnce(Answer) -> Result<T, Answer>,
+) -> Option<T> {
+    let Some(answer) = answers.borrow_mut().pop_front() else {
+        mismatches.unanswered.set(mismatches.unanswered.get() + 1);
+        return None;
+    };
+    match matches(answer) {
+        Ok(answer) => Some(answer),
+        Err(other) => {
+            // Put it back for the question it answers; this one stays unanswered.
+            answers.borrow_mut().push_front(other);
+            mismatches.unanswered.set(mismatches.unanswered.get() + 1);
+            None
+        }
+    }
+}
+
+fn socket_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> SocketLister {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<SocketList> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::Sockets(sockets) if sockets.netns == event.netns => Ok(sockets),
+            other => Err(other),
+        })?
+        .sockets
+        .map(SocketRecord::list)
+    })
+}
+
+fn rule_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> RuleLister {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<Vec<FirewallRule>> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::Rules(rules) if rules.netns == event.netns && rules.dport == event.dport => {
+                Ok(rules)
+            }
+            other => Err(other),
+        })?
+        .rules
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, path::PathBuf};
+
+    use super::*;
+    use crate::{lab::scenarios::SCENARIOS, render::json::JsonOutput};
+
+    /// `cargo xtask recordings` writes one per lab scenario (a real traced run each).
+    fn recordings() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/recordings")
+    }
+
+    /// The final verdicts and the flows of a run, as JSON records.
+    fn final_records(ndjson: &[u8]) -> (Vec<Value>, Vec<Value>) {
+        let records: Vec<Value> = ndjson
+            .split(|&byte| byte == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| serde_json::from_slice(line).unwrap())
+            .collect();
+        let of = |kind: &str| -> Vec<Value> {
+            records
+                .iter()
+                .filter(|record| {
+                    record["type"] == kind && (kind != "verdict" || record["final"] == true)
+                })
+                .cloned()
+                .collect()
+        };
+        (of("verdict"), of("flow"))
+    }
+
+    #[test]
+    fn every_recorded_lab_run_replays_to_its_verdicts_and_flows() {
+        let mut codes = BTreeSet::new();
+        for scenario in SCENARIOS {
+            let path = recordings().join(format!("{}.ndjson", scenario.name));
+            let recorded =
+                std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            let mut replayed = Vec::new();
+            let outcome = replay(recorded.as_slice(), &mut JsonOutput::new(&mut replayed))
+                .unwrap_or_else(|error| panic!("{}: {error:#}", scenario.name));
+            assert_eq!(outcome.mismatches, 0, "{}", scenario.name);
+            let (live_verdicts, live_flows) = final_records(&recorded);
+            let (verdicts, flows) = final_records(&replayed);
+            assert_eq!(verdicts, live_verdicts, "{}: verdicts", scenario.name);
+            assert_eq!(flows, live_flows, "{}: flows", scenario.name);
+            let found: BTreeSet<&str> = verdicts
+                .iter()
+                .filter_map(|verdict| verdict["code"].as_str())
+                .collect();
+            let expected: BTreeSet<&str> = scenario.expected.iter().copied().collect();
+            assert_eq!(found, expected, "{}", scenario.name);
+            codes.extend(expected);
+        }
+        let documented = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/verdicts.md"),
+        )
+        .unwrap();
+        for line in documented.lines().filter(|line| line.starts_with("| `")) {
+            let code = line.split('`').nth(1).unwrap();
+            assert!(codes.contains(code), "no recording shows verdict {code}");
+        }
+    }
+
+    #[test]
+    fn answers_that_do_not_fit_the_rules_are_counted() {
+        let path = recordings().join("nc-connect-pinning.ndjson");
+        let recorded = std::fs::read_to_string(&path).unwrap();
+        // Without its socket list, the connected-socket rule asks and gets no answer.
+        let without: String = recorded
+            .lines()
+            .filter(|line| !line.starts_with(r#"{"type":"sockets""#))
+            .flat_map(|line| [line, "\n"])
+            .collect();
+        assert_ne!(
+            without.len(),
+            recorded.len(),
+            "the recording has a socket list"
+        );
+        let mut sink = Vec::new();
+        let outcome = replay(without.as_bytes(), &mut JsonOutput::new(&mut sink)).unwrap();
+        assert!(outcome.mismatches > 0);
+    }
+
+    #[test]
+    fn foreign_files_are_refused_with_a_reason() {
+        let mut sink = Vec::new();
+        let mut output = JsonOutput::new(&mut sink);
+        let mut error = |input: &str| {
+            replay(input.as_bytes(), &mut output)
+                .err()
+                .map(|e| format!("{e:#}"))
+        };
+        assert_eq!(error(""), Some("the recording is empty".into()));
+        assert!(
+            error("{\"type\":\"event\"}\n")
+                .unwrap()
+                .contains("not a udptrace recording")
+        );
+        assert!(error("not json\n").unwrap().contains("not a JSON record"));
+        assert!(
+            error("{\"type\":\"recording\",\"version\":99,\"filter\":\"\",\"max_flows\":1}\n")
+                .unwrap()
+                .contains("recording version 99")
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! `-o FILE` and `udptrace replay FILE`: a live run, recorded, replays to the verdicts and
+//! flows it showed (with socket lists and kernel counts: the rcvbuf-overflow storm is sampled,
+//! so its counts come from the kernel).
+
+use std::{path::PathBuf, process::Command};
+
+use serde_json::Value;
+
+use crate::{common::verdicts, drops::traced};
+
+/// Removes the recording however the test ends.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn finals(records: &[Value]) -> (Vec<Value>, Vec<Value>) {
+    let flows = records
+        .iter()
+        .filter(|record| record["type"] == "flow")
+        .cloned()
+        .collect();
+    let verdicts = verdicts(records)
+        .into_iter()
+        .filter(|verdict| verdict["final"] == true)
+        .cloned()
+        .collect();
+    (verdicts, flows)
+}
+
+#[test]
+fn recorded_runs_replay_to_the_verdicts_and_flows_they_showed() {
+    for scenario in ["nc-connect-pinning", "rcvbuf-overflow"] {
+        let file = TempFile(std::env::temp_dir().join(format!(
+            "udptrace-recording-{}-{scenario}.ndjson",
+            std::process::id()
+        )));
+        let path = file.0.to_str().unwrap();
+        let (_lab, _outcome, live) = traced(scenario, &["-o", path]);
+        let (live_verdicts, live_flows) = finals(&live);
+        assert!(!live_verdicts.is_empty(), "{scenario}: {live:#?}");
+        let replay = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+            .args(["replay", path, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            replay.status.success() && replay.stderr.is_empty(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&replay.stderr)
+        );
+        let replayed: Vec<Value> = String::from_utf8(replay.stdout)
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let (verdicts, flows) = finals(&replayed);
+        assert_eq!(verdicts, live_verdicts, "{scenario}");
+        assert_eq!(flows, live_flows, "{scenario}");
+        // The live run's events, in its order.
+        let events = |records: &[Value]| -> Vec<Value> {
+            records
+                .iter()
+                .filter(|record| record["type"] == "event")
+                .cloned()
+                .collect()
+        };
+        assert_eq!(events(&replayed), events(&live), "{scenario}");
+        let text = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+            .args(["replay", path])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&text.stdout);
+        for verdict in &live_verdicts {
+            let code = verdict["code"].as_str().unwrap();
+            assert!(
+                text.contains(&format!("VERDICT {code} (")),
+                "{scenario}: {text}"
+            );
+        }
+    }
+}
