@@ -43,7 +43,8 @@ const WRITING: &str = "writing the output";
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The eBPF object built by build.rs from `udptrace-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udptrace"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udptrace"));
 
 /// What to trace and how.
 #[derive(Clone, Debug, Default)]
