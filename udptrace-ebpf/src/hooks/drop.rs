@@ -46,7 +46,7 @@ pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
 pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     // skbaddr and location are pointers, reason an enum (4 bytes).
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb, [8, 8, 4]).and_then(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb).and_then(
             |[skb, location, reason]| on_drop(skb, location, reason as u32, Mechanism::Tracepoint),
         ),
     )

@@ -54,7 +54,7 @@ pub fn icmp_send_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "icmp", name = "icmp_send")]
 pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::IcmpSend, [8, 4, 4]).and_then(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::IcmpSend).and_then(
             |[skb, icmp_type, code]| {
                 on_icmp_send(skb, icmp_type as i32, code as i32, Mechanism::Tracepoint)
             },

@@ -52,12 +52,8 @@ pub fn dev_queue_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "net", name = "net_dev_queue")]
 pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::NetDevQueue,
-            [8, 0, 0],
-        )
-        .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetDevQueue)
+            .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
     )
 }
 
@@ -95,12 +91,8 @@ pub fn receive_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "net", name = "netif_receive_skb")]
 pub fn receive_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::NetifReceiveSkb,
-            [8, 0, 0],
-        )
-        .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetifReceiveSkb)
+            .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
     )
 }
 
@@ -170,12 +162,8 @@ pub fn data_ready_kprobe(ctx: ProbeContext) -> u32 {
 #[tracepoint(category = "sock", name = "sk_data_ready")]
 pub fn data_ready_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::SkDataReady,
-            [8, 0, 0],
-        )
-        .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::SkDataReady)
+            .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
     )
 }
 
@@ -237,12 +225,7 @@ pub fn consume_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "skb", name = "consume_skb")]
 pub fn consume_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::ConsumeSkb,
-            [8, 0, 0],
-        )
-        .map(|[skb, _, _]| {
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::ConsumeSkb).map(|[skb, _, _]| {
             on_consume(skb);
         }),
     )

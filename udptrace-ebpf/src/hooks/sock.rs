@@ -376,7 +376,7 @@ fn classic_result(
     tracepoint: ClassicTracepoint,
     kind: EventKind,
 ) -> Result<(), ReadError> {
-    let [sk, ret, _flags] = classic_args(ctx.as_ptr() as u64, tracepoint, [8, 4, 4])?;
+    let [sk, ret, _flags] = classic_args(ctx.as_ptr() as u64, tracepoint)?;
     on_result(sk, ret as i32, kind, Mechanism::Tracepoint)
 }
 
