@@ -9,11 +9,11 @@
 /// (and count a read error) instead of reading garbage.
 pub const OFFSET_MISSING: u32 = u32::MAX;
 
+enum_table! {
 /// Classic tracepoints whose record fields stand in for the raw tracepoint arguments. Index
 /// into [`KernelOffsets::tracepoint_args`].
-#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClassicTracepoint {
+pub enum ClassicTracepoint: u32, from_u32 {
     /// `skb:kfree_skb`: skbaddr, location, reason.
     KfreeSkb = 0,
     /// `icmp:icmp_send`: skbaddr, type, code.
@@ -31,23 +31,13 @@ pub enum ClassicTracepoint {
     /// `sock:sk_data_ready`: skaddr.
     SkDataReady = 7,
 }
+}
 
-pub const CLASSIC_TRACEPOINT_COUNT: usize = 8;
+pub const CLASSIC_TRACEPOINT_COUNT: usize = ClassicTracepoint::COUNT;
 /// Raw tracepoint arguments mirrored per classic tracepoint, at most.
 pub const CLASSIC_TRACEPOINT_ARGS: usize = 3;
 
 impl ClassicTracepoint {
-    pub const ALL: [Self; CLASSIC_TRACEPOINT_COUNT] = [
-        Self::KfreeSkb,
-        Self::IcmpSend,
-        Self::NetDevQueue,
-        Self::SockSendLength,
-        Self::SockRecvLength,
-        Self::NetifReceiveSkb,
-        Self::ConsumeSkb,
-        Self::SkDataReady,
-    ];
-
     /// `(tracefs group, event)`.
     pub const fn event(self) -> (&'static str, &'static str) {
         match self {
