@@ -74,6 +74,11 @@ pub struct OutputArgs {
     /// Ring buffer size in bytes (power of two, at least one page).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_size)]
     pub ring_size: u32,
+    /// Print the kernel programs' diagnostics to stderr: the tuple each hook parsed and why an
+    /// event was skipped (filter, --netns/-i/--pid). For debugging udptrace; costs nothing
+    /// when off.
+    #[arg(long)]
+    pub debug_bpf: bool,
 }
 
 #[derive(Debug, Args, Clone)]

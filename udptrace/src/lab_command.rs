@@ -72,6 +72,7 @@ async fn run_scenario(
             filter: vec!["port".into(), scenario.port().to_string()],
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
+            debug_bpf: output.debug_bpf,
             ..TraceConfig::default()
         })?)
     } else {

@@ -14,11 +14,15 @@ use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
     event::{Counter, EventKind, FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND},
     filter::Selectors,
-    names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
+    names::{
+        DEBUG_BPF_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL,
+        SELECTORS_GLOBAL,
+    },
 };
 
 use crate::{
     clock::{WallClock, monotonic_ns},
+    debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames, What},
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
@@ -55,6 +59,8 @@ pub struct TraceConfig {
     pub pid: Option<u32>,
     pub probes: Option<Mechanism>,
     pub ring_size: u32,
+    /// `--debug-bpf`: the programs log to stderr (see `debug_bpf`).
+    pub debug_bpf: bool,
     /// `--max-flows`: flows kept one by one (default `DEFAULT_MAX_FLOWS`).
     pub max_flows: Option<usize>,
     pub count: Option<u64>,
@@ -78,6 +84,8 @@ pub struct Tracer {
     /// Decoded events waiting for earlier ones still on their way (see `reorder`).
     pending: Reorder<decode::TraceEvent>,
     diagnosis: Diagnosis,
+    /// `--debug-bpf`: the programs' log, printed as the ring is drained.
+    bpf_log: Option<BpfLogger>,
     /// Shared with the diagnosis' socket and rule listers.
     namespaces: Rc<RefCell<Namespaces>>,
 }
@@ -112,6 +120,7 @@ impl Tracer {
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
             .override_global(FILTER_GLOBAL, &*filter.program, true)
             .override_global(SELECTORS_GLOBAL, &selectors, true)
+            .override_global(DEBUG_BPF_GLOBAL, &u8::from(config.debug_bpf), true)
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)
             .context("loading the eBPF object")?;
@@ -147,6 +156,11 @@ impl Tracer {
             );
         }
         announce_features(&mut ebpf, &probes)?;
+        let bpf_log = if config.debug_bpf {
+            Some(debug_bpf::start(&mut ebpf)?)
+        } else {
+            None
+        };
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let flow_counts = FlowCounts::take(&mut ebpf)?;
@@ -158,6 +172,7 @@ impl Tracer {
             .with_max_flows(config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS));
         Ok(Self {
             diagnosis,
+            bpf_log,
             namespaces,
             _ebpf: ebpf,
             probes,
@@ -316,6 +331,9 @@ impl Tracer {
 
     /// Decodes what the ring holds, then shows and diagnoses the events whose turn has come.
     fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) -> anyhow::Result<()> {
+        if let Some(log) = &mut self.bpf_log {
+            log.flush();
+        }
         let knowledge = &self.knowledge;
         let clock = &self.clock;
         let pending = &mut self.pending;

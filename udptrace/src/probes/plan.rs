@@ -462,8 +462,8 @@ mod contract_tests {
         event::{COUNTER_COUNT, FlowCount, FlowCountKey},
         filter::{Filter, Selectors},
         names::{
-            COUNTERS_MAP, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP,
-            FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL,
+            COUNTERS_MAP, DEBUG_BPF_GLOBAL, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL,
+            FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL,
         },
         offsets::KernelOffsets,
     };
@@ -630,6 +630,7 @@ mod contract_tests {
             (OFFSETS_GLOBAL, size_of::<KernelOffsets>()),
             (FILTER_GLOBAL, size_of::<Filter>()),
             (SELECTORS_GLOBAL, size_of::<Selectors>()),
+            (DEBUG_BPF_GLOBAL, size_of::<u8>()),
         ] {
             match elf.symbols().find(|s| s.name() == Ok(name)) {
                 None => problems.push(format!("no global `{name}`")),
