@@ -157,6 +157,18 @@ impl Place {
     }
 }
 
+/// Where a [`Report`]'s tuple comes from. An enum rather than a closure: closures passed to
+/// `#[inline(always)]` functions are still outlined by LLVM, and became BPF subprograms on
+/// the per-packet path.
+enum Source<'a> {
+    /// The UDP datagram an skb carries.
+    Datagram(u64, Access),
+    /// The packet at an IP header; its next protocol is stored in the `u8`.
+    Packet(&'a kernel::Network, &'a mut u8),
+    /// A UDP socket's own addresses.
+    Socket(u64, Access),
+}
+
 /// The event a hook is assembling: the scratch slot leased for it (see [`Scratch`]) and what
 /// `submit` needs besides the kind. Every hook starts with one of the constructors, which
 /// lease the slot, parse the tuple the hook is about (a datagram's headers or a socket's
@@ -187,19 +199,40 @@ impl Report {
         })
     }
 
-    /// The UDP datagram `skb` carries (a BTF-typed argument of `mechanism`'s programs, read
-    /// accordingly), at the skb's device.
+    /// Leases a scratch event and fills its tuple from `source`; zeroes the detail when the
+    /// source is one to report (UDP).
     #[inline(always)]
-    pub fn datagram(skb: u64, mechanism: Mechanism) -> Result<Option<Self>, ReadError> {
-        let access = Access::of_arguments(mechanism);
-        let Some(mut report) = Self::lease(mechanism, skb, Place::Skb(skb, access)) else {
+    fn parsed(
+        mechanism: Mechanism,
+        skb: u64,
+        place: Place,
+        source: Source<'_>,
+    ) -> Result<Option<Self>, ReadError> {
+        let Some(mut report) = Self::lease(mechanism, skb, place) else {
             return Ok(None);
         };
-        if !kernel::udp_datagram(skb, access, &mut report.tuple)? {
+        let udp = match source {
+            Source::Datagram(skb, access) => kernel::udp_datagram(skb, access, &mut report.tuple)?,
+            Source::Packet(net, protocol) => {
+                *protocol = kernel::ip_udp(net, &mut report.tuple)?;
+                *protocol == IPPROTO_UDP
+            }
+            Source::Socket(sk, access) => kernel::udp_sock_tuple(sk, access, &mut report.tuple)?,
+        };
+        if !udp {
             return Ok(None);
         }
         mem::zero(&mut report.detail);
         Ok(Some(report))
+    }
+
+    /// The UDP datagram `skb` carries (an argument of `mechanism`'s programs, read
+    /// accordingly), at the skb's device.
+    #[inline(always)]
+    pub fn datagram(skb: u64, mechanism: Mechanism) -> Result<Option<Self>, ReadError> {
+        let access = Access::of_arguments(mechanism);
+        let place = Place::Skb(skb, access);
+        Self::parsed(mechanism, skb, place, Source::Datagram(skb, access))
     }
 
     /// The packet of `skb` whose IP header is `net`: its next protocol, and the report when it
@@ -210,16 +243,10 @@ impl Report {
         net: &kernel::Network,
         mechanism: Mechanism,
     ) -> Result<(u8, Option<Self>), ReadError> {
+        let mut protocol = 0;
         let place = Place::Skb(skb, Access::of_arguments(mechanism));
-        let Some(mut report) = Self::lease(mechanism, skb, place) else {
-            return Ok((0, None));
-        };
-        let protocol = kernel::ip_udp(net, &mut report.tuple)?;
-        if protocol != IPPROTO_UDP {
-            return Ok((protocol, None));
-        }
-        mem::zero(&mut report.detail);
-        Ok((protocol, Some(report)))
+        let report = Self::parsed(mechanism, skb, place, Source::Packet(net, &mut protocol))?;
+        Ok((protocol, report))
     }
 
     /// A UDP socket `sk` (an argument of `mechanism`'s programs): its own addresses as the
@@ -227,14 +254,12 @@ impl Report {
     #[inline(always)]
     pub fn socket(sk: u64, mechanism: Mechanism) -> Result<Option<Self>, ReadError> {
         let access = Access::of_arguments(mechanism);
-        let Some(mut report) = Self::lease(mechanism, 0, Place::Sock(sk, access)) else {
-            return Ok(None);
-        };
-        if !kernel::udp_sock_tuple(sk, access, &mut report.tuple)? {
-            return Ok(None);
-        }
-        mem::zero(&mut report.detail);
-        Ok(Some(report))
+        Self::parsed(
+            mechanism,
+            0,
+            Place::Sock(sk, access),
+            Source::Socket(sk, access),
+        )
     }
 
     /// An event whose tuple the hook fills itself (from a tracepoint record or function

@@ -10,9 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use udptrace::lab::netns::{Netns, veth};
-
-use crate::common::serial;
+use crate::common::{client_and_server, serial};
 
 const TRACED_PORT: u16 = 6121;
 const OTHER_PORT: u16 = 6122;
@@ -20,15 +18,7 @@ const OTHER_PORT: u16 = 6122;
 /// Traces `port TRACED_PORT` (with `--debug-bpf` when `debug`) while a client namespace sends
 /// three datagrams to a closed OTHER_PORT of a server namespace; returns udptrace's stderr.
 fn stderr_of_a_trace(debug: bool) -> String {
-    let client = Netns::create("dbgclient").unwrap();
-    let server = Netns::create("dbgserver").unwrap();
-    veth(&client, "eth0", &server, "eth0").unwrap();
-    client
-        .ip(&["addr", "add", "198.51.100.1/24", "dev", "eth0"])
-        .unwrap();
-    server
-        .ip(&["addr", "add", "198.51.100.2/24", "dev", "eth0"])
-        .unwrap();
+    let (client, _server) = client_and_server("dbg", "198.51.100");
     let _turn = serial();
     let port = TRACED_PORT.to_string();
     let mut args = vec!["--json", "--duration", "4", "port", &port];
