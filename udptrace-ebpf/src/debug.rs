@@ -24,13 +24,19 @@ fn enabled() -> bool {
     unsafe { read_volatile(&raw const DEBUG_BPF) != 0 }
 }
 
-/// Logs `what` happened to an event of `kind` (the `EventKind` number) about `tuple`.
+/// Logs `what` happened to an event of `kind` (the `EventKind` number) about `tuple`, when
+/// `--debug-bpf` is on. The test is inlined at the call site, the logging is a BPF subprogram
+/// called behind it: inlined, LLVM hoisted parts of its argument set-up above the test, onto
+/// the path every filtered-out datagram takes.
 #[inline(always)]
 pub fn tuple(what: &'static str, kind: EventKind, tuple: &Tuple) {
-    if !enabled() {
-        return;
+    if enabled() {
+        log_tuple(what, kind as u8, tuple);
     }
-    let kind = kind as u8;
+}
+
+#[inline(never)]
+fn log_tuple(what: &'static str, kind: u8, tuple: &Tuple) {
     if tuple.family == AF_INET {
         let [a, b, c, d, ..] = tuple.saddr;
         let [e, f, g, h, ..] = tuple.daddr;

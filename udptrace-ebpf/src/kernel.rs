@@ -109,8 +109,10 @@ pub fn network_header(skb: u64, access: Access) -> Result<Option<Network>, ReadE
     }))
 }
 
-/// An IPv4 header without options and the UDP header after it, read in one go.
-#[repr(C)]
+/// An IPv4 header without options and the UDP header after it, read in one go. Aligned so
+/// that the addresses, byte arrays in network-types, are copied as words (the IPv6 addresses
+/// at 8 and 24 as two u64 each), not byte by byte.
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Ipv4Udp {
     ip: Ipv4Hdr,
@@ -118,7 +120,7 @@ struct Ipv4Udp {
 }
 
 /// An IPv6 header and the UDP header after it, when no extension header comes between.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Ipv6Udp {
     ip: Ipv6Hdr,

@@ -155,10 +155,10 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let report_ref = &mut *report;
-    report_ref.detail.sock = report_ref.tuple;
-    if !kernel::udp_datagram(skb, Access::Probe, &mut report_ref.tuple)?
-        || report_ref.tuple.dport != report_ref.detail.sock.sport
+    let event = &mut *report;
+    event.detail.sock = event.tuple;
+    if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple)?
+        || event.tuple.dport != event.detail.sock.sport
     {
         // Not the datagram this CPU last received for a tracked flow: stay silent rather than
         // attribute a delivery to the wrong datagram.
