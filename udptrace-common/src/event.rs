@@ -24,10 +24,10 @@ pub const FLAG_PKTINFO: u8 = 16;
 /// `Send`/`SendError`/`Connect`: the socket is connected (`sk_state == TCP_ESTABLISHED`).
 pub const FLAG_CONNECTED: u8 = 32;
 
+enum_table! {
 /// What happened; selects which [`EventDetail`] fields are meaningful.
-#[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
+pub enum EventKind: u8, from_u8 {
     /// `kfree_skb` of a UDP datagram: `reason`, `location`.
     Drop = 1,
     /// ICMPv4 or ICMPv6 error sent about a UDP datagram: `icmp_type`, `icmp_code`; the tuple is
@@ -57,6 +57,7 @@ pub enum EventKind {
     /// socket found, `sock.family` 0 when none was.
     Lookup = 12,
 }
+}
 
 impl EventKind {
     /// Kinds that occur once or more per datagram: written about
@@ -73,24 +74,6 @@ impl EventKind {
                 | Self::Deliver
                 | Self::Lookup
         )
-    }
-
-    pub const fn from_u8(raw: u8) -> Option<Self> {
-        Some(match raw {
-            1 => Self::Drop,
-            2 => Self::IcmpError,
-            3 => Self::SockError,
-            4 => Self::SendError,
-            5 => Self::RecvError,
-            6 => Self::Send,
-            7 => Self::Route,
-            8 => Self::Xmit,
-            9 => Self::Recv,
-            10 => Self::Deliver,
-            11 => Self::Connect,
-            12 => Self::Lookup,
-            _ => return None,
-        })
     }
 }
 
@@ -241,52 +224,22 @@ pub struct FlowCount {
     pub shown: u64,
 }
 
-/// Attach mechanisms, best first for a given hook.
-#[repr(u8)]
+enum_table! {
+/// Attach mechanisms, best first for a given hook; named as `--probes` and the output name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mechanism {
-    Fentry = 1,
-    Kprobe = 2,
-    TpBtf = 3,
-    RawTracepoint = 4,
-    Tracepoint = 5,
+pub enum Mechanism: u8, from_u8 {
+    Fentry = 1 => "fentry",
+    Kprobe = 2 => "kprobe",
+    TpBtf = 3 => "tp_btf",
+    RawTracepoint = 4 => "raw_tp",
+    Tracepoint = 5 => "tracepoint",
+}
 }
 
-impl Mechanism {
-    pub const ALL: [Self; 5] = [
-        Self::Fentry,
-        Self::Kprobe,
-        Self::TpBtf,
-        Self::RawTracepoint,
-        Self::Tracepoint,
-    ];
-
-    pub const fn from_u8(raw: u8) -> Option<Self> {
-        Some(match raw {
-            1 => Self::Fentry,
-            2 => Self::Kprobe,
-            3 => Self::TpBtf,
-            4 => Self::RawTracepoint,
-            5 => Self::Tracepoint,
-            _ => return None,
-        })
-    }
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Fentry => "fentry",
-            Self::Kprobe => "kprobe",
-            Self::TpBtf => "tp_btf",
-            Self::RawTracepoint => "raw_tp",
-            Self::Tracepoint => "tracepoint",
-        }
-    }
-}
-
+enum_table! {
 /// Index into the per-CPU `COUNTERS` array.
-#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+pub enum Counter: u32, from_u32 {
     /// UDP-related occurrences a hook examined (after the cheap non-UDP early exits).
     Seen = 0,
     /// Rejected by the filter or a selector in the kernel.
@@ -310,22 +263,10 @@ pub enum Counter {
     /// written to the ring buffer.
     Uncounted = 8,
 }
-
-pub const COUNTER_COUNT: u32 = 9;
-
-impl Counter {
-    pub const ALL: [Self; COUNTER_COUNT as usize] = [
-        Self::Seen,
-        Self::FilteredOut,
-        Self::Submitted,
-        Self::Lost,
-        Self::ReadErrors,
-        Self::DropsLost,
-        Self::Sampled,
-        Self::DropsSampled,
-        Self::Uncounted,
-    ];
 }
+
+/// Entries of `COUNTERS`.
+pub const COUNTER_COUNT: u32 = Counter::COUNT as u32;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -5,6 +5,9 @@
 //! only together with the other (the decoder checks sizes, see `udptrace/src/decode.rs`).
 #![no_std]
 
+#[macro_use]
+mod table;
+
 pub mod event;
 pub mod filter;
 pub mod names;

@@ -9,11 +9,11 @@
 /// (and count a read error) instead of reading garbage.
 pub const OFFSET_MISSING: u32 = u32::MAX;
 
+enum_table! {
 /// Classic tracepoints whose record fields stand in for the raw tracepoint arguments. Index
 /// into [`KernelOffsets::tracepoint_args`].
-#[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClassicTracepoint {
+pub enum ClassicTracepoint: u32, from_u32 {
     /// `skb:kfree_skb`: skbaddr, location, reason.
     KfreeSkb = 0,
     /// `icmp:icmp_send`: skbaddr, type, code.
@@ -31,23 +31,13 @@ pub enum ClassicTracepoint {
     /// `sock:sk_data_ready`: skaddr.
     SkDataReady = 7,
 }
+}
 
-pub const CLASSIC_TRACEPOINT_COUNT: usize = 8;
+pub const CLASSIC_TRACEPOINT_COUNT: usize = ClassicTracepoint::COUNT;
 /// Raw tracepoint arguments mirrored per classic tracepoint, at most.
 pub const CLASSIC_TRACEPOINT_ARGS: usize = 3;
 
 impl ClassicTracepoint {
-    pub const ALL: [Self; CLASSIC_TRACEPOINT_COUNT] = [
-        Self::KfreeSkb,
-        Self::IcmpSend,
-        Self::NetDevQueue,
-        Self::SockSendLength,
-        Self::SockRecvLength,
-        Self::NetifReceiveSkb,
-        Self::ConsumeSkb,
-        Self::SkDataReady,
-    ];
-
     /// `(tracefs group, event)`.
     pub const fn event(self) -> (&'static str, &'static str) {
         match self {
@@ -70,6 +60,23 @@ impl ClassicTracepoint {
             Self::NetDevQueue | Self::NetifReceiveSkb | Self::ConsumeSkb => &["skbaddr"],
             Self::SkDataReady => &["skaddr"],
             Self::SockSendLength | Self::SockRecvLength => &["sk", "ret", "flags"],
+        }
+    }
+
+    /// The width in bytes each [`Self::fields`] entry is read with (0 past the last): pointers
+    /// 8, ints and enums 4 (sign-extended to the raw tracepoint's 64-bit argument). The one
+    /// definition both sides use: the classic programs read with it
+    /// (udptrace-ebpf/src/hooks/mod.rs `classic_args`), userspace refuses a format file whose
+    /// field has another size (udptrace/src/kernel/offsets.rs), which would be misread.
+    pub const fn read_sizes(self) -> [u32; CLASSIC_TRACEPOINT_ARGS] {
+        match self {
+            // skbaddr, location: pointers; reason: enum skb_drop_reason.
+            Self::KfreeSkb => [8, 8, 4],
+            // skbaddr or sk; type, code or ret, flags: int.
+            Self::IcmpSend | Self::SockSendLength | Self::SockRecvLength => [8, 4, 4],
+            Self::NetDevQueue | Self::NetifReceiveSkb | Self::ConsumeSkb | Self::SkDataReady => {
+                [8, 0, 0]
+            }
         }
     }
 }
@@ -259,4 +266,25 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RouteRecordFields {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CLASSIC_TRACEPOINT_ARGS, ClassicTracepoint};
+
+    #[test]
+    fn every_classic_field_has_a_read_width_and_only_those() {
+        for tracepoint in ClassicTracepoint::ALL {
+            let sizes = tracepoint.read_sizes();
+            let fields = tracepoint.fields().len();
+            assert!(fields <= CLASSIC_TRACEPOINT_ARGS, "{tracepoint:?}");
+            for (slot, size) in sizes.iter().enumerate() {
+                let expected: &[u32] = if slot < fields { &[4, 8] } else { &[0] };
+                assert!(
+                    expected.contains(size),
+                    "{tracepoint:?} slot {slot}: {size}"
+                );
+            }
+        }
+    }
 }

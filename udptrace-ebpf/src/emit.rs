@@ -22,12 +22,14 @@ use aya_ebpf::{
 };
 use udptrace_common::event::{
     Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, FlowCount,
-    FlowCountKey, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
+    FlowCountKey, IPPROTO_UDP, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 
 use crate::{
     COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION, SCRATCH,
-    SCRATCH_DEPTH, SELECTORS, TRACKED, kernel, mem,
+    SCRATCH_DEPTH, SELECTORS, TRACKED, debug,
+    kernel::{self, Access, ReadError},
+    mem,
 };
 
 #[inline(always)]
@@ -83,7 +85,7 @@ impl Drop for Scratch {
 /// Lends the scratch event of this CPU's current nesting level; `None` (counted as a read
 /// error by the hook's caller) only when more levels nest than [`SCRATCH_SLOTS`].
 #[inline(always)]
-pub fn scratch() -> Option<Scratch> {
+fn scratch() -> Option<Scratch> {
     // SAFETY: this CPU's counter; whatever interrupts us restores it before we resume.
     let depth = unsafe { &mut *SCRATCH_DEPTH.get_ptr_mut(0)? };
     let level = *depth;
@@ -114,9 +116,9 @@ pub enum Context {
 #[derive(Clone, Copy)]
 pub enum Place {
     /// The skb's device and its namespace (the skb is also the event's `skb`).
-    Skb(u64, kernel::Access),
+    Skb(u64, Access),
     /// A socket's namespace (sockets have no device).
-    Sock(u64, kernel::Access),
+    Sock(u64, Access),
     /// The current task's namespace (process-context events without skb or socket).
     Task,
     /// A `struct net`'s namespace (function arguments that name it).
@@ -133,7 +135,7 @@ impl Place {
             Self::Sock(sk, access) => kernel::sock_place(sk, access, header),
             Self::Task => kernel::task_place(header),
             Self::Net(net) => {
-                header.netns = kernel::net_inum(net, kernel::Access::Probe);
+                header.netns = kernel::net_inum(net, Access::Probe);
                 header.ifindex = 0;
                 header.ifname = [0; 16];
             }
@@ -147,11 +149,168 @@ impl Place {
 
     /// How the event's skb may be read: as its place says when that is the skb.
     #[inline(always)]
-    fn skb_access(self) -> kernel::Access {
+    fn skb_access(self) -> Access {
         match self {
             Self::Skb(_, access) => access,
-            _ => kernel::Access::Probe,
+            _ => Access::Probe,
         }
+    }
+}
+
+/// Where a [`Report`]'s tuple comes from. An enum rather than a closure: closures passed to
+/// `#[inline(always)]` functions are still outlined by LLVM, and became BPF subprograms on
+/// the per-packet path.
+enum Source<'a> {
+    /// The UDP datagram an skb carries.
+    Datagram(u64, Access),
+    /// The packet at an IP header; its next protocol is stored in the `u8`.
+    Packet(&'a kernel::Network, &'a mut u8),
+    /// A UDP socket's own addresses.
+    Socket(u64, Access),
+}
+
+/// The event a hook is assembling: the scratch slot leased for it (see [`Scratch`]) and what
+/// `submit` needs besides the kind. Every hook starts with one of the constructors, which
+/// lease the slot, parse the tuple the hook is about (a datagram's headers or a socket's
+/// addresses, the early exit for anything not UDP) and zero the detail; then it writes only
+/// its own detail fields and calls [`Report::submit`]. `None`: nothing to report (not UDP, or
+/// more nesting levels than scratch slots).
+pub struct Report {
+    lease: Scratch,
+    mechanism: Mechanism,
+    /// The skb the event is about (0 for socket events): followed across hops.
+    skb: u64,
+    place: Place,
+    /// The socket whose inode the event names (0: none).
+    sock: u64,
+}
+
+impl Report {
+    /// Leases a scratch event for a hook of `mechanism`; the tuple and detail are left as the
+    /// last user of the slot wrote them, for the constructors to overwrite.
+    #[inline(always)]
+    fn lease(mechanism: Mechanism, skb: u64, place: Place) -> Option<Self> {
+        Some(Self {
+            lease: scratch()?,
+            mechanism,
+            skb,
+            place,
+            sock: 0,
+        })
+    }
+
+    /// Leases a scratch event and fills its tuple from `source`; zeroes the detail when the
+    /// source is one to report (UDP).
+    #[inline(always)]
+    fn parsed(
+        mechanism: Mechanism,
+        skb: u64,
+        place: Place,
+        source: Source<'_>,
+    ) -> Result<Option<Self>, ReadError> {
+        let Some(mut report) = Self::lease(mechanism, skb, place) else {
+            return Ok(None);
+        };
+        let udp = match source {
+            Source::Datagram(skb, access) => kernel::udp_datagram(skb, access, &mut report.tuple)?,
+            Source::Packet(net, protocol) => {
+                *protocol = kernel::ip_udp(net, &mut report.tuple)?;
+                *protocol == IPPROTO_UDP
+            }
+            Source::Socket(sk, access) => kernel::udp_sock_tuple(sk, access, &mut report.tuple)?,
+        };
+        if !udp {
+            return Ok(None);
+        }
+        mem::zero(&mut report.detail);
+        Ok(Some(report))
+    }
+
+    /// The UDP datagram `skb` carries (an argument of `mechanism`'s programs, read
+    /// accordingly), at the skb's device.
+    #[inline(always)]
+    pub fn datagram(skb: u64, mechanism: Mechanism) -> Result<Option<Self>, ReadError> {
+        let access = Access::of_arguments(mechanism);
+        let place = Place::Skb(skb, access);
+        Self::parsed(mechanism, skb, place, Source::Datagram(skb, access))
+    }
+
+    /// The packet of `skb` whose IP header is `net`: its next protocol, and the report when it
+    /// is UDP (the slot is given back otherwise, for the caller's other uses).
+    #[inline(always)]
+    pub fn packet(
+        skb: u64,
+        net: &kernel::Network,
+        mechanism: Mechanism,
+    ) -> Result<(u8, Option<Self>), ReadError> {
+        let mut protocol = 0;
+        let place = Place::Skb(skb, Access::of_arguments(mechanism));
+        let report = Self::parsed(mechanism, skb, place, Source::Packet(net, &mut protocol))?;
+        Ok((protocol, report))
+    }
+
+    /// A UDP socket `sk` (an argument of `mechanism`'s programs): its own addresses as the
+    /// tuple, in its namespace.
+    #[inline(always)]
+    pub fn socket(sk: u64, mechanism: Mechanism) -> Result<Option<Self>, ReadError> {
+        let access = Access::of_arguments(mechanism);
+        Self::parsed(
+            mechanism,
+            0,
+            Place::Sock(sk, access),
+            Source::Socket(sk, access),
+        )
+    }
+
+    /// An event whose tuple the hook fills itself (from a tracepoint record or function
+    /// arguments): tuple and detail zeroed.
+    #[inline(always)]
+    pub fn blank(mechanism: Mechanism, place: Place) -> Option<Self> {
+        let mut report = Self::lease(mechanism, 0, place)?;
+        mem::zero(&mut report.tuple);
+        mem::zero(&mut report.detail);
+        Some(report)
+    }
+
+    /// About `skb` too (followed across hops) though its place is not the skb's.
+    #[inline(always)]
+    pub fn about_skb(mut self, skb: u64) -> Self {
+        self.skb = skb;
+        self
+    }
+
+    /// Names socket `sk`: its inode is read for events that pass (process attribution).
+    #[inline(always)]
+    pub fn naming(mut self, sk: u64) -> Self {
+        self.sock = sk;
+        self
+    }
+
+    /// Where the event happened, when the hook learns it only after parsing.
+    #[inline(always)]
+    pub fn at(&mut self, place: Place) {
+        self.place = place;
+    }
+
+    /// Submits the event as `kind` seen in `context` (see [`submit`]); whether it passed.
+    #[inline(always)]
+    pub fn submit(mut self, kind: EventKind, context: Context) -> bool {
+        let (mechanism, skb, place, sock) = (self.mechanism, self.skb, self.place, self.sock);
+        submit(&mut self.lease, kind, mechanism, context, skb, place, sock)
+    }
+}
+
+impl core::ops::Deref for Report {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.lease
+    }
+}
+
+impl core::ops::DerefMut for Report {
+    fn deref_mut(&mut self) -> &mut Event {
+        &mut self.lease
     }
 }
 
@@ -181,7 +340,7 @@ const BPF_RB_RING_SIZE: u64 = 1;
 /// without a conntrack entry on it (no NAT possible) is a new datagram; and the map is an
 /// LRU, so entries a missed free left behind can never fill it.
 #[inline(always)]
-pub fn submit(
+fn submit(
     event: &mut Event,
     kind: EventKind,
     mechanism: Mechanism,
@@ -214,12 +373,22 @@ pub fn submit(
         && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)
         && (want_pid == 0 || context == Context::Softirq || header.pid == want_pid);
     let matches = selected && FILTER.matches(&event.tuple, kind == EventKind::IcmpError);
+    debug::tuple("parsed", kind, &event.tuple);
     // Whether the skb is followed costs a clock read and a hash lookup: paid only by datagrams
     // that match (to flag and refresh them) or once something was followed, not by the
     // traffic a filter is there to ignore; and the lookup only while something may be fresh.
     let since = following_since();
     if !matches && (!selected || skb == 0 || since == 0) {
         count(Counter::FilteredOut);
+        debug::tuple(
+            if selected {
+                "skipped by the filter"
+            } else {
+                "skipped by --netns/-i/--pid"
+            },
+            kind,
+            &event.tuple,
+        );
         return false;
     }
     // SAFETY: bpf_ktime_get_ns has no preconditions.
@@ -242,6 +411,11 @@ pub fn submit(
     }
     if !(matches || tracked) {
         count(Counter::FilteredOut);
+        debug::tuple(
+            "skipped by the filter (its skb is no longer followed)",
+            kind,
+            &event.tuple,
+        );
         return false;
     }
     match kind {

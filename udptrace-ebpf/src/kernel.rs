@@ -6,6 +6,10 @@
 use core::ptr::read_volatile;
 
 use aya_ebpf::helpers::bpf_probe_read_kernel;
+use network_types::{
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    udp::UdpHdr,
+};
 use udptrace_common::{
     event::{AF_INET, AF_INET6, EventHeader, IPPROTO_UDP, Mechanism, Tuple},
     offsets::{KernelOffsets, OFFSET_MISSING},
@@ -105,50 +109,57 @@ pub fn network_header(skb: u64, access: Access) -> Result<Option<Network>, ReadE
     }))
 }
 
+/// An IPv4 header without options and the UDP header after it, read in one go. Aligned so
+/// that the addresses, byte arrays in network-types, are copied as words (the IPv6 addresses
+/// at 8 and 24 as two u64 each), not byte by byte.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ipv4Udp {
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+}
+
+/// An IPv6 header and the UDP header after it, when no extension header comes between.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ipv6Udp {
+    ip: Ipv6Hdr,
+    udp: UdpHdr,
+}
+
 /// Parses the IP header at `net` and, when it carries UDP, the ports after it, into `tuple`;
 /// returns the next protocol. One read covers both headers (IPv4 without options + 8 bytes,
 /// IPv6 + 8 bytes; each `bpf_probe_read_kernel` costs tens of nanoseconds on every packet):
 /// reading past a short packet stays inside the skb's buffer, which ends with
 /// `skb_shared_info`. IPv6 extension headers are not walked: a UDP datagram behind them is
-/// reported with the extension's protocol and skipped by callers.
+/// reported with the extension's protocol and skipped by callers. The layouts are
+/// network-types' (`struct iphdr`, `ipv6hdr`, `udphdr` of include/uapi/linux/).
 #[inline(always)]
 pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
     mem::zero(tuple);
     tuple.family = net.family;
-    let (protocol, ports) = if net.family == AF_INET {
-        // struct iphdr: version/ihl @0, protocol @9, saddr @12, daddr @16; then struct udphdr.
-        let header: [u8; 28] = read(net.header, 0)?;
-        mem::set_ipv4(
-            &mut tuple.saddr,
-            [header[12], header[13], header[14], header[15]],
-        );
-        mem::set_ipv4(
-            &mut tuple.daddr,
-            [header[16], header[17], header[18], header[19]],
-        );
-        let ihl = u32::from(header[0] & 0x0f) * 4;
-        let ports = if ihl == 20 || header[9] != IPPROTO_UDP {
-            [header[20], header[21], header[22], header[23]]
+    let (protocol, udp) = if net.family == AF_INET {
+        let header: Ipv4Udp = read(net.header, 0)?;
+        mem::set_ipv4(&mut tuple.saddr, header.ip.src_addr);
+        mem::set_ipv4(&mut tuple.daddr, header.ip.dst_addr);
+        let ihl = u32::from(header.ip.ihl());
+        let udp = if ihl == Ipv4Hdr::LEN as u32 || header.ip.proto != IPPROTO_UDP {
+            header.udp
         } else {
             // IP options: the UDP header is further on.
             read(net.header, ihl)?
         };
-        (header[9], ports)
+        (header.ip.proto, udp)
     } else {
-        // struct ipv6hdr: nexthdr @6, saddr @8, daddr @24; then struct udphdr @40.
-        let header: [u8; 48] = read(net.header, 0)?;
-        let mut index = 0;
-        while index < 16 {
-            tuple.saddr[index] = header[8 + index];
-            tuple.daddr[index] = header[24 + index];
-            index += 1;
-        }
-        (header[6], [header[40], header[41], header[42], header[43]])
+        let header: Ipv6Udp = read(net.header, 0)?;
+        tuple.saddr = header.ip.src_addr;
+        tuple.daddr = header.ip.dst_addr;
+        (header.ip.next_hdr, header.udp)
     };
     if protocol == IPPROTO_UDP {
         tuple.proto = IPPROTO_UDP;
-        tuple.sport = u16::from_be_bytes([ports[0], ports[1]]);
-        tuple.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        tuple.sport = u16::from_be_bytes(udp.src);
+        tuple.dport = u16::from_be_bytes(udp.dst);
     }
     Ok(protocol)
 }

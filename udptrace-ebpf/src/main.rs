@@ -12,6 +12,7 @@
     reason = "core_intrinsics: the BPF target has no atomic RMW API"
 )]
 
+mod debug;
 mod emit;
 mod hooks;
 mod kernel;

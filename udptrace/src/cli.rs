@@ -99,6 +99,11 @@ pub struct OutputArgs {
     /// `udptrace replay FILE`; the output above stays as chosen.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Print the kernel programs' diagnostics to stderr: the tuple each hook parsed and why an
+    /// event was skipped (filter, --netns/-i/--pid). For debugging udptrace; costs nothing
+    /// when off.
+    #[arg(long)]
+    pub debug_bpf: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -62,6 +62,7 @@ async fn run_scenario(
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
             record: output.record.clone(),
+            debug_bpf: output.debug_bpf,
             ..TraceConfig::default()
         })?)
     } else {

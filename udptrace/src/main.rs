@@ -80,6 +80,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         pid: args.pid,
         probes: args.output.probes.map(Into::into),
         ring_size: args.output.ring_size,
+        debug_bpf: args.output.debug_bpf,
         max_flows: Some(args.max_flows),
         count: args.count,
         duration: args

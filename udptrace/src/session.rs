@@ -15,11 +15,15 @@ use aya::{Ebpf, EbpfLoader};
 use udptrace_common::{
     event::{Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
-    names::{FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL},
+    names::{
+        DEBUG_BPF_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL,
+        SELECTORS_GLOBAL,
+    },
 };
 
 use crate::{
     clock::{WallClock, monotonic_ns},
+    debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
@@ -48,7 +52,8 @@ const WRITING: &str = "writing the output";
 const DRAIN_INTERVAL: Duration = Duration::from_millis(25);
 
 /// The eBPF object built by build.rs from `udptrace-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udptrace"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/udptrace"));
 
 /// What to trace and how.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +64,8 @@ pub struct TraceConfig {
     pub pid: Option<u32>,
     pub probes: Option<Mechanism>,
     pub ring_size: u32,
+    /// `--debug-bpf`: the programs log to stderr (see `debug_bpf`).
+    pub debug_bpf: bool,
     /// `--max-flows`: flows kept one by one (default `DEFAULT_MAX_FLOWS`).
     pub max_flows: Option<usize>,
     pub count: Option<u64>,
@@ -84,6 +91,8 @@ pub struct Tracer {
     /// Decoded events waiting for earlier ones still on their way (see `reorder`).
     pending: Reorder<TraceEvent>,
     diagnosis: Diagnosis,
+    /// `--debug-bpf`: the programs' log, printed as the ring is drained.
+    bpf_log: Option<BpfLogger>,
     /// Shared with the diagnosis' socket and rule listers.
     namespaces: Rc<RefCell<Namespaces>>,
     /// `-o FILE`, shared with the listers, which record what they answered.
@@ -120,6 +129,7 @@ impl Tracer {
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
             .override_global(FILTER_GLOBAL, &*filter.program, true)
             .override_global(SELECTORS_GLOBAL, &selectors, true)
+            .override_global(DEBUG_BPF_GLOBAL, &u8::from(config.debug_bpf), true)
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)
             .context("loading the eBPF object")?;
@@ -155,6 +165,11 @@ impl Tracer {
             );
         }
         announce_features(&mut ebpf, &probes)?;
+        let bpf_log = if config.debug_bpf {
+            Some(debug_bpf::start(&mut ebpf)?)
+        } else {
+            None
+        };
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let flow_counts = FlowCounts::take(&mut ebpf)?;
@@ -182,6 +197,7 @@ impl Tracer {
             .with_max_flows(max_flows);
         Ok(Self {
             diagnosis,
+            bpf_log,
             namespaces,
             recording,
             _ebpf: ebpf,
@@ -356,6 +372,9 @@ impl Tracer {
 
     /// Decodes what the ring holds, then shows and diagnoses the events whose turn has come.
     fn drain(&mut self, output: &mut dyn Output, stats: &mut Stats) -> anyhow::Result<()> {
+        if let Some(log) = &mut self.bpf_log {
+            log.flush();
+        }
         let knowledge = &self.knowledge;
         let clock = &self.clock;
         let pending = &mut self.pending;

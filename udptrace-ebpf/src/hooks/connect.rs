@@ -16,10 +16,9 @@ use aya_ebpf::{
 use udptrace_common::event::{EventKind, FLAG_CONNECTED, Mechanism};
 
 use crate::{
-    emit::{Context, Place, scratch, submit},
+    emit::{Context, Report},
     hooks::{Probed, arg, finish, save_entry, take_entry},
-    kernel::{self, ReadError},
-    mem,
+    kernel::ReadError,
 };
 
 #[fexit(function = "udp_connect")]
@@ -78,32 +77,17 @@ pub fn connect_kretprobe(ctx: RetProbeContext) -> u32 {
 /// Disconnects (`AF_UNSPEC`) leave a zero peer and are not reported.
 #[inline(always)]
 fn on_connect(sk: u64, ret: i32, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_sock_tuple(
-        sk,
-        kernel::Access::of_arguments(mechanism),
-        &mut event.tuple,
-    )? {
+    if ret == 0 && report.tuple.dport == 0 {
         return Ok(());
     }
-    if ret == 0 && event.tuple.dport == 0 {
-        return Ok(());
-    }
-    mem::zero(&mut event.detail);
-    event.detail.error = ret.unsigned_abs();
-    event.detail.flags = if ret == 0 { FLAG_CONNECTED } else { 0 };
-    event.detail.sock = event.tuple;
-    submit(
-        event,
-        EventKind::Connect,
-        mechanism,
-        Context::Process,
-        0,
-        Place::Sock(sk, kernel::Access::of_arguments(mechanism)),
-        sk,
-    );
+    report.detail.error = ret.unsigned_abs();
+    report.detail.flags = if ret == 0 { FLAG_CONNECTED } else { 0 };
+    report.detail.sock = report.tuple;
+    report
+        .naming(sk)
+        .submit(EventKind::Connect, Context::Process);
     Ok(())
 }

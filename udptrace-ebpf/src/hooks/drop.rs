@@ -16,10 +16,9 @@ use udptrace_common::{
 };
 
 use crate::{
-    emit::{Context, Place, scratch, submit},
+    emit::{Context, Report},
     hooks::{classic_args, finish},
-    kernel::{self, ReadError},
-    mem,
+    kernel::ReadError,
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -46,7 +45,7 @@ pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
 pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     // skbaddr and location are pointers, reason an enum (4 bytes).
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb, [8, 8, 4]).and_then(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb).and_then(
             |[skb, location, reason]| on_drop(skb, location, reason as u32, Mechanism::Tracepoint),
         ),
     )
@@ -54,28 +53,11 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_datagram(
-        skb,
-        kernel::Access::of_arguments(mechanism),
-        &mut event.tuple,
-    )? {
-        return Ok(());
-    }
-    mem::zero(&mut event.detail);
-    event.detail.location = location;
-    event.detail.reason = reason;
-    submit(
-        event,
-        EventKind::Drop,
-        mechanism,
-        Context::Softirq,
-        skb,
-        Place::Skb(skb, kernel::Access::of_arguments(mechanism)),
-        0,
-    );
+    report.detail.location = location;
+    report.detail.reason = reason;
+    report.submit(EventKind::Drop, Context::Softirq);
     Ok(())
 }

@@ -17,18 +17,18 @@ use aya_ebpf::{
         BtfTracePointContext, FEntryContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
+use network_types::{icmp::Icmpv6Hdr, ip::Ipv6Hdr};
 use udptrace_common::{
-    event::{AF_INET6, EventKind, IPPROTO_UDP, Mechanism},
+    event::{AF_INET6, EventKind, Mechanism},
     names::FEATURE_ICMP6_PROBE,
     offsets::ClassicTracepoint,
 };
 
 use crate::{
     FEATURES,
-    emit::{Context, Place, scratch, submit},
+    emit::{Context, Report},
     hooks::{arg, classic_args, finish},
     kernel::{self, ReadError},
-    mem,
 };
 
 #[btf_tracepoint(function = "icmp_send")]
@@ -54,7 +54,7 @@ pub fn icmp_send_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "icmp", name = "icmp_send")]
 pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::IcmpSend, [8, 4, 4]).and_then(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::IcmpSend).and_then(
             |[skb, icmp_type, code]| {
                 on_icmp_send(skb, icmp_type as i32, code as i32, Mechanism::Tracepoint)
             },
@@ -111,29 +111,12 @@ fn on_icmp_send(
     code: i32,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_datagram(
-        skb,
-        kernel::Access::of_arguments(mechanism),
-        &mut event.tuple,
-    )? {
-        return Ok(());
-    }
-    mem::zero(&mut event.detail);
-    event.detail.icmp_type = icmp_type as u8;
-    event.detail.icmp_code = code as u8;
-    submit(
-        event,
-        EventKind::IcmpError,
-        mechanism,
-        Context::Softirq,
-        skb,
-        Place::Skb(skb, kernel::Access::of_arguments(mechanism)),
-        0,
-    );
+    report.detail.icmp_type = icmp_type as u8;
+    report.detail.icmp_code = code as u8;
+    report.submit(EventKind::IcmpError, Context::Softirq);
     Ok(())
 }
 
@@ -153,35 +136,25 @@ pub fn icmp6_error(skb: u64, net: &kernel::Network, mechanism: Mechanism) -> Res
         // Reported at `icmp6_send` already.
         return Ok(());
     }
-    // struct icmp6hdr: type @0, code @1, checksum, 4 bytes of data; the invoking packet
-    // follows at 8.
-    let icmp = net.header + 40;
-    let [icmp_type, icmp_code]: [u8; 2] = kernel::read(icmp, 0)?;
+    // struct icmp6hdr: type, code, checksum, 4 bytes of data; the invoking packet follows.
+    let icmp = net.header + Ipv6Hdr::LEN as u64;
+    let Icmpv6Hdr {
+        type_: icmp_type,
+        code: icmp_code,
+        ..
+    } = kernel::read(icmp, 0)?;
     if icmp_type == 0 || icmp_type > ICMPV6_ERROR_MAX {
         return Ok(());
     }
-    let Some(mut lease) = scratch() else {
-        return Ok(());
-    };
-    let event = &mut *lease;
     let quoted = kernel::Network {
         family: AF_INET6,
-        header: icmp + 8,
+        header: icmp + Icmpv6Hdr::LEN as u64,
     };
-    if kernel::ip_udp(&quoted, &mut event.tuple)? != IPPROTO_UDP {
+    let (_, Some(mut report)) = Report::packet(skb, &quoted, mechanism)? else {
         return Ok(());
-    }
-    mem::zero(&mut event.detail);
-    event.detail.icmp_type = icmp_type;
-    event.detail.icmp_code = icmp_code;
-    submit(
-        event,
-        EventKind::IcmpError,
-        mechanism,
-        Context::Softirq,
-        skb,
-        Place::Skb(skb, kernel::Access::of_arguments(mechanism)),
-        0,
-    );
+    };
+    report.detail.icmp_type = icmp_type;
+    report.detail.icmp_code = icmp_code;
+    report.submit(EventKind::IcmpError, Context::Softirq);
     Ok(())
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 use udptrace_common::event::{AF_INET, AF_INET6, EventKind, IPPROTO_UDP, Mechanism};
 
 use crate::{
-    emit::{Context, Place, scratch, submit},
+    emit::{Context, Place, Report},
     hooks::{Probed, arg, finish, save_entry, take_entry},
     kernel::{self, ReadError},
     mem,
@@ -95,13 +95,12 @@ fn on_lookup(
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
     let [net, saddr, sport, daddr, dport] = args;
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::blank(mechanism, Place::Net(net)) else {
         return Ok(());
     };
-    let event = &mut *lease;
+    let event = &mut *report;
     event.tuple.family = family;
     event.tuple.proto = IPPROTO_UDP;
-    event.tuple.padding = 0;
     if family == AF_INET {
         mem::set_ipv4(&mut event.tuple.saddr, (saddr as u32).to_ne_bytes());
         mem::set_ipv4(&mut event.tuple.daddr, (daddr as u32).to_ne_bytes());
@@ -111,27 +110,16 @@ fn on_lookup(
     }
     event.tuple.sport = u16::from_be(sport as u16);
     event.tuple.dport = u16::from_be(dport as u16);
-    mem::zero(&mut event.detail);
     let found = if found > u64::MAX - MAX_ERRNO {
         0
     } else {
         found
     };
-    let place = if found != 0
-        && kernel::udp_sock_tuple(found, kernel::Access::Probe, &mut event.detail.sock)?
-    {
-        Place::Sock(found, kernel::Access::Probe)
-    } else {
-        Place::Net(net)
-    };
-    submit(
-        event,
-        EventKind::Lookup,
-        mechanism,
-        Context::Softirq,
-        0,
-        place,
-        found,
-    );
+    if found != 0 && kernel::udp_sock_tuple(found, kernel::Access::Probe, &mut event.detail.sock)? {
+        report.at(Place::Sock(found, kernel::Access::Probe));
+    }
+    report
+        .naming(found)
+        .submit(EventKind::Lookup, Context::Softirq);
     Ok(())
 }

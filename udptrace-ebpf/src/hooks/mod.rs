@@ -34,14 +34,14 @@ fn finish(result: Result<(), ReadError>) -> u32 {
 }
 
 /// Reads from a classic tracepoint record the fields standing in for the raw tracepoint's
-/// arguments, at the offsets userspace took from the event's format file. `sizes` gives each
-/// field's width (8 for pointers, 4 for ints/enums); unused trailing args use size 0.
+/// arguments, at the offsets userspace took from the event's format file and with the widths
+/// userspace checked them against (`ClassicTracepoint::read_sizes`); unused trailing args are 0.
 #[inline(always)]
 fn classic_args(
     record: u64,
     tracepoint: ClassicTracepoint,
-    sizes: [u32; CLASSIC_TRACEPOINT_ARGS],
 ) -> Result<[u64; CLASSIC_TRACEPOINT_ARGS], ReadError> {
+    let sizes = tracepoint.read_sizes();
     let mut args = [0; CLASSIC_TRACEPOINT_ARGS];
     let mut index = 0;
     while index < CLASSIC_TRACEPOINT_ARGS {

@@ -25,15 +25,14 @@ use aya_ebpf::{
 };
 use udptrace_common::{
     event::{
-        AF_INET, AF_INET6, Event, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP,
-        Mechanism,
+        AF_INET, AF_INET6, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP, Mechanism,
     },
     offsets::{ClassicTracepoint, OFFSET_MISSING, RouteRecordFields},
 };
 
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
-    emit::{Context, Place, following_anything, scratch, submit},
+    emit::{Context, Place, Report, following_anything},
     hooks::{arg, classic_args, finish, icmp},
     kernel::{self, Access, ReadError, read},
     mem,
@@ -52,12 +51,8 @@ pub fn dev_queue_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "net", name = "net_dev_queue")]
 pub fn dev_queue_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::NetDevQueue,
-            [8, 0, 0],
-        )
-        .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetDevQueue)
+            .and_then(|[skb, _, _]| on_dev_queue(skb, Mechanism::Tracepoint)),
     )
 }
 
@@ -67,18 +62,16 @@ fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))? else {
         return Ok(());
     };
-    let Some(mut lease) = scratch() else {
-        return Ok(());
-    };
-    let event = &mut *lease;
-    let protocol = kernel::ip_udp(&net, &mut event.tuple)?;
-    if protocol == IPPROTO_ICMPV6 && net.family == AF_INET6 {
-        return icmp::icmp6_error(skb, &net, mechanism);
+    match Report::packet(skb, &net, mechanism)? {
+        // Locally generated datagrams reach the device in the sender's system call.
+        (_, Some(report)) => {
+            report.submit(EventKind::Xmit, Context::Process);
+        }
+        (IPPROTO_ICMPV6, None) if net.family == AF_INET6 => {
+            icmp::icmp6_error(skb, &net, mechanism)?;
+        }
+        _ => {}
     }
-    if protocol != IPPROTO_UDP {
-        return Ok(());
-    }
-    hop(event, skb, EventKind::Xmit, mechanism);
     Ok(())
 }
 
@@ -95,12 +88,8 @@ pub fn receive_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "net", name = "netif_receive_skb")]
 pub fn receive_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::NetifReceiveSkb,
-            [8, 0, 0],
-        )
-        .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::NetifReceiveSkb)
+            .and_then(|[skb, _, _]| on_receive(skb, Mechanism::Tracepoint)),
     )
 }
 
@@ -109,14 +98,10 @@ fn on_receive(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))? else {
         return Ok(());
     };
-    let Some(mut lease) = scratch() else {
+    let (_, Some(report)) = Report::packet(skb, &net, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if kernel::ip_udp(&net, &mut event.tuple)? != IPPROTO_UDP {
-        return Ok(());
-    }
-    if hop(event, skb, EventKind::Recv, mechanism)
+    if report.submit(EventKind::Recv, Context::Softirq)
         && let Some(slot) = CURRENT_RX.get_ptr_mut(0)
     {
         // Remember it for sk_data_ready: it is being followed now.
@@ -124,27 +109,6 @@ fn on_receive(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         unsafe { *slot = skb };
     }
     Ok(())
-}
-
-/// Reports the UDP datagram in `event.tuple` at a device hop; whether it passed the filter.
-#[inline(always)]
-fn hop(event: &mut Event, skb: u64, kind: EventKind, mechanism: Mechanism) -> bool {
-    mem::zero(&mut event.detail);
-    let context = if kind == EventKind::Xmit {
-        // Locally generated datagrams reach the device in the sender's system call.
-        Context::Process
-    } else {
-        Context::Softirq
-    };
-    submit(
-        event,
-        kind,
-        mechanism,
-        context,
-        skb,
-        Place::Skb(skb, Access::of_arguments(mechanism)),
-        0,
-    )
 }
 
 #[btf_tracepoint(function = "sk_data_ready")]
@@ -170,12 +134,8 @@ pub fn data_ready_kprobe(ctx: ProbeContext) -> u32 {
 #[tracepoint(category = "sock", name = "sk_data_ready")]
 pub fn data_ready_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::SkDataReady,
-            [8, 0, 0],
-        )
-        .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::SkDataReady)
+            .and_then(|[sk, _, _]| on_data_ready(sk, Mechanism::Tracepoint)),
     )
 }
 
@@ -189,13 +149,14 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     if skb == 0 {
         return Ok(());
     }
-    let Some(mut lease) = scratch() else {
+    // The socket's tuple, then the datagram's into the detail: Place::Sock, not Skb, because
+    // UDP reuses `skb->dev` as `dev_scratch` once the datagram is queued
+    // (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
+    let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_sock_tuple(sk, Access::of_arguments(mechanism), &mut event.detail.sock)? {
-        return Ok(());
-    }
+    let event = &mut *report;
+    event.detail.sock = event.tuple;
     if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple)?
         || event.tuple.dport != event.detail.sock.sport
     {
@@ -205,20 +166,10 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     }
     // SAFETY: this CPU's slot.
     unsafe { *slot = 0 };
-    let sock = event.detail.sock;
-    mem::zero(&mut event.detail);
-    event.detail.sock = sock;
-    // Place::Sock, not Skb: UDP reuses `skb->dev` as `dev_scratch` once the datagram is
-    // queued (udp_set_dev_scratch, net/ipv4/udp.c), so the socket says where this happens.
-    submit(
-        event,
-        EventKind::Deliver,
-        mechanism,
-        Context::Softirq,
-        skb,
-        Place::Sock(sk, Access::of_arguments(mechanism)),
-        sk,
-    );
+    report
+        .about_skb(skb)
+        .naming(sk)
+        .submit(EventKind::Deliver, Context::Softirq);
     Ok(())
 }
 
@@ -237,12 +188,7 @@ pub fn consume_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "skb", name = "consume_skb")]
 pub fn consume_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(
-            ctx.as_ptr() as u64,
-            ClassicTracepoint::ConsumeSkb,
-            [8, 0, 0],
-        )
-        .map(|[skb, _, _]| {
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::ConsumeSkb).map(|[skb, _, _]| {
             on_consume(skb);
         }),
     )
@@ -285,14 +231,22 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     if proto != IPPROTO_UDP {
         return Ok(());
     }
-    let Some(mut lease) = scratch() else {
+    // LOOPBACK_IFINDEX (1) is the input device of locally generated lookups
+    // (flowi4_init_output); anything else is a lookup for a received packet.
+    let iif: u32 = read(record, field(fields, |f| &f.iif))?;
+    let input = iif > 1;
+    // An input lookup runs in softirq and its record names no namespace.
+    let (context, place) = if input {
+        (Context::Softirq, Place::Unknown)
+    } else {
+        (Context::Process, Place::Task)
+    };
+    let Some(mut report) = Report::blank(Mechanism::Tracepoint, place) else {
         return Ok(());
     };
-    let event = &mut *lease;
-    mem::zero(&mut event.tuple);
+    let event = &mut *report;
     event.tuple.family = family;
     event.tuple.proto = proto;
-    mem::zero(&mut event.detail);
     if family == AF_INET {
         mem::set_ipv4(
             &mut event.tuple.saddr,
@@ -311,29 +265,12 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     event.detail.route_table = read(record, field(fields, |f| &f.tb_id))?;
     event.detail.route_err = read(record, field(fields, |f| &f.err))?;
     event.detail.route_oif = read(record, field(fields, |f| &f.oif))?;
-    event.detail.route_iif = read(record, field(fields, |f| &f.iif))?;
+    event.detail.route_iif = iif;
+    // The record's `oif` is the one requested (0 for "any"); the device chosen is `name`.
     event.detail.route_dev = read(record, field(fields, |f| &f.name))?;
-    // LOOPBACK_IFINDEX (1) is the input device of locally generated lookups
-    // (flowi4_init_output); anything else is a lookup for a received packet.
-    let input = event.detail.route_iif > 1;
     if input {
         event.detail.flags = FLAG_ROUTE_INPUT;
     }
-    // The record's `oif` is the one requested (0 for "any"); the device chosen is `name`.
-    let context = if input {
-        Context::Softirq
-    } else {
-        Context::Process
-    };
-    let place = if input { Place::Unknown } else { Place::Task };
-    submit(
-        event,
-        EventKind::Route,
-        Mechanism::Tracepoint,
-        context,
-        0,
-        place,
-        0,
-    );
+    report.submit(EventKind::Route, context);
     Ok(())
 }

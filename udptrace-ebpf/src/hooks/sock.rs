@@ -22,14 +22,13 @@ use aya_ebpf::{
 };
 use udptrace_common::{
     event::{
-        AF_INET, AF_INET6, Event, EventKind, FLAG_CONNECTED, FLAG_PKTINFO, FLAG_SEND_CALL,
-        Mechanism, Tuple,
+        AF_INET, AF_INET6, EventKind, FLAG_CONNECTED, FLAG_PKTINFO, FLAG_SEND_CALL, Mechanism,
     },
     offsets::ClassicTracepoint,
 };
 
 use crate::{
-    emit::{Context, Place, scratch, submit},
+    emit::{Context, Report},
     hooks::{Probed, arg, classic_args, finish, save_entry, take_entry},
     kernel::{self, ReadError},
     mem,
@@ -47,29 +46,12 @@ pub fn sk_error_raw_tp(ctx: RawTracePointContext) -> u32 {
 
 #[inline(always)]
 fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_sock_tuple(
-        sk,
-        kernel::Access::of_arguments(mechanism),
-        &mut event.tuple,
-    )? {
-        return Ok(());
-    }
     let error: i32 = kernel::read(sk, kernel::offset(|o| &o.sk_err))?;
-    mem::zero(&mut event.detail);
-    event.detail.error = error.unsigned_abs();
-    submit(
-        event,
-        EventKind::SockError,
-        mechanism,
-        Context::Softirq,
-        0,
-        Place::Sock(sk, kernel::Access::of_arguments(mechanism)),
-        0,
-    );
+    report.detail.error = error.unsigned_abs();
+    report.submit(EventKind::SockError, Context::Softirq);
     Ok(())
 }
 
@@ -158,18 +140,11 @@ fn on_send_call(
     if ret == -EAGAIN {
         return Ok(());
     }
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_sock_tuple(
-        sk,
-        kernel::Access::of_arguments(mechanism),
-        &mut event.tuple,
-    )? {
-        return Ok(());
-    }
-    let socket = event.tuple;
+    let event = &mut *report;
+    event.detail.sock = event.tuple;
     let mut flags = FLAG_SEND_CALL;
     let state: u8 = kernel::read(sk, kernel::offset(|o| &o.sk_state))?;
     if state == TCP_ESTABLISHED {
@@ -195,15 +170,8 @@ fn on_send_call(
     if pktinfo_source(msg, &mut event.tuple.saddr)? {
         flags |= FLAG_PKTINFO;
     }
-    report_result(
-        event,
-        sk,
-        ret,
-        EventKind::SendError,
-        flags,
-        socket,
-        mechanism,
-    );
+    event.detail.flags = flags;
+    report_result(report.naming(sk), ret, EventKind::SendError);
     Ok(())
 }
 
@@ -376,7 +344,7 @@ fn classic_result(
     tracepoint: ClassicTracepoint,
     kind: EventKind,
 ) -> Result<(), ReadError> {
-    let [sk, ret, _flags] = classic_args(ctx.as_ptr() as u64, tracepoint, [8, 4, 4])?;
+    let [sk, ret, _flags] = classic_args(ctx.as_ptr() as u64, tracepoint)?;
     on_result(sk, ret as i32, kind, Mechanism::Tracepoint)
 }
 
@@ -391,51 +359,24 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
     if ret == -EAGAIN || (ret >= 0 && kind != EventKind::SendError) {
         return Ok(());
     }
-    let Some(mut lease) = scratch() else {
+    let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let event = &mut *lease;
-    if !kernel::udp_sock_tuple(
-        sk,
-        kernel::Access::of_arguments(mechanism),
-        &mut event.tuple,
-    )? {
-        return Ok(());
-    }
-    let socket = event.tuple;
-    report_result(event, sk, ret, kind, 0, socket, mechanism);
+    report.detail.sock = report.tuple;
+    report_result(report.naming(sk), ret, kind);
     Ok(())
 }
 
-/// Submits the outcome `ret` of a call on socket `sk` (whose own tuple is `socket`): `Send`
-/// with the bytes sent, or `failure` with the errno.
+/// Submits the outcome `ret` of a call on the socket `report` names (`detail.sock` its own
+/// tuple, `detail.flags` set): `Send` with the bytes sent, or `failure` with the errno.
 #[inline(always)]
-fn report_result(
-    event: &mut Event,
-    sk: u64,
-    ret: i32,
-    failure: EventKind,
-    flags: u8,
-    socket: Tuple,
-    mechanism: Mechanism,
-) {
-    let (kind, error, bytes) = if ret >= 0 {
-        (EventKind::Send, 0, ret as u32)
+fn report_result(mut report: Report, ret: i32, failure: EventKind) {
+    let kind = if ret >= 0 {
+        report.detail.bytes = ret as u32;
+        EventKind::Send
     } else {
-        (failure, ret.unsigned_abs(), 0)
+        report.detail.error = ret.unsigned_abs();
+        failure
     };
-    mem::zero(&mut event.detail);
-    event.detail.error = error;
-    event.detail.bytes = bytes;
-    event.detail.flags = flags;
-    event.detail.sock = socket;
-    submit(
-        event,
-        kind,
-        mechanism,
-        Context::Process,
-        0,
-        Place::Sock(sk, kernel::Access::of_arguments(mechanism)),
-        sk,
-    );
+    report.submit(kind, Context::Process);
 }

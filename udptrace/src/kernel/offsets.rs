@@ -10,7 +10,7 @@
 //! reading garbage.
 
 use udptrace_common::offsets::{
-    CLASSIC_TRACEPOINT_ARGS, ClassicTracepoint, KernelOffsets, OFFSET_MISSING, RouteRecordFields,
+    ClassicTracepoint, KernelOffsets, OFFSET_MISSING, RouteRecordFields,
 };
 
 use super::{
@@ -167,22 +167,6 @@ const MEMBERS: &[Member] = &[
 /// REPLY.
 const CT_DIRECTIONS: u32 = 2;
 
-/// Widths the programs read each [`ClassicTracepoint::fields`] entry with (the `sizes` given
-/// to `classic_args` in udptrace-ebpf/src/hooks/{drop,icmp,sock,path}.rs: pointers 8,
-/// ints and enums 4).
-fn read_sizes(tracepoint: ClassicTracepoint) -> [u32; CLASSIC_TRACEPOINT_ARGS] {
-    match tracepoint {
-        ClassicTracepoint::KfreeSkb => [8, 8, 4],
-        ClassicTracepoint::IcmpSend
-        | ClassicTracepoint::SockSendLength
-        | ClassicTracepoint::SockRecvLength => [8, 4, 4],
-        ClassicTracepoint::NetDevQueue
-        | ClassicTracepoint::NetifReceiveSkb
-        | ClassicTracepoint::ConsumeSkb
-        | ClassicTracepoint::SkDataReady => [8, 0, 0],
-    }
-}
-
 /// Resolves every offset the programs need: struct members from `btf`, tracepoint record
 /// fields from `formats` (the live [`Tracefs`](super::tracefs::Tracefs), or
 /// [`FormatTexts`](super::tracefs::FormatTexts)); without `formats` every record field is
@@ -261,7 +245,7 @@ fn resolve_tracepoint<F: FormatSource + ?Sized>(
             return;
         }
     };
-    let sizes = read_sizes(tracepoint);
+    let sizes = tracepoint.read_sizes();
     for (slot, name) in tracepoint.fields().iter().enumerate() {
         let what = format!("{group}:{event}.{name}");
         match checked_field(&fields, name, sizes[slot]) {

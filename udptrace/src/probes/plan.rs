@@ -447,3 +447,200 @@ pub const HOOKS: &[Hook] = &[
         ],
     },
 ];
+
+/// The contract between this plan, `udptrace_common::names` and the eBPF object, checked on the
+/// embedded object itself without a kernel: a renamed program, a kprobe that became a
+/// kretprobe, a moved tracepoint or a map whose layout changed on one side fails here, not at
+/// attach time under root.
+#[cfg(test)]
+mod contract_tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::{Object, ProgramSection, generated::bpf_map_type};
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    use udptrace_common::{
+        event::{COUNTER_COUNT, FlowCount, FlowCountKey},
+        filter::{Filter, Selectors},
+        names::{
+            COUNTERS_MAP, DEBUG_BPF_GLOBAL, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL,
+            FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL,
+        },
+        offsets::KernelOffsets,
+    };
+
+    use super::{HOOKS, Target};
+    use crate::session::OBJECT;
+
+    fn object_bytes() -> &'static [u8] {
+        assert!(
+            !OBJECT.is_empty(),
+            "built with UDPTRACE_SKIP_EBPF: the contract test needs the real eBPF object"
+        );
+        OBJECT
+    }
+
+    /// The program type and ELF section a program attached to `target` must have (the
+    /// sections aya-ebpf's macros emit: `#[kprobe]` without a function is plain `kprobe`).
+    fn expected(target: Target) -> (fn(&ProgramSection) -> bool, Vec<String>) {
+        match target {
+            Target::Fexit(function) => (
+                |s| matches!(s, ProgramSection::FExit { sleepable: false }),
+                vec![format!("fexit/{function}")],
+            ),
+            Target::Fentry(function) => (
+                |s| matches!(s, ProgramSection::FEntry { sleepable: false }),
+                vec![format!("fentry/{function}")],
+            ),
+            Target::Kprobe(function) => (
+                |s| matches!(s, ProgramSection::KProbe),
+                vec!["kprobe".into(), format!("kprobe/{function}")],
+            ),
+            Target::Kretprobe(function) => (
+                |s| matches!(s, ProgramSection::KRetProbe),
+                vec!["kretprobe".into(), format!("kretprobe/{function}")],
+            ),
+            Target::TpBtf(tracepoint) => (
+                |s| matches!(s, ProgramSection::BtfTracePoint),
+                vec![format!("tp_btf/{tracepoint}")],
+            ),
+            Target::RawTp(tracepoint) => (
+                |s| matches!(s, ProgramSection::RawTracePoint),
+                vec![format!("raw_tp/{tracepoint}")],
+            ),
+            Target::Tracepoint(tracepoint) => {
+                let (group, event) = tracepoint.event();
+                (
+                    |s| matches!(s, ProgramSection::TracePoint),
+                    vec![format!("tracepoint/{group}/{event}")],
+                )
+            }
+            Target::RouteTracepoint { ipv6 } => {
+                let (group, event) = Target::route_event(ipv6);
+                (
+                    |s| matches!(s, ProgramSection::TracePoint),
+                    vec![format!("tracepoint/{group}/{event}")],
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn every_planned_program_exists_with_its_type_and_section() {
+        let bytes = object_bytes();
+        let parsed = Object::parse(bytes).expect("aya parses the eBPF object");
+        let elf = object::File::parse(bytes).expect("the eBPF object is ELF");
+        let mut problems = Vec::new();
+        let mut planned = BTreeSet::new();
+        for hook in HOOKS {
+            for attachment in hook.attachments {
+                for &(name, target) in attachment.programs {
+                    planned.insert(name);
+                    let Some(program) = parsed.programs.get(name) else {
+                        problems.push(format!("hook {}: no program `{name}`", hook.name));
+                        continue;
+                    };
+                    let (type_ok, sections) = expected(target);
+                    if !type_ok(&program.section) {
+                        problems.push(format!(
+                            "`{name}` is {:?}, the plan attaches it as {target:?}",
+                            program.section
+                        ));
+                    }
+                    let section = elf
+                        .section_by_index(object::SectionIndex(program.section_index))
+                        .and_then(|section| section.name().map(str::to_owned))
+                        .unwrap_or_default();
+                    if !sections.contains(&section) {
+                        problems.push(format!(
+                            "`{name}` is in section `{section}`, the plan attaches it as {target:?}"
+                        ));
+                    }
+                }
+            }
+        }
+        // The other way round: a program no hook names is never attached (dead code, or a
+        // name that drifted on the plan's side only).
+        for name in parsed.programs.keys() {
+            if !planned.contains(name.as_str()) {
+                problems.push(format!("program `{name}` is in no hook of the plan"));
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn every_map_and_global_userspace_opens_exists_with_its_layout() {
+        let bytes = object_bytes();
+        let parsed = Object::parse(bytes).expect("aya parses the eBPF object");
+        let mut problems = Vec::new();
+        // (name, type, key size, value size, max entries; 0: sized by userspace at load).
+        let maps = [
+            (EVENTS_MAP, bpf_map_type::BPF_MAP_TYPE_RINGBUF, 0, 0, 0),
+            (
+                COUNTERS_MAP,
+                bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY,
+                4,
+                8,
+                COUNTER_COUNT,
+            ),
+            (
+                FLOW_COUNTS_MAP,
+                bpf_map_type::BPF_MAP_TYPE_HASH,
+                size_of::<FlowCountKey>(),
+                size_of::<FlowCount>(),
+                udptrace_common::event::FLOW_COUNTS_ENTRIES,
+            ),
+            (
+                FLOW_OVERFLOW_MAP,
+                bpf_map_type::BPF_MAP_TYPE_HASH,
+                size_of::<FlowCountKey>(),
+                size_of::<FlowCount>(),
+                udptrace_common::event::FLOW_OVERFLOW_ENTRIES,
+            ),
+            (GENERATION_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+        ];
+        for (name, kind, key, value, entries) in maps {
+            let Some(map) = parsed.maps.get(name) else {
+                problems.push(format!("no map `{name}`"));
+                continue;
+            };
+            let found = (
+                map.map_type(),
+                map.key_size() as usize,
+                map.value_size() as usize,
+            );
+            if found != (kind as u32, key, value) {
+                problems.push(format!(
+                    "map `{name}`: (type, key, value) is {found:?}, userspace expects {:?}",
+                    (kind as u32, key, value)
+                ));
+            }
+            if entries != 0 && map.max_entries() != entries {
+                problems.push(format!(
+                    "map `{name}`: {} entries, userspace expects {entries}",
+                    map.max_entries()
+                ));
+            }
+        }
+        // Globals are overridden by symbol name (`EbpfLoader::override_global`), with bytes of
+        // the shared type: the symbol must exist with that size.
+        let elf = object::File::parse(bytes).expect("the eBPF object is ELF");
+        for (name, size) in [
+            (OFFSETS_GLOBAL, size_of::<KernelOffsets>()),
+            (FILTER_GLOBAL, size_of::<Filter>()),
+            (SELECTORS_GLOBAL, size_of::<Selectors>()),
+            (DEBUG_BPF_GLOBAL, size_of::<u8>()),
+        ] {
+            match elf.symbols().find(|s| s.name() == Ok(name)) {
+                None => problems.push(format!("no global `{name}`")),
+                Some(symbol) if symbol.size() != size as u64 => problems.push(format!(
+                    "global `{name}` is {} bytes, userspace writes {size}",
+                    symbol.size()
+                )),
+                Some(_) => {}
+            }
+        }
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}

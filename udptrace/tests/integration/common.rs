@@ -16,6 +16,18 @@ use std::{
 };
 
 use serde_json::Value;
+use udptrace::lab::netns::{Netns, veth};
+
+/// Two namespaces `{prefix}client` and `{prefix}server` joined by a veth pair (`eth0` in
+/// each), at `{net}.1/24` and `{net}.2/24` (`net`: a documentation /24 such as "203.0.113").
+pub fn client_and_server(prefix: &str, net: &str) -> (Netns, Netns) {
+    let client = Netns::create(&format!("{prefix}client")).unwrap();
+    let server = Netns::create(&format!("{prefix}server")).unwrap();
+    veth(&client, "eth0", &server, "eth0").unwrap();
+    client.addr("eth0", &format!("{net}.1/24")).unwrap();
+    server.addr("eth0", &format!("{net}.2/24")).unwrap();
+    (client, server)
+}
 
 /// Fails the test (never skips) when not root.
 pub fn require_root() {

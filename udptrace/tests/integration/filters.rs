@@ -7,22 +7,14 @@ use udptrace::lab::{
     peers::{Server, ServerMode},
 };
 
-use crate::common::{Trace, stats};
+use crate::common::{Trace, client_and_server, stats};
 
 const PORT_A: u16 = 6101;
 const PORT_B: u16 = 6102;
 
 /// Two conversations at once between a client and a server namespace, on two ports.
 fn two_conversations(filter: &[&str]) -> Vec<serde_json::Value> {
-    let client = Netns::create("fclient").unwrap();
-    let server = Netns::create("fserver").unwrap();
-    veth(&client, "eth0", &server, "eth0").unwrap();
-    client
-        .ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"])
-        .unwrap();
-    server
-        .ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])
-        .unwrap();
+    let (client, server) = client_and_server("f", "203.0.113");
     let trace = Trace::start(filter);
     let servers: Vec<Server> = [PORT_A, PORT_B]
         .iter()

@@ -2,6 +2,7 @@
 //! One test binary so that the helpers in `common` are shared without duplication.
 
 mod common;
+mod debug_bpf;
 mod doctor;
 mod drops;
 mod filters;
