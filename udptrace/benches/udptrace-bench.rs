@@ -291,7 +291,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 lines.fetch_add(1, Ordering::Relaxed);
-                if line.contains("\"kind\":\"drop\"") {
+                // Event records only: verdict records carry their evidence events too.
+                if line.starts_with("{\"type\":\"event\"") && line.contains("\"kind\":\"drop\"") {
                     drops.fetch_add(1, Ordering::Relaxed);
                 }
                 // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
