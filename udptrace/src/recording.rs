@@ -22,10 +22,10 @@ use crate::{
         table::{FlowKey, FlowTable, Tally},
         verdict::Verdict,
     },
-    model::{DropReason, Process, TraceEvent},
+    model::{DropReason, TraceEvent},
     probes::attach::HookOutcome,
     render::{Output, Stats, Status, json::JsonOutput},
-    sockets::{SocketList, UdpSocketEntry},
+    sockets::{ListedSocket, SocketList},
 };
 
 /// Layout version of the context records; `replay` refuses others.
@@ -43,15 +43,7 @@ pub struct Header {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketsAnswer {
     pub netns: u32,
-    pub sockets: Option<Vec<SocketRecord>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SocketRecord {
-    #[serde(flatten)]
-    pub entry: UdpSocketEntry,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<Process>,
+    pub sockets: Option<Vec<ListedSocket>>,
 }
 
 /// The firewall rules a rule asked for about an event (`None`: none could be read).
@@ -146,7 +138,7 @@ impl Recording {
     pub fn sockets(&mut self, event: &TraceEvent, answer: Option<&SocketList>) {
         let sockets = answer.map(|list| {
             list.iter()
-                .map(|(entry, owner)| SocketRecord {
+                .map(|(entry, owner)| ListedSocket {
                     entry: entry.clone(),
                     owner: owner.clone(),
                 })
@@ -184,16 +176,6 @@ impl Recording {
                 count,
             },
         );
-    }
-}
-
-impl SocketRecord {
-    /// Back into the socket list the rules read.
-    pub fn list(records: Vec<Self>) -> SocketList {
-        records
-            .into_iter()
-            .map(|record| (record.entry, record.owner))
-            .collect()
     }
 }
 

@@ -23,7 +23,7 @@ use crate::{
         table::DEFAULT_MAX_FLOWS,
     },
     model::TraceEvent,
-    recording::{Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketRecord, SocketsAnswer},
+    recording::{Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer},
     render::{Output, Stats},
     sockets::SocketList,
 };
@@ -65,15 +65,24 @@ pub struct Replayed {
 
 /// Replays the recording in `input` into `output` (events, verdicts as they settle, summary).
 pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Replayed> {
-    let mut lines = input.lines().enumerate();
-    let header = match lines.next() {
-        Some((_, line)) => match parse(&line?) {
-            Ok(Record::Header(header)) => header,
-            Ok(_) => {
-                bail!("not a udptrace recording: it does not start with a `recording` record")
-            }
-            Err(error) => return Err(error.context("not a udptrace recording: line 1")),
-        },
+    let mut records = input
+        .lines()
+        .enumerate()
+        .map(|(index, line)| {
+            let line_number = index + 1;
+            let record = line
+                .map_err(anyhow::Error::from)
+                .and_then(|line| parse(&line))
+                .with_context(|| format!("line {line_number}"));
+            (line_number, record)
+        })
+        .peekable();
+    let header = match records.next() {
+        Some((_, Ok(Record::Header(header)))) => header,
+        Some((_, Ok(_))) => {
+            bail!("not a udptrace recording: it does not start with a `recording` record")
+        }
+        Some((_, Err(error))) => return Err(error.context("not a udptrace recording")),
         None => bail!("the recording is empty"),
     };
     if header.version != RECORDING_VERSION {
@@ -93,25 +102,16 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
         });
     let mut stats = None;
     let mut events = 0;
-    // Answers follow the event whose judgement asked for them: read them before judging it.
-    let mut next = lines.next();
-    while let Some((index, line)) = next.take() {
-        let record = parse(&line?).with_context(|| format!("line {}", index + 1))?;
-        next = lines.next();
-        match record {
-            Record::Header(_) => bail!("line {}: a second `recording` record", index + 1),
+    while let Some((line_number, record)) = records.next() {
+        match record? {
+            Record::Header(_) => bail!("line {line_number}: a second `recording` record"),
             Record::Event(event) => {
-                while let Some((answer_index, answer_line)) = next.take() {
-                    let answer_line = answer_line?;
-                    if let Record::Answer(answer) =
-                        parse(&answer_line).with_context(|| format!("line {}", answer_index + 1))?
-                    {
-                        answers.borrow_mut().push_back(answer);
-                        next = lines.next();
-                    } else {
-                        next = Some((answer_index, Ok(answer_line)));
-                        break;
-                    }
+                // Answers follow the event whose judgement asked for them: queue them before
+                // judging it.
+                while let Some((_, Ok(Record::Answer(answer)))) =
+                    records.next_if(|(_, record)| matches!(record, Ok(Record::Answer(_))))
+                {
+                    answers.borrow_mut().push_back(answer);
                 }
                 output.event(&event)?;
                 events += 1;
@@ -209,7 +209,12 @@ fn socket_answers(
             other => Err(other),
         })?
         .sockets
-        .map(SocketRecord::list)
+        .map(|sockets| {
+            sockets
+                .into_iter()
+                .map(|socket| (socket.entry, socket.owner))
+                .collect()
+        })
     })
 }
 

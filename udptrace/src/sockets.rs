@@ -33,6 +33,15 @@ use crate::model::Process;
 /// then name the socket's `uid`).
 pub type SocketList = Rc<[(UdpSocketEntry, Option<Process>)]>;
 
+/// A socket from the namespace's listing (sock_diag), with the process holding it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedSocket {
+    #[serde(flatten)]
+    pub entry: UdpSocketEntry,
+    /// `None`: no process was found holding it (the socket's `uid` then names its owner).
+    pub owner: Option<Process>,
+}
+
 /// Why a datagram does not match a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

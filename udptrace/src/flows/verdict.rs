@@ -11,7 +11,7 @@ use super::table::FlowKey;
 use crate::{
     firewall::FirewallRule,
     model::{Conntrack, Location, Process, RouteDevice, SendCall, SocketInfo, TraceEvent},
-    sockets::{Mismatch, UdpSocketEntry},
+    sockets::{ListedSocket, Mismatch},
 };
 
 /// A network namespace as an event names it.
@@ -29,15 +29,6 @@ impl Namespace {
             netns_name: event.netns_name.clone(),
         }
     }
-}
-
-/// A socket from the namespace's listing (sock_diag), with the process holding it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ListedSocket {
-    #[serde(flatten)]
-    pub entry: UdpSocketEntry,
-    /// `None`: no process was found holding it (the socket's `uid` then names its owner).
-    pub owner: Option<Process>,
 }
 
 /// How the server sent a wrong-source reply, as a function probe on `udp_sendmsg` saw it.

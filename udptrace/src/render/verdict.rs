@@ -12,10 +12,10 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
-        verdict::{Facts, ListedSocket, Namespace, Verdict},
+        verdict::{Facts, Namespace, Verdict},
     },
     model::{Process, TraceEvent, What},
-    sockets::Mismatch,
+    sockets::{ListedSocket, Mismatch},
 };
 
 /// The JSON verdict record (docs/json-schema.md).

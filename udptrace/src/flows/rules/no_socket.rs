@@ -9,9 +9,10 @@ use crate::{
     flows::{
         rule::{Context, KnownReason, Rule},
         table::FlowKey,
-        verdict::{Facts, ListedSocket, Namespace, Pinned, VerdictCode},
+        verdict::{Facts, Namespace, Pinned, VerdictCode},
     },
     model::{Conntrack, TraceEvent, What},
+    sockets::ListedSocket,
 };
 
 pub struct NoSocket;
@@ -136,10 +137,10 @@ mod tests {
                 drop, event, masquerade, no_sockets, pinned_socket, pinned_socket_lister,
                 pinning_connect, process,
             },
-            verdict::{Facts, ListedSocket, Namespace, Pinned, VerdictCode},
+            verdict::{Facts, Namespace, Pinned, VerdictCode},
         },
         model::What,
-        sockets::Mismatch,
+        sockets::{ListedSocket, Mismatch},
     };
 
     #[test]

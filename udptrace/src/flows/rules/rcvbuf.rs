@@ -5,9 +5,10 @@ use crate::{
     flows::{
         rule::{Context, KnownReason, Rule},
         table::FlowKey,
-        verdict::{Facts, ListedSocket, Namespace, VerdictCode},
+        verdict::{Facts, Namespace, VerdictCode},
     },
     model::TraceEvent,
+    sockets::ListedSocket,
 };
 
 pub struct RcvbufOverflow;
@@ -51,9 +52,9 @@ mod tests {
             diagnosis::Diagnosis,
             rule::SocketLister,
             testing::{drop, event},
-            verdict::{Facts, ListedSocket, VerdictCode},
+            verdict::{Facts, VerdictCode},
         },
-        sockets::{SocketList, UdpSocketEntry},
+        sockets::{ListedSocket, SocketList, UdpSocketEntry},
     };
 
     #[test]
