@@ -2,7 +2,7 @@
 //! established, the events that prove it and how often it happened. `render/verdict.rs` writes
 //! its sentences (summary, evidence lines, fix) from these.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
@@ -110,8 +110,6 @@ pub enum Facts {
         destination: SocketAddr,
         #[serde(skip_serializing_if = "Option::is_none")]
         device: Option<String>,
-        /// The source the route back is looked up for.
-        saddr: IpAddr,
     },
     Checksum {
         source: SocketAddr,

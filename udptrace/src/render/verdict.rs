@@ -253,11 +253,11 @@ pub fn summary(verdict: &Verdict) -> String {
             source,
             destination,
             device,
-            saddr,
         } => format!(
             "reverse-path filtering drops {source} > {destination} on {}: the route back to \
-             {saddr} does not leave through the interface it arrived on",
-            device.as_deref().unwrap_or("?")
+             {} does not leave through the interface it arrived on",
+            device.as_deref().unwrap_or("?"),
+            source.ip()
         ),
         Facts::Checksum {
             source,

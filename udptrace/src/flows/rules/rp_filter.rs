@@ -24,7 +24,6 @@ impl Rule for RpFilterDrop {
                     source: event.source(),
                     destination: event.destination(),
                     device: event.ifname.clone(),
-                    saddr: event.saddr,
                 },
                 vec![event.clone()],
             )
