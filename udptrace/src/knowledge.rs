@@ -1,7 +1,7 @@
 //! Everything learnt from the running kernel at start-up, in one place: struct offsets from
 //! BTF, classic tracepoint layouts from tracefs, drop-reason names, kernel symbols.
 
-use std::rc::Rc;
+use std::{collections::BTreeSet, rc::Rc};
 
 use udptrace_common::offsets::KernelOffsets;
 
@@ -15,14 +15,16 @@ use crate::{
         tracefs::{Tracefs, TracefsError},
     },
     model::{DropReason, Process},
+    probes::plan::btf_attach_names,
     procs::Processes,
 };
 
 pub struct Knowledge {
-    /// Our own BTF view (offsets, enums, functions); `None` without /sys/kernel/btf/vmlinux.
-    pub btf: Option<Btf>,
-    /// aya's view of the same BTF, which it needs to load tp_btf and fexit programs.
-    pub aya_btf: Option<aya::Btf>,
+    /// The functions programs attach to that the kernel's BTF lists (not inlined away).
+    functions: BTreeSet<&'static str>,
+    /// aya's view of the attach targets in the same BTF, which it needs to load tp_btf and
+    /// fexit programs ([`Btf::attach_targets`]).
+    pub attach_btf: Option<aya::Btf>,
     pub offsets: KernelOffsets,
     /// Fields this kernel lacks, and why; each disables only what reads it.
     pub missing: Vec<(String, String)>,
@@ -36,22 +38,37 @@ impl Knowledge {
     /// Reads BTF, tracefs and kallsyms. Only a kernel without BTF is fatal: without struct
     /// offsets no program can read an skb.
     pub fn load() -> anyhow::Result<Self> {
+        // Reading /proc/kallsyms costs the kernel some tens of milliseconds of formatting:
+        // done beside the BTF parse, it adds nothing to the time to ready.
+        let symbols = std::thread::spawn(Kallsyms::from_proc);
         let btf = Btf::from_sys_fs().map_err(|error| {
             anyhow::anyhow!(
                 "no usable kernel BTF ({error}); udptrace needs CONFIG_DEBUG_INFO_BTF=y \
                  (/sys/kernel/btf/vmlinux)"
             )
         })?;
-        let aya_btf = aya::Btf::from_sys_fs().ok();
         let tracefs = Tracefs::find_or_mount();
         let report = resolve_offsets(&btf, tracefs.as_ref().ok());
         let reasons = DropReasons::from_btf(&btf);
-        let symbols = Kallsyms::from_proc();
+        let (typedefs, functions) = btf_attach_names();
+        let typedefs: Vec<&str> = typedefs.iter().map(String::as_str).collect();
+        let attach_blob = btf.attach_targets(&typedefs, &functions);
+        let functions = functions
+            .into_iter()
+            .filter(|name| btf.has_function(name))
+            .collect();
+        // Everything needed from our parse is taken: free it before aya's view is built, so
+        // that the two are never held at once (peak RSS).
+        drop(btf);
+        let attach_btf = aya::Btf::parse(&attach_blob, aya::Endianness::default()).ok();
+        let symbols = symbols
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading /proc/kallsyms panicked"))?;
         Ok(Self {
             offsets: report.offsets,
             missing: report.missing,
-            btf: Some(btf),
-            aya_btf,
+            functions,
+            attach_btf,
             tracefs,
             reasons,
             symbols,
@@ -64,7 +81,7 @@ impl Knowledge {
     }
 
     pub fn has_function(&self, name: &str) -> bool {
-        self.btf.as_ref().is_some_and(|btf| btf.has_function(name))
+        self.functions.contains(name)
     }
 }
 

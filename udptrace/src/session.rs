@@ -123,9 +123,14 @@ impl Tracer {
         // Parse the user's words first: a typo should not wait for BTF parsing.
         let filter = filter::compile(&config.filter)?;
         preflight()?;
+        // aya 0.14's `EbpfLoader::new` parses the kernel's whole BTF for CO-RE relocations
+        // (aya/src/bpf.rs, `new`), which Rust programs never carry: drop that parse before
+        // ours starts, so the two are never held at once (peak RSS).
+        let mut loader = EbpfLoader::new();
+        loader.btf(None);
         let knowledge = Knowledge::load()?;
         let selectors = selectors(&config, &knowledge.processes)?;
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
             .override_global(FILTER_GLOBAL, &*filter.program, true)
             .override_global(SELECTORS_GLOBAL, &selectors, true)
@@ -136,7 +141,7 @@ impl Tracer {
         let probes = attach_all(
             &mut ebpf,
             &AttachContext {
-                btf: knowledge.aya_btf.as_ref(),
+                btf: knowledge.attach_btf.as_ref(),
                 offsets: &knowledge.offsets,
                 tracefs: knowledge.tracefs_mounted(),
                 kprobes: kprobe_status().is_ok(),

@@ -16,7 +16,7 @@
 //! type ids and string offsets when they are used, and walks through anonymous members and
 //! typedef chains are bounded so a cyclic blob cannot hang or overflow the stack.
 
-use std::{collections::HashMap, fmt, path::Path};
+use std::{cmp::Ordering, fmt, path::Path};
 
 /// `BTF_MAGIC` (include/uapi/linux/btf.h). Read little-endian; big-endian BTF reads 0x9feb.
 const MAGIC: u16 = 0xeb9f;
@@ -175,11 +175,12 @@ struct Type {
     /// `info` bit 31. Struct/union: members encode bitfield sizes. Enum: values are signed.
     kind_flag: bool,
     /// `info` bits 0-15: members, enumerators, parameters, ...
-    vlen: usize,
+    vlen: u16,
     /// `size` for INT/STRUCT/UNION/ENUM/ENUM64/DATASEC/FLOAT, `type` for the others.
     size_or_id: u32,
-    /// Index of the first trailing word in `Btf::words`.
-    extra: usize,
+    /// Index of the first trailing word in `Btf::words` (the type section's length is a u32
+    /// of bytes, so a word index fits).
+    extra: u32,
 }
 
 impl Type {
@@ -194,13 +195,23 @@ impl Type {
 }
 
 /// Names are looked up per family: `struct sock` and a function `sock` are different things.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Family {
     /// STRUCT and UNION.
     Composite,
     /// ENUM and ENUM64.
     Enum,
     Func,
+    /// TYPEDEF: tp_btf programs attach to `btf_trace_<tracepoint>` typedefs.
+    Typedef,
+}
+
+/// One entry of [`Btf::by_name`].
+#[derive(Clone, Copy, Debug)]
+struct Named {
+    family: Family,
+    name_off: u32,
+    id: u32,
 }
 
 /// Where a struct member lives.
@@ -233,10 +244,11 @@ pub struct Btf {
     strings: Vec<u8>,
     /// Index 0 is `void`.
     types: Vec<Type>,
-    /// Every STRUCT/UNION, ENUM/ENUM64 and FUNC by name, in id order. vmlinux holds a few
-    /// distinct structs under one name (`struct console`, `struct workspace`), so lookups try
-    /// each.
-    by_name: HashMap<(Family, Box<str>), Vec<u32>>,
+    /// Every STRUCT/UNION, ENUM/ENUM64, FUNC and TYPEDEF, sorted by family, then name, then
+    /// id. vmlinux holds a few distinct structs under one name (`struct console`, `struct
+    /// workspace`), so lookups try each. 12 bytes a name, against about 100 for a map of owned
+    /// names (vmlinux names some 100 000 such types).
+    by_name: Vec<Named>,
     /// `sizeof(void *)` of the kernel the BTF describes: the size of `long`, which the kernel
     /// assumes equal to a pointer's; BTF records no pointer size (btf.rst: PTR has `size` 0).
     pointer_size: u32,
@@ -293,7 +305,7 @@ impl Btf {
             types: parse_types(&words)?,
             words,
             strings: strings.to_vec(),
-            by_name: HashMap::new(),
+            by_name: Vec::new(),
             pointer_size: 8,
         };
         btf.index();
@@ -302,13 +314,14 @@ impl Btf {
 
     /// Fills `by_name` and `pointer_size`.
     fn index(&mut self) {
-        let mut by_name: HashMap<(Family, Box<str>), Vec<u32>> = HashMap::new();
+        let mut by_name = Vec::new();
         let mut long_size = None;
         for (id, ty) in self.types.iter().enumerate().skip(1) {
             let family = match ty.kind {
                 Kind::Struct | Kind::Union => Family::Composite,
                 Kind::Enum | Kind::Enum64 => Family::Enum,
                 Kind::Func => Family::Func,
+                Kind::Typedef => Family::Typedef,
                 Kind::Int => {
                     if long_size.is_none() && self.string(ty.name_off) == Ok("long int") {
                         long_size = Some(ty.size_or_id);
@@ -319,23 +332,35 @@ impl Btf {
             };
             // A name that cannot be read (bad offset, not UTF-8) only makes its type
             // unfindable by name; the rest of the blob stays usable.
-            let Ok(name) = self.string(ty.name_off) else {
-                continue;
-            };
-            if name.is_empty() {
-                continue;
+            if self.string(ty.name_off).is_ok_and(|name| !name.is_empty()) {
+                // `types` has at most u32::MAX entries: each takes 12 bytes of a section
+                // whose length is a u32.
+                by_name.push(Named {
+                    family,
+                    name_off: ty.name_off,
+                    id: id as u32,
+                });
             }
-            // `types` has at most u32::MAX entries: each takes 12 bytes of a section whose
-            // length is a u32.
-            by_name
-                .entry((family, name.into()))
-                .or_default()
-                .push(id as u32);
         }
+        // Stable, and pushed in id order: entries sharing a name stay in id order.
+        by_name.sort_by(|a, b| self.compare(a, b.family, self.name(b)));
         self.by_name = by_name;
         self.pointer_size = long_size
             .filter(|&size| size == 4 || size == 8)
             .unwrap_or(8);
+    }
+
+    /// The name of an indexed type (checked readable when indexed).
+    fn name(&self, entry: &Named) -> &str {
+        self.string(entry.name_off).unwrap_or_default()
+    }
+
+    /// Orders an index entry against a (family, name) key.
+    fn compare(&self, entry: &Named, family: Family, name: &str) -> Ordering {
+        entry
+            .family
+            .cmp(&family)
+            .then_with(|| self.name(entry).cmp(name))
     }
 
     /// Number of types, `void` not counted (for `doctor`).
@@ -351,15 +376,15 @@ impl Btf {
     /// inside an anonymous union). A path cannot cross a pointer (that would be a read).
     /// Bitfields are refused unless they start on a byte and span whole bytes.
     pub fn member_offset(&self, struct_name: &str, path: &str) -> Result<FieldInfo, BtfError> {
-        let candidates = self.named(Family::Composite, struct_name);
-        if candidates.is_empty() {
+        let mut candidates = self.named(Family::Composite, struct_name).peekable();
+        if candidates.peek().is_none() {
             return error(format!(
                 "{struct_name}.{path}: no struct {struct_name} in BTF"
             ));
         }
         // Distinct structs sharing a name: the first one that has the path wins.
         let mut first_error = None;
-        for &id in candidates {
+        for id in candidates {
             match self.walk(id, path) {
                 Ok(field) => return Ok(field),
                 Err(message) => {
@@ -442,7 +467,7 @@ impl Btf {
         if nesting > MAX_ANONYMOUS_NESTING {
             return error("anonymous members nest too deeply (cyclic BTF?)");
         }
-        for index in 0..container.vlen {
+        for index in 0..usize::from(container.vlen) {
             *budget = budget.checked_sub(1).ok_or_else(|| {
                 BtfError("anonymous members nest too deeply (cyclic BTF?)".into())
             })?;
@@ -514,9 +539,9 @@ impl Btf {
 
     /// Size of `struct_name` (a struct or union).
     pub fn struct_size(&self, struct_name: &str) -> Result<u32, BtfError> {
-        let id = *self
+        let id = self
             .named(Family::Composite, struct_name)
-            .first()
+            .next()
             .ok_or_else(|| BtfError(format!("no struct {struct_name} in BTF")))?;
         self.size_of(id, 0)
     }
@@ -528,13 +553,11 @@ impl Btf {
     /// differs for values above `i32::MAX`). ENUM64 values above `i64::MAX` keep their bit
     /// pattern.
     pub fn enum_values(&self, name: &str) -> Result<Vec<(String, i64)>, BtfError> {
-        let candidates = self.named(Family::Enum, name);
         // `enum foo;` forward declarations are ENUMs without enumerators.
-        let id = candidates
-            .iter()
-            .copied()
+        let id = self
+            .named(Family::Enum, name)
             .find(|&id| self.types.get(id as usize).is_some_and(|ty| ty.vlen > 0))
-            .or_else(|| candidates.first().copied())
+            .or_else(|| self.named(Family::Enum, name).next())
             .ok_or_else(|| BtfError(format!("no enum {name} in BTF")))?;
         let ty = self.get(id)?;
         let trailing = self.trailing(ty);
@@ -553,17 +576,52 @@ impl Btf {
             .collect()
     }
 
+    /// A raw BTF blob in which each of `typedefs` and `functions` this BTF has sits at the
+    /// id this BTF gives it, every other id below the highest being an anonymous pointer to
+    /// void: all that aya needs to load tp_btf programs (`btf_trace_<tracepoint>` typedefs)
+    /// and fentry/fexit ones (functions), which it finds by name and kind and passes to the
+    /// kernel by id (aya/src/programs/tp_btf.rs and fexit.rs, `load`). The running kernel's
+    /// BTF is then parsed once, here, instead of once more by aya (rebuilding ~150 000 types).
+    pub fn attach_targets(&self, typedefs: &[&str], functions: &[&str]) -> Vec<u8> {
+        let mut wanted: Vec<(u32, u32, &str)> = typedefs
+            .iter()
+            .filter_map(|&name| {
+                let id = self.named(Family::Typedef, name).next()?;
+                Some((id, BlobWriter::TYPEDEF, name))
+            })
+            .chain(functions.iter().filter_map(|&name| {
+                let id = self.named(Family::Func, name).next()?;
+                Some((id, BlobWriter::FUNC, name))
+            }))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut blob = BlobWriter::new();
+        for (id, kind, name) in wanted {
+            while blob.count + 1 < id {
+                blob.add(BlobWriter::PTR, false, "", 0, 0, &[]);
+            }
+            // A FUNC's vlen is its linkage (btf.rst 2.2.12); aya reads only name and kind.
+            blob.add(kind, false, name, 0, 0, &[]);
+        }
+        blob.bytes()
+    }
+
     /// Whether the kernel has a function `name` (a BTF FUNC: a function fentry and kprobes can
     /// target, not inlined away).
     pub fn has_function(&self, name: &str) -> bool {
-        !self.named(Family::Func, name).is_empty()
+        self.named(Family::Func, name).next().is_some()
     }
 
-    fn named(&self, family: Family, name: &str) -> &[u32] {
-        // The key is built from the name (one allocation per lookup, a few dozen per run).
-        self.by_name
-            .get(&(family, name.into()))
-            .map_or(&[], Vec::as_slice)
+    /// Ids of the types of `family` called `name`, in id order.
+    fn named<'a>(&'a self, family: Family, name: &'a str) -> impl Iterator<Item = u32> + 'a {
+        let start = self
+            .by_name
+            .partition_point(|entry| self.compare(entry, family, name) == Ordering::Less);
+        self.by_name[start..]
+            .iter()
+            .take_while(move |entry| self.compare(entry, family, name) == Ordering::Equal)
+            .map(|entry| entry.id)
     }
 
     fn get(&self, id: u32) -> Result<Type, BtfError> {
@@ -575,8 +633,9 @@ impl Btf {
 
     /// The kind-specific data of `ty`.
     fn trailing(&self, ty: Type) -> &[u32] {
-        let len = ty.kind.trailing_words(ty.vlen);
-        self.words.get(ty.extra..ty.extra + len).unwrap_or(&[])
+        let start = ty.extra as usize;
+        let len = ty.kind.trailing_words(usize::from(ty.vlen));
+        self.words.get(start..start + len).unwrap_or(&[])
     }
 
     fn string(&self, offset: u32) -> Result<&str, BtfError> {
@@ -634,6 +693,78 @@ impl Btf {
                 kind.describe()
             )),
         }
+    }
+}
+
+/// Writes raw BTF blobs type by type (the layout [`Btf::from_bytes`] reads): for aya's view
+/// of the attach targets ([`Btf::attach_targets`]) and for the tests' hand-made layouts.
+pub(crate) struct BlobWriter {
+    types: Vec<u32>,
+    strings: Vec<u8>,
+    count: u32,
+}
+
+impl BlobWriter {
+    /// `BTF_KIND_PTR`, `BTF_KIND_TYPEDEF`, `BTF_KIND_FUNC` (include/uapi/linux/btf.h).
+    const PTR: u32 = 2;
+    const TYPEDEF: u32 = 8;
+    const FUNC: u32 = 12;
+
+    pub(crate) fn new() -> Self {
+        Self {
+            types: Vec::new(),
+            // btf.rst 2.1: the first string is the empty name.
+            strings: vec![0],
+            count: 0,
+        }
+    }
+
+    /// Adds a string; returns its offset (0, the empty name, for "").
+    pub(crate) fn name(&mut self, name: &str) -> u32 {
+        if name.is_empty() {
+            return 0;
+        }
+        let offset = self.strings.len() as u32;
+        self.strings.extend_from_slice(name.as_bytes());
+        self.strings.push(0);
+        offset
+    }
+
+    /// Adds a type with its kind-specific `data`; returns its id.
+    pub(crate) fn add(
+        &mut self,
+        kind: u32,
+        flag: bool,
+        name: &str,
+        vlen: u32,
+        size: u32,
+        data: &[u32],
+    ) -> u32 {
+        let name = self.name(name);
+        let info = (u32::from(flag) << 31) | (kind << 24) | vlen;
+        self.types.extend([name, info, size]);
+        self.types.extend_from_slice(data);
+        self.count += 1;
+        self.count
+    }
+
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        let types: Vec<u8> = self.types.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut out = Vec::with_capacity(MIN_HEADER_LEN + types.len() + self.strings.len());
+        out.extend(MAGIC.to_le_bytes());
+        out.extend([VERSION, 0]);
+        for word in [
+            MIN_HEADER_LEN as u32,
+            0,
+            types.len() as u32,
+            types.len() as u32,
+            self.strings.len() as u32,
+        ] {
+            out.extend(word.to_le_bytes());
+        }
+        out.extend(types);
+        out.extend(&self.strings);
+        out
     }
 }
 
@@ -738,9 +869,9 @@ fn parse_types(words: &[u32]) -> Result<Vec<Type>, BtfError> {
                 at * 4
             ))
         })?;
-        let vlen = (info & 0xffff) as usize;
+        let vlen = (info & 0xffff) as u16;
         let extra = at + TYPE_HEADER_WORDS;
-        let end = extra + kind.trailing_words(vlen);
+        let end = extra + kind.trailing_words(usize::from(vlen));
         if end > words.len() {
             return error(format!(
                 "BTF type {id} at byte {}: its data runs past the end of the type section",
@@ -753,7 +884,8 @@ fn parse_types(words: &[u32]) -> Result<Vec<Type>, BtfError> {
             kind_flag: info >> 31 == 1,
             vlen,
             size_or_id,
-            extra,
+            // `words` came from a section whose byte length is a u32.
+            extra: extra as u32,
         });
         at = end;
     }
@@ -798,12 +930,7 @@ mod tests {
 
     /// Builds small BTF blobs type by type, for layouts the fixture does not have and for
     /// malformed input.
-    #[derive(Default)]
-    struct Builder {
-        types: Vec<u32>,
-        strings: Vec<u8>,
-        count: u32,
-    }
+    type Builder = BlobWriter;
 
     const INT: u32 = 1;
     const PTR: u32 = 2;
@@ -818,42 +945,7 @@ mod tests {
     const ENUM64: u32 = 19;
     const FLAG: bool = true;
 
-    impl Builder {
-        fn new() -> Self {
-            Self {
-                strings: vec![0],
-                ..Self::default()
-            }
-        }
-
-        fn name(&mut self, name: &str) -> u32 {
-            if name.is_empty() {
-                return 0;
-            }
-            let offset = self.strings.len() as u32;
-            self.strings.extend_from_slice(name.as_bytes());
-            self.strings.push(0);
-            offset
-        }
-
-        /// Adds a type; returns its id.
-        fn add(
-            &mut self,
-            kind: u32,
-            flag: bool,
-            name: &str,
-            vlen: u32,
-            size: u32,
-            data: &[u32],
-        ) -> u32 {
-            let name = self.name(name);
-            let info = (u32::from(flag) << 31) | (kind << 24) | vlen;
-            self.types.extend([name, info, size]);
-            self.types.extend_from_slice(data);
-            self.count += 1;
-            self.count
-        }
-
+    impl BlobWriter {
         fn int(&mut self, name: &str, size: u32) -> u32 {
             self.add(INT, false, name, 0, size, &[size * 8])
         }
@@ -875,25 +967,6 @@ mod tests {
                 })
                 .collect();
             self.add(kind, flag, name, members.len() as u32, size, &data)
-        }
-
-        fn bytes(&self) -> Vec<u8> {
-            let types: Vec<u8> = self.types.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let mut out = Vec::new();
-            out.extend(MAGIC.to_le_bytes());
-            out.extend([VERSION, 0]);
-            for word in [
-                24,
-                0,
-                types.len() as u32,
-                types.len() as u32,
-                self.strings.len() as u32,
-            ] {
-                out.extend(word.to_le_bytes());
-            }
-            out.extend(types);
-            out.extend(&self.strings);
-            out
         }
     }
 
@@ -1192,5 +1265,54 @@ mod tests {
         assert!(!btf.has_function("udp_sendmsg_but_not_really"));
         // `struct console` exists twice in this vmlinux; lookups still work.
         assert!(btf.struct_size("console").is_ok());
+    }
+
+    /// aya's view of the attach targets gives each the id the kernel's BTF gives it (what the
+    /// kernel checks `attach_btf_id` against), and lists nothing else by name.
+    #[test]
+    fn attach_targets_keep_the_kernel_ids() {
+        use aya::Btf as AyaBtf;
+        use aya_obj::btf::BtfKind;
+
+        let btf = fixture::btf();
+        let (typedefs, functions) = crate::probes::plan::btf_attach_names();
+        let typedefs: Vec<&str> = typedefs.iter().map(String::as_str).collect();
+        let view = AyaBtf::parse(
+            &btf.attach_targets(&typedefs, &functions),
+            aya::Endianness::default(),
+        )
+        .unwrap();
+        let mut checked = 0;
+        for (names, family, kind) in [
+            (&typedefs, Family::Typedef, BtfKind::Typedef),
+            (&functions, Family::Func, BtfKind::Func),
+        ] {
+            for name in names {
+                match btf.named(family, name).next() {
+                    Some(id) => {
+                        assert_eq!(view.id_by_type_name_kind(name, kind).unwrap(), id, "{name}");
+                        checked += 1;
+                    }
+                    None => assert!(view.id_by_type_name_kind(name, kind).is_err(), "{name}"),
+                }
+            }
+        }
+        // The fixture (Linux 6.18) has every tp_btf tracepoint and fexit function udptrace
+        // uses; `bpftool btf dump file` of it prints `[38122] TYPEDEF 'btf_trace_kfree_skb'`.
+        assert!(checked >= typedefs.len(), "{checked} of {typedefs:?}");
+        assert_eq!(
+            view.id_by_type_name_kind("btf_trace_kfree_skb", BtfKind::Typedef)
+                .unwrap(),
+            38122
+        );
+        assert!(
+            view.id_by_type_name_kind("udp_sendmsg_but_not_really", BtfKind::Func)
+                .is_err()
+        );
+        // Nothing else is named: a struct the kernel has is not in the view.
+        assert!(
+            view.id_by_type_name_kind("sk_buff", BtfKind::Struct)
+                .is_err()
+        );
     }
 }

@@ -10,6 +10,8 @@
 //! kernel.rst, "kptr_restrict": 1 hides them without CAP_SYSLOG, 2 from everyone); a table of
 //! zeros would name every address after one arbitrary symbol, so it is refused.
 
+use std::io::BufRead as _;
+
 /// A function longer than this is implausible (the largest in vmlinux are some tens of KiB):
 /// an address further than this past the nearest symbol is not one kallsyms can name (data,
 /// a gap before module space, a stale pointer).
@@ -39,50 +41,98 @@ pub enum ParseError {
 /// Text symbols sorted by address.
 #[derive(Clone, Debug)]
 pub struct Kallsyms {
-    /// One entry per address: the first name /proc/kallsyms gives it.
-    symbols: Vec<(u64, String)>,
+    /// One entry per address, naming the first symbol /proc/kallsyms gives it: (address, start
+    /// and length of the name in `names`). A whole kernel lists some 120 000 code symbols:
+    /// one string for all the names keeps them at about 5 MiB instead of 10.
+    symbols: Vec<(u64, u32, u32)>,
+    names: String,
 }
 
 impl Kallsyms {
-    /// The running kernel's symbols.
+    /// The running kernel's symbols, read line by line (the file is some 5 MiB of text).
     pub fn from_proc() -> Result<Self, KallsymsError> {
-        let text = std::fs::read_to_string("/proc/kallsyms").map_err(KallsymsError::Read)?;
-        Self::parse(&text).map_err(KallsymsError::Parse)
+        let file = std::fs::File::open("/proc/kallsyms").map_err(KallsymsError::Read)?;
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut table = Self {
+            symbols: Vec::new(),
+            names: String::new(),
+        };
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => table.add_line(&line),
+                Err(error) => return Err(KallsymsError::Read(error)),
+            }
+        }
+        table.finish().map_err(KallsymsError::Parse)
     }
 
     /// Parses kallsyms text, keeping code symbols (types `t`/`T`, and weak `w`/`W`, which are
     /// code in practice); lines that do not parse are skipped.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut symbols: Vec<(u64, String)> = text
-            .lines()
-            .filter_map(|line| {
-                let mut parts = line.split_whitespace();
-                let address = u64::from_str_radix(parts.next()?, 16).ok()?;
-                let kind = parts.next()?;
-                let name = parts.next()?;
-                matches!(kind, "t" | "T" | "w" | "W").then(|| (address, name.to_owned()))
-            })
-            .collect();
-        if symbols.is_empty() {
+        let mut table = Self {
+            symbols: Vec::new(),
+            names: String::new(),
+        };
+        for line in text.lines() {
+            table.add_line(line);
+        }
+        table.finish()
+    }
+
+    /// Adds one `<address> <type> <name>[\t[module]]` line if it names code.
+    fn add_line(&mut self, line: &str) {
+        let mut parts = line.split_whitespace();
+        let (Some(address), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (Ok(address), true) = (
+            u64::from_str_radix(address, 16),
+            matches!(kind, "t" | "T" | "w" | "W"),
+        ) else {
+            return;
+        };
+        // Names are at most KSYM_NAME_LEN (512) bytes and the whole text some MiB: both fit.
+        let (Ok(start), Ok(len)) = (u32::try_from(self.names.len()), u32::try_from(name.len()))
+        else {
+            return;
+        };
+        self.names.push_str(name);
+        self.symbols.push((address, start, len));
+    }
+
+    /// Sorts the collected symbols and checks that they can name anything.
+    fn finish(mut self) -> Result<Self, ParseError> {
+        if self.symbols.is_empty() {
             return Err(ParseError::NoCodeSymbols);
         }
-        if symbols.iter().all(|&(address, _)| address == 0) {
+        if self.symbols.iter().all(|&(address, ..)| address == 0) {
             return Err(ParseError::AddressesHidden);
         }
         // Stable: among aliases of one address (`_stext`, `_text`, ...) the first listed stays.
-        symbols.sort_by_key(|&(address, _)| address);
-        symbols.dedup_by_key(|(address, _)| *address);
+        self.symbols.sort_by_key(|&(address, ..)| address);
+        self.symbols.dedup_by_key(|(address, ..)| *address);
         // A few symbols are legitimately 0 in a readable table (none of type t/T on x86_64
         // today, but per-CPU or absolute ones on other configurations): they name nothing.
-        symbols.retain(|&(address, _)| address != 0);
-        Ok(Self { symbols })
+        self.symbols.retain(|&(address, ..)| address != 0);
+        self.symbols.shrink_to_fit();
+        self.names.shrink_to_fit();
+        Ok(self)
     }
 
     /// `symbol+0xoff` for a code address; `None` below the first symbol, or too far past the
     /// nearest one to belong to it (more than 1 MiB past it).
     pub fn symbolize(&self, address: u64) -> Option<String> {
-        let index = self.symbols.partition_point(|&(start, _)| start <= address);
-        let (start, name) = self.symbols.get(index.checked_sub(1)?)?;
+        let index = self
+            .symbols
+            .partition_point(|&(start, ..)| start <= address);
+        let &(start, name_start, len) = self.symbols.get(index.checked_sub(1)?)?;
+        let name = self
+            .names
+            .get(name_start as usize..(name_start + len) as usize)?;
         let offset = address - start;
         (offset < MAX_OFFSET).then(|| format!("{name}+{offset:#x}"))
     }

@@ -65,6 +65,30 @@ impl Target {
     }
 }
 
+/// The BTF names the programs of [`HOOKS`] attach to: `btf_trace_<name>` typedefs for tp_btf
+/// (the kernel's `DEFINE_EVENT` declares one per tracepoint, include/trace/bpf_probe.h), and
+/// the functions of fentry/fexit and kprobes (whose absence from BTF is worth saying before
+/// the kernel refuses).
+pub fn btf_attach_names() -> (Vec<String>, Vec<&'static str>) {
+    let mut typedefs = Vec::new();
+    let mut functions = Vec::new();
+    let targets = HOOKS
+        .iter()
+        .flat_map(|hook| hook.attachments)
+        .flat_map(|attachment| attachment.programs);
+    for (_, target) in targets {
+        match *target {
+            Target::TpBtf(tracepoint) => typedefs.push(format!("btf_trace_{tracepoint}")),
+            Target::Fexit(function)
+            | Target::Fentry(function)
+            | Target::Kprobe(function)
+            | Target::Kretprobe(function) => functions.push(function),
+            Target::RawTp(_) | Target::Tracepoint(_) | Target::RouteTracepoint { .. } => {}
+        }
+    }
+    (typedefs, functions)
+}
+
 /// A way to attach a hook: every program listed must attach for it to count.
 #[derive(Clone, Copy, Debug)]
 pub struct Attachment {
