@@ -580,8 +580,9 @@ impl Btf {
     /// id this BTF gives it, every other id below the highest being an anonymous pointer to
     /// void: all that aya needs to load tp_btf programs (`btf_trace_<tracepoint>` typedefs)
     /// and fentry/fexit ones (functions), which it finds by name and kind and passes to the
-    /// kernel by id (aya/src/programs/tp_btf.rs and fexit.rs, `load`). The running kernel's
-    /// BTF is then parsed once, here, instead of once more by aya (rebuilding ~150 000 types).
+    /// kernel by id (aya/src/programs/tp_btf.rs and fexit.rs, `load`). aya then never holds
+    /// the ~150 000 types of vmlinux next to ours (its loader's own parse is dropped before
+    /// ours starts: `Tracer::start`).
     pub fn attach_targets(&self, typedefs: &[&str], functions: &[&str]) -> Vec<u8> {
         let mut wanted: Vec<(u32, u32, &str)> = typedefs
             .iter()
