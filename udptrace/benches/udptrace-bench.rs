@@ -39,6 +39,8 @@ const DURATION: Duration = Duration::from_secs(3);
 const STORM_DATAGRAMS: u64 = 1_000_000;
 const STORM_TIMEOUT: Duration = Duration::from_secs(30);
 const ROUNDS: usize = 3;
+/// Starts of each tracer for the start-up rows (on the idle host, alternating).
+const STARTS: usize = 5;
 const BATCH: usize = 64;
 const PAYLOAD: usize = 64;
 
@@ -133,9 +135,13 @@ impl Variant {
         let keys: Vec<&str> = only.split(',').map(str::trim).collect();
         if let Some(unknown) = keys
             .iter()
-            .find(|key| !Self::ALL.iter().any(|v| v.key() == **key))
+            .find(|key| **key != STARTUP_KEY && !Self::ALL.iter().any(|v| v.key() == **key))
         {
-            let known: Vec<&str> = Self::ALL.iter().map(|v| v.key()).collect();
+            let known: Vec<&str> = Self::ALL
+                .iter()
+                .map(|v| v.key())
+                .chain([STARTUP_KEY])
+                .collect();
             bail!(
                 "UDPTRACE_BENCH_ONLY: unknown variant {unknown:?} (known: {})",
                 known.join(", ")
@@ -152,6 +158,14 @@ impl Variant {
                         && keys.contains(&Self::UdptraceFlowStorm.key()))
             })
             .collect())
+    }
+
+    /// Whether the start-up rows run: always, unless `UDPTRACE_BENCH_ONLY` leaves out
+    /// `startup`.
+    fn startup_selected() -> bool {
+        std::env::var("UDPTRACE_BENCH_ONLY").map_or(true, |only| {
+            only.split(',').any(|key| key.trim() == STARTUP_KEY)
+        })
     }
 
     fn storm(self) -> bool {
@@ -571,6 +585,49 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
     Ok(sample)
 }
 
+/// `UDPTRACE_BENCH_ONLY` key of the start-up rows.
+const STARTUP_KEY: &str = "startup";
+
+/// Start-up rows: spawn to ready (udptrace's `ready` record, bpftrace's "Attaching N probes")
+/// and peak RSS at ready, for udptrace with a one-port filter and for bpftrace on the same
+/// hops, `STARTS` starts each, alternating, on the idle host; medians, and udptrace's as a
+/// ratio of bpftrace's.
+fn startup(receiver: &Netns) -> anyhow::Result<String> {
+    let tracers = [Variant::UdptraceNoMatch, Variant::Bpftrace];
+    let mut ready: [Vec<f64>; 2] = Default::default();
+    let mut rss: [Vec<f64>; 2] = Default::default();
+    for start in 0..STARTS {
+        for index in [start % 2, 1 - start % 2] {
+            let variant = tracers[index];
+            let tool = start_tool(variant, receiver)?.context("a tracer variant")?;
+            let mut sample = Sample::default();
+            stop_tool(tool, &mut sample, variant == Variant::UdptraceNoMatch)
+                .with_context(|| format!("start {start}, {}", variant.name()))?;
+            ready[index].extend(sample.ready_ms.map(|ms| ms as f64));
+            rss[index].extend(sample.peak_rss_kib.map(|kib| kib as f64 / 1024.0));
+        }
+    }
+    let [ready_udptrace, ready_bpftrace] = ready.each_mut().map(|values| median(values));
+    let [rss_udptrace, rss_bpftrace] = rss.each_mut().map(|values| median(values));
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "\n## Start-up\n\n{STARTS} starts of each, alternating, on the idle host; medians. Ready: \
+         from spawn to udptrace's `ready` record (every hook attached) or bpftrace's \
+         \"Attaching N probes\". Peak RSS: VmHWM at ready; udptrace's includes its ring \
+         buffer's kernel pages, mapped twice (2 × `--ring-size`, 8 MiB by default).\n\n\
+         | tracer | ready ms | peak RSS MiB |\n|---|---:|---:|\n\
+         | {} | {ready_udptrace:.0} | {rss_udptrace:.1} |\n\
+         | {} | {ready_bpftrace:.0} | {rss_bpftrace:.1} |\n\
+         | udptrace / bpftrace | {:.2} | {:.2} |",
+        Variant::UdptraceNoMatch.name(),
+        Variant::Bpftrace.name(),
+        ready_udptrace / ready_bpftrace,
+        rss_udptrace / rss_bpftrace,
+    );
+    Ok(text)
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -607,7 +664,10 @@ fn main() -> anyhow::Result<()> {
             samples.push((variant, sample));
         }
     }
-    let report = report(&samples);
+    let mut report = report(&samples);
+    if Variant::startup_selected() {
+        report.push_str(&startup(&receiver_ns)?);
+    }
     std::fs::write(&output, &report).with_context(|| format!("writing {output}"))?;
     println!("{report}");
     Ok(())
