@@ -201,7 +201,14 @@ enum Family {
     /// ENUM and ENUM64.
     Enum,
     Func,
+    /// The `btf_trace_<tracepoint>` typedefs only (the raw tracepoints' prototypes).
+    TraceTypedef,
 }
+
+/// Prefix of the typedefs that give each raw tracepoint's prototype (include/linux/tracepoint.h
+/// `DEFINE_EVENT` via `__DEFINE_BTF_TRACE`... `typedef void (*btf_trace_##call)(void *__data,
+/// proto)`, kernel/bpf/btf.c `BTF_TRACE_PREFIX`).
+const TRACE_TYPEDEF_PREFIX: &str = "btf_trace_";
 
 /// Where a struct member lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +316,7 @@ impl Btf {
                 Kind::Struct | Kind::Union => Family::Composite,
                 Kind::Enum | Kind::Enum64 => Family::Enum,
                 Kind::Func => Family::Func,
+                Kind::Typedef => Family::TraceTypedef,
                 Kind::Int => {
                     if long_size.is_none() && self.string(ty.name_off) == Ok("long int") {
                         long_size = Some(ty.size_or_id);
@@ -322,7 +330,9 @@ impl Btf {
             let Ok(name) = self.string(ty.name_off) else {
                 continue;
             };
-            if name.is_empty() {
+            if name.is_empty()
+                || (family == Family::TraceTypedef && !name.starts_with(TRACE_TYPEDEF_PREFIX))
+            {
                 continue;
             }
             // `types` has at most u32::MAX entries: each takes 12 bytes of a section whose
@@ -557,6 +567,21 @@ impl Btf {
     /// target, not inlined away).
     pub fn has_function(&self, name: &str) -> bool {
         !self.named(Family::Func, name).is_empty()
+    }
+
+    /// How many arguments raw tracepoint `name` passes (its `btf_trace_<name>` prototype
+    /// without the leading `void *__data`); `None` when the BTF lacks it.
+    pub fn tracepoint_arguments(&self, name: &str) -> Option<usize> {
+        let typedef = *self
+            .named(
+                Family::TraceTypedef,
+                &format!("{TRACE_TYPEDEF_PREFIX}{name}"),
+            )
+            .first()?;
+        let pointer = self.resolve(typedef).ok()?;
+        let prototype = self.resolve(pointer.size_or_id).ok()?;
+        (pointer.kind == Kind::Ptr && prototype.kind == Kind::FuncProto)
+            .then(|| prototype.vlen.saturating_sub(1))
     }
 
     fn named(&self, family: Family, name: &str) -> &[u32] {
@@ -1190,6 +1215,11 @@ mod tests {
         assert!(btf.has_function("udp_sendmsg"));
         assert!(btf.has_function("__udp4_lib_rcv"));
         assert!(!btf.has_function("udp_sendmsg_but_not_really"));
+        // `btf_trace_kfree_skb`: (void *, skb, location, reason, rx_sk) on 6.18; 5.10 has
+        // only (void *, skb, location), which is how drop programs are chosen.
+        assert_eq!(btf.tracepoint_arguments("kfree_skb"), Some(4));
+        assert_eq!(btf.tracepoint_arguments("icmp_send"), Some(3));
+        assert_eq!(btf.tracepoint_arguments("no_such_tracepoint"), None);
         // `struct console` exists twice in this vmlinux; lookups still work.
         assert!(btf.struct_size("console").is_ok());
     }

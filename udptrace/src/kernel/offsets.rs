@@ -428,6 +428,8 @@ mod tests {
                 [8, OFFSET_MISSING, OFFSET_MISSING],
                 [8, OFFSET_MISSING, OFFSET_MISSING],
                 [8, OFFSET_MISSING, OFFSET_MISSING],
+                // kfree_skb read without its reason (the record of kernels before 5.17).
+                [8, 16, OFFSET_MISSING],
             ],
         }
     }
@@ -522,6 +524,11 @@ mod tests {
         let args = report.offsets.tracepoint_args;
         assert_eq!(
             args[ClassicTracepoint::KfreeSkb as usize],
+            [8, 16, OFFSET_MISSING]
+        );
+        // What the drop programs of such kernels read instead: the record without reason.
+        assert_eq!(
+            args[ClassicTracepoint::KfreeSkbNoReason as usize],
             [8, 16, OFFSET_MISSING]
         );
         assert_eq!(
