@@ -106,7 +106,10 @@ impl DropSites {
     pub fn kind_of(&self, location: u64) -> Option<DropSiteKind> {
         let mut index = 0;
         while index < DROP_SITES {
-            let site = &self.sites[index];
+            // SAFETY: a reference into `self`. Volatile: in the eBPF object `self` is the
+            // DROP_SITES global, whose all-zero initializer LLVM would otherwise fold into
+            // every read (userspace overrides it before load).
+            let site = unsafe { core::ptr::read_volatile(&raw const self.sites[index]) };
             if site.kind != 0 && site.start <= location && location < site.end {
                 return DropSiteKind::from_u32(site.kind);
             }

@@ -40,6 +40,9 @@ pub const PROG_DROP_INFERRED_TRACEPOINT: &str = "drop_inferred_tracepoint";
 /// Global holding [`crate::drops::DropSites`], set before load.
 pub const DROP_SITES_GLOBAL: &str = "DROP_SITES";
 /// `__udp_enqueue_schedule_skb`'s failures, the evidence of inferred receive-buffer drops.
+/// `sock_def_error_report`, for kernels without `sock:inet_sk_error_report`.
+pub const PROG_SK_ERROR_FENTRY: &str = "sk_error_fentry";
+pub const PROG_SK_ERROR_KPROBE: &str = "sk_error_kprobe";
 pub const PROG_ENQUEUE_FEXIT: &str = "enqueue_fexit";
 pub const PROG_ENQUEUE_KPROBE: &str = "enqueue_kprobe";
 pub const PROG_ENQUEUE_KRETPROBE: &str = "enqueue_kretprobe";

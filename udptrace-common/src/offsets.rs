@@ -242,6 +242,10 @@ pub struct RouteRecordFields {
     pub dport: u32,
     /// `char name[IFNAMSIZ]`: the output device.
     pub name: u32,
+    /// 1 when `name` is `__data_loc char[]` (older kernels, e.g. 5.10): the record holds a
+    /// u32 locator there, the string's offset in the low 16 bits and its length in the high
+    /// 16 (include/trace/trace_events.h `__get_dynamic_array`).
+    pub name_dynamic: u32,
 }
 
 impl RouteRecordFields {
@@ -256,6 +260,7 @@ impl RouteRecordFields {
         sport: OFFSET_MISSING,
         dport: OFFSET_MISSING,
         name: OFFSET_MISSING,
+        name_dynamic: 0,
     };
 
     /// Record field names, in struct order (the same in `fib` and `fib6`).

@@ -112,6 +112,8 @@ pub struct KernelResult {
     release: String,
     /// (hook, mechanism or None).
     hooks: Vec<(String, Option<String>)>,
+    /// The drop reasons udptrace infers there (empty: the kernel's own reasons).
+    inferred_reasons: Vec<String>,
     passed: Vec<String>,
     failed: Vec<String>,
     /// A test whose outcome has not been printed yet.
@@ -673,6 +675,7 @@ fn boot_and_test(kernel: &KernelImage, work: &Path, common: &Path) -> KernelResu
         name: kernel.name.clone(),
         release: kernel.release.clone(),
         hooks: Vec::new(),
+        inferred_reasons: Vec::new(),
         passed: Vec::new(),
         failed: Vec::new(),
         pending: None,
@@ -734,6 +737,7 @@ fn boot_and_test(kernel: &KernelImage, work: &Path, common: &Path) -> KernelResu
                     writeln!(log, "{line}")?;
                     if let Some(json) = line.split_once(DOCTOR_BEGIN).map(|(_, j)| j) {
                         result.hooks = doctor_hooks(json);
+                        result.inferred_reasons = doctor_inferred_reasons(json);
                     } else if let Some(code) = line.split_once(TESTS_EXIT).map(|(_, c)| c) {
                         exit = code.trim_end_matches('@').parse::<i32>().ok();
                     } else {
@@ -815,6 +819,21 @@ fn doctor_hooks(json: &str) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
+/// `inferred_reasons` from `udptrace doctor --json` (empty where the kernel gives reasons).
+fn doctor_inferred_reasons(json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|report| {
+            report["inferred_reasons"].as_array().map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// kernel × hook (mechanism) × tests, in Markdown.
 fn table(results: &[KernelResult]) -> String {
     let hooks: Vec<String> = results
@@ -822,11 +841,11 @@ fn table(results: &[KernelResult]) -> String {
         .find(|r| !r.hooks.is_empty())
         .map(|r| r.hooks.iter().map(|(h, _)| h.clone()).collect())
         .unwrap_or_default();
-    let mut text = String::from("| kernel | tests passed |");
+    let mut text = String::from("| kernel | tests passed | drop reasons |");
     for hook in &hooks {
         let _ = write!(text, " {hook} |");
     }
-    text.push_str("\n|---|---|");
+    text.push_str("\n|---|---|---|");
     for _ in &hooks {
         text.push_str("---|");
     }
@@ -840,7 +859,18 @@ fn table(results: &[KernelResult]) -> String {
         if result.retried_after.is_some() {
             tests.push_str(" (second boot)");
         }
-        let _ = write!(text, "| {} `{}` | {tests} |", result.name, result.release);
+        let reasons = if result.hooks.is_empty() {
+            "–".to_owned()
+        } else if result.inferred_reasons.is_empty() {
+            "kernel's".to_owned()
+        } else {
+            format!("inferred: {}", result.inferred_reasons.join(", "))
+        };
+        let _ = write!(
+            text,
+            "| {} `{}` | {tests} | {reasons} |",
+            result.name, result.release
+        );
         for hook in &hooks {
             let mechanism = result
                 .hooks
@@ -902,6 +932,7 @@ mod tests {
             name: "k".into(),
             release: release.into(),
             hooks: Vec::new(),
+            inferred_reasons: Vec::new(),
             passed: Vec::new(),
             failed: Vec::new(),
             pending: None,
@@ -926,7 +957,19 @@ mod tests {
         assert_eq!(result.passed, ["doctor::a", "drops::c"]);
         assert_eq!(result.failed, ["drops::b"]);
         let table = table(&[result]);
-        assert!(table.contains("| k `6.1` | 2/3 | fentry | – |"), "{table}");
+        assert!(
+            table.contains("| k `6.1` | 2/3 | kernel's | fentry | – |"),
+            "{table}"
+        );
+        let mut old = result("5.10");
+        let doctor = r#"{"inferred_reasons":["NO_SOCKET","SOCKET_RCVBUFF"],"probes":[{"hook":"drop","mechanism":"tp_btf"}]}"#;
+        old.hooks = doctor_hooks(doctor);
+        old.inferred_reasons = doctor_inferred_reasons(doctor);
+        let table = super::table(&[old]);
+        assert!(
+            table.contains("| k `5.10` | 0/0 | inferred: NO_SOCKET, SOCKET_RCVBUFF | tp_btf |"),
+            "{table}"
+        );
         assert!(table.contains("Failed on k: drops::b"), "{table}");
     }
 

@@ -30,7 +30,8 @@ use udptrace_common::{
     },
     names::{
         PROG_DROP_INFERRED_RAW_TP, PROG_DROP_INFERRED_TP_BTF, PROG_DROP_INFERRED_TRACEPOINT,
-        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE,
+        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_SK_ERROR_FENTRY,
+        PROG_SK_ERROR_KPROBE,
     },
     offsets::ClassicTracepoint,
 };
@@ -280,7 +281,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "sock_error",
-        description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report)",
+        description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report, else sock_def_error_report)",
         core: false,
         attachments: &[
             Attachment {
@@ -290,6 +291,21 @@ pub const HOOKS: &[Hook] = &[
             Attachment {
                 mechanism: Mechanism::RawTracepoint,
                 programs: &[(PROG_SK_ERROR_RAW_TP, Target::RawTp("inet_sk_error_report"))],
+            },
+            // Before the tracepoint (5.10): the function it was added to.
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(
+                    PROG_SK_ERROR_FENTRY,
+                    Target::Fentry("sock_def_error_report"),
+                )],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[(
+                    PROG_SK_ERROR_KPROBE,
+                    Target::Kprobe("sock_def_error_report"),
+                )],
             },
         ],
     },
