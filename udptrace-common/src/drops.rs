@@ -102,6 +102,10 @@ impl DropSites {
     };
 
     /// The kind of function the code address `location` lies in.
+    #[expect(
+        clippy::inline_always,
+        reason = "eBPF: inlined into the drop programs, as `Filter::matches`"
+    )]
     #[inline(always)]
     pub fn kind_of(&self, location: u64) -> Option<DropSiteKind> {
         let mut index = 0;
@@ -137,6 +141,7 @@ const ENOBUFS: i64 = 105;
 
 /// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close, not
 /// a drop), given `evidence`.
+#[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
 #[inline(always)]
 pub fn infer(
     kind: Option<DropSiteKind>,

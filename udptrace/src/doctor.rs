@@ -79,11 +79,7 @@ pub fn degraded(reasons_inferred: bool, probes: &[HookOutcome]) -> Vec<Degraded>
             None => found.push(Degraded {
                 capability: outcome.hook.name,
                 degraded: format!("not observed: {}", outcome.hook.description),
-                why: errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
+                why: reasons(&errors),
             }),
             Some(mechanism) if function_probe_lost(outcome.hook, mechanism) => {
                 found.push(Degraded {
@@ -91,17 +87,25 @@ pub fn degraded(reasons_inferred: bool, probes: &[HookOutcome]) -> Vec<Degraded>
                     degraded: "no destination, IP_PKTINFO or connected state: seen at \
                                sock:sock_send_length, not in udp_sendmsg"
                         .into(),
-                    why: errors
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    why: reasons(&errors),
                 });
             }
             Some(_) => {}
         }
     }
     found
+}
+
+/// The attempts' errors, each said once (a hook tries one mechanism on several functions).
+fn reasons(errors: &[&AttemptError]) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for error in errors {
+        let text = error.to_string();
+        if !said.contains(&text) {
+            said.push(text);
+        }
+    }
+    said.join("; ")
 }
 
 /// The send hook says what the sender asked for only from its function probes.

@@ -961,7 +961,8 @@ mod tests {
             table.contains("| k `6.1` | 2/3 | kernel's | fentry | – |"),
             "{table}"
         );
-        let mut old = result("5.10");
+        assert!(table.contains("Failed on k: drops::b"), "{table}");
+        let mut old = self::result("5.10");
         let doctor = r#"{"inferred_reasons":["NO_SOCKET","SOCKET_RCVBUFF"],"probes":[{"hook":"drop","mechanism":"tp_btf"}]}"#;
         old.hooks = doctor_hooks(doctor);
         old.inferred_reasons = doctor_inferred_reasons(doctor);
@@ -970,7 +971,6 @@ mod tests {
             table.contains("| k `5.10` | 0/0 | inferred: NO_SOCKET, SOCKET_RCVBUFF | tp_btf |"),
             "{table}"
         );
-        assert!(table.contains("Failed on k: drops::b"), "{table}");
     }
 
     #[test]

@@ -301,16 +301,15 @@ mod tests {
     #[test]
     fn drop_line_fits_80_columns() {
         let mut out = Vec::new();
-        let mut text = TextOutput::new(&mut out, false);
         for reason_inferred in [false, true] {
-            text.event(&event(What::Drop {
-                reason: DropReason::named("NO_SOCKET"),
-                reason_inferred,
-                location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
-            }))
-            .unwrap();
+            TextOutput::new(&mut out, false)
+                .event(&event(What::Drop {
+                    reason: DropReason::named("NO_SOCKET"),
+                    reason_inferred,
+                    location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+                }))
+                .unwrap();
         }
-        drop(text);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
