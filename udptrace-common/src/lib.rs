@@ -8,6 +8,7 @@
 #[macro_use]
 mod table;
 
+pub mod drops;
 pub mod event;
 pub mod filter;
 pub mod names;

@@ -32,6 +32,21 @@ pub const PROG_DROP_TP_BTF: &str = "drop_tp_btf";
 pub const PROG_DROP_RAW_TP: &str = "drop_raw_tp";
 pub const PROG_DROP_TRACEPOINT: &str = "drop_tracepoint";
 
+/// The same for kernels whose `kfree_skb` has no reason argument (before 5.17): the reason
+/// is inferred (`crate::drops`).
+pub const PROG_DROP_INFERRED_TP_BTF: &str = "drop_inferred_tp_btf";
+pub const PROG_DROP_INFERRED_RAW_TP: &str = "drop_inferred_raw_tp";
+pub const PROG_DROP_INFERRED_TRACEPOINT: &str = "drop_inferred_tracepoint";
+/// Global holding [`crate::drops::DropSites`], set before load.
+pub const DROP_SITES_GLOBAL: &str = "DROP_SITES";
+/// `__udp_enqueue_schedule_skb`'s failures, the evidence of inferred receive-buffer drops.
+/// `sock_def_error_report`, for kernels without `sock:inet_sk_error_report`.
+pub const PROG_SK_ERROR_FENTRY: &str = "sk_error_fentry";
+pub const PROG_SK_ERROR_KPROBE: &str = "sk_error_kprobe";
+pub const PROG_ENQUEUE_FEXIT: &str = "enqueue_fexit";
+pub const PROG_ENQUEUE_KPROBE: &str = "enqueue_kprobe";
+pub const PROG_ENQUEUE_KRETPROBE: &str = "enqueue_kretprobe";
+
 /// `icmp:icmp_send`: every ICMPv4 error the kernel sends.
 pub const PROG_ICMP_TP_BTF: &str = "icmp_send_tp_btf";
 pub const PROG_ICMP_RAW_TP: &str = "icmp_send_raw_tp";

@@ -30,6 +30,8 @@ pub enum ClassicTracepoint: u32, from_u32 {
     ConsumeSkb = 6,
     /// `sock:sk_data_ready`: skaddr.
     SkDataReady = 7,
+    /// `skb:kfree_skb` before Linux 5.17, without `reason`: skbaddr, location.
+    KfreeSkbNoReason = 8,
 }
 }
 
@@ -41,7 +43,7 @@ impl ClassicTracepoint {
     /// `(tracefs group, event)`.
     pub const fn event(self) -> (&'static str, &'static str) {
         match self {
-            Self::KfreeSkb => ("skb", "kfree_skb"),
+            Self::KfreeSkb | Self::KfreeSkbNoReason => ("skb", "kfree_skb"),
             Self::IcmpSend => ("icmp", "icmp_send"),
             Self::NetDevQueue => ("net", "net_dev_queue"),
             Self::SockSendLength => ("sock", "sock_send_length"),
@@ -56,6 +58,7 @@ impl ClassicTracepoint {
     pub const fn fields(self) -> &'static [&'static str] {
         match self {
             Self::KfreeSkb => &["skbaddr", "location", "reason"],
+            Self::KfreeSkbNoReason => &["skbaddr", "location"],
             Self::IcmpSend => &["skbaddr", "type", "code"],
             Self::NetDevQueue | Self::NetifReceiveSkb | Self::ConsumeSkb => &["skbaddr"],
             Self::SkDataReady => &["skaddr"],
@@ -72,6 +75,7 @@ impl ClassicTracepoint {
         match self {
             // skbaddr, location: pointers; reason: enum skb_drop_reason.
             Self::KfreeSkb => [8, 8, 4],
+            Self::KfreeSkbNoReason => [8, 8, 0],
             // skbaddr or sk; type, code or ret, flags: int.
             Self::IcmpSend | Self::SockSendLength | Self::SockRecvLength => [8, 4, 4],
             Self::NetDevQueue | Self::NetifReceiveSkb | Self::ConsumeSkb | Self::SkDataReady => {
@@ -238,6 +242,10 @@ pub struct RouteRecordFields {
     pub dport: u32,
     /// `char name[IFNAMSIZ]`: the output device.
     pub name: u32,
+    /// 1 when `name` is `__data_loc char[]` (older kernels, e.g. 5.10): the record holds a
+    /// u32 locator there, the string's offset in the low 16 bits and its length in the high
+    /// 16 (include/trace/trace_events.h `__get_dynamic_array`).
+    pub name_dynamic: u32,
 }
 
 impl RouteRecordFields {
@@ -252,6 +260,7 @@ impl RouteRecordFields {
         sport: OFFSET_MISSING,
         dport: OFFSET_MISSING,
         name: OFFSET_MISSING,
+        name_dynamic: 0,
     };
 
     /// Record field names, in struct order (the same in `fib` and `fib6`).

@@ -21,6 +21,7 @@ mod mem;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
+    drops::{DropEvidence, DropSites},
     event::{
         COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount, FlowCountKey,
     },
@@ -31,6 +32,11 @@ use udptrace_common::{
 /// Resolved by userspace from BTF and tracefs before load (`names::OFFSETS_GLOBAL`).
 #[unsafe(no_mangle)]
 static OFFSETS: KernelOffsets = KernelOffsets::MISSING;
+
+/// Code ranges of the functions whose drops are told apart on kernels without drop reasons,
+/// from kallsyms (`names::DROP_SITES_GLOBAL`; see `hooks::drop`).
+#[unsafe(no_mangle)]
+static DROP_SITES: DropSites = DropSites::EMPTY;
 
 /// Compiled filter expression (`names::FILTER_GLOBAL`); the default matches everything.
 #[unsafe(no_mangle)]
@@ -99,6 +105,10 @@ static CURRENT_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// `names::FEATURE_*` bits userspace sets once it knows which hooks attached.
 #[map(name = "FEATURES")]
 static FEATURES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Per CPU: what the kernel did to the skbs it is about to free (see `hooks::drop`).
+#[map(name = "DROP_EVIDENCE")]
+static DROP_EVIDENCE: PerCpuArray<DropEvidence> = PerCpuArray::with_max_entries(1, 0);
 
 /// kprobe → kretprobe hand-off of a probed function's arguments (see `hooks::entry`). An LRU,
 /// so entries of calls whose return was missed (kretprobe maxactive) age out.

@@ -43,6 +43,8 @@ impl std::fmt::Display for DecodeError {
 /// Turns kernel numbers into names: drop reasons, code addresses, socket owners.
 pub trait KernelNames {
     fn drop_reason(&self, value: u32) -> DropReason;
+    /// Whether drop reasons are inferred by udptrace (kernels before 5.17).
+    fn reasons_inferred(&self) -> bool;
     /// `symbol+0xoff` of a kernel code address, when /proc/kallsyms shows it.
     fn symbol(&self, address: u64) -> Option<String>;
     /// The process holding the socket with this inode, if one does.
@@ -81,6 +83,7 @@ pub fn decode(
     let what = match kind {
         EventKind::Drop => What::Drop {
             reason: names.drop_reason(detail.reason),
+            reason_inferred: names.reasons_inferred(),
             location: names
                 .symbol(detail.location)
                 .map_or(Location::Address(detail.location), Location::Symbol),
@@ -251,6 +254,9 @@ mod tests {
                 value: Some(value),
             }
         }
+        fn reasons_inferred(&self) -> bool {
+            false
+        }
         fn symbol(&self, address: u64) -> Option<String> {
             (address == 0xffff_ffff_8100_0010).then(|| "__udp4_lib_rcv+0x10".into())
         }
@@ -317,6 +323,7 @@ mod tests {
             event.what,
             What::Drop {
                 reason: DropReason::named("NO_SOCKET"),
+                reason_inferred: false,
                 location: Location::Symbol("__udp4_lib_rcv+0x10".into())
             }
         );
@@ -363,6 +370,7 @@ mod tests {
             decoded.what,
             What::Drop {
                 reason: DropReason::named("UNKNOWN(77)"),
+                reason_inferred: false,
                 location: Location::Address(0x1234)
             }
         );

@@ -4,10 +4,14 @@
 use std::fmt::Write as _;
 
 use serde_json::json;
-use udptrace_common::event::Mechanism;
+use udptrace_common::{drops::InferredReason, event::Mechanism};
 
 use crate::{
     host::{effective_capabilities, missing_capabilities},
+    probes::{
+        attach::{AttemptError, HookOutcome},
+        plan::Hook,
+    },
     render::{json::probes_json, print_stdout},
     session::{TraceConfig, Tracer},
 };
@@ -36,6 +40,79 @@ fn kernel_release() -> String {
     )
 }
 
+/// A capability the running kernel gives only in part, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Degraded {
+    /// `drop reasons`, or a hook's name.
+    pub capability: &'static str,
+    /// What is lost or replaced.
+    pub degraded: String,
+    pub why: String,
+}
+
+/// What is degraded on this kernel: drop reasons inferred (kfree_skb without a reason), hooks
+/// with no mechanism (except those this kernel does not need), sends seen without their
+/// function probe.
+pub fn degraded(reasons_inferred: bool, probes: &[HookOutcome]) -> Vec<Degraded> {
+    let mut found = Vec::new();
+    if reasons_inferred {
+        found.push(Degraded {
+            capability: "drop reasons",
+            degraded: "inferred from the drop location and the hooks before it, shown as \
+                       `REASON (inferred)`"
+                .into(),
+            why: "kernel before 5.17: kfree_skb passes no reason".into(),
+        });
+    }
+    for outcome in probes {
+        let errors: Vec<&AttemptError> = outcome
+            .attempts
+            .iter()
+            .filter_map(|attempt| attempt.result.as_ref().err())
+            .collect();
+        let not_needed = !errors.is_empty()
+            && errors
+                .iter()
+                .all(|error| **error == AttemptError::DropReasonArgument(false));
+        match outcome.attached {
+            None if not_needed => {}
+            None => found.push(Degraded {
+                capability: outcome.hook.name,
+                degraded: format!("not observed: {}", outcome.hook.description),
+                why: reasons(&errors),
+            }),
+            Some(mechanism) if function_probe_lost(outcome.hook, mechanism) => {
+                found.push(Degraded {
+                    capability: outcome.hook.name,
+                    degraded: "no destination, IP_PKTINFO or connected state: seen at \
+                               sock:sock_send_length, not in udp_sendmsg"
+                        .into(),
+                    why: reasons(&errors),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    found
+}
+
+/// The attempts' errors, each said once (a hook tries one mechanism on several functions).
+fn reasons(errors: &[&AttemptError]) -> String {
+    let mut said: Vec<String> = Vec::new();
+    for error in errors {
+        let text = error.to_string();
+        if !said.contains(&text) {
+            said.push(text);
+        }
+    }
+    said.join("; ")
+}
+
+/// The send hook says what the sender asked for only from its function probes.
+fn function_probe_lost(hook: &Hook, mechanism: Mechanism) -> bool {
+    hook.name == "send" && !matches!(mechanism, Mechanism::Fentry | Mechanism::Kprobe)
+}
+
 /// Runs the checks, prints the report, returns the exit status (0 = every core hook attached),
 /// or the error writing the report.
 pub fn run(json_output: bool, forced: Option<Mechanism>) -> std::io::Result<u8> {
@@ -61,8 +138,23 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> std::io::Result<u8> 
             .iter()
             .all(|o| !o.hook.core || o.attached.is_some())
     });
+    let degraded = tracer
+        .as_ref()
+        .ok()
+        .map(|t| degraded(t.knowledge().reasons.are_inferred(), &t.probes));
+    // The reasons udptrace infers here, none where the kernel gives them.
+    let inferred_reasons: Vec<&str> = if tracer
+        .as_ref()
+        .is_ok_and(|t| t.knowledge().reasons.are_inferred())
+    {
+        InferredReason::ALL.iter().map(|r| r.name()).collect()
+    } else {
+        Vec::new()
+    };
     if json_output {
         let report = json!({
+            "degraded": degraded,
+            "inferred_reasons": inferred_reasons,
             "kernel": kernel,
             "missing_capabilities": missing_caps,
             "btf_bytes": btf.as_ref().ok(),
@@ -161,6 +253,25 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> std::io::Result<u8> 
             }
         }
     }
+    match degraded.as_deref() {
+        None => {}
+        Some([]) => {
+            let _ = writeln!(
+                text,
+                "degraded    nothing: every capability works in full here"
+            );
+        }
+        Some(found) => {
+            let _ = writeln!(text, "degraded");
+            for item in found {
+                let _ = writeln!(
+                    text,
+                    "  {}: {} ({})",
+                    item.capability, item.degraded, item.why
+                );
+            }
+        }
+    }
     let _ = writeln!(
         text,
         "verdict     {}",
@@ -172,4 +283,103 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> std::io::Result<u8> 
     );
     print_stdout(&text)?;
     Ok(u8::from(!core_ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probes::{attach::Attempt, plan::HOOKS};
+
+    fn hook(name: &str) -> &'static Hook {
+        HOOKS.iter().find(|h| h.name == name).unwrap()
+    }
+
+    fn outcome(name: &str, attached: Option<Mechanism>, errors: Vec<AttemptError>) -> HookOutcome {
+        let mut attempts: Vec<Attempt> = errors
+            .into_iter()
+            .map(|error| Attempt {
+                mechanism: Mechanism::Fentry,
+                result: Err(error),
+            })
+            .collect();
+        if let Some(mechanism) = attached {
+            attempts.push(Attempt {
+                mechanism,
+                result: Ok(()),
+            });
+        }
+        HookOutcome {
+            hook: hook(name),
+            attached,
+            attempts,
+        }
+    }
+
+    /// What Debian 11's 5.10 gives: no reasons, no inet_sk_error_report, sends through fexit.
+    #[test]
+    fn a_kernel_before_5_17() {
+        let probes = [
+            outcome(
+                "drop",
+                Some(Mechanism::TpBtf),
+                vec![AttemptError::DropReasonArgument(true)],
+            ),
+            outcome(
+                "sock_error",
+                None,
+                vec![AttemptError::Kernel {
+                    chain: "no tracepoint inet_sk_error_report".into(),
+                }],
+            ),
+            outcome("send", Some(Mechanism::Fentry), vec![]),
+            outcome("enqueue", Some(Mechanism::Fentry), vec![]),
+        ];
+        let found = degraded(true, &probes);
+        let capabilities: Vec<&str> = found.iter().map(|d| d.capability).collect();
+        assert_eq!(capabilities, ["drop reasons", "sock_error"]);
+        assert!(
+            found[0]
+                .degraded
+                .starts_with("inferred from the drop location")
+        );
+        assert_eq!(
+            found[0].why,
+            "kernel before 5.17: kfree_skb passes no reason"
+        );
+        assert!(
+            found[1]
+                .degraded
+                .starts_with("not observed: errors reported")
+        );
+        assert_eq!(found[1].why, "no tracepoint inet_sk_error_report");
+    }
+
+    /// A 5.17+ kernel without function probes (this development machine): the reasons are the
+    /// kernel's, the enqueue evidence is not needed, sends lose what only udp_sendmsg tells.
+    #[test]
+    fn a_recent_kernel_without_function_probes() {
+        let probes = [
+            outcome("drop", Some(Mechanism::TpBtf), vec![]),
+            outcome(
+                "enqueue",
+                None,
+                vec![
+                    AttemptError::DropReasonArgument(false),
+                    AttemptError::DropReasonArgument(false),
+                ],
+            ),
+            outcome(
+                "send",
+                Some(Mechanism::TpBtf),
+                vec![AttemptError::NoKprobes],
+            ),
+            outcome("lookup", None, vec![AttemptError::NoKprobes]),
+        ];
+        let found = degraded(false, &probes);
+        let capabilities: Vec<&str> = found.iter().map(|d| d.capability).collect();
+        assert_eq!(capabilities, ["send", "lookup"]);
+        assert!(found[0].degraded.starts_with("no destination"));
+        assert_eq!(found[1].why, "kernel has no kprobes (no kprobe PMU)");
+        assert!(degraded(false, &[outcome("drop", Some(Mechanism::TpBtf), vec![])]).is_empty());
+    }
 }

@@ -3,7 +3,8 @@
 
 use std::{collections::BTreeSet, rc::Rc};
 
-use udptrace_common::offsets::KernelOffsets;
+use udptrace_common::drops::DropSites;
+use udptrace_common::offsets::{ClassicTracepoint, KernelOffsets, OFFSET_MISSING};
 
 use crate::{
     decode::KernelNames,
@@ -49,7 +50,18 @@ impl Knowledge {
         })?;
         let tracefs = Tracefs::find_or_mount();
         let report = resolve_offsets(&btf, tracefs.as_ref().ok());
-        let reasons = DropReasons::from_btf(&btf);
+        // Drop reasons came with kfree_skb's third argument (Linux 5.17): its prototype in
+        // BTF says, else the format file; without it the drop programs infer reasons.
+        let kfree_skb_reason = btf.tracepoint_arguments("kfree_skb").map_or(
+            report.offsets.tracepoint_args[ClassicTracepoint::KfreeSkb as usize][2]
+                != OFFSET_MISSING,
+            |arguments| arguments >= 3,
+        );
+        let reasons = if kfree_skb_reason {
+            DropReasons::from_btf(&btf)
+        } else {
+            DropReasons::inferred()
+        };
         let (typedefs, functions) = btf_attach_names();
         let typedefs: Vec<&str> = typedefs.iter().map(String::as_str).collect();
         let attach_blob = btf.attach_targets(&typedefs, &functions);
@@ -80,6 +92,14 @@ impl Knowledge {
         self.tracefs.is_ok()
     }
 
+    /// Where the drops whose reasons are inferred happen (empty without kallsyms: every such
+    /// drop is then NOT_SPECIFIED).
+    pub fn drop_sites(&self) -> DropSites {
+        self.symbols
+            .as_ref()
+            .map_or(DropSites::EMPTY, Kallsyms::drop_sites)
+    }
+
     pub fn has_function(&self, name: &str) -> bool {
         self.functions.contains(name)
     }
@@ -91,6 +111,10 @@ impl KernelNames for Knowledge {
             name: self.reasons.name(value),
             value: Some(value),
         }
+    }
+
+    fn reasons_inferred(&self) -> bool {
+        self.reasons.are_inferred()
     }
 
     fn symbol(&self, address: u64) -> Option<String> {

@@ -161,6 +161,10 @@ pub enum What {
     /// A UDP datagram was freed with a drop reason.
     Drop {
         reason: DropReason,
+        /// The kernel gave no reason (before Linux 5.17): udptrace inferred it from the
+        /// location and the hooks before it (`udptrace_common::drops`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reason_inferred: bool,
         location: Location,
     },
     /// An ICMP error was sent about the datagram in `src`/`dst`.

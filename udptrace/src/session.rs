@@ -16,8 +16,8 @@ use udptrace_common::{
     event::{Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
-        DEBUG_BPF_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL,
-        SELECTORS_GLOBAL,
+        DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL,
+        OFFSETS_GLOBAL, SELECTORS_GLOBAL,
     },
 };
 
@@ -132,6 +132,7 @@ impl Tracer {
         let selectors = selectors(&config, &knowledge.processes)?;
         let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
+            .override_global(DROP_SITES_GLOBAL, &knowledge.drop_sites(), true)
             .override_global(FILTER_GLOBAL, &*filter.program, true)
             .override_global(SELECTORS_GLOBAL, &selectors, true)
             .override_global(DEBUG_BPF_GLOBAL, &u8::from(config.debug_bpf), true)
@@ -147,6 +148,7 @@ impl Tracer {
                 kprobes: kprobe_status().is_ok(),
                 has_function: &|name| knowledge.has_function(name),
                 forced: config.probes,
+                kfree_skb_reason: !knowledge.reasons.are_inferred(),
             },
         );
         if let Some(missing) = probes

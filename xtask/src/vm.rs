@@ -24,7 +24,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::process::{describe, find_in_path, output, run};
+use crate::{
+    dist,
+    process::{describe, find_in_path, output, run},
+};
 
 /// Packages vm-test needs on the host besides the test packages.
 pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "kmod"];
@@ -34,24 +37,45 @@ struct KernelSource {
     /// Short name (`--kernel`, table rows, cache directory).
     name: &'static str,
     /// Extended regular expression for `apt-cache search --names-only`; the newest match is
-    /// used (for split images, of `linux-binary-*`, whose `linux-modules-*` twin comes too).
+    /// used, or the newest that downloads (for split images, of `linux-binary-*`, whose
+    /// `linux-modules-*` twin comes too).
     pattern: &'static str,
     /// Extra apt sources (a private apt configuration; the host's sources stay untouched).
     sources: Option<&'static str>,
+    /// Why the kernel runs only when named (`--kernel`), not in the default matrix (which
+    /// the test command runs); `None`: always.
+    on_request: Option<&'static str>,
 }
 
-/// Debian's cloud kernels: the oldest stable line still shipped (bookworm-security 6.1), the
-/// current one (bookworm-security 6.12) and the newest in trixie-backports.
+/// Debian's cloud kernels: Debian 11's (bullseye-security 5.10: kfree_skb without drop
+/// reasons, the oldest udptrace supports), the oldest stable line still shipped
+/// (bookworm-security 6.1), the current one (bookworm-security 6.12) and the newest in
+/// trixie-backports.
 const KERNELS: &[KernelSource] = &[
+    KernelSource {
+        name: "debian-5.10",
+        pattern: r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64-unsigned$",
+        sources: Some(
+            "deb http://deb.debian.org/debian bullseye main\n\
+             deb http://deb.debian.org/debian-security bullseye-security main\n",
+        ),
+        on_request: Some(
+            "two lab scenarios' verdicts are not inferred there yet (rp-filter, bad-checksum: \
+             docs/kernel-5.10.md), and a fourth guest would take the test command past its \
+             45-minute budget on a 2-CPU machine",
+        ),
+    },
     KernelSource {
         name: "debian-6.1",
         pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
         sources: None,
+        on_request: None,
     },
     KernelSource {
         name: "debian-6.12",
         pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
         sources: None,
+        on_request: None,
     },
     KernelSource {
         name: "trixie-backports",
@@ -60,6 +84,7 @@ const KERNELS: &[KernelSource] = &[
             "deb http://deb.debian.org/debian trixie main\n\
              deb http://deb.debian.org/debian trixie-backports main\n",
         ),
+        on_request: None,
     },
 ];
 
@@ -98,6 +123,8 @@ pub struct KernelResult {
     release: String,
     /// (hook, mechanism or None).
     hooks: Vec<(String, Option<String>)>,
+    /// The drop reasons udptrace infers there (empty: the kernel's own reasons).
+    inferred_reasons: Vec<String>,
     passed: Vec<String>,
     failed: Vec<String>,
     /// A test whose outcome has not been printed yet.
@@ -136,17 +163,25 @@ pub fn vm_test(
         }
     }
     let started = Instant::now();
-    run(cargo().args(["build", "--release", "--package", "udptrace"]))?;
+    // The binary a user copies to a host (static, musl) is the one the guests run: put where
+    // the integration tests look for theirs (`CARGO_BIN_EXE_udptrace`, the release build).
+    let udptrace = dist::dist(root, target, cargo())?;
     let tests = integration_test_binary(cargo())?;
-    let udptrace = target.join("release").join("udptrace");
+    let tests_udptrace = target.join("release").join("udptrace");
     let work = target.join("vm-test");
     fs::create_dir_all(&work)?;
-    let common = common_archive(&work, &[&udptrace, &tests])?;
+    let common = common_archive(&work, &udptrace, &tests_udptrace, &tests)?;
     let cache = cache_dir();
     let mut results = Vec::new();
     for source in KERNELS
         .iter()
-        .filter(|k| only.is_empty() || only.iter().any(|n| n == k.name))
+        .filter(|k| {
+            if only.is_empty() {
+                k.on_request.is_none()
+            } else {
+                only.iter().any(|n| n == k.name)
+            }
+        })
     {
         let kernel = fetch(source, &cache)?;
         println!("vm-test: {} ({}): booting", kernel.name, kernel.release);
@@ -243,8 +278,14 @@ fn libraries(file: &Path) -> Vec<PathBuf> {
 }
 
 /// The kernel-independent part of the initramfs as a newc cpio archive: busybox, /init, the
-/// binaries at their host paths with their libraries, python's standard library.
-fn common_archive(work: &Path, binaries: &[&Path]) -> anyhow::Result<PathBuf> {
+/// test binary and the tools at their host paths with their libraries, python's standard
+/// library, and the static `udptrace` at `udptrace_at` (where the tests run it from).
+fn common_archive(
+    work: &Path,
+    udptrace: &Path,
+    udptrace_at: &Path,
+    tests: &Path,
+) -> anyhow::Result<PathBuf> {
     let root = work.join("common");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -268,7 +309,7 @@ fn common_archive(work: &Path, binaries: &[&Path]) -> anyhow::Result<PathBuf> {
     symlink("/run", root.join("var/run"))?;
     let busybox = find_in_path("busybox").context("busybox-static is not installed")?;
     fs::copy(&busybox, root.join("opt/busybox/busybox"))?;
-    let mut files: BTreeSet<PathBuf> = binaries.iter().map(|b| b.to_path_buf()).collect();
+    let mut files = BTreeSet::from([tests.to_path_buf()]);
     for tool in TOOLS {
         // The system's, not whatever PATH finds first (e.g. a pyenv shim).
         let path = ["/usr/sbin", "/usr/bin"]
@@ -312,13 +353,15 @@ fn common_archive(work: &Path, binaries: &[&Path]) -> anyhow::Result<PathBuf> {
             copy_at_host_path(&root, Path::new(file))?;
         }
     }
+    // Static: no libraries to bring.
+    let guest_udptrace = root.join(udptrace_at.strip_prefix("/").unwrap_or(udptrace_at));
+    fs::create_dir_all(guest_udptrace.parent().unwrap_or(&root))?;
+    fs::copy(udptrace, &guest_udptrace)
+        .with_context(|| format!("copying {} into the initramfs", udptrace.display()))?;
     let init = root.join("init");
-    let [udptrace, tests] = binaries else {
-        bail!("expected the udptrace and test binaries");
-    };
     fs::write(
         &init,
-        INIT.replace("@UDPTRACE@", &udptrace.display().to_string())
+        INIT.replace("@UDPTRACE@", &udptrace_at.display().to_string())
             .replace("@TESTS@", &tests.display().to_string())
             .replace("@SKIP@", &host_only_skips()),
     )?;
@@ -394,9 +437,18 @@ const HOST_ONLY: &[(&str, &str)] = &[(
      verdicts::a_storm_of_new_flows_starts_no_subprocess)",
 )];
 
-/// What the matrix leaves to the host, for docs/kernel-matrix.md.
+/// What the matrix leaves to the host or to runs on request, for docs/kernel-matrix.md.
 fn host_only_note() -> String {
     let mut note = String::new();
+    for kernel in KERNELS {
+        if let Some(why) = kernel.on_request {
+            let _ = writeln!(
+                note,
+                "Run on request only (`cargo xtask vm-test --kernel {}`): {why}.\n",
+                kernel.name
+            );
+        }
+    }
     for (prefix, why) in HOST_ONLY {
         let _ = writeln!(note, "Host only, not in the guests: `{prefix}` ({why}).");
     }
@@ -450,19 +502,35 @@ fn fetch(source: &KernelSource, cache: &Path) -> anyhow::Result<KernelImage> {
         let debs = dir.join("debs");
         fs::create_dir_all(&debs)?;
         let apt = AptConfig::new(cache, source)?;
-        let package = apt.newest(source.pattern)?;
-        let mut packages = vec![package.clone()];
-        if let Some(version) = package.strip_prefix("linux-binary-") {
-            packages.push(format!("linux-modules-{version}"));
+        // The newest the index lists may be missing from the mirror (bullseye-security has
+        // listed kernels that answer 404): the newest that downloads.
+        let mut packages = Vec::new();
+        for package in apt.newest_first(source.pattern)? {
+            packages = vec![package.clone()];
+            if let Some(version) = package.strip_prefix("linux-binary-") {
+                packages.push(format!("linux-modules-{version}"));
+            }
+            println!(
+                "vm-test: {}: downloading {}",
+                source.name,
+                packages.join(", ")
+            );
+            let mut download = apt.command("apt-get");
+            download.arg("download").args(&packages).current_dir(&debs);
+            match run(&mut download) {
+                Ok(()) => break,
+                Err(error) => {
+                    println!("vm-test: {}: {error:#}; trying an older one", source.name);
+                    packages.clear();
+                    for deb in fs::read_dir(&debs)? {
+                        fs::remove_file(deb?.path())?;
+                    }
+                }
+            }
         }
-        println!(
-            "vm-test: {}: downloading {}",
-            source.name,
-            packages.join(", ")
-        );
-        let mut download = apt.command("apt-get");
-        download.arg("download").args(&packages).current_dir(&debs);
-        run(&mut download)?;
+        if packages.is_empty() {
+            bail!("no package matching {} downloads", source.pattern);
+        }
         let extracted = dir.join("root");
         for deb in fs::read_dir(&debs)? {
             run(Command::new("dpkg")
@@ -532,7 +600,8 @@ impl AptConfig {
                 options: Vec::new(),
             });
         };
-        let dir = cache.join("apt");
+        // One configuration per kernel source: their index lists must not mix.
+        let dir = cache.join("apt").join(source.name);
         for sub in ["lists/partial", "cache/archives/partial"] {
             fs::create_dir_all(dir.join(sub))?;
         }
@@ -556,17 +625,23 @@ impl AptConfig {
         command
     }
 
-    /// The newest package whose name matches `pattern` (versions compared numerically).
-    fn newest(&self, pattern: &str) -> anyhow::Result<String> {
+    /// The packages whose name matches `pattern`, newest first (versions compared
+    /// numerically).
+    fn newest_first(&self, pattern: &str) -> anyhow::Result<Vec<String>> {
         let text = output(
             self.command("apt-cache")
                 .args(["search", "--names-only", pattern]),
         )?;
-        text.lines()
+        let mut names: Vec<String> = text
+            .lines()
             .filter_map(|line| line.split_whitespace().next())
-            .max_by_key(|name| version_key(name))
             .map(str::to_owned)
-            .with_context(|| format!("no package matches {pattern} (is apt's index current?)"))
+            .collect();
+        if names.is_empty() {
+            bail!("no package matches {pattern} (is apt's index current?)");
+        }
+        names.sort_by_cached_key(|name| std::cmp::Reverse(version_key(name)));
+        Ok(names)
     }
 }
 
@@ -626,6 +701,7 @@ fn boot_and_test(kernel: &KernelImage, work: &Path, common: &Path) -> KernelResu
         name: kernel.name.clone(),
         release: kernel.release.clone(),
         hooks: Vec::new(),
+        inferred_reasons: Vec::new(),
         passed: Vec::new(),
         failed: Vec::new(),
         pending: None,
@@ -687,6 +763,7 @@ fn boot_and_test(kernel: &KernelImage, work: &Path, common: &Path) -> KernelResu
                     writeln!(log, "{line}")?;
                     if let Some(json) = line.split_once(DOCTOR_BEGIN).map(|(_, j)| j) {
                         result.hooks = doctor_hooks(json);
+                        result.inferred_reasons = doctor_inferred_reasons(json);
                     } else if let Some(code) = line.split_once(TESTS_EXIT).map(|(_, c)| c) {
                         exit = code.trim_end_matches('@').parse::<i32>().ok();
                     } else {
@@ -768,6 +845,21 @@ fn doctor_hooks(json: &str) -> Vec<(String, Option<String>)> {
         .unwrap_or_default()
 }
 
+/// `inferred_reasons` from `udptrace doctor --json` (empty where the kernel gives reasons).
+fn doctor_inferred_reasons(json: &str) -> Vec<String> {
+    serde_json::from_str::<serde_json::Value>(json)
+        .ok()
+        .and_then(|report| {
+            report["inferred_reasons"].as_array().map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// kernel × hook (mechanism) × tests, in Markdown.
 fn table(results: &[KernelResult]) -> String {
     let hooks: Vec<String> = results
@@ -775,11 +867,11 @@ fn table(results: &[KernelResult]) -> String {
         .find(|r| !r.hooks.is_empty())
         .map(|r| r.hooks.iter().map(|(h, _)| h.clone()).collect())
         .unwrap_or_default();
-    let mut text = String::from("| kernel | tests passed |");
+    let mut text = String::from("| kernel | tests passed | drop reasons |");
     for hook in &hooks {
         let _ = write!(text, " {hook} |");
     }
-    text.push_str("\n|---|---|");
+    text.push_str("\n|---|---|---|");
     for _ in &hooks {
         text.push_str("---|");
     }
@@ -793,7 +885,18 @@ fn table(results: &[KernelResult]) -> String {
         if result.retried_after.is_some() {
             tests.push_str(" (second boot)");
         }
-        let _ = write!(text, "| {} `{}` | {tests} |", result.name, result.release);
+        let reasons = if result.hooks.is_empty() {
+            "–".to_owned()
+        } else if result.inferred_reasons.is_empty() {
+            "kernel's".to_owned()
+        } else {
+            format!("inferred: {}", result.inferred_reasons.join(", "))
+        };
+        let _ = write!(
+            text,
+            "| {} `{}` | {tests} | {reasons} |",
+            result.name, result.release
+        );
         for hook in &hooks {
             let mechanism = result
                 .hooks
@@ -855,6 +958,7 @@ mod tests {
             name: "k".into(),
             release: release.into(),
             hooks: Vec::new(),
+            inferred_reasons: Vec::new(),
             passed: Vec::new(),
             failed: Vec::new(),
             pending: None,
@@ -879,8 +983,20 @@ mod tests {
         assert_eq!(result.passed, ["doctor::a", "drops::c"]);
         assert_eq!(result.failed, ["drops::b"]);
         let table = table(&[result]);
-        assert!(table.contains("| k `6.1` | 2/3 | fentry | – |"), "{table}");
+        assert!(
+            table.contains("| k `6.1` | 2/3 | kernel's | fentry | – |"),
+            "{table}"
+        );
         assert!(table.contains("Failed on k: drops::b"), "{table}");
+        let mut old = self::result("5.10");
+        let doctor = r#"{"inferred_reasons":["NO_SOCKET","SOCKET_RCVBUFF"],"probes":[{"hook":"drop","mechanism":"tp_btf"}]}"#;
+        old.hooks = doctor_hooks(doctor);
+        old.inferred_reasons = doctor_inferred_reasons(doctor);
+        let table = super::table(&[old]);
+        assert!(
+            table.contains("| k `5.10` | 0/0 | inferred: NO_SOCKET, SOCKET_RCVBUFF | tp_btf |"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -4,20 +4,34 @@
 //! (include/trace/events/skb.h; 6.12 appended `struct sock *rx_sk`, the first three are stable).
 //! The classic record moved `reason` from offset 28 (6.1) to 36 (6.12), so the classic program
 //! reads offsets userspace took from the format file.
+//!
+//! Before Linux 5.17 the tracepoint is `TP_PROTO(struct sk_buff *skb, void *location)`: no
+//! reason. The `drop_inferred_*` programs, which userspace picks by the argument count of
+//! `btf_trace_kfree_skb` / the format file, infer one (`udptrace_common::drops`) from the
+//! function the location lies in and from the evidence the ICMP hooks and the enqueue hook
+//! below left for the same skb on this CPU. `__udp_enqueue_schedule_skb`'s return value is
+//! that evidence rather than `udp:udp_fail_queue_rcv_skb`'s rc, which is the same number but
+//! fires after the kfree_skb (5.10 net/ipv4/udp.c `__udp_queue_rcv_skb`: `kfree_skb(skb);
+//! trace_udp_fail_queue_rcv_skb(rc, sk);`).
 
 use aya_ebpf::{
     EbpfContext as _,
-    macros::{btf_tracepoint, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
+        TracePointContext,
+    },
 };
 use udptrace_common::{
+    drops::{DropEvidence, DropSites, infer},
     event::{EventKind, Mechanism},
     offsets::ClassicTracepoint,
 };
 
 use crate::{
+    DROP_EVIDENCE, DROP_SITES,
     emit::{Context, Report},
-    hooks::{classic_args, finish},
+    hooks::{Probed, arg, classic_args, finish, save_entry, take_entry},
     kernel::ReadError,
 };
 
@@ -60,4 +74,88 @@ fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result
     report.detail.reason = reason;
     report.submit(EventKind::Drop, Context::Softirq);
     Ok(())
+}
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn drop_inferred_tp_btf(ctx: BtfTracePointContext) -> u32 {
+    finish(on_drop_inferred(ctx.arg(0), ctx.arg(1), Mechanism::TpBtf))
+}
+
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_inferred_raw_tp(ctx: RawTracePointContext) -> u32 {
+    finish(on_drop_inferred(
+        ctx.arg(0),
+        ctx.arg(1),
+        Mechanism::RawTracepoint,
+    ))
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn drop_inferred_tracepoint(ctx: TracePointContext) -> u32 {
+    finish(
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkbNoReason)
+            .and_then(|[skb, location, _]| on_drop_inferred(skb, location, Mechanism::Tracepoint)),
+    )
+}
+
+/// A drop on a kernel without reasons: reported (and counted) with the inferred reason's
+/// number, except frees at socket close, which are no network drop.
+#[inline(always)]
+fn on_drop_inferred(skb: u64, location: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+    // SAFETY: a read-only global userspace set before load.
+    let sites: &DropSites = unsafe { &*core::ptr::addr_of!(DROP_SITES) };
+    let evidence = match DROP_EVIDENCE.get(0) {
+        Some(evidence) => *evidence,
+        None => DropEvidence::default(),
+    };
+    match infer(sites.kind_of(location), skb, &evidence) {
+        Some(reason) => on_drop(skb, location, reason as u32, mechanism),
+        None => Ok(()),
+    }
+}
+
+/// `int __udp_enqueue_schedule_skb(struct sock *sk, struct sk_buff *skb)` (net/ipv4/udp.c):
+/// the fexit context holds the arguments, then the return value at index 2 (the
+/// `bpf_get_func_ret` helper needs 5.17).
+#[fexit(function = "__udp_enqueue_schedule_skb")]
+pub fn enqueue_fexit(ctx: FExitContext) -> u32 {
+    enqueued(ctx.arg(1), ctx.arg::<i32>(2));
+    0
+}
+
+#[kprobe]
+pub fn enqueue_kprobe(ctx: ProbeContext) -> u32 {
+    save_entry(Probed::Enqueue, [arg(&ctx, 1), 0, 0, 0])
+}
+
+#[kretprobe]
+pub fn enqueue_kretprobe(ctx: RetProbeContext) -> u32 {
+    if let Some([skb, ..]) = take_entry(Probed::Enqueue) {
+        enqueued(skb, ctx.ret::<i32>());
+    }
+    0
+}
+
+/// Remembers a failed enqueue of `skb` for the kfree_skb that follows it on this CPU.
+#[inline(always)]
+fn enqueued(skb: u64, rc: i32) {
+    if rc < 0
+        && let Some(evidence) = DROP_EVIDENCE.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot; softirq work on one CPU does not interleave with itself.
+        unsafe {
+            (*evidence).enqueue_failed_skb = skb;
+            (*evidence).enqueue_rc = i64::from(rc);
+        }
+    }
+}
+
+/// Remembers that a port unreachable is being sent about `skb` (called by the ICMP hooks for
+/// every error, before any filter): in `__udp4_lib_rcv`/`__udp6_lib_rcv` the kfree_skb follows.
+#[inline(always)]
+pub fn port_unreachable(skb: u64) {
+    if let Some(evidence) = DROP_EVIDENCE.get_ptr_mut(0) {
+        // SAFETY: as in `enqueued`.
+        unsafe { (*evidence).port_unreachable_skb = skb };
+    }
 }

@@ -27,7 +27,7 @@ use udptrace_common::{
 use crate::{
     FEATURES,
     emit::{Context, Report},
-    hooks::{arg, classic_args, finish},
+    hooks::{arg, classic_args, drop, finish},
     kernel::{self, ReadError},
 };
 
@@ -111,6 +111,10 @@ fn on_icmp_send(
     code: i32,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
+    // Destination unreachable / port unreachable: ICMP 3/3 (RFC 792), ICMPv6 1/4 (RFC 4443).
+    if matches!((icmp_type, code), (3, 3) | (1, 4)) {
+        drop::port_unreachable(skb);
+    }
     let Some(mut report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };

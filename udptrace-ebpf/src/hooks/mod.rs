@@ -63,6 +63,7 @@ pub enum Probed {
     LookupV4 = 4,
     LookupV6 = 5,
     Recv = 6,
+    Enqueue = 7,
 }
 
 /// Which call a saved entry belongs to: the task, and for functions that run in softirq the
@@ -78,7 +79,10 @@ pub struct EntryKey {
 
 #[inline(always)]
 fn entry_key(function: Probed) -> EntryKey {
-    let softirq = matches!(function, Probed::LookupV4 | Probed::LookupV6);
+    let softirq = matches!(
+        function,
+        Probed::LookupV4 | Probed::LookupV6 | Probed::Enqueue
+    );
     EntryKey {
         pid_tgid: bpf_get_current_pid_tgid(),
         // SAFETY: no preconditions.

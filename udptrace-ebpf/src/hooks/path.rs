@@ -266,8 +266,14 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     event.detail.route_err = read(record, field(fields, |f| &f.err))?;
     event.detail.route_oif = read(record, field(fields, |f| &f.oif))?;
     event.detail.route_iif = iif;
-    // The record's `oif` is the one requested (0 for "any"); the device chosen is `name`.
-    event.detail.route_dev = read(record, field(fields, |f| &f.name))?;
+    // The record's `oif` is the one requested (0 for "any"); the device chosen is `name`,
+    // inline or, as `__data_loc char[]`, where its locator's low 16 bits say.
+    let mut name = field(fields, |f| &f.name);
+    if field(fields, |f| &f.name_dynamic) != 0 {
+        let locator: u32 = read(record, name)?;
+        name = locator & 0xffff;
+    }
+    event.detail.route_dev = read(record, name)?;
     if input {
         event.detail.flags = FLAG_ROUTE_INPUT;
     }

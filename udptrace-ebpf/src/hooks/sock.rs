@@ -14,10 +14,10 @@
 use aya_ebpf::helpers::generated::bpf_get_func_ret;
 use aya_ebpf::{
     EbpfContext as _,
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
     programs::{
-        BtfTracePointContext, FExitContext, ProbeContext, RawTracePointContext, RetProbeContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        RetProbeContext, TracePointContext,
     },
 };
 use udptrace_common::{
@@ -42,6 +42,19 @@ pub fn sk_error_tp_btf(ctx: BtfTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "inet_sk_error_report")]
 pub fn sk_error_raw_tp(ctx: RawTracePointContext) -> u32 {
     finish(on_sk_error(ctx.arg(0), Mechanism::RawTracepoint))
+}
+
+/// Kernels without `inet_sk_error_report` (5.10): `void sock_def_error_report(struct sock
+/// *sk)` (net/core/sock.c), the `sk_error_report` of UDP sockets, which `__udp4_lib_err` and
+/// `__udp6_lib_err` call once `sk->sk_err` is set (the tracepoint was added in this function).
+#[fentry(function = "sock_def_error_report")]
+pub fn sk_error_fentry(ctx: FEntryContext) -> u32 {
+    finish(on_sk_error(ctx.arg(0), Mechanism::Fentry))
+}
+
+#[kprobe]
+pub fn sk_error_kprobe(ctx: ProbeContext) -> u32 {
+    finish(on_sk_error(arg(&ctx, 0), Mechanism::Kprobe))
 }
 
 #[inline(always)]

@@ -45,6 +45,7 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
 pub fn drop(reason: &str) -> What {
     What::Drop {
         reason: DropReason::named(reason),
+        reason_inferred: false,
         location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
     }
 }

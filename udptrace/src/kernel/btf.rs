@@ -202,8 +202,9 @@ enum Family {
     /// ENUM and ENUM64.
     Enum,
     Func,
-    /// TYPEDEF: tp_btf programs attach to `btf_trace_<tracepoint>` typedefs.
-    Typedef,
+    /// The `btf_trace_<tracepoint>` typedefs only (the raw tracepoints' prototypes; tp_btf
+    /// programs attach to them).
+    TraceTypedef,
 }
 
 /// One entry of [`Btf::by_name`].
@@ -213,6 +214,11 @@ struct Named {
     name_off: u32,
     id: u32,
 }
+
+/// Prefix of the typedefs that give each raw tracepoint's prototype (include/linux/tracepoint.h
+/// `DEFINE_EVENT` via `__DEFINE_BTF_TRACE`... `typedef void (*btf_trace_##call)(void *__data,
+/// proto)`, kernel/bpf/btf.c `BTF_TRACE_PREFIX`).
+const TRACE_TYPEDEF_PREFIX: &str = "btf_trace_";
 
 /// Where a struct member lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -321,7 +327,7 @@ impl Btf {
                 Kind::Struct | Kind::Union => Family::Composite,
                 Kind::Enum | Kind::Enum64 => Family::Enum,
                 Kind::Func => Family::Func,
-                Kind::Typedef => Family::Typedef,
+                Kind::Typedef => Family::TraceTypedef,
                 Kind::Int => {
                     if long_size.is_none() && self.string(ty.name_off) == Ok("long int") {
                         long_size = Some(ty.size_or_id);
@@ -332,15 +338,21 @@ impl Btf {
             };
             // A name that cannot be read (bad offset, not UTF-8) only makes its type
             // unfindable by name; the rest of the blob stays usable.
-            if self.string(ty.name_off).is_ok_and(|name| !name.is_empty()) {
-                // `types` has at most u32::MAX entries: each takes 12 bytes of a section
-                // whose length is a u32.
-                by_name.push(Named {
-                    family,
-                    name_off: ty.name_off,
-                    id: id as u32,
-                });
+            let Ok(name) = self.string(ty.name_off) else {
+                continue;
+            };
+            if name.is_empty()
+                || (family == Family::TraceTypedef && !name.starts_with(TRACE_TYPEDEF_PREFIX))
+            {
+                continue;
             }
+            // `types` has at most u32::MAX entries: each takes 12 bytes of a section whose
+            // length is a u32.
+            by_name.push(Named {
+                family,
+                name_off: ty.name_off,
+                id: id as u32,
+            });
         }
         // Stable, and pushed in id order: entries sharing a name stay in id order.
         by_name.sort_by(|a, b| self.compare(a, b.family, self.name(b)));
@@ -587,7 +599,7 @@ impl Btf {
         let mut wanted: Vec<(u32, u32, &str)> = typedefs
             .iter()
             .filter_map(|&name| {
-                let id = self.named(Family::Typedef, name).next()?;
+                let id = self.named(Family::TraceTypedef, name).next()?;
                 Some((id, BlobWriter::TYPEDEF, name))
             })
             .chain(functions.iter().filter_map(|&name| {
@@ -612,6 +624,17 @@ impl Btf {
     /// target, not inlined away).
     pub fn has_function(&self, name: &str) -> bool {
         self.named(Family::Func, name).next().is_some()
+    }
+
+    /// How many arguments raw tracepoint `name` passes (its `btf_trace_<name>` prototype
+    /// without the leading `void *__data`); `None` when the BTF lacks it.
+    pub fn tracepoint_arguments(&self, name: &str) -> Option<usize> {
+        let typedef_name = format!("{TRACE_TYPEDEF_PREFIX}{name}");
+        let typedef = self.named(Family::TraceTypedef, &typedef_name).next()?;
+        let pointer = self.resolve(typedef).ok()?;
+        let prototype = self.resolve(pointer.size_or_id).ok()?;
+        (pointer.kind == Kind::Ptr && prototype.kind == Kind::FuncProto)
+            .then(|| usize::from(prototype.vlen).saturating_sub(1))
     }
 
     /// Ids of the types of `family` called `name`, in id order.
@@ -1264,6 +1287,11 @@ mod tests {
         assert!(btf.has_function("udp_sendmsg"));
         assert!(btf.has_function("__udp4_lib_rcv"));
         assert!(!btf.has_function("udp_sendmsg_but_not_really"));
+        // `btf_trace_kfree_skb`: (void *, skb, location, reason, rx_sk) on 6.18; 5.10 has
+        // only (void *, skb, location), which is how drop programs are chosen.
+        assert_eq!(btf.tracepoint_arguments("kfree_skb"), Some(4));
+        assert_eq!(btf.tracepoint_arguments("icmp_send"), Some(3));
+        assert_eq!(btf.tracepoint_arguments("no_such_tracepoint"), None);
         // `struct console` exists twice in this vmlinux; lookups still work.
         assert!(btf.struct_size("console").is_ok());
     }
@@ -1285,7 +1313,7 @@ mod tests {
         .unwrap();
         let mut checked = 0;
         for (names, family, kind) in [
-            (&typedefs, Family::Typedef, BtfKind::Typedef),
+            (&typedefs, Family::TraceTypedef, BtfKind::Typedef),
             (&functions, Family::Func, BtfKind::Func),
         ] {
             for name in names {

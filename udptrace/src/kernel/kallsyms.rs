@@ -38,6 +38,8 @@ pub enum ParseError {
     AddressesHidden,
 }
 
+use udptrace_common::drops::{DropSite, DropSiteKind, DropSites};
+
 /// Text symbols sorted by address.
 #[derive(Clone, Debug)]
 pub struct Kallsyms {
@@ -130,11 +132,46 @@ impl Kallsyms {
             .symbols
             .partition_point(|&(start, ..)| start <= address);
         let &(start, name_start, len) = self.symbols.get(index.checked_sub(1)?)?;
-        let name = self
-            .names
-            .get(name_start as usize..(name_start + len) as usize)?;
+        let name = self.name(name_start, len)?;
         let offset = address - start;
         (offset < MAX_OFFSET).then(|| format!("{name}+{offset:#x}"))
+    }
+
+    /// `[start, end)` of function `name`: from its address to the next symbol's.
+    pub fn function_range(&self, name: &str) -> Option<(u64, u64)> {
+        let index = self
+            .symbols
+            .iter()
+            .position(|&(_, name_start, len)| self.name(name_start, len) == Some(name))?;
+        let (start, ..) = self.symbols[index];
+        let &(end, ..) = self.symbols.get(index + 1)?;
+        Some((start, end))
+    }
+
+    /// The name stored at `start` for `len` bytes in `names`.
+    fn name(&self, start: u32, len: u32) -> Option<&str> {
+        self.names.get(start as usize..(start + len) as usize)
+    }
+
+    /// The code ranges of the functions whose drops are told apart on kernels without drop
+    /// reasons (`udptrace_common::drops`); functions this kernel lacks are left out.
+    pub fn drop_sites(&self) -> DropSites {
+        let mut sites = DropSites::EMPTY;
+        let found = DropSiteKind::ALL.into_iter().flat_map(|kind| {
+            kind.functions().iter().filter_map(move |name| {
+                let (start, end) = self.function_range(name)?;
+                Some(DropSite {
+                    start,
+                    end,
+                    kind: kind as u32,
+                    padding: 0,
+                })
+            })
+        });
+        for (slot, site) in sites.sites.iter_mut().zip(found) {
+            *slot = site;
+        }
+        sites
     }
 
     /// Number of distinct symbol addresses.
@@ -207,6 +244,29 @@ zzzz T bad_address
         assert_eq!(symbols.symbolize(u64::MAX), None);
         // Eleven code symbols at nine addresses: the three aliases at _stext are one.
         assert_eq!(symbols.len(), 9);
+    }
+
+    #[test]
+    fn drop_sites_are_the_functions_ranges() {
+        let symbols = Kallsyms::parse(SAMPLE).unwrap();
+        assert_eq!(
+            symbols.function_range("__udp4_lib_rcv"),
+            Some((0xffff_ffff_8204_6290, 0xffff_ffff_8204_6e20))
+        );
+        assert_eq!(
+            symbols.function_range("bpf_prog_1e51484531ca865f_send_raw_tp"),
+            None,
+            "nothing follows it"
+        );
+        assert_eq!(symbols.function_range("absent"), None);
+        let sites = symbols.drop_sites();
+        // Of the listed functions, the sample has only __udp4_lib_rcv.
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_8204_6290 + 0x9a3),
+            Some(DropSiteKind::UdpReceive)
+        );
+        assert_eq!(sites.kind_of(0xffff_ffff_8204_6e20), None);
+        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 1);
     }
 
     #[test]

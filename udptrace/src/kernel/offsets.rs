@@ -275,6 +275,14 @@ fn checked_field(fields: &[FormatField], name: &str, size: u32) -> Result<u32, F
     Ok(field.offset)
 }
 
+/// The offset of the 4-byte `__data_loc` locator of dynamic field `name`.
+fn dynamic_locator(fields: &[FormatField], name: &str) -> Option<u32> {
+    fields
+        .iter()
+        .find(|f| f.name == name && f.type_name.starts_with("__data_loc") && f.size == 4)
+        .map(|f| f.offset)
+}
+
 /// `fib:fib_table_lookup` and `fib6:fib6_table_lookup`: all fields or none (the route hook
 /// reads the record as a whole).
 fn resolve_routes<F: FormatSource + ?Sized>(formats: &F, report: &mut OffsetReport) {
@@ -303,16 +311,29 @@ fn route_fields(fields: &[FormatField], ipv6: bool) -> Result<RouteRecordFields,
     // tb_id, err, oif, iif, proto, src, dst, sport, dport, name[IFNAMSIZ].
     let sizes = [4, 4, 4, 4, 1, address, address, 2, 2, 16];
     let mut offsets = [OFFSET_MISSING; 10];
+    let mut name_dynamic = 0;
     for ((name, size), offset) in RouteRecordFields::FIELD_NAMES
         .iter()
         .zip(sizes)
         .zip(offsets.iter_mut())
     {
-        *offset =
-            checked_field(fields, name, size).map_err(|error| RouteError::Field { name, error })?;
+        *offset = match (
+            checked_field(fields, name, size),
+            dynamic_locator(fields, name),
+        ) {
+            (Ok(offset), _) => offset,
+            // Older kernels (5.10) declare `__dynamic_array(char, name, IFNAMSIZ)`: a u32
+            // locator the program follows (`RouteRecordFields::name_dynamic`).
+            (Err(FieldError::Dynamic { .. }), Some(locator)) if *name == "name" => {
+                name_dynamic = 1;
+                locator
+            }
+            (Err(error), _) => return Err(RouteError::Field { name, error }),
+        };
     }
     let [tb_id, err, oif, iif, proto, src, dst, sport, dport, name] = offsets;
     Ok(RouteRecordFields {
+        name_dynamic,
         tb_id,
         err,
         oif,
@@ -400,6 +421,7 @@ mod tests {
                 sport: 56,
                 dport: 58,
                 name: 60,
+                name_dynamic: 0,
             },
             fib6: RouteRecordFields {
                 tb_id: 8,
@@ -412,6 +434,7 @@ mod tests {
                 sport: 64,
                 dport: 66,
                 name: 70,
+                name_dynamic: 0,
             },
             tracepoint_args: [
                 // kfree_skb: skbaddr, location, reason.
@@ -428,6 +451,8 @@ mod tests {
                 [8, OFFSET_MISSING, OFFSET_MISSING],
                 [8, OFFSET_MISSING, OFFSET_MISSING],
                 [8, OFFSET_MISSING, OFFSET_MISSING],
+                // kfree_skb read without its reason (the record of kernels before 5.17).
+                [8, 16, OFFSET_MISSING],
             ],
         }
     }
@@ -451,6 +476,35 @@ mod tests {
             ..expected_6_18()
         };
         assert_eq!(report.offsets, expected);
+    }
+
+    /// 5.10's route records name the device as `__data_loc char[] name` (fib: the locator at
+    /// 60, fib6: at 68, as Debian 11's 5.10.0-43 format files list them): followed, not refused.
+    #[test]
+    fn route_device_names_behind_a_data_loc() {
+        let fib = fixtures::FIB_TABLE_LOOKUP_6_18.replace(
+            "field:char name[16];\toffset:60;\tsize:16;\tsigned:0;",
+            "field:__data_loc char[] name;\toffset:60;\tsize:4;\tsigned:0;",
+        );
+        assert_ne!(fib, fixtures::FIB_TABLE_LOOKUP_6_18);
+        let formats = fixtures::linux_6_18().with("fib", "fib_table_lookup", &fib);
+        let report = resolve_offsets(fixture::btf(), Some(&formats));
+        assert_eq!(report.missing, []);
+        assert_eq!(report.offsets.fib4.name, 60);
+        assert_eq!(report.offsets.fib4.name_dynamic, 1);
+        assert_eq!(
+            report.offsets.fib6.name_dynamic, 0,
+            "6.18's fib6 record is inline"
+        );
+        // Any other dynamic field is still refused.
+        let src = fib.replace(
+            "field:__u8 src[4];\toffset:28;\tsize:4;\tsigned:0;",
+            "field:__data_loc char[] src;\toffset:28;\tsize:4;\tsigned:0;",
+        );
+        assert_ne!(src, fib);
+        let formats = fixtures::linux_6_18().with("fib", "fib_table_lookup", &src);
+        let report = resolve_offsets(fixture::btf(), Some(&formats));
+        assert_eq!(report.offsets.fib4, RouteRecordFields::MISSING);
     }
 
     /// 6.1's kfree_skb record: the reason is read at 28, not 36.
@@ -522,6 +576,11 @@ mod tests {
         let args = report.offsets.tracepoint_args;
         assert_eq!(
             args[ClassicTracepoint::KfreeSkb as usize],
+            [8, 16, OFFSET_MISSING]
+        );
+        // What the drop programs of such kernels read instead: the record without reason.
+        assert_eq!(
+            args[ClassicTracepoint::KfreeSkbNoReason as usize],
             [8, 16, OFFSET_MISSING]
         );
         assert_eq!(

@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use udptrace_common::drops::InferredReason;
+
 use super::btf::Btf;
 
 const PREFIX: &str = "SKB_DROP_REASON_";
@@ -27,6 +29,8 @@ pub struct DropReasons {
     names: HashMap<u32, String>,
     /// Subsystem number → name (`OPENVSWITCH`), core (0) excluded.
     subsystems: HashMap<u32, String>,
+    /// The values are udptrace's [`InferredReason`]s: the kernel's kfree_skb has no reason.
+    inferred: bool,
 }
 
 impl DropReasons {
@@ -70,7 +74,26 @@ impl DropReasons {
         Self {
             names,
             subsystems: HashMap::new(),
+            inferred: false,
         }
+    }
+
+    /// For a kernel whose kfree_skb has no reason (before 5.17): the drop programs report
+    /// the [`InferredReason`] they inferred.
+    pub fn inferred() -> Self {
+        Self {
+            names: InferredReason::ALL
+                .into_iter()
+                .map(|reason| (reason as u32, reason.name().to_owned()))
+                .collect(),
+            subsystems: HashMap::new(),
+            inferred: true,
+        }
+    }
+
+    /// Whether the reasons are inferred by udptrace rather than given by the kernel.
+    pub fn are_inferred(&self) -> bool {
+        self.inferred
     }
 
     /// `NO_SOCKET`; for a value this kernel's enum lacks, `OPENVSWITCH(<code>)` when the high
@@ -166,6 +189,23 @@ mod tests {
         assert_eq!(reasons.name((2 << 16) | 5), "OPENVSWITCH(5)");
         assert_eq!(reasons.name((1 << 16) | 1), "MAC80211_UNUSABLE(1)");
         assert_eq!(reasons.name(9 << 16), "UNKNOWN(589824)");
+    }
+
+    #[test]
+    fn inferred_reasons_are_named_like_the_kernels_own() {
+        let reasons = DropReasons::inferred();
+        assert!(reasons.are_inferred());
+        assert!(!linux_6_1().are_inferred());
+        assert_eq!(reasons.name(InferredReason::NoSocket as u32), "NO_SOCKET");
+        assert_eq!(
+            reasons.name(InferredReason::SocketRcvbuff as u32),
+            "SOCKET_RCVBUFF"
+        );
+        assert_eq!(
+            reasons.value("NETFILTER_DROP"),
+            Some(InferredReason::NetfilterDrop as u32)
+        );
+        assert_eq!(reasons.len(), InferredReason::COUNT);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use udptrace_common::{
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
 
-use super::plan::{Attachment, HOOKS, Hook, Target};
+use super::plan::{Attachment, HOOKS, Hook, Target, needs_drop_reason};
 
 /// What the engine may use, learnt before any attempt.
 pub struct AttachContext<'a> {
@@ -31,6 +31,8 @@ pub struct AttachContext<'a> {
     pub has_function: &'a dyn Fn(&str) -> bool,
     /// `--probes MECH`: only this mechanism is tried.
     pub forced: Option<Mechanism>,
+    /// Whether the kernel's kfree_skb passes a drop reason (Linux 5.17+; `Knowledge::load`).
+    pub kfree_skb_reason: bool,
 }
 
 /// One mechanism tried (or skipped) for one hook.
@@ -67,6 +69,13 @@ pub enum AttemptError {
         group: &'static str,
         event: &'static str,
     },
+    /// The program is for kernels whose kfree_skb has (`true`) or lacks a reason argument.
+    #[error("{}", if *.0 {
+        "needs kfree_skb's reason argument (Linux 5.17+)"
+    } else {
+        "not needed: kfree_skb passes drop reasons here"
+    })]
+    DropReasonArgument(bool),
     #[error("program {0} missing from the embedded object")]
     ProgramMissing(&'static str),
     /// A trampoline (fentry/fexit) for a function with more arguments than this kernel's
@@ -149,7 +158,12 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
 
 /// Reasons known without touching the kernel, worded better than the load error would be.
 fn precheck(attachment: &Attachment, context: &AttachContext<'_>) -> Result<(), AttemptError> {
-    for (_, target) in attachment.programs {
+    for (name, target) in attachment.programs {
+        if let Some(needed) = needs_drop_reason(name)
+            && needed != context.kfree_skb_reason
+        {
+            return Err(AttemptError::DropReasonArgument(needed));
+        }
         match target {
             Target::Fexit(function) | Target::Fentry(function) => {
                 if context.btf.is_none() {

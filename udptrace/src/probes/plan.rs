@@ -28,6 +28,11 @@ use udptrace_common::{
         PROG_SEND_KRETPROBE_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF, PROG_SEND_TRACEPOINT,
         PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
     },
+    names::{
+        PROG_DROP_INFERRED_RAW_TP, PROG_DROP_INFERRED_TP_BTF, PROG_DROP_INFERRED_TRACEPOINT,
+        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_SK_ERROR_FENTRY,
+        PROG_SK_ERROR_KPROBE,
+    },
     offsets::ClassicTracepoint,
 };
 
@@ -127,6 +132,22 @@ pub const HOOKS: &[Hook] = &[
                 programs: &[(
                     PROG_DROP_TRACEPOINT,
                     Target::Tracepoint(ClassicTracepoint::KfreeSkb),
+                )],
+            },
+            // Before Linux 5.17 kfree_skb has no reason: the same three, inferring it.
+            Attachment {
+                mechanism: Mechanism::TpBtf,
+                programs: &[(PROG_DROP_INFERRED_TP_BTF, Target::TpBtf("kfree_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::RawTracepoint,
+                programs: &[(PROG_DROP_INFERRED_RAW_TP, Target::RawTp("kfree_skb"))],
+            },
+            Attachment {
+                mechanism: Mechanism::Tracepoint,
+                programs: &[(
+                    PROG_DROP_INFERRED_TRACEPOINT,
+                    Target::Tracepoint(ClassicTracepoint::KfreeSkbNoReason),
                 )],
             },
         ],
@@ -284,7 +305,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "sock_error",
-        description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report)",
+        description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report, else sock_def_error_report)",
         core: false,
         attachments: &[
             Attachment {
@@ -294,6 +315,21 @@ pub const HOOKS: &[Hook] = &[
             Attachment {
                 mechanism: Mechanism::RawTracepoint,
                 programs: &[(PROG_SK_ERROR_RAW_TP, Target::RawTp("inet_sk_error_report"))],
+            },
+            // Before the tracepoint (5.10): the function it was added to.
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(
+                    PROG_SK_ERROR_FENTRY,
+                    Target::Fentry("sock_def_error_report"),
+                )],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[(
+                    PROG_SK_ERROR_KPROBE,
+                    Target::Kprobe("sock_def_error_report"),
+                )],
             },
         ],
     },
@@ -470,7 +506,50 @@ pub const HOOKS: &[Hook] = &[
             },
         ],
     },
+    Hook {
+        name: "enqueue",
+        description: "failed queueing to a UDP socket, evidence of inferred drop reasons before Linux 5.17 (__udp_enqueue_schedule_skb)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(
+                    PROG_ENQUEUE_FEXIT,
+                    Target::Fexit("__udp_enqueue_schedule_skb"),
+                )],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (
+                        PROG_ENQUEUE_KPROBE,
+                        Target::Kprobe("__udp_enqueue_schedule_skb"),
+                    ),
+                    (
+                        PROG_ENQUEUE_KRETPROBE,
+                        Target::Kretprobe("__udp_enqueue_schedule_skb"),
+                    ),
+                ],
+            },
+        ],
+    },
 ];
+
+/// Programs for one kind of kernel only: `Some(true)` for those reading kfree_skb's reason
+/// argument (Linux 5.17+), `Some(false)` for those inferring the reason without it (the
+/// `drop_inferred_*` programs and their evidence, `enqueue`).
+pub fn needs_drop_reason(program: &str) -> Option<bool> {
+    match program {
+        PROG_DROP_TP_BTF | PROG_DROP_RAW_TP | PROG_DROP_TRACEPOINT => Some(true),
+        PROG_DROP_INFERRED_TP_BTF
+        | PROG_DROP_INFERRED_RAW_TP
+        | PROG_DROP_INFERRED_TRACEPOINT
+        | PROG_ENQUEUE_FEXIT
+        | PROG_ENQUEUE_KPROBE
+        | PROG_ENQUEUE_KRETPROBE => Some(false),
+        _ => None,
+    }
+}
 
 /// The contract between this plan, `udptrace_common::names` and the eBPF object, checked on the
 /// embedded object itself without a kernel: a renamed program, a kprobe that became a
@@ -483,11 +562,13 @@ mod contract_tests {
     use aya_obj::{Object, ProgramSection, generated::bpf_map_type};
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     use udptrace_common::{
+        drops::DropSites,
         event::{COUNTER_COUNT, FlowCount, FlowCountKey},
         filter::{Filter, Selectors},
         names::{
-            COUNTERS_MAP, DEBUG_BPF_GLOBAL, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL,
-            FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL,
+            COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, EVENTS_MAP, FEATURES_MAP,
+            FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL,
+            SELECTORS_GLOBAL,
         },
         offsets::KernelOffsets,
     };
@@ -655,6 +736,7 @@ mod contract_tests {
             (FILTER_GLOBAL, size_of::<Filter>()),
             (SELECTORS_GLOBAL, size_of::<Selectors>()),
             (DEBUG_BPF_GLOBAL, size_of::<u8>()),
+            (DROP_SITES_GLOBAL, size_of::<DropSites>()),
         ] {
             match elf.symbols().find(|s| s.name() == Ok(name)) {
                 None => problems.push(format!("no global `{name}`")),

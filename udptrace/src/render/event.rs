@@ -9,7 +9,15 @@ pub fn summary(event: &TraceEvent) -> String {
     let src = event.source();
     let dst = event.destination();
     match &event.what {
-        What::Drop { reason, .. } => format!("{src} > {dst} {}", reason.name),
+        What::Drop {
+            reason,
+            reason_inferred,
+            ..
+        } => format!(
+            "{src} > {dst} {}{}",
+            reason.name,
+            if *reason_inferred { " (inferred)" } else { "" }
+        ),
         What::Icmp {
             icmp_type,
             icmp_code,

@@ -177,10 +177,12 @@ mod tests {
                     name: "NO_SOCKET".into(),
                     value: Some(3),
                 },
+                reason_inferred: false,
                 location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
             },
             What::Drop {
-                reason: DropReason::named("UNKNOWN(77)"),
+                reason: DropReason::named("SOCKET_RCVBUFF"),
+                reason_inferred: true,
                 location: Location::Address(0xffff_ffff_8100_0010),
             },
             What::Icmp {
@@ -319,7 +321,7 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            r#"{"type":"event","time":"2026-11-22T11:26:08.123457Z","ts_ns":1001,"kind":"drop","reason":"UNKNOWN(77)","location":"0xffffffff81000010","probe":"kprobe","netns":4026531840,"pid":77,"comm":"nc","skb":"0xffff888000001001","family":"ipv4","saddr":"192.0.2.1","sport":40000,"daddr":"192.0.2.2","dport":4000}"#
+            r#"{"type":"event","time":"2026-11-22T11:26:08.123457Z","ts_ns":1001,"kind":"drop","reason":"SOCKET_RCVBUFF","reason_inferred":true,"location":"0xffffffff81000010","probe":"kprobe","netns":4026531840,"pid":77,"comm":"nc","skb":"0xffff888000001001","family":"ipv4","saddr":"192.0.2.1","sport":40000,"daddr":"192.0.2.2","dport":4000}"#
         );
         assert!(
             lines[3].contains(r#""kind":"sock_error","errno":"ECONNREFUSED","code":111,"probe":"#),

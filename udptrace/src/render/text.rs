@@ -301,17 +301,25 @@ mod tests {
     #[test]
     fn drop_line_fits_80_columns() {
         let mut out = Vec::new();
-        TextOutput::new(&mut out, false)
-            .event(&event(What::Drop {
-                reason: DropReason::named("NO_SOCKET"),
-                location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
-            }))
-            .unwrap();
+        for reason_inferred in [false, true] {
+            TextOutput::new(&mut out, false)
+                .event(&event(What::Drop {
+                    reason: DropReason::named("NO_SOCKET"),
+                    reason_inferred,
+                    location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+                }))
+                .unwrap();
+        }
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
             "12:01:02.123456 drop       192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET"
+        );
+        // Before Linux 5.17 the kernel gives no reason: udptrace's guess says so.
+        assert_eq!(
+            lines[2],
+            "12:01:02.123456 drop       192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET (inferred)"
         );
         assert_eq!(
             lines[1],

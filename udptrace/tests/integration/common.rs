@@ -39,6 +39,15 @@ pub fn require_root() {
     );
 }
 
+/// Whether the running kernel has tracepoint `group:event` (tracefs, mounted by udptrace or
+/// the test bed at /sys/kernel/tracing).
+pub fn tracepoint_exists(group: &str, event: &str) -> bool {
+    std::path::Path::new("/sys/kernel/tracing/events")
+        .join(group)
+        .join(event)
+        .exists()
+}
+
 /// Traces run one at a time: each sees every namespace, and the lab scenarios reuse their
 /// ports, so two at once would see each other's events.
 static SERIAL: Mutex<()> = Mutex::new(());

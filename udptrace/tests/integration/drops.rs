@@ -5,7 +5,7 @@ use serde_json::Value;
 use udptrace::lab::scenarios::{self, Lab, Outcome};
 use udptrace_common::event::SAMPLE_EVENTS_PER_SECOND;
 
-use crate::common::{Trace, attached, events, function_probe, stats};
+use crate::common::{Trace, attached, events, function_probe, stats, tracepoint_exists};
 
 /// Builds a scenario, traces it with `args` + `port <its port>`, returns lab, outcome, records.
 pub fn traced(name: &str, args: &[&str]) -> (Lab, Outcome, Vec<Value>) {
@@ -115,12 +115,33 @@ fn closed_port_ipv6() {
 
 #[test]
 fn closed_port_through_raw_tracepoints() {
-    assert_closed_port("closed-port", &["--probes", "raw-tp"], false);
+    assert_closed_port_forced("closed-port", "raw-tp", false);
 }
 
 #[test]
 fn closed_port_through_classic_tracepoints() {
-    assert_closed_port("closed-port-v6", &["--probes", "tracepoint"], true);
+    assert_closed_port_forced("closed-port-v6", "tracepoint", true);
+}
+
+/// The closed port traced through tracepoints only. A kernel without `icmp:icmp_send` (5.10:
+/// only `__icmp_send` function probes) has no tracepoint form of the core ICMP hook: there
+/// udptrace must refuse in one line that names it.
+fn assert_closed_port_forced(name: &str, mechanism: &str, v6: bool) {
+    if tracepoint_exists("icmp", "icmp_send") {
+        assert_closed_port(name, &["--probes", mechanism], v6);
+        return;
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .args(["--json", "--probes", mechanism, "port", "9"])
+        .output()
+        .expect("running udptrace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot attach the icmp_error hook"),
+        "{stderr}"
+    );
 }
 
 #[test]

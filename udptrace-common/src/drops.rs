@@ -1,0 +1,286 @@
+//! Drops on kernels whose `kfree_skb` has no reason (before Linux 5.17: `TP_PROTO(struct
+//! sk_buff *skb, void *location)`, include/trace/events/skb.h). The two-argument drop programs
+//! infer a reason from where the skb was freed and from what the kernel did to it just before,
+//! and count and report that instead; userspace names these values through
+//! [`InferredReason::name`] and marks them inferred.
+//!
+//! Where is known by address range: userspace resolves each [`DropSiteKind`] function from
+//! /proc/kallsyms at start-up (never a hard-coded offset: they differ per build) and writes
+//! the ranges into the [`DropSites`] global before load.
+
+enum_table! {
+/// A reason inferred from the drop's location and the hooks before it. The names are those
+/// of the later kernels' `enum skb_drop_reason` for the same kfree_skb site, so that the
+/// verdict rules read them alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InferredReason: u32, from_u32 {
+    /// Freed anywhere else.
+    NotSpecified = 0 => "NOT_SPECIFIED",
+    /// `__udp4_lib_rcv`/`__udp6_lib_rcv` right after an ICMP port unreachable about the same
+    /// skb: no socket matched (net/ipv4/udp.c: `icmp_send(skb, ICMP_DEST_UNREACH,
+    /// ICMP_PORT_UNREACH, 0); kfree_skb(skb);`).
+    NoSocket = 1 => "NO_SOCKET",
+    /// `__udp4_lib_rcv`/`__udp6_lib_rcv` without that ICMP error: their shared `drop:` label,
+    /// reached from `short_packet` and `csum_error` (5.17+ tell PKT_TOO_SMALL and UDP_CSUM).
+    ShortOrChecksum = 2 => "PKT_TOO_SMALL_OR_UDP_CSUM",
+    /// `udp_queue_rcv_one_skb`/`udpv6_queue_rcv_one_skb` after `__udp_enqueue_schedule_skb`
+    /// failed with -ENOMEM: the receive buffer was full.
+    SocketRcvbuff = 3 => "SOCKET_RCVBUFF",
+    /// The same with -ENOBUFS: the protocol's memory limit (`net.ipv4.udp_mem`).
+    ProtoMem = 4 => "PROTO_MEM",
+    /// `udp_queue_rcv_one_skb`/`udpv6_queue_rcv_one_skb` without a failed enqueue: their
+    /// `drop:` label (socket filter, checksum, xfrm policy).
+    SocketFilterOrChecksum = 5 => "SOCKET_FILTER_OR_UDP_CSUM",
+    /// `nf_hook_slow`: a netfilter verdict of NF_DROP.
+    NetfilterDrop = 6 => "NETFILTER_DROP",
+}
+}
+
+enum_table! {
+/// The kernel functions whose kfree_skb calls the drop programs tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropSiteKind: u32, from_u32 {
+    /// UDP receive: no socket, short packet, bad checksum.
+    UdpReceive = 1,
+    /// Queueing to the socket found.
+    UdpQueue = 2,
+    /// A netfilter hook's NF_DROP.
+    Netfilter = 3,
+    /// A socket being destroyed frees what it still held: not a network drop, not reported.
+    SocketClose = 4,
+}
+}
+
+impl DropSiteKind {
+    /// The kernel functions of this kind (those the running kernel lacks are left out).
+    pub const fn functions(self) -> &'static [&'static str] {
+        match self {
+            Self::UdpReceive => &["__udp4_lib_rcv", "__udp6_lib_rcv"],
+            Self::UdpQueue => &["udp_queue_rcv_one_skb", "udpv6_queue_rcv_one_skb"],
+            Self::Netfilter => &["nf_hook_slow"],
+            // net/ipv4/udp.c udp_destruct_sock (udp_destruct_common on later kernels) frees the
+            // reader queue; inet_sock_destruct/inet6_sock_destruct purge the rest.
+            Self::SocketClose => &[
+                "udp_destruct_sock",
+                "udp_destruct_common",
+                "udpv6_destruct_sock",
+                "inet_sock_destruct",
+                "inet6_sock_destruct",
+            ],
+        }
+    }
+}
+
+/// Room for every function of every [`DropSiteKind`].
+pub const DROP_SITES: usize = 10;
+
+/// One function's code, `[start, end)`; `kind` 0 marks an unused slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropSite {
+    pub start: u64,
+    pub end: u64,
+    pub kind: u32,
+    pub padding: u32,
+}
+
+/// The `DROP_SITES` global (`names::DROP_SITES_GLOBAL`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropSites {
+    pub sites: [DropSite; DROP_SITES],
+}
+
+impl DropSites {
+    pub const EMPTY: Self = Self {
+        sites: [DropSite {
+            start: 0,
+            end: 0,
+            kind: 0,
+            padding: 0,
+        }; DROP_SITES],
+    };
+
+    /// The kind of function the code address `location` lies in.
+    #[expect(
+        clippy::inline_always,
+        reason = "eBPF: inlined into the drop programs, as `Filter::matches`"
+    )]
+    #[inline(always)]
+    pub fn kind_of(&self, location: u64) -> Option<DropSiteKind> {
+        let mut index = 0;
+        while index < DROP_SITES {
+            // SAFETY: a reference into `self`. Volatile: in the eBPF object `self` is the
+            // DROP_SITES global, whose all-zero initializer LLVM would otherwise fold into
+            // every read (userspace overrides it before load).
+            let site = unsafe { core::ptr::read_volatile(&raw const self.sites[index]) };
+            if site.kind != 0 && site.start <= location && location < site.end {
+                return DropSiteKind::from_u32(site.kind);
+            }
+            index += 1;
+        }
+        None
+    }
+}
+
+/// What the kernel did to an skb just before freeing it, per CPU (the UDP receive path runs in
+/// one softirq on one CPU from the ICMP error or the failed enqueue to the kfree_skb).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropEvidence {
+    /// The skb an ICMP port unreachable was last sent about.
+    pub port_unreachable_skb: u64,
+    /// The skb `__udp_enqueue_schedule_skb` last failed to queue, and its return value.
+    pub enqueue_failed_skb: u64,
+    pub enqueue_rc: i64,
+}
+
+/// `ENOMEM` and `ENOBUFS` (include/uapi/asm-generic/errno-base.h, errno.h).
+const ENOMEM: i64 = 12;
+const ENOBUFS: i64 = 105;
+
+/// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close, not
+/// a drop), given `evidence`.
+#[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
+#[inline(always)]
+pub fn infer(
+    kind: Option<DropSiteKind>,
+    skb: u64,
+    evidence: &DropEvidence,
+) -> Option<InferredReason> {
+    Some(match kind {
+        None => InferredReason::NotSpecified,
+        Some(DropSiteKind::SocketClose) => return None,
+        Some(DropSiteKind::Netfilter) => InferredReason::NetfilterDrop,
+        Some(DropSiteKind::UdpReceive) if evidence.port_unreachable_skb == skb => {
+            InferredReason::NoSocket
+        }
+        Some(DropSiteKind::UdpReceive) => InferredReason::ShortOrChecksum,
+        Some(DropSiteKind::UdpQueue) if evidence.enqueue_failed_skb == skb => {
+            match -evidence.enqueue_rc {
+                ENOMEM => InferredReason::SocketRcvbuff,
+                ENOBUFS => InferredReason::ProtoMem,
+                _ => InferredReason::SocketFilterOrChecksum,
+            }
+        }
+        Some(DropSiteKind::UdpQueue) => InferredReason::SocketFilterOrChecksum,
+    })
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: #[repr(C)] of u64/u32 pairs without implicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for super::DropSites {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SKB: u64 = 0xffff_8880_0000_1000;
+
+    fn sites() -> DropSites {
+        let mut sites = DropSites::EMPTY;
+        for (slot, (start, kind)) in [
+            (0x1000, DropSiteKind::UdpReceive),
+            (0x2000, DropSiteKind::UdpQueue),
+            (0x3000, DropSiteKind::Netfilter),
+            (0x4000, DropSiteKind::SocketClose),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            sites.sites[slot] = DropSite {
+                start,
+                end: start + 0x800,
+                kind: kind as u32,
+                padding: 0,
+            };
+        }
+        sites
+    }
+
+    fn reason(location: u64, evidence: DropEvidence) -> Option<InferredReason> {
+        infer(sites().kind_of(location), SKB, &evidence)
+    }
+
+    #[test]
+    fn locations_are_classified_by_range() {
+        let sites = sites();
+        assert_eq!(sites.kind_of(0x1000), Some(DropSiteKind::UdpReceive));
+        assert_eq!(sites.kind_of(0x17ff), Some(DropSiteKind::UdpReceive));
+        assert_eq!(sites.kind_of(0x1800), None, "past the function's end");
+        assert_eq!(sites.kind_of(0x3093), Some(DropSiteKind::Netfilter));
+        assert_eq!(sites.kind_of(0), None, "unused slots match nothing");
+    }
+
+    #[test]
+    fn a_port_unreachable_for_the_same_skb_means_no_socket() {
+        let icmp = DropEvidence {
+            port_unreachable_skb: SKB,
+            ..DropEvidence::default()
+        };
+        assert_eq!(reason(0x13a3, icmp), Some(InferredReason::NoSocket));
+        let other = DropEvidence {
+            port_unreachable_skb: SKB + 0x100,
+            ..DropEvidence::default()
+        };
+        assert_eq!(reason(0x13a3, other), Some(InferredReason::ShortOrChecksum));
+        // The same ICMP error says nothing about a drop elsewhere.
+        assert_eq!(
+            reason(0x23c2, icmp),
+            Some(InferredReason::SocketFilterOrChecksum)
+        );
+    }
+
+    #[test]
+    fn a_failed_enqueue_names_the_queue_drop_by_its_errno() {
+        let failed = |rc| DropEvidence {
+            enqueue_failed_skb: SKB,
+            enqueue_rc: rc,
+            ..DropEvidence::default()
+        };
+        assert_eq!(
+            reason(0x23c2, failed(-12)),
+            Some(InferredReason::SocketRcvbuff)
+        );
+        assert_eq!(reason(0x23c2, failed(-105)), Some(InferredReason::ProtoMem));
+        assert_eq!(
+            reason(0x23c2, DropEvidence::default()),
+            Some(InferredReason::SocketFilterOrChecksum)
+        );
+        // Another skb's failure is not this one's.
+        let mut elsewhere = failed(-12);
+        elsewhere.enqueue_failed_skb = SKB + 8;
+        assert_eq!(
+            reason(0x23c2, elsewhere),
+            Some(InferredReason::SocketFilterOrChecksum)
+        );
+    }
+
+    #[test]
+    fn netfilter_unknown_places_and_socket_close() {
+        assert_eq!(
+            reason(0x3093, DropEvidence::default()),
+            Some(InferredReason::NetfilterDrop)
+        );
+        assert_eq!(
+            reason(0x9000, DropEvidence::default()),
+            Some(InferredReason::NotSpecified)
+        );
+        assert_eq!(
+            reason(0x4010, DropEvidence::default()),
+            None,
+            "freed at close"
+        );
+    }
+
+    #[test]
+    fn every_function_fits_the_table() {
+        let functions: usize = DropSiteKind::ALL.iter().map(|k| k.functions().len()).sum();
+        assert!(functions <= DROP_SITES, "{functions} functions");
+        for reason in InferredReason::ALL {
+            assert_eq!(InferredReason::from_u32(reason as u32), Some(reason));
+        }
+    }
+}
