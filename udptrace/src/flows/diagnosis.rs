@@ -61,11 +61,11 @@ impl Diagnosis {
         self.flows.record(event);
         self.ledger.begin();
         match &event.what {
-            What::Drop { reason, .. } => {
+            What::Drop { reason, location } => {
                 // A drop of a datagram a verdict explains (a wrong-source reply dying at the
                 // client) is its evidence, not a new case.
                 if !self.ledger.add_to_explained(event)
-                    && let Some(known) = KnownReason::of(reason)
+                    && let Some(known) = KnownReason::of_drop(reason, location)
                 {
                     self.each_rule(|rule, cx| {
                         if rule.drops().contains(&known) {

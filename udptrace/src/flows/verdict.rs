@@ -115,6 +115,14 @@ pub enum Facts {
         source: SocketAddr,
         destination: SocketAddr,
     },
+    NeighborUnreachable {
+        source: SocketAddr,
+        destination: SocketAddr,
+        namespace: Namespace,
+        /// The device whose neighbour resolution failed, when the drop named it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
 }
 
 /// A diagnosis of one flow (or of one socket, for every sender: `key.a == key.b`).

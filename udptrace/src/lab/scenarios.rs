@@ -25,6 +25,9 @@ const PEER_LIFETIME: Duration = Duration::from_secs(4);
 /// After the client's last datagram: for the last replies, ICMP errors and drops to happen
 /// before the servers close their sockets (a closed socket would add NO_SOCKET drops).
 const SETTLE: Duration = Duration::from_millis(150);
+/// How long the neighbor-unreachable client keeps reading after its burst: resolution gives up
+/// 300 ms after its one probe (`shorten_neighbour_resolution`); the rest is margin.
+const UNRESOLVED_LINGER: Duration = Duration::from_millis(1_000);
 
 /// Where the userland proxy of a scenario runs and forwards.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -232,10 +235,20 @@ enum Traffic {
     Exchange(ServerMode),
     /// Datagrams with a wrong UDP checksum (a raw socket writes the header) to a closed port.
     BadChecksum,
+    /// A burst of `UNRESOLVED_BURST` datagrams to an address on the client's link that no host
+    /// holds, from a socket with IP_RECVERR; the client's neighbour resolution is shortened
+    /// (`shorten_neighbour_resolution`).
+    Unresolved,
 }
 
 /// Datagrams in the rcvbuf-overflow burst.
 pub const OVERFLOW_BURST: usize = 500;
+/// Datagrams in the neighbor-unreachable burst: all but the last are pushed out of the
+/// neighbour's one-datagram queue (NEIGH_QUEUEFULL), the last dies when resolution fails.
+pub const UNRESOLVED_BURST: usize = 3;
+/// The host part of the address `Traffic::Unresolved` sends to on the client's link (192.0.2.99,
+/// 2001:db8::99: its decimal digits read as the same text in both).
+const ABSENT_HOST: u8 = 99;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -397,6 +410,39 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: false,
         traffic: Traffic::BadChecksum,
     },
+    Scenario {
+        name: "neighbor-unreachable",
+        description: "a client (192.0.2.1, IP_RECVERR) sends a burst of 3 datagrams to 192.0.2.99:5031, an address on its link that no host holds (ARP: one probe, 300 ms, a one-datagram queue)",
+        diagnosis: "ARP for 192.0.2.99 on eth0 gets no answer: the first datagrams are pushed out of the neighbour queue (NEIGH_QUEUEFULL at __neigh_event_send), the last is freed when resolution fails (NEIGH_FAILED at neigh_invalidate) after an ICMP host unreachable to the client, whose socket gets EHOSTUNREACH; fix: the host is down or on another VLAN, check `ip neigh show dev eth0`",
+        expected: &["neighbor_unreachable"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5031,
+        bind_specific: false,
+        traffic: Traffic::Unresolved,
+    },
+    Scenario {
+        name: "neighbor-unreachable-v6",
+        description: "the same over IPv6: 2001:db8::1 sends to [2001:db8::99]:5032, which no host on the link holds (NDP: one solicitation, 300 ms, a one-datagram queue)",
+        diagnosis: "neighbour solicitations for 2001:db8::99 on eth0 get no answer: NEIGH_QUEUEFULL drops, then the last datagram freed in neigh_invalidate (by ndisc_error_report, without a reason) after an ICMPv6 address unreachable to the client, whose socket gets EHOSTUNREACH",
+        expected: &["neighbor_unreachable"],
+        topology: Topology::TwoHosts,
+        ipv6: true,
+        port: 5032,
+        bind_specific: false,
+        traffic: Traffic::Unresolved,
+    },
+    Scenario {
+        name: "neighbor-resolved",
+        description: "healthy control: a client on the same link as its server (192.0.2.2:5033) that answers ARP; the first request waits in the neighbour queue until ARP resolves",
+        diagnosis: "no verdict: ARP resolves, the requests leave and the echoes come back",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5033,
+        bind_specific: true,
+        traffic: Traffic::Exchange(ServerMode::Echo),
+    },
 ];
 
 /// Every scenario, in `udptrace lab list` order.
@@ -406,6 +452,22 @@ pub fn all() -> Vec<&'static Scenario> {
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|scenario| scenario.name == name)
+}
+
+/// The client's neighbour resolution for `Traffic::Unresolved`: one probe (ARP request or
+/// neighbour solicitation), given up after 300 ms instead of three after a second each, and a
+/// queue of waiting datagrams that holds one (`unres_qlen_bytes`: `__neigh_event_send`,
+/// net/core/neighbour.c, frees the oldest NEIGH_QUEUEFULL to make room for the next).
+fn shorten_neighbour_resolution(client: &Netns, ipv6: bool) -> anyhow::Result<()> {
+    let family = if ipv6 { "ipv6" } else { "ipv4" };
+    for (key, value) in [
+        ("mcast_solicit", "1"),
+        ("retrans_time_ms", "300"),
+        ("unres_qlen_bytes", "1"),
+    ] {
+        client.sysctl(&format!("net.{family}.neigh.eth0.{key}"), value)?;
+    }
+    Ok(())
 }
 
 fn address(text: &str) -> SocketAddr {
@@ -493,18 +555,25 @@ impl Scenario {
         let client = Netns::create("client")?;
         let server = Netns::create("server")?;
         veth(&client, "eth0", &server, "eth0")?;
+        // The client sends to the server, or for `Unresolved` to an address nobody holds.
+        let host = if let Traffic::Unresolved = self.traffic {
+            shorten_neighbour_resolution(&client, self.ipv6)?;
+            ABSENT_HOST
+        } else {
+            2
+        };
         let target = if self.ipv6 {
             client.addr("eth0", "2001:db8::1/64")?;
             server.addr("eth0", "2001:db8::2/64")?;
             // ICMP errors are rate limited per destination (1/s by default, per namespace):
             // off, so every datagram to a closed port gets its error.
             server.sysctl("net.ipv6.icmp.ratelimit", "0")?;
-            address(&format!("[2001:db8::2]:{}", self.port))
+            address(&format!("[2001:db8::{host}]:{}", self.port))
         } else {
             client.addr("eth0", "192.0.2.1/24")?;
             server.addr("eth0", "192.0.2.2/24")?;
             server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
-            address(&format!("192.0.2.2:{}", self.port))
+            address(&format!("192.0.2.{host}:{}", self.port))
         };
         Ok(Built {
             client,
@@ -692,6 +761,8 @@ impl Scenario {
             count,
             interval: Duration::from_millis(interval_ms),
             reply_timeout: Duration::from_millis(reply_ms),
+            recverr: false,
+            linger: Duration::ZERO,
         };
         let mut server_report = None;
         let mut proxy_report = None;
@@ -702,6 +773,16 @@ impl Scenario {
             // each gets its ECONNREFUSED.
             Traffic::ClosedPort => run_client(&lab.client, &client(2, 50, 300))?,
             Traffic::BadChecksum => send_with_bad_checksum(&lab.client, lab.target, 2)?,
+            // Sent at once, so that they wait together for the neighbour; the socket stays
+            // open (and reads) until resolution fails and its error arrives.
+            Traffic::Unresolved => run_client(
+                &lab.client,
+                &ClientSpec {
+                    recverr: true,
+                    linger: UNRESOLVED_LINGER,
+                    ..client(UNRESOLVED_BURST, 0, 0)
+                },
+            )?,
             Traffic::Firewalled => {
                 let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(2, 50, 300))?;
@@ -1078,6 +1159,32 @@ mod tests {
         // ...and found no socket there (conntrack did not undo the masquerade).
         assert_eq!(outcome.delta("dind2", "NoPorts"), Some(3), "{text}");
         assert_eq!(outcome.delta("client", "NoPorts"), Some(0), "{text}");
+    }
+
+    #[test]
+    fn an_absent_neighbour_fails_the_burst_with_ehostunreach() {
+        if !root_or_skip() {
+            return;
+        }
+        for (name, absent) in [
+            ("neighbor-unreachable", "192.0.2.99:5031"),
+            ("neighbor-unreachable-v6", "[2001:db8::99]:5032"),
+        ] {
+            let (lab, outcome) = run(name);
+            let text = outcome.describe();
+            assert_eq!(lab.target, address(absent));
+            assert_eq!(outcome.client.sent, UNRESOLVED_BURST, "{name}: {text}");
+            assert_eq!(outcome.client.received(), 0, "{name}: {text}");
+            // The error report's ICMP error, through IP_RECVERR.
+            assert_eq!(
+                outcome.client.errors,
+                vec![libc::EHOSTUNREACH],
+                "{name}: {text}"
+            );
+            // Nothing reached the other host on the link.
+            assert_eq!(outcome.delta("server", "InDatagrams"), Some(0), "{name}");
+            assert_eq!(outcome.delta("server", "NoPorts"), Some(0), "{name}");
+        }
     }
 
     #[test]

@@ -263,6 +263,32 @@ pub fn summary(verdict: &Verdict) -> String {
             source,
             destination,
         } => format!("{source} > {destination} arrives with a bad UDP checksum"),
+        Facts::NeighborUnreachable {
+            source,
+            destination,
+            namespace,
+            device,
+        } => {
+            // IPv6's ndisc_error_report frees without a reason what ARP frees NEIGH_FAILED.
+            let (protocol, failed, icmp) = if destination.is_ipv4() {
+                ("ARP", "NEIGH_FAILED", "ICMP host unreachable")
+            } else {
+                (
+                    "NDP",
+                    "NOT_SPECIFIED in neigh_invalidate",
+                    "ICMPv6 address unreachable",
+                )
+            };
+            format!(
+                "no host answered {protocol} for the next hop towards {} on {} in namespace {}: \
+                 {source} > {destination} waited for the neighbour's address and was dropped \
+                 (NEIGH_QUEUEFULL while waiting, {failed} when resolution gave up); the \
+                 sender gets {icmp}, EHOSTUNREACH on a socket with IP_RECVERR",
+                destination.ip(),
+                device.as_deref().unwrap_or("?"),
+                namespace_text(namespace)
+            )
+        }
     }
 }
 
@@ -305,6 +331,17 @@ pub fn fix(verdict: &Verdict) -> String {
         Facts::Checksum { .. } => "check the sender's checksum offload (ethtool -K DEV tx off) \
                                    and anything rewriting the packet on the way"
             .into(),
+        Facts::NeighborUnreachable {
+            destination,
+            device,
+            ..
+        } => format!(
+            "the host {} (or the gateway towards it) is down, unplugged or on another VLAN or \
+             subnet: `ip neigh show dev {}` in that namespace lists the next hop as FAILED or \
+             INCOMPLETE; check the host, the cabling/VLAN and the route (`ip route get {0}`)",
+            destination.ip(),
+            device.as_deref().unwrap_or("DEV")
+        ),
     }
 }
 

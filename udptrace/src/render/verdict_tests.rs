@@ -391,6 +391,45 @@ fn firewall_and_rcvbuf_drops() {
 }
 
 #[test]
+fn neighbour_failures_name_the_address_and_device_for_arp_and_ndp() {
+    for (client, absent, protocol, icmp) in [
+        (
+            "192.0.2.1:40000",
+            "192.0.2.99:5031",
+            "ARP",
+            "ICMP host unreachable",
+        ),
+        (
+            "[2001:db8::1]:40000",
+            "[2001:db8::99]:5032",
+            "NDP",
+            "ICMPv6 address unreachable",
+        ),
+    ] {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let mut failed = event(drop("NEIGH_FAILED"), client, absent, 1);
+        failed.ifname = Some("eth0".into());
+        diagnosis.observe(&failed);
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        let text = summary(&verdicts[0]);
+        let ip = absent.parse::<SocketAddr>().unwrap().ip();
+        assert!(
+            text.starts_with(&format!(
+                "no host answered {protocol} for the next hop towards {ip} on eth0 in namespace host: {client} > {absent}"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(icmp), "{text}");
+        assert!(
+            fix(&verdicts[0]).contains("`ip neigh show dev eth0`"),
+            "{}",
+            fix(&verdicts[0])
+        );
+    }
+}
+
+#[test]
 fn drops_counted_without_events_reach_the_flow_and_its_verdict() {
     let mut diagnosis = Diagnosis::new(no_sockets());
     for ts in 1..=3 {

@@ -221,3 +221,79 @@ fn a_storm_of_new_flows_starts_no_subprocess() {
         "names the rule: {firewall}"
     );
 }
+
+/// Issue 17: an address on the link that no host holds. The drops happen in no socket's
+/// context (the neighbour's queue, then `neigh_invalidate`): the verdict finds their flow from
+/// the skb's headers, names the address and device, and gathers the ICMP error and the
+/// EHOSTUNREACH it became on the client's IP_RECVERR socket.
+#[test]
+fn neighbour_failures_name_the_address_device_and_errno() {
+    for (name, absent, icmp) in [
+        ("neighbor-unreachable", "192.0.2.99", "host-unreachable"),
+        (
+            "neighbor-unreachable-v6",
+            "2001:db8::99",
+            "address-unreachable",
+        ),
+    ] {
+        let (lab, outcome, records) = traced(name, &[]);
+        let text = outcome.describe();
+        let client = outcome.client.local.unwrap();
+        assert_eq!(outcome.client.errors, vec![libc::EHOSTUNREACH], "{text}");
+        let found = verdicts(&records);
+        assert_eq!(found.len(), 1, "{name}: {records:#?}");
+        let verdict = found[0];
+        assert_eq!(verdict["code"], "neighbor_unreachable");
+        assert_eq!(
+            verdict["flow"],
+            format!("{client} <> {}", lab.target),
+            "{verdict:#}"
+        );
+        // Every datagram of the burst died waiting for the neighbour: pushed out of its queue
+        // but the last, which died when resolution gave up.
+        assert_eq!(
+            verdict["count"], outcome.client.sent as u64,
+            "{name}: {verdict:#}"
+        );
+        let reasons: Vec<&str> = events(&records, "drop")
+            .iter()
+            .map(|d| d["reason"].as_str().unwrap())
+            .collect();
+        let queuefull = reasons.iter().filter(|r| **r == "NEIGH_QUEUEFULL").count();
+        assert_eq!(queuefull, outcome.client.sent - 1, "{name}: {reasons:?}");
+        for drop in events(&records, "drop") {
+            assert_eq!(drop["netns"], lab.client.inode, "{drop}");
+            assert_eq!(drop["ifname"], "eth0", "{drop}");
+            assert_eq!(drop["daddr"], absent, "{drop}");
+            assert_eq!(drop["sport"], client.port(), "tied by its headers: {drop}");
+        }
+        let facts = &verdict["facts"];
+        assert_eq!(facts["device"], "eth0", "{verdict:#}");
+        assert_eq!(facts["destination"], lab.target.to_string());
+        assert_eq!(facts["namespace"]["netns"], lab.client.inode);
+        let summary = verdict["summary"].as_str().unwrap();
+        assert!(
+            summary.contains(&format!("towards {absent} on eth0 in namespace")),
+            "{summary}"
+        );
+        assert!(
+            verdict["fix"]
+                .as_str()
+                .unwrap()
+                .contains("`ip neigh show dev eth0`"),
+            "{verdict:#}"
+        );
+        let evidence = verdict["evidence_events"].as_array().unwrap();
+        let has = |kind: &str, field: &str, value: &str| {
+            evidence
+                .iter()
+                .any(|e| e["kind"] == kind && e[field] == value)
+        };
+        assert!(has("icmp", "meaning", icmp), "{name}: {evidence:#?}");
+        assert!(has("drop", "reason", "NEIGH_QUEUEFULL"), "{evidence:#?}");
+        assert!(
+            has("sock_error", "errno", "EHOSTUNREACH"),
+            "{name}: {evidence:#?}"
+        );
+    }
+}
