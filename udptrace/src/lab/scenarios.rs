@@ -27,7 +27,7 @@ const PEER_LIFETIME: Duration = Duration::from_secs(4);
 const SETTLE: Duration = Duration::from_millis(150);
 /// How long the neighbor-unreachable client keeps reading after its burst: resolution gives up
 /// 300 ms after its one probe (`shorten_neighbour_resolution`); the rest is margin.
-const UNRESOLVED_LINGER: Duration = Duration::from_millis(1_000);
+const UNRESOLVED_LINGER: Duration = Duration::from_secs(1);
 
 /// Where the userland proxy of a scenario runs and forwards.
 #[derive(Clone, Copy, Debug, Serialize)]
