@@ -15,6 +15,8 @@ pub enum VerdictCode {
     RpFilterDrop,
     ChecksumError,
     NeighborUnreachable,
+    NoReply,
+    NoReplyFromPeer,
 }
 
 impl VerdictCode {
@@ -30,6 +32,8 @@ impl VerdictCode {
             Self::RpFilterDrop => "rp_filter_drop",
             Self::ChecksumError => "checksum_error",
             Self::NeighborUnreachable => "neighbor_unreachable",
+            Self::NoReply => "no_reply",
+            Self::NoReplyFromPeer => "no_reply_from_peer",
         }
     }
 }

@@ -95,6 +95,10 @@ pub trait Rule {
 
     /// Every event that is not a drop.
     fn on_event(&mut self, _event: &TraceEvent, _cx: &mut Context<'_>) {}
+
+    /// Every event, drops included, before the rules judge it: its time is the clock of the
+    /// rules that judge what did not happen (a reply), so that replay agrees with the live run.
+    fn on_clock(&mut self, _event: &TraceEvent, _cx: &mut Context<'_>) {}
 }
 
 /// What a rule works with while it looks at one event.

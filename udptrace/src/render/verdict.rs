@@ -289,6 +289,38 @@ pub fn summary(verdict: &Verdict) -> String {
                 namespace_text(namespace)
             )
         }
+        Facts::NoReply {
+            client,
+            server,
+            namespace,
+            socket,
+            timeout_ms,
+        } => {
+            let owner = socket.owner.as_ref().map_or_else(String::new, |owner| {
+                format!(" owned by {}", process_text(owner))
+            });
+            format!(
+                "{client}'s request to {server} was delivered to socket {} (inode {}){owner} in \
+                 namespace {}, and nothing was sent back to {client} within {timeout_ms} ms: \
+                 the process received the request and did not answer",
+                socket.local,
+                socket.inode,
+                namespace_text(namespace)
+            )
+        }
+        Facts::NoReplyFromPeer {
+            client,
+            server,
+            namespace,
+            device,
+            timeout_ms,
+        } => format!(
+            "{client}'s request to {server} left through {} in namespace {} and nothing came \
+             back within {timeout_ms} ms, with no drop or ICMP error on this host: the problem \
+             is beyond this host",
+            device.as_deref().unwrap_or("?"),
+            namespace_text(namespace)
+        ),
     }
 }
 
@@ -341,6 +373,26 @@ pub fn fix(verdict: &Verdict) -> String {
              INCOMPLETE; check the host, the cabling/VLAN and the route (`ip route get {0}`)",
             destination.ip(),
             device.as_deref().unwrap_or("DEV")
+        ),
+        Facts::NoReply { socket, .. } => format!(
+            "look at the server{}: stuck or overloaded (`ss -uanp` shows its receive queue), or \
+             ignoring this client (an ACL, a view, a rate limit): its logs say which; a client \
+             that retries sooner than the server answers needs a longer timeout",
+            socket
+                .owner
+                .as_ref()
+                .map_or_else(String::new, |owner| format!(
+                    " process {}",
+                    process_text(owner)
+                ))
+        ),
+        Facts::NoReplyFromPeer { server, device, .. } => format!(
+            "follow the request beyond this host: capture on {} (`tcpdump -ni {0} udp port {}`), \
+             check that {} is up and its service answers, and the firewalls and NAT on the way \
+             (both directions)",
+            device.as_deref().unwrap_or("the device"),
+            server.port(),
+            server.ip()
         ),
     }
 }
