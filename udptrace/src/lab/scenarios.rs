@@ -239,6 +239,10 @@ enum Traffic {
     /// holds, from a socket with IP_RECVERR; the client's neighbour resolution is shortened
     /// (`shorten_neighbour_resolution`).
     Unresolved,
+    /// `SPREAD_REQUESTS` requests `SPREAD_INTERVAL` apart, longer in all than the default reply
+    /// timeout, to a server in the given mode; with none, to 203.0.113.53 out of the client's
+    /// ifb device, where they vanish as beyond this host.
+    Spread(Option<ServerMode>),
 }
 
 /// Datagrams in the rcvbuf-overflow burst.
@@ -246,6 +250,12 @@ pub const OVERFLOW_BURST: usize = 500;
 /// Datagrams in the neighbor-unreachable burst: all but the last are pushed out of the
 /// neighbour's one-datagram queue (NEIGH_QUEUEFULL), the last dies when resolution fails.
 pub const UNRESOLVED_BURST: usize = 3;
+/// Requests of `Traffic::Spread`: the last leaves more than the default reply timeout (2 s)
+/// after the first, so that its events show the first's timeout has passed.
+const SPREAD_REQUESTS: usize = 3;
+const SPREAD_INTERVAL: Duration = Duration::from_millis(1_050);
+/// How long the `Spread` client waits for each answer (an echo comes at once).
+const SPREAD_REPLY_WAIT_MS: u64 = 50;
 /// The host part of the address `Traffic::Unresolved` sends to on the client's link (192.0.2.99,
 /// 2001:db8::99: its decimal digits read as the same text in both).
 const ABSENT_HOST: u8 = 99;
@@ -433,6 +443,56 @@ pub const SCENARIOS: &[Scenario] = &[
         traffic: Traffic::Unresolved,
     },
     Scenario {
+        name: "no-reply",
+        description: "a DNS-like server on 192.0.2.2:53 reads its requests and never answers; the client asks three times, 1.05 s apart",
+        diagnosis: "the requests are delivered to the server's socket (named with its owner) and nothing goes back to the client within the reply timeout (2 s): the process received them and did not answer",
+        expected: &["no_reply"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 53,
+        bind_specific: true,
+        traffic: Traffic::Spread(Some(ServerMode::Sink {
+            rcvbuf: 65_536,
+            read: true,
+        })),
+    },
+    Scenario {
+        name: "no-reply-from-peer",
+        description: "a client sends NTP-like requests to 203.0.113.53:123 out of a device where they leave the host (an ifb device: gone without a drop), three times, 1.05 s apart",
+        diagnosis: "the requests leave through ifb0 and nothing comes back within the reply timeout, with no drop or ICMP error on this host: the problem is beyond this host",
+        expected: &["no_reply_from_peer"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 123,
+        bind_specific: false,
+        traffic: Traffic::Spread(None),
+    },
+    Scenario {
+        name: "one-way-stream",
+        description: "healthy control: a syslog-like one-way stream to 192.0.2.2:514, read and never answered, three datagrams 1.05 s apart",
+        diagnosis: "no verdict: port 514 is not a request/response protocol and its server never answered, so silence is its normal",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 514,
+        bind_specific: true,
+        traffic: Traffic::Spread(Some(ServerMode::Sink {
+            rcvbuf: 65_536,
+            read: true,
+        })),
+    },
+    Scenario {
+        name: "requests-answered",
+        description: "healthy control: an SNMP-like server on 192.0.2.2:161 answers each of three requests 1.05 s apart at once",
+        diagnosis: "no verdict: every request is answered well within the reply timeout",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 161,
+        bind_specific: true,
+        traffic: Traffic::Spread(Some(ServerMode::Echo)),
+    },
+    Scenario {
         name: "neighbor-resolved",
         description: "healthy control: a client on the same link as its server (192.0.2.2:5033) that answers ARP; the first request waits in the neighbour queue until ARP resolves",
         diagnosis: "no verdict: ARP resolves, the requests leave and the echoes come back",
@@ -562,6 +622,10 @@ impl Scenario {
         } else {
             2
         };
+        if let Traffic::Spread(None) = self.traffic {
+            client.ifb("ifb0")?;
+            client.addr("ifb0", "203.0.113.1/24")?;
+        }
         let target = if self.ipv6 {
             client.addr("eth0", "2001:db8::1/64")?;
             server.addr("eth0", "2001:db8::2/64")?;
@@ -574,6 +638,10 @@ impl Scenario {
             server.addr("eth0", "192.0.2.2/24")?;
             server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
             address(&format!("192.0.2.{host}:{}", self.port))
+        };
+        let target = match self.traffic {
+            Traffic::Spread(None) => address(&format!("203.0.113.53:{}", self.port)),
+            _ => target,
         };
         Ok(Built {
             client,
@@ -807,6 +875,24 @@ impl Scenario {
                 // held (Udp InDatagrams counts at recvmsg, so before the second snapshot).
                 std::thread::sleep(Duration::from_millis(200));
                 server_report = Some(server.stop()?);
+                report
+            }
+            Traffic::Spread(mode) => {
+                let server = mode
+                    .map(|mode| Server::start(&lab.server, lab.bind, mode, PEER_LIFETIME))
+                    .transpose()
+                    .context("starting the lab server")?;
+                let report = run_client(
+                    &lab.client,
+                    &client(
+                        SPREAD_REQUESTS,
+                        SPREAD_INTERVAL.as_millis() as u64,
+                        SPREAD_REPLY_WAIT_MS,
+                    ),
+                )?;
+                if let Some(server) = server {
+                    server_report = Some(server.stop()?);
+                }
                 report
             }
             Traffic::Exchange(mode) => {

@@ -204,9 +204,9 @@ impl Rule for NoReply {
     }
 
     fn on_event(&mut self, event: &TraceEvent, _cx: &mut Context<'_>) {
-        // Datagrams at a device or a socket; a hop `tracked` after NAT changed its tuple
-        // belongs to the conversation of its first hop.
-        if !matches!(event.what, What::Deliver { .. } | What::Xmit | What::Recv) || event.tracked {
+        // Datagrams at a device or a socket, at every hop (a hop whose tuple NAT changed is a
+        // conversation of its own, answered at its own addresses).
+        if !matches!(event.what, What::Deliver { .. } | What::Xmit | What::Recv) {
             return;
         }
         let (conversation, from_client) = self.conversation(event);
