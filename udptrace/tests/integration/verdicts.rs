@@ -297,3 +297,51 @@ fn neighbour_failures_name_the_address_device_and_errno() {
         );
     }
 }
+
+/// Issue 17: requests nobody answered. Delivered to a socket here: the socket and its owner
+/// are named; gone out of a device with no drop or ICMP error: the device, and "beyond this
+/// host". The healthy controls (a one-way stream, answered requests) are in
+/// `every_scenario_yields_exactly_its_verdicts`.
+#[test]
+fn unanswered_requests_name_the_socket_or_the_device() {
+    let (lab, outcome, records) = traced("no-reply", &[]);
+    let text = outcome.describe();
+    let server = outcome.server.as_ref().unwrap();
+    assert_eq!(server.received, outcome.client.sent, "{text}");
+    assert_eq!(outcome.client.received(), 0, "{text}");
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{records:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "no_reply");
+    let facts = &verdict["facts"];
+    assert_eq!(facts["server"], lab.target.to_string());
+    assert_eq!(facts["client"], outcome.client.local.unwrap().to_string());
+    assert_eq!(facts["socket"]["inode"], server.socket_inode, "{verdict:#}");
+    assert_eq!(facts["socket"]["owner_pid"], server.pid, "{verdict:#}");
+    assert_eq!(facts["namespace"]["netns"], lab.server.inode);
+    assert_eq!(facts["timeout_ms"], 2_000);
+    let summary = verdict["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("[{}] in namespace", server.pid)),
+        "names the owner: {summary}"
+    );
+
+    let (lab, outcome, records) = traced("no-reply-from-peer", &[]);
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{records:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "no_reply_from_peer");
+    assert_eq!(verdict["facts"]["device"], "ifb0", "{verdict:#}");
+    assert_eq!(verdict["facts"]["namespace"]["netns"], lab.client.inode);
+    assert_eq!(verdict["facts"]["server"], lab.target.to_string());
+    assert!(
+        verdict["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("the problem is beyond this host"),
+        "{verdict:#}"
+    );
+    assert!(events(&records, "drop").is_empty(), "{records:#?}");
+    assert!(events(&records, "icmp").is_empty(), "{records:#?}");
+    assert_eq!(outcome.client.sent, 3);
+}
