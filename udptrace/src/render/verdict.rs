@@ -14,7 +14,7 @@ use crate::{
         ledger::MAX_EVIDENCE,
         verdict::{Facts, Namespace, Verdict},
     },
-    model::{Process, TraceEvent, What},
+    model::{Process, SocketInfo, TraceEvent, What},
     sockets::{ListedSocket, Mismatch},
 };
 
@@ -128,9 +128,7 @@ pub fn summary(verdict: &Verdict) -> String {
             route_device,
             sender,
         } => {
-            let owner = socket.owner.as_ref().map_or_else(String::new, |owner| {
-                format!(" owned by {}", process_text(owner))
-            });
+            let owner = owned_by(socket);
             let how = sender.as_ref().map_or_else(String::new, |sender| {
                 let who = named(sender.process.as_ref())
                     .map_or_else(String::new, |process| format!("{} ", process_text(process)));
@@ -296,9 +294,7 @@ pub fn summary(verdict: &Verdict) -> String {
             socket,
             timeout_ms,
         } => {
-            let owner = socket.owner.as_ref().map_or_else(String::new, |owner| {
-                format!(" owned by {}", process_text(owner))
-            });
+            let owner = owned_by(socket);
             format!(
                 "{client}'s request to {server} was delivered to socket {} (inode {}){owner} in \
                  namespace {}, and nothing was sent back to {client} within {timeout_ms} ms: \
@@ -400,6 +396,13 @@ pub fn fix(verdict: &Verdict) -> String {
 /// A process with a name: the kernel gives some without (`comm` empty).
 fn named(process: Option<&Process>) -> Option<&Process> {
     process.filter(|process| !process.comm.is_empty())
+}
+
+/// ` owned by comm[pid]` for a socket whose owner is known, else nothing.
+fn owned_by(socket: &SocketInfo) -> String {
+    socket.owner.as_ref().map_or_else(String::new, |owner| {
+        format!(" owned by {}", process_text(owner))
+    })
 }
 
 /// The namespace's name, else its inode.
