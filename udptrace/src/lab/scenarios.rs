@@ -1274,6 +1274,35 @@ mod tests {
     }
 
     #[test]
+    fn spread_requests_outlast_the_reply_timeout() {
+        if !root_or_skip() {
+            return;
+        }
+        // The last request leaves after the default reply timeout has passed for the first.
+        assert!(
+            SPREAD_INTERVAL * (SPREAD_REQUESTS as u32 - 1) > crate::flows::DEFAULT_REPLY_TIMEOUT
+        );
+        for (name, answered, received) in [
+            ("no-reply", false, Some(SPREAD_REQUESTS)),
+            ("one-way-stream", false, Some(SPREAD_REQUESTS)),
+            ("requests-answered", true, Some(SPREAD_REQUESTS)),
+            ("no-reply-from-peer", false, None),
+        ] {
+            let (_lab, outcome) = run(name);
+            let text = outcome.describe();
+            assert_eq!(outcome.client.sent, SPREAD_REQUESTS, "{name}: {text}");
+            assert!(outcome.client.errors.is_empty(), "{name}: {text}");
+            let replies = if answered { SPREAD_REQUESTS } else { 0 };
+            assert_eq!(outcome.client.received(), replies, "{name}: {text}");
+            assert_eq!(
+                outcome.server.as_ref().map(|server| server.received),
+                received,
+                "{name}: {text}"
+            );
+        }
+    }
+
+    #[test]
     fn a_panicking_scenario_still_cleans_up() {
         if !root_or_skip() {
             return;
