@@ -5,12 +5,20 @@
 //!
 //! Only request/response conversations are judged: the server's port is in
 //! `REQUEST_RESPONSE_PORTS`, or the server answered the client before. A one-way stream
-//! (syslog, statsd, metrics) on another port never is. Time is the event clock: a request is
+//! (syslog, statsd, metrics) on another port never is; nor is a two-way stream (QUIC after
+//! its handshake, RTP, a game): a server that sends twice without a datagram of the client in
+//! between does not answer requests, and the last datagram of such a flow has no answer to wait
+//! for. Requests to a broadcast or multicast address, or from no address (a DHCP discover), are
+//! answered from and to other addresses: they are not followed either. Time is the event clock: a request is
 //! unanswered once an event at least the timeout later has been observed, so that a replay of
 //! the recording reaches the same verdicts as the live run; a request still waiting when the
 //! trace ends is not judged.
 
-use std::{collections::VecDeque, net::SocketAddr, time::Duration};
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use crate::{
     flows::{
@@ -19,7 +27,7 @@ use crate::{
         table::{FlowKey, canonical},
         verdict::{Facts, Namespace, VerdictCode},
     },
-    model::{TraceEvent, What},
+    model::{Skb, TraceEvent, What},
 };
 
 /// The default `--reply-timeout`.
@@ -56,6 +64,19 @@ enum Seen {
 /// A conversation: its client and the server's port.
 type Conversation = (SocketAddr, u16);
 
+/// What the server of a conversation did.
+#[derive(Clone, Copy, Default)]
+struct Exchange {
+    /// It answered the client.
+    answered: bool,
+    /// It sent twice without a datagram of the client in between: not request/response.
+    streaming: bool,
+    /// The client sent since the server's last datagram.
+    asked: bool,
+    /// The server's last datagram, seen again at its next hop.
+    last_answer: Option<Skb>,
+}
+
 /// The oldest unanswered request of a conversation, as seen one way.
 struct Pending {
     request: TraceEvent,
@@ -65,8 +86,8 @@ struct Pending {
 pub struct NoReply {
     timeout_ns: u64,
     /// Conversations by client and server port (the client is the side that spoke first, or
-    /// the side whose peer's port is a request/response port): whether the server answered.
-    conversations: Bounded<Conversation, bool>,
+    /// the side whose peer's port is a request/response port).
+    conversations: Bounded<Conversation, Exchange>,
     pending: Bounded<(Conversation, Seen), Pending>,
     /// When each pending request times out, in the order they were made (the timeout is the
     /// same for all, events come in kernel-time order); at most `capacity` long.
@@ -106,7 +127,7 @@ impl NoReply {
         } else {
             (forward, true)
         };
-        self.conversations.insert(conversation, false);
+        self.conversations.insert(conversation, Exchange::default());
         (conversation, from_client)
     }
 
@@ -143,7 +164,7 @@ impl NoReply {
             let current = self.pending.get(&key).is_some_and(|pending| {
                 pending.request.ts_ns.saturating_add(self.timeout_ns) == deadline
             });
-            if let (true, Some(pending)) = (current, self.pending.remove(&key)) {
+            if current && let Some(pending) = self.pending.remove(&key) {
                 self.judge(key.0.0, key.1, &pending, cx);
             }
         }
@@ -191,6 +212,16 @@ impl NoReply {
     }
 }
 
+/// Whether `event` goes from an address to one other host (not 0.0.0.0, not a group or the
+/// IPv4 broadcast address).
+fn unicast(event: &TraceEvent) -> bool {
+    let broadcast = match event.daddr {
+        IpAddr::V4(address) => address.is_broadcast(),
+        IpAddr::V6(_) => false,
+    };
+    !event.saddr.is_unspecified() && !event.daddr.is_multicast() && !broadcast
+}
+
 impl Rule for NoReply {
     fn on_clock(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
         self.expire(event.ts_ns, cx);
@@ -210,22 +241,38 @@ impl Rule for NoReply {
             return;
         }
         let (conversation, from_client) = self.conversation(event);
+        let Some(exchange) = self.conversations.get_mut(&conversation) else {
+            return;
+        };
         if !from_client {
-            // From the server to the client: the answer.
-            if let Some(answered) = self.conversations.get_mut(&conversation) {
-                *answered = true;
+            // From the server to the client: the answer, unless nothing was asked since its
+            // last one (another hop of that one shows the same skb).
+            if !exchange.asked && exchange.last_answer != event.skb {
+                exchange.streaming = true;
             }
+            exchange.answered = true;
+            exchange.asked = false;
+            exchange.last_answer = event.skb;
             self.forget(conversation);
             return;
         }
+        exchange.asked = true;
+        let Exchange {
+            answered,
+            streaming,
+            ..
+        } = *exchange;
         if !matches!(event.what, What::Xmit) {
             // The request arrived at a device or socket of this host: it did not vanish
             // beyond it.
             self.pending.remove(&(conversation, Seen::Left));
         }
-        let answered = self.conversations.get(&conversation).copied() == Some(true);
-        if !answered && !REQUEST_RESPONSE_PORTS.contains(&conversation.1) {
-            // Maybe a one-way stream: judged only once the server has answered.
+        if streaming
+            || (!answered && !REQUEST_RESPONSE_PORTS.contains(&conversation.1))
+            || !unicast(event)
+        {
+            // A stream, maybe one-way (judged only once the server has answered), or a request
+            // to many.
             return;
         }
         match event.what {
@@ -356,6 +403,36 @@ mod tests {
         // A drop or an ICMP error about the flow: other verdicts say what happened.
         let dropped = event(drop("NO_SOCKET"), CLIENT, "203.0.113.53:123", SECOND + 1);
         assert!(verdicts(&[request, dropped], SECOND + TIMEOUT).is_empty());
+    }
+
+    #[test]
+    fn two_way_streams_and_broadcasts_are_not_judged() {
+        // A server that sends twice in a row (each datagram seen at two hops: one datagram
+        // each) streams: the client's last datagram waits for nothing.
+        let answer = |ts_ns| {
+            let mut xmit = xmit("192.0.2.1:7000", CLIENT, ts_ns);
+            xmit.skb = Some(crate::model::Skb(ts_ns));
+            let mut recv = event(What::Recv, "192.0.2.1:7000", CLIENT, ts_ns + 1);
+            recv.skb = xmit.skb;
+            [xmit, recv]
+        };
+        let mut events = vec![xmit(CLIENT, "192.0.2.1:7000", SECOND)];
+        events.extend(answer(SECOND + 10));
+        events.push(xmit(CLIENT, "192.0.2.1:7000", SECOND + 20));
+        let judged = {
+            let mut events = events.clone();
+            events.extend(answer(SECOND + 30));
+            events.push(xmit(CLIENT, "192.0.2.1:7000", SECOND + 40));
+            verdicts(&events, SECOND + 40 + TIMEOUT)
+        };
+        assert_eq!(judged.len(), 1, "one answer per request: judged {judged:?}");
+        events.extend(answer(SECOND + 30));
+        events.extend(answer(SECOND + 40));
+        events.push(xmit(CLIENT, "192.0.2.1:7000", SECOND + 50));
+        assert!(verdicts(&events, SECOND + 50 + TIMEOUT).is_empty());
+        // A DHCP discover: from 0.0.0.0 to the broadcast address.
+        let discover = xmit("0.0.0.0:68", "255.255.255.255:67", SECOND);
+        assert!(verdicts(&[discover], SECOND + TIMEOUT).is_empty());
     }
 
     #[test]
