@@ -1,6 +1,6 @@
 //! Command-line definitions only (clap).
 
-use std::{path::PathBuf, str::FromStr};
+use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udptrace_common::event::Mechanism;
@@ -120,6 +120,12 @@ pub struct TraceArgs {
     /// Stop after SECS seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
+    /// A request to a request/response service (DNS, NTP, SNMP, ...; or on a flow answered
+    /// before) that nothing answers within SECS seconds is a `no_reply` or
+    /// `no_reply_from_peer` verdict. Measured in event time: judged once a later event shows
+    /// the time has passed.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_reply_timeout)]
+    pub reply_timeout: Duration,
     /// Only events on this device (name as seen in --netns, else in udptrace's namespace).
     #[arg(short = 'i', long, value_name = "NAME")]
     pub interface: Option<String>,
@@ -194,6 +200,16 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     Ok(size)
 }
 
+fn parse_reply_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|timeout| !timeout.is_zero())
+        .ok_or_else(|| format!("{text} must be a positive number of seconds"))
+}
+
 fn parse_max_flows(text: &str) -> Result<usize, String> {
     parse_positive(text, "a number of flows", "must be at least 1")
 }
@@ -240,6 +256,7 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
+    use crate::flows::DEFAULT_REPLY_TIMEOUT;
 
     #[test]
     fn filter_words_are_positional() {
@@ -313,6 +330,18 @@ mod tests {
         assert_eq!(cli.trace.max_flows, 5);
         for bad in ["0", "-1", "many"] {
             assert!(Cli::try_parse_from(["udptrace", "--max-flows", bad]).is_err());
+        }
+    }
+
+    #[test]
+    fn reply_timeout_is_validated() {
+        let cli = Cli::try_parse_from(["udptrace", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.reply_timeout, DEFAULT_REPLY_TIMEOUT);
+        let cli = Cli::try_parse_from(["udptrace", "--reply-timeout", "0.5"]).unwrap();
+        assert_eq!(cli.trace.reply_timeout, Duration::from_millis(500));
+        for bad in ["0", "-1", "soon", "inf"] {
+            let error = Cli::try_parse_from(["udptrace", "--reply-timeout", bad]).unwrap_err();
+            assert!(error.to_string().contains(bad), "{error}");
         }
     }
 

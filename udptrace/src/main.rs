@@ -82,6 +82,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         ring_size: args.output.ring_size,
         debug_bpf: args.output.debug_bpf,
         max_flows: Some(args.max_flows),
+        reply_timeout: Some(args.reply_timeout),
         count: args.count,
         duration: args
             .duration

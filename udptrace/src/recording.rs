@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     firewall::FirewallRule,
     flows::{
+        DEFAULT_REPLY_TIMEOUT,
         table::{FlowKey, FlowTable, Tally},
         verdict::Verdict,
     },
@@ -37,6 +38,13 @@ pub struct Header {
     pub version: u32,
     pub filter: String,
     pub max_flows: usize,
+    /// `--reply-timeout` in milliseconds (recordings made before it existed: the default).
+    #[serde(default = "default_reply_timeout_ms")]
+    pub reply_timeout_ms: u64,
+}
+
+fn default_reply_timeout_ms() -> u64 {
+    u64::try_from(DEFAULT_REPLY_TIMEOUT.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A socket list a rule asked for about an event (`None`: the namespace could not be read).

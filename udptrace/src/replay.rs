@@ -9,6 +9,7 @@ use std::{
     collections::VecDeque,
     io::BufRead,
     rc::Rc,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -99,7 +100,8 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
             DEFAULT_MAX_FLOWS
         } else {
             header.max_flows
-        });
+        })
+        .with_reply_timeout(Duration::from_millis(header.reply_timeout_ms));
     let mut stats = None;
     let mut events = 0;
     while let Some((line_number, record)) = records.next() {

@@ -28,6 +28,7 @@ use crate::{
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
+        DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
         rule::{RuleLister, SocketLister},
@@ -68,6 +69,8 @@ pub struct TraceConfig {
     pub debug_bpf: bool,
     /// `--max-flows`: flows kept one by one (default `DEFAULT_MAX_FLOWS`).
     pub max_flows: Option<usize>,
+    /// `--reply-timeout` (default `DEFAULT_REPLY_TIMEOUT`).
+    pub reply_timeout: Option<Duration>,
     pub count: Option<u64>,
     pub duration: Option<Duration>,
     /// `doctor`: attach what can be attached and report, even without a core hook.
@@ -184,6 +187,7 @@ impl Tracer {
             &knowledge.processes,
         ))));
         let max_flows = config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
+        let reply_timeout = config.reply_timeout.unwrap_or(DEFAULT_REPLY_TIMEOUT);
         let recording = config
             .record
             .as_deref()
@@ -194,6 +198,8 @@ impl Tracer {
                         version: RECORDING_VERSION,
                         filter: filter.expression.clone(),
                         max_flows,
+                        reply_timeout_ms: u64::try_from(reply_timeout.as_millis())
+                            .unwrap_or(u64::MAX),
                     },
                 )
                 .with_context(|| format!("-o {}", path.display()))
@@ -201,7 +207,8 @@ impl Tracer {
             .transpose()?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces), recording.clone()))
             .with_rules(rule_lister(Rc::clone(&namespaces), recording.clone()))
-            .with_max_flows(max_flows);
+            .with_max_flows(max_flows)
+            .with_reply_timeout(reply_timeout);
         Ok(Self {
             diagnosis,
             bpf_log,

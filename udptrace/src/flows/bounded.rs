@@ -85,6 +85,11 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         );
     }
 
+    /// Takes `key`'s value out.
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.map.remove(key).map(|entry| entry.value)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         self.map.iter().map(|(key, entry)| (key, &entry.value))
     }

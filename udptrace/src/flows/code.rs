@@ -14,6 +14,9 @@ pub enum VerdictCode {
     NatReplyMismatch,
     RpFilterDrop,
     ChecksumError,
+    NeighborUnreachable,
+    NoReply,
+    NoReplyFromPeer,
 }
 
 impl VerdictCode {
@@ -28,6 +31,9 @@ impl VerdictCode {
             Self::NatReplyMismatch => "nat_reply_mismatch",
             Self::RpFilterDrop => "rp_filter_drop",
             Self::ChecksumError => "checksum_error",
+            Self::NeighborUnreachable => "neighbor_unreachable",
+            Self::NoReply => "no_reply",
+            Self::NoReplyFromPeer => "no_reply_from_peer",
         }
     }
 }

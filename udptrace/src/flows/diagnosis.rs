@@ -1,12 +1,12 @@
 //! The dispatcher: feeds each event to the flow table, the ledger and the registered rules
 //! (`rules::registered`), and answers for the verdicts.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, time::Duration};
 
 use super::{
     ledger::{Ledger, RuleId},
     rule::{Context, Environment, HISTORY, KnownReason, Rule, RuleLister, SocketLister},
-    rules,
+    rules::{self, DEFAULT_REPLY_TIMEOUT},
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},
     verdict::Verdict,
 };
@@ -14,6 +14,8 @@ use crate::model::{TraceEvent, What};
 
 pub struct Diagnosis {
     pub flows: FlowTable,
+    max_flows: usize,
+    reply_timeout: Duration,
     ledger: Ledger,
     rules: Vec<Box<dyn Rule>>,
     history: VecDeque<TraceEvent>,
@@ -24,6 +26,7 @@ impl Diagnosis {
     pub fn new(sockets: SocketLister) -> Self {
         Self::build(
             DEFAULT_MAX_FLOWS,
+            DEFAULT_REPLY_TIMEOUT,
             Environment {
                 sockets,
                 rules: Box::new(|_| None),
@@ -31,10 +34,12 @@ impl Diagnosis {
         )
     }
 
-    fn build(max_flows: usize, env: Environment) -> Self {
-        let rules = rules::registered(max_flows);
+    fn build(max_flows: usize, reply_timeout: Duration, env: Environment) -> Self {
+        let rules = rules::registered(max_flows, reply_timeout);
         Self {
             flows: FlowTable::new(max_flows),
+            max_flows,
+            reply_timeout,
             ledger: Ledger::new(rules.len(), max_flows),
             rules,
             history: VecDeque::new(),
@@ -46,7 +51,13 @@ impl Diagnosis {
     /// credited tallies); before any event.
     #[must_use]
     pub fn with_max_flows(self, max_flows: usize) -> Self {
-        Self::build(max_flows, self.env)
+        Self::build(max_flows, self.reply_timeout, self.env)
+    }
+
+    /// Judges a request unanswered after `reply_timeout` (`no_reply`); before any event.
+    #[must_use]
+    pub fn with_reply_timeout(self, reply_timeout: Duration) -> Self {
+        Self::build(self.max_flows, reply_timeout, self.env)
     }
 
     /// Names the rule behind `firewall_drop` verdicts.
@@ -59,13 +70,15 @@ impl Diagnosis {
     /// Feeds one event to the rules.
     pub fn observe(&mut self, event: &TraceEvent) {
         self.flows.record(event);
+        // Before `begin`: a verdict a timeout opens is not counted towards this event's tally.
+        self.each_rule(|rule, cx| rule.on_clock(event, cx));
         self.ledger.begin();
         match &event.what {
-            What::Drop { reason, .. } => {
+            What::Drop { reason, location } => {
                 // A drop of a datagram a verdict explains (a wrong-source reply dying at the
                 // client) is its evidence, not a new case.
                 if !self.ledger.add_to_explained(event)
-                    && let Some(known) = KnownReason::of(reason)
+                    && let Some(known) = KnownReason::of_drop(reason, location)
                 {
                     self.each_rule(|rule, cx| {
                         if rule.drops().contains(&known) {

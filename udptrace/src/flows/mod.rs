@@ -8,6 +8,8 @@ pub mod diagnosis;
 pub mod ledger;
 pub mod rule;
 mod rules;
+/// The default `--reply-timeout` (rules/no_reply.rs).
+pub use rules::DEFAULT_REPLY_TIMEOUT;
 pub mod table;
 #[cfg(test)]
 pub mod testing;

@@ -9,7 +9,11 @@ use super::{
     table::{FlowKey, FlowTable},
     verdict::{Facts, VerdictCode},
 };
-use crate::{firewall::FirewallRule, model::DropReason, model::TraceEvent, sockets::SocketList};
+use crate::{
+    firewall::FirewallRule,
+    model::{DropReason, Location, TraceEvent},
+    sockets::SocketList,
+};
 
 /// Recent events remembered for rules that look back (ICMP errors, route lookups, NAT).
 pub const HISTORY: usize = 2_048;
@@ -40,6 +44,12 @@ pub enum KnownReason {
     IpRpfilter,
     /// Its UDP checksum was wrong.
     UdpCsum,
+    /// Neighbour (ARP/NDP) resolution of its next hop failed: freed from the neighbour's queue
+    /// by `neigh_invalidate` (net/core/neighbour.c).
+    NeighFailed,
+    /// The queue of datagrams waiting for neighbour resolution overflowed
+    /// (`__neigh_event_send`, net/core/neighbour.c; `unres_qlen_bytes`).
+    NeighQueuefull,
 }
 
 impl KnownReason {
@@ -50,7 +60,24 @@ impl KnownReason {
             "SOCKET_RCVBUFF" => Self::SocketRcvbuff,
             "IP_RPFILTER" => Self::IpRpfilter,
             "UDP_CSUM" => Self::UdpCsum,
+            "NEIGH_FAILED" => Self::NeighFailed,
+            "NEIGH_QUEUEFULL" => Self::NeighQueuefull,
             _ => return None,
+        })
+    }
+
+    /// The reason of a drop freed at `location`: as `of`, and for a drop the kernel freed
+    /// without a reason (NOT_SPECIFIED) the one its freeing site means. IPv6's
+    /// `ndisc_error_report` (net/ipv6/ndisc.c) frees with plain `kfree_skb` what IPv4's
+    /// `arp_error_report` (net/ipv4/arp.c) frees NEIGH_FAILED; both are tail calls from
+    /// `neigh_invalidate`, which kfree_skb's return address names.
+    pub fn of_drop(reason: &DropReason, location: &Location) -> Option<Self> {
+        Self::of(reason).or_else(|| {
+            let Location::Symbol(symbol) = location else {
+                return None;
+            };
+            (reason.is("NOT_SPECIFIED") && symbol.starts_with("neigh_invalidate+"))
+                .then_some(Self::NeighFailed)
         })
     }
 }
@@ -68,6 +95,10 @@ pub trait Rule {
 
     /// Every event that is not a drop.
     fn on_event(&mut self, _event: &TraceEvent, _cx: &mut Context<'_>) {}
+
+    /// Every event, drops included, before the rules judge it: its time is the clock of the
+    /// rules that judge what did not happen (a reply), so that replay agrees with the live run.
+    fn on_clock(&mut self, _event: &TraceEvent, _cx: &mut Context<'_>) {}
 }
 
 /// What a rule works with while it looks at one event.

@@ -115,6 +115,33 @@ pub enum Facts {
         source: SocketAddr,
         destination: SocketAddr,
     },
+    NeighborUnreachable {
+        source: SocketAddr,
+        destination: SocketAddr,
+        namespace: Namespace,
+        /// The device whose neighbour resolution failed, when the drop named it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    NoReply {
+        client: SocketAddr,
+        /// Where the client sent its request.
+        server: SocketAddr,
+        namespace: Namespace,
+        /// The socket the request was delivered to, and its owner.
+        socket: SocketInfo,
+        /// The reply timeout (`--reply-timeout`).
+        timeout_ms: u64,
+    },
+    NoReplyFromPeer {
+        client: SocketAddr,
+        server: SocketAddr,
+        namespace: Namespace,
+        /// The device the request left through.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        timeout_ms: u64,
+    },
 }
 
 /// A diagnosis of one flow (or of one socket, for every sender: `key.a == key.b`).

@@ -183,6 +183,14 @@ impl Netns {
         self.link_up(&peer)
     }
 
+    /// An ifb device `name`, up: what is routed out of it (no tc redirect brought it) is freed
+    /// as transmitted, not dropped (`ifb_xmit`, drivers/net/ifb.c; it needs no ARP): gone as if
+    /// sent beyond this host. (ifb rather than dummy, which the CI machines' kernel lacks.)
+    pub fn ifb(&self, name: &str) -> anyhow::Result<()> {
+        self.ip(&["link", "add", name, "type", "ifb"])?;
+        self.link_up(name)
+    }
+
     /// `sysctl -w KEY=VALUE` inside the namespace (e.g. `net.ipv4.ip_forward`,
     /// `net.ipv4.conf.all.rp_filter`): written from a thread inside it, since /proc/sys/net
     /// resolves to the writer's network namespace.

@@ -346,6 +346,13 @@ pub struct ClientSpec {
     pub interval: Duration,
     /// How long to wait for a reply after each datagram (zero: do not wait).
     pub reply_timeout: Duration,
+    /// IP_RECVERR/IPV6_RECVERR (as resolvers set it): every ICMP error becomes an errno, also
+    /// those a connected socket otherwise ignores, such as host unreachable
+    /// (`__udp4_lib_err`, net/ipv4/udp.c: only "hard" errors without it).
+    pub recverr: bool,
+    /// After the last datagram, keep reading replies and errors this long (zero: close at
+    /// once), for errors that come late (a neighbour resolution that gives up).
+    pub linger: Duration,
 }
 
 impl ClientSpec {
@@ -358,6 +365,8 @@ impl ClientSpec {
             count: 1,
             interval: Duration::ZERO,
             reply_timeout: Duration::from_millis(300),
+            recverr: false,
+            linger: Duration::ZERO,
         }
     }
 }
@@ -406,6 +415,14 @@ pub fn run_client(netns: &Netns, spec: &ClientSpec) -> anyhow::Result<ClientRepo
                 .connect(spec.target)
                 .with_context(|| format!("connecting to {}", spec.target))?;
         }
+        if spec.recverr {
+            let (level, name) = if spec.target.is_ipv4() {
+                (libc::IPPROTO_IP, libc::IP_RECVERR)
+            } else {
+                (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+            };
+            set_int_option(&socket, level, name, 1)?;
+        }
         socket.set_read_timeout(Some(spec.reply_timeout.max(Duration::from_millis(1))))?;
         let mut report = ClientReport {
             local: socket.local_addr().ok(),
@@ -429,20 +446,34 @@ pub fn run_client(netns: &Netns, spec: &ClientSpec) -> anyhow::Result<ClientRepo
                 Err(error) => push_bounded(&mut report.errors, error.raw_os_error().unwrap_or(0)),
             }
             if !spec.reply_timeout.is_zero() {
-                match socket.recv_from(&mut buffer) {
-                    Ok((_, from)) => push_bounded(&mut report.replies, from),
-                    Err(error) if is_timeout(&error) => {}
-                    Err(error) => {
-                        push_bounded(&mut report.errors, error.raw_os_error().unwrap_or(0));
-                    }
-                }
+                read_reply(&socket, &mut buffer, &mut report);
             }
             if !spec.interval.is_zero() {
                 std::thread::sleep(spec.interval);
             }
         }
+        let linger_end = (Instant::now() + spec.linger).min(deadline);
+        while let Some(left) = linger_end.checked_duration_since(Instant::now())
+            && !left.is_zero()
+        {
+            socket.set_read_timeout(Some(left))?;
+            if !read_reply(&socket, &mut buffer, &mut report) {
+                break;
+            }
+        }
         Ok(report)
     })
+}
+
+/// Reads one reply, or the error the socket reports instead, into `report`; `false` when the
+/// read timed out.
+fn read_reply(socket: &UdpSocket, buffer: &mut [u8], report: &mut ClientReport) -> bool {
+    match socket.recv_from(buffer) {
+        Ok((_, from)) => push_bounded(&mut report.replies, from),
+        Err(error) if is_timeout(&error) => return false,
+        Err(error) => push_bounded(&mut report.errors, error.raw_os_error().unwrap_or(0)),
+    }
+    true
 }
 
 /// Source port of `send_with_bad_checksum`'s datagrams.

@@ -25,6 +25,9 @@ const PEER_LIFETIME: Duration = Duration::from_secs(4);
 /// After the client's last datagram: for the last replies, ICMP errors and drops to happen
 /// before the servers close their sockets (a closed socket would add NO_SOCKET drops).
 const SETTLE: Duration = Duration::from_millis(150);
+/// How long the neighbor-unreachable client keeps reading after its burst: resolution gives up
+/// 300 ms after its one probe (`shorten_neighbour_resolution`); the rest is margin.
+const UNRESOLVED_LINGER: Duration = Duration::from_secs(1);
 
 /// Where the userland proxy of a scenario runs and forwards.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -232,10 +235,30 @@ enum Traffic {
     Exchange(ServerMode),
     /// Datagrams with a wrong UDP checksum (a raw socket writes the header) to a closed port.
     BadChecksum,
+    /// A burst of `UNRESOLVED_BURST` datagrams to an address on the client's link that no host
+    /// holds, from a socket with IP_RECVERR; the client's neighbour resolution is shortened
+    /// (`shorten_neighbour_resolution`).
+    Unresolved,
+    /// `SPREAD_REQUESTS` requests `SPREAD_INTERVAL` apart, longer in all than the default reply
+    /// timeout, to a server in the given mode; with none, to 203.0.113.53 out of the client's
+    /// ifb device, where they vanish as beyond this host.
+    Spread(Option<ServerMode>),
 }
 
 /// Datagrams in the rcvbuf-overflow burst.
 pub const OVERFLOW_BURST: usize = 500;
+/// Datagrams in the neighbor-unreachable burst: all but the last are pushed out of the
+/// neighbour's one-datagram queue (NEIGH_QUEUEFULL), the last dies when resolution fails.
+pub const UNRESOLVED_BURST: usize = 3;
+/// Requests of `Traffic::Spread`: the last leaves more than the default reply timeout (2 s)
+/// after the first, so that its events show the first's timeout has passed.
+const SPREAD_REQUESTS: usize = 3;
+const SPREAD_INTERVAL: Duration = Duration::from_millis(1_050);
+/// How long the `Spread` client waits for each answer (an echo comes at once).
+const SPREAD_REPLY_WAIT_MS: u64 = 50;
+/// The host part of the address `Traffic::Unresolved` sends to on the client's link (192.0.2.99,
+/// 2001:db8::99: its decimal digits read as the same text in both).
+const ABSENT_HOST: u8 = 99;
 
 pub struct Scenario {
     pub name: &'static str,
@@ -397,6 +420,89 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: false,
         traffic: Traffic::BadChecksum,
     },
+    Scenario {
+        name: "neighbor-unreachable",
+        description: "a client (192.0.2.1, IP_RECVERR) sends a burst of 3 datagrams to 192.0.2.99:5031, an address on its link that no host holds (ARP: one probe, 300 ms, a one-datagram queue)",
+        diagnosis: "ARP for 192.0.2.99 on eth0 gets no answer: the first datagrams are pushed out of the neighbour queue (NEIGH_QUEUEFULL at __neigh_event_send), the last is freed when resolution fails (NEIGH_FAILED at neigh_invalidate) after an ICMP host unreachable to the client, whose socket gets EHOSTUNREACH; fix: the host is down or on another VLAN, check `ip neigh show dev eth0`",
+        expected: &["neighbor_unreachable"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5031,
+        bind_specific: false,
+        traffic: Traffic::Unresolved,
+    },
+    Scenario {
+        name: "neighbor-unreachable-v6",
+        description: "the same over IPv6: 2001:db8::1 sends to [2001:db8::99]:5032, which no host on the link holds (NDP: one solicitation, 300 ms, a one-datagram queue)",
+        diagnosis: "neighbour solicitations for 2001:db8::99 on eth0 get no answer: NEIGH_QUEUEFULL drops, then the last datagram freed in neigh_invalidate (by ndisc_error_report, without a reason) after an ICMPv6 address unreachable to the client, whose socket gets EHOSTUNREACH",
+        expected: &["neighbor_unreachable"],
+        topology: Topology::TwoHosts,
+        ipv6: true,
+        port: 5032,
+        bind_specific: false,
+        traffic: Traffic::Unresolved,
+    },
+    Scenario {
+        name: "no-reply",
+        description: "a DNS-like server on 192.0.2.2:53 reads its requests and never answers; the client asks three times, 1.05 s apart",
+        diagnosis: "the requests are delivered to the server's socket (named with its owner) and nothing goes back to the client within the reply timeout (2 s): the process received them and did not answer",
+        expected: &["no_reply"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 53,
+        bind_specific: true,
+        traffic: Traffic::Spread(Some(ServerMode::Sink {
+            rcvbuf: 65_536,
+            read: true,
+        })),
+    },
+    Scenario {
+        name: "no-reply-from-peer",
+        description: "a client sends NTP-like requests to 203.0.113.53:123 out of a device where they leave the host (an ifb device: gone without a drop), three times, 1.05 s apart",
+        diagnosis: "the requests leave through ifb0 and nothing comes back within the reply timeout, with no drop or ICMP error on this host: the problem is beyond this host",
+        expected: &["no_reply_from_peer"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 123,
+        bind_specific: false,
+        traffic: Traffic::Spread(None),
+    },
+    Scenario {
+        name: "one-way-stream",
+        description: "healthy control: a syslog-like one-way stream to 192.0.2.2:514, read and never answered, three datagrams 1.05 s apart",
+        diagnosis: "no verdict: port 514 is not a request/response protocol and its server never answered, so silence is its normal",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 514,
+        bind_specific: true,
+        traffic: Traffic::Spread(Some(ServerMode::Sink {
+            rcvbuf: 65_536,
+            read: true,
+        })),
+    },
+    Scenario {
+        name: "requests-answered",
+        description: "healthy control: an SNMP-like server on 192.0.2.2:161 answers each of three requests 1.05 s apart at once",
+        diagnosis: "no verdict: every request is answered well within the reply timeout",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 161,
+        bind_specific: true,
+        traffic: Traffic::Spread(Some(ServerMode::Echo)),
+    },
+    Scenario {
+        name: "neighbor-resolved",
+        description: "healthy control: a client on the same link as its server (192.0.2.2:5033) that answers ARP; the first request waits in the neighbour queue until ARP resolves",
+        diagnosis: "no verdict: ARP resolves, the requests leave and the echoes come back",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5033,
+        bind_specific: true,
+        traffic: Traffic::Exchange(ServerMode::Echo),
+    },
 ];
 
 /// Every scenario, in `udptrace lab list` order.
@@ -406,6 +512,22 @@ pub fn all() -> Vec<&'static Scenario> {
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|scenario| scenario.name == name)
+}
+
+/// The client's neighbour resolution for `Traffic::Unresolved`: one probe (ARP request or
+/// neighbour solicitation), given up after 300 ms instead of three after a second each, and a
+/// queue of waiting datagrams that holds one (`unres_qlen_bytes`: `__neigh_event_send`,
+/// net/core/neighbour.c, frees the oldest NEIGH_QUEUEFULL to make room for the next).
+fn shorten_neighbour_resolution(client: &Netns, ipv6: bool) -> anyhow::Result<()> {
+    let family = if ipv6 { "ipv6" } else { "ipv4" };
+    for (key, value) in [
+        ("mcast_solicit", "1"),
+        ("retrans_time_ms", "300"),
+        ("unres_qlen_bytes", "1"),
+    ] {
+        client.sysctl(&format!("net.{family}.neigh.eth0.{key}"), value)?;
+    }
+    Ok(())
 }
 
 fn address(text: &str) -> SocketAddr {
@@ -493,18 +615,33 @@ impl Scenario {
         let client = Netns::create("client")?;
         let server = Netns::create("server")?;
         veth(&client, "eth0", &server, "eth0")?;
+        // The client sends to the server, or for `Unresolved` to an address nobody holds.
+        let host = if let Traffic::Unresolved = self.traffic {
+            shorten_neighbour_resolution(&client, self.ipv6)?;
+            ABSENT_HOST
+        } else {
+            2
+        };
+        if let Traffic::Spread(None) = self.traffic {
+            client.ifb("ifb0")?;
+            client.addr("ifb0", "203.0.113.1/24")?;
+        }
         let target = if self.ipv6 {
             client.addr("eth0", "2001:db8::1/64")?;
             server.addr("eth0", "2001:db8::2/64")?;
             // ICMP errors are rate limited per destination (1/s by default, per namespace):
             // off, so every datagram to a closed port gets its error.
             server.sysctl("net.ipv6.icmp.ratelimit", "0")?;
-            address(&format!("[2001:db8::2]:{}", self.port))
+            address(&format!("[2001:db8::{host}]:{}", self.port))
         } else {
             client.addr("eth0", "192.0.2.1/24")?;
             server.addr("eth0", "192.0.2.2/24")?;
             server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
-            address(&format!("192.0.2.2:{}", self.port))
+            address(&format!("192.0.2.{host}:{}", self.port))
+        };
+        let target = match self.traffic {
+            Traffic::Spread(None) => address(&format!("203.0.113.53:{}", self.port)),
+            _ => target,
         };
         Ok(Built {
             client,
@@ -692,6 +829,8 @@ impl Scenario {
             count,
             interval: Duration::from_millis(interval_ms),
             reply_timeout: Duration::from_millis(reply_ms),
+            recverr: false,
+            linger: Duration::ZERO,
         };
         let mut server_report = None;
         let mut proxy_report = None;
@@ -702,6 +841,16 @@ impl Scenario {
             // each gets its ECONNREFUSED.
             Traffic::ClosedPort => run_client(&lab.client, &client(2, 50, 300))?,
             Traffic::BadChecksum => send_with_bad_checksum(&lab.client, lab.target, 2)?,
+            // Sent at once, so that they wait together for the neighbour; the socket stays
+            // open (and reads) until resolution fails and its error arrives.
+            Traffic::Unresolved => run_client(
+                &lab.client,
+                &ClientSpec {
+                    recverr: true,
+                    linger: UNRESOLVED_LINGER,
+                    ..client(UNRESOLVED_BURST, 0, 0)
+                },
+            )?,
             Traffic::Firewalled => {
                 let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(2, 50, 300))?;
@@ -726,6 +875,24 @@ impl Scenario {
                 // held (Udp InDatagrams counts at recvmsg, so before the second snapshot).
                 std::thread::sleep(Duration::from_millis(200));
                 server_report = Some(server.stop()?);
+                report
+            }
+            Traffic::Spread(mode) => {
+                let server = mode
+                    .map(|mode| Server::start(&lab.server, lab.bind, mode, PEER_LIFETIME))
+                    .transpose()
+                    .context("starting the lab server")?;
+                let report = run_client(
+                    &lab.client,
+                    &client(
+                        SPREAD_REQUESTS,
+                        SPREAD_INTERVAL.as_millis() as u64,
+                        SPREAD_REPLY_WAIT_MS,
+                    ),
+                )?;
+                if let Some(server) = server {
+                    server_report = Some(server.stop()?);
+                }
                 report
             }
             Traffic::Exchange(mode) => {
@@ -1078,6 +1245,61 @@ mod tests {
         // ...and found no socket there (conntrack did not undo the masquerade).
         assert_eq!(outcome.delta("dind2", "NoPorts"), Some(3), "{text}");
         assert_eq!(outcome.delta("client", "NoPorts"), Some(0), "{text}");
+    }
+
+    #[test]
+    fn an_absent_neighbour_fails_the_burst_with_ehostunreach() {
+        if !root_or_skip() {
+            return;
+        }
+        for (name, absent) in [
+            ("neighbor-unreachable", "192.0.2.99:5031"),
+            ("neighbor-unreachable-v6", "[2001:db8::99]:5032"),
+        ] {
+            let (lab, outcome) = run(name);
+            let text = outcome.describe();
+            assert_eq!(lab.target, address(absent));
+            assert_eq!(outcome.client.sent, UNRESOLVED_BURST, "{name}: {text}");
+            assert_eq!(outcome.client.received(), 0, "{name}: {text}");
+            // The error report's ICMP error, through IP_RECVERR.
+            assert_eq!(
+                outcome.client.errors,
+                vec![libc::EHOSTUNREACH],
+                "{name}: {text}"
+            );
+            // Nothing reached the other host on the link.
+            assert_eq!(outcome.delta("server", "InDatagrams"), Some(0), "{name}");
+            assert_eq!(outcome.delta("server", "NoPorts"), Some(0), "{name}");
+        }
+    }
+
+    #[test]
+    fn spread_requests_outlast_the_reply_timeout() {
+        if !root_or_skip() {
+            return;
+        }
+        // The last request leaves after the default reply timeout has passed for the first.
+        assert!(
+            SPREAD_INTERVAL * (SPREAD_REQUESTS as u32 - 1) > crate::flows::DEFAULT_REPLY_TIMEOUT
+        );
+        for (name, answered, received) in [
+            ("no-reply", false, Some(SPREAD_REQUESTS)),
+            ("one-way-stream", false, Some(SPREAD_REQUESTS)),
+            ("requests-answered", true, Some(SPREAD_REQUESTS)),
+            ("no-reply-from-peer", false, None),
+        ] {
+            let (_lab, outcome) = run(name);
+            let text = outcome.describe();
+            assert_eq!(outcome.client.sent, SPREAD_REQUESTS, "{name}: {text}");
+            assert!(outcome.client.errors.is_empty(), "{name}: {text}");
+            let replies = if answered { SPREAD_REQUESTS } else { 0 };
+            assert_eq!(outcome.client.received(), replies, "{name}: {text}");
+            assert_eq!(
+                outcome.server.as_ref().map(|server| server.received),
+                received,
+                "{name}: {text}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::{
         ledger::MAX_EVIDENCE,
         verdict::{Facts, Namespace, Verdict},
     },
-    model::{Process, TraceEvent, What},
+    model::{Process, SocketInfo, TraceEvent, What},
     sockets::{ListedSocket, Mismatch},
 };
 
@@ -128,9 +128,7 @@ pub fn summary(verdict: &Verdict) -> String {
             route_device,
             sender,
         } => {
-            let owner = socket.owner.as_ref().map_or_else(String::new, |owner| {
-                format!(" owned by {}", process_text(owner))
-            });
+            let owner = owned_by(socket);
             let how = sender.as_ref().map_or_else(String::new, |sender| {
                 let who = named(sender.process.as_ref())
                     .map_or_else(String::new, |process| format!("{} ", process_text(process)));
@@ -263,6 +261,62 @@ pub fn summary(verdict: &Verdict) -> String {
             source,
             destination,
         } => format!("{source} > {destination} arrives with a bad UDP checksum"),
+        Facts::NeighborUnreachable {
+            source,
+            destination,
+            namespace,
+            device,
+        } => {
+            // IPv6's ndisc_error_report frees without a reason what ARP frees NEIGH_FAILED.
+            let (protocol, failed, icmp) = if destination.is_ipv4() {
+                ("ARP", "NEIGH_FAILED", "ICMP host unreachable")
+            } else {
+                (
+                    "NDP",
+                    "NOT_SPECIFIED in neigh_invalidate",
+                    "ICMPv6 address unreachable",
+                )
+            };
+            format!(
+                "no host answered {protocol} for the next hop towards {} on {} in namespace {}: \
+                 {source} > {destination} waited for the neighbour's address and was dropped \
+                 (NEIGH_QUEUEFULL while waiting, {failed} when resolution gave up); the \
+                 sender gets {icmp}, EHOSTUNREACH on a socket with IP_RECVERR",
+                destination.ip(),
+                device.as_deref().unwrap_or("?"),
+                namespace_text(namespace)
+            )
+        }
+        Facts::NoReply {
+            client,
+            server,
+            namespace,
+            socket,
+            timeout_ms,
+        } => {
+            let owner = owned_by(socket);
+            format!(
+                "{client}'s request to {server} was delivered to socket {} (inode {}){owner} in \
+                 namespace {}, and nothing was sent back to {client} within {timeout_ms} ms: \
+                 the process received the request and did not answer",
+                socket.local,
+                socket.inode,
+                namespace_text(namespace)
+            )
+        }
+        Facts::NoReplyFromPeer {
+            client,
+            server,
+            namespace,
+            device,
+            timeout_ms,
+        } => format!(
+            "{client}'s request to {server} left through {} in namespace {} and nothing came \
+             back within {timeout_ms} ms, with no drop or ICMP error on this host: the problem \
+             is beyond this host",
+            device.as_deref().unwrap_or("?"),
+            namespace_text(namespace)
+        ),
     }
 }
 
@@ -305,12 +359,50 @@ pub fn fix(verdict: &Verdict) -> String {
         Facts::Checksum { .. } => "check the sender's checksum offload (ethtool -K DEV tx off) \
                                    and anything rewriting the packet on the way"
             .into(),
+        Facts::NeighborUnreachable {
+            destination,
+            device,
+            ..
+        } => format!(
+            "the host {} (or the gateway towards it) is down, unplugged or on another VLAN or \
+             subnet: `ip neigh show dev {}` in that namespace lists the next hop as FAILED or \
+             INCOMPLETE; check the host, the cabling/VLAN and the route (`ip route get {0}`)",
+            destination.ip(),
+            device.as_deref().unwrap_or("DEV")
+        ),
+        Facts::NoReply { socket, .. } => format!(
+            "look at the server{}: stuck or overloaded (`ss -uanp` shows its receive queue), or \
+             ignoring this client (an ACL, a view, a rate limit): its logs say which; a client \
+             that retries sooner than the server answers needs a longer timeout",
+            socket
+                .owner
+                .as_ref()
+                .map_or_else(String::new, |owner| format!(
+                    " process {}",
+                    process_text(owner)
+                ))
+        ),
+        Facts::NoReplyFromPeer { server, device, .. } => format!(
+            "follow the request beyond this host: capture on {} (`tcpdump -ni {0} udp port {}`), \
+             check that {} is up and its service answers, and the firewalls and NAT on the way \
+             (both directions)",
+            device.as_deref().unwrap_or("the device"),
+            server.port(),
+            server.ip()
+        ),
     }
 }
 
 /// A process with a name: the kernel gives some without (`comm` empty).
 fn named(process: Option<&Process>) -> Option<&Process> {
     process.filter(|process| !process.comm.is_empty())
+}
+
+/// ` owned by comm[pid]` for a socket whose owner is known, else nothing.
+fn owned_by(socket: &SocketInfo) -> String {
+    socket.owner.as_ref().map_or_else(String::new, |owner| {
+        format!(" owned by {}", process_text(owner))
+    })
 }
 
 /// The namespace's name, else its inode.

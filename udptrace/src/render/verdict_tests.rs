@@ -391,6 +391,89 @@ fn firewall_and_rcvbuf_drops() {
 }
 
 #[test]
+fn neighbour_failures_name_the_address_and_device_for_arp_and_ndp() {
+    for (client, absent, protocol, icmp) in [
+        (
+            "192.0.2.1:40000",
+            "192.0.2.99:5031",
+            "ARP",
+            "ICMP host unreachable",
+        ),
+        (
+            "[2001:db8::1]:40000",
+            "[2001:db8::99]:5032",
+            "NDP",
+            "ICMPv6 address unreachable",
+        ),
+    ] {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let mut failed = event(drop("NEIGH_FAILED"), client, absent, 1);
+        failed.ifname = Some("eth0".into());
+        diagnosis.observe(&failed);
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        let text = summary(&verdicts[0]);
+        let ip = absent.parse::<SocketAddr>().unwrap().ip();
+        assert!(
+            text.starts_with(&format!(
+                "no host answered {protocol} for the next hop towards {ip} on eth0 in namespace host: {client} > {absent}"
+            )),
+            "{text}"
+        );
+        assert!(text.contains(icmp), "{text}");
+        assert!(
+            fix(&verdicts[0]).contains("`ip neigh show dev eth0`"),
+            "{}",
+            fix(&verdicts[0])
+        );
+    }
+}
+
+#[test]
+fn unanswered_requests_name_the_owner_or_the_device() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    // A DNS request delivered to server[42]'s socket; one that left through eth0 for NTP.
+    diagnosis.observe(&event(
+        What::Deliver {
+            socket: wildcard_socket(),
+        },
+        "198.51.100.2:40000",
+        "192.0.2.1:53",
+        1,
+    ));
+    let mut left = event(What::Xmit, "198.51.100.2:40001", "203.0.113.53:123", 2);
+    left.ifname = Some("eth0".into());
+    diagnosis.observe(&left);
+    // The event clock: something traced 2 s later.
+    diagnosis.observe(&event(
+        What::Xmit,
+        "192.0.2.9:1",
+        "192.0.2.8:1",
+        2_000_000_002,
+    ));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    assert_eq!(
+        summary(&verdicts[0]),
+        "198.51.100.2:40000's request to 192.0.2.1:53 was delivered to socket 0.0.0.0:4000 \
+         (inode 99) owned by server[42] in namespace host, and nothing was sent back to \
+         198.51.100.2:40000 within 2000 ms: the process received the request and did not answer"
+    );
+    assert!(fix(&verdicts[0]).starts_with("look at the server process server[42]:"));
+    assert_eq!(
+        summary(&verdicts[1]),
+        "198.51.100.2:40001's request to 203.0.113.53:123 left through eth0 in namespace host \
+         and nothing came back within 2000 ms, with no drop or ICMP error on this host: the \
+         problem is beyond this host"
+    );
+    assert!(
+        fix(&verdicts[1]).contains("`tcpdump -ni eth0 udp port 123`"),
+        "{}",
+        fix(&verdicts[1])
+    );
+}
+
+#[test]
 fn drops_counted_without_events_reach_the_flow_and_its_verdict() {
     let mut diagnosis = Diagnosis::new(no_sockets());
     for ts in 1..=3 {

@@ -221,3 +221,127 @@ fn a_storm_of_new_flows_starts_no_subprocess() {
         "names the rule: {firewall}"
     );
 }
+
+/// Issue 17: an address on the link that no host holds. The drops happen in no socket's
+/// context (the neighbour's queue, then `neigh_invalidate`): the verdict finds their flow from
+/// the skb's headers, names the address and device, and gathers the ICMP error and the
+/// EHOSTUNREACH it became on the client's IP_RECVERR socket.
+#[test]
+fn neighbour_failures_name_the_address_device_and_errno() {
+    for (name, absent, icmp) in [
+        ("neighbor-unreachable", "192.0.2.99", "host-unreachable"),
+        (
+            "neighbor-unreachable-v6",
+            "2001:db8::99",
+            "address-unreachable",
+        ),
+    ] {
+        let (lab, outcome, records) = traced(name, &[]);
+        let text = outcome.describe();
+        let client = outcome.client.local.unwrap();
+        assert_eq!(outcome.client.errors, vec![libc::EHOSTUNREACH], "{text}");
+        let found = verdicts(&records);
+        assert_eq!(found.len(), 1, "{name}: {records:#?}");
+        let verdict = found[0];
+        assert_eq!(verdict["code"], "neighbor_unreachable");
+        assert_eq!(
+            verdict["flow"],
+            format!("{client} <> {}", lab.target),
+            "{verdict:#}"
+        );
+        // Every datagram of the burst died waiting for the neighbour: pushed out of its queue
+        // but the last, which died when resolution gave up.
+        assert_eq!(
+            verdict["count"], outcome.client.sent as u64,
+            "{name}: {verdict:#}"
+        );
+        let reasons: Vec<&str> = events(&records, "drop")
+            .iter()
+            .map(|d| d["reason"].as_str().unwrap())
+            .collect();
+        let queuefull = reasons.iter().filter(|r| **r == "NEIGH_QUEUEFULL").count();
+        assert_eq!(queuefull, outcome.client.sent - 1, "{name}: {reasons:?}");
+        for drop in events(&records, "drop") {
+            assert_eq!(drop["netns"], lab.client.inode, "{drop}");
+            assert_eq!(drop["ifname"], "eth0", "{drop}");
+            assert_eq!(drop["daddr"], absent, "{drop}");
+            assert_eq!(drop["sport"], client.port(), "tied by its headers: {drop}");
+        }
+        let facts = &verdict["facts"];
+        assert_eq!(facts["device"], "eth0", "{verdict:#}");
+        assert_eq!(facts["destination"], lab.target.to_string());
+        assert_eq!(facts["namespace"]["netns"], lab.client.inode);
+        let summary = verdict["summary"].as_str().unwrap();
+        assert!(
+            summary.contains(&format!("towards {absent} on eth0 in namespace")),
+            "{summary}"
+        );
+        assert!(
+            verdict["fix"]
+                .as_str()
+                .unwrap()
+                .contains("`ip neigh show dev eth0`"),
+            "{verdict:#}"
+        );
+        let evidence = verdict["evidence_events"].as_array().unwrap();
+        let has = |kind: &str, field: &str, value: &str| {
+            evidence
+                .iter()
+                .any(|e| e["kind"] == kind && e[field] == value)
+        };
+        assert!(has("icmp", "meaning", icmp), "{name}: {evidence:#?}");
+        assert!(has("drop", "reason", "NEIGH_QUEUEFULL"), "{evidence:#?}");
+        assert!(
+            has("sock_error", "errno", "EHOSTUNREACH"),
+            "{name}: {evidence:#?}"
+        );
+    }
+}
+
+/// Issue 17: requests nobody answered. Delivered to a socket here: the socket and its owner
+/// are named; gone out of a device with no drop or ICMP error: the device, and "beyond this
+/// host". The healthy controls (a one-way stream, answered requests) are in
+/// `every_scenario_yields_exactly_its_verdicts`.
+#[test]
+fn unanswered_requests_name_the_socket_or_the_device() {
+    let (lab, outcome, records) = traced("no-reply", &[]);
+    let text = outcome.describe();
+    let server = outcome.server.as_ref().unwrap();
+    assert_eq!(server.received, outcome.client.sent, "{text}");
+    assert_eq!(outcome.client.received(), 0, "{text}");
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{records:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "no_reply");
+    let facts = &verdict["facts"];
+    assert_eq!(facts["server"], lab.target.to_string());
+    assert_eq!(facts["client"], outcome.client.local.unwrap().to_string());
+    assert_eq!(facts["socket"]["inode"], server.socket_inode, "{verdict:#}");
+    assert_eq!(facts["socket"]["owner_pid"], server.pid, "{verdict:#}");
+    assert_eq!(facts["namespace"]["netns"], lab.server.inode);
+    assert_eq!(facts["timeout_ms"], 2_000);
+    let summary = verdict["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("[{}] in namespace", server.pid)),
+        "names the owner: {summary}"
+    );
+
+    let (lab, outcome, records) = traced("no-reply-from-peer", &[]);
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{records:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "no_reply_from_peer");
+    assert_eq!(verdict["facts"]["device"], "ifb0", "{verdict:#}");
+    assert_eq!(verdict["facts"]["namespace"]["netns"], lab.client.inode);
+    assert_eq!(verdict["facts"]["server"], lab.target.to_string());
+    assert!(
+        verdict["summary"]
+            .as_str()
+            .unwrap()
+            .ends_with("the problem is beyond this host"),
+        "{verdict:#}"
+    );
+    assert!(events(&records, "drop").is_empty(), "{records:#?}");
+    assert!(events(&records, "icmp").is_empty(), "{records:#?}");
+    assert_eq!(outcome.client.sent, 3);
+}

@@ -3,16 +3,22 @@
 
 mod checksum;
 mod firewall;
+mod neighbor;
+mod no_reply;
 mod no_socket;
 mod rcvbuf;
 mod reply_source;
 mod rp_filter;
 
+use std::time::Duration;
+
+pub use no_reply::DEFAULT_REPLY_TIMEOUT;
+
 use super::rule::Rule;
 
 /// Every rule, in the order they see each event; `max_flows` bounds the state a rule keeps
-/// per flow.
-pub fn registered(max_flows: usize) -> Vec<Box<dyn Rule>> {
+/// per flow; a request unanswered after `reply_timeout` is judged (`no_reply`).
+pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule>> {
     vec![
         Box::new(reply_source::ReplySource::new(max_flows)),
         Box::new(no_socket::NoSocket),
@@ -20,5 +26,7 @@ pub fn registered(max_flows: usize) -> Vec<Box<dyn Rule>> {
         Box::new(rcvbuf::RcvbufOverflow),
         Box::new(rp_filter::RpFilterDrop),
         Box::new(checksum::ChecksumError),
+        Box::new(neighbor::NeighborUnreachable),
+        Box::new(no_reply::NoReply::new(max_flows, reply_timeout)),
     ]
 }
