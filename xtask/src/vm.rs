@@ -95,7 +95,7 @@ const VM_TIMEOUT: Duration = Duration::from_mins(25);
 const DOCTOR_BEGIN: &str = "@@udptrace-doctor@@";
 const TESTS_EXIT: &str = "@@udptrace-tests-exit=";
 
-/// Networking modules the tests load (veth, bridge, nftables, conntrack and their
+/// Networking modules the tests load (veth, ifb, bridge, nftables, conntrack and their
 /// dependencies); everything else autoloads from these directories through modprobe.
 const MODULE_DIRS: &[&str] = &[
     "kernel/net",
@@ -104,6 +104,11 @@ const MODULE_DIRS: &[&str] = &[
     "kernel/drivers/net/veth.ko",
     "kernel/drivers/net/veth.ko.xz",
     "kernel/drivers/net/veth.ko.zst",
+    // The no-reply-from-peer scenario sends out of an ifb device (it drops what it is given
+    // without a drop event, like a wire that nobody answers on).
+    "kernel/drivers/net/ifb.ko",
+    "kernel/drivers/net/ifb.ko.xz",
+    "kernel/drivers/net/ifb.ko.zst",
 ];
 
 /// Host programs the tests and the lab run, copied with their libraries.

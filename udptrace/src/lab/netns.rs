@@ -187,6 +187,13 @@ impl Netns {
     /// as transmitted, not dropped (`ifb_xmit`, drivers/net/ifb.c; it needs no ARP): gone as if
     /// sent beyond this host. (ifb rather than dummy, which the CI machines' kernel lacks.)
     pub fn ifb(&self, name: &str) -> anyhow::Result<()> {
+        // Loaded by `ip link add`'s autoload, the module would also create its default
+        // `numifbs` (2) devices in the host's own namespace (drivers/net/ifb.c, ifb_init_module):
+        // load it first without them. Best effort: already loaded or built in, it cannot change.
+        let _ = std::process::Command::new("modprobe")
+            .args(["ifb", "numifbs=0"])
+            .stderr(std::process::Stdio::null())
+            .status();
         self.ip(&["link", "add", name, "type", "ifb"])?;
         self.link_up(name)
     }
