@@ -74,7 +74,9 @@ impl Diagnosis {
         self.each_rule(|rule, cx| rule.on_clock(event, cx));
         self.ledger.begin();
         match &event.what {
-            What::Drop { reason, location } => {
+            What::Drop {
+                reason, location, ..
+            } => {
                 // A drop of a datagram a verdict explains (a wrong-source reply dying at the
                 // client) is its evidence, not a new case.
                 if !self.ledger.add_to_explained(event)

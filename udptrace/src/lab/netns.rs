@@ -190,9 +190,9 @@ impl Netns {
         // Loaded by `ip link add`'s autoload, the module would also create its default
         // `numifbs` (2) devices in the host's own namespace (drivers/net/ifb.c, ifb_init_module):
         // load it first without them. Best effort: already loaded or built in, it cannot change.
-        let _ = std::process::Command::new("modprobe")
+        let _ = Command::new("modprobe")
             .args(["ifb", "numifbs=0"])
-            .stderr(std::process::Stdio::null())
+            .stderr(Stdio::null())
             .status();
         self.ip(&["link", "add", name, "type", "ifb"])?;
         self.link_up(name)
