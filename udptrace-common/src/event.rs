@@ -174,6 +174,41 @@ pub struct Event {
     pub detail: EventDetail,
 }
 
+/// Longest packet copy `--snaplen` may ask for: a whole datagram at the common 1500-byte MTU.
+pub const MAX_SNAPLEN: u32 = 1500;
+
+/// What the programs copy besides the event (the `CAPTURE` global, set before load).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// `-w`: bytes of the packet to copy from its IP header for hop events (transmit, receive,
+    /// drop, ICMP error, delivery), at most [`MAX_SNAPLEN`]; 0 copies nothing.
+    pub snaplen: u32,
+    pub padding: u32,
+}
+
+/// Follows an [`Event`] in its ring record when packet bytes were copied: the record is the
+/// event, this header and `caplen` bytes of the packet from its IP header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// The IP packet's length by its header (IPv4 total length, IPv6 payload length + 40).
+    pub len: u32,
+    /// Bytes copied: the least of `snaplen`, `len` and the skb's linear data after the IP
+    /// header.
+    pub caplen: u32,
+}
+
+/// A per-CPU scratch slot: an event and room for its packet bytes, written to the ring as
+/// one record (only as far as the bytes copied).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Captured {
+    pub event: Event,
+    pub packet: PacketHeader,
+    pub data: [u8; MAX_SNAPLEN as usize],
+}
+
 /// Events written per [`FlowCountKey`] per generation (about a second: userspace flips the
 /// generation on its one-second tick, so each key starts a fresh allowance then), over all
 /// CPUs. Past it, the per-datagram kinds ([`EventKind::sampled`]) are only counted
@@ -276,4 +311,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowCountKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Capture {}
 }

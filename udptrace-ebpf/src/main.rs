@@ -22,7 +22,8 @@ use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
     event::{
-        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount, FlowCountKey,
+        COUNTER_COUNT, Capture, Captured, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount,
+        FlowCountKey,
     },
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
@@ -45,6 +46,13 @@ static SELECTORS: Selectors = Selectors {
     padding: 0,
 };
 
+/// `-w` (`names::CAPTURE_GLOBAL`): packet bytes to copy with hop events; none by default.
+#[unsafe(no_mangle)]
+static CAPTURE: Capture = Capture {
+    snaplen: 0,
+    padding: 0,
+};
+
 /// Every event; userspace sizes it with `--ring-size` before load.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
@@ -53,9 +61,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-/// Per-CPU slot where hooks assemble an event (see `emit`).
+/// Per-CPU slot where hooks assemble an event and its packet bytes (see `emit`).
 #[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(emit::SCRATCH_SLOTS, 0);
+static SCRATCH: PerCpuArray<Captured> = PerCpuArray::with_max_entries(emit::SCRATCH_SLOTS, 0);
 
 /// Per CPU: how many programs are assembling an event in `SCRATCH` right now (nested by
 /// interrupts; see `emit::scratch`).

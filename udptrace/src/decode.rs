@@ -1,18 +1,21 @@
 //! Raw ring-buffer records → domain events. Nothing above this module knows a kernel layout;
 //! nothing below it knows about output. Keep in sync with `udptrace-common/src/event.rs`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use udptrace_common::event::{
     AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
-    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
+    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, PacketHeader, Tuple,
 };
 
 use crate::{
     clock::WallClock,
     model::{
-        Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
-        RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
+        Conntrack, DropReason, Endpoints, Errno, Family, Location, PacketBytes, Probe, Process,
+        RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
     },
     sanitize::sanitize_kernel_string,
 };
@@ -158,7 +161,20 @@ pub fn decode(
         sport: event.tuple.sport,
         daddr,
         dport: event.tuple.dport,
+        packet: packet(&bytes[size_of::<Event>()..]),
     })
+}
+
+/// The packet bytes after an event in its record (`udptrace-common`'s `Captured`), if any.
+fn packet(rest: &[u8]) -> Option<Arc<PacketBytes>> {
+    let data = rest.get(size_of::<PacketHeader>()..)?;
+    // SAFETY: length checked by `get`; PacketHeader is plain #[repr(C)] data.
+    let header: PacketHeader = unsafe { rest.as_ptr().cast::<PacketHeader>().read_unaligned() };
+    let data = data.get(..header.caplen as usize)?;
+    Some(Arc::new(PacketBytes {
+        len: header.len,
+        data: data.to_vec(),
+    }))
 }
 
 /// An errno the kernel reported, positive or negative.

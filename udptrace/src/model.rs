@@ -3,7 +3,10 @@
 //! forms, and the JSON record's field formats, live in `render/` (`render/wire.rs` holds the
 //! serde impls of the types below whose record form is text).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use udptrace_common::event::Mechanism;
@@ -262,6 +265,18 @@ pub struct TraceEvent {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// The packet's bytes, when `-w` had the kernel copy them (not in the JSON record).
+    #[serde(skip)]
+    pub packet: Option<Arc<PacketBytes>>,
+}
+
+/// Bytes of the packet a hop event is about, from its IP header, as the kernel copied them
+/// for `-w` (at most `--snaplen`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketBytes {
+    /// The IP packet's length by its header.
+    pub len: u32,
+    pub data: Vec<u8>,
 }
 
 impl TraceEvent {

@@ -459,11 +459,12 @@ mod contract_tests {
     use aya_obj::{Object, ProgramSection, generated::bpf_map_type};
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     use udptrace_common::{
-        event::{COUNTER_COUNT, FlowCount, FlowCountKey},
+        event::{COUNTER_COUNT, Capture, FlowCount, FlowCountKey},
         filter::{Filter, Selectors},
         names::{
-            COUNTERS_MAP, DEBUG_BPF_GLOBAL, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL,
-            FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL,
+            CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, EVENTS_MAP, FEATURES_MAP,
+            FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL,
+            SELECTORS_GLOBAL,
         },
         offsets::KernelOffsets,
     };
@@ -631,6 +632,7 @@ mod contract_tests {
             (FILTER_GLOBAL, size_of::<Filter>()),
             (SELECTORS_GLOBAL, size_of::<Selectors>()),
             (DEBUG_BPF_GLOBAL, size_of::<u8>()),
+            (CAPTURE_GLOBAL, size_of::<Capture>()),
         ] {
             match elf.symbols().find(|s| s.name() == Ok(name)) {
                 None => problems.push(format!("no global `{name}`")),

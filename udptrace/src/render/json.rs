@@ -280,6 +280,7 @@ mod tests {
                     sport: 40_000,
                     daddr: "192.0.2.2".parse().unwrap(),
                     dport: 4_000,
+                    packet: None,
                 }
             })
             .collect()

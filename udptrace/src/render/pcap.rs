@@ -1,0 +1,216 @@
+//! `-w FILE`: the packets of the hop events as pcapng for Wireshark and tshark, beside the
+//! normal output. One interface per (network namespace, device) seen, named `ns/dev`; one
+//! Enhanced Packet Block per event whose packet the kernel copied, at the event's wall-clock
+//! time, with a comment saying what udptrace knows (the event's line, where it happened) and,
+//! for a verdict's evidence, the verdict. The bytes start at the IP header at every hook (the
+//! kernel copies from `skb->network_header`), so every interface is `LINKTYPE_RAW`.
+//!
+//! Verdicts come a settle delay after their evidence (`flows::ledger::SETTLE`): packets are
+//! held `HOLD` before they are written, so that a verdict can still be added to the comments
+//! of its evidence packets.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt::Write as _,
+    io::{self, Write},
+    sync::Arc,
+    time::Duration,
+};
+
+use super::{
+    Output, Stats, Status,
+    event::{context_parts, summary},
+    verdict,
+};
+use crate::{
+    flows::{table::FlowTable, verdict::Verdict},
+    model::{PacketBytes, Skb, TraceEvent},
+    pcapng::{self, LINKTYPE_RAW},
+    probes::attach::HookOutcome,
+};
+
+/// How long a packet waits for the verdict it may be evidence of: the settle delay, the
+/// reorder window before events reach the output and the verdict tick, with room to spare.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+/// Packets held at most (a storm writes the oldest early rather than grow without bound).
+const MAX_HELD: usize = 65_536;
+
+/// A packet waiting for its turn to be written.
+struct Held {
+    ts_ns: u64,
+    skb: Option<Skb>,
+    interface: u32,
+    timestamp_us: u64,
+    packet: Arc<PacketBytes>,
+    comment: String,
+}
+
+/// The pcapng output; `now` gives the kernel clock (CLOCK_MONOTONIC), against which held
+/// packets age.
+pub struct PcapOutput<W: Write> {
+    out: W,
+    /// Where `out` goes, for error messages (`-w FILE`, `-w -`).
+    name: String,
+    snaplen: u32,
+    now: fn() -> u64,
+    /// Interface ids by (namespace inode, device index; 0 for none).
+    interfaces: HashMap<(u32, u32), u32>,
+    held: VecDeque<Held>,
+    /// Packets written.
+    pub written: u64,
+}
+
+impl<W: Write> PcapOutput<W> {
+    /// Starts the file (its Section Header Block) on `out`.
+    pub fn new(mut out: W, name: String, snaplen: u32, now: fn() -> u64) -> io::Result<Self> {
+        pcapng::section_header(&mut out, concat!("udptrace ", env!("CARGO_PKG_VERSION")))?;
+        Ok(Self {
+            out,
+            name,
+            snaplen,
+            now,
+            interfaces: HashMap::new(),
+            held: VecDeque::new(),
+            written: 0,
+        })
+    }
+
+    /// A write error, saying which file it concerns and that what it holds is incomplete.
+    fn failed(&self, error: &io::Error) -> io::Error {
+        io::Error::new(
+            error.kind(),
+            format!(
+                "-w {}: {error}; it holds only the first {} packets",
+                self.name, self.written
+            ),
+        )
+    }
+
+    /// The id of the event's interface, describing it first when new.
+    fn interface(&mut self, event: &TraceEvent) -> io::Result<u32> {
+        let key = (event.netns, event.ifindex.unwrap_or(0));
+        if let Some(&id) = self.interfaces.get(&key) {
+            return Ok(id);
+        }
+        let namespace = event
+            .netns_name
+            .clone()
+            .unwrap_or_else(|| event.netns.to_string());
+        let device = event.ifname.as_deref().unwrap_or("-");
+        pcapng::interface(
+            &mut self.out,
+            LINKTYPE_RAW,
+            self.snaplen,
+            &format!("{namespace}/{device}"),
+        )?;
+        let id = u32::try_from(self.interfaces.len()).unwrap_or(u32::MAX);
+        self.interfaces.insert(key, id);
+        Ok(id)
+    }
+
+    /// Writes the held packets older than `HOLD` (all of them with `all`).
+    fn release(&mut self, all: bool) -> io::Result<()> {
+        let horizon = (self.now)().saturating_sub(HOLD.as_nanos() as u64);
+        while let Some(held) = self.held.front() {
+            if !all && held.ts_ns >= horizon && self.held.len() <= MAX_HELD {
+                break;
+            }
+            let held = self.held.pop_front().expect("front exists");
+            pcapng::packet(
+                &mut self.out,
+                &pcapng::Packet {
+                    interface: held.interface,
+                    timestamp_us: held.timestamp_us,
+                    original_len: held.packet.len,
+                    data: &held.packet.data,
+                    comment: &held.comment,
+                },
+            )?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, event: &TraceEvent, packet: &Arc<PacketBytes>) -> io::Result<()> {
+        let interface = self.interface(event)?;
+        let mut comment = format!("{} {}", event.kind_name(), summary(event));
+        for part in context_parts(event) {
+            let _ = write!(comment, "; {part}");
+        }
+        self.held.push_back(Held {
+            ts_ns: event.ts_ns,
+            skb: event.skb,
+            interface,
+            timestamp_us: event.time.0 / 1_000,
+            packet: Arc::clone(packet),
+            comment,
+        });
+        self.release(false)
+    }
+
+    /// Adds the verdict to the comments of its evidence packets still held.
+    fn annotate(&mut self, verdict: &Verdict) {
+        let words = format!(
+            "; verdict {} ({}): {}",
+            verdict.code.name(),
+            verdict::flow_text(verdict),
+            verdict::summary(verdict)
+        );
+        for evidence in &verdict.evidence {
+            for held in &mut self.held {
+                if held.ts_ns == evidence.ts_ns && held.skb == evidence.skb {
+                    held.comment.push_str(&words);
+                }
+            }
+        }
+    }
+}
+
+impl<W: Write> Output for PcapOutput<W> {
+    fn ready(&mut self, _filter: &str, _probes: &[HookOutcome]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
+        match &event.packet {
+            Some(packet) => self.hold(event, packet).map_err(|e| self.failed(&e)),
+            None => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.release(false)
+            .and_then(|()| self.out.flush())
+            .map_err(|e| self.failed(&e))
+    }
+
+    // Losses, sampling and the run's status are the main output's to tell.
+    fn lost(&mut self, _lost: u64, _total: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn sampled(&mut self, _sampled: u64, _total: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn status(&mut self, _status: &Status) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
+        self.annotate(verdict);
+        Ok(())
+    }
+
+    fn summary(
+        &mut self,
+        _flows: &FlowTable,
+        _verdicts: &[Verdict],
+        _stats: &Stats,
+    ) -> io::Result<()> {
+        self.release(true)
+            .and_then(|()| self.out.flush())
+            .map_err(|e| self.failed(&e))
+    }
+}
