@@ -146,6 +146,12 @@ impl Tracer {
         // Parse the user's words first: a typo should not wait for BTF parsing.
         let filter = filter::compile(&config.filter)?;
         preflight()?;
+        // Before anything is loaded: an unwritable -w path fails at once.
+        let pcap = config
+            .pcap
+            .as_deref()
+            .map(|path| create_pcap(path, config.snaplen))
+            .transpose()?;
         let knowledge = Knowledge::load()?;
         let selectors = selectors(&config, &knowledge.processes)?;
         let mut ebpf = EbpfLoader::new()
@@ -226,11 +232,6 @@ impl Tracer {
                 )
                 .with_context(|| format!("-o {}", path.display()))
             })
-            .transpose()?;
-        let pcap = config
-            .pcap
-            .as_deref()
-            .map(|path| create_pcap(path, config.snaplen))
             .transpose()?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces), recording.clone()))
             .with_rules(rule_lister(Rc::clone(&namespaces), recording.clone()))

@@ -76,12 +76,12 @@ impl<W: Write> PcapOutput<W> {
         })
     }
 
-    /// A write error, saying which file it concerns and that what it holds is incomplete.
+    /// A write error, saying which file it concerns and that what it holds is cut short.
     fn failed(&self, error: &io::Error) -> io::Error {
         io::Error::new(
             error.kind(),
             format!(
-                "-w {}: {error}; it holds only the first {} packets",
+                "-w {}: {error}; the file is cut short: it holds at most the first {} packets",
                 self.name, self.written
             ),
         )
