@@ -347,6 +347,35 @@ mod tests {
     }
 
     #[test]
+    fn packet_bytes_after_the_event_are_its_packet() {
+        let clock = WallClock::fixed(0);
+        let bare = decode(&raw(&drop_event()), &Names, &clock).unwrap();
+        assert_eq!(bare.packet, None, "a bare event has no packet");
+        let mut record = raw(&drop_event());
+        let header = PacketHeader { len: 51, caplen: 3 };
+        // SAFETY: PacketHeader is plain data.
+        record.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&header).cast::<u8>(),
+                size_of::<PacketHeader>(),
+            )
+        });
+        record.extend_from_slice(&[0x45, 0, 0]);
+        let event = decode(&record, &Names, &clock).unwrap();
+        assert_eq!(
+            event.packet.as_deref(),
+            Some(&PacketBytes {
+                len: 51,
+                data: vec![0x45, 0, 0]
+            })
+        );
+        // A record shorter than the bytes its header announces: no packet, the event stays.
+        record.pop();
+        let event = decode(&record, &Names, &clock).unwrap();
+        assert_eq!((event.packet, event.sport), (None, 40_000));
+    }
+
+    #[test]
     fn rejects_short_and_foreign_records() {
         let clock = WallClock::fixed(0);
         let bytes = raw(&drop_event());

@@ -214,3 +214,140 @@ impl<W: Write> Output for PcapOutput<W> {
             .map_err(|e| self.failed(&e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        flows::{
+            diagnosis::Diagnosis,
+            testing::{drop, event, no_sockets, wildcard_socket},
+            verdict::VerdictCode,
+        },
+        model::What,
+    };
+
+    /// Kernel time the tests' clock reads: `NOW_NS`.
+    const NOW_NS: u64 = 10_000_000_000;
+
+    fn now() -> u64 {
+        NOW_NS
+    }
+
+    /// An event with a 4-byte packet on `ifname` of namespace 7 (`host`).
+    fn with_packet(mut event: TraceEvent, ifname: &str) -> TraceEvent {
+        event.ifindex = Some(ifname.len() as u32);
+        event.ifname = Some(ifname.into());
+        event.packet = Some(Arc::new(PacketBytes {
+            len: 28,
+            data: vec![0x45, 0, 0, 28],
+        }));
+        event
+    }
+
+    /// The comments and interface names a pcapng stream holds, in order.
+    fn read_back(bytes: &[u8]) -> (Vec<String>, Vec<String>) {
+        let word = |at: usize| u32::from_ne_bytes(bytes[at..at + 4].try_into().unwrap());
+        let text_option = |body_at: usize, end: usize, code: u16| -> Option<String> {
+            let mut at = body_at;
+            while at + 4 <= end {
+                let c = u16::from_ne_bytes(bytes[at..at + 2].try_into().unwrap());
+                let len = u16::from_ne_bytes(bytes[at + 2..at + 4].try_into().unwrap()) as usize;
+                if c == code {
+                    return Some(String::from_utf8(bytes[at + 4..at + 4 + len].to_vec()).unwrap());
+                }
+                at += 4 + len.div_ceil(4) * 4;
+            }
+            None
+        };
+        let (mut comments, mut interfaces) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < bytes.len() {
+            let (kind, total) = (word(at), word(at + 4) as usize);
+            let end = at + total - 4;
+            match kind {
+                1 => interfaces.push(text_option(at + 16, end, 2).unwrap()),
+                6 => {
+                    let captured = word(at + 20) as usize;
+                    let options = at + 28 + captured.div_ceil(4) * 4;
+                    comments.push(text_option(options, end, 1).unwrap_or_default());
+                }
+                _ => {}
+            }
+            at += total;
+        }
+        (comments, interfaces)
+    }
+
+    #[test]
+    fn packets_wait_for_their_verdict_and_carry_it_in_their_comment() {
+        let mut out = PcapOutput::new(Vec::new(), "test".into(), 256, now).unwrap();
+        let (src, dst) = ("192.0.2.1:40000", "192.0.2.2:4000");
+        let recv = with_packet(event(What::Recv, src, dst, NOW_NS - 2), "eth0");
+        let dropped = with_packet(event(drop("NO_SOCKET"), src, dst, NOW_NS - 1), "eth0");
+        // Without a packet (a socket event): nothing to write.
+        let send = event(
+            What::Send {
+                bytes: 4,
+                socket: wildcard_socket(),
+                call: None,
+            },
+            src,
+            dst,
+            NOW_NS - 3,
+        );
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        for e in [&send, &recv, &dropped] {
+            out.event(e).unwrap();
+            diagnosis.observe(e);
+        }
+        out.flush().unwrap();
+        assert_eq!(out.written, 0, "held for the verdict");
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts[0].code, VerdictCode::PortUnreachable);
+        out.verdict(&verdicts[0]).unwrap();
+        out.summary(&diagnosis.flows, &verdicts, &Stats::default())
+            .unwrap();
+        assert_eq!(out.written, 2);
+        let (comments, interfaces) = read_back(&out.out);
+        assert_eq!(interfaces, ["host/eth0"]);
+        // The skb of `testing::event` is its time: 0x2540be3fe.
+        assert_eq!(
+            comments[0],
+            "recv 192.0.2.1:40000 > 192.0.2.2:4000; #be3fe; ns host; eth0"
+        );
+        assert!(
+            comments[1].starts_with(
+                "drop 192.0.2.1:40000 > 192.0.2.2:4000 NO_SOCKET; at __udp4_lib_rcv+0x2cd;"
+            ) && comments[1]
+                .contains("; verdict port_unreachable (192.0.2.1:40000 <> 192.0.2.2:4000): "),
+            "{comments:?}"
+        );
+    }
+
+    #[test]
+    fn held_packets_are_written_once_older_than_hold_and_devices_get_one_interface_each() {
+        let mut out = PcapOutput::new(Vec::new(), "test".into(), 256, now).unwrap();
+        let old = NOW_NS - HOLD.as_nanos() as u64 - 1;
+        let (src, dst) = ("192.0.2.1:40000", "192.0.2.2:4000");
+        out.event(&with_packet(event(What::Xmit, src, dst, old), "veth0"))
+            .unwrap();
+        out.event(&with_packet(event(What::Recv, src, dst, old), "eth0"))
+            .unwrap();
+        out.event(&with_packet(event(What::Recv, src, dst, NOW_NS), "eth0"))
+            .unwrap();
+        assert_eq!(
+            out.written, 2,
+            "the old ones went out, the recent one waits"
+        );
+        let mut gone = with_packet(event(What::Xmit, src, dst, NOW_NS), "eth0");
+        gone.ifindex = None;
+        gone.ifname = None;
+        out.event(&gone).unwrap();
+        out.summary(&FlowTable::new(1), &[], &Stats::default())
+            .unwrap();
+        assert_eq!(out.written, 4);
+        let (_, interfaces) = read_back(&out.out);
+        assert_eq!(interfaces, ["host/veth0", "host/eth0", "host/-"]);
+    }
+}
