@@ -349,7 +349,7 @@ fn a_full_disk_under_w_ends_the_run_saying_what_the_file_holds() {
         lines[0].starts_with(&format!(
             "udptrace: writing the output: -w {}: No space left on device",
             target.display()
-        )) && lines[0].contains("the file is cut short: it holds at most the first "),
+        )) && lines[0].ends_with("; the file is cut short (its packets end before the cut)"),
         "{stderr}"
     );
     // What was written before is a readable capture, cut short (tshark says so).
@@ -358,5 +358,9 @@ fn a_full_disk_under_w_ends_the_run_saying_what_the_file_holds() {
         .arg(&target)
         .output()
         .unwrap();
-    assert!(read.stdout.len() > 0, "{read:?}");
+    assert!(!read.stdout.is_empty(), "{read:?}");
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("appears to have been cut short"),
+        "{read:?}"
+    );
 }
