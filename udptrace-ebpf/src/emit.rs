@@ -8,6 +8,7 @@
 //! parsing state of the inlined hooks exceeds the 512-byte BPF stack.
 
 use core::{
+    ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
     ptr::read_volatile,
 };
@@ -16,19 +17,21 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_kernel},
+        generated::{
+            bpf_get_smp_processor_id, bpf_get_stackid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        },
     },
     maps::HashMap,
 };
 use udptrace_common::event::{
-    Captured, Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED,
-    FlowCount, FlowCountKey, IPPROTO_UDP, MAX_SNAPLEN, Mechanism, PacketHeader,
+    Captured, Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_STACK,
+    FLAG_TRACKED, FlowCount, FlowCountKey, IPPROTO_UDP, MAX_SNAPLEN, Mechanism, PacketHeader,
     SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 
 use crate::{
     CAPTURE, COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION,
-    SCRATCH, SCRATCH_DEPTH, SELECTORS, TRACKED, debug,
+    SCRATCH, SCRATCH_DEPTH, SELECTORS, STACKS, TRACKED, debug,
     kernel::{self, Access, ReadError},
     mem,
 };
@@ -180,6 +183,9 @@ pub struct Report {
     place: Place,
     /// The socket whose inode the event names (0: none).
     sock: u64,
+    /// The program's context when the event may carry the kernel stack (`--stack`), else
+    /// null.
+    stack_ctx: *mut c_void,
 }
 
 impl Report {
@@ -193,6 +199,7 @@ impl Report {
             skb,
             place,
             sock: 0,
+            stack_ctx: core::ptr::null_mut(),
         })
     }
 
@@ -283,6 +290,14 @@ impl Report {
         self
     }
 
+    /// With `--stack`, the kernel call stack at the hook (`ctx`: the program's context, which
+    /// `bpf_get_stackid` walks from) is collected once the event passed the filter.
+    #[inline(always)]
+    pub fn with_stack(mut self, ctx: *mut c_void) -> Self {
+        self.stack_ctx = ctx;
+        self
+    }
+
     /// Where the event happened, when the hook learns it only after parsing.
     #[inline(always)]
     pub fn at(&mut self, place: Place) {
@@ -293,6 +308,7 @@ impl Report {
     #[inline(always)]
     pub fn submit(self, kind: EventKind, context: Context) -> bool {
         let (mechanism, skb, place, sock) = (self.mechanism, self.skb, self.place, self.sock);
+        let stack_ctx = self.stack_ctx;
         submit(
             &mut *self.lease.slot,
             kind,
@@ -301,6 +317,7 @@ impl Report {
             skb,
             place,
             sock,
+            stack_ctx,
         )
     }
 }
@@ -354,6 +371,7 @@ fn submit(
     skb: u64,
     place: Place,
     sock: u64,
+    stack_ctx: *mut c_void,
 ) -> bool {
     count(Counter::Seen);
     let event = &mut slot.event;
@@ -466,6 +484,18 @@ fn submit(
     if tracked {
         event.detail.flags |= FLAG_TRACKED;
     }
+    // SAFETY: a read of our own static; volatile defeats folding of the placeholder.
+    if !stack_ctx.is_null() && unsafe { read_volatile(&raw const CAPTURE.stack) } != 0 {
+        // SAFETY: `stack_ctx` is the running program's context, `STACKS` a stack trace map
+        // (a `StackTrace` is its map definition, `#[repr(transparent)]`).
+        let id = unsafe {
+            bpf_get_stackid(stack_ctx, core::ptr::from_ref(&STACKS).cast_mut().cast(), 0)
+        };
+        if id >= 0 {
+            event.detail.stack_id = id as u32;
+            event.detail.flags |= FLAG_STACK;
+        }
+    }
     if skb != 0
         && kernel::conntrack(
             skb,
@@ -556,7 +586,7 @@ fn capture(slot: &mut Captured, kind: EventKind, skb: u64, access: Access) -> us
         bpf_probe_read_kernel(
             slot.data.as_mut_ptr().cast(),
             caplen,
-            net.header as *const core::ffi::c_void,
+            net.header as *const c_void,
         )
     };
     if read != 0 {

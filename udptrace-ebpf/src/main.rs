@@ -19,11 +19,11 @@ mod kernel;
 mod mem;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace};
 use udptrace_common::{
     event::{
         COUNTER_COUNT, Capture, Captured, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount,
-        FlowCountKey,
+        FlowCountKey, STACK_ENTRIES,
     },
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
@@ -50,8 +50,12 @@ static SELECTORS: Selectors = Selectors {
 #[unsafe(no_mangle)]
 static CAPTURE: Capture = Capture {
     snaplen: 0,
-    padding: 0,
+    stack: 0,
 };
+
+/// `--stack`: kernel call stacks of drops and ICMP errors, by `bpf_get_stackid` id.
+#[map(name = "STACKS")]
+static STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
 
 /// Every event; userspace sizes it with `--ring-size` before load.
 #[map(name = "EVENTS")]

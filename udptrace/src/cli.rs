@@ -104,6 +104,10 @@ pub struct OutputArgs {
     /// knows; `-w -` writes them to stdout, and the output above then goes to stderr.
     #[arg(short = 'w', long = "write", value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Attach the kernel call stack (symbolized from /proc/kallsyms) to drop and ICMP error
+    /// events: in the text, the JSON (`stack`) and the -w comments.
+    #[arg(long)]
+    pub stack: bool,
     /// Bytes of each packet -w keeps, from its IP header (at most 1500).
     #[arg(long, value_name = "BYTES", default_value_t = 256, value_parser = parse_snaplen)]
     pub snaplen: u32,

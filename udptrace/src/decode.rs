@@ -8,7 +8,7 @@ use std::{
 
 use udptrace_common::event::{
     AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
-    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, PacketHeader, Tuple,
+    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_STACK, FLAG_TRACKED, Mechanism, PacketHeader, Tuple,
 };
 
 use crate::{
@@ -52,6 +52,9 @@ pub trait KernelNames {
     fn socket_owner(&self, inode: u64) -> Option<Process>;
     /// Name of a network namespace (/run/netns name, or `pid:comm` of a process in it).
     fn netns_name(&self, inode: u32) -> Option<String>;
+    /// The kernel call stack `--stack` collected under `id`, innermost frame first, as
+    /// `symbol+0xoff` (the address when kallsyms does not name it).
+    fn stack(&self, id: u32) -> Option<Vec<String>>;
 }
 
 impl SendCall {
@@ -162,6 +165,11 @@ pub fn decode(
         daddr,
         dport: event.tuple.dport,
         packet: packet(&bytes[size_of::<Event>()..]),
+        stack: if detail.flags & FLAG_STACK == 0 {
+            None
+        } else {
+            names.stack(detail.stack_id)
+        },
     })
 }
 
@@ -279,6 +287,9 @@ mod tests {
         fn netns_name(&self, inode: u32) -> Option<String> {
             (inode == 4_026_531_840).then(|| "client".into())
         }
+        fn stack(&self, id: u32) -> Option<Vec<String>> {
+            (id == 5).then(|| vec!["__udp4_lib_rcv+0x10".into(), "udp_rcv+0x1c".into()])
+        }
     }
 
     fn raw(event: &Event) -> Vec<u8> {
@@ -344,6 +355,19 @@ mod tests {
         assert_eq!(event.probe, Probe(Some(Mechanism::TpBtf)));
         assert_eq!(event.skb, Some(Skb(0xffff_8880_0000_1000)));
         assert_eq!(event.drop_reason().and_then(|r| r.value), Some(3));
+    }
+
+    #[test]
+    fn a_collected_stack_is_named_and_an_absent_one_is_none() {
+        let clock = WallClock::fixed(0);
+        let mut event = drop_event();
+        event.detail.stack_id = 5;
+        assert_eq!(decode(&raw(&event), &Names, &clock).unwrap().stack, None);
+        event.detail.flags |= FLAG_STACK;
+        assert_eq!(
+            decode(&raw(&event), &Names, &clock).unwrap().stack,
+            Some(vec!["__udp4_lib_rcv+0x10".into(), "udp_rcv+0x1c".into()])
+        );
     }
 
     #[test]

@@ -64,6 +64,7 @@ async fn run_scenario(
             record: output.record.clone(),
             pcap: output.pcap.clone(),
             snaplen: output.snaplen,
+            stack: output.stack,
             debug_bpf: output.debug_bpf,
             ..TraceConfig::default()
         })?)

@@ -94,6 +94,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         record: args.output.record.clone(),
         pcap: args.output.pcap.clone(),
         snaplen: args.output.snaplen,
+        stack: args.output.stack,
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(args.output.json, args.output.pcap_on_stdout());

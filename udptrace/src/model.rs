@@ -265,6 +265,9 @@ pub struct TraceEvent {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// `--stack`, drops and ICMP errors: the kernel call stack, innermost frame first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Vec<String>>,
     /// The packet's bytes, when `-w` had the kernel copy them (not in the JSON record).
     #[serde(skip)]
     pub packet: Option<Arc<PacketBytes>>,

@@ -12,13 +12,13 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, maps::StackTraceMap};
 use udptrace_common::{
     event::{Capture, Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
         CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL,
-        OFFSETS_GLOBAL, SELECTORS_GLOBAL,
+        OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
@@ -79,6 +79,8 @@ pub struct TraceConfig {
     pub pcap: Option<PathBuf>,
     /// `--snaplen`: bytes of each packet `-w` keeps.
     pub snaplen: u32,
+    /// `--stack`: kernel call stacks of drops and ICMP errors.
+    pub stack: bool,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -167,7 +169,7 @@ impl Tracer {
                     } else {
                         0
                     },
-                    padding: 0,
+                    stack: u32::from(config.stack),
                 },
                 true,
             )
@@ -211,6 +213,14 @@ impl Tracer {
         } else {
             None
         };
+        let mut knowledge = knowledge;
+        if config.stack {
+            knowledge.stacks = Some(
+                ebpf.take_map(STACKS_MAP)
+                    .context("the eBPF object has no STACKS map")
+                    .and_then(|map| Ok(StackTraceMap::try_from(map)?))?,
+            );
+        }
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let flow_counts = FlowCounts::take(&mut ebpf)?;

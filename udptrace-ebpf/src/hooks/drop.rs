@@ -5,6 +5,8 @@
 //! The classic record moved `reason` from offset 28 (6.1) to 36 (6.12), so the classic program
 //! reads offsets userspace took from the format file.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext as _,
     macros::{btf_tracepoint, raw_tracepoint, tracepoint},
@@ -24,6 +26,7 @@ use crate::{
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
     finish(on_drop(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -34,6 +37,7 @@ pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
     finish(on_drop(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -46,16 +50,31 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     // skbaddr and location are pointers, reason an enum (4 bytes).
     finish(
         classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb).and_then(
-            |[skb, location, reason]| on_drop(skb, location, reason as u32, Mechanism::Tracepoint),
+            |[skb, location, reason]| {
+                on_drop(
+                    ctx.as_ptr(),
+                    skb,
+                    location,
+                    reason as u32,
+                    Mechanism::Tracepoint,
+                )
+            },
         ),
     )
 }
 
 #[inline(always)]
-fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(mut report) = Report::datagram(skb, mechanism)? else {
+fn on_drop(
+    ctx: *mut c_void,
+    skb: u64,
+    location: u64,
+    reason: u32,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
+    let Some(report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
+    let mut report = report.with_stack(ctx);
     report.detail.location = location;
     report.detail.reason = reason;
     report.submit(EventKind::Drop, Context::Softirq);

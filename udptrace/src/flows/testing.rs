@@ -40,6 +40,7 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         daddr: dst.ip(),
         dport: dst.port(),
         packet: None,
+        stack: None,
     }
 }
 

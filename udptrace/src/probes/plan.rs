@@ -459,12 +459,12 @@ mod contract_tests {
     use aya_obj::{Object, ProgramSection, generated::bpf_map_type};
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     use udptrace_common::{
-        event::{COUNTER_COUNT, Capture, FlowCount, FlowCountKey},
+        event::{COUNTER_COUNT, Capture, FlowCount, FlowCountKey, STACK_ENTRIES},
         filter::{Filter, Selectors},
         names::{
             CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, EVENTS_MAP, FEATURES_MAP,
             FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL,
-            SELECTORS_GLOBAL,
+            SELECTORS_GLOBAL, STACKS_MAP,
         },
         offsets::KernelOffsets,
     };
@@ -600,6 +600,14 @@ mod contract_tests {
             ),
             (GENERATION_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
             (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            // PERF_MAX_STACK_DEPTH (127) frames of 8 bytes.
+            (
+                STACKS_MAP,
+                bpf_map_type::BPF_MAP_TYPE_STACK_TRACE,
+                4,
+                127 * 8,
+                STACK_ENTRIES,
+            ),
         ];
         for (name, kind, key, value, entries) in maps {
             let Some(map) = parsed.maps.get(name) else {

@@ -281,6 +281,7 @@ mod tests {
                     daddr: "192.0.2.2".parse().unwrap(),
                     dport: 4_000,
                     packet: None,
+                    stack: None,
                 }
             })
             .collect()

@@ -134,6 +134,9 @@ impl<W: Write> PcapOutput<W> {
         for part in context_parts(event) {
             let _ = write!(comment, "; {part}");
         }
+        if let Some(stack) = &event.stack {
+            let _ = write!(comment, "; stack {}", stack.join(" < "));
+        }
         self.held.push_back(Held {
             ts_ns: event.ts_ns,
             skb: event.skb,

@@ -101,7 +101,13 @@ impl<W: Write> Output for TextOutput<W> {
         );
         writeln!(self.out, "{time} {kind} {}", summary(event))?;
         let context = self.paint(DIM, &context_parts(event).join("  "));
-        writeln!(self.out, "{:27}{context}", "")
+        writeln!(self.out, "{:27}{context}", "")?;
+        // `--stack`: innermost frame first, as a kernel oops lists them.
+        for (index, frame) in event.stack.iter().flatten().enumerate() {
+            let label = if index == 0 { "stack" } else { "" };
+            writeln!(self.out, "{:27}{label:<6}{}", "", self.paint(DIM, frame))?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -261,6 +267,7 @@ mod tests {
             daddr: "192.0.2.2".parse::<IpAddr>().unwrap(),
             dport: 4_000,
             packet: None,
+            stack: None,
         }
     }
 
