@@ -242,7 +242,7 @@ fn w_dash_streams_the_packets_into_tshark_and_the_json_to_stderr() {
     unsafe { libc::kill(udptrace.id() as i32, libc::SIGINT) };
     let status = udptrace.wait().unwrap();
     assert!(status.success(), "udptrace exited with {status}");
-    for line in lines.iter() {
+    for line in &lines {
         records.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}")));
     }
     assert!(records.iter().any(|r| r["type"] == "stats"), "{records:#?}");
