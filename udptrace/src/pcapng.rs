@@ -129,6 +129,25 @@ pub fn packet(out: &mut impl Write, packet: &Packet<'_>) -> io::Result<()> {
     block.write(out)
 }
 
+/// Enhanced Packet Blocks in a pcapng stream of one section in this host's byte order (what
+/// `-w` writes); `None` when the blocks do not chain up to the end (a cut or foreign file).
+pub fn packet_count(mut bytes: &[u8]) -> Option<u64> {
+    let word = |b: &[u8], at: usize| Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?));
+    let mut packets = 0;
+    while !bytes.is_empty() {
+        let total = word(bytes, 4)? as usize;
+        if total < 12
+            || !total.is_multiple_of(4)
+            || word(bytes, total.checked_sub(4)?)? != total as u32
+        {
+            return None;
+        }
+        packets += u64::from(word(bytes, 0)? == ENHANCED_PACKET);
+        bytes = &bytes[total..];
+    }
+    Some(packets)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +220,8 @@ mod tests {
             options(epb, 28),
             [(OPT_COMMENT, b"drop NO_SOCKET".to_vec())]
         );
+        assert_eq!(packet_count(&out), Some(1));
+        assert_eq!(packet_count(&out[..out.len() - 1]), None, "a cut file");
     }
 
     #[test]
