@@ -168,7 +168,7 @@ pub fn decode(
         stack: if detail.flags & FLAG_STACK == 0 {
             None
         } else {
-            names.stack(detail.stack_id)
+            names.stack(detail.stack_id).map(Box::new)
         },
     })
 }
@@ -366,7 +366,10 @@ mod tests {
         event.detail.flags |= FLAG_STACK;
         assert_eq!(
             decode(&raw(&event), &Names, &clock).unwrap().stack,
-            Some(vec!["__udp4_lib_rcv+0x10".into(), "udp_rcv+0x1c".into()])
+            Some(Box::new(vec![
+                "__udp4_lib_rcv+0x10".into(),
+                "udp_rcv+0x1c".into()
+            ]))
         );
     }
 

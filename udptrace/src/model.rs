@@ -265,9 +265,11 @@ pub struct TraceEvent {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
-    /// `--stack`, drops and ICMP errors: the kernel call stack, innermost frame first.
+    /// `--stack`, drops and ICMP errors: the kernel call stack, innermost frame first. Boxed,
+    /// as the packet is: every event pays a pointer for them, not a vector (a storm holds
+    /// hundreds of thousands of events in the reorder window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stack: Option<Vec<String>>,
+    pub stack: Option<Box<Vec<String>>>,
     /// The packet's bytes, when `-w` had the kernel copy them (not in the JSON record).
     #[serde(skip)]
     pub packet: Option<Arc<PacketBytes>>,

@@ -103,7 +103,12 @@ impl<W: Write> Output for TextOutput<W> {
         let context = self.paint(DIM, &context_parts(event).join("  "));
         writeln!(self.out, "{:27}{context}", "")?;
         // `--stack`: innermost frame first, as a kernel oops lists them.
-        for (index, frame) in event.stack.iter().flatten().enumerate() {
+        for (index, frame) in event
+            .stack
+            .iter()
+            .flat_map(|stack| stack.iter())
+            .enumerate()
+        {
             let label = if index == 0 { "stack" } else { "" };
             writeln!(self.out, "{:27}{label:<6}{}", "", self.paint(DIM, frame))?;
         }
