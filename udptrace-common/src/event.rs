@@ -5,7 +5,7 @@
 //! `version` lets the decoder refuse records from a mismatched object instead of misreading them.
 
 /// Bumped whenever [`Event`]'s layout changes.
-pub const EVENT_VERSION: u8 = 2;
+pub const EVENT_VERSION: u8 = 3;
 
 /// [`EventDetail::flags`]: the event was reported because its skb was already being followed,
 /// not because its own tuple matched the filter (e.g. after NAT rewrote it).
@@ -23,6 +23,8 @@ pub const FLAG_SEND_CALL: u8 = 8;
 pub const FLAG_PKTINFO: u8 = 16;
 /// `Send`/`SendError`/`Connect`: the socket is connected (`sk_state == TCP_ESTABLISHED`).
 pub const FLAG_CONNECTED: u8 = 32;
+/// `Drop`/`IcmpError` with `--stack`: `stack_id` is the kernel stack's id in `STACKS`.
+pub const FLAG_STACK: u8 = 64;
 
 enum_table! {
 /// What happened; selects which [`EventDetail`] fields are meaningful.
@@ -164,6 +166,9 @@ pub struct EventDetail {
     pub ct_original: Tuple,
     pub ct_reply: Tuple,
     pub ct_status: u64,
+    /// With [`FLAG_STACK`]: the id `bpf_get_stackid` gave the kernel call stack in `STACKS`.
+    pub stack_id: u32,
+    pub padding2: u32,
 }
 
 #[repr(C)]
@@ -172,6 +177,49 @@ pub struct Event {
     pub header: EventHeader,
     pub tuple: Tuple,
     pub detail: EventDetail,
+}
+
+/// Capacity of `STACKS` (`BPF_MAP_TYPE_STACK_TRACE`): distinct kernel stacks of drops and ICMP
+/// errors a run can name (identical stacks share an id); past it, or when two stacks' hashes
+/// collide, `bpf_get_stackid` fails (-EEXIST, kernel/bpf/stackmap.c) and the event is
+/// written without a stack.
+pub const STACK_ENTRIES: u32 = 1_024;
+
+/// Longest packet copy `--snaplen` may ask for: a whole datagram at the common 1500-byte MTU.
+pub const MAX_SNAPLEN: u32 = 1500;
+
+/// What the programs copy besides the event (the `CAPTURE` global, set before load).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// `-w`: bytes of the packet to copy from its IP header for hop events (transmit, receive,
+    /// drop, ICMP error, delivery), at most [`MAX_SNAPLEN`]; 0 copies nothing.
+    pub snaplen: u32,
+    /// `--stack`: 1 to collect the kernel call stack of drops and ICMP errors (see
+    /// [`FLAG_STACK`]); 0 costs nothing.
+    pub stack: u32,
+}
+
+/// Follows an [`Event`] in its ring record when packet bytes were copied: the record is the
+/// event, this header and `caplen` bytes of the packet from its IP header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// The IP packet's length by its header (IPv4 total length, IPv6 payload length + 40).
+    pub len: u32,
+    /// Bytes copied: the least of `snaplen`, `len` and the skb's linear data after the IP
+    /// header.
+    pub caplen: u32,
+}
+
+/// A per-CPU scratch slot: an event and room for its packet bytes, written to the ring as
+/// one record (only as far as the bytes copied).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Captured {
+    pub event: Event,
+    pub packet: PacketHeader,
+    pub data: [u8; MAX_SNAPLEN as usize],
 }
 
 /// Events written per [`FlowCountKey`] per generation (about a second: userspace flips the
@@ -276,4 +324,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowCountKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowCount {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Capture {}
 }

@@ -21,6 +21,10 @@ pub const FILTER_GLOBAL: &str = "FILTER";
 pub const SELECTORS_GLOBAL: &str = "SELECTORS";
 /// Global `u8`, set before load: 1 with `--debug-bpf` (the programs log through aya-log).
 pub const DEBUG_BPF_GLOBAL: &str = "DEBUG_BPF";
+/// `BPF_MAP_TYPE_STACK_TRACE` of `--stack`: kernel call stacks by id (`EventDetail::stack_id`).
+pub const STACKS_MAP: &str = "STACKS";
+/// Global holding [`crate::event::Capture`], set before load: what `-w` copies.
+pub const CAPTURE_GLOBAL: &str = "CAPTURE";
 /// One-entry `u32` array of [`FEATURE_ICMP6_PROBE`] bits, written after attaching.
 pub const FEATURES_MAP: &str = "FEATURES";
 /// `icmp6_send` is probed: the device hop stops parsing outgoing ICMPv6 errors, which would

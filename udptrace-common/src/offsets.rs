@@ -95,6 +95,9 @@ pub struct KernelOffsets {
     pub skb_network_header: u32,
     /// `sk_buff.transport_header` (u16 offset from head, `0xffff` when unset).
     pub skb_transport_header: u32,
+    /// `sk_buff.tail` (an offset from head on 64-bit kernels: `sk_buff_data_t` is u32 with
+    /// `NET_SKBUFF_DATA_USES_OFFSET`, include/linux/skbuff.h): end of the linear data.
+    pub skb_tail: u32,
     /// `sk_buff.protocol` (big-endian ethertype).
     pub skb_protocol: u32,
     /// `sk_buff.dev`.
@@ -178,6 +181,7 @@ impl KernelOffsets {
         skb_head: OFFSET_MISSING,
         skb_network_header: OFFSET_MISSING,
         skb_transport_header: OFFSET_MISSING,
+        skb_tail: OFFSET_MISSING,
         skb_protocol: OFFSET_MISSING,
         skb_dev: OFFSET_MISSING,
         skb_sk: OFFSET_MISSING,

@@ -8,6 +8,7 @@
 //! parsing state of the inlined hooks exceeds the 512-byte BPF stack.
 
 use core::{
+    ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
     ptr::read_volatile,
 };
@@ -16,18 +17,21 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+        generated::{
+            bpf_get_smp_processor_id, bpf_get_stackid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        },
     },
     maps::HashMap,
 };
 use udptrace_common::event::{
-    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, FlowCount,
-    FlowCountKey, IPPROTO_UDP, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
+    Captured, Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_STACK,
+    FLAG_TRACKED, FlowCount, FlowCountKey, IPPROTO_UDP, MAX_SNAPLEN, Mechanism, PacketHeader,
+    SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 
 use crate::{
-    COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION, SCRATCH,
-    SCRATCH_DEPTH, SELECTORS, TRACKED, debug,
+    CAPTURE, COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION,
+    SCRATCH, SCRATCH_DEPTH, SELECTORS, STACKS, TRACKED, debug,
     kernel::{self, Access, ReadError},
     mem,
 };
@@ -55,7 +59,7 @@ pub const SCRATCH_SLOTS: u32 = 4;
 /// a `not port P` trace showed a datagram of port P). So each nesting level takes its own
 /// slot, like a stack: `SCRATCH_DEPTH` counts the levels in use.
 pub struct Scratch {
-    event: &'static mut Event,
+    slot: &'static mut Captured,
     depth: &'static mut u32,
     /// The depth this slot was taken at, restored when it is returned.
     level: u32,
@@ -65,13 +69,13 @@ impl core::ops::Deref for Scratch {
     type Target = Event;
 
     fn deref(&self) -> &Event {
-        self.event
+        &self.slot.event
     }
 }
 
 impl core::ops::DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut Event {
-        self.event
+        &mut self.slot.event
     }
 }
 
@@ -94,13 +98,9 @@ fn scratch() -> Option<Scratch> {
     }
     // SAFETY: slot `level` of this CPU belongs to this program until the guard is dropped:
     // programs interrupting it take the next slots and give them back before it resumes.
-    let event = unsafe { &mut *SCRATCH.get_ptr_mut(level)? };
+    let slot = unsafe { &mut *SCRATCH.get_ptr_mut(level)? };
     *depth = level + 1;
-    Some(Scratch {
-        event,
-        depth,
-        level,
-    })
+    Some(Scratch { slot, depth, level })
 }
 
 /// Whose context the hook runs in. Receive-side hooks run in softirq on whatever task the CPU
@@ -183,6 +183,9 @@ pub struct Report {
     place: Place,
     /// The socket whose inode the event names (0: none).
     sock: u64,
+    /// The program's context when the event may carry the kernel stack (`--stack`), else
+    /// null.
+    stack_ctx: *mut c_void,
 }
 
 impl Report {
@@ -196,6 +199,7 @@ impl Report {
             skb,
             place,
             sock: 0,
+            stack_ctx: core::ptr::null_mut(),
         })
     }
 
@@ -286,6 +290,14 @@ impl Report {
         self
     }
 
+    /// With `--stack`, the kernel call stack at the hook (`ctx`: the program's context, which
+    /// `bpf_get_stackid` walks from) is collected once the event passed the filter.
+    #[inline(always)]
+    pub fn with_stack(mut self, ctx: *mut c_void) -> Self {
+        self.stack_ctx = ctx;
+        self
+    }
+
     /// Where the event happened, when the hook learns it only after parsing.
     #[inline(always)]
     pub fn at(&mut self, place: Place) {
@@ -294,9 +306,19 @@ impl Report {
 
     /// Submits the event as `kind` seen in `context` (see [`submit`]); whether it passed.
     #[inline(always)]
-    pub fn submit(mut self, kind: EventKind, context: Context) -> bool {
+    pub fn submit(self, kind: EventKind, context: Context) -> bool {
         let (mechanism, skb, place, sock) = (self.mechanism, self.skb, self.place, self.sock);
-        submit(&mut self.lease, kind, mechanism, context, skb, place, sock)
+        let stack_ctx = self.stack_ctx;
+        submit(
+            &mut *self.lease.slot,
+            kind,
+            mechanism,
+            context,
+            skb,
+            place,
+            sock,
+            stack_ctx,
+        )
     }
 }
 
@@ -321,8 +343,9 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_RING_SIZE: u64 = 1;
 
-/// Completes `event` (tuple and detail already filled by the hook), applies selectors and
-/// filter, and writes it to the ring buffer. `sock`, when not 0, is the socket whose inode the
+/// Completes `slot.event` (tuple and detail already filled by the hook), applies selectors and
+/// filter, and writes it to the ring buffer, with the packet's bytes after it for a hop event
+/// when `-w` asked for them (`capture`). `sock`, when not 0, is the socket whose inode the
 /// event names (read only for events that pass). Returns whether the event passed: written,
 /// sampled out (counted in `FLOW_COUNTS`, see `counted_and_shown`), or counted lost when the
 /// ring was full.
@@ -341,15 +364,17 @@ const BPF_RB_RING_SIZE: u64 = 1;
 /// LRU, so entries a missed free left behind can never fill it.
 #[inline(always)]
 fn submit(
-    event: &mut Event,
+    slot: &mut Captured,
     kind: EventKind,
     mechanism: Mechanism,
     context: Context,
     skb: u64,
     place: Place,
     sock: u64,
+    stack_ctx: *mut c_void,
 ) -> bool {
     count(Counter::Seen);
+    let event = &mut slot.event;
     // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
     let (want_netns, want_ifindex, want_pid) = unsafe {
         (
@@ -459,6 +484,18 @@ fn submit(
     if tracked {
         event.detail.flags |= FLAG_TRACKED;
     }
+    // SAFETY: a read of our own static; volatile defeats folding of the placeholder.
+    if !stack_ctx.is_null() && unsafe { read_volatile(&raw const CAPTURE.stack) } != 0 {
+        // SAFETY: `stack_ctx` is the running program's context, `STACKS` a stack trace map
+        // (a `StackTrace` is its map definition, `#[repr(transparent)]`).
+        let id = unsafe {
+            bpf_get_stackid(stack_ctx, core::ptr::from_ref(&STACKS).cast_mut().cast(), 0)
+        };
+        if id >= 0 {
+            event.detail.stack_id = id as u32;
+            event.detail.flags |= FLAG_STACK;
+        }
+    }
     if skb != 0
         && kernel::conntrack(
             skb,
@@ -489,7 +526,12 @@ fn submit(
     } else {
         BPF_RB_NO_WAKEUP
     };
-    if EVENTS.output::<Event>(&*event, flags).is_ok() {
+    let size = size_of::<Event>() + capture(slot, kind, skb, place.skb_access());
+    // SAFETY: `size` is at most the slot's size (`capture` bounds what it adds), as the
+    // verifier checks again; the slot is plain bytes.
+    let record =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(slot).cast::<u8>(), size) };
+    if EVENTS.output::<[u8]>(record, flags).is_ok() {
         count(Counter::Submitted);
     } else {
         count(Counter::Lost);
@@ -498,6 +540,61 @@ fn submit(
         }
     }
     true
+}
+
+/// Copies the packet of a hop event into `slot` after its event when `-w` asked for packets
+/// (`CAPTURE.snaplen` > 0): from `skb->head + skb->network_header`, so the bytes always start
+/// at the IP header, whatever the hook (at `net_dev_queue`/`net_dev_start_xmit` `skb->data`
+/// is at the link-layer header, at `netif_receive_skb` past it, at `kfree_skb` and
+/// `sk_data_ready` anywhere up to the UDP payload). At most `snaplen` bytes, the IP packet's
+/// length and the skb's linear data (`skb->tail`): paged data is not followed. Returns the
+/// bytes the record grows by (0: nothing copied, the record is the bare event).
+#[inline(always)]
+fn capture(slot: &mut Captured, kind: EventKind, skb: u64, access: Access) -> usize {
+    // SAFETY: a read of our own static; volatile defeats folding of the placeholder.
+    let snaplen = unsafe { read_volatile(&raw const CAPTURE.snaplen) };
+    if snaplen == 0
+        || skb == 0
+        || !matches!(
+            kind,
+            EventKind::Xmit
+                | EventKind::Recv
+                | EventKind::Drop
+                | EventKind::IcmpError
+                | EventKind::Deliver
+        )
+    {
+        return 0;
+    }
+    let Ok(Some(net)) = kernel::network_header(skb, access) else {
+        return 0;
+    };
+    let Ok(len) = kernel::ip_length(&net) else {
+        return 0;
+    };
+    let Ok(linear) = kernel::linear_after(skb, access, &net) else {
+        return 0;
+    };
+    let mut caplen = snaplen.min(len).min(linear);
+    // The verifier needs the bound on this path, whatever the userspace check of --snaplen.
+    if caplen > MAX_SNAPLEN {
+        caplen = MAX_SNAPLEN;
+    }
+    // SAFETY: the destination is `caplen` bytes of the slot; bpf_probe_read_kernel validates
+    // the source.
+    let read = unsafe {
+        bpf_probe_read_kernel(
+            slot.data.as_mut_ptr().cast(),
+            caplen,
+            net.header as *const c_void,
+        )
+    };
+    if read != 0 {
+        count(Counter::ReadErrors);
+        return 0;
+    }
+    slot.packet = PacketHeader { len, caplen };
+    size_of::<PacketHeader>() + caplen as usize
 }
 
 /// Counts an event that passed the filter in `FLOW_COUNTS` (per flow, kind, first sighting,

@@ -164,6 +164,29 @@ pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
     Ok(protocol)
 }
 
+/// The length of the IP packet at `net` by its header: IPv4 total length, IPv6 payload
+/// length plus the fixed header (a jumbogram's 0 gives 40; none is UDP).
+#[inline(always)]
+pub fn ip_length(net: &Network) -> Result<u32, ReadError> {
+    if net.family == AF_INET {
+        let header: Ipv4Hdr = read(net.header, 0)?;
+        Ok(u32::from(u16::from_be_bytes(header.tot_len)))
+    } else {
+        let header: Ipv6Hdr = read(net.header, 0)?;
+        Ok(u32::from(u16::from_be_bytes(header.payload_len)) + Ipv6Hdr::LEN as u32)
+    }
+}
+
+/// Bytes of `skb`'s linear data from the IP header at `net` to `skb->tail` (both offsets
+/// from `skb->head`, include/linux/skbuff.h `skb_tail_pointer`); what lies in page
+/// fragments after it is not in the head buffer.
+#[inline(always)]
+pub fn linear_after(skb: u64, access: Access, net: &Network) -> Result<u32, ReadError> {
+    let head: u64 = field(skb, offset(|o| &o.skb_head), access)?;
+    let tail: u32 = field(skb, offset(|o| &o.skb_tail), access)?;
+    Ok((head + u64::from(tail)).saturating_sub(net.header) as u32)
+}
+
 /// Fills `tuple` with the UDP datagram an skb carries; `false` for anything else (checked
 /// cheaply first: `kfree_skb` fires for every packet the host frees).
 #[inline(always)]

@@ -19,11 +19,12 @@ mod kernel;
 mod mem;
 
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace};
 use udptrace_common::{
     drops::{DropEvidence, DropSites},
     event::{
-        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount, FlowCountKey,
+        COUNTER_COUNT, Capture, Captured, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount,
+        FlowCountKey, STACK_ENTRIES,
     },
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
@@ -51,6 +52,17 @@ static SELECTORS: Selectors = Selectors {
     padding: 0,
 };
 
+/// `-w` (`names::CAPTURE_GLOBAL`): packet bytes to copy with hop events; none by default.
+#[unsafe(no_mangle)]
+static CAPTURE: Capture = Capture {
+    snaplen: 0,
+    stack: 0,
+};
+
+/// `--stack`: kernel call stacks of drops and ICMP errors, by `bpf_get_stackid` id.
+#[map(name = "STACKS")]
+static STACKS: StackTrace = StackTrace::with_max_entries(STACK_ENTRIES, 0);
+
 /// Every event; userspace sizes it with `--ring-size` before load.
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
@@ -59,9 +71,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
-/// Per-CPU slot where hooks assemble an event (see `emit`).
+/// Per-CPU slot where hooks assemble an event and its packet bytes (see `emit`).
 #[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Event> = PerCpuArray::with_max_entries(emit::SCRATCH_SLOTS, 0);
+static SCRATCH: PerCpuArray<Captured> = PerCpuArray::with_max_entries(emit::SCRATCH_SLOTS, 0);
 
 /// Per CPU: how many programs are assembling an event in `SCRATCH` right now (nested by
 /// interrupts; see `emit::scratch`).

@@ -66,6 +66,7 @@ enum Variant {
     Baseline,
     UdptraceNoMatch,
     UdptraceMatch,
+    UdptraceMatchPcap,
     Bpftrace,
     Tcpdump,
     DropStormBaseline,
@@ -77,12 +78,13 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::Baseline,
         Self::EmptyPrograms,
         Self::UdptraceNoMatch,
         Self::UdptraceCostliestFilter,
         Self::UdptraceMatch,
+        Self::UdptraceMatchPcap,
         Self::Bpftrace,
         Self::Tcpdump,
         Self::DropStormBaseline,
@@ -96,6 +98,7 @@ impl Variant {
             Self::Baseline => "no tracer (baseline)",
             Self::UdptraceNoMatch => "udptrace, filter matching nothing",
             Self::UdptraceMatch => "udptrace, filter matching the load",
+            Self::UdptraceMatchPcap => "udptrace -w FILE, filter matching the load",
             Self::Bpftrace => "bpftrace, same hops printed",
             Self::Tcpdump => "tcpdump -w /dev/null on the receiver",
             Self::DropStormBaseline => "drop storm, no tracer",
@@ -115,6 +118,7 @@ impl Variant {
             Self::Baseline => "baseline",
             Self::UdptraceNoMatch => "no-match",
             Self::UdptraceMatch => "match",
+            Self::UdptraceMatchPcap => "match-w",
             Self::Bpftrace => "bpftrace",
             Self::Tcpdump => "tcpdump",
             Self::DropStormBaseline => "storm-baseline",
@@ -199,6 +203,9 @@ struct Sample {
     /// Storm: the flows' NO_SOCKET counts, and delivered + lost + sampled-out drop events,
     /// each == the receiver namespace's NoPorts delta.
     drops_exact: Option<bool>,
+    /// `-w`: packets in the file, and whether they are the hop events printed (each hop
+    /// event shown has its packet; the lost ones are in `lost`).
+    packets: Option<(u64, bool)>,
     cpu_seconds: Option<f64>,
     peak_rss_kib: Option<u64>,
     ready_ms: Option<u128>,
@@ -217,6 +224,8 @@ struct Tool {
     /// NO_SOCKET drops in udptrace's flow summaries and its other-flows aggregate (the
     /// kernel's per-flow counts).
     flow_drops: Arc<AtomicU64>,
+    /// udptrace hop events printed (the kinds `-w` writes a packet for).
+    hops: Arc<AtomicU64>,
 }
 
 /// The udptrace binary cargo built for this bench (in the same profile).
@@ -246,6 +255,13 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         Variant::UdptraceMatch => {
             let mut c = Command::new(udptrace_binary());
             c.args(["--json", "port", &LOAD_PORT.to_string()]);
+            c
+        }
+        Variant::UdptraceMatchPcap => {
+            let mut c = Command::new(udptrace_binary());
+            c.args(["--json", "-w"])
+                .arg(pcap_path())
+                .args(["port", &LOAD_PORT.to_string()]);
             c
         }
         Variant::UdptraceDropStorm => {
@@ -292,14 +308,16 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
     let lost_reported = Arc::new(AtomicU64::new(0));
     let drops = Arc::new(AtomicU64::new(0));
     let flow_drops = Arc::new(AtomicU64::new(0));
+    let hops = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     {
-        let (lines, stats, lost_reported, drops, flow_drops, ready_tx) = (
+        let (lines, stats, lost_reported, drops, flow_drops, hops, ready_tx) = (
             Arc::clone(&lines),
             Arc::clone(&stats),
             Arc::clone(&lost_reported),
             Arc::clone(&drops),
             Arc::clone(&flow_drops),
+            Arc::clone(&hops),
             ready_tx.clone(),
         );
         thread::spawn(move || {
@@ -308,6 +326,13 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
                 // Event records only: verdict records carry their evidence events too.
                 if line.starts_with("{\"type\":\"event\"") && line.contains("\"kind\":\"drop\"") {
                     drops.fetch_add(1, Ordering::Relaxed);
+                }
+                if line.starts_with("{\"type\":\"event\"")
+                    && HOP_KINDS
+                        .iter()
+                        .any(|kind| line.contains(&format!("\"kind\":\"{kind}\"")))
+                {
+                    hops.fetch_add(1, Ordering::Relaxed);
                 }
                 // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
                 if line.contains("\"type\":\"ready\"") || line.starts_with("Attaching") {
@@ -351,7 +376,16 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         lost_reported,
         drops,
         flow_drops,
+        hops,
     }))
+}
+
+/// Event kinds `-w` writes a packet for.
+const HOP_KINDS: [&str; 5] = ["xmit", "recv", "drop", "icmp", "deliver"];
+
+/// Where the `-w` variant writes (replaced by each sample, removed after it).
+fn pcap_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("udptrace-bench-{}.pcapng", std::process::id()))
 }
 
 /// utime+stime (s) and VmHWM (KiB) of a live process.
@@ -384,6 +418,7 @@ struct UdptraceTotals {
     stats: serde_json::Value,
     drop_events: u64,
     flow_drops: u64,
+    hop_events: u64,
 }
 
 /// Stops a tracer and fills the sample; returns udptrace's totals.
@@ -435,6 +470,7 @@ fn stop_tool(
         stats,
         drop_events: tool.drops.load(Ordering::Relaxed),
         flow_drops: tool.flow_drops.load(Ordering::Relaxed),
+        hop_events: tool.hops.load(Ordering::Relaxed),
     }))
 }
 
@@ -560,10 +596,20 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
             variant,
             Variant::UdptraceNoMatch
                 | Variant::UdptraceMatch
+                | Variant::UdptraceMatchPcap
                 | Variant::UdptraceDropStorm
                 | Variant::UdptraceFlowStorm
         );
         let stats = stop_tool(tool, &mut sample, is_udptrace)?;
+        if variant == Variant::UdptraceMatchPcap
+            && let Some(totals) = &stats
+        {
+            let file = std::fs::read(pcap_path()).context("reading the -w file")?;
+            let _ = std::fs::remove_file(pcap_path());
+            let packets = udptrace::pcapng::packet_count(&file)
+                .context("the -w file is not a whole pcapng stream")?;
+            sample.packets = Some((packets, packets == totals.hop_events));
+        }
         if matches!(
             variant,
             Variant::UdptraceDropStorm | Variant::UdptraceFlowStorm
@@ -696,9 +742,9 @@ fn report(samples: &[(Variant, Sample)]) -> String {
     );
     let _ = writeln!(
         text,
-        "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | CPU s | peak RSS MiB | ready ms | exit ms |"
+        "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | -w packets (= hop events?) | CPU s | peak RSS MiB | ready ms | exit ms |"
     );
-    let _ = writeln!(text, "|---|---:|---:|---:|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(text, "|---|---:|---:|---:|---|---|---|---:|---:|---:|---:|");
     for variant in Variant::ALL {
         if !samples.iter().any(|(v, _)| *v == variant) {
             continue;
@@ -714,7 +760,7 @@ fn report(samples: &[(Variant, Sample)]) -> String {
         let opt = |value: Option<String>| value.unwrap_or_else(|| "–".into());
         let _ = writeln!(
             text,
-            "| {} | {rate:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {rate:.0} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
             variant.name(),
             rate / base,
             opt(last.events.map(|e| e.to_string())),
@@ -729,6 +775,9 @@ fn report(samples: &[(Variant, Sample)]) -> String {
             opt(last
                 .drops_exact
                 .map(|e| if e { "yes".into() } else { "NO".into() })),
+            opt(last
+                .packets
+                .map(|(count, exact)| format!("{count} ({})", if exact { "yes" } else { "NO" }))),
             opt(last.cpu_seconds.map(|c| format!("{c:.2}"))),
             opt(last
                 .peak_rss_kib

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use udptrace_common::event::Mechanism;
+use udptrace_common::event::{MAX_SNAPLEN, Mechanism};
 
 use crate::flows::table::DEFAULT_MAX_FLOWS;
 
@@ -99,11 +99,30 @@ pub struct OutputArgs {
     /// `udptrace replay FILE`; the output above stays as chosen.
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub record: Option<PathBuf>,
+    /// Also write the packets of the hop events (transmit, receive, drop, ICMP error, delivery)
+    /// to FILE as pcapng, for Wireshark and tshark, each with a comment saying what udptrace
+    /// knows; `-w -` writes them to stdout, and the output above then goes to stderr.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
+    /// Attach the kernel call stack (symbolized from /proc/kallsyms) to drop and ICMP error
+    /// events: in the text, the JSON (`stack`) and the -w comments.
+    #[arg(long)]
+    pub stack: bool,
+    /// Bytes of each packet -w keeps, from its IP header (at most 1500).
+    #[arg(long, value_name = "BYTES", default_value_t = 256, value_parser = parse_snaplen)]
+    pub snaplen: u32,
     /// Print the kernel programs' diagnostics to stderr: the tuple each hook parsed and why an
     /// event was skipped (filter, --netns/-i/--pid). For debugging udptrace; costs nothing
     /// when off.
     #[arg(long)]
     pub debug_bpf: bool,
+}
+
+impl OutputArgs {
+    /// `-w -`: the packets take standard output, the events go to standard error.
+    pub fn pcap_on_stdout(&self) -> bool {
+        self.pcap.as_deref() == Some(std::path::Path::new("-"))
+    }
 }
 
 #[derive(Debug, Args, Clone)]
@@ -208,6 +227,16 @@ fn parse_reply_timeout(text: &str) -> Result<Duration, String> {
         .ok()
         .filter(|timeout| !timeout.is_zero())
         .ok_or_else(|| format!("{text} must be a positive number of seconds"))
+}
+
+fn parse_snaplen(text: &str) -> Result<u32, String> {
+    let snaplen: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of bytes"))?;
+    if !(1..=MAX_SNAPLEN).contains(&snaplen) {
+        return Err(format!("{snaplen} must be from 1 to {MAX_SNAPLEN}"));
+    }
+    Ok(snaplen)
 }
 
 fn parse_max_flows(text: &str) -> Result<usize, String> {

@@ -1,18 +1,21 @@
 //! Raw ring-buffer records → domain events. Nothing above this module knows a kernel layout;
 //! nothing below it knows about output. Keep in sync with `udptrace-common/src/event.rs`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
 
 use udptrace_common::event::{
     AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
-    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
+    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_STACK, FLAG_TRACKED, Mechanism, PacketHeader, Tuple,
 };
 
 use crate::{
     clock::WallClock,
     model::{
-        Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
-        RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
+        Conntrack, DropReason, Endpoints, Errno, Family, Location, PacketBytes, Probe, Process,
+        RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
     },
     sanitize::sanitize_kernel_string,
 };
@@ -51,6 +54,9 @@ pub trait KernelNames {
     fn socket_owner(&self, inode: u64) -> Option<Process>;
     /// Name of a network namespace (/run/netns name, or `pid:comm` of a process in it).
     fn netns_name(&self, inode: u32) -> Option<String>;
+    /// The kernel call stack `--stack` collected under `id`, innermost frame first, as
+    /// `symbol+0xoff` (the address when kallsyms does not name it).
+    fn stack(&self, id: u32) -> Option<Vec<String>>;
 }
 
 impl SendCall {
@@ -161,7 +167,25 @@ pub fn decode(
         sport: event.tuple.sport,
         daddr,
         dport: event.tuple.dport,
+        packet: packet(&bytes[size_of::<Event>()..]),
+        stack: if detail.flags & FLAG_STACK == 0 {
+            None
+        } else {
+            names.stack(detail.stack_id).map(Box::new)
+        },
     })
+}
+
+/// The packet bytes after an event in its record (`udptrace-common`'s `Captured`), if any.
+fn packet(rest: &[u8]) -> Option<Arc<PacketBytes>> {
+    let data = rest.get(size_of::<PacketHeader>()..)?;
+    // SAFETY: length checked by `get`; PacketHeader is plain #[repr(C)] data.
+    let header: PacketHeader = unsafe { rest.as_ptr().cast::<PacketHeader>().read_unaligned() };
+    let data = data.get(..header.caplen as usize)?;
+    Some(Arc::new(PacketBytes {
+        len: header.len,
+        data: data.to_vec(),
+    }))
 }
 
 /// An errno the kernel reported, positive or negative.
@@ -269,6 +293,9 @@ mod tests {
         fn netns_name(&self, inode: u32) -> Option<String> {
             (inode == 4_026_531_840).then(|| "client".into())
         }
+        fn stack(&self, id: u32) -> Option<Vec<String>> {
+            (id == 5).then(|| vec!["__udp4_lib_rcv+0x10".into(), "udp_rcv+0x1c".into()])
+        }
     }
 
     fn raw(event: &Event) -> Vec<u8> {
@@ -335,6 +362,51 @@ mod tests {
         assert_eq!(event.probe, Probe(Some(Mechanism::TpBtf)));
         assert_eq!(event.skb, Some(Skb(0xffff_8880_0000_1000)));
         assert_eq!(event.drop_reason().and_then(|r| r.value), Some(3));
+    }
+
+    #[test]
+    fn a_collected_stack_is_named_and_an_absent_one_is_none() {
+        let clock = WallClock::fixed(0);
+        let mut event = drop_event();
+        event.detail.stack_id = 5;
+        assert_eq!(decode(&raw(&event), &Names, &clock).unwrap().stack, None);
+        event.detail.flags |= FLAG_STACK;
+        assert_eq!(
+            decode(&raw(&event), &Names, &clock).unwrap().stack,
+            Some(Box::new(vec![
+                "__udp4_lib_rcv+0x10".into(),
+                "udp_rcv+0x1c".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn packet_bytes_after_the_event_are_its_packet() {
+        let clock = WallClock::fixed(0);
+        let bare = decode(&raw(&drop_event()), &Names, &clock).unwrap();
+        assert_eq!(bare.packet, None, "a bare event has no packet");
+        let mut record = raw(&drop_event());
+        let header = PacketHeader { len: 51, caplen: 3 };
+        // SAFETY: PacketHeader is plain data.
+        record.extend_from_slice(unsafe {
+            std::slice::from_raw_parts(
+                std::ptr::from_ref(&header).cast::<u8>(),
+                size_of::<PacketHeader>(),
+            )
+        });
+        record.extend_from_slice(&[0x45, 0, 0]);
+        let event = decode(&record, &Names, &clock).unwrap();
+        assert_eq!(
+            event.packet.as_deref(),
+            Some(&PacketBytes {
+                len: 51,
+                data: vec![0x45, 0, 0]
+            })
+        );
+        // A record shorter than the bytes its header announces: no packet, the event stays.
+        record.pop();
+        let event = decode(&record, &Names, &clock).unwrap();
+        assert_eq!((event.packet, event.sport), (None, 40_000));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeSet, rc::Rc};
 
+use aya::maps::{MapData, StackTraceMap};
+
 use udptrace_common::drops::DropSites;
 use udptrace_common::offsets::{ClassicTracepoint, KernelOffsets, OFFSET_MISSING};
 
@@ -33,6 +35,8 @@ pub struct Knowledge {
     pub reasons: DropReasons,
     pub symbols: Result<Kallsyms, KallsymsError>,
     pub processes: Rc<Processes>,
+    /// `--stack`: the programs' `STACKS` map, once loaded.
+    pub stacks: Option<StackTraceMap<MapData>>,
 }
 
 impl Knowledge {
@@ -85,6 +89,7 @@ impl Knowledge {
             reasons,
             symbols,
             processes: Rc::default(),
+            stacks: None,
         })
     }
 
@@ -127,5 +132,70 @@ impl KernelNames for Knowledge {
 
     fn netns_name(&self, inode: u32) -> Option<String> {
         self.processes.netns_name(inode)
+    }
+
+    fn stack(&self, id: u32) -> Option<Vec<String>> {
+        // Kept, not deleted: later events with the same stack name the same id.
+        let trace = self.stacks.as_ref()?.get(&id, 0).ok()?;
+        let frames = trace
+            .frames()
+            .iter()
+            .map(|frame| (frame.ip, self.symbol(frame.ip)));
+        Some(traced_frames(frames))
+    }
+}
+
+/// The frames of a stack from the traced kernel function on, as text (`symbol+0xoff`, the
+/// address where kallsyms names none): `bpf_get_stackid` walks from inside the program, so
+/// the stack starts with the program itself (JIT code, which kallsyms names `bpf_prog_*` or
+/// not at all) and the tracing machinery that ran it (`bpf_trace_run3` for tp_btf and raw
+/// tracepoints, kernel/trace/bpf_trace.c; `perf_trace_*` and `trace_call_bpf` for classic
+/// ones; `kprobe_*` for kprobes).
+fn traced_frames(frames: impl Iterator<Item = (u64, Option<String>)>) -> Vec<String> {
+    const MACHINERY: [&str; 8] = [
+        "bpf_prog_",
+        "bpf_trace_run",
+        "__bpf_trace_",
+        "trace_call_bpf",
+        "perf_trace_",
+        "kprobe_",
+        "__traceiter_",
+        "bpf_trampoline_",
+    ];
+    frames
+        .skip_while(|(_, name)| {
+            name.as_ref()
+                .is_none_or(|name| MACHINERY.iter().any(|prefix| name.starts_with(prefix)))
+        })
+        .map(|(ip, name)| name.unwrap_or_else(|| format!("{ip:#x}")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traced_frames;
+
+    #[test]
+    fn stacks_start_at_the_traced_function() {
+        let frames = [
+            (1, None),
+            (2, Some("bpf_trace_run4+0x10d")),
+            (3, Some("sk_skb_reason_drop+0x5c")),
+            (4, Some("__udp4_lib_rcv+0x4bc")),
+            (0xffff_ffff_c000_0010, None),
+            (6, Some("ip_local_deliver_finish+0x81")),
+        ]
+        .map(|(ip, name)| (ip, name.map(str::to_owned)));
+        assert_eq!(
+            traced_frames(frames.into_iter()),
+            [
+                "sk_skb_reason_drop+0x5c",
+                "__udp4_lib_rcv+0x4bc",
+                "0xffffffffc0000010",
+                "ip_local_deliver_finish+0x81"
+            ]
+        );
+        let machinery = [(1, None), (2, Some("perf_trace_kfree_skb+0x1".to_owned()))];
+        assert!(traced_frames(machinery.into_iter()).is_empty());
     }
 }

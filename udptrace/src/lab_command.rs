@@ -62,6 +62,9 @@ async fn run_scenario(
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
             record: output.record.clone(),
+            pcap: output.pcap.clone(),
+            snaplen: output.snaplen,
+            stack: output.stack,
             debug_bpf: output.debug_bpf,
             ..TraceConfig::default()
         })?)
@@ -87,7 +90,7 @@ async fn run_scenario(
     let interrupted = || anyhow!("interrupted; the lab's namespaces were removed");
     let outcome = match tracer {
         Some(tracer) => {
-            let mut out = output_for(output.json);
+            let mut out = output_for(output.json, output.pcap_on_stdout());
             let (done_tx, done_rx) = tokio::sync::oneshot::channel();
             let waiter = tokio::spawn(async move {
                 let outcome = exercised.await;

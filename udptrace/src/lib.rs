@@ -23,6 +23,7 @@ pub mod lab_command;
 pub mod manual;
 pub mod model;
 pub mod namespaces;
+pub mod pcapng;
 pub mod probes;
 pub mod procs;
 pub mod recording;

@@ -93,9 +93,12 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
             .transpose()?,
         diagnose_only: false,
         record: args.output.record.clone(),
+        pcap: args.output.pcap.clone(),
+        snaplen: args.output.snaplen,
+        stack: args.output.stack,
     };
     let tracer = Tracer::start(config)?;
-    let mut output = output_for(args.output.json);
+    let mut output = output_for(args.output.json, args.output.pcap_on_stdout());
     // A closed stdout ends the run like a signal; writing the summary then fails with EPIPE,
     // which `main` turns into a quiet exit.
     tracer
@@ -107,7 +110,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
 /// `udptrace replay FILE`: what the recording's run showed, rebuilt offline.
 fn replay(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let input = std::fs::File::open(file).with_context(|| format!("replay {}", file.display()))?;
-    let mut output = output_for(json);
+    let mut output = output_for(json, false);
     let replayed = udptrace::replay::replay(std::io::BufReader::new(input), output.as_mut())
         .with_context(|| format!("replay {}", file.display()))?;
     if replayed.mismatches > 0 {

@@ -3,7 +3,10 @@
 //! forms, and the JSON record's field formats, live in `render/` (`render/wire.rs` holds the
 //! serde impls of the types below whose record form is text).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 use udptrace_common::event::Mechanism;
@@ -266,6 +269,23 @@ pub struct TraceEvent {
     pub sport: u16,
     pub daddr: IpAddr,
     pub dport: u16,
+    /// `--stack`, drops and ICMP errors: the kernel call stack, innermost frame first. Boxed,
+    /// as the packet is: every event pays a pointer for them, not a vector (a storm holds
+    /// hundreds of thousands of events in the reorder window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<Box<Vec<String>>>,
+    /// The packet's bytes, when `-w` had the kernel copy them (not in the JSON record).
+    #[serde(skip)]
+    pub packet: Option<Arc<PacketBytes>>,
+}
+
+/// Bytes of the packet a hop event is about, from its IP header, as the kernel copied them
+/// for `-w` (at most `--snaplen`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketBytes {
+    /// The IP packet's length by its header.
+    pub len: u32,
+    pub data: Vec<u8>,
 }
 
 impl TraceEvent {

@@ -6,7 +6,7 @@
 //! with no kernel and no host. The record types are documented in docs/json-schema.md.
 
 use std::{
-    cell::RefCell,
+    cell::{RefCell, RefMut},
     fs::File,
     io::{self, BufWriter},
     net::SocketAddr,
@@ -187,53 +187,45 @@ impl Recording {
     }
 }
 
-/// The user's output, and the same records into the recording.
-pub struct Recorded<'a> {
-    output: &'a mut dyn Output,
-    recording: SharedRecording,
-}
+/// The recording as an output (the `-o FILE` side of the session's `Tee`): the JSON records,
+/// after reporting a context record that failed.
+pub struct RecordingOutput(pub SharedRecording);
 
-impl<'a> Recorded<'a> {
-    pub fn new(output: &'a mut dyn Output, recording: SharedRecording) -> Self {
-        Self { output, recording }
-    }
-
-    /// Writes to the recording too, first reporting a context record that failed.
-    fn both(&mut self, mut write: impl FnMut(&mut dyn Output) -> io::Result<()>) -> io::Result<()> {
-        write(self.output)?;
-        let mut recording = self.recording.borrow_mut();
+impl RecordingOutput {
+    fn json(&mut self) -> io::Result<RefMut<'_, JsonOutput<BufWriter<File>>>> {
+        let mut recording = self.0.borrow_mut();
         recording.take_error()?;
-        write(&mut recording.json)
+        Ok(RefMut::map(recording, |recording| &mut recording.json))
     }
 }
 
-impl Output for Recorded<'_> {
+impl Output for RecordingOutput {
     fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
-        self.both(|output| output.ready(filter, probes))
+        self.json()?.ready(filter, probes)
     }
 
     fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
-        self.both(|output| output.event(event))
+        self.json()?.event(event)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.both(|output| output.flush())
+        self.json()?.flush()
     }
 
     fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
-        self.both(|output| output.lost(lost, total))
+        self.json()?.lost(lost, total)
     }
 
     fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()> {
-        self.both(|output| output.sampled(sampled, total))
+        self.json()?.sampled(sampled, total)
     }
 
     fn status(&mut self, status: &Status) -> io::Result<()> {
-        self.both(|output| output.status(status))
+        self.json()?.status(status)
     }
 
     fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
-        self.both(|output| output.verdict(verdict))
+        self.json()?.verdict(verdict)
     }
 
     fn summary(
@@ -242,6 +234,6 @@ impl Output for Recorded<'_> {
         verdicts: &[Verdict],
         stats: &Stats,
     ) -> io::Result<()> {
-        self.both(|output| output.summary(flows, verdicts, stats))
+        self.json()?.summary(flows, verdicts, stats)
     }
 }

@@ -104,7 +104,9 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
         .with_reply_timeout(Duration::from_millis(header.reply_timeout_ms));
     let mut stats = None;
     let mut events = 0;
+    let mut lines = 1;
     while let Some((line_number, record)) = records.next() {
+        lines = line_number;
         match record? {
             Record::Header(_) => bail!("line {line_number}: a second `recording` record"),
             Record::Event(event) => {
@@ -141,11 +143,18 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
         }
     }
     output.flush()?;
+    // A run writes its totals last, also when a signal ends it: without them the file was cut
+    // short (a full disk, a killed run, a partial copy), and verdicts and counts would be
+    // shown as final when they are not.
+    let Some(mut stats) = stats else {
+        bail!(
+            "the recording ends at line {lines} without the run's totals (a `stats` record): it was cut short; the events above are the part it holds"
+        );
+    };
     for verdict in diagnosis.ready(u64::MAX, true) {
         output.verdict(&verdict)?;
     }
     // The kernel's totals are the live run's; what this replay showed is its own.
-    let mut stats = stats.unwrap_or_default();
     stats.events = events;
     stats.flows_evicted = diagnosis.flows.other().flows_evicted;
     stats.verdicts_not_opened = diagnosis.not_opened();
@@ -336,6 +345,27 @@ mod tests {
                 .contains("not a udptrace recording")
         );
         assert!(error("not json\n").unwrap().contains("not a JSON record"));
+        let recorded = std::fs::read_to_string(recordings().join("closed-port.ndjson")).unwrap();
+        let lines: Vec<&str> = recorded.lines().collect();
+        // Cut at a line boundary, before the totals.
+        let cut = lines[..lines.len() - 1].join("\n");
+        assert_eq!(
+            error(&cut),
+            Some(format!(
+                "the recording ends at line {} without the run's totals (a `stats` record): it was cut short; the events above are the part it holds",
+                lines.len() - 1
+            ))
+        );
+        // Cut within a line.
+        let within = &recorded[..recorded.len() - 20];
+        assert!(
+            error(within).unwrap().starts_with(&format!(
+                "line {}: not a JSON record: EOF while parsing",
+                lines.len()
+            )),
+            "{:?}",
+            error(within)
+        );
         assert!(
             error("{\"type\":\"recording\",\"version\":99,\"filter\":\"\",\"max_flows\":1}\n")
                 .unwrap()

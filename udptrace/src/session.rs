@@ -4,20 +4,21 @@
 use std::{
     cell::RefCell,
     future::Future,
+    io::{BufWriter, Write},
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     rc::Rc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, maps::StackTraceMap};
 use udptrace_common::{
-    event::{Counter, EventKind, FlowCountKey, Mechanism},
+    event::{Capture, Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
-        DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL,
-        OFFSETS_GLOBAL, SELECTORS_GLOBAL,
+        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP,
+        FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
@@ -40,8 +41,8 @@ use crate::{
     namespaces::Namespaces,
     probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
     procs::Processes,
-    recording::{Header, RECORDING_VERSION, Recorded, Recording, SharedRecording},
-    render::{Output, Stats, Status},
+    recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
+    render::{Output, Stats, Status, Tee, pcap::PcapOutput},
     reorder::{REORDER_WINDOW, Reorder},
     stream::{CounterValues, Counters, EventRing, FlowCounts, KernelCounts},
 };
@@ -77,6 +78,28 @@ pub struct TraceConfig {
     pub diagnose_only: bool,
     /// `-o FILE`: record the run for `udptrace replay`.
     pub record: Option<PathBuf>,
+    /// `-w FILE` (`-` for stdout): write the hop events' packets as pcapng.
+    pub pcap: Option<PathBuf>,
+    /// `--snaplen`: bytes of each packet `-w` keeps.
+    pub snaplen: u32,
+    /// `--stack`: kernel call stacks of drops and ICMP errors.
+    pub stack: bool,
+}
+
+/// Where `-w` writes: a file or standard output.
+type PcapFile = PcapOutput<Box<dyn Write>>;
+
+/// Creates the `-w` output (`-`: standard output), its section header written.
+fn create_pcap(path: &Path, snaplen: u32) -> anyhow::Result<PcapFile> {
+    let (out, name): (Box<dyn Write>, String) = if path == Path::new("-") {
+        (Box::new(std::io::stdout()), "- (stdout)".into())
+    } else {
+        let file = std::fs::File::create(path).with_context(|| format!("-w {}", path.display()))?;
+        (Box::new(file), path.display().to_string())
+    };
+    let out: Box<dyn Write> = Box::new(BufWriter::with_capacity(1 << 16, out));
+    PcapOutput::new(out, name, snaplen, monotonic_ns)
+        .with_context(|| format!("-w {}", path.display()))
 }
 
 /// A loaded and attached tracer; dropping it detaches every program.
@@ -100,6 +123,8 @@ pub struct Tracer {
     namespaces: Rc<RefCell<Namespaces>>,
     /// `-o FILE`, shared with the listers, which record what they answered.
     recording: Option<SharedRecording>,
+    /// `-w FILE`.
+    pcap: Option<PcapFile>,
 }
 
 /// Tells the programs which hooks attached where that changes what another hook reports.
@@ -126,6 +151,12 @@ impl Tracer {
         // Parse the user's words first: a typo should not wait for BTF parsing.
         let filter = filter::compile(&config.filter)?;
         preflight()?;
+        // Before anything is loaded: an unwritable -w path fails at once.
+        let pcap = config
+            .pcap
+            .as_deref()
+            .map(|path| create_pcap(path, config.snaplen))
+            .transpose()?;
         // aya 0.14's `EbpfLoader::new` parses the kernel's whole BTF for CO-RE relocations
         // (aya/src/bpf.rs, `new`), which Rust programs never carry: drop that parse before
         // ours starts, so the two are never held at once (peak RSS).
@@ -139,6 +170,18 @@ impl Tracer {
             .override_global(FILTER_GLOBAL, &*filter.program, true)
             .override_global(SELECTORS_GLOBAL, &selectors, true)
             .override_global(DEBUG_BPF_GLOBAL, &u8::from(config.debug_bpf), true)
+            .override_global(
+                CAPTURE_GLOBAL,
+                &Capture {
+                    snaplen: if config.pcap.is_some() {
+                        config.snaplen
+                    } else {
+                        0
+                    },
+                    stack: u32::from(config.stack),
+                },
+                true,
+            )
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)
             .context("loading the eBPF object")?;
@@ -180,6 +223,14 @@ impl Tracer {
         } else {
             None
         };
+        let mut knowledge = knowledge;
+        if config.stack {
+            knowledge.stacks = Some(
+                ebpf.take_map(STACKS_MAP)
+                    .context("the eBPF object has no STACKS map")
+                    .and_then(|map| Ok(StackTraceMap::try_from(map)?))?,
+            );
+        }
         let ring = EventRing::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         let flow_counts = FlowCounts::take(&mut ebpf)?;
@@ -214,6 +265,7 @@ impl Tracer {
             bpf_log,
             namespaces,
             recording,
+            pcap,
             _ebpf: ebpf,
             probes,
             filter,
@@ -234,11 +286,20 @@ impl Tracer {
         output: &mut dyn Output,
         stop: impl Future<Output = ()>,
     ) -> anyhow::Result<Stats> {
-        let mut recorded;
-        let output: &mut dyn Output = match &self.recording {
+        let mut recording = self.recording.clone().map(RecordingOutput);
+        let mut pcap = self.pcap.take();
+        let (mut recorded, mut captured);
+        let output: &mut dyn Output = match &mut recording {
             Some(recording) => {
-                recorded = Recorded::new(output, Rc::clone(recording));
+                recorded = Tee::new(output, recording);
                 &mut recorded
+            }
+            None => output,
+        };
+        let output: &mut dyn Output = match &mut pcap {
+            Some(pcap) => {
+                captured = Tee::new(output, pcap);
+                &mut captured
             }
             None => output,
         };

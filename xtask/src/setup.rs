@@ -14,8 +14,16 @@ use crate::process::{self, Privilege, output, run};
 
 /// Debian packages the lab and the tests use: iproute2 (`ip netns`, veth), nftables (the
 /// firewall scenarios; udptrace's firewall verdicts read the ruleset with `nft`),
-/// netcat-openbsd and python3 (the tests reproduce incidents with real peers too).
-pub const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
+/// netcat-openbsd and python3 (the tests reproduce incidents with real peers too), tshark
+/// (the tests read `-w` files with it; installed non-interactively, its debconf question
+/// about non-root capture keeps its default, no).
+pub const PACKAGES: &[&str] = &[
+    "iproute2",
+    "nftables",
+    "netcat-openbsd",
+    "python3",
+    "tshark",
+];
 
 /// What `cargo xtask dist --check` (and the test command) runs the static binary under: a
 /// private dockerd, with an image holding only the binary.

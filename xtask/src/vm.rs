@@ -178,16 +178,13 @@ pub fn vm_test(
     let common = common_archive(&work, &udptrace, &tests_udptrace, &tests)?;
     let cache = cache_dir();
     let mut results = Vec::new();
-    for source in KERNELS
-        .iter()
-        .filter(|k| {
-            if only.is_empty() {
-                k.on_request.is_none()
-            } else {
-                only.iter().any(|n| n == k.name)
-            }
-        })
-    {
+    for source in KERNELS.iter().filter(|k| {
+        if only.is_empty() {
+            k.on_request.is_none()
+        } else {
+            only.iter().any(|n| n == k.name)
+        }
+    }) {
         let kernel = fetch(source, &cache)?;
         println!("vm-test: {} ({}): booting", kernel.name, kernel.release);
         let mut result = boot_and_test(&kernel, &work, &common);

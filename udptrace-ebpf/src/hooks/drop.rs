@@ -14,6 +14,8 @@
 //! fires after the kfree_skb (5.10 net/ipv4/udp.c `__udp_queue_rcv_skb`: `kfree_skb(skb);
 //! trace_udp_fail_queue_rcv_skb(rc, sk);`).
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext as _,
     macros::{btf_tracepoint, fexit, kprobe, kretprobe, raw_tracepoint, tracepoint},
@@ -38,6 +40,7 @@ use crate::{
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
     finish(on_drop(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -48,6 +51,7 @@ pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
     finish(on_drop(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -60,16 +64,31 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     // skbaddr and location are pointers, reason an enum (4 bytes).
     finish(
         classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb).and_then(
-            |[skb, location, reason]| on_drop(skb, location, reason as u32, Mechanism::Tracepoint),
+            |[skb, location, reason]| {
+                on_drop(
+                    ctx.as_ptr(),
+                    skb,
+                    location,
+                    reason as u32,
+                    Mechanism::Tracepoint,
+                )
+            },
         ),
     )
 }
 
 #[inline(always)]
-fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result<(), ReadError> {
-    let Some(mut report) = Report::datagram(skb, mechanism)? else {
+fn on_drop(
+    ctx: *mut c_void,
+    skb: u64,
+    location: u64,
+    reason: u32,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
+    let Some(report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
+    let mut report = report.with_stack(ctx);
     report.detail.location = location;
     report.detail.reason = reason;
     report.submit(EventKind::Drop, Context::Softirq);
@@ -78,12 +97,18 @@ fn on_drop(skb: u64, location: u64, reason: u32, mechanism: Mechanism) -> Result
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drop_inferred_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_drop_inferred(ctx.arg(0), ctx.arg(1), Mechanism::TpBtf))
+    finish(on_drop_inferred(
+        ctx.as_ptr(),
+        ctx.arg(0),
+        ctx.arg(1),
+        Mechanism::TpBtf,
+    ))
 }
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drop_inferred_raw_tp(ctx: RawTracePointContext) -> u32 {
     finish(on_drop_inferred(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         Mechanism::RawTracepoint,
@@ -93,15 +118,23 @@ pub fn drop_inferred_raw_tp(ctx: RawTracePointContext) -> u32 {
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn drop_inferred_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
-        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkbNoReason)
-            .and_then(|[skb, location, _]| on_drop_inferred(skb, location, Mechanism::Tracepoint)),
+        classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkbNoReason).and_then(
+            |[skb, location, _]| {
+                on_drop_inferred(ctx.as_ptr(), skb, location, Mechanism::Tracepoint)
+            },
+        ),
     )
 }
 
 /// A drop on a kernel without reasons: reported (and counted) with the inferred reason's
 /// number, except frees at socket close, which are no network drop.
 #[inline(always)]
-fn on_drop_inferred(skb: u64, location: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+fn on_drop_inferred(
+    ctx: *mut c_void,
+    skb: u64,
+    location: u64,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
     // SAFETY: a read-only global userspace set before load.
     let sites: &DropSites = unsafe { &*core::ptr::addr_of!(DROP_SITES) };
     let evidence = match DROP_EVIDENCE.get(0) {
@@ -109,7 +142,7 @@ fn on_drop_inferred(skb: u64, location: u64, mechanism: Mechanism) -> Result<(),
         None => DropEvidence::default(),
     };
     match infer(sites.kind_of(location), skb, &evidence) {
-        Some(reason) => on_drop(skb, location, reason as u32, mechanism),
+        Some(reason) => on_drop(ctx, skb, location, reason as u32, mechanism),
         None => Ok(()),
     }
 }

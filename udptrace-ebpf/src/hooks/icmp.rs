@@ -10,6 +10,8 @@
 //! the error is caught where its packet reaches a device (`net:net_dev_queue`, in
 //! `hooks::path`) by parsing the outgoing ICMPv6 error and the datagram it quotes.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     EbpfContext as _,
     macros::{btf_tracepoint, fentry, kprobe, raw_tracepoint, tracepoint},
@@ -34,6 +36,7 @@ use crate::{
 #[btf_tracepoint(function = "icmp_send")]
 pub fn icmp_send_tp_btf(ctx: BtfTracePointContext) -> u32 {
     finish(on_icmp_send(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -44,6 +47,7 @@ pub fn icmp_send_tp_btf(ctx: BtfTracePointContext) -> u32 {
 #[raw_tracepoint(tracepoint = "icmp_send")]
 pub fn icmp_send_raw_tp(ctx: RawTracePointContext) -> u32 {
     finish(on_icmp_send(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -56,7 +60,13 @@ pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
         classic_args(ctx.as_ptr() as u64, ClassicTracepoint::IcmpSend).and_then(
             |[skb, icmp_type, code]| {
-                on_icmp_send(skb, icmp_type as i32, code as i32, Mechanism::Tracepoint)
+                on_icmp_send(
+                    ctx.as_ptr(),
+                    skb,
+                    icmp_type as i32,
+                    code as i32,
+                    Mechanism::Tracepoint,
+                )
             },
         ),
     )
@@ -65,6 +75,7 @@ pub fn icmp_send_tracepoint(ctx: TracePointContext) -> u32 {
 #[fentry(function = "__icmp_send")]
 pub fn icmp_send_fentry(ctx: FEntryContext) -> u32 {
     finish(on_icmp_send(
+        ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
         ctx.arg(2),
@@ -75,6 +86,7 @@ pub fn icmp_send_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn icmp_send_kprobe(ctx: ProbeContext) -> u32 {
     finish(on_icmp_send(
+        ctx.as_ptr(),
         arg(&ctx, 0),
         arg(&ctx, 1) as i32,
         arg(&ctx, 2) as i32,
@@ -85,6 +97,7 @@ pub fn icmp_send_kprobe(ctx: ProbeContext) -> u32 {
 #[fentry(function = "icmp6_send")]
 pub fn icmp6_send_fentry(ctx: FEntryContext) -> u32 {
     finish(on_icmp_send(
+        ctx.as_ptr(),
         ctx.arg(0),
         i32::from(ctx.arg::<u8>(1)),
         i32::from(ctx.arg::<u8>(2)),
@@ -95,6 +108,7 @@ pub fn icmp6_send_fentry(ctx: FEntryContext) -> u32 {
 #[kprobe]
 pub fn icmp6_send_kprobe(ctx: ProbeContext) -> u32 {
     finish(on_icmp_send(
+        ctx.as_ptr(),
         arg(&ctx, 0),
         i32::from(arg(&ctx, 1) as u8),
         i32::from(arg(&ctx, 2) as u8),
@@ -106,6 +120,7 @@ pub fn icmp6_send_kprobe(ctx: ProbeContext) -> u32 {
 /// about to be sent for.
 #[inline(always)]
 fn on_icmp_send(
+    ctx: *mut c_void,
     skb: u64,
     icmp_type: i32,
     code: i32,
@@ -115,9 +130,10 @@ fn on_icmp_send(
     if matches!((icmp_type, code), (3, 3) | (1, 4)) {
         drop::port_unreachable(skb);
     }
-    let Some(mut report) = Report::datagram(skb, mechanism)? else {
+    let Some(report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
+    let mut report = report.with_stack(ctx);
     report.detail.icmp_type = icmp_type as u8;
     report.detail.icmp_code = code as u8;
     report.submit(EventKind::IcmpError, Context::Softirq);

@@ -39,6 +39,8 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         sport: src.port(),
         daddr: dst.ip(),
         dport: dst.port(),
+        packet: None,
+        stack: None,
     }
 }
 

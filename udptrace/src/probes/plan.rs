@@ -563,12 +563,12 @@ mod contract_tests {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     use udptrace_common::{
         drops::DropSites,
-        event::{COUNTER_COUNT, FlowCount, FlowCountKey},
+        event::{COUNTER_COUNT, Capture, FlowCount, FlowCountKey, STACK_ENTRIES},
         filter::{Filter, Selectors},
         names::{
-            COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, EVENTS_MAP, FEATURES_MAP,
-            FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL,
-            SELECTORS_GLOBAL,
+            CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, EVENTS_MAP,
+            FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP,
+            OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
         },
         offsets::KernelOffsets,
     };
@@ -704,6 +704,14 @@ mod contract_tests {
             ),
             (GENERATION_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
             (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            // PERF_MAX_STACK_DEPTH (127) frames of 8 bytes.
+            (
+                STACKS_MAP,
+                bpf_map_type::BPF_MAP_TYPE_STACK_TRACE,
+                4,
+                127 * 8,
+                STACK_ENTRIES,
+            ),
         ];
         for (name, kind, key, value, entries) in maps {
             let Some(map) = parsed.maps.get(name) else {
@@ -737,6 +745,7 @@ mod contract_tests {
             (SELECTORS_GLOBAL, size_of::<Selectors>()),
             (DEBUG_BPF_GLOBAL, size_of::<u8>()),
             (DROP_SITES_GLOBAL, size_of::<DropSites>()),
+            (CAPTURE_GLOBAL, size_of::<Capture>()),
         ] {
             match elf.symbols().find(|s| s.name() == Ok(name)) {
                 None => problems.push(format!("no global `{name}`")),

@@ -1,7 +1,7 @@
 //! An event in words: the one-line summary the text output prints after the time and kind,
 //! and verdict evidence lines reuse.
 
-use super::wire::{device_text, process_text};
+use super::wire::{device_text, endpoints_text, location_text, process_text, skb_text};
 use crate::model::{RouteDirection, SocketInfo, TraceEvent, What};
 
 /// The event's one-line summary without time and colour (also used by verdict evidence).
@@ -113,4 +113,40 @@ fn socket_text(socket: &SocketInfo) -> String {
         Some(peer) => format!("{} (connected to {peer}){owner}", socket.local),
         None => format!("{}{owner}", socket.local),
     }
+}
+
+/// Where an event happened, in parts: kernel location, packet id, namespace, device, process
+/// (the text output's indented line; the comment of a `-w` packet).
+pub fn context_parts(event: &TraceEvent) -> Vec<String> {
+    let mut parts = Vec::new();
+    if let What::Drop { location, .. } = &event.what {
+        parts.push(format!("at {}", location_text(location)));
+    }
+    if let Some(skb) = event.skb {
+        // The last hex digits identify a datagram across its hops well enough for a reader.
+        let skb = skb_text(skb);
+        parts.push(format!("#{}", &skb[skb.len().saturating_sub(5)..]));
+    }
+    if event.tracked {
+        parts.push("(followed)".into());
+    }
+    if let Some(conntrack) = &event.conntrack {
+        parts.push(format!(
+            "ct {} / reply {}",
+            endpoints_text(&conntrack.original),
+            endpoints_text(&conntrack.reply)
+        ));
+    }
+    match (&event.netns_name, event.netns) {
+        (Some(name), _) => parts.push(format!("ns {name}")),
+        (None, 0) => {}
+        (None, inode) => parts.push(format!("ns {inode}")),
+    }
+    if let Some(ifname) = &event.ifname {
+        parts.push(ifname.clone());
+    }
+    if let Some(process) = event.process.as_ref().filter(|p| !p.comm.is_empty()) {
+        parts.push(process_text(process));
+    }
+    parts
 }

@@ -282,6 +282,8 @@ mod tests {
                     sport: 40_000,
                     daddr: "192.0.2.2".parse().unwrap(),
                     dport: 4_000,
+                    packet: None,
+                    stack: None,
                 }
             })
             .collect()

@@ -3,6 +3,7 @@
 
 pub mod event;
 pub mod json;
+pub mod pcap;
 pub mod text;
 pub mod verdict;
 pub mod wire;
@@ -19,15 +20,81 @@ use crate::{
     probes::attach::HookOutcome,
 };
 
-/// The output for `--json` (NDJSON) or text, on standard output; text is coloured only on a
-/// terminal without NO_COLOR.
-pub fn output_for(json_output: bool) -> Box<dyn Output> {
-    let stdout = io::BufWriter::with_capacity(1 << 16, io::stdout());
-    if json_output {
-        Box::new(json::JsonOutput::new(stdout))
+/// The output for `--json` (NDJSON) or text, on standard output, or on standard error when
+/// stdout carries something else (`-w -`); text is coloured only on a terminal without
+/// NO_COLOR.
+pub fn output_for(json_output: bool, on_stderr: bool) -> Box<dyn Output> {
+    let (out, terminal): (Box<dyn io::Write>, bool) = if on_stderr {
+        (Box::new(io::stderr()), io::stderr().is_terminal())
     } else {
-        let colour = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        Box::new(text::TextOutput::new(stdout, colour))
+        (Box::new(io::stdout()), io::stdout().is_terminal())
+    };
+    let out = io::BufWriter::with_capacity(1 << 16, out);
+    if json_output {
+        Box::new(json::JsonOutput::new(out))
+    } else {
+        let colour = terminal && std::env::var_os("NO_COLOR").is_none();
+        Box::new(text::TextOutput::new(out, colour))
+    }
+}
+
+/// Two outputs fed the same records: the user's and a file beside it (`-o`, `-w`). The
+/// first error stops the run.
+pub struct Tee<'a> {
+    first: &'a mut dyn Output,
+    second: &'a mut dyn Output,
+}
+
+impl<'a> Tee<'a> {
+    pub fn new(first: &'a mut dyn Output, second: &'a mut dyn Output) -> Self {
+        Self { first, second }
+    }
+}
+
+impl Output for Tee<'_> {
+    fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
+        self.first.ready(filter, probes)?;
+        self.second.ready(filter, probes)
+    }
+
+    fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
+        self.first.event(event)?;
+        self.second.event(event)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.first.flush()?;
+        self.second.flush()
+    }
+
+    fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
+        self.first.lost(lost, total)?;
+        self.second.lost(lost, total)
+    }
+
+    fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()> {
+        self.first.sampled(sampled, total)?;
+        self.second.sampled(sampled, total)
+    }
+
+    fn status(&mut self, status: &Status) -> io::Result<()> {
+        self.first.status(status)?;
+        self.second.status(status)
+    }
+
+    fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
+        self.first.verdict(verdict)?;
+        self.second.verdict(verdict)
+    }
+
+    fn summary(
+        &mut self,
+        flows: &FlowTable,
+        verdicts: &[Verdict],
+        stats: &Stats,
+    ) -> io::Result<()> {
+        self.first.summary(flows, verdicts, stats)?;
+        self.second.summary(flows, verdicts, stats)
     }
 }
 

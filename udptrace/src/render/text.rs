@@ -18,10 +18,10 @@ use udptrace_common::event::SAMPLE_EVENTS_PER_SECOND;
 
 use super::{
     Output, Stats, Status,
-    event::summary,
+    event::{context_parts, summary},
     note,
     verdict::verdict_text,
-    wire::{endpoints_text, flow_key_text, location_text, process_text, processes_text, skb_text},
+    wire::{flow_key_text, processes_text},
 };
 use crate::{
     flows::{
@@ -65,41 +65,6 @@ impl<W: Write> TextOutput<W> {
     }
 }
 
-/// The indented context line: where it happened.
-fn context(event: &TraceEvent) -> String {
-    let mut parts = Vec::new();
-    if let What::Drop { location, .. } = &event.what {
-        parts.push(format!("at {}", location_text(location)));
-    }
-    if let Some(skb) = event.skb {
-        // The last hex digits identify a datagram across its hops well enough for a reader.
-        let skb = skb_text(skb);
-        parts.push(format!("#{}", &skb[skb.len().saturating_sub(5)..]));
-    }
-    if event.tracked {
-        parts.push("(followed)".into());
-    }
-    if let Some(conntrack) = &event.conntrack {
-        parts.push(format!(
-            "ct {} / reply {}",
-            endpoints_text(&conntrack.original),
-            endpoints_text(&conntrack.reply)
-        ));
-    }
-    match (&event.netns_name, event.netns) {
-        (Some(name), _) => parts.push(format!("ns {name}")),
-        (None, 0) => {}
-        (None, inode) => parts.push(format!("ns {inode}")),
-    }
-    if let Some(ifname) = &event.ifname {
-        parts.push(ifname.clone());
-    }
-    if let Some(process) = event.process.as_ref().filter(|p| !p.comm.is_empty()) {
-        parts.push(process_text(process));
-    }
-    parts.join("  ")
-}
-
 impl<W: Write> Output for TextOutput<W> {
     fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
         let attached: Vec<String> = probes
@@ -135,8 +100,19 @@ impl<W: Write> Output for TextOutput<W> {
             &format!("{:<10}", format!("{branch}{}", event.kind_name())),
         );
         writeln!(self.out, "{time} {kind} {}", summary(event))?;
-        let context = self.paint(DIM, &context(event));
-        writeln!(self.out, "{:27}{context}", "")
+        let context = self.paint(DIM, &context_parts(event).join("  "));
+        writeln!(self.out, "{:27}{context}", "")?;
+        // `--stack`: innermost frame first, as a kernel oops lists them.
+        for (index, frame) in event
+            .stack
+            .iter()
+            .flat_map(|stack| stack.iter())
+            .enumerate()
+        {
+            let label = if index == 0 { "stack" } else { "" };
+            writeln!(self.out, "{:27}{label:<6}{}", "", self.paint(DIM, frame))?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -295,6 +271,8 @@ mod tests {
             sport: 40_000,
             daddr: "192.0.2.2".parse::<IpAddr>().unwrap(),
             dport: 4_000,
+            packet: None,
+            stack: None,
         }
     }
 

@@ -252,3 +252,57 @@ fn receive_buffer_overflow_is_sampled_and_counted_exactly() {
         "every datagram of the burst"
     );
 }
+
+#[test]
+fn stack_shows_the_receive_path_under_a_closed_port_drop() {
+    let (_lab, _outcome, records) = traced("closed-port", &["--stack"]);
+    let drops = events(&records, "drop");
+    let drop = drops
+        .iter()
+        .find(|d| d["reason"] == "NO_SOCKET")
+        .unwrap_or_else(|| panic!("no NO_SOCKET drop in {records:#?}"));
+    let frames: Vec<&str> = drop["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {drop}"))
+        .iter()
+        .map(|frame| frame.as_str().unwrap())
+        .collect();
+    let at = |prefixes: &[&str]| {
+        frames
+            .iter()
+            .position(|frame| prefixes.iter().any(|p| frame.starts_with(p)))
+            .unwrap_or_else(|| panic!("none of {prefixes:?} in {frames:?}"))
+    };
+    // Innermost first: UDP's receive function (Linux 7.3 inlines it into udp_rcv), under the
+    // IP delivery that called it.
+    let udp = at(&["__udp4_lib_rcv+", "udp_rcv+"]);
+    let ip = at(&["ip_local_deliver_finish+", "ip_protocol_deliver_rcu+"]);
+    assert!(udp < ip, "{frames:?}");
+    assert!(
+        !frames[0].starts_with("bpf_"),
+        "the program's own frames are left out: {frames:?}"
+    );
+    let icmp = events(&records, "icmp");
+    assert!(
+        icmp.iter().all(|e| e["stack"].is_array()),
+        "ICMP errors carry their stack: {icmp:?}"
+    );
+    // Other kinds never do.
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["type"] == "event" && r["kind"] != "drop" && r["kind"] != "icmp")
+            .all(|r| r.get("stack").is_none()),
+        "{records:#?}"
+    );
+}
+
+#[test]
+fn without_stack_no_event_carries_one() {
+    let (_lab, _outcome, records) = traced("closed-port", &[]);
+    assert!(!events(&records, "drop").is_empty());
+    assert!(
+        records.iter().all(|r| r.get("stack").is_none()),
+        "{records:#?}"
+    );
+}

@@ -8,6 +8,7 @@ mod drops;
 mod filters;
 mod hardening;
 mod path;
+mod pcap;
 mod real_tools;
 mod recordings;
 mod scale;

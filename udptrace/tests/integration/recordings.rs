@@ -82,3 +82,48 @@ fn recorded_runs_replay_to_the_verdicts_and_flows_they_showed() {
         }
     }
 }
+
+#[test]
+fn a_cut_or_corrupt_recording_is_one_line_and_a_failure() {
+    let recorded = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/recordings/closed-port.ndjson"
+    ))
+    .unwrap();
+    let lines: Vec<&str> = recorded.lines().collect();
+    let cases = [
+        ("cut-at-line", lines[..lines.len() - 1].join("\n")),
+        ("cut-within", recorded[..recorded.len() - 20].to_owned()),
+        (
+            "corrupt",
+            recorded.replacen("\"type\":\"event\"", "\"type\":\"event", 1),
+        ),
+    ];
+    for (name, text) in cases {
+        let file = TempFile(std::env::temp_dir().join(format!(
+            "udptrace-recording-{}-{name}.ndjson",
+            std::process::id()
+        )));
+        std::fs::write(&file.0, text).unwrap();
+        let replay = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+            .args(["replay", file.0.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+        assert!(!replay.status.success(), "{name}");
+        let stderr = String::from_utf8_lossy(&replay.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("udptrace: replay {}: ", file.0.display())),
+            "{name}: {stderr}"
+        );
+        let expected = if name == "cut-at-line" {
+            "it was cut short"
+        } else {
+            "not a JSON record"
+        };
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        // Nothing claims to be the run's end.
+        let stdout = String::from_utf8_lossy(&replay.stdout);
+        assert!(!stdout.contains("\"type\":\"stats\""), "{name}: {stdout}");
+    }
+}

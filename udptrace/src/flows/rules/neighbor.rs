@@ -107,6 +107,7 @@ mod tests {
         let (client, absent) = ("[2001:db8::1]:40000", "[2001:db8::99]:5032");
         let at = |symbol: &str| What::Drop {
             reason: DropReason::named("NOT_SPECIFIED"),
+            reason_inferred: false,
             location: Location::Symbol(symbol.into()),
         };
         let mut diagnosis = Diagnosis::new(no_sockets());
