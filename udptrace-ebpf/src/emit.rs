@@ -21,8 +21,8 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use udptrace_common::event::{
-    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_TRACKED, FlowCount,
-    FlowCountKey, IPPROTO_UDP, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
+    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_FRAGMENT, FLAG_TRACKED, FlowCount,
+    FlowCountKey, Fragment, IPPROTO_UDP, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 
 use crate::{
@@ -211,10 +211,13 @@ impl Report {
         let Some(mut report) = Self::lease(mechanism, skb, place) else {
             return Ok(None);
         };
+        let mut fragment = Fragment::default();
         let udp = match source {
-            Source::Datagram(skb, access) => kernel::udp_datagram(skb, access, &mut report.tuple)?,
+            Source::Datagram(skb, access) => {
+                kernel::udp_datagram(skb, access, &mut report.tuple, &mut fragment)?
+            }
             Source::Packet(net, protocol) => {
-                *protocol = kernel::ip_udp(net, &mut report.tuple)?;
+                *protocol = kernel::ip_udp(net, &mut report.tuple, &mut fragment)?;
                 *protocol == IPPROTO_UDP
             }
             Source::Socket(sk, access) => kernel::udp_sock_tuple(sk, access, &mut report.tuple)?,
@@ -223,6 +226,10 @@ impl Report {
             return Ok(None);
         }
         mem::zero(&mut report.detail);
+        if fragment.is_fragment() {
+            report.detail.fragment = fragment;
+            report.detail.flags = FLAG_FRAGMENT;
+        }
         Ok(Some(report))
     }
 

@@ -22,7 +22,8 @@ use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
     event::{
-        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount, FlowCountKey,
+        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FirstFragment,
+        FlowCount, FlowCountKey, FragmentKey,
     },
     filter::{Filter, Selectors},
     offsets::KernelOffsets,
@@ -95,6 +96,13 @@ static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 /// only the socket, can say which datagram was delivered (see `hooks::path`).
 #[map(name = "CURRENT_RX")]
 static CURRENT_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fragmented datagrams → the ports (and UDP length) their first fragment showed, so that
+/// later fragments, which carry no UDP header, are reported with their datagram's ports and
+/// match a port filter (see `kernel::ip_udp`). An LRU: datagrams whose other fragments never
+/// come age out.
+#[map(name = "FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragmentKey, FirstFragment> = LruHashMap::with_max_entries(4_096, 0);
 
 /// `names::FEATURE_*` bits userspace sets once it knows which hooks attached.
 #[map(name = "FEATURES")]

@@ -4,15 +4,15 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use udptrace_common::event::{
-    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
+    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_FRAGMENT, FLAG_PKTINFO,
     FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
 };
 
 use crate::{
     clock::WallClock,
     model::{
-        Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
-        RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
+        Conntrack, DropReason, Endpoints, Errno, Family, IpFragment, Location, Probe, Process,
+        RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
     },
     sanitize::sanitize_kernel_string,
 };
@@ -148,6 +148,14 @@ pub fn decode(
             original: endpoints(&detail.ct_original),
             reply: endpoints(&detail.ct_reply),
             status: detail.ct_status,
+        }),
+        fragment: (detail.flags & FLAG_FRAGMENT != 0).then(|| IpFragment {
+            id: detail.fragment.id,
+            offset: detail.fragment.offset,
+            ip_len: detail.fragment.ip_len,
+            datagram_len: (detail.fragment.datagram_len != 0)
+                .then_some(detail.fragment.datagram_len),
+            more: detail.fragment.more != 0,
         }),
         family: if event.tuple.family == AF_INET6 {
             Family::Ipv6

@@ -26,7 +26,7 @@ use crate::{
     debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
-    firewall::parse_ruleset,
+    firewall::{Dropped, parse_ruleset},
     flows::{
         diagnosis::Diagnosis,
         ledger::SETTLE,
@@ -446,7 +446,8 @@ fn socket_lister(
     })
 }
 
-/// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
+/// Lists the nftables rules that can have dropped an event's datagram (its port's, or the
+/// rules about fragments for a fragment) in its namespace, for firewall and fragment verdicts.
 fn rule_lister(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
@@ -455,7 +456,14 @@ fn rule_lister(
         let rules = namespaces
             .borrow_mut()
             .ruleset(event.netns, event.ts_ns, monotonic_ns())
-            .map(|ruleset| parse_ruleset(&ruleset, event.dport));
+            .map(|ruleset| {
+                let dropped = if event.fragment.is_some() {
+                    Dropped::Fragment
+                } else {
+                    Dropped::Port(event.dport)
+                };
+                parse_ruleset(&ruleset, dropped)
+            });
         if let Some(recording) = &recording {
             recording.borrow_mut().rules(event, rules.as_deref());
         }

@@ -157,7 +157,8 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     };
     let event = &mut *report;
     event.detail.sock = event.tuple;
-    if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple)?
+    // A queued datagram is whole (reassembled before UDP sees it): no fragment to describe.
+    if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple, &mut event.detail.fragment)?
         || event.tuple.dport != event.detail.sock.sport
     {
         // Not the datagram this CPU last received for a tracked flow: stay silent rather than

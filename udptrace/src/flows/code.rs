@@ -14,6 +14,7 @@ pub enum VerdictCode {
     NatReplyMismatch,
     RpFilterDrop,
     ChecksumError,
+    FragmentLoss,
 }
 
 impl VerdictCode {
@@ -28,6 +29,7 @@ impl VerdictCode {
             Self::NatReplyMismatch => "nat_reply_mismatch",
             Self::RpFilterDrop => "rp_filter_drop",
             Self::ChecksumError => "checksum_error",
+            Self::FragmentLoss => "fragment_loss",
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum KnownReason {
     IpRpfilter,
     /// Its UDP checksum was wrong.
     UdpCsum,
+    /// Its fragments did not all arrive before the reassembly timeout.
+    FragReasmTimeout,
 }
 
 impl KnownReason {
@@ -50,6 +52,7 @@ impl KnownReason {
             "SOCKET_RCVBUFF" => Self::SocketRcvbuff,
             "IP_RPFILTER" => Self::IpRpfilter,
             "UDP_CSUM" => Self::UdpCsum,
+            "FRAG_REASM_TIMEOUT" => Self::FragReasmTimeout,
             _ => return None,
         })
     }

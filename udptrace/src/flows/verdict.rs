@@ -115,6 +115,33 @@ pub enum Facts {
         source: SocketAddr,
         destination: SocketAddr,
     },
+    FragmentLoss {
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// Where the first loss happened.
+        namespace: Namespace,
+        location: Location,
+        cause: FragmentCause,
+        /// The datagram's UDP length, when its first fragment was seen.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        datagram_len: Option<u16>,
+        /// Its first fragment's IP length: the MTU the sender cut it for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fragment_size: Option<u16>,
+        /// The nftables rules about fragments in that namespace (firewall drops).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        rules: Vec<FirewallRule>,
+    },
+}
+
+/// How a fragmented datagram was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FragmentCause {
+    /// A netfilter rule dropped a fragment (`NETFILTER_DROP`).
+    Firewall,
+    /// The receiver gave up waiting for the missing fragments (`FRAG_REASM_TIMEOUT`).
+    ReassemblyTimeout,
 }
 
 /// A diagnosis of one flow (or of one socket, for every sender: `key.a == key.b`).

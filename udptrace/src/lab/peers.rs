@@ -54,6 +54,9 @@ pub enum ServerMode {
     /// SO_RCVBUF set to `rcvbuf` (the kernel doubles it); with `read: false` nothing is read
     /// until the server stops, so the buffer overflows (what is queued is counted then).
     Sink { rcvbuf: usize, read: bool },
+    /// Answers every request with `bytes` bytes (`sendto`), as a DNS server answering over
+    /// EDNS with a large buffer does: bigger than the path MTU, so the kernel fragments it.
+    Answer { bytes: usize },
 }
 
 /// What a server saw.
@@ -256,6 +259,9 @@ fn is_timeout(error: &std::io::Error) -> bool {
     )
 }
 
+/// The payload `ServerMode::Answer` sends (a prefix of it).
+static ANSWER: [u8; 8_192] = [b'a'; 8_192];
+
 fn serve(
     socket: &UdpSocket,
     deadline: Instant,
@@ -321,6 +327,7 @@ fn serve(
                 }
                 socket.send(payload)
             }
+            ServerMode::Answer { bytes } => socket.send_to(&ANSWER[..bytes.min(ANSWER.len())], from),
             ServerMode::Sink { .. } => continue,
         };
         match sent {

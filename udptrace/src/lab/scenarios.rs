@@ -218,6 +218,9 @@ enum Topology {
     /// 203.0.113.0/24 (a third namespace), strict reverse-path filtering on; the client sends
     /// from its second address 203.0.113.1 through `eth0`.
     MultiHomed,
+    /// Client 198.51.100.2 behind a router (198.51.100.1 / 192.0.2.1) from the server
+    /// 192.0.2.2, every link with an MTU of 1500.
+    Routed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -232,7 +235,30 @@ enum Traffic {
     Exchange(ServerMode),
     /// Datagrams with a wrong UDP checksum (a raw socket writes the header) to a closed port.
     BadChecksum,
+    /// Requests answered with `FRAGMENTED_ANSWER` bytes, which the server's kernel sends in
+    /// fragments, across a router whose firewall drops those of the given kind.
+    Fragmented(FragmentDrop),
 }
+
+/// Which IP fragments the router's firewall drops.
+#[derive(Clone, Copy, Debug)]
+enum FragmentDrop {
+    /// None: the answer is reassembled.
+    Nothing,
+    /// Every fragment after the first (`ip frag-off & 0x1fff != 0`): the first waits for them
+    /// at the client until reassembly times out.
+    Later,
+    /// Every fragment (`ip frag-off & 0x3fff != 0`: offset or MF set).
+    All,
+}
+
+/// The large answer's size: a 4000-byte DNS answer over EDNS, three fragments on a
+/// 1500-byte MTU.
+pub const FRAGMENTED_ANSWER: usize = 4_000;
+
+/// The client's reassembly timeout (`net.ipv4.ipfrag_time`, per namespace; 30 s by default),
+/// short so that it expires within the exercise.
+const REASSEMBLY_TIME: Duration = Duration::from_secs(1);
 
 /// Datagrams in the rcvbuf-overflow burst.
 pub const OVERFLOW_BURST: usize = 500;
@@ -397,6 +423,39 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: false,
         traffic: Traffic::BadChecksum,
     },
+    Scenario {
+        name: "fragments-dropped",
+        description: "a client (198.51.100.2) asks 192.0.2.2:5031 across a router whose nftables forward rule drops non-first fragments (ip frag-off & 0x1fff != 0 drop); the 4000-byte answer leaves the server in three fragments",
+        diagnosis: "NETFILTER_DROP of the later fragments in the router namespace (followed by IP ID from the first, so the port filter shows them), the first fragment waits at the client until reassembly times out (FRAG_REASM_TIMEOUT at ip_expire, ICMP time exceeded 11/1 back): fragment_loss naming the datagram size, the fragment size and the frag-off rule; fix: smaller answers (EDNS buffer 1232) or let fragments through",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5031,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::Later),
+    },
+    Scenario {
+        name: "fragments-all-dropped",
+        description: "the same router dropping every fragment (ip frag-off & 0x3fff != 0 drop), first one included, of the 4000-byte answer from 192.0.2.2:5032",
+        diagnosis: "NETFILTER_DROP of all three fragments in the router namespace: fragment_loss naming the frag-off rule, not a firewall_drop that would suggest allowing the client's ephemeral port",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5032,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::All),
+    },
+    Scenario {
+        name: "fragments-reassembled",
+        description: "healthy control: the 4000-byte answer from 192.0.2.2:5033 crosses the router in three fragments, nothing drops them",
+        diagnosis: "no verdict: the client reassembles every answer",
+        expected: &[],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5033,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::Nothing),
+    },
 ];
 
 /// Every scenario, in `udptrace lab list` order.
@@ -460,6 +519,7 @@ impl Scenario {
             Topology::DindNat => self.dind_nat(),
             Topology::DindProxy => self.dind_proxy(),
             Topology::MultiHomed => self.multi_homed(),
+            Topology::Routed => self.routed(),
         }
         .with_context(|| format!("setting up lab {}", self.name))?;
         let wildcard = if self.ipv6 { "[::]" } else { "0.0.0.0" };
@@ -473,6 +533,20 @@ impl Scenario {
                 "table inet udptrace_lab {{\n chain input {{\n  type filter hook input priority 0;\n  udp dport {} drop\n }}\n}}\n",
                 self.port
             ))?;
+        }
+        if let Traffic::Fragmented(drop) = self.traffic {
+            let mask = match drop {
+                FragmentDrop::Nothing => None,
+                FragmentDrop::Later => Some("0x1fff"),
+                FragmentDrop::All => Some("0x3fff"),
+            };
+            if let Some(mask) = mask
+                && let Some(router) = built.middle.first()
+            {
+                router.nft(&format!(
+                    "table inet udptrace_lab {{\n chain forward {{\n  type filter hook forward priority 0;\n  ip frag-off & {mask} != 0 drop\n }}\n}}\n"
+                ))?;
+            }
         }
         Ok(Lab {
             scenario: self.name,
@@ -554,6 +628,37 @@ impl Scenario {
             proxy: None,
             reply_netns: "client",
             client_source: Some(address("203.0.113.1:0")),
+        })
+    }
+
+    fn routed(&self) -> anyhow::Result<Built> {
+        let client = Netns::create("client")?;
+        let router = Netns::create("router")?;
+        let server = Netns::create("server")?;
+        veth(&client, "eth0", &router, "eth0")?;
+        veth(&router, "eth1", &server, "eth0")?;
+        client.addr("eth0", "198.51.100.2/24")?;
+        client.route(&["default", "via", "198.51.100.1"])?;
+        router.addr("eth0", "198.51.100.1/24")?;
+        router.addr("eth1", "192.0.2.1/24")?;
+        server.addr("eth0", "192.0.2.2/24")?;
+        server.route(&["default", "via", "192.0.2.1"])?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        for netns in [&client, &router, &server] {
+            netns.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+        }
+        client.sysctl(
+            "net.ipv4.ipfrag_time",
+            &REASSEMBLY_TIME.as_secs().to_string(),
+        )?;
+        Ok(Built {
+            client,
+            server,
+            target: address(&format!("192.0.2.2:{}", self.port)),
+            middle: vec![router],
+            proxy: None,
+            reply_netns: "client",
+            client_source: None,
         })
     }
 
@@ -706,6 +811,22 @@ impl Scenario {
                 let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(2, 50, 300))?;
                 std::thread::sleep(SETTLE);
+                server_report = Some(server.stop()?);
+                report
+            }
+            Traffic::Fragmented(_) => {
+                let server = Server::start(
+                    &lab.server,
+                    lab.bind,
+                    ServerMode::Answer {
+                        bytes: FRAGMENTED_ANSWER,
+                    },
+                    PEER_LIFETIME,
+                )?;
+                let report = run_client(&lab.client, &client(2, 100, 300))?;
+                // Past the client's reassembly timeout, so that the fragments waiting there
+                // expire while a tracer watches.
+                std::thread::sleep(REASSEMBLY_TIME + Duration::from_millis(500));
                 server_report = Some(server.stop()?);
                 report
             }

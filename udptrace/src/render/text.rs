@@ -290,6 +290,7 @@ mod tests {
             skb: None,
             tracked: false,
             conntrack: None,
+            fragment: None,
             family: Family::Ipv4,
             saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
             sport: 40_000,

@@ -12,7 +12,7 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
-        verdict::{Facts, Namespace, Verdict},
+        verdict::{Facts, FragmentCause, Namespace, Verdict},
     },
     model::{Process, TraceEvent, What},
     sockets::{ListedSocket, Mismatch},
@@ -107,7 +107,7 @@ pub fn evidence_lines(verdict: &Verdict) -> Vec<String> {
             connected_socket_text(socket),
             namespace_text(namespace)
         )),
-        Facts::Firewall { rules, .. } => {
+        Facts::Firewall { rules, .. } | Facts::FragmentLoss { rules, .. } => {
             lines.extend(rules.iter().map(|rule| format!("rule {}", rule_text(rule))));
         }
         _ => {}
@@ -263,6 +263,42 @@ pub fn summary(verdict: &Verdict) -> String {
             source,
             destination,
         } => format!("{source} > {destination} arrives with a bad UDP checksum"),
+        Facts::FragmentLoss {
+            source,
+            destination,
+            namespace,
+            location,
+            cause,
+            datagram_len,
+            fragment_size,
+            rules,
+        } => {
+            let size = datagram_len.map_or_else(String::new, |len| format!(" of {len} bytes"));
+            let cut = fragment_size.map_or_else(String::new, |size| {
+                format!(", cut into fragments of {size} bytes (the MTU on the sender's path)")
+            });
+            let how = match cause {
+                FragmentCause::Firewall => format!(
+                    "a netfilter rule in namespace {} drops its fragments (at {}){}",
+                    namespace_text(namespace),
+                    location_text(location),
+                    rules
+                        .first()
+                        .map_or_else(String::new, |rule| format!(": {}", rule_text(rule)))
+                ),
+                FragmentCause::ReassemblyTimeout => format!(
+                    "namespace {} waited for its missing fragments until reassembly timed out \
+                     (FRAG_REASM_TIMEOUT at {}; ICMP time exceeded goes back to {})",
+                    namespace_text(namespace),
+                    location_text(location),
+                    source.ip()
+                ),
+            };
+            format!(
+                "the fragmented datagram {source} > {destination}{size}{cut} never arrives \
+                 whole: {how}"
+            )
+        }
     }
 }
 
@@ -305,6 +341,17 @@ pub fn fix(verdict: &Verdict) -> String {
         Facts::Checksum { .. } => "check the sender's checksum offload (ethtool -K DEV tx off) \
                                    and anything rewriting the packet on the way"
             .into(),
+        Facts::FragmentLoss { source, rules, .. } => {
+            let through = rules.first().map_or_else(
+                || "let fragments through the firewalls on the path".to_owned(),
+                |rule| format!("let fragments through (`{}`)", rule_text(rule)),
+            );
+            format!(
+                "send smaller datagrams from {source} (e.g. an EDNS buffer of 1232 bytes, which \
+                 fits any IPv6 path), or {through}, or lower the sender's MTU so that nothing \
+                 needs fragmenting"
+            )
+        }
     }
 }
 

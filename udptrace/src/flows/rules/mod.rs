@@ -3,6 +3,7 @@
 
 mod checksum;
 mod firewall;
+mod fragments;
 mod no_socket;
 mod rcvbuf;
 mod reply_source;
@@ -20,5 +21,6 @@ pub fn registered(max_flows: usize) -> Vec<Box<dyn Rule>> {
         Box::new(rcvbuf::RcvbufOverflow),
         Box::new(rp_filter::RpFilterDrop),
         Box::new(checksum::ChecksumError),
+        Box::new(fragments::FragmentLoss),
     ]
 }
