@@ -243,7 +243,7 @@ pub fn icmp_meaning(family: u8, icmp_type: u8, code: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use udptrace_common::event::{EVENT_VERSION, EventDetail, EventHeader, IPPROTO_UDP};
+    use udptrace_common::event::{EVENT_VERSION, EventDetail, EventHeader, Fragment, IPPROTO_UDP};
 
     use super::*;
 
@@ -421,6 +421,38 @@ mod tests {
         assert_eq!(conntrack.original.dst, "192.0.2.2:4000".parse().unwrap());
         assert_eq!(conntrack.reply.src, "192.0.2.2:4000".parse().unwrap());
         assert_eq!(conntrack.reply.dst, "203.0.113.9:1024".parse().unwrap());
+    }
+
+    #[test]
+    fn fragments_and_their_datagram() {
+        let mut event = drop_event();
+        assert_eq!(
+            decode(&raw(&event), &Names, &WallClock::fixed(0))
+                .unwrap()
+                .fragment,
+            None
+        );
+        event.detail.flags = FLAG_FRAGMENT;
+        event.detail.fragment = Fragment {
+            id: 0xbeef,
+            offset: 1_480,
+            ip_len: 1_068,
+            datagram_len: 0,
+            more: 0,
+            padding: [0; 5],
+        };
+        let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
+        assert_eq!(
+            decoded.fragment,
+            Some(IpFragment {
+                id: 0xbeef,
+                offset: 1_480,
+                ip_len: 1_068,
+                datagram_len: None,
+                more: false,
+            }),
+            "a later fragment whose first was not seen: no datagram length"
+        );
     }
 
     #[test]

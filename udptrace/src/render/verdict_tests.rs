@@ -18,7 +18,8 @@ use crate::{
         verdict::VerdictCode,
     },
     model::{
-        DropReason, Errno, RouteDevice, RouteDirection, SendCall, SocketErrno, SocketInfo, What,
+        DropReason, Errno, IpFragment, RouteDevice, RouteDirection, SendCall, SocketErrno,
+        SocketInfo, What,
     },
     sockets::{SocketList, UdpSocketEntry},
 };
@@ -358,6 +359,53 @@ fn firewall_drops_name_the_rule() {
         "{}",
         summary(&verdicts[0])
     );
+}
+
+#[test]
+fn fragment_loss_reads_for_the_person_on_call() {
+    let rules: RuleLister = Box::new(|_| {
+        Some(vec![FirewallRule {
+            table: "inet lab".into(),
+            chain: "forward".into(),
+            hook: Some("forward".into()),
+            text: "ip frag-off & 8191 != 0 drop # handle 2".into(),
+        }])
+    });
+    let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules);
+    let mut dropped = event(
+        drop("NETFILTER_DROP"),
+        "192.0.2.2:5031",
+        "198.51.100.2:40000",
+        1,
+    );
+    dropped.fragment = Some(IpFragment {
+        id: 0xbeef,
+        offset: 0,
+        ip_len: 1_500,
+        datagram_len: Some(4_008),
+        more: true,
+    });
+    diagnosis.observe(&dropped);
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(
+        summary(&verdicts[0]),
+        "the fragmented datagram 192.0.2.2:5031 > 198.51.100.2:40000 of 4008 bytes, cut into \
+         fragments of 1500 bytes (the MTU on the sender's path) never arrives whole: a netfilter \
+         rule in namespace host drops its fragments (at __udp4_lib_rcv+0x2cd): table inet lab \
+         chain forward (hook forward): ip frag-off & 8191 != 0 drop # handle 2"
+    );
+    assert_eq!(
+        evidence_lines(&verdicts[0]),
+        [
+            "12:00:00.000000 drop 192.0.2.2:5031 > 198.51.100.2:40000 NETFILTER_DROP (first \
+             fragment (id 0xbeef, 1500 bytes) of a 4008-byte datagram) at __udp4_lib_rcv+0x2cd \
+             [ns host]",
+            "rule table inet lab chain forward (hook forward): ip frag-off & 8191 != 0 drop # \
+             handle 2"
+        ]
+    );
+    assert!(fix(&verdicts[0]).contains("EDNS buffer of 1232 bytes"));
+    assert!(fix(&verdicts[0]).contains("let fragments through (`table inet lab"));
 }
 
 #[test]

@@ -71,3 +71,101 @@ impl Rule for FragmentLoss {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        firewall::FirewallRule,
+        flows::{
+            diagnosis::Diagnosis,
+            rule::RuleLister,
+            testing::{drop, event, no_sockets},
+            verdict::{Facts, FragmentCause, Namespace, VerdictCode},
+        },
+        model::{IpFragment, Location, TraceEvent, What},
+    };
+
+    const ANSWER: &str = "192.0.2.2:5031";
+    const CLIENT: &str = "198.51.100.2:40000";
+
+    /// Fragment `offset` of the 4008-byte answer, as the kernel side reports it.
+    fn fragment(what: What, offset: u16, ts_ns: u64) -> TraceEvent {
+        let mut event = event(what, ANSWER, CLIENT, ts_ns);
+        event.fragment = Some(IpFragment {
+            id: 0xbeef,
+            offset,
+            ip_len: 1_500,
+            datagram_len: Some(4_008),
+            more: true,
+        });
+        event
+    }
+
+    fn frag_off_rule() -> FirewallRule {
+        FirewallRule {
+            table: "inet lab".into(),
+            chain: "forward".into(),
+            hook: Some("forward".into()),
+            text: "ip frag-off & 8191 != 0 drop # handle 2".into(),
+        }
+    }
+
+    /// Answers with the frag-off rule for fragments only (as `session`'s lister does).
+    fn rules() -> RuleLister {
+        Box::new(|event| Some(event.fragment.iter().map(|_| frag_off_rule()).collect()))
+    }
+
+    #[test]
+    fn a_dropped_later_fragment_names_the_rule_and_the_first_fragments_size() {
+        let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules());
+        diagnosis.observe(&fragment(What::Xmit, 0, 1));
+        let dropped = fragment(drop("NETFILTER_DROP"), 1_480, 2);
+        diagnosis.observe(&dropped);
+        let expired = fragment(drop("FRAG_REASM_TIMEOUT"), 0, 3);
+        diagnosis.observe(&expired);
+        let verdicts = diagnosis.verdicts();
+        assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+        let verdict = &verdicts[0];
+        assert_eq!(verdict.code, VerdictCode::FragmentLoss);
+        assert_eq!(verdict.count, 2);
+        assert_eq!(
+            verdict.facts,
+            Facts::FragmentLoss {
+                source: ANSWER.parse().unwrap(),
+                destination: CLIENT.parse().unwrap(),
+                namespace: Namespace {
+                    netns: 7,
+                    netns_name: Some("host".into())
+                },
+                location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+                cause: FragmentCause::Firewall,
+                datagram_len: Some(4_008),
+                fragment_size: Some(1_500),
+                rules: vec![frag_off_rule()],
+            }
+        );
+        assert_eq!(verdict.evidence, [dropped, expired]);
+    }
+
+    #[test]
+    fn a_reassembly_timeout_alone_is_fragment_loss() {
+        let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules());
+        diagnosis.observe(&fragment(drop("FRAG_REASM_TIMEOUT"), 0, 1));
+        let Facts::FragmentLoss { cause, rules, .. } = &diagnosis.verdicts()[0].facts else {
+            panic!("{:#?}", diagnosis.verdicts());
+        };
+        assert_eq!(*cause, FragmentCause::ReassemblyTimeout);
+        assert!(rules.is_empty(), "no firewall rule is asked about");
+    }
+
+    #[test]
+    fn a_fragment_dropped_by_netfilter_is_not_a_firewall_drop_of_its_port() {
+        let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules());
+        diagnosis.observe(&fragment(drop("NETFILTER_DROP"), 0, 1));
+        diagnosis.observe(&event(drop("NETFILTER_DROP"), CLIENT, ANSWER, 2));
+        let mut codes: Vec<VerdictCode> = diagnosis.verdicts().iter().map(|v| v.code).collect();
+        codes.sort();
+        // The whole datagram's drop stays firewall_drop's.
+        assert_eq!(codes, [VerdictCode::FirewallDrop, VerdictCode::FragmentLoss]);
+    }
+}
