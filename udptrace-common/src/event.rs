@@ -147,7 +147,8 @@ pub struct EventDetail {
     /// `FLAG_*` bits.
     pub flags: u8,
     pub padding: [u8; 1],
-    /// Bytes sent ([`EventKind::Send`]).
+    /// Bytes sent ([`EventKind::Send`]); the MTU an [`EventKind::IcmpError`] announces
+    /// (fragmentation needed, packet too big; 0 for other errors).
     pub bytes: u32,
     /// Send and Deliver: the socket's own tuple (`saddr:sport` bound, `daddr:dport` connected
     /// peer, zeros when unconnected).

@@ -21,8 +21,9 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use udptrace_common::event::{
-    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_FRAGMENT, FLAG_TRACKED, FlowCount,
-    FlowCountKey, Fragment, IPPROTO_UDP, Mechanism, SAMPLE_EVENTS_PER_SECOND, Tuple,
+    Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_FRAGMENT,
+    FLAG_TRACKED, FlowCount, FlowCountKey, Fragment, IPPROTO_UDP, Mechanism,
+    SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 
 use crate::{

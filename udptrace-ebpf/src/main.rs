@@ -22,8 +22,8 @@ use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use udptrace_common::{
     event::{
-        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FirstFragment,
-        FlowCount, FlowCountKey, FragmentKey,
+        COUNTER_COUNT, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FirstFragment, FlowCount,
+        FlowCountKey, FragmentKey,
     },
     filter::{Filter, Selectors},
     offsets::KernelOffsets,

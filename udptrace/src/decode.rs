@@ -4,8 +4,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use udptrace_common::event::{
-    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_FRAGMENT, FLAG_PKTINFO,
-    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
+    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK,
+    FLAG_FRAGMENT, FLAG_PKTINFO, FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_TRACKED, Mechanism, Tuple,
 };
 
 use crate::{
@@ -89,6 +89,7 @@ pub fn decode(
             icmp_type: detail.icmp_type,
             icmp_code: detail.icmp_code,
             meaning: icmp_meaning(event.tuple.family, detail.icmp_type, detail.icmp_code).into(),
+            mtu: (detail.bytes != 0).then_some(detail.bytes),
         },
         EventKind::SockError => What::SockError {
             error: SocketErrno(errno(detail.error as i32)),

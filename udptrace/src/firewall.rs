@@ -163,8 +163,16 @@ mod tests {
             }]
         );
         assert_eq!(parse_ruleset(RULESET, Dropped::Port(6050)).len(), 1);
-        assert!(parse_ruleset(RULESET, Dropped::Port(7000))[0].text.contains("handle 4"));
-        assert!(parse_ruleset(RULESET, Dropped::Port(53))[0].text.contains("handle 4"));
+        assert!(
+            parse_ruleset(RULESET, Dropped::Port(7000))[0]
+                .text
+                .contains("handle 4")
+        );
+        assert!(
+            parse_ruleset(RULESET, Dropped::Port(53))[0]
+                .text
+                .contains("handle 4")
+        );
         assert!(parse_ruleset(RULESET, Dropped::Port(9)).is_empty());
     }
 }

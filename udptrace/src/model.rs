@@ -185,6 +185,10 @@ pub enum What {
         icmp_code: u8,
         /// e.g. `port-unreachable` (RFC 792, RFC 4443 names in the words of `tcpdump`).
         meaning: String,
+        /// The MTU a fragmentation-needed (ICMPv4 3/4) or packet-too-big (ICMPv6 2) error
+        /// announces, read from its ICMP header.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
     },
     /// An error was reported to a socket (`sk_err`); `src` is the socket's local address,
     /// `dst` its connected peer.

@@ -132,6 +132,16 @@ pub enum Facts {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         rules: Vec<FirewallRule>,
     },
+    PathMtu {
+        /// The datagram too big for the path (for an EMSGSIZE seen alone: the sending socket).
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// Where the ICMP error was sent from, or where the send failed.
+        namespace: Namespace,
+        /// The MTU the ICMP error announces.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
+    },
 }
 
 /// How a fragmented datagram was lost.

@@ -238,7 +238,15 @@ enum Traffic {
     /// Requests answered with `FRAGMENTED_ANSWER` bytes, which the server's kernel sends in
     /// fragments, across a router whose firewall drops those of the given kind.
     Fragmented(FragmentDrop),
+    /// Requests answered with `PATH_MTU_ANSWER` bytes and DF set (IP_PMTUDISC_DO) across a
+    /// router whose link to the client has an MTU of `NARROW_MTU`.
+    PathMtu,
 }
+
+/// The path-MTU scenario's answer: fits the server's 1500-byte link, not the client's.
+pub const PATH_MTU_ANSWER: usize = 1_400;
+/// The MTU of the client's link in the path-MTU scenario (IPv6's minimum).
+pub const NARROW_MTU: u32 = 1_280;
 
 /// Which IP fragments the router's firewall drops.
 #[derive(Clone, Copy, Debug)]
@@ -456,6 +464,17 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: true,
         traffic: Traffic::Fragmented(FragmentDrop::Nothing),
     },
+    Scenario {
+        name: "path-mtu",
+        description: "a server on 192.0.2.2:5034 answers with 1400 bytes and DF set (IP_PMTUDISC_DO) across a router whose link to the client (198.51.100.2) has an MTU of 1280",
+        diagnosis: "the router cannot forward the first answer and sends ICMP fragmentation needed (3/4) announcing MTU 1280; the server's later answers fail with EMSGSIZE: fragment_loss (path MTU) with the MTU; fix: smaller answers, a larger MTU, or let ICMP 3/4 through",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5034,
+        bind_specific: true,
+        traffic: Traffic::PathMtu,
+    },
 ];
 
 /// Every scenario, in `udptrace lab list` order.
@@ -546,6 +565,12 @@ impl Scenario {
                 router.nft(&format!(
                     "table inet udptrace_lab {{\n chain forward {{\n  type filter hook forward priority 0;\n  ip frag-off & {mask} != 0 drop\n }}\n}}\n"
                 ))?;
+            }
+        }
+        if let (Traffic::PathMtu, Some(router)) = (self.traffic, built.middle.first()) {
+            let mtu = NARROW_MTU.to_string();
+            for netns in [&built.client, router] {
+                netns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
             }
         }
         Ok(Lab {
@@ -814,19 +839,30 @@ impl Scenario {
                 server_report = Some(server.stop()?);
                 report
             }
-            Traffic::Fragmented(_) => {
+            Traffic::Fragmented(_) | Traffic::PathMtu => {
+                let (bytes, dont_fragment, requests, linger) = match self.traffic {
+                    // Each answer after the first meets the MTU the router announced.
+                    Traffic::PathMtu => (PATH_MTU_ANSWER, true, 3, SETTLE),
+                    // Past the client's reassembly timeout, so that the fragments waiting
+                    // there expire while a tracer watches.
+                    _ => (
+                        FRAGMENTED_ANSWER,
+                        false,
+                        2,
+                        REASSEMBLY_TIME + Duration::from_millis(500),
+                    ),
+                };
                 let server = Server::start(
                     &lab.server,
                     lab.bind,
                     ServerMode::Answer {
-                        bytes: FRAGMENTED_ANSWER,
+                        bytes,
+                        dont_fragment,
                     },
                     PEER_LIFETIME,
                 )?;
-                let report = run_client(&lab.client, &client(2, 100, 300))?;
-                // Past the client's reassembly timeout, so that the fragments waiting there
-                // expire while a tracer watches.
-                std::thread::sleep(REASSEMBLY_TIME + Duration::from_millis(500));
+                let report = run_client(&lab.client, &client(requests, 100, 300))?;
+                std::thread::sleep(linger);
                 server_report = Some(server.stop()?);
                 report
             }

@@ -42,7 +42,11 @@ fn what_summary(event: &TraceEvent) -> String {
             icmp_type,
             icmp_code,
             meaning,
-        } => format!("{meaning} (type {icmp_type} code {icmp_code}) about {src} > {dst}"),
+            mtu,
+        } => {
+            let mtu = mtu.map_or_else(String::new, |mtu| format!(", mtu {mtu}"));
+            format!("{meaning} (type {icmp_type} code {icmp_code}{mtu}) about {src} > {dst}")
+        }
         What::SockError { error, .. }
         | What::SendError { error, .. }
         | What::RecvError { error, .. } => {

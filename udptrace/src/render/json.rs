@@ -187,6 +187,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             },
             What::SockError {
                 error: SocketErrno(Errno(111)),

@@ -382,6 +382,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             }))
             .unwrap();
         assert!(!out.contains(&0x1b));
@@ -391,6 +392,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             }))
             .unwrap();
         assert!(out.contains(&0x1b));

@@ -299,6 +299,27 @@ pub fn summary(verdict: &Verdict) -> String {
                  whole: {how}"
             )
         }
+        Facts::PathMtu {
+            source,
+            destination,
+            namespace,
+            mtu: Some(mtu),
+        } => format!(
+            "{source} > {destination} is too big for the path and may not be fragmented (DF, \
+             IP_PMTUDISC_DO, or IPv6 on the way): namespace {} answers with ICMP that the next \
+             link's MTU is {mtu}; the sender's datagrams larger than that fail with EMSGSIZE",
+            namespace_text(namespace)
+        ),
+        Facts::PathMtu {
+            source,
+            namespace,
+            mtu: None,
+            ..
+        } => format!(
+            "sends from {source} in namespace {} fail with EMSGSIZE: the datagram is larger than \
+             the path MTU and may not be fragmented (IP_PMTUDISC_DO, or IPv6)",
+            namespace_text(namespace)
+        ),
     }
 }
 
@@ -350,6 +371,21 @@ pub fn fix(verdict: &Verdict) -> String {
                 "send smaller datagrams from {source} (e.g. an EDNS buffer of 1232 bytes, which \
                  fits any IPv6 path), or {through}, or lower the sender's MTU so that nothing \
                  needs fragmenting"
+            )
+        }
+        Facts::PathMtu { source, mtu, .. } => {
+            let fits = mtu.map_or_else(String::new, |mtu| {
+                // IPv4 header 20 bytes, IPv6 40, UDP 8.
+                let headers = if source.is_ipv4() { 28 } else { 48 };
+                format!(
+                    " (at most {} bytes of payload)",
+                    mtu.saturating_sub(headers)
+                )
+            });
+            format!(
+                "send smaller datagrams{fits}, e.g. an EDNS buffer of 1232 bytes; or raise the MTU \
+                 of the narrow link; and let ICMP fragmentation-needed (3/4) and packet-too-big \
+                 through every firewall on the path, so that senders learn the path MTU"
             )
         }
     }

@@ -245,6 +245,7 @@ fn closed_port_ties_drop_icmp_and_econnrefused() {
             icmp_type: 3,
             icmp_code: 3,
             meaning: "port-unreachable".into(),
+            mtu: None,
         },
         client,
         server,

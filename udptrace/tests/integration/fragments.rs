@@ -4,7 +4,7 @@
 //! from their first fragment (by addresses, protocol and IP ID).
 
 use serde_json::Value;
-use udptrace::lab::scenarios::FRAGMENTED_ANSWER;
+use udptrace::lab::scenarios::{FRAGMENTED_ANSWER, NARROW_MTU};
 
 use crate::{
     common::{events, verdicts},
@@ -34,7 +34,11 @@ fn later_fragments_dropped_by_a_router_are_followed_and_reassembly_times_out() {
     assert_eq!(dropped.len(), 4, "{records:#?}");
     for drop in &dropped {
         assert_eq!(drop["saddr"], lab.target.ip().to_string());
-        assert_eq!(drop["sport"], lab.target.port(), "ports learned from the first");
+        assert_eq!(
+            drop["sport"],
+            lab.target.port(),
+            "ports learned from the first"
+        );
         assert_eq!(drop["dport"], client.port());
         let fragment = &drop["fragment"];
         assert_ne!(fragment["offset"], 0, "{drop}");
@@ -59,14 +63,20 @@ fn later_fragments_dropped_by_a_router_are_followed_and_reassembly_times_out() {
     assert_eq!(found.len(), 1, "{found:#?}");
     let verdict = found[0];
     assert_eq!(verdict["code"], "fragment_loss");
-    assert_eq!(verdict["count"], 6, "4 fragments dropped, 2 reassemblies expired");
+    assert_eq!(
+        verdict["count"], 6,
+        "4 fragments dropped, 2 reassemblies expired"
+    );
     let facts = &verdict["facts"];
     assert_eq!(facts["cause"], "firewall");
     assert_eq!(facts["datagram_len"], DATAGRAM_LEN);
     assert_eq!(facts["fragment_size"], 1_500);
     let summary = verdict["summary"].as_str().unwrap();
     assert!(
-        summary.contains(&format!("namespace {}", lab.namespace("router").unwrap().name)),
+        summary.contains(&format!(
+            "namespace {}",
+            lab.namespace("router").unwrap().name
+        )),
         "{summary}"
     );
     assert!(
@@ -116,4 +126,51 @@ fn a_reassembled_answer_is_healthy() {
         .filter(|x| x["fragment"].is_object() && x["sport"] == 5_033)
         .count();
     assert!(fragments >= 6, "{records:#?}");
+}
+
+#[test]
+fn a_path_too_narrow_for_a_dont_fragment_answer_names_the_mtu() {
+    let (lab, outcome, records) = traced("path-mtu", &[]);
+    let server = outcome.server.as_ref().unwrap();
+    assert!(outcome.client.replies.is_empty(), "{}", outcome.describe());
+    assert!(
+        server.errors.contains(&libc::EMSGSIZE),
+        "{}",
+        outcome.describe()
+    );
+    let router = lab.namespace("router").unwrap();
+    let too_big: Vec<&Value> = events(&records, "icmp")
+        .into_iter()
+        .filter(|i| i["icmp_type"] == 3 && i["icmp_code"] == 4)
+        .collect();
+    // One error: the router's, once; the later answers fail at the sender.
+    assert_eq!(too_big.len(), 1, "{records:#?}");
+    assert_eq!(too_big[0]["netns"], router.inode);
+    assert_eq!(too_big[0]["mtu"], NARROW_MTU, "read from the ICMP header");
+    assert_eq!(too_big[0]["saddr"], lab.target.ip().to_string());
+    assert_eq!(too_big[0]["sport"], lab.target.port());
+    let refused: Vec<&Value> = events(&records, "send_error")
+        .into_iter()
+        .filter(|e| e["errno"] == "EMSGSIZE")
+        .collect();
+    assert_eq!(
+        refused.len(),
+        server.errors.len(),
+        "every EMSGSIZE the server got: {records:#?}"
+    );
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "fragment_loss");
+    assert_eq!(verdict["facts"]["mtu"], NARROW_MTU);
+    assert_eq!(
+        verdict["count"],
+        1 + refused.len() as u64,
+        "the ICMP error and the refused sends"
+    );
+    let summary = verdict["summary"].as_str().unwrap();
+    assert!(summary.contains("the next link's MTU is 1280"), "{summary}");
+    assert!(summary.contains(&router.name), "{summary}");
+    let fix = verdict["fix"].as_str().unwrap();
+    assert!(fix.contains("at most 1252 bytes of payload"), "{fix}");
 }

@@ -5,6 +5,12 @@
 //! net/ipv4/ip_fragment.c, or `ip6_expire_frag_queue`, include/net/ipv6_frag.h, which also send
 //! ICMP time exceeded, fragment reassembly, back). The kernel side gives every fragment its
 //! datagram's ports (learned from the first fragment), so both kinds of loss belong to the flow.
+//!
+//! Path MTU failures belong here too: a datagram that may not be fragmented (IPv4 with DF, as
+//! `IP_PMTUDISC_DO` sends it, or any IPv6 datagram on the way) meets a link narrower than
+//! itself: the router sends ICMP fragmentation needed (3/4, net/ipv4/ip_forward.c) or packet
+//! too big (ICMPv6 2, net/ipv6/ip6_output.c `ip6_forward`) with the MTU, and the sender's next
+//! sends of that size fail with EMSGSIZE (net/ipv4/ip_output.c `__ip_append_data`).
 
 use crate::{
     flows::{
@@ -12,8 +18,27 @@ use crate::{
         table::FlowKey,
         verdict::{Facts, FragmentCause, Namespace, VerdictCode},
     },
-    model::{TraceEvent, What},
+    model::{Family, TraceEvent, What},
 };
+
+/// `EMSGSIZE` (include/uapi/asm-generic/errno.h).
+const EMSGSIZE: u32 = 90;
+
+/// An ICMP error saying a datagram is too big for the next link: fragmentation needed (ICMPv4
+/// 3/4) or packet too big (ICMPv6 2).
+fn too_big(event: &TraceEvent) -> bool {
+    matches!(
+        (event.family, &event.what),
+        (
+            Family::Ipv4,
+            What::Icmp {
+                icmp_type: 3,
+                icmp_code: 4,
+                ..
+            }
+        ) | (Family::Ipv6, What::Icmp { icmp_type: 2, .. })
+    )
+}
 
 pub struct FragmentLoss;
 
@@ -65,6 +90,41 @@ impl Rule for FragmentLoss {
                     datagram_len: fragment.datagram_len,
                     fragment_size,
                     rules,
+                },
+                vec![event.clone()],
+            )
+        });
+    }
+
+    fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
+        let announced = match &event.what {
+            What::Icmp { mtu, .. } if too_big(event) => *mtu,
+            What::SendError { error, .. } if error.0.0 == EMSGSIZE => {
+                // The send hook names the socket, not the destination: the error that taught
+                // the kernel the smaller MTU, about a datagram from this socket, is the flow.
+                if let Some(icmp) = cx
+                    .recent(|seen| {
+                        too_big(seen)
+                            && seen.sport == event.sport
+                            && (seen.saddr == event.saddr || event.saddr.is_unspecified())
+                    })
+                    .cloned()
+                {
+                    cx.ledger
+                        .bump(FlowKey::of(&icmp), VerdictCode::FragmentLoss, event);
+                    return;
+                }
+                None
+            }
+            _ => return,
+        };
+        cx.verdict(FlowKey::of(event), VerdictCode::FragmentLoss, event, || {
+            (
+                Facts::PathMtu {
+                    source: event.source(),
+                    destination: event.destination(),
+                    namespace: Namespace::of(event),
+                    mtu: announced,
                 },
                 vec![event.clone()],
             )
@@ -166,6 +226,9 @@ mod tests {
         let mut codes: Vec<VerdictCode> = diagnosis.verdicts().iter().map(|v| v.code).collect();
         codes.sort();
         // The whole datagram's drop stays firewall_drop's.
-        assert_eq!(codes, [VerdictCode::FirewallDrop, VerdictCode::FragmentLoss]);
+        assert_eq!(
+            codes,
+            [VerdictCode::FirewallDrop, VerdictCode::FragmentLoss]
+        );
     }
 }
