@@ -410,6 +410,36 @@ fn fragment_loss_reads_for_the_person_on_call() {
 }
 
 #[test]
+fn path_mtu_failures_name_the_mtu_and_the_payload_that_fits() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    diagnosis.observe(&event(
+        What::Icmp {
+            icmp_type: 2,
+            icmp_code: 0,
+            meaning: "packet-too-big".into(),
+            mtu: Some(1_280),
+        },
+        "[2001:db8:2::2]:5034",
+        "[2001:db8:1::2]:40000",
+        1,
+    ));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(
+        summary(&verdicts[0]),
+        "[2001:db8:2::2]:5034 > [2001:db8:1::2]:40000 is too big for the path and may not be \
+         fragmented (DF, IP_PMTUDISC_DO, or IPv6 on the way): namespace host answers with ICMP \
+         that the next link's MTU is 1280; the sender's datagrams larger than that fail with \
+         EMSGSIZE"
+    );
+    assert!(
+        fix(&verdicts[0]).starts_with("send smaller datagrams (at most 1232 bytes of payload)"),
+        "{}",
+        fix(&verdicts[0])
+    );
+    assert!(evidence_lines(&verdicts[0])[0].contains("(type 2 code 0, mtu 1280)"));
+}
+
+#[test]
 fn firewall_and_rcvbuf_drops() {
     let mut diagnosis = Diagnosis::new(no_sockets());
     diagnosis.observe(&event(

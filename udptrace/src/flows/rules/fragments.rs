@@ -142,7 +142,7 @@ mod tests {
             testing::{drop, event, no_sockets},
             verdict::{Facts, FragmentCause, Namespace, VerdictCode},
         },
-        model::{IpFragment, Location, TraceEvent, What},
+        model::{Errno, IpFragment, Location, SocketErrno, TraceEvent, What},
     };
 
     const ANSWER: &str = "192.0.2.2:5031";
@@ -216,6 +216,95 @@ mod tests {
         };
         assert_eq!(*cause, FragmentCause::ReassemblyTimeout);
         assert!(rules.is_empty(), "no firewall rule is asked about");
+    }
+
+    fn fragmentation_needed(mtu: u32, ts_ns: u64) -> TraceEvent {
+        event(
+            What::Icmp {
+                icmp_type: 3,
+                icmp_code: 4,
+                meaning: "fragmentation-needed".into(),
+                mtu: Some(mtu),
+            },
+            ANSWER,
+            CLIENT,
+            ts_ns,
+        )
+    }
+
+    fn emsgsize(ts_ns: u64) -> TraceEvent {
+        event(
+            What::SendError {
+                error: SocketErrno(Errno(90)),
+                call: None,
+            },
+            ANSWER,
+            "0.0.0.0:0",
+            ts_ns,
+        )
+    }
+
+    #[test]
+    fn a_too_big_error_names_its_mtu_and_the_refused_sends_count_on_it() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let icmp = fragmentation_needed(1_280, 1);
+        diagnosis.observe(&icmp);
+        let refused = emsgsize(2);
+        diagnosis.observe(&refused);
+        let verdicts = diagnosis.verdicts();
+        assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+        assert_eq!(verdicts[0].code, VerdictCode::FragmentLoss);
+        assert_eq!(verdicts[0].count, 2);
+        assert_eq!(
+            verdicts[0].facts,
+            Facts::PathMtu {
+                source: ANSWER.parse().unwrap(),
+                destination: CLIENT.parse().unwrap(),
+                namespace: Namespace {
+                    netns: 7,
+                    netns_name: Some("host".into())
+                },
+                mtu: Some(1_280),
+            }
+        );
+        assert_eq!(verdicts[0].evidence, [icmp, refused]);
+    }
+
+    #[test]
+    fn emsgsize_alone_is_a_path_mtu_failure_without_an_mtu() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        diagnosis.observe(&emsgsize(1));
+        let Facts::PathMtu { mtu, .. } = diagnosis.verdicts()[0].facts else {
+            panic!("{:#?}", diagnosis.verdicts());
+        };
+        assert_eq!(mtu, None);
+    }
+
+    #[test]
+    fn other_icmp_errors_are_not_path_mtu_failures() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        // Port unreachable (3/3), and ICMPv4 code 4 of another type.
+        for (icmp_type, icmp_code) in [(3, 3), (11, 4)] {
+            diagnosis.observe(&event(
+                What::Icmp {
+                    icmp_type,
+                    icmp_code,
+                    meaning: String::new(),
+                    mtu: None,
+                },
+                ANSWER,
+                CLIENT,
+                1,
+            ));
+        }
+        assert!(
+            diagnosis
+                .verdicts()
+                .iter()
+                .all(|v| v.code != VerdictCode::FragmentLoss),
+            "{:#?}",
+            diagnosis.verdicts()
+        );
     }
 
     #[test]
