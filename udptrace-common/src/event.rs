@@ -196,6 +196,7 @@ pub struct Fragment {
 impl Fragment {
     /// Whether the datagram is fragmented at all (a whole datagram has neither flag nor
     /// offset).
+    #[expect(clippy::inline_always, reason = "eBPF: called on the per-packet path")]
     #[inline(always)]
     pub const fn is_fragment(&self) -> bool {
         self.more != 0 || self.offset != 0
