@@ -219,7 +219,8 @@ enum Topology {
     /// from its second address 203.0.113.1 through `eth0`.
     MultiHomed,
     /// Client 198.51.100.2 behind a router (198.51.100.1 / 192.0.2.1) from the server
-    /// 192.0.2.2, every link with an MTU of 1500.
+    /// 192.0.2.2, every link with an MTU of 1500 (IPv6: 2001:db8:1::2, 2001:db8:1::1 /
+    /// 2001:db8:2::1, 2001:db8:2::2).
     Routed,
 }
 
@@ -465,6 +466,17 @@ pub const SCENARIOS: &[Scenario] = &[
         traffic: Traffic::Fragmented(FragmentDrop::Nothing),
     },
     Scenario {
+        name: "fragments-dropped-v6",
+        description: "the same over IPv6: 2001:db8:1::2 asks [2001:db8:2::2]:5035 across a router whose nftables forward rule drops non-first fragments (frag frag-off != 0 drop); the 4000-byte answer leaves the server in three fragments (fragment header)",
+        diagnosis: "NETFILTER_DROP of the later fragments in the router namespace, followed by the fragment header's identification; reassembly times out at the client (FRAG_REASM_TIMEOUT, ICMPv6 time exceeded 3/1 back): fragment_loss naming the rule",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: true,
+        port: 5035,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::Later),
+    },
+    Scenario {
         name: "path-mtu",
         description: "a server on 192.0.2.2:5034 answers with 1400 bytes and DF set (IP_PMTUDISC_DO) across a router whose link to the client (198.51.100.2) has an MTU of 1280",
         diagnosis: "the router cannot forward the first answer and sends ICMP fragmentation needed (3/4) announcing MTU 1280; the server's later answers fail with EMSGSIZE: fragment_loss (path MTU) with the MTU; fix: smaller answers, a larger MTU, or let ICMP 3/4 through",
@@ -554,16 +566,19 @@ impl Scenario {
             ))?;
         }
         if let Traffic::Fragmented(drop) = self.traffic {
-            let mask = match drop {
-                FragmentDrop::Nothing => None,
-                FragmentDrop::Later => Some("0x1fff"),
-                FragmentDrop::All => Some("0x3fff"),
+            // IPv4: offset bits (and MF); IPv6: its fragment header (RFC 8200 §4.5).
+            let rule = match (drop, self.ipv6) {
+                (FragmentDrop::Nothing, _) => None,
+                (FragmentDrop::Later, false) => Some("ip frag-off & 0x1fff != 0 drop"),
+                (FragmentDrop::All, false) => Some("ip frag-off & 0x3fff != 0 drop"),
+                (FragmentDrop::Later, true) => Some("frag frag-off != 0 drop"),
+                (FragmentDrop::All, true) => Some("exthdr frag exists drop"),
             };
-            if let Some(mask) = mask
+            if let Some(rule) = rule
                 && let Some(router) = built.middle.first()
             {
                 router.nft(&format!(
-                    "table inet udptrace_lab {{\n chain forward {{\n  type filter hook forward priority 0;\n  ip frag-off & {mask} != 0 drop\n }}\n}}\n"
+                    "table inet udptrace_lab {{\n chain forward {{\n  type filter hook forward priority 0;\n  {rule}\n }}\n}}\n"
                 ))?;
             }
         }
@@ -662,24 +677,38 @@ impl Scenario {
         let server = Netns::create("server")?;
         veth(&client, "eth0", &router, "eth0")?;
         veth(&router, "eth1", &server, "eth0")?;
-        client.addr("eth0", "198.51.100.2/24")?;
-        client.route(&["default", "via", "198.51.100.1"])?;
-        router.addr("eth0", "198.51.100.1/24")?;
-        router.addr("eth1", "192.0.2.1/24")?;
-        server.addr("eth0", "192.0.2.2/24")?;
-        server.route(&["default", "via", "192.0.2.1"])?;
-        router.sysctl("net.ipv4.ip_forward", "1")?;
-        for netns in [&client, &router, &server] {
-            netns.sysctl("net.ipv4.icmp_ratelimit", "0")?;
-        }
-        client.sysctl(
-            "net.ipv4.ipfrag_time",
-            &REASSEMBLY_TIME.as_secs().to_string(),
-        )?;
+        let reassembly = REASSEMBLY_TIME.as_secs().to_string();
+        let target = if self.ipv6 {
+            client.addr("eth0", "2001:db8:1::2/64")?;
+            client.route(&["default", "via", "2001:db8:1::1"])?;
+            router.addr("eth0", "2001:db8:1::1/64")?;
+            router.addr("eth1", "2001:db8:2::1/64")?;
+            server.addr("eth0", "2001:db8:2::2/64")?;
+            server.route(&["default", "via", "2001:db8:2::1"])?;
+            router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            for netns in [&client, &router, &server] {
+                netns.sysctl("net.ipv6.icmp.ratelimit", "0")?;
+            }
+            client.sysctl("net.ipv6.ip6frag_time", &reassembly)?;
+            address(&format!("[2001:db8:2::2]:{}", self.port))
+        } else {
+            client.addr("eth0", "198.51.100.2/24")?;
+            client.route(&["default", "via", "198.51.100.1"])?;
+            router.addr("eth0", "198.51.100.1/24")?;
+            router.addr("eth1", "192.0.2.1/24")?;
+            server.addr("eth0", "192.0.2.2/24")?;
+            server.route(&["default", "via", "192.0.2.1"])?;
+            router.sysctl("net.ipv4.ip_forward", "1")?;
+            for netns in [&client, &router, &server] {
+                netns.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+            }
+            client.sysctl("net.ipv4.ipfrag_time", &reassembly)?;
+            address(&format!("192.0.2.2:{}", self.port))
+        };
         Ok(Built {
             client,
             server,
-            target: address(&format!("192.0.2.2:{}", self.port)),
+            target,
             middle: vec![router],
             proxy: None,
             reply_netns: "client",

@@ -174,3 +174,50 @@ fn a_path_too_narrow_for_a_dont_fragment_answer_names_the_mtu() {
     let fix = verdict["fix"].as_str().unwrap();
     assert!(fix.contains("at most 1252 bytes of payload"), "{fix}");
 }
+
+#[test]
+fn ipv6_later_fragments_are_followed_by_the_fragment_headers_identification() {
+    let (lab, outcome, records) = traced("fragments-dropped-v6", &[]);
+    let client = outcome.client.local.unwrap();
+    assert!(outcome.client.replies.is_empty(), "{}", outcome.describe());
+    let router = lab.namespace("router").unwrap().inode;
+    let dropped = fragment_drops(&records, router, "NETFILTER_DROP");
+    assert_eq!(
+        dropped.len(),
+        4,
+        "two later fragments of each answer: {records:#?}"
+    );
+    for drop in &dropped {
+        assert_eq!(drop["family"], "ipv6");
+        assert_eq!(
+            drop["sport"],
+            lab.target.port(),
+            "ports learned from the first"
+        );
+        assert_eq!(drop["dport"], client.port());
+        assert_eq!(drop["fragment"]["datagram_len"], DATAGRAM_LEN, "{drop}");
+    }
+    let expired = fragment_drops(&records, lab.client.inode, "FRAG_REASM_TIMEOUT");
+    assert_eq!(expired.len(), 2, "one per answer: {records:#?}");
+    assert!(expired.iter().all(|d| d["fragment"]["offset"] == 0));
+    // ICMPv6 time exceeded, fragment reassembly time exceeded (RFC 4443 §3.3), seen leaving
+    // the client (ICMPv6 errors are seen at each device they leave: the router's too).
+    let time_exceeded = events(&records, "icmp")
+        .into_iter()
+        .filter(|i| {
+            i["icmp_type"] == 3
+                && i["icmp_code"] == 1
+                && i["sport"] == lab.target.port()
+                && i["netns"] == lab.client.inode
+        })
+        .count();
+    assert_eq!(time_exceeded, 2, "{records:#?}");
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0]["code"], "fragment_loss");
+    let summary = found[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("(hook forward): frag frag-off != 0 drop"),
+        "{summary}"
+    );
+}
