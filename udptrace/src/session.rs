@@ -16,8 +16,8 @@ use udptrace_common::{
     event::{Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
-        DEBUG_BPF_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL,
-        SELECTORS_GLOBAL,
+        DEBUG_BPF_GLOBAL, FEATURE_ICMP6_PROBE, FEATURE_XMIT, FEATURES_MAP, FILTER_GLOBAL,
+        OFFSETS_GLOBAL, SELECTORS_GLOBAL,
     },
 };
 
@@ -101,10 +101,18 @@ pub struct Tracer {
 
 /// Tells the programs which hooks attached where that changes what another hook reports.
 fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<()> {
-    let icmp6_probed = probes
-        .iter()
-        .any(|outcome| outcome.hook.name == "icmp6_error" && outcome.attached.is_some());
-    let features = if icmp6_probed { FEATURE_ICMP6_PROBE } else { 0 };
+    let attached = |name: &str| {
+        probes
+            .iter()
+            .any(|outcome| outcome.hook.name == name && outcome.attached.is_some())
+    };
+    let mut features = 0;
+    if attached("icmp6_error") {
+        features |= FEATURE_ICMP6_PROBE;
+    }
+    if attached("xmit") {
+        features |= FEATURE_XMIT;
+    }
     let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
         ebpf.map_mut(FEATURES_MAP)
             .context("the eBPF object has no FEATURES map")?,

@@ -14,7 +14,8 @@
 //! packet too big in its 4 data bytes (RFC 4443 §3.2, read from the packet or `icmp6_send`'s
 //! `info`), ICMPv4 fragmentation needed in the last 2 (RFC 1191 §4). The `icmp_send`
 //! tracepoint lacks `__icmp_send`'s `info`, so fragmentation needed is reported from the packet
-//! where it reaches a device (`frag_needed`), on every kernel, and not at `icmp_send`.
+//! where it reaches a device (`frag_needed`), and not at `icmp_send` (there without its MTU
+//! only when the device hop could not be attached).
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -29,7 +30,7 @@ use network_types::{
 };
 use udptrace_common::{
     event::{AF_INET, AF_INET6, EventKind, Mechanism},
-    names::FEATURE_ICMP6_PROBE,
+    names::{FEATURE_ICMP6_PROBE, FEATURE_XMIT},
     offsets::ClassicTracepoint,
 };
 
@@ -133,6 +134,9 @@ fn on_icmp_send(
     };
     if report.tuple.family == AF_INET
         && (icmp_type as u8, code as u8) == (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED)
+        && FEATURES
+            .get(0)
+            .is_some_and(|features| features & FEATURE_XMIT != 0)
     {
         // Reported with its MTU where it leaves (`frag_needed`).
         return Ok(());
