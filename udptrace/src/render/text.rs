@@ -266,6 +266,7 @@ mod tests {
             skb: None,
             tracked: false,
             conntrack: None,
+            fragment: None,
             family: Family::Ipv4,
             saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
             sport: 40_000,
@@ -367,6 +368,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             }))
             .unwrap();
         assert!(!out.contains(&0x1b));
@@ -376,6 +378,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             }))
             .unwrap();
         assert!(out.contains(&0x1b));

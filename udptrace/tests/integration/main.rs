@@ -6,6 +6,7 @@ mod debug_bpf;
 mod doctor;
 mod drops;
 mod filters;
+mod fragments;
 mod hardening;
 mod path;
 mod pcap;
