@@ -431,13 +431,28 @@ fn cpio(root: &Path, archive: &Path) -> anyhow::Result<PathBuf> {
 
 /// Integration tests that run on the host only, with why: the matrix is about what differs
 /// between kernels.
-const HOST_ONLY: &[(&str, &str)] = &[(
-    "scale::",
-    "userspace bounds at 100,000 to 1,000,000 flows (memory, exit time, flow accounting): the \
+const HOST_ONLY: &[(&str, &str)] = &[
+    (
+        "scale::",
+        "userspace bounds at 100,000 to 1,000,000 flows (memory, exit time, flow accounting): the \
      same on every kernel, and minutes of traffic under emulation; the kernel-side counting they \
      rely on runs in every guest (drops::*_counted_exactly, \
      verdicts::a_storm_of_new_flows_starts_no_subprocess)",
-)];
+    ),
+    (
+        "pcap::a_traced_incident_written_with_w_reads_in_tshark_as_its_json_events",
+        "needs tshark, which the guests do not carry (Wireshark's libraries); the kernel side \
+         of -w runs in every guest (pcap::w_writes_one_packet_per_hop_event)",
+    ),
+    (
+        "pcap::w_dash_streams_the_packets_into_tshark_and_the_json_to_stderr",
+        "needs tshark (as above)",
+    ),
+    (
+        "pcap::a_full_disk_under_w_ends_the_run_saying_what_the_file_holds",
+        "needs tshark (as above) to read the cut file",
+    ),
+];
 
 /// What the matrix leaves to the host or to runs on request, for docs/kernel-matrix.md.
 fn host_only_note() -> String {

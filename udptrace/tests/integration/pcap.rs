@@ -185,6 +185,25 @@ fn assert_verdicts_in_comments(scenario: &str, frames: &[Frame], records: &[Valu
     }
 }
 
+/// The kernel side of `-w` on every kernel of the matrix, where tshark is not at hand (the
+/// guests' initramfs): the packet copy is only verified by the kernel when `-w` turns it on
+/// (frozen globals prune it otherwise), so a traced incident with `-w` must load, and its file
+/// must hold one packet per hop event (read back by udptrace's own reader).
+#[test]
+fn w_writes_one_packet_per_hop_event() {
+    let file = temp_file("count");
+    let path = file.0.to_str().unwrap();
+    let (_lab, _outcome, records) = traced("closed-port", &["-w", path]);
+    let hops = hop_events(&records);
+    assert!(!hops.is_empty(), "no hop events in {records:#?}");
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(
+        udptrace::pcapng::packet_count(&bytes),
+        Some(hops.len() as u64),
+        "{records:#?}"
+    );
+}
+
 #[test]
 fn a_traced_incident_written_with_w_reads_in_tshark_as_its_json_events() {
     for scenario in ["closed-port", "wrong-source-reply-v6"] {
