@@ -2,11 +2,14 @@
 
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     cli::{LabCommand, OutputArgs},
-    lab::{Scenario, netns, scenarios},
+    lab::{
+        docker::{self, DockerHost},
+        netns, scenarios,
+    },
     render::{note, output_for, print_stdout},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
@@ -16,15 +19,28 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
     match command {
         LabCommand::List => {
             let mut text = String::new();
-            for scenario in scenarios::SCENARIOS {
-                let expected = if scenario.expected.is_empty() {
+            let listed = scenarios::SCENARIOS
+                .iter()
+                .map(|s| (s.name, s.description, s.expected))
+                .chain(
+                    docker::DOCKER_SCENARIOS
+                        .iter()
+                        .map(|s| (s.name, s.description, s.expected)),
+                );
+            for (name, description, expected) in listed {
+                let expected = if expected.is_empty() {
                     "no verdict (healthy control)".to_owned()
                 } else {
-                    scenario.expected.join(", ")
+                    expected.join(", ")
                 };
                 text.push_str(&format!(
-                    "{:<28} {}\n{:<28} expect: {expected}\n",
-                    scenario.name, scenario.description, ""
+                    "{name:<28} {description}\n{:<28} expect: {expected}\n",
+                    ""
+                ));
+            }
+            if let Some(missing) = DockerHost::missing() {
+                text.push_str(&format!(
+                    "(the docker-... scenarios need dockerd: {missing})\n"
                 ));
             }
             print_stdout(&text).context("writing the output")
@@ -34,11 +50,37 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
             trace,
             output,
         } => {
-            let scenario = scenarios::find(&name)
-                .ok_or_else(|| anyhow!("no lab scenario `{name}`: see `udptrace lab list`"))?;
+            let lab = if let Some(scenario) = scenarios::find(&name) {
+                LabRun {
+                    name: scenario.name,
+                    description: scenario.description(),
+                    expected: scenario.expected,
+                    port: scenario.port(),
+                    exercise: Box::new(move || {
+                        let lab = scenario.setup().context("building the lab")?;
+                        Ok(scenario.exercise(&lab)?.describe())
+                    }),
+                }
+            } else if let Some(scenario) = docker::find(&name) {
+                if let Some(missing) = DockerHost::missing() {
+                    bail!("lab {name} needs a Docker daemon: {missing}");
+                }
+                LabRun {
+                    name: scenario.name,
+                    description: scenario.description(),
+                    expected: scenario.expected,
+                    port: scenario.port,
+                    exercise: Box::new(move || {
+                        let host = DockerHost::start().context("starting a private dockerd")?;
+                        Ok(scenario.exercise(&host)?.describe())
+                    }),
+                }
+            } else {
+                bail!("no lab scenario `{name}`: see `udptrace lab list`");
+            };
             // Before the first namespace exists: a SIGKILL at any moment leaves nothing behind.
             netns::spawn_guardian()?;
-            let result = run_scenario(scenario, trace, &output, signals).await;
+            let result = run_scenario(lab, trace, &output, signals).await;
             // On every path (done, Ctrl-C, an error): peers stop within a tick, the namespaces
             // go now.
             netns::cleanup_all();
@@ -47,18 +89,30 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
     }
 }
 
-/// `lab run`: builds the lab, exercises it (traced with `trace`) until it is done or a signal
-/// comes. A signal during the set-up (which blocks this thread) is kept by `signals` and ends
-/// the run as soon as the set-up returns.
+/// A scenario to run: the lab's own (namespaces and peers) or a Docker one (a private dockerd
+/// in a lab namespace, netcat containers).
+struct LabRun {
+    name: &'static str,
+    description: String,
+    expected: &'static [&'static str],
+    /// The server port, which the tracer's filter selects.
+    port: u16,
+    /// Builds the lab, exercises it and describes what happened (blocking; the lab is torn
+    /// down when it returns).
+    exercise: Box<dyn FnOnce() -> anyhow::Result<String> + Send>,
+}
+
+/// `lab run`: builds the lab and exercises it (traced with `trace`) until it is done or a
+/// signal comes.
 async fn run_scenario(
-    scenario: &'static Scenario,
+    lab: LabRun,
     trace: bool,
     output: &OutputArgs,
     signals: &mut StopSignals,
 ) -> anyhow::Result<()> {
     let tracer = if trace {
         Some(Tracer::start(TraceConfig {
-            filter: vec!["port".into(), scenario.port().to_string()],
+            filter: vec!["port".into(), lab.port.to_string()],
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
             record: output.record.clone(),
@@ -68,22 +122,17 @@ async fn run_scenario(
     } else {
         None
     };
-    let lab = scenario.setup().context("building the lab")?;
     note(format_args!(
         "lab {}: {}\nexpected verdicts: {}",
-        scenario.name,
-        scenario.description,
-        if scenario.expected.is_empty() {
+        lab.name,
+        lab.description,
+        if lab.expected.is_empty() {
             "none".into()
         } else {
-            scenario.expected.join(", ")
+            lab.expected.join(", ")
         }
     ));
-    let lab = std::sync::Arc::new(lab);
-    let exercised = {
-        let lab = std::sync::Arc::clone(&lab);
-        tokio::task::spawn_blocking(move || scenario.exercise(&lab))
-    };
+    let exercised = tokio::task::spawn_blocking(lab.exercise);
     let interrupted = || anyhow!("interrupted; the lab's namespaces were removed");
     let outcome = match tracer {
         Some(tracer) => {
@@ -117,10 +166,6 @@ async fn run_scenario(
         }
     }
     .context("lab task")??;
-    note(format_args!(
-        "lab {}: {}",
-        scenario.name,
-        outcome.describe()
-    ));
+    note(format_args!("lab {}: {outcome}", lab.name));
     Ok(())
 }

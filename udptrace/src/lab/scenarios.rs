@@ -21,10 +21,10 @@ use super::{
 
 /// Lifetime of the peers of one exercise: a bound, not a pause (they are stopped as soon as
 /// the client is done).
-const PEER_LIFETIME: Duration = Duration::from_secs(4);
+pub(super) const PEER_LIFETIME: Duration = Duration::from_secs(4);
 /// After the client's last datagram: for the last replies, ICMP errors and drops to happen
 /// before the servers close their sockets (a closed socket would add NO_SOCKET drops).
-const SETTLE: Duration = Duration::from_millis(150);
+pub(super) const SETTLE: Duration = Duration::from_millis(150);
 
 /// Where the userland proxy of a scenario runs and forwards.
 #[derive(Clone, Copy, Debug, Serialize)]

@@ -1,0 +1,153 @@
+//! Issue 15: the Docker incidents with a real Docker (Debian's docker.io): one private dockerd
+//! in a namespace of the test (docker0, its iptables rules and docker-proxy live there), netcat
+//! containers from an empty imported image, every `docker-...` lab scenario traced, and
+//! nothing left behind afterwards.
+
+use std::{collections::BTreeSet, path::Path};
+
+use serde_json::Value;
+use udptrace::lab::docker::{
+    BRIDGE_ADDRESS, DOCKER_SCENARIOS, DockerHost, DockerOutcome, HOST_ADDRESS, REQUESTS,
+};
+
+use crate::common::{Trace, events, require_root, verdicts};
+
+/// What must be gone once the Docker host is dropped.
+struct Leftovers {
+    daemon: u32,
+    netns: String,
+    socket: std::path::PathBuf,
+    containers: Vec<u32>,
+    proxies: Vec<u32>,
+}
+
+impl Leftovers {
+    fn assert_gone(&self) {
+        let alive = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists();
+        assert!(!alive(&self.daemon), "dockerd {} still runs", self.daemon);
+        let containers: Vec<&u32> = self.containers.iter().filter(|p| alive(p)).collect();
+        assert!(
+            containers.is_empty(),
+            "container processes left: {containers:?}"
+        );
+        let proxies: Vec<&u32> = self.proxies.iter().filter(|p| alive(p)).collect();
+        assert!(
+            proxies.is_empty(),
+            "docker-proxy processes left: {proxies:?}"
+        );
+        // docker0 and every iptables rule dockerd installed lived in this namespace only.
+        assert!(
+            !Path::new("/run/netns").join(&self.netns).exists(),
+            "namespace {} (docker0, its iptables rules) left",
+            self.netns
+        );
+        assert!(!self.socket.exists(), "the daemon's state is left");
+    }
+}
+
+#[test]
+fn docker_scenarios_with_a_real_dockerd() {
+    require_root();
+    if let Some(missing) = DockerHost::missing() {
+        panic!("the Docker tests need Docker: {missing}");
+    }
+    let host = DockerHost::start().expect("a private dockerd");
+    let mut leftovers = Leftovers {
+        daemon: host.docker.pid(),
+        netns: host.netns.name.clone(),
+        socket: host.docker.socket(),
+        containers: Vec::new(),
+        proxies: Vec::new(),
+    };
+    // Drops the host (containers, daemon, namespace) whether the scenarios passed or not,
+    // then checks that nothing is left, then reports the first failure.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for scenario in DOCKER_SCENARIOS {
+            let trace = Trace::start(&["port", &scenario.port.to_string()]);
+            let outcome = scenario.exercise(&host).expect("exercise");
+            let records = trace.stop();
+            leftovers.containers.push(outcome.client.pid);
+            leftovers
+                .containers
+                .extend(outcome.server.iter().map(|s| s.pid));
+            leftovers.proxies.extend(&outcome.proxies);
+            check(scenario.name, scenario.expected, &outcome, &records);
+        }
+    }));
+    drop(host);
+    leftovers.assert_gone();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn check(name: &str, expected: &[&str], outcome: &DockerOutcome, records: &[Value]) {
+    let context = || format!("{name}: {}\n{records:#?}", outcome.describe());
+    let found: BTreeSet<&str> = verdicts(records)
+        .iter()
+        .map(|v| v["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(found, expected.iter().copied().collect(), "{}", context());
+    // Every request crossed the container's netns into the Docker host's: the trace saw
+    // the client container's namespace by its inode.
+    let in_client = records
+        .iter()
+        .filter(|r| r["type"] == "event" && r["netns"] == outcome.client.netns_inode)
+        .count();
+    assert!(
+        in_client > 0,
+        "no event in the client container's namespace: {}",
+        context()
+    );
+    if expected.is_empty() {
+        assert_eq!(outcome.replies.len(), REQUESTS, "healthy: {}", context());
+        assert!(events(records, "drop").is_empty(), "healthy: {}", context());
+        return;
+    }
+    assert!(
+        outcome.replies.is_empty(),
+        "the replies were dropped: {}",
+        context()
+    );
+    let verdict = verdicts(records)[0];
+    let summary = verdict["summary"].as_str().unwrap();
+    let fix = verdict["fix"].as_str().unwrap();
+    assert!(
+        summary.contains(&format!("sent to {HOST_ADDRESS}:")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!("came from {BRIDGE_ADDRESS}:")),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("goes out docker0 (Docker's default bridge network)"),
+        "{summary}"
+    );
+    // Its replies died in the client container: NO_SOCKET drops in its namespace.
+    assert!(
+        events(records, "drop")
+            .iter()
+            .any(|d| d["reason"] == "NO_SOCKET" && d["netns"] == outcome.client.netns_inode),
+        "{}",
+        context()
+    );
+    if outcome.server.is_some() {
+        let proxy = outcome.proxies.first().expect("a docker-proxy process");
+        assert!(
+            summary.contains(&format!(
+                "owned by docker-proxy[{proxy}] (Docker's userland proxy for port {} published \
+                 on every host address)",
+                outcome.target.port()
+            )),
+            "{summary}"
+        );
+        assert!(
+            fix.contains(&format!("docker run -p {}:PORT/udp", outcome.target)),
+            "{fix}"
+        );
+        assert!(fix.contains("--userland-proxy=false"), "{fix}");
+    } else {
+        assert!(fix.contains("IP_PKTINFO"), "{fix}");
+    }
+}
