@@ -10,6 +10,7 @@ use udptrace_common::event::{
 
 use crate::{
     clock::WallClock,
+    containers::Container,
     model::{
         Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
         RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
@@ -47,8 +48,11 @@ pub trait KernelNames {
     fn symbol(&self, address: u64) -> Option<String>;
     /// The process holding the socket with this inode, if one does.
     fn socket_owner(&self, inode: u64) -> Option<Process>;
-    /// Name of a network namespace (/run/netns name, or `pid:comm` of a process in it).
+    /// Name of a network namespace (/run/netns name, its container's, or `pid:comm` of a
+    /// process in it).
     fn netns_name(&self, inode: u32) -> Option<String>;
+    /// The container a network namespace belongs to.
+    fn container(&self, inode: u32) -> Option<Container>;
 }
 
 impl SendCall {
@@ -136,6 +140,7 @@ pub fn decode(
         probe: Probe(Mechanism::from_u8(header.mechanism)),
         netns: header.netns,
         netns_name: names.netns_name(header.netns),
+        container: names.container(header.netns),
         ifindex: (header.ifindex != 0).then_some(header.ifindex),
         ifname: non_empty(sanitize_kernel_string(&header.ifname)),
         process: (header.pid != 0).then(|| Process {
@@ -262,6 +267,9 @@ mod tests {
         }
         fn netns_name(&self, inode: u32) -> Option<String> {
             (inode == 4_026_531_840).then(|| "client".into())
+        }
+        fn container(&self, _inode: u32) -> Option<Container> {
+            None
         }
     }
 

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use udptrace_common::offsets::KernelOffsets;
 
 use crate::{
+    containers::{Container, ContainerNames},
     decode::KernelNames,
     kernel::{
         btf::Btf,
@@ -55,7 +56,8 @@ impl Knowledge {
             tracefs,
             reasons,
             symbols,
-            processes: Rc::default(),
+            // Container names from the runtimes on this host, followed in the background.
+            processes: Rc::new(Processes::with_containers(ContainerNames::connect())),
         })
     }
 
@@ -86,5 +88,9 @@ impl KernelNames for Knowledge {
 
     fn netns_name(&self, inode: u32) -> Option<String> {
         self.processes.netns_name(inode)
+    }
+
+    fn container(&self, inode: u32) -> Option<Container> {
+        self.processes.container(inode)
     }
 }

@@ -55,7 +55,7 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                     name: scenario.name,
                     description: scenario.description(),
                     expected: scenario.expected,
-                    port: scenario.port(),
+                    filter: vec!["port".into(), scenario.port().to_string()],
                     exercise: Box::new(move || {
                         let lab = scenario.setup().context("building the lab")?;
                         Ok(scenario.exercise(&lab)?.describe())
@@ -69,7 +69,7 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                     name: scenario.name,
                     description: scenario.description(),
                     expected: scenario.expected,
-                    port: scenario.port,
+                    filter: scenario.filter(),
                     exercise: Box::new(move || {
                         let host = DockerHost::start().context("starting a private dockerd")?;
                         Ok(scenario.exercise(&host)?.describe())
@@ -95,8 +95,8 @@ struct LabRun {
     name: &'static str,
     description: String,
     expected: &'static [&'static str],
-    /// The server port, which the tracer's filter selects.
-    port: u16,
+    /// The tracer's filter: the scenario's ports.
+    filter: Vec<String>,
     /// Builds the lab, exercises it and describes what happened (blocking; the lab is torn
     /// down when it returns).
     exercise: Box<dyn FnOnce() -> anyhow::Result<String> + Send>,
@@ -112,7 +112,7 @@ async fn run_scenario(
 ) -> anyhow::Result<()> {
     let tracer = if trace {
         Some(Tracer::start(TraceConfig {
-            filter: vec!["port".into(), lab.port.to_string()],
+            filter: lab.filter,
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
             record: output.record.clone(),

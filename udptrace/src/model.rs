@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 use udptrace_common::event::Mechanism;
 
-use crate::clock::WallTime;
+use crate::{clock::WallTime, containers::Container};
 
 /// A process: its pid and `comm` (sanitized; empty when the kernel gave none).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -242,6 +242,10 @@ pub struct TraceEvent {
     pub netns: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_name: Option<String>,
+    /// The container the namespace belongs to (runtime, id; name, image, pod once the
+    /// runtime told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,7 +30,7 @@ pub const BRIDGE_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const BIP: &str = "198.51.100.1/24";
 const ADDRESS_POOL: &str = "203.0.113.0/24";
 /// The image: an empty root file system; the containers bind-mount the host's binaries.
-const IMAGE: &str = "udptrace-lab:empty";
+pub const IMAGE: &str = "udptrace-lab:empty";
 const HOST_BINARIES: &[&str] = &[
     "/usr",
     "/lib",
@@ -242,6 +242,16 @@ impl DockerOutcome {
 }
 
 impl DockerScenario {
+    /// The tracer filter that selects the scenario's traffic: the port the client writes to,
+    /// and for a published port the container's port behind docker-proxy too.
+    pub fn filter(&self) -> Vec<String> {
+        let mut filter = vec!["port".to_owned(), self.port.to_string()];
+        if let Replier::Published { .. } = self.replier {
+            filter.extend(["or".into(), "port".into(), CONTAINER_PORT.to_string()]);
+        }
+        filter
+    }
+
     pub fn description(&self) -> String {
         format!(
             "{}. Correct diagnosis: {}.",

@@ -7,7 +7,8 @@ use std::{collections::BTreeSet, path::Path};
 
 use serde_json::Value;
 use udptrace::lab::docker::{
-    BRIDGE_ADDRESS, DOCKER_SCENARIOS, DockerHost, DockerOutcome, HOST_ADDRESS, REQUESTS,
+    BRIDGE_ADDRESS, Container, DOCKER_SCENARIOS, DockerHost, DockerOutcome, HOST_ADDRESS, IMAGE,
+    REQUESTS,
 };
 
 use crate::common::{Trace, events, require_root, verdicts};
@@ -62,8 +63,14 @@ fn docker_scenarios_with_a_real_dockerd() {
     // Drops the host (containers, daemon, namespace) whether the scenarios passed or not,
     // then checks that nothing is left, then reports the first failure.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // The tracer names containers by asking this daemon.
+        let docker_host = format!("unix://{}", host.docker.socket().display());
         for scenario in DOCKER_SCENARIOS {
-            let trace = Trace::start(&["port", &scenario.port.to_string()]);
+            let filter = scenario.filter();
+            let trace = Trace::start_with(
+                &filter.iter().map(String::as_str).collect::<Vec<_>>(),
+                &[("DOCKER_HOST", &docker_host)],
+            );
             let outcome = scenario.exercise(&host).expect("exercise");
             let records = trace.stop();
             leftovers.containers.push(outcome.client.pid);
@@ -99,6 +106,9 @@ fn check(name: &str, expected: &[&str], outcome: &DockerOutcome, records: &[Valu
         "no event in the client container's namespace: {}",
         context()
     );
+    for container in std::iter::once(&outcome.client).chain(&outcome.server) {
+        assert_named(records, container, &context);
+    }
     if expected.is_empty() {
         assert_eq!(outcome.replies.len(), REQUESTS, "healthy: {}", context());
         assert!(events(records, "drop").is_empty(), "healthy: {}", context());
@@ -149,5 +159,31 @@ fn check(name: &str, expected: &[&str], outcome: &DockerOutcome, records: &[Valu
         assert!(fix.contains("--userland-proxy=false"), "{fix}");
     } else {
         assert!(fix.contains("IP_PKTINFO"), "{fix}");
+    }
+}
+
+/// Every event in a container's namespace carries its container (runtime and id from the
+/// cgroup of a process in it; name and image from the daemon, which the tracer learns from
+/// Docker's `start` event before the first datagram), and its namespace reads
+/// `ctr NAME (docker SHORT-ID)`.
+fn assert_named(records: &[Value], container: &Container, context: &dyn Fn() -> String) {
+    let inside: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["type"] == "event" && r["netns"] == container.netns_inode)
+        .collect();
+    assert!(
+        !inside.is_empty(),
+        "no event in {}: {}",
+        container.name,
+        context()
+    );
+    let label = format!("ctr {} (docker {})", container.name, &container.id[..12]);
+    for event in inside {
+        assert_eq!(event["netns_name"], label.as_str(), "{event:#}");
+        let object = &event["container"];
+        assert_eq!(object["runtime"], "docker", "{event:#}");
+        assert_eq!(object["id"], container.id.as_str(), "{event:#}");
+        assert_eq!(object["name"], container.name.as_str(), "{event:#}");
+        assert_eq!(object["image"], IMAGE, "{event:#}");
     }
 }
