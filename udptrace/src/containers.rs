@@ -15,7 +15,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -151,13 +151,15 @@ pub struct ContainerNames {
 }
 
 impl ContainerNames {
-    /// Starts following the Docker daemon whose socket DOCKER_HOST (`unix://PATH`) or
-    /// /run/docker.sock names, if that socket exists.
-    pub fn connect() -> Self {
-        let socket = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET));
+    /// Starts following the Docker daemon on `socket`, else the one DOCKER_HOST
+    /// (`unix://PATH`) or /run/docker.sock names, if that socket exists.
+    pub fn connect(socket: Option<&Path>) -> Self {
+        let socket = socket.map(Path::to_path_buf).unwrap_or_else(|| {
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
+        });
         if !socket.exists() {
             return Self::default();
         }

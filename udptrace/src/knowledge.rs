@@ -1,7 +1,7 @@
 //! Everything learnt from the running kernel at start-up, in one place: struct offsets from
 //! BTF, classic tracepoint layouts from tracefs, drop-reason names, kernel symbols.
 
-use std::rc::Rc;
+use std::{path::Path, rc::Rc};
 
 use udptrace_common::offsets::KernelOffsets;
 
@@ -34,9 +34,10 @@ pub struct Knowledge {
 }
 
 impl Knowledge {
-    /// Reads BTF, tracefs and kallsyms. Only a kernel without BTF is fatal: without struct
-    /// offsets no program can read an skb.
-    pub fn load() -> anyhow::Result<Self> {
+    /// Reads BTF, tracefs and kallsyms, and starts following the container runtime
+    /// (`docker_socket`, else DOCKER_HOST's or the default socket). Only a kernel without BTF
+    /// is fatal: without struct offsets no program can read an skb.
+    pub fn load(docker_socket: Option<&Path>) -> anyhow::Result<Self> {
         let btf = Btf::from_sys_fs().map_err(|error| {
             anyhow::anyhow!(
                 "no usable kernel BTF ({error}); udptrace needs CONFIG_DEBUG_INFO_BTF=y \
@@ -57,7 +58,9 @@ impl Knowledge {
             reasons,
             symbols,
             // Container names from the runtimes on this host, followed in the background.
-            processes: Rc::new(Processes::with_containers(ContainerNames::connect())),
+            processes: Rc::new(Processes::with_containers(ContainerNames::connect(
+                docker_socket,
+            ))),
         })
     }
 

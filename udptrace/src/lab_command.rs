@@ -1,6 +1,6 @@
 //! `udptrace lab list` and `udptrace lab run NAME [--trace]`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, anyhow, bail};
 
@@ -50,12 +50,15 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
             trace,
             output,
         } => {
+            // Before the first namespace exists: a SIGKILL at any moment leaves nothing behind.
+            netns::spawn_guardian()?;
             let lab = if let Some(scenario) = scenarios::find(&name) {
                 LabRun {
                     name: scenario.name,
                     description: scenario.description(),
                     expected: scenario.expected,
                     filter: vec!["port".into(), scenario.port().to_string()],
+                    docker_socket: None,
                     exercise: Box::new(move || {
                         let lab = scenario.setup().context("building the lab")?;
                         Ok(scenario.exercise(&lab)?.describe())
@@ -65,21 +68,19 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                 if let Some(missing) = DockerHost::missing() {
                     bail!("lab {name} needs a Docker daemon: {missing}");
                 }
+                // Before the tracer, which names the containers by asking this daemon.
+                let host = DockerHost::start().context("starting a private dockerd")?;
                 LabRun {
                     name: scenario.name,
                     description: scenario.description(),
                     expected: scenario.expected,
                     filter: scenario.filter(),
-                    exercise: Box::new(move || {
-                        let host = DockerHost::start().context("starting a private dockerd")?;
-                        Ok(scenario.exercise(&host)?.describe())
-                    }),
+                    docker_socket: Some(host.docker.socket()),
+                    exercise: Box::new(move || Ok(scenario.exercise(&host)?.describe())),
                 }
             } else {
                 bail!("no lab scenario `{name}`: see `udptrace lab list`");
             };
-            // Before the first namespace exists: a SIGKILL at any moment leaves nothing behind.
-            netns::spawn_guardian()?;
             let result = run_scenario(lab, trace, &output, signals).await;
             // On every path (done, Ctrl-C, an error): peers stop within a tick, the namespaces
             // go now.
@@ -97,8 +98,10 @@ struct LabRun {
     expected: &'static [&'static str],
     /// The tracer's filter: the scenario's ports.
     filter: Vec<String>,
-    /// Builds the lab, exercises it and describes what happened (blocking; the lab is torn
-    /// down when it returns).
+    /// The Docker daemon that names the containers (Docker scenarios).
+    docker_socket: Option<PathBuf>,
+    /// Builds the lab (or uses the Docker host it owns), exercises it and describes what
+    /// happened (blocking; the lab is torn down when it returns or is dropped).
     exercise: Box<dyn FnOnce() -> anyhow::Result<String> + Send>,
 }
 
@@ -113,6 +116,7 @@ async fn run_scenario(
     let tracer = if trace {
         Some(Tracer::start(TraceConfig {
             filter: lab.filter,
+            docker_socket: lab.docker_socket,
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
             record: output.record.clone(),

@@ -92,6 +92,8 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
             .transpose()?,
         diagnose_only: false,
         record: args.output.record.clone(),
+        // DOCKER_HOST's or /run/docker.sock.
+        docker_socket: None,
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(args.output.json);

@@ -74,6 +74,9 @@ pub struct TraceConfig {
     pub diagnose_only: bool,
     /// `-o FILE`: record the run for `udptrace replay`.
     pub record: Option<PathBuf>,
+    /// The Docker API socket that names containers, instead of DOCKER_HOST's or
+    /// /run/docker.sock (`lab run docker-...`: the lab's private daemon).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// A loaded and attached tracer; dropping it detaches every program.
@@ -123,7 +126,7 @@ impl Tracer {
         // Parse the user's words first: a typo should not wait for BTF parsing.
         let filter = filter::compile(&config.filter)?;
         preflight()?;
-        let knowledge = Knowledge::load()?;
+        let knowledge = Knowledge::load(config.docker_socket.as_deref())?;
         let selectors = selectors(&config, &knowledge.processes)?;
         let mut ebpf = EbpfLoader::new()
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
