@@ -154,12 +154,15 @@ impl ContainerNames {
     /// Starts following the Docker daemon on `socket`, else the one DOCKER_HOST
     /// (`unix://PATH`) or /run/docker.sock names, if that socket exists.
     pub fn connect(socket: Option<&Path>) -> Self {
-        let socket = socket.map(Path::to_path_buf).unwrap_or_else(|| {
-            std::env::var("DOCKER_HOST")
-                .ok()
-                .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
-        });
+        let socket = socket.map_or_else(
+            || {
+                std::env::var("DOCKER_HOST")
+                    .ok()
+                    .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+                    .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
+            },
+            Path::to_path_buf,
+        );
         if !socket.exists() {
             return Self::default();
         }

@@ -18,7 +18,8 @@ use crate::process::{self, Privilege, output, run};
 pub const PACKAGES: &[&str] = &["iproute2", "nftables", "netcat-openbsd", "python3"];
 
 /// What `cargo xtask dist --check` (and the test command) runs the static binary under: a
-/// private dockerd, with an image holding only the binary.
+/// private dockerd, with an image holding only the binary; the Docker integration tests
+/// (docker-proxy, netcat containers) use it too.
 pub const DIST_PACKAGES: &[&str] = &["docker.io"];
 
 /// What `cargo xtask bench` compares udptrace with.

@@ -6,9 +6,12 @@
 use std::{collections::BTreeSet, path::Path};
 
 use serde_json::Value;
-use udptrace::lab::docker::{
-    BRIDGE_ADDRESS, Container, DOCKER_SCENARIOS, DockerHost, DockerOutcome, HOST_ADDRESS, IMAGE,
-    REQUESTS,
+use udptrace::lab::{
+    docker::{
+        BRIDGE_ADDRESS, Container, DOCKER_SCENARIOS, DockerHost, DockerOutcome, HOST_ADDRESS,
+        IMAGE, REQUESTS,
+    },
+    scenarios,
 };
 
 use crate::common::{Trace, events, require_root, verdicts};
@@ -186,4 +189,44 @@ fn assert_named(records: &[Value], container: &Container, context: &dyn Fn() -> 
         assert_eq!(object["name"], container.name.as_str(), "{event:#}");
         assert_eq!(object["image"], IMAGE, "{event:#}");
     }
+}
+
+/// Without an answering runtime, names are as before and nothing waits: DOCKER_HOST names a
+/// socket that accepts connections but never answers (bollard's requests time out on the
+/// background thread), and the lab's closed-port incident is traced as always.
+#[test]
+fn a_silent_runtime_changes_nothing() {
+    require_root();
+    let scratch = tempdir("silent-docker");
+    let socket = scratch.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let scenario = scenarios::find("closed-port").unwrap();
+    let lab = scenario.setup().expect("lab setup");
+    let trace = Trace::start_with(
+        &["port", &scenario.port().to_string()],
+        &[("DOCKER_HOST", &format!("unix://{}", socket.display()))],
+    );
+    let outcome = scenario.exercise(&lab).expect("exercise");
+    let records = trace.stop();
+    let _ = std::fs::remove_dir_all(&scratch);
+    let names: BTreeSet<&str> = lab.namespaces().iter().map(|n| n.name.as_str()).collect();
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{}: {records:#?}", outcome.describe());
+    assert_eq!(found[0]["code"], "port_unreachable");
+    let traced: Vec<&Value> = records.iter().filter(|r| r["type"] == "event").collect();
+    assert!(!traced.is_empty());
+    for event in traced {
+        assert!(event.get("container").is_none(), "{event:#}");
+        assert!(
+            names.contains(event["netns_name"].as_str().unwrap_or_default()),
+            "the lab's own namespace names: {event:#}"
+        );
+    }
+}
+
+fn tempdir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("udptrace-{what}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
