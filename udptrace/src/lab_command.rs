@@ -61,7 +61,8 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                     docker_socket: None,
                     exercise: Box::new(move || {
                         let lab = scenario.setup().context("building the lab")?;
-                        Ok(scenario.exercise(&lab)?.describe())
+                        let outcome = scenario.exercise(&lab)?.describe();
+                        Ok((outcome, Box::new(lab) as Box<dyn Send>))
                     }),
                 }
             } else if let Some(scenario) = docker::find(&name) {
@@ -76,7 +77,10 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                     expected: scenario.expected,
                     filter: scenario.filter(),
                     docker_socket: Some(host.docker.socket()),
-                    exercise: Box::new(move || Ok(scenario.exercise(&host)?.describe())),
+                    exercise: Box::new(move || {
+                        let outcome = scenario.exercise(&host)?.describe();
+                        Ok((outcome, Box::new(host) as Box<dyn Send>))
+                    }),
                 }
             } else {
                 bail!("no lab scenario `{name}`: see `udptrace lab list`");
@@ -100,10 +104,13 @@ struct LabRun {
     filter: Vec<String>,
     /// The Docker daemon that names the containers (Docker scenarios).
     docker_socket: Option<PathBuf>,
-    /// Builds the lab (or uses the Docker host it owns), exercises it and describes what
-    /// happened (blocking; the lab is torn down when it returns or is dropped).
-    exercise: Box<dyn FnOnce() -> anyhow::Result<String> + Send>,
+    /// Builds the lab (or uses the Docker host it owns) and exercises it (blocking).
+    exercise: Box<dyn FnOnce() -> anyhow::Result<Exercised> + Send>,
 }
+
+/// What happened, described, and the lab: kept (namespaces, daemon) until the trace has
+/// settled, since verdicts read the namespaces' sockets and rules.
+type Exercised = (String, Box<dyn Send>);
 
 /// `lab run`: builds the lab and exercises it (traced with `trace`) until it is done or a
 /// signal comes.
@@ -170,6 +177,7 @@ async fn run_scenario(
         }
     }
     .context("lab task")??;
+    let (outcome, _lab) = outcome;
     note(format_args!("lab {}: {outcome}", lab.name));
     Ok(())
 }
