@@ -140,7 +140,7 @@ pub fn decode(
         probe: Probe(Mechanism::from_u8(header.mechanism)),
         netns: header.netns,
         netns_name: names.netns_name(header.netns),
-        container: names.container(header.netns),
+        container: names.container(header.netns).map(Box::new),
         ifindex: (header.ifindex != 0).then_some(header.ifindex),
         ifname: non_empty(sanitize_kernel_string(&header.ifname)),
         process: (header.pid != 0).then(|| Process {

@@ -243,9 +243,10 @@ pub struct TraceEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_name: Option<String>,
     /// The container the namespace belongs to (runtime, id; name, image, pod once the
-    /// runtime told).
+    /// runtime told). Boxed: events are kept by the hundred thousand in a storm, and most
+    /// have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<Container>,
+    pub container: Option<Box<Container>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -81,7 +81,14 @@ impl Processes {
         if inode == 0 {
             return None;
         }
-        let (runtime, id) = self.lookup(|cache| cache.netns_containers.get(&inode).cloned())?;
+        // A namespace the last scan named has its container recorded (or none): only an
+        // unknown namespace may rescan /proc, as for its name.
+        let (runtime, id) = self.lookup(|cache| {
+            cache
+                .netns
+                .contains_key(&inode)
+                .then(|| cache.netns_containers.get(&inode).cloned())
+        })??;
         Some(self.containers.get(runtime, &id))
     }
 
