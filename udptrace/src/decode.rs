@@ -14,6 +14,7 @@ use udptrace_common::event::{
 
 use crate::{
     clock::WallClock,
+    containers::Container,
     model::{
         Conntrack, DropReason, Endpoints, Errno, Family, IpFragment, Location, PacketBytes, Probe,
         Process, RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent,
@@ -54,11 +55,14 @@ pub trait KernelNames {
     fn symbol(&self, address: u64) -> Option<String>;
     /// The process holding the socket with this inode, if one does.
     fn socket_owner(&self, inode: u64) -> Option<Process>;
-    /// Name of a network namespace (/run/netns name, or `pid:comm` of a process in it).
+    /// Name of a network namespace (/run/netns name, its container's, or `pid:comm` of a
+    /// process in it).
     fn netns_name(&self, inode: u32) -> Option<String>;
     /// The kernel call stack `--stack` collected under `id`, innermost frame first, as
     /// `symbol+0xoff` (the address when kallsyms does not name it).
     fn stack(&self, id: u32) -> Option<Vec<String>>;
+    /// The container a network namespace belongs to.
+    fn container(&self, inode: u32) -> Option<Container>;
 }
 
 impl SendCall {
@@ -148,6 +152,7 @@ pub fn decode(
         probe: Probe(Mechanism::from_u8(header.mechanism)),
         netns: header.netns,
         netns_name: names.netns_name(header.netns),
+        container: names.container(header.netns).map(Box::new),
         ifindex: (header.ifindex != 0).then_some(header.ifindex),
         ifname: non_empty(sanitize_kernel_string(&header.ifname)),
         process: (header.pid != 0).then(|| Process {
@@ -306,6 +311,9 @@ mod tests {
         }
         fn stack(&self, id: u32) -> Option<Vec<String>> {
             (id == 5).then(|| vec!["__udp4_lib_rcv+0x10".into(), "udp_rcv+0x1c".into()])
+        }
+        fn container(&self, _inode: u32) -> Option<Container> {
+            None
         }
     }
 

@@ -1,7 +1,7 @@
 //! Everything learnt from the running kernel at start-up, in one place: struct offsets from
 //! BTF, classic tracepoint layouts from tracefs, drop-reason names, kernel symbols.
 
-use std::{collections::BTreeSet, rc::Rc};
+use std::{collections::BTreeSet, path::Path, rc::Rc};
 
 use aya::maps::{MapData, StackTraceMap};
 
@@ -9,6 +9,7 @@ use udptrace_common::drops::DropSites;
 use udptrace_common::offsets::{ClassicTracepoint, KernelOffsets, OFFSET_MISSING};
 
 use crate::{
+    containers::{Container, ContainerNames},
     decode::KernelNames,
     kernel::{
         btf::Btf,
@@ -40,9 +41,10 @@ pub struct Knowledge {
 }
 
 impl Knowledge {
-    /// Reads BTF, tracefs and kallsyms. Only a kernel without BTF is fatal: without struct
-    /// offsets no program can read an skb.
-    pub fn load() -> anyhow::Result<Self> {
+    /// Reads BTF, tracefs and kallsyms, and starts following the container runtime
+    /// (`docker_socket`, else DOCKER_HOST's or the default socket). Only a kernel without BTF
+    /// is fatal: without struct offsets no program can read an skb.
+    pub fn load(docker_socket: Option<&Path>) -> anyhow::Result<Self> {
         // Reading /proc/kallsyms costs the kernel some tens of milliseconds of formatting:
         // done beside the BTF parse, it adds nothing to the time to ready.
         let symbols = std::thread::spawn(Kallsyms::from_proc);
@@ -88,7 +90,10 @@ impl Knowledge {
             tracefs,
             reasons,
             symbols,
-            processes: Rc::default(),
+            // Container names from the runtimes on this host, followed in the background.
+            processes: Rc::new(Processes::with_containers(ContainerNames::connect(
+                docker_socket,
+            ))),
             stacks: None,
         })
     }
@@ -142,6 +147,10 @@ impl KernelNames for Knowledge {
             .iter()
             .map(|frame| (frame.ip, self.symbol(frame.ip)));
         Some(traced_frames(frames))
+    }
+
+    fn container(&self, inode: u32) -> Option<Container> {
+        self.processes.container(inode)
     }
 }
 

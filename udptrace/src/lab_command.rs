@@ -1,12 +1,15 @@
 //! `udptrace lab list` and `udptrace lab run NAME [--trace]`.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 
 use crate::{
     cli::{LabCommand, OutputArgs},
-    lab::{Scenario, netns, scenarios},
+    lab::{
+        docker::{self, DockerHost},
+        netns, scenarios,
+    },
     render::{note, output_for, print_stdout},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
@@ -16,15 +19,28 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
     match command {
         LabCommand::List => {
             let mut text = String::new();
-            for scenario in scenarios::SCENARIOS {
-                let expected = if scenario.expected.is_empty() {
+            let listed = scenarios::SCENARIOS
+                .iter()
+                .map(|s| (s.name, s.description, s.expected))
+                .chain(
+                    docker::DOCKER_SCENARIOS
+                        .iter()
+                        .map(|s| (s.name, s.description, s.expected)),
+                );
+            for (name, description, expected) in listed {
+                let expected = if expected.is_empty() {
                     "no verdict (healthy control)".to_owned()
                 } else {
-                    scenario.expected.join(", ")
+                    expected.join(", ")
                 };
                 text.push_str(&format!(
-                    "{:<28} {}\n{:<28} expect: {expected}\n",
-                    scenario.name, scenario.description, ""
+                    "{name:<28} {description}\n{:<28} expect: {expected}\n",
+                    ""
+                ));
+            }
+            if let Some(missing) = DockerHost::missing() {
+                text.push_str(&format!(
+                    "(the docker-... scenarios need dockerd: {missing})\n"
                 ));
             }
             print_stdout(&text).context("writing the output")
@@ -34,11 +50,42 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
             trace,
             output,
         } => {
-            let scenario = scenarios::find(&name)
-                .ok_or_else(|| anyhow!("no lab scenario `{name}`: see `udptrace lab list`"))?;
             // Before the first namespace exists: a SIGKILL at any moment leaves nothing behind.
             netns::spawn_guardian()?;
-            let result = run_scenario(scenario, trace, &output, signals).await;
+            let lab = if let Some(scenario) = scenarios::find(&name) {
+                LabRun {
+                    name: scenario.name,
+                    description: scenario.description(),
+                    expected: scenario.expected,
+                    filter: vec!["port".into(), scenario.port().to_string()],
+                    docker_socket: None,
+                    exercise: Box::new(move || {
+                        let lab = scenario.setup().context("building the lab")?;
+                        let outcome = scenario.exercise(&lab)?.describe();
+                        Ok((outcome, Box::new(lab) as Box<dyn Send>))
+                    }),
+                }
+            } else if let Some(scenario) = docker::find(&name) {
+                if let Some(missing) = DockerHost::missing() {
+                    bail!("lab {name} needs a Docker daemon: {missing}");
+                }
+                // Before the tracer, which names the containers by asking this daemon.
+                let host = DockerHost::start().context("starting a private dockerd")?;
+                LabRun {
+                    name: scenario.name,
+                    description: scenario.description(),
+                    expected: scenario.expected,
+                    filter: scenario.filter(),
+                    docker_socket: Some(host.docker.socket()),
+                    exercise: Box::new(move || {
+                        let outcome = scenario.exercise(&host)?.describe();
+                        Ok((outcome, Box::new(host) as Box<dyn Send>))
+                    }),
+                }
+            } else {
+                bail!("no lab scenario `{name}`: see `udptrace lab list`");
+            };
+            let result = run_scenario(lab, trace, &output, signals).await;
             // On every path (done, Ctrl-C, an error): peers stop within a tick, the namespaces
             // go now.
             netns::cleanup_all();
@@ -47,18 +94,36 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
     }
 }
 
-/// `lab run`: builds the lab, exercises it (traced with `trace`) until it is done or a signal
-/// comes. A signal during the set-up (which blocks this thread) is kept by `signals` and ends
-/// the run as soon as the set-up returns.
+/// A scenario to run: the lab's own (namespaces and peers) or a Docker one (a private dockerd
+/// in a lab namespace, netcat containers).
+struct LabRun {
+    name: &'static str,
+    description: String,
+    expected: &'static [&'static str],
+    /// The tracer's filter: the scenario's ports.
+    filter: Vec<String>,
+    /// The Docker daemon that names the containers (Docker scenarios).
+    docker_socket: Option<PathBuf>,
+    /// Builds the lab (or uses the Docker host it owns) and exercises it (blocking).
+    exercise: Box<dyn FnOnce() -> anyhow::Result<Exercised> + Send>,
+}
+
+/// What happened, described, and the lab: kept (namespaces, daemon) until the trace has
+/// settled, since verdicts read the namespaces' sockets and rules.
+type Exercised = (String, Box<dyn Send>);
+
+/// `lab run`: builds the lab and exercises it (traced with `trace`) until it is done or a
+/// signal comes.
 async fn run_scenario(
-    scenario: &'static Scenario,
+    lab: LabRun,
     trace: bool,
     output: &OutputArgs,
     signals: &mut StopSignals,
 ) -> anyhow::Result<()> {
     let tracer = if trace {
         Some(Tracer::start(TraceConfig {
-            filter: vec!["port".into(), scenario.port().to_string()],
+            filter: lab.filter,
+            docker_socket: lab.docker_socket,
             probes: output.probes.map(Into::into),
             ring_size: output.ring_size,
             record: output.record.clone(),
@@ -71,22 +136,17 @@ async fn run_scenario(
     } else {
         None
     };
-    let lab = scenario.setup().context("building the lab")?;
     note(format_args!(
         "lab {}: {}\nexpected verdicts: {}",
-        scenario.name,
-        scenario.description,
-        if scenario.expected.is_empty() {
+        lab.name,
+        lab.description,
+        if lab.expected.is_empty() {
             "none".into()
         } else {
-            scenario.expected.join(", ")
+            lab.expected.join(", ")
         }
     ));
-    let lab = std::sync::Arc::new(lab);
-    let exercised = {
-        let lab = std::sync::Arc::clone(&lab);
-        tokio::task::spawn_blocking(move || scenario.exercise(&lab))
-    };
+    let exercised = tokio::task::spawn_blocking(lab.exercise);
     let interrupted = || anyhow!("interrupted; the lab's namespaces were removed");
     let outcome = match tracer {
         Some(tracer) => {
@@ -120,10 +180,7 @@ async fn run_scenario(
         }
     }
     .context("lab task")??;
-    note(format_args!(
-        "lab {}: {}",
-        scenario.name,
-        outcome.describe()
-    ));
+    let (outcome, _lab) = outcome;
+    note(format_args!("lab {}: {outcome}", lab.name));
     Ok(())
 }

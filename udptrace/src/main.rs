@@ -96,6 +96,8 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         pcap: args.output.pcap.clone(),
         snaplen: args.output.snaplen,
         stack: args.output.stack,
+        // DOCKER_HOST's or /run/docker.sock.
+        docker_socket: None,
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(args.output.json, args.output.pcap_on_stdout());

@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use udptrace_common::event::Mechanism;
 
-use crate::clock::WallTime;
+use crate::{clock::WallTime, containers::Container};
 
 /// A process: its pid and `comm` (sanitized; empty when the kernel gave none).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -269,6 +269,11 @@ pub struct TraceEvent {
     pub netns: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_name: Option<String>,
+    /// The container the namespace belongs to (runtime, id; name, image, pod once the
+    /// runtime told). Boxed: events are kept by the hundred thousand in a storm, and most
+    /// have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<Container>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ifindex: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

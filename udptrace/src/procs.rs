@@ -7,14 +7,18 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     fs,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use crate::{model::Process, sanitize::sanitize_kernel_string};
+use crate::{
+    containers::{Container, ContainerNames, Runtime, container_in_cgroup},
+    model::Process,
+    sanitize::sanitize_kernel_string,
+};
 
 const RESCAN_INTERVAL: Duration = Duration::from_millis(100);
 const RESCAN_COST_FACTOR: u32 = 10;
@@ -25,18 +29,29 @@ struct Cache {
     netns: HashMap<u32, String>,
     /// A file that refers to each namespace, to enter it.
     netns_paths: HashMap<u32, PathBuf>,
+    /// The container of each namespace named after a process that runs in one.
+    netns_containers: HashMap<u32, (Runtime, String)>,
     scanned: Option<Instant>,
     /// How long the last scan took.
     scan_took: Duration,
 }
 
-/// Socket owners and namespace names, cached.
+/// Socket owners, namespace names and containers, cached.
 #[derive(Default)]
 pub struct Processes {
     cache: RefCell<Cache>,
+    containers: ContainerNames,
 }
 
 impl Processes {
+    /// With container names from the runtimes `containers` follows (`Default`: none).
+    pub fn with_containers(containers: ContainerNames) -> Self {
+        Self {
+            cache: RefCell::default(),
+            containers,
+        }
+    }
+
     /// The process holding socket `inode` (the lowest pid when several share it).
     pub fn socket_owner(&self, inode: u64) -> Option<Process> {
         if inode == 0 {
@@ -46,13 +61,35 @@ impl Processes {
     }
 
     /// The name of network namespace `inode`: its /run/netns name, `init` for the namespace
-    /// of PID 1, `host` for udptrace's own, else `pid:COMM` of a process inside it (a container's namespace has no
-    /// /run/netns entry).
+    /// of PID 1, `host` for udptrace's own, `ctr NAME (RUNTIME SHORT-ID)` for a container's
+    /// once its runtime named it, else `pid:COMM` of a process inside it (a container's
+    /// namespace has no /run/netns entry).
     pub fn netns_name(&self, inode: u32) -> Option<String> {
         if inode == 0 {
             return None;
         }
-        self.lookup(|cache| cache.netns.get(&inode).cloned())
+        let name = self.lookup(|cache| cache.netns.get(&inode).cloned())?;
+        Some(
+            self.container(inode)
+                .and_then(|container| container.label())
+                .unwrap_or(name),
+        )
+    }
+
+    /// The container network namespace `inode` belongs to, as far as its runtime told.
+    pub fn container(&self, inode: u32) -> Option<Container> {
+        if inode == 0 {
+            return None;
+        }
+        // A namespace the last scan named has its container recorded (or none): only an
+        // unknown namespace may rescan /proc, as for its name.
+        let (runtime, id) = self.lookup(|cache| {
+            cache
+                .netns
+                .contains_key(&inode)
+                .then(|| cache.netns_containers.get(&inode).cloned())
+        })??;
+        Some(self.containers.get(runtime, &id))
     }
 
     /// A path that opens network namespace `inode` (/run/netns/NAME or /proc/PID/ns/net).
@@ -91,6 +128,7 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
     cache.sockets.clear();
     cache.netns.clear();
     cache.netns_paths.clear();
+    cache.netns_containers.clear();
     if let Ok(entries) = fs::read_dir(netns_root) {
         for entry in entries.flatten() {
             if let Ok(metadata) = fs::metadata(entry.path()) {
@@ -129,10 +167,18 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
             .unwrap_or_default();
         if let Ok(metadata) = fs::metadata(dir.join("ns/net")) {
             let inode = metadata.ino() as u32;
-            cache
-                .netns
-                .entry(inode)
-                .or_insert_with(|| format!("{pid}:{comm}"));
+            if let Entry::Vacant(unnamed) = cache.netns.entry(inode) {
+                unnamed.insert(format!("{pid}:{comm}"));
+                // The process that names the namespace tells its container: its cgroup's
+                // path (kernel/cgroup/cgroup.c `proc_cgroup_show`). Only namespaces without
+                // another name: a `--network host` container is not the host.
+                if let Some(container) = fs::read_to_string(dir.join("cgroup"))
+                    .ok()
+                    .and_then(|text| container_in_cgroup(&text))
+                {
+                    cache.netns_containers.insert(inode, container);
+                }
+            }
             cache
                 .netns_paths
                 .entry(inode)

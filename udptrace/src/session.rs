@@ -84,6 +84,9 @@ pub struct TraceConfig {
     pub snaplen: u32,
     /// `--stack`: kernel call stacks of drops and ICMP errors.
     pub stack: bool,
+    /// The Docker API socket that names containers, instead of DOCKER_HOST's or
+    /// /run/docker.sock (`lab run docker-...`: the lab's private daemon).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -170,7 +173,7 @@ impl Tracer {
         // ours starts, so the two are never held at once (peak RSS).
         let mut loader = EbpfLoader::new();
         loader.btf(None);
-        let knowledge = Knowledge::load()?;
+        let knowledge = Knowledge::load(config.docker_socket.as_deref())?;
         let selectors = selectors(&config, &knowledge.processes)?;
         let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)

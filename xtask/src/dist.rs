@@ -16,6 +16,7 @@ use object::{
     elf::{DT_NEEDED, PT_DYNAMIC, PT_INTERP},
     read::elf::{Dyn as _, ElfFile64, ProgramHeader as _},
 };
+use private_dockerd::{Network, PrivateDocker};
 
 use crate::process::{output, run};
 
@@ -123,7 +124,7 @@ pub fn check(binary: &Path) -> anyhow::Result<()> {
 /// nothing like this one. With a tracer's privileges (BPF, tracefs, /sys/kernel/btf).
 fn doctor_in_an_empty_image(binary: &Path) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("udptrace-dist-docker-{}", std::process::id()));
-    let docker = crate::docker::PrivateDocker::start(&scratch)?;
+    let docker = PrivateDocker::start(&scratch, &Network::None)?;
     docker.import("udptrace-static:check", &[("udptrace", binary)])?;
     let run = docker
         .docker()

@@ -12,7 +12,6 @@
 //! skipped).
 
 mod dist;
-mod docker;
 mod process;
 mod setup;
 mod vm;

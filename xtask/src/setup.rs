@@ -26,7 +26,8 @@ pub const PACKAGES: &[&str] = &[
 ];
 
 /// What `cargo xtask dist --check` (and the test command) runs the static binary under: a
-/// private dockerd, with an image holding only the binary.
+/// private dockerd, with an image holding only the binary; the Docker integration tests
+/// (docker-proxy, netcat containers) use it too.
 pub const DIST_PACKAGES: &[&str] = &["docker.io"];
 
 /// What `cargo xtask bench` compares udptrace with.

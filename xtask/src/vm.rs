@@ -452,6 +452,12 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "pcap::a_full_disk_under_w_ends_the_run_saying_what_the_file_holds",
         "needs tshark (as above) to read the cut file",
     ),
+    (
+        "docker::",
+        "a real dockerd with runc, containerd and docker-proxy, which the guests do not carry; \
+         the hooks and rules their verdicts come from run in every guest through the \
+         Docker-like lab scenarios (wrong-source-reply, dind-*)",
+    ),
 ];
 
 /// What the matrix leaves to the host or to runs on request, for docs/kernel-matrix.md.

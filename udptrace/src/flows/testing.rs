@@ -24,6 +24,7 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         probe: Probe(Some(udptrace_common::event::Mechanism::TpBtf)),
         netns: 7,
         netns_name: Some("host".into()),
+        container: None,
         ifindex: None,
         ifname: None,
         process: None,

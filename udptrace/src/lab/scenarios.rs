@@ -21,10 +21,10 @@ use super::{
 
 /// Lifetime of the peers of one exercise: a bound, not a pause (they are stopped as soon as
 /// the client is done).
-const PEER_LIFETIME: Duration = Duration::from_secs(4);
+pub(super) const PEER_LIFETIME: Duration = Duration::from_secs(4);
 /// After the client's last datagram: for the last replies, ICMP errors and drops to happen
 /// before the servers close their sockets (a closed socket would add NO_SOCKET drops).
-const SETTLE: Duration = Duration::from_millis(150);
+pub(super) const SETTLE: Duration = Duration::from_millis(150);
 /// How long the neighbor-unreachable client keeps reading after its burst: resolution gives up
 /// 300 ms after its one probe (`shorten_neighbour_resolution`); the rest is margin.
 const UNRESOLVED_LINGER: Duration = Duration::from_secs(1);

@@ -255,6 +255,7 @@ mod tests {
                     probe: Probe(Mechanism::ALL.get(index as usize % 6).copied()),
                     netns: 4_026_531_840,
                     netns_name: index.is_multiple_of(2).then(|| "client".into()),
+                    container: None,
                     ifindex: index.is_multiple_of(3).then_some(7),
                     ifname: index.is_multiple_of(3).then(|| "veth0".into()),
                     process: match index % 3 {

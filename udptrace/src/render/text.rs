@@ -260,6 +260,7 @@ mod tests {
             probe: Probe(Some(udptrace_common::event::Mechanism::TpBtf)),
             netns: 4_026_532_481,
             netns_name: None,
+            container: None,
             ifindex: Some(3),
             ifname: Some("veth-s".into()),
             process: None,

@@ -128,7 +128,15 @@ pub fn summary(verdict: &Verdict) -> String {
             route_device,
             sender,
         } => {
-            let owner = owned_by(socket);
+            let proxy = if is_docker_proxy(socket.owner.as_ref()) {
+                format!(
+                    " (Docker's userland proxy for port {} published on every host address)",
+                    socket.local.port()
+                )
+            } else {
+                String::new()
+            };
+            let owner = format!("{}{proxy}", owned_by(socket));
             let how = sender.as_ref().map_or_else(String::new, |sender| {
                 let who = named(sender.process.as_ref())
                     .map_or_else(String::new, |process| format!("{} ", process_text(process)));
@@ -143,8 +151,10 @@ pub fn summary(verdict: &Verdict) -> String {
             });
             let why = route_device.as_ref().map_or_else(String::new, |device| {
                 let device = device_text(device);
+                let network = bridge_network(device)
+                    .map_or_else(String::new, |network| format!(" ({network})"));
                 format!(
-                    ": the route to {} goes out {device}, so the kernel chose {device}'s address as the source",
+                    ": the route to {} goes out {device}{network}, so the kernel chose {device}'s address as the source",
                     client.ip()
                 )
             });
@@ -380,6 +390,16 @@ pub fn summary(verdict: &Verdict) -> String {
 /// What to do about it.
 pub fn fix(verdict: &Verdict) -> String {
     match &verdict.facts {
+        Facts::ReplySource { asked, socket, .. } if is_docker_proxy(socket.owner.as_ref()) => {
+            format!(
+                "publish the port on the host address clients use (docker run -p {}:{}:PORT/udp: \
+                 docker-proxy then binds to it and replies from it), or run dockerd with \
+                 --userland-proxy=false so that hairpin NAT answers from the address asked, or \
+                 have clients address the container directly on its network",
+                asked.ip(),
+                asked.port()
+            )
+        }
         Facts::ReplySource { asked, .. } => format!(
             "bind the server socket to {} (the address clients use), or receive the destination \
              address with IP_PKTINFO/IPV6_RECVPKTINFO and send the reply with sendmsg() carrying \
@@ -473,6 +493,29 @@ pub fn fix(verdict: &Verdict) -> String {
                  through every firewall on the path, so that senders learn the path MTU"
             )
         }
+    }
+}
+
+/// Whether the process is Docker's userland proxy (dockerd `--userland-proxy=true`, the
+/// default), which relays a published port from a socket bound to `-host-ip` (0.0.0.0 unless
+/// `-p IP:PORT:PORT` names one): its wrong-source replies are fixed in Docker's options, not
+/// in its code.
+fn is_docker_proxy(process: Option<&Process>) -> bool {
+    process.is_some_and(|process| process.comm == "docker-proxy")
+}
+
+/// The container network a bridge device belongs to, by the names the runtimes give them:
+/// docker0 (`--bip`), br-<network id> (`docker network create`), cni0 (the CNI bridge plugin's
+/// default, Kubernetes pods), podman0 (Podman's default network).
+fn bridge_network(device: &str) -> Option<String> {
+    match device {
+        "docker0" => Some("Docker's default bridge network".into()),
+        "cni0" => Some("the CNI bridge of the pod network".into()),
+        "podman0" => Some("Podman's default network".into()),
+        _ => device
+            .strip_prefix("br-")
+            .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(|id| format!("the bridge of the Docker network with id {id}")),
     }
 }
 

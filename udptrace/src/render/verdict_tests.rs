@@ -90,6 +90,71 @@ fn wildcard_server_replying_from_another_address() {
     assert_eq!(diagnosis.verdicts()[0].count, 2, "a second reply counts");
 }
 
+/// Issue 15: the wildcard replier is docker-proxy and the route back goes out docker0 (as
+/// `lab run docker-proxy-reply` traces with a real dockerd): the verdict says so and its fix
+/// is in Docker's terms, not "bind the server socket".
+#[test]
+fn docker_proxy_replying_from_the_bridge_address() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    let client = "198.51.100.2:40000";
+    let proxy = SocketInfo {
+        owner: Some(process(7, "docker-proxy")),
+        ..wildcard_socket()
+    };
+    let [_, route, reply] = wrong_source_reply(client);
+    let route = TraceEvent {
+        what: What::Route {
+            direction: RouteDirection::Output,
+            device: RouteDevice(Some("docker0".into())),
+            table: 254,
+            error: None,
+        },
+        ..route
+    };
+    for event in [
+        event(What::Deliver { socket: proxy }, client, "192.0.2.1:4000", 1),
+        route,
+        reply,
+    ] {
+        diagnosis.observe(&event);
+    }
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts.len(), 1);
+    let (summary, fix) = (summary(&verdicts[0]), fix(&verdicts[0]));
+    assert!(
+        summary.contains(
+            "owned by docker-proxy[7] (Docker's userland proxy for port 4000 published on every \
+             host address)"
+        ),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("goes out docker0 (Docker's default bridge network)"),
+        "{summary}"
+    );
+    assert!(
+        fix.contains("docker run -p 192.0.2.1:4000:PORT/udp"),
+        "{fix}"
+    );
+    assert!(fix.contains("--userland-proxy=false"), "{fix}");
+    assert!(!fix.contains("bind the server socket"), "{fix}");
+}
+
+#[test]
+fn bridges_name_their_container_networks() {
+    assert_eq!(
+        bridge_network("br-3f2a9c1d0b7e").as_deref(),
+        Some("the bridge of the Docker network with id 3f2a9c1d0b7e")
+    );
+    assert_eq!(
+        bridge_network("cni0").as_deref(),
+        Some("the CNI bridge of the pod network")
+    );
+    assert_eq!(bridge_network("br0"), None);
+    assert_eq!(bridge_network("br-lan"), None, "not a Docker network id");
+    assert_eq!(bridge_network("eth0"), None);
+}
+
 /// The wrong-source reply of `lab run wrong-source-reply-v6` as a function-probe kernel
 /// reports it: the request delivered to a wildcard socket, the reply's route and first
 /// hop from the bridge address, its arrival, and its drop at the client, whose connected

@@ -63,10 +63,19 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// Starts `udptrace --json ARGS...` once it is this test's turn to trace: the turn, the
 /// process and its stdout.
 pub fn spawn_udptrace(args: &[&str]) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
+    spawn_udptrace_with(args, &[])
+}
+
+/// `spawn_udptrace` with environment variables `env` set.
+fn spawn_udptrace_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
     let serial = serial();
     let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
         .arg("--json")
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -88,7 +97,12 @@ pub struct Trace {
 impl Trace {
     /// Starts `udptrace --json ARGS...` and waits for its `ready` record.
     pub fn start(args: &[&str]) -> Self {
-        let (serial, child, stdout) = spawn_udptrace(args);
+        Self::start_with(args, &[])
+    }
+
+    /// `start` with environment variables `env` set (e.g. DOCKER_HOST).
+    pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let (serial, child, stdout) = spawn_udptrace_with(args, env);
         let started = Instant::now();
         let (sender, lines) = mpsc::channel();
         thread::spawn(move || {

@@ -3,6 +3,7 @@
 
 mod common;
 mod debug_bpf;
+mod docker;
 mod doctor;
 mod drops;
 mod filters;
