@@ -17,7 +17,6 @@ pub enum VerdictCode {
     NeighborUnreachable,
     NoReply,
     NoReplyFromPeer,
-    FragmentLoss,
 }
 
 impl VerdictCode {
@@ -35,7 +34,6 @@ impl VerdictCode {
             Self::NeighborUnreachable => "neighbor_unreachable",
             Self::NoReply => "no_reply",
             Self::NoReplyFromPeer => "no_reply_from_peer",
-            Self::FragmentLoss => "fragment_loss",
         }
     }
 }

@@ -7,7 +7,6 @@ mod docker;
 mod doctor;
 mod drops;
 mod filters;
-mod fragments;
 mod hardening;
 mod path;
 mod pcap;
