@@ -103,11 +103,13 @@ impl Knowledge {
     }
 
     /// Where the drops whose reasons are inferred happen (empty without kallsyms: every such
-    /// drop is then NOT_SPECIFIED).
+    /// drop is then NOT_SPECIFIED). Only the two-argument drop programs read it: on kernels
+    /// whose kfree_skb passes a reason the ranges are not looked up.
     pub fn drop_sites(&self) -> DropSites {
-        self.symbols
-            .as_ref()
-            .map_or(DropSites::EMPTY, Kallsyms::drop_sites)
+        match &self.symbols {
+            Ok(symbols) if self.reasons.are_inferred() => symbols.drop_sites(),
+            _ => DropSites::EMPTY,
+        }
     }
 
     pub fn has_function(&self, name: &str) -> bool {

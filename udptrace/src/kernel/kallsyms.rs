@@ -41,7 +41,7 @@ pub enum ParseError {
 use udptrace_common::drops::{DropSite, DropSiteKind, DropSites};
 
 /// Text symbols sorted by address.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
     /// One entry per address, naming the first symbol /proc/kallsyms gives it: (address, start
     /// and length of the name in `names`). A whole kernel lists some 120 000 code symbols:
@@ -55,10 +55,7 @@ impl Kallsyms {
     pub fn from_proc() -> Result<Self, KallsymsError> {
         let file = std::fs::File::open("/proc/kallsyms").map_err(KallsymsError::Read)?;
         let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
-        let mut table = Self {
-            symbols: Vec::new(),
-            names: String::new(),
-        };
+        let mut table = Self::default();
         let mut line = String::new();
         loop {
             line.clear();
@@ -74,10 +71,7 @@ impl Kallsyms {
     /// Parses kallsyms text, keeping code symbols (types `t`/`T`, and weak `w`/`W`, which are
     /// code in practice); lines that do not parse are skipped.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut table = Self {
-            symbols: Vec::new(),
-            names: String::new(),
-        };
+        let mut table = Self::default();
         for line in text.lines() {
             table.add_line(line);
         }
