@@ -75,6 +75,9 @@ enum Task {
         /// Only this kernel (repeatable): debian-6.1, debian-6.12, trixie-backports.
         #[arg(long)]
         kernel: Vec<String>,
+        /// Extra arguments for the guests' test binary (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -120,10 +123,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Task::VmTest { kernel } => {
+        Task::VmTest { kernel, args } => {
             Privilege::acquire(ROOT_REASON)?;
             setup::setup(&target_dir(&root), &vm_packages())?;
-            vm::vm_test(&root, &target_dir(&root), || cargo(&root), &kernel)
+            vm::vm_test(&root, &target_dir(&root), || cargo(&root), &kernel, &args)
         }
     }
 }
@@ -213,7 +216,7 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     if matrix {
         let what = format!("cargo xtask vm-test (set {SKIP_VM_TEST}=1 to skip)");
         stage("kernel matrix", &what, &mut failures, || {
-            vm::vm_test(root, &target_dir(root), || cargo(root), &[])
+            vm::vm_test(root, &target_dir(root), || cargo(root), &[], &[])
         });
     } else {
         println!("test: kernel matrix: skipped ({SKIP_VM_TEST} set, or a test selection given)");

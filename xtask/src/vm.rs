@@ -153,13 +153,14 @@ pub fn cache_dir() -> PathBuf {
     base.join("udptrace").join("vm")
 }
 
-/// Runs the matrix; `only` restricts it to kernels by name. Writes `docs/kernel-matrix.md`
-/// when every kernel ran.
+/// Runs the matrix; `only` restricts it to kernels by name, `test_args` go to the guests' test
+/// binary (a name filter). Writes `docs/kernel-matrix.md` when every kernel ran every test.
 pub fn vm_test(
     root: &Path,
     target: &Path,
     cargo: impl Fn() -> Command,
     only: &[String],
+    test_args: &[String],
 ) -> anyhow::Result<()> {
     for name in only {
         if !KERNELS.iter().any(|k| k.name == name) {
@@ -175,7 +176,7 @@ pub fn vm_test(
     let tests_udptrace = target.join("release").join("udptrace");
     let work = target.join("vm-test");
     fs::create_dir_all(&work)?;
-    let common = common_archive(&work, &udptrace, &tests_udptrace, &tests)?;
+    let common = common_archive(&work, &udptrace, &tests_udptrace, &tests, test_args)?;
     let cache = cache_dir();
     let mut results = Vec::new();
     for source in KERNELS.iter().filter(|k| {
@@ -217,7 +218,10 @@ pub fn vm_test(
     }
     let table = table(&results);
     println!("\n{table}");
-    if only.is_empty() {
+    for result in results.iter().filter(|r| !r.failed.is_empty()) {
+        print_failures(&work.join(format!("{}.log", result.name)), &result.name);
+    }
+    if only.is_empty() && test_args.is_empty() {
         let doc = format!(
             "# Kernel matrix\n\nWritten by `cargo xtask vm-test` ({:.0} s on a 2-vCPU PVM guest, QEMU TCG): \
              the root integration tests inside each stock Debian cloud kernel, and the attach mechanism \
@@ -287,6 +291,7 @@ fn common_archive(
     udptrace: &Path,
     udptrace_at: &Path,
     tests: &Path,
+    test_args: &[String],
 ) -> anyhow::Result<PathBuf> {
     let root = work.join("common");
     if root.exists() {
@@ -365,7 +370,8 @@ fn common_archive(
         &init,
         INIT.replace("@UDPTRACE@", &udptrace_at.display().to_string())
             .replace("@TESTS@", &tests.display().to_string())
-            .replace("@SKIP@", &host_only_skips()),
+            .replace("@SKIP@", &host_only_skips())
+            .replace("@ARGS@", &shell_words(test_args)),
     )?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     cpio(&root, &work.join("common.cpio"))
@@ -487,6 +493,40 @@ fn host_only_skips() -> String {
         .join(" ")
 }
 
+/// Each argument single-quoted for the guest's shell.
+fn shell_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Prints libtest's `failures:` section of a guest's log (each failed test's output and panic
+/// message), so that a CI log says why a test failed in a guest whose log is not kept.
+fn print_failures(log: &Path, kernel: &str) {
+    const MOST: usize = 200;
+    let Ok(text) = fs::read_to_string(log) else {
+        return;
+    };
+    let section: Vec<&str> = text
+        .lines()
+        .skip_while(|line| line.trim() != "failures:")
+        .skip(1)
+        .take_while(|line| line.trim() != "failures:")
+        .collect();
+    println!(
+        "\nvm-test: {kernel}: output of the failed tests ({log}):",
+        log = log.display()
+    );
+    for line in section.iter().take(MOST) {
+        println!("    {line}");
+    }
+    if section.len() > MOST {
+        println!("    ... {} more lines in the log", section.len() - MOST);
+    }
+}
+
 /// The guest's /init (busybox sh): mounts, modules, doctor, the tests, power off.
 const INIT: &str = r#"#!/opt/busybox/busybox sh
 /opt/busybox/busybox --install -s /opt/busybox
@@ -508,7 +548,7 @@ echo /usr/sbin/modprobe > /proc/sys/kernel/modprobe
 ip link set lo up
 cd /tmp
 echo "@@udptrace-doctor@@$(@UDPTRACE@ doctor --json)"
-@TESTS@ --test-threads=1 @SKIP@ 2>&1
+@TESTS@ --test-threads=1 @SKIP@ @ARGS@ 2>&1
 echo "@@udptrace-tests-exit=$?@@"
 poweroff -f
 "#;
