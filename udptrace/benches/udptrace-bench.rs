@@ -67,6 +67,8 @@ enum Variant {
     UdptraceNoMatch,
     UdptraceMatch,
     UdptraceMatchPcap,
+    ReferenceNoMatch,
+    ReferenceMatch,
     Bpftrace,
     Tcpdump,
     DropStormBaseline,
@@ -78,12 +80,14 @@ enum Variant {
 }
 
 impl Variant {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 14] = [
         Self::Baseline,
         Self::EmptyPrograms,
         Self::UdptraceNoMatch,
+        Self::ReferenceNoMatch,
         Self::UdptraceCostliestFilter,
         Self::UdptraceMatch,
+        Self::ReferenceMatch,
         Self::UdptraceMatchPcap,
         Self::Bpftrace,
         Self::Tcpdump,
@@ -99,6 +103,8 @@ impl Variant {
             Self::UdptraceNoMatch => "udptrace, filter matching nothing",
             Self::UdptraceMatch => "udptrace, filter matching the load",
             Self::UdptraceMatchPcap => "udptrace -w FILE, filter matching the load",
+            Self::ReferenceNoMatch => "reference build, filter matching nothing",
+            Self::ReferenceMatch => "reference build, filter matching the load",
             Self::Bpftrace => "bpftrace, same hops printed",
             Self::Tcpdump => "tcpdump -w /dev/null on the receiver",
             Self::DropStormBaseline => "drop storm, no tracer",
@@ -119,6 +125,8 @@ impl Variant {
             Self::UdptraceNoMatch => "no-match",
             Self::UdptraceMatch => "match",
             Self::UdptraceMatchPcap => "match-w",
+            Self::ReferenceNoMatch => "ref-no-match",
+            Self::ReferenceMatch => "ref-match",
             Self::Bpftrace => "bpftrace",
             Self::Tcpdump => "tcpdump",
             Self::DropStormBaseline => "storm-baseline",
@@ -132,9 +140,11 @@ impl Variant {
 
     /// The variants to run: all, or those named in `UDPTRACE_BENCH_ONLY` (comma-separated
     /// keys) for a quick look at one change; the baselines always run, every ratio needs one.
+    /// The reference rows run only with `UDPTRACE_BENCH_REFERENCE`.
     fn selected() -> anyhow::Result<Vec<Self>> {
+        let available = |variant: &Self| !variant.reference() || reference_binary().is_some();
         let Ok(only) = std::env::var("UDPTRACE_BENCH_ONLY") else {
-            return Ok(Self::ALL.to_vec());
+            return Ok(Self::ALL.into_iter().filter(available).collect());
         };
         let keys: Vec<&str> = only.split(',').map(str::trim).collect();
         if let Some(unknown) = keys
@@ -149,6 +159,15 @@ impl Variant {
             bail!(
                 "UDPTRACE_BENCH_ONLY: unknown variant {unknown:?} (known: {})",
                 known.join(", ")
+            );
+        }
+        if let Some(reference) = keys.iter().find(|key| {
+            Self::ALL
+                .iter()
+                .any(|v| v.reference() && v.key() == **key && !available(v))
+        }) {
+            bail!(
+                "UDPTRACE_BENCH_ONLY names {reference:?}: set UDPTRACE_BENCH_REFERENCE to the udptrace binary to compare with"
             );
         }
         Ok(Self::ALL
@@ -170,6 +189,11 @@ impl Variant {
         std::env::var("UDPTRACE_BENCH_ONLY").map_or(true, |only| {
             only.split(',').any(|key| key.trim() == STARTUP_KEY)
         })
+    }
+
+    /// Rows of the build named by `UDPTRACE_BENCH_REFERENCE`, measured beside this build's.
+    fn reference(self) -> bool {
+        matches!(self, Self::ReferenceNoMatch | Self::ReferenceMatch)
     }
 
     fn storm(self) -> bool {
@@ -233,6 +257,24 @@ fn udptrace_binary() -> &'static str {
     env!("CARGO_BIN_EXE_udptrace")
 }
 
+/// Another udptrace build (`UDPTRACE_BENCH_REFERENCE`, e.g. one built from an earlier commit):
+/// its rows run beside this build's in the same rounds, so that "this change made nothing
+/// slower" is a ratio from one run, not a comparison of two runs on a drifting machine.
+fn reference_binary() -> Option<String> {
+    std::env::var("UDPTRACE_BENCH_REFERENCE")
+        .ok()
+        .filter(|path| !path.is_empty())
+}
+
+/// The build a udptrace row runs.
+fn udptrace_of(variant: Variant) -> String {
+    if variant.reference() {
+        reference_binary().unwrap_or_default()
+    } else {
+        udptrace_binary().to_owned()
+    }
+}
+
 fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>> {
     let started = Instant::now();
     let mut command = match variant {
@@ -240,8 +282,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         | Variant::DropStormBaseline
         | Variant::EmptyPrograms
         | Variant::FlowStormBaseline => return Ok(None),
-        Variant::UdptraceNoMatch => {
-            let mut c = Command::new(udptrace_binary());
+        Variant::UdptraceNoMatch | Variant::ReferenceNoMatch => {
+            let mut c = Command::new(udptrace_of(variant));
             c.args(["--json", "port", "9"]);
             c
         }
@@ -252,8 +294,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
             c.args(["--json", &udptrace::filter::costliest_expression()]);
             c
         }
-        Variant::UdptraceMatch => {
-            let mut c = Command::new(udptrace_binary());
+        Variant::UdptraceMatch | Variant::ReferenceMatch => {
+            let mut c = Command::new(udptrace_of(variant));
             c.args(["--json", "port", &LOAD_PORT.to_string()]);
             c
         }
@@ -597,6 +639,8 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
             Variant::UdptraceNoMatch
                 | Variant::UdptraceMatch
                 | Variant::UdptraceMatchPcap
+                | Variant::ReferenceNoMatch
+                | Variant::ReferenceMatch
                 | Variant::UdptraceDropStorm
                 | Variant::UdptraceFlowStorm
         );
@@ -740,6 +784,12 @@ fn report(samples: &[(Variant, Sample)]) -> String {
         DURATION.as_secs(),
         empty_programs::tracepoints().join(", ")
     );
+    if let Some(reference) = reference_binary() {
+        let _ = writeln!(
+            text,
+            "The reference rows run `{reference}` (UDPTRACE_BENCH_REFERENCE), another build, with the same arguments as this build's rows of the same name, in the same rounds.\n"
+        );
+    }
     let _ = writeln!(
         text,
         "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | -w packets (= hop events?) | CPU s | peak RSS MiB | ready ms | exit ms |"

@@ -313,7 +313,14 @@ impl Tracer {
         let mut stats = Stats::default();
         let mut last_lost = 0;
         let mut last_sampled = 0;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The per-second reports (sampled, lost, flow map full) start a second after `ready`,
+        // not at once: records already in the ring come first. Start-up under emulation takes
+        // seconds, in which a busy flow's first generation uses up its sample; reporting that
+        // before the events written in it put a `sampled` record ahead of the first event.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut verdict_tick = tokio::time::interval(SETTLE / 2);
         // The kernel wakes us only when the ring is an eighth full (udptrace-ebpf/src/emit.rs);
