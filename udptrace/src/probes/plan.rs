@@ -30,7 +30,8 @@ use udptrace_common::{
     },
     names::{
         PROG_DROP_INFERRED_RAW_TP, PROG_DROP_INFERRED_TP_BTF, PROG_DROP_INFERRED_TRACEPOINT,
-        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_SK_ERROR_FENTRY,
+        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_ROUTE_INPUT_FEXIT,
+        PROG_ROUTE_INPUT_KPROBE, PROG_ROUTE_INPUT_KRETPROBE, PROG_SK_ERROR_FENTRY,
         PROG_SK_ERROR_KPROBE,
     },
     offsets::ClassicTracepoint,
@@ -533,11 +534,38 @@ pub const HOOKS: &[Hook] = &[
             },
         ],
     },
+    Hook {
+        name: "route_input",
+        description: "failed IPv4 input route lookups, evidence of inferred reverse-path-filter drops before Linux 5.17 (ip_route_input_noref)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(
+                    PROG_ROUTE_INPUT_FEXIT,
+                    Target::Fexit("ip_route_input_noref"),
+                )],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (
+                        PROG_ROUTE_INPUT_KPROBE,
+                        Target::Kprobe("ip_route_input_noref"),
+                    ),
+                    (
+                        PROG_ROUTE_INPUT_KRETPROBE,
+                        Target::Kretprobe("ip_route_input_noref"),
+                    ),
+                ],
+            },
+        ],
+    },
 ];
 
 /// Programs for one kind of kernel only: `Some(true)` for those reading kfree_skb's reason
 /// argument (Linux 5.17+), `Some(false)` for those inferring the reason without it (the
-/// `drop_inferred_*` programs and their evidence, `enqueue`).
+/// `drop_inferred_*` programs and their evidence, `enqueue` and `route_input`).
 pub fn needs_drop_reason(program: &str) -> Option<bool> {
     match program {
         PROG_DROP_TP_BTF | PROG_DROP_RAW_TP | PROG_DROP_TRACEPOINT => Some(true),
@@ -546,7 +574,10 @@ pub fn needs_drop_reason(program: &str) -> Option<bool> {
         | PROG_DROP_INFERRED_TRACEPOINT
         | PROG_ENQUEUE_FEXIT
         | PROG_ENQUEUE_KPROBE
-        | PROG_ENQUEUE_KRETPROBE => Some(false),
+        | PROG_ENQUEUE_KRETPROBE
+        | PROG_ROUTE_INPUT_FEXIT
+        | PROG_ROUTE_INPUT_KPROBE
+        | PROG_ROUTE_INPUT_KRETPROBE => Some(false),
         _ => None,
     }
 }
