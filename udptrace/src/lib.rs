@@ -21,6 +21,7 @@ pub mod kernel;
 pub mod knowledge;
 pub mod lab;
 pub mod lab_command;
+pub mod logfile;
 pub mod manual;
 pub mod model;
 pub mod namespaces;

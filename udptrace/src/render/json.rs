@@ -16,6 +16,9 @@ use crate::{
 pub struct JsonOutput<W: Write> {
     out: W,
     buffer: Vec<u8>,
+    /// `udptrace watch`: failures are written as `anomaly` records and path events not at
+    /// all (they reach the verdicts' evidence).
+    anomalies_only: bool,
 }
 
 impl<W: Write> JsonOutput<W> {
@@ -23,6 +26,15 @@ impl<W: Write> JsonOutput<W> {
         Self {
             out,
             buffer: Vec::with_capacity(1024),
+            anomalies_only: false,
+        }
+    }
+
+    /// The records of `udptrace watch` (docs/json-schema.md): `anomaly` instead of `event`.
+    pub fn watch(out: W) -> Self {
+        Self {
+            anomalies_only: true,
+            ..Self::new(out)
         }
     }
 
@@ -89,7 +101,11 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
-        self.tagged("event", event, false)
+        match (self.anomalies_only, event.is_anomaly()) {
+            (false, _) => self.tagged("event", event, false),
+            (true, true) => self.tagged("anomaly", event, false),
+            (true, false) => Ok(()),
+        }
     }
 
     fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
@@ -109,6 +125,13 @@ impl<W: Write> Output for JsonOutput<W> {
             }
             Status::Undecodable(error) => {
                 json!({"type": "status", "code": "undecodable", "error": error.to_string()})
+            }
+            Status::Escalated { ports, seconds } => {
+                json!({"type": "status", "code": "escalated", "ports": ports, "seconds": seconds})
+            }
+            Status::EscalationEnded => json!({"type": "status", "code": "escalation_ended"}),
+            Status::EscalationFailed(error) => {
+                json!({"type": "status", "code": "escalation_failed", "error": error})
             }
         })?;
         self.flush()
