@@ -4,8 +4,10 @@
 
 use std::{
     net::{Ipv4Addr, UdpSocket},
+    path::Path,
+    process::Command,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use serde_json::Value;
@@ -14,7 +16,7 @@ use udptrace::lab::{
     scenarios,
 };
 
-use crate::common::{Trace, verdicts};
+use crate::common::{Trace, serial, verdicts};
 
 /// Records of `type`.
 fn of_type<'a>(records: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -219,6 +221,10 @@ fn a_drop_storm_under_watch_is_counted_exactly_per_flow() {
     );
     // Each flow's drops beyond its ~100 a second were counted in the kernel, not written.
     let anomalies = of_type(&records, "anomaly").len() as u64;
+    eprintln!(
+        "watch drop storm: NoPorts delta {delta}, per-flow NO_SOCKET {total} + other {other}, \
+         {anomalies} anomaly records"
+    );
     assert!(
         anomalies < delta,
         "{anomalies} anomaly records for {delta} drops"
@@ -228,4 +234,82 @@ fn a_drop_storm_under_watch_is_counted_exactly_per_flow() {
     // Nothing but drops happened on these flows: no escalation could find a path hook
     // unattached on them and no path events were written.
     assert_eq!(status(&records, "escalation_failed"), Vec::<&Value>::new());
+}
+
+/// Waits up to 10 s for `path` to hold a line containing `text`.
+fn wait_for_line(path: &Path, text: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|content| content.contains(text)) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// `--log FILE`: the records go to FILE; after logrotate-style renaming, SIGHUP makes udptrace
+/// write to a new FILE, and the moved file keeps what came before.
+#[test]
+fn the_log_file_is_reopened_on_sighup() {
+    let _serial = serial();
+    let netns = Netns::create("watch-log").expect("namespace");
+    netns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+    let dir = std::env::temp_dir().join(format!("udptrace-watch-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("watch.ndjson");
+    let moved = dir.join("watch.ndjson.moved");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .args(["watch", "--log"])
+        .arg(&log)
+        .args(["port", "5820"])
+        .spawn()
+        .expect("starting udptrace watch");
+    let send = |payload: &'static [u8]| {
+        netns
+            .enter(move || {
+                UdpSocket::bind("127.0.0.1:0")?.send_to(payload, "127.0.0.1:5820")?;
+                Ok(())
+            })
+            .expect("sending to the closed port");
+    };
+    assert!(
+        wait_for_line(&log, "\"ready\""),
+        "no ready record in {log:?}"
+    );
+    send(b"first");
+    assert!(wait_for_line(&log, "\"anomaly\""), "no anomaly in {log:?}");
+    std::fs::rename(&log, &moved).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    // Reopened at the next flush (every drain): the file exists again before the next drop.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.exists() {
+        assert!(Instant::now() < deadline, "SIGHUP did not reopen {log:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+    send(b"second");
+    assert!(
+        wait_for_line(&log, "\"anomaly\""),
+        "no anomaly after SIGHUP"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().expect("waiting for udptrace");
+    assert!(status.success(), "{status}");
+    let before = std::fs::read_to_string(&moved).unwrap();
+    let after = std::fs::read_to_string(&log).unwrap();
+    let drops = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("{\"type\":\"anomaly\"") && l.contains("NO_SOCKET"))
+            .count()
+    };
+    assert_eq!(drops(&before), 1, "{before}");
+    assert_eq!(drops(&after), 1, "{after}");
+    assert!(after.contains("\"type\":\"stats\""), "{after}");
+    for line in before.lines().chain(after.lines()) {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }
