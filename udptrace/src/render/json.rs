@@ -290,6 +290,7 @@ mod tests {
                     },
                     skb: (index % 2 == 1).then_some(Skb(0xffff_8880_0000_1000 + index)),
                     tracked: index.is_multiple_of(4),
+                    escalated: index == 11,
                     conntrack: index.is_multiple_of(5).then_some(Conntrack {
                         original: Endpoints {
                             src: "192.0.2.1:40000".parse().unwrap(),
@@ -325,6 +326,41 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// `udptrace watch`: failures as `anomaly` records, path events not written one by one.
+    #[test]
+    fn watch_writes_anomalies_only() {
+        let events = events();
+        let mut out = Vec::new();
+        let mut json = JsonOutput::watch(&mut out);
+        for event in &events {
+            json.event(event).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let value: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(value["type"], "anomaly", "{line}");
+                value["kind"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "drop",
+                "drop",
+                "icmp",
+                "sock_error",
+                "send_error",
+                "recv_error"
+            ]
+        );
+        // In `--json` and verdict evidence, a path event escalation gathered says so.
+        let recv = &records(&events)[11];
+        assert!(recv.contains(r#""kind":"recv","probe""#), "{recv}");
+        assert!(recv.contains(r#""escalated":true"#), "{recv}");
     }
 
     #[test]

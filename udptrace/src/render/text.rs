@@ -275,6 +275,7 @@ mod tests {
             process: None,
             skb: None,
             tracked: false,
+            escalated: false,
             conntrack: None,
             family: Family::Ipv4,
             saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
