@@ -118,16 +118,12 @@ async fn watch(args: &WatchArgs, signals: &mut StopSignals) -> anyhow::Result<()
             reopen.store(true, Ordering::Relaxed);
         }
     });
-    match log {
-        Some(log) => {
-            let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, log));
-            tracer.run(&mut output, signals.recv()).await?;
-        }
-        None => {
-            let mut output =
-                JsonOutput::watch(BufWriter::with_capacity(1 << 16, std::io::stdout()));
-            tracer.run(&mut output, signals.or_stdout_closed()).await?;
-        }
+    if let Some(log) = log {
+        let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, log));
+        tracer.run(&mut output, signals.recv()).await?;
+    } else {
+        let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, std::io::stdout()));
+        tracer.run(&mut output, signals.or_stdout_closed()).await?;
     }
     Ok(())
 }

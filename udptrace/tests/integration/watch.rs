@@ -40,7 +40,7 @@ fn escalates(record: &Value, port: u16) -> bool {
 }
 
 /// The evidence events escalation gathered for `verdict`, by kind.
-fn escalated_evidence<'a>(verdict: &'a Value) -> Vec<&'a Value> {
+fn escalated_evidence(verdict: &Value) -> Vec<&Value> {
     verdict["evidence_events"]
         .as_array()
         .unwrap()
