@@ -156,7 +156,7 @@ fn wrong_source_reply_under_watch_gets_its_verdict_by_escalation() {
 }
 
 /// Datagrams each of the storm's flows sends to the closed port.
-const STORM_PER_FLOW: usize = 20_000;
+const STORM_PER_FLOW: usize = 5_000;
 const STORM_FLOWS: u16 = 4;
 const STORM_PORT: u16 = 5800;
 
