@@ -13,6 +13,7 @@ pub mod containers;
 pub mod debug_bpf;
 pub mod decode;
 pub mod doctor;
+pub mod escalation;
 pub mod filter;
 pub mod firewall;
 pub mod flows;

@@ -3,7 +3,6 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     future::Future,
     io::{BufWriter, Write},
     net::SocketAddr,
@@ -27,6 +26,7 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
+    escalation::Ports,
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
@@ -112,15 +112,12 @@ fn create_pcap(path: &Path, snaplen: u32) -> anyhow::Result<PcapFile> {
         .with_context(|| format!("-w {}", path.display()))
 }
 
-/// `udptrace watch`'s escalations: which ports the path hooks are narrowed to, until when,
-/// and whether those hooks are attached now.
+/// `udptrace watch`'s escalations: which ports the path hooks are narrowed to (the
+/// bookkeeping, and the kernel's copy), and whether those hooks are attached now.
 struct Escalation {
-    duration: Duration,
+    ports: Ports,
     /// `names::ESCALATED_MAP`: the ports the kernel lets path events through for.
     map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
-    /// Port → when its escalation ends. Not extended by later anomalies: a flow that keeps
-    /// failing is escalated again once its time is over, so path hooks never stay for good.
-    ports: HashMap<u16, Instant>,
     attached: bool,
 }
 
@@ -269,9 +266,8 @@ impl Tracer {
                     detach(&mut ebpf, outcome);
                 }
                 Ok(Escalation {
-                    duration,
+                    ports: Ports::new(duration),
                     map: aya::maps::HashMap::try_from(map)?,
-                    ports: HashMap::new(),
                     attached: false,
                 })
             })
@@ -497,8 +493,8 @@ impl Tracer {
         Some((flow, tally))
     }
 
-    /// `udptrace watch`: narrows the path hooks to the ports of the flows with anomalies (new
-    /// ones: an escalated port stays until its time is over) and attaches them if parked.
+    /// `udptrace watch`: narrows the path hooks to the ports of the flows with anomalies (those
+    /// `escalation::Ports` wants) and attaches them if parked.
     fn escalate(
         &mut self,
         anomalies: &[(u16, u16)],
@@ -507,16 +503,15 @@ impl Tracer {
         let Some(escalation) = &mut self.escalation else {
             return Ok(());
         };
-        let until = Instant::now() + escalation.duration;
+        let now = Instant::now();
         let mut added = Vec::new();
         for port in anomalies.iter().flat_map(|&(a, b)| [a, b]) {
-            if port == 0 || escalation.ports.contains_key(&port) {
-                continue;
-            }
             // A full map (`ESCALATED_ENTRIES` ports at once) refuses it: that flow waits
             // for a slot, its anomalies still reported.
-            if escalation.map.insert(u32::from(port), 1, 0).is_ok() {
-                escalation.ports.insert(port, until);
+            if escalation.ports.wanted(port, now)
+                && escalation.map.insert(u32::from(port), 1, 0).is_ok()
+            {
+                escalation.ports.escalate(port, now);
                 added.push(port);
             }
         }
@@ -540,7 +535,7 @@ impl Tracer {
         output
             .status(&Status::Escalated {
                 ports: added,
-                seconds: escalation.duration.as_secs(),
+                seconds: escalation.ports.duration().as_secs(),
             })
             .context(WRITING)
     }
@@ -550,17 +545,11 @@ impl Tracer {
         let Some(escalation) = &mut self.escalation else {
             return Ok(());
         };
-        let now = Instant::now();
-        let map = &mut escalation.map;
-        escalation.ports.retain(|port, until| {
-            let keep = *until > now;
-            if !keep {
-                // Gone already only if userspace lost track of it: nothing to undo.
-                let _ = map.remove(&u32::from(*port));
-            }
-            keep
-        });
-        if escalation.ports.is_empty() && escalation.attached {
+        for port in escalation.ports.expire(Instant::now()) {
+            // Gone already only if userspace lost track of it: nothing to undo.
+            let _ = escalation.map.remove(&u32::from(port));
+        }
+        if !escalation.ports.any() && escalation.attached {
             escalation.attached = false;
             for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
                 detach(&mut self.ebpf, outcome);
