@@ -118,6 +118,9 @@ async fn watch(args: &WatchArgs, signals: &mut StopSignals) -> anyhow::Result<()
             reopen.store(true, Ordering::Relaxed);
         }
     });
+    // Everything watch reports reaches one `Output` (anomalies as typed events, status,
+    // verdicts, the exit summary with the kernel's per-flow counts): a metrics exporter is a
+    // second `Output` beside it (`render::Tee`).
     if let Some(log) = log {
         let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, log));
         tracer.run(&mut output, signals.recv()).await?;
