@@ -30,6 +30,14 @@ pub const FEATURES_MAP: &str = "FEATURES";
 /// `icmp6_send` is probed: the device hop stops parsing outgoing ICMPv6 errors, which would
 /// report each twice.
 pub const FEATURE_ICMP6_PROBE: u32 = 1;
+/// `udptrace watch`: per-datagram path events ([`crate::event::EventKind::narrowed`]) pass
+/// only when one of their ports is in [`ESCALATED_MAP`] (the flows being escalated).
+pub const FEATURE_NARROW: u32 = 2;
+/// Hash `u32` port → `u8`: the ports of the flows `udptrace watch` escalates, written and
+/// cleared by userspace.
+pub const ESCALATED_MAP: &str = "ESCALATED";
+/// Ports escalated at once; past it, escalation waits for a slot.
+pub const ESCALATED_ENTRIES: u32 = 256;
 
 /// `skb:kfree_skb`: every freed skb with a drop reason.
 pub const PROG_DROP_TP_BTF: &str = "drop_tp_btf";

@@ -23,9 +23,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use udptrace::lab::{
-    netns::{Netns, veth},
-    storm,
+use udptrace::{
+    lab::{
+        netns::{Netns, veth},
+        storm,
+    },
+    probes::plan::Role,
 };
 
 const LOAD_PORT: u16 = 7000;
@@ -77,12 +80,16 @@ enum Variant {
     UdptraceCostliestFilter,
     FlowStormBaseline,
     UdptraceFlowStorm,
+    UdptraceWatch,
+    EmptyWatchPrograms,
 }
 
 impl Variant {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 16] = [
         Self::Baseline,
         Self::EmptyPrograms,
+        Self::EmptyWatchPrograms,
+        Self::UdptraceWatch,
         Self::UdptraceNoMatch,
         Self::ReferenceNoMatch,
         Self::UdptraceCostliestFilter,
@@ -115,6 +122,8 @@ impl Variant {
             }
             Self::FlowStormBaseline => "flow storm (1M distinct flows), no tracer",
             Self::UdptraceFlowStorm => "flow storm (1M distinct flows), udptrace matching them",
+            Self::UdptraceWatch => "udptrace watch (all UDP), healthy load",
+            Self::EmptyWatchPrograms => "floor: empty BPF programs on watch's tracepoints",
         }
     }
 
@@ -135,6 +144,8 @@ impl Variant {
             Self::UdptraceCostliestFilter => "costliest-filter",
             Self::FlowStormBaseline => "flows-baseline",
             Self::UdptraceFlowStorm => "flows",
+            Self::UdptraceWatch => "watch",
+            Self::EmptyWatchPrograms => "floor-watch",
         }
     }
 
@@ -281,7 +292,15 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         Variant::Baseline
         | Variant::DropStormBaseline
         | Variant::EmptyPrograms
+        | Variant::EmptyWatchPrograms
         | Variant::FlowStormBaseline => return Ok(None),
+        // No filter: everything UDP, as it would run on a host; the load is healthy, so only
+        // the failure hooks are attached.
+        Variant::UdptraceWatch => {
+            let mut c = Command::new(udptrace_binary());
+            c.arg("watch");
+            c
+        }
         Variant::UdptraceNoMatch | Variant::ReferenceNoMatch => {
             let mut c = Command::new(udptrace_of(variant));
             c.args(["--json", "port", "9"]);
@@ -596,10 +615,10 @@ fn blaster(netns: &Netns, target: SocketAddr, stop: Instant, limit: u64) -> anyh
 
 fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Result<Sample> {
     // Detached (closed) when this function returns.
-    let _floor = if variant == Variant::EmptyPrograms {
-        Some(empty_programs::attach()?)
-    } else {
-        None
+    let _floor = match variant {
+        Variant::EmptyPrograms => Some(empty_programs::attach(None)?),
+        Variant::EmptyWatchPrograms => Some(empty_programs::attach(Some(Role::Failure))?),
+        _ => None,
     };
     let tool = start_tool(variant, receiver_ns)?;
     let mut sample = Sample::default();
@@ -643,6 +662,7 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
                 | Variant::ReferenceMatch
                 | Variant::UdptraceDropStorm
                 | Variant::UdptraceFlowStorm
+                | Variant::UdptraceWatch
         );
         let stats = stop_tool(tool, &mut sample, is_udptrace)?;
         if variant == Variant::UdptraceMatchPcap
@@ -780,9 +800,11 @@ fn report(samples: &[(Variant, Sample)]) -> String {
          per second delivered to the receiver (drop storm: {STORM_DATAGRAMS} datagrams sent to a closed port, \
          timed; flow storm: one datagram from each of {FLOW_STORM_FLOWS} distinct flows to a closed port, sent \
          from a raw socket, timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \
-         tracepoint udptrace uses ({}): no tracer built on them can cost less.\n",
+         tracepoint udptrace uses ({}): no tracer built on them can cost less; the watch floor row the same \
+         on the tracepoints `udptrace watch` keeps attached when nothing fails ({}).\n",
         DURATION.as_secs(),
-        empty_programs::tracepoints().join(", ")
+        empty_programs::tracepoints(None).join(", "),
+        empty_programs::tracepoints(Some(Role::Failure)).join(", ")
     );
     if let Some(reference) = reference_binary() {
         let _ = writeln!(
@@ -849,7 +871,7 @@ mod empty_programs {
     use std::os::fd::{FromRawFd as _, OwnedFd};
 
     use anyhow::{Context as _, bail};
-    use udptrace::probes::plan::{HOOKS, Target};
+    use udptrace::probes::plan::{HOOKS, Role, Target};
 
     /// `enum bpf_cmd` and `enum bpf_prog_type` (include/uapi/linux/bpf.h).
     const BPF_PROG_LOAD: libc::c_long = 5;
@@ -858,10 +880,11 @@ mod empty_programs {
     /// `r0 = 0; exit`.
     const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
 
-    /// The tracepoints, each once.
-    pub fn tracepoints() -> Vec<&'static str> {
+    /// The tracepoints of the hooks of `role` (all with `None`), each once.
+    pub fn tracepoints(role: Option<Role>) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = HOOKS
             .iter()
+            .filter(|hook| role.is_none_or(|role| hook.role == role))
             .flat_map(|hook| hook.attachments.iter())
             .flat_map(|attachment| attachment.programs.iter())
             .filter_map(|(_, target)| match target {
@@ -888,7 +911,7 @@ mod empty_programs {
 
     /// Loads the empty program and attaches it to every tracepoint; the links live as long as
     /// the returned descriptors.
-    pub fn attach() -> anyhow::Result<Vec<OwnedFd>> {
+    pub fn attach(role: Option<Role>) -> anyhow::Result<Vec<OwnedFd>> {
         use std::os::fd::AsRawFd as _;
         let license = c"GPL";
         let mut attr = [0u64; 16];
@@ -898,7 +921,7 @@ mod empty_programs {
         attr[2] = license.as_ptr() as u64;
         let program = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty program")?;
         let mut links = vec![program];
-        for name in tracepoints() {
+        for name in tracepoints(role) {
             let name = std::ffi::CString::new(name)?;
             // struct { u64 name; u32 prog_fd; }
             let mut attr = [0u64; 16];

@@ -17,8 +17,8 @@ use udptrace_common::{
     event::{Capture, Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
-        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP,
-        FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_MAP, FEATURE_ICMP6_PROBE,
+        FEATURE_NARROW, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
@@ -26,6 +26,7 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
+    escalation::Ports,
     filter::{self, CompiledFilter},
     firewall::parse_ruleset,
     flows::{
@@ -39,7 +40,10 @@ use crate::{
     knowledge::Knowledge,
     model::{TraceEvent, What},
     namespaces::Namespaces,
-    probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
+    probes::{
+        attach::{AttachContext, HookOutcome, attach_all, detach, kprobe_status, reattach},
+        plan::Role,
+    },
     procs::Processes,
     recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
     render::{Output, Stats, Status, Tee, pcap::PcapOutput},
@@ -87,6 +91,9 @@ pub struct TraceConfig {
     /// The Docker API socket that names containers, instead of DOCKER_HOST's or
     /// /run/docker.sock (`lab run docker-...`: the lab's private daemon).
     pub docker_socket: Option<PathBuf>,
+    /// `udptrace watch --escalate SECS`: only the failure hooks stay attached; an anomaly
+    /// attaches the path hooks, narrowed to its flow's ports, for this long.
+    pub watch: Option<Duration>,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -105,10 +112,36 @@ fn create_pcap(path: &Path, snaplen: u32) -> anyhow::Result<PcapFile> {
         .with_context(|| format!("-w {}", path.display()))
 }
 
+/// `udptrace watch`'s escalations: which ports the path hooks are narrowed to (the
+/// bookkeeping, and the kernel's copy), and whether those hooks are attached now.
+struct Escalation {
+    ports: Ports,
+    /// `names::ESCALATED_MAP`: the ports the kernel lets path events through for.
+    map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
+    attached: bool,
+}
+
+/// The attach engine's view of this kernel.
+fn attach_context<'a>(
+    knowledge: &'a Knowledge,
+    forced: Option<Mechanism>,
+    has_function: &'a dyn Fn(&str) -> bool,
+) -> AttachContext<'a> {
+    AttachContext {
+        btf: knowledge.attach_btf.as_ref(),
+        offsets: &knowledge.offsets,
+        tracefs: knowledge.tracefs_mounted(),
+        kprobes: kprobe_status().is_ok(),
+        has_function,
+        forced,
+        kfree_skb_reason: !knowledge.reasons.are_inferred(),
+    }
+}
+
 /// A loaded and attached tracer; dropping it detaches every program.
 pub struct Tracer {
     // Owns the programs and their links: detached when dropped.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     pub probes: Vec<HookOutcome>,
     pub filter: CompiledFilter,
     ring: EventRing,
@@ -128,14 +161,20 @@ pub struct Tracer {
     recording: Option<SharedRecording>,
     /// `-w FILE`.
     pcap: Option<PcapFile>,
+    /// `udptrace watch`.
+    escalation: Option<Escalation>,
 }
 
-/// Tells the programs which hooks attached where that changes what another hook reports.
-fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<()> {
+/// Tells the programs which hooks attached where that changes what another hook reports, and
+/// whether path events are narrowed to escalated flows (`udptrace watch`).
+fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome], narrow: bool) -> anyhow::Result<()> {
     let icmp6_probed = probes
         .iter()
         .any(|outcome| outcome.hook.name == "icmp6_error" && outcome.attached.is_some());
-    let features = if icmp6_probed { FEATURE_ICMP6_PROBE } else { 0 };
+    let mut features = if icmp6_probed { FEATURE_ICMP6_PROBE } else { 0 };
+    if narrow {
+        features |= FEATURE_NARROW;
+    }
     let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
         ebpf.map_mut(FEATURES_MAP)
             .context("the eBPF object has no FEATURES map")?,
@@ -188,17 +227,13 @@ impl Tracer {
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)
             .context("loading the eBPF object")?;
+        // Every hook is attached once, even under `watch`: what each would use is known (and
+        // reported in `ready`) before the path hooks are parked.
         let probes = attach_all(
             &mut ebpf,
-            &AttachContext {
-                btf: knowledge.attach_btf.as_ref(),
-                offsets: &knowledge.offsets,
-                tracefs: knowledge.tracefs_mounted(),
-                kprobes: kprobe_status().is_ok(),
-                has_function: &|name| knowledge.has_function(name),
-                forced: config.probes,
-                kfree_skb_reason: !knowledge.reasons.are_inferred(),
-            },
+            &attach_context(&knowledge, config.probes, &|name| {
+                knowledge.has_function(name)
+            }),
         );
         if let Some(missing) = probes
             .iter()
@@ -220,7 +255,23 @@ impl Tracer {
                 reasons.join("; ")
             );
         }
-        announce_features(&mut ebpf, &probes)?;
+        announce_features(&mut ebpf, &probes, config.watch.is_some())?;
+        let escalation = config
+            .watch
+            .map(|duration| -> anyhow::Result<Escalation> {
+                let map = ebpf
+                    .take_map(ESCALATED_MAP)
+                    .context("the eBPF object has no ESCALATED map")?;
+                for outcome in probes.iter().filter(|o| o.hook.role == Role::Path) {
+                    detach(&mut ebpf, outcome);
+                }
+                Ok(Escalation {
+                    ports: Ports::new(duration),
+                    map: aya::maps::HashMap::try_from(map)?,
+                    attached: false,
+                })
+            })
+            .transpose()?;
         let bpf_log = if config.debug_bpf {
             Some(debug_bpf::start(&mut ebpf)?)
         } else {
@@ -269,7 +320,8 @@ impl Tracer {
             namespaces,
             recording,
             pcap,
-            _ebpf: ebpf,
+            escalation,
+            ebpf,
             probes,
             filter,
             ring,
@@ -352,6 +404,7 @@ impl Tracer {
                     }
                 }
                 _ = tick.tick() => {
+                    self.expire_escalations(output)?;
                     self.namespaces.borrow_mut().release_idle(monotonic_ns());
                     // Also the generation's end: the sampling allowances restart with it.
                     let counts = self.flow_counts.drain()?;
@@ -447,6 +500,72 @@ impl Tracer {
         Some((flow, tally))
     }
 
+    /// `udptrace watch`: narrows the path hooks to the ports of the flows with anomalies (those
+    /// `escalation::Ports` wants) and attaches them if parked.
+    fn escalate(
+        &mut self,
+        anomalies: &[(u16, u16)],
+        output: &mut dyn Output,
+    ) -> anyhow::Result<()> {
+        let Some(escalation) = &mut self.escalation else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut added = Vec::new();
+        for port in anomalies.iter().flat_map(|&(a, b)| [a, b]) {
+            // A full map (`ESCALATED_ENTRIES` ports at once) refuses it: that flow waits
+            // for a slot, its anomalies still reported.
+            if escalation.ports.wanted(port, now)
+                && escalation.map.insert(u32::from(port), 1, 0).is_ok()
+            {
+                escalation.ports.escalate(port, now);
+                added.push(port);
+            }
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        if !escalation.attached {
+            escalation.attached = true;
+            let knowledge = &self.knowledge;
+            let has_function = |name: &str| knowledge.has_function(name);
+            let context = attach_context(knowledge, self.config.probes, &has_function);
+            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
+                if let Err(error) = reattach(&mut self.ebpf, outcome, &context) {
+                    let error = format!("{}: {error}", outcome.hook.name);
+                    output
+                        .status(&Status::EscalationFailed(error))
+                        .context(WRITING)?;
+                }
+            }
+        }
+        output
+            .status(&Status::Escalated {
+                ports: added,
+                seconds: escalation.ports.duration().as_secs(),
+            })
+            .context(WRITING)
+    }
+
+    /// Ends the escalations whose time is over; parks the path hooks once none is left.
+    fn expire_escalations(&mut self, output: &mut dyn Output) -> anyhow::Result<()> {
+        let Some(escalation) = &mut self.escalation else {
+            return Ok(());
+        };
+        for port in escalation.ports.expire(Instant::now()) {
+            // Gone already only if userspace lost track of it: nothing to undo.
+            let _ = escalation.map.remove(&u32::from(port));
+        }
+        if !escalation.ports.any() && escalation.attached {
+            escalation.attached = false;
+            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
+                detach(&mut self.ebpf, outcome);
+            }
+            output.status(&Status::EscalationEnded).context(WRITING)?;
+        }
+        Ok(())
+    }
+
     pub fn knowledge(&self) -> &Knowledge {
         &self.knowledge
     }
@@ -465,9 +584,19 @@ impl Tracer {
         let pending = &mut self.pending;
         let namespaces = &self.namespaces;
         let mut undecodable = None;
+        let watching = self.escalation.is_some();
+        let mut anomalies = Vec::new();
         self.ring.drain(|bytes| {
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    if watching {
+                        // Narrowed in the kernel: a path event passed only for an escalated
+                        // flow, so escalation is how it was seen.
+                        event.escalated = event.is_path();
+                        if event.is_anomaly() {
+                            anomalies.push((event.sport, event.dport));
+                        }
+                    }
                     if matches!(event.what, What::Drop { .. }) {
                         // The rules judge this drop a reorder window from now, by the sockets
                         // its namespace has: list them as the drop left them (a listing
@@ -491,6 +620,7 @@ impl Tracer {
                 .status(&Status::Undecodable(error))
                 .context(WRITING)?;
         }
+        self.escalate(&anomalies, output)?;
         let due = self.pending.release(monotonic_ns());
         self.observe(due, output, stats)
     }

@@ -102,10 +102,23 @@ pub struct Attachment {
     pub programs: &'static [(&'static str, Target)],
 }
 
+/// What a hook costs and when it is needed, which decides when it is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Fires on failures (drops, ICMP and socket errors) or at a low rate (`connect()`), not
+    /// for every datagram: always attached, `udptrace watch` included. (`enqueue` fires per
+    /// delivered datagram, but only on kernels before 5.17, whose drop reasons it infers.)
+    Failure,
+    /// Fires for every datagram on the host (device hops, route and socket lookups, sends,
+    /// deliveries): `udptrace watch` attaches them only while it escalates a flow.
+    Path,
+}
+
 /// A logical hook: what udptrace observes, independent of how.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     pub name: &'static str,
+    pub role: Role,
     pub description: &'static str,
     /// Without a core hook udptrace cannot do its job: `doctor` exits non-zero and tracing
     /// refuses to start.
@@ -117,6 +130,7 @@ pub struct Hook {
 pub const HOOKS: &[Hook] = &[
     Hook {
         name: "drop",
+        role: Role::Failure,
         description: "every freed UDP datagram with its drop reason and kernel location (skb:kfree_skb)",
         core: true,
         attachments: &[
@@ -155,6 +169,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "icmp_error",
+        role: Role::Failure,
         description: "ICMPv4 errors sent about UDP datagrams (icmp:icmp_send)",
         core: true,
         attachments: &[
@@ -185,6 +200,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "xmit",
+        role: Role::Path,
         description: "datagrams handed to a device, and ICMPv6 errors (net:net_dev_queue)",
         core: false,
         attachments: &[
@@ -207,6 +223,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv",
+        role: Role::Path,
         description: "datagrams entering a device (net:netif_receive_skb)",
         core: false,
         attachments: &[
@@ -229,6 +246,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "deliver",
+        role: Role::Path,
         description: "datagrams queued to a socket (sock:sk_data_ready, else sock_def_readable)",
         core: false,
         attachments: &[
@@ -260,6 +278,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "consume",
+        role: Role::Path,
         description: "end of a followed datagram (skb:consume_skb)",
         core: false,
         attachments: &[
@@ -282,6 +301,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route4",
+        role: Role::Path,
         description: "IPv4 route lookups: the output device chosen (fib:fib_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -294,6 +314,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route6",
+        role: Role::Path,
         description: "IPv6 route lookups (fib6:fib6_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -306,6 +327,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "sock_error",
+        role: Role::Failure,
         description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report, else sock_def_error_report)",
         core: false,
         attachments: &[
@@ -336,6 +358,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "send",
+        role: Role::Path,
         description: "UDP sends with the sending process; function probes add the destination, IP_PKTINFO and connected state (udp_sendmsg/udpv6_sendmsg, else sock:sock_send_length)",
         core: false,
         attachments: &[
@@ -374,6 +397,8 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv_error",
+        // sock:sock_recv_length fires for every receive call, failed or not.
+        role: Role::Path,
         description: "failed UDP receives with the receiving process (sock:sock_recv_length, else udp_recvmsg/udpv6_recvmsg)",
         core: false,
         attachments: &[
@@ -413,6 +438,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "icmp6_error",
+        role: Role::Failure,
         description: "ICMPv6 errors generated about UDP datagrams (icmp6_send; without it, seen at xmit)",
         core: false,
         attachments: &[
@@ -428,6 +454,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "connect",
+        role: Role::Failure,
         description: "connect() on UDP sockets: the local address and peer it pins (udp_connect, ip4/ip6_datagram_connect)",
         core: false,
         attachments: &[
@@ -480,6 +507,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "lookup",
+        role: Role::Path,
         description: "UDP socket lookups for received datagrams: the socket found, or none (__udp4_lib_lookup/__udp6_lib_lookup)",
         core: false,
         attachments: &[
@@ -509,6 +537,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "enqueue",
+        role: Role::Failure,
         description: "failed queueing to a UDP socket, evidence of inferred drop reasons before Linux 5.17 (__udp_enqueue_schedule_skb)",
         core: false,
         attachments: &[
@@ -536,6 +565,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route_input",
+        role: Role::Failure,
         description: "failed IPv4 input route lookups, evidence of inferred reverse-path-filter drops before Linux 5.17 (ip_route_input_noref)",
         core: false,
         attachments: &[
@@ -597,9 +627,9 @@ mod contract_tests {
         event::{COUNTER_COUNT, Capture, FlowCount, FlowCountKey, STACK_ENTRIES},
         filter::{Filter, Selectors},
         names::{
-            CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, EVENTS_MAP,
-            FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP,
-            OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+            CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_ENTRIES,
+            ESCALATED_MAP, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP,
+            FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
         },
         offsets::KernelOffsets,
     };
@@ -734,6 +764,13 @@ mod contract_tests {
                 udptrace_common::event::FLOW_OVERFLOW_ENTRIES,
             ),
             (GENERATION_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            (
+                ESCALATED_MAP,
+                bpf_map_type::BPF_MAP_TYPE_HASH,
+                4,
+                1,
+                ESCALATED_ENTRIES,
+            ),
             (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
             // PERF_MAX_STACK_DEPTH (127) frames of 8 bytes.
             (

@@ -14,3 +14,4 @@ mod real_tools;
 mod recordings;
 mod scale;
 mod verdicts;
+mod watch;
