@@ -11,6 +11,8 @@
 //! When not root, what needs root goes through `sudo -E`; without sudo they fail (nothing is
 //! skipped).
 
+#[cfg(test)]
+mod deploy;
 mod dist;
 mod process;
 mod setup;
