@@ -233,6 +233,8 @@ impl Tracer {
         let (metrics, metrics_server) = match endpoint {
             Some(endpoint) => {
                 let metrics = Metrics::new();
+                // Before the first scrape can come.
+                metrics.hooks(&probes);
                 let server = endpoint.serve(&metrics)?;
                 (Some(metrics), Some(server))
             }

@@ -73,6 +73,24 @@ fn the_schema_check_finds_a_misspelt_field_a_mistyped_value_and_a_missing_name()
     }
 }
 
+/// The capabilities the manifest's container adds (its `add:` list).
+fn manifest_capabilities(manifest: &str) -> Vec<&str> {
+    manifest
+        .lines()
+        .skip_while(|line| line.trim() != "add:")
+        .skip(1)
+        .map_while(|line| line.trim().strip_prefix("- "))
+        .collect()
+}
+
+#[test]
+fn the_image_check_runs_with_the_manifests_capabilities() {
+    let manifest = fs::read_to_string(deploy().join("kubernetes/udptrace.yaml")).unwrap();
+    let mut checked = crate::image::CAPABILITIES.to_vec();
+    checked.push("SYS_RESOURCE");
+    assert_eq!(manifest_capabilities(&manifest), checked);
+}
+
 #[test]
 fn the_systemd_unit_verifies() {
     let unit = fs::read_to_string(deploy().join("systemd/udptrace-watch.service")).unwrap();
