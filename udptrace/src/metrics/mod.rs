@@ -420,13 +420,6 @@ mod tests {
         samples(metrics).iter().any(|sample| sample == line)
     }
 
-    fn source_and_destination() -> Option<(SocketAddr, SocketAddr)> {
-        Some((
-            "192.0.2.1:40000".parse().unwrap(),
-            "192.0.2.2:5700".parse().unwrap(),
-        ))
-    }
-
     #[test]
     fn drops_take_the_namespace_of_their_events_and_the_count_of_the_kernel() {
         let metrics = Metrics::new();
@@ -438,7 +431,10 @@ mod tests {
         ));
         // The kernel counted more than the one event written (the rest sampled out).
         metrics.drops(
-            source_and_destination(),
+            Some((
+                "192.0.2.1:40000".parse().unwrap(),
+                "192.0.2.2:5700".parse().unwrap(),
+            )),
             &DropReason::named("NO_SOCKET"),
             250,
         );

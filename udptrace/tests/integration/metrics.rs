@@ -66,7 +66,7 @@ impl Prometheus {
         let mut prometheus = Self { dir, child };
         // It answers /-/ready once its database is open and its configuration loaded (a few
         // seconds; more under load).
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         while http_get(PROMETHEUS, "/-/ready").is_err() {
             let exited = prometheus.child.try_wait().unwrap();
             assert!(
@@ -76,12 +76,13 @@ impl Prometheus {
             );
             thread::sleep(Duration::from_millis(100));
         }
-        prometheus.wait_for("up{job=\"udptrace\"}", |up| up == 1.0);
+        prometheus.wait_for("up{job=\"udptrace\"}", |up| up == 1);
         prometheus
     }
 
-    /// Instant query results: (labels, value) of each series.
-    fn query(&self, query: &str) -> Vec<(Value, f64)> {
+    /// Instant query results: (labels, value) of each series, the value as Prometheus wrote
+    /// it.
+    fn query(&self, query: &str) -> Vec<(Value, String)> {
         let body = http_get(
             PROMETHEUS,
             &format!("/api/v1/query?query={}", encode(query)),
@@ -94,23 +95,23 @@ impl Prometheus {
             .unwrap()
             .iter()
             .map(|series| {
-                let value = series["value"][1].as_str().unwrap().parse().unwrap();
+                let value = series["value"][1].as_str().unwrap().to_owned();
                 (series["metric"].clone(), value)
             })
             .collect()
     }
 
-    /// Waits until `query` gives one series whose value satisfies `done`, and returns it. The
-    /// wait is for the pipeline (kernel count → udptrace's drain → scrape), not a retry: a
-    /// value that never comes fails the test with the last one seen.
-    fn wait_for(&self, query: &str, done: impl Fn(f64) -> bool) -> f64 {
+    /// Waits until `query` gives one series whose value (a count) satisfies `done`, and
+    /// returns it. The wait is for the pipeline (kernel count → udptrace's drain → scrape), not
+    /// a retry: a value that never comes fails the test with the last one seen.
+    fn wait_for(&self, query: &str, done: impl Fn(u64) -> bool) -> u64 {
         let deadline = Instant::now() + PIPELINE;
         loop {
             let results = self.query(query);
             if let [(_, value)] = results.as_slice()
-                && done(*value)
+                && done(count(value))
             {
-                return *value;
+                return count(value);
             }
             assert!(
                 Instant::now() < deadline,
@@ -133,6 +134,13 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A counter's value as Prometheus writes it: a whole number.
+fn count(value: &str) -> u64 {
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("{value:?} is not a count"))
 }
 
 /// `GET path` from `address` over HTTP/1.0 (the connection closes after the answer): the
@@ -193,25 +201,25 @@ fn prometheus_scrapes_the_kernels_count_of_drops_at_a_closed_port_and_the_verdic
         "the server namespace counted every datagram as NoPorts"
     );
     let drops = format!("udptrace_drops_total{{port=\"{PORT}\",reason=\"NO_SOCKET\"}}");
-    let counted = prometheus.wait_for(&drops, |value| value >= no_ports as f64);
-    assert_eq!(counted, no_ports as f64, "{drops} against NoPorts");
+    let counted = prometheus.wait_for(&drops, |value| value >= no_ports);
+    assert_eq!(counted, no_ports, "{drops} against NoPorts");
     // The drops are placed in the server's namespace (by name: it is in /run/netns).
     let series = prometheus.query(&drops);
     assert_eq!(series[0].0["netns"], server.name.as_str(), "{series:?}");
-    prometheus.wait_for("udptrace_verdicts_total", |value| value >= 1.0);
+    prometheus.wait_for("udptrace_verdicts_total", |value| value >= 1);
     let verdict_series = prometheus.query("udptrace_verdicts_total");
-    let codes: Vec<(&str, f64)> = verdict_series
+    let codes: Vec<(&str, u64)> = verdict_series
         .iter()
-        .map(|(labels, value)| (labels["code"].as_str().unwrap(), *value))
+        .map(|(labels, value)| (labels["code"].as_str().unwrap(), count(value)))
         .collect();
-    assert_eq!(codes, [("port_unreachable", 1.0)]);
+    assert_eq!(codes, [("port_unreachable", 1)]);
     // The tracer's own answers agree.
     let records = trace.stop();
     let final_codes: Vec<&Value> = verdicts(&records).iter().map(|v| &v["code"]).collect();
     assert_eq!(final_codes, ["port_unreachable"]);
     // What the exposition says about the run itself.
     let hooks = prometheus.query("sum(udptrace_hooks_attached{mechanism!=\"none\"})");
-    assert!(hooks[0].1 >= 1.0, "{hooks:?}");
+    assert!(count(&hooks[0].1) >= 1, "{hooks:?}");
     let cpu = prometheus.query("udptrace_cpu_seconds_total");
     assert_eq!(cpu.len(), 2, "user and system: {cpu:?}");
 }
