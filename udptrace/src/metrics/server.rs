@@ -148,3 +148,64 @@ fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Byte
         .insert(CONTENT_TYPE, HeaderValue::from_static(EXPOSITION));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        net::TcpStream,
+    };
+
+    use super::*;
+
+    /// The status line and headers, and the body, of `request` sent to `address`.
+    fn ask(address: SocketAddr, request: &str) -> (String, String) {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.to_owned(), body.to_owned())
+    }
+
+    #[test]
+    fn serves_the_exposition_at_metrics_only() {
+        let endpoint = Endpoint::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = endpoint.address().unwrap();
+        let metrics = Metrics::new();
+        metrics.hooks(&[]);
+        let server = endpoint.serve(&metrics).unwrap();
+        let (head, body) = ask(address, "GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+        assert!(
+            head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+            "{head}"
+        );
+        assert!(
+            body.contains("udptrace_hooks_attached{mechanism=\"none\"} 0"),
+            "{body}"
+        );
+        let (head, body) = ask(address, "GET / HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 404"), "{head}");
+        assert_eq!(body, "udptrace serves its metrics at /metrics\n");
+        let (head, _) = ask(address, "POST /metrics HTTP/1.0\r\n\r\n");
+        assert!(head.starts_with("HTTP/1.0 405"), "{head}");
+        assert!(head.contains("allow: GET, HEAD"), "{head}");
+        drop(server);
+        assert!(
+            TcpStream::connect(address).is_err(),
+            "the port is closed once the server is dropped"
+        );
+    }
+
+    #[test]
+    fn a_busy_address_is_refused_with_its_name() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = taken.local_addr().unwrap();
+        let error = Endpoint::bind(address).err().unwrap();
+        assert_eq!(
+            format!("{error:#}"),
+            format!("--metrics {address}: Address already in use (os error 98)")
+        );
+    }
+}
