@@ -1,6 +1,6 @@
 //! Command-line definitions only (clap).
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udptrace_common::event::{MAX_SNAPLEN, Mechanism};
@@ -178,6 +178,11 @@ pub struct TraceArgs {
     /// Only socket events of this process (drops and ICMP errors are not tied to a process).
     #[arg(long, value_parser = parse_pid)]
     pub pid: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): drops by
+    /// reason, port, namespace and container; ICMP and socket errors; verdicts by code; lost
+    /// and sampled events; hooks by mechanism; CPU time.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_address)]
+    pub metrics: Option<SocketAddr>,
     /// tcpdump-style filter expression. Options may come before, between or after its words
     /// (no filter word starts with `-`); after `--` every word is a filter word.
     #[arg(value_name = "FILTER")]
@@ -282,6 +287,12 @@ fn parse_snaplen(text: &str) -> Result<u32, String> {
         return Err(format!("{snaplen} must be from 1 to {MAX_SNAPLEN}"));
     }
     Ok(snaplen)
+}
+
+fn parse_metrics_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an address and port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    })
 }
 
 fn parse_max_flows(text: &str) -> Result<usize, String> {
@@ -451,6 +462,22 @@ mod tests {
         for bad in ["0", "-1", "soon", "inf"] {
             let error = Cli::try_parse_from(["udptrace", "--reply-timeout", bad]).unwrap_err();
             assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn metrics_takes_an_address_and_port() {
+        let cli = Cli::try_parse_from(["udptrace", "--metrics", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let cli =
+            Cli::try_parse_from(["udptrace", "--metrics", "[::1]:9464", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("[::1]:9464".parse().unwrap()));
+        for bad in ["9464", "localhost:9464", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let error = Cli::try_parse_from(["udptrace", "--metrics", bad]).unwrap_err();
+            assert!(
+                error.to_string().contains("is not an address and port"),
+                "{bad}: {error}"
+            );
         }
     }
 

@@ -119,8 +119,8 @@ async fn watch(args: &WatchArgs, signals: &mut StopSignals) -> anyhow::Result<()
         }
     });
     // Everything watch reports reaches one `Output` (anomalies as typed events, status,
-    // verdicts, the exit summary with the kernel's per-flow counts): a metrics exporter is a
-    // second `Output` beside it (`render::Tee`).
+    // verdicts, the exit summary with the kernel's per-flow counts); `--metrics` is teed
+    // beside it by the tracer.
     if let Some(log) = log {
         let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, log));
         tracer.run(&mut output, signals.recv()).await?;
@@ -159,6 +159,7 @@ fn trace_config(args: &TraceArgs, watch: Option<Duration>) -> anyhow::Result<Tra
         // DOCKER_HOST's or /run/docker.sock.
         docker_socket: None,
         watch,
+        metrics: args.metrics,
     })
 }
 

@@ -38,6 +38,7 @@ use crate::{
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,
+    metrics::{self, Metrics, server::Endpoint},
     model::{TraceEvent, What},
     namespaces::Namespaces,
     probes::{
@@ -94,6 +95,8 @@ pub struct TraceConfig {
     /// `udptrace watch --escalate SECS`: only the failure hooks stay attached; an anomaly
     /// attaches the path hooks, narrowed to its flow's ports, for this long.
     pub watch: Option<Duration>,
+    /// `--metrics ADDR`: serve Prometheus metrics there.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -163,6 +166,10 @@ pub struct Tracer {
     pcap: Option<PcapFile>,
     /// `udptrace watch`.
     escalation: Option<Escalation>,
+    /// `--metrics`: fed as the output is, and with the kernel's drop counts.
+    metrics: Option<Metrics>,
+    /// Serves `metrics` until the tracer is dropped.
+    _metrics_server: Option<metrics::server::Server>,
 }
 
 /// Tells the programs which hooks attached where that changes what another hook reports, and
@@ -199,6 +206,8 @@ impl Tracer {
             .as_deref()
             .map(|path| create_pcap(path, config.snaplen))
             .transpose()?;
+        // Likewise a busy or foreign --metrics address.
+        let endpoint = config.metrics.map(Endpoint::bind).transpose()?;
         // aya 0.14's `EbpfLoader::new` parses the kernel's whole BTF for CO-RE relocations
         // (aya/src/bpf.rs, `new`), which Rust programs never carry: drop that parse before
         // ours starts, so the two are never held at once (peak RSS).
@@ -272,6 +281,16 @@ impl Tracer {
                 })
             })
             .transpose()?;
+        let (metrics, metrics_server) = match endpoint {
+            Some(endpoint) => {
+                let metrics = Metrics::new();
+                // Before the first scrape can come.
+                metrics.path_hooks(&probes, escalation.is_some());
+                let server = endpoint.serve(&metrics)?;
+                (Some(metrics), Some(server))
+            }
+            None => (None, None),
+        };
         let bpf_log = if config.debug_bpf {
             Some(debug_bpf::start(&mut ebpf)?)
         } else {
@@ -322,6 +341,8 @@ impl Tracer {
             pcap,
             escalation,
             ebpf,
+            metrics,
+            _metrics_server: metrics_server,
             probes,
             filter,
             ring,
@@ -355,6 +376,15 @@ impl Tracer {
             Some(pcap) => {
                 captured = Tee::new(output, pcap);
                 &mut captured
+            }
+            None => output,
+        };
+        let mut metrics = self.metrics.clone();
+        let mut counted;
+        let output: &mut dyn Output = match &mut metrics {
+            Some(metrics) => {
+                counted = Tee::new(output, metrics);
+                &mut counted
             }
             None => output,
         };
@@ -470,6 +500,9 @@ impl Tracer {
                         .borrow_mut()
                         .kernel_count(Some(flow), &tally, count);
                 }
+                if let (Some(metrics), Tally::Drops(reason)) = (&self.metrics, &tally) {
+                    metrics.drops(Some(datagram(&key)), reason, count);
+                }
                 self.diagnosis.count_in_kernel(flow, tally, count);
             }
         }
@@ -478,6 +511,9 @@ impl Tracer {
                 if let Some(recording) = &self.recording {
                     recording.borrow_mut().kernel_count(None, &tally, count);
                 }
+                if let (Some(metrics), Tally::Drops(reason)) = (&self.metrics, &tally) {
+                    metrics.drops(None, reason, count);
+                }
                 self.diagnosis.flows.add_other(&tally, count);
             }
         }
@@ -485,9 +521,8 @@ impl Tracer {
 
     /// What a kernel count key adds to: drops by reason, or datagrams at their first device.
     fn tally(&self, key: &FlowCountKey) -> Option<(FlowKey, Tally)> {
-        let (saddr, daddr) = decode::addresses(&key.tuple);
-        let source = SocketAddr::new(saddr, key.tuple.sport);
-        let flow = FlowKey::new(source, SocketAddr::new(daddr, key.tuple.dport));
+        let (source, destination) = datagram(key);
+        let flow = FlowKey::new(source, destination);
         let tally = match EventKind::from_u8(key.kind) {
             Some(EventKind::Drop) => Tally::Drops(self.knowledge.drop_reason(key.reason)),
             // A datagram is first seen at one device: where it was sent, or where it
@@ -539,6 +574,9 @@ impl Tracer {
                 }
             }
         }
+        if let Some(metrics) = &self.metrics {
+            metrics.path_hooks(&self.probes, !escalation.attached);
+        }
         output
             .status(&Status::Escalated {
                 ports: added,
@@ -560,6 +598,9 @@ impl Tracer {
             escalation.attached = false;
             for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
                 detach(&mut self.ebpf, outcome);
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.path_hooks(&self.probes, true);
             }
             output.status(&Status::EscalationEnded).context(WRITING)?;
         }
@@ -676,6 +717,15 @@ fn rule_lister(
         }
         rules
     })
+}
+
+/// The source and destination of the datagrams a kernel count key counts.
+fn datagram(key: &FlowCountKey) -> (SocketAddr, SocketAddr) {
+    let (saddr, daddr) = decode::addresses(&key.tuple);
+    (
+        SocketAddr::new(saddr, key.tuple.sport),
+        SocketAddr::new(daddr, key.tuple.dport),
+    )
 }
 
 fn fill_stats(stats: &mut Stats, counters: &CounterValues) {

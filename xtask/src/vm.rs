@@ -462,6 +462,12 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "needs tshark (as above) to read the cut file",
     ),
     (
+        "metrics::prometheus_scrapes",
+        "needs a real Prometheus server (Debian's prometheus), which the guests do not carry; \
+         the drop counts it reads are the kernel's per-flow counts, checked exactly in every \
+         guest (drops::*_counted_exactly)",
+    ),
+    (
         "docker::",
         "a real dockerd with runc, containerd and docker-proxy, which the guests do not carry; \
          the hooks and rules their verdicts come from run in every guest through the \

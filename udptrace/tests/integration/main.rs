@@ -8,6 +8,7 @@ mod doctor;
 mod drops;
 mod filters;
 mod hardening;
+mod metrics;
 mod path;
 mod pcap;
 mod real_tools;
