@@ -13,10 +13,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use private_dockerd::{Network, PrivateDocker};
 use serde::Serialize;
 
 use super::{
+    dockerd::{self, Network, PrivateDocker},
     netns::{Netns, NetnsInfo},
     peers::{Server, ServerMode, ServerReport},
     scenarios::{PEER_LIFETIME, SETTLE},
@@ -58,7 +58,7 @@ pub struct DockerHost {
 impl DockerHost {
     /// What is missing on this machine for the Docker lab, if anything (one line).
     pub fn missing() -> Option<String> {
-        private_dockerd::missing().or_else(|| {
+        dockerd::missing().or_else(|| {
             ["/usr/sbin/docker-proxy", "/usr/bin/nc"]
                 .into_iter()
                 .find(|p| !std::path::Path::new(p).exists())
