@@ -154,15 +154,7 @@ impl ContainerNames {
     /// Starts following the Docker daemon on `socket`, else the one DOCKER_HOST
     /// (`unix://PATH`) or /run/docker.sock names, if that socket exists.
     pub fn connect(socket: Option<&Path>) -> Self {
-        let socket = socket.map_or_else(
-            || {
-                std::env::var("DOCKER_HOST")
-                    .ok()
-                    .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
-                    .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
-            },
-            Path::to_path_buf,
-        );
+        let socket = docker_socket(socket);
         if !socket.exists() {
             return Self::default();
         }
@@ -218,6 +210,31 @@ impl ContainerNames {
     }
 }
 
+/// The Docker API socket: `socket` when given, else the one DOCKER_HOST (`unix://PATH`) names,
+/// else /run/docker.sock.
+pub fn docker_socket(socket: Option<&Path>) -> PathBuf {
+    socket.map_or_else(
+        || {
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
+        },
+        Path::to_path_buf,
+    )
+}
+
+/// A client of the Docker daemon on `socket`, speaking the daemon's API version.
+pub async fn connect_docker(socket: &Path) -> Result<Docker, bollard::errors::Error> {
+    let docker = Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        API_TIMEOUT_SECS,
+        bollard::API_DEFAULT_VERSION,
+    )?;
+    // Debian's docker.io 20.10 speaks API 1.41, older than bollard's default.
+    docker.negotiate_version().await
+}
+
 /// The Docker side of `ContainerNames`: every running container, then each one that starts
 /// or is renamed, and each id asked for. Ends (names stay as they are) when the daemon does
 /// not answer.
@@ -226,15 +243,7 @@ async fn follow_docker(
     known: Arc<Mutex<HashMap<String, Container>>>,
     mut asks: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
-    let Ok(docker) = Docker::connect_with_unix(
-        &socket.to_string_lossy(),
-        API_TIMEOUT_SECS,
-        bollard::API_DEFAULT_VERSION,
-    ) else {
-        return;
-    };
-    // Debian's docker.io 20.10 speaks API 1.41, older than bollard's default.
-    let Ok(docker) = docker.negotiate_version().await else {
+    let Ok(docker) = connect_docker(&socket).await else {
         return;
     };
     let store = |container: Container| {
@@ -244,7 +253,7 @@ async fn follow_docker(
             .insert(container.id.clone(), container);
     };
     if let Ok(list) = docker.list_containers(None).await {
-        list.into_iter().filter_map(from_summary).for_each(store);
+        list.iter().filter_map(from_summary).for_each(store);
     }
     let filters = HashMap::from([
         ("type".to_owned(), vec!["container".to_owned()]),
@@ -279,14 +288,15 @@ async fn follow_docker(
     }
 }
 
-fn from_summary(summary: ContainerSummary) -> Option<Container> {
+/// A listed container's name as the API gives it (`/web-1`): the first of its names.
+pub fn listed_name(summary: &ContainerSummary) -> Option<&str> {
+    summary.names.as_ref()?.first().map(String::as_str)
+}
+
+fn from_summary(summary: &ContainerSummary) -> Option<Container> {
     docker_container(
-        summary.id?,
-        summary
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(String::as_str),
+        summary.id.clone()?,
+        listed_name(summary),
         summary.image.as_deref(),
         summary.labels.as_ref(),
     )

@@ -98,6 +98,7 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         stack: args.output.stack,
         // DOCKER_HOST's or /run/docker.sock.
         docker_socket: None,
+        containers: args.containers.iter().chain(&args.pods).cloned().collect(),
     };
     let tracer = Tracer::start(config)?;
     let mut output = output_for(args.output.json, args.output.pcap_on_stdout());

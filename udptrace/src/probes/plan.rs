@@ -568,7 +568,8 @@ mod contract_tests {
         names::{
             CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, EVENTS_MAP,
             FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP,
-            OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+            OFFSETS_GLOBAL, SELECTED_NETNS_ENTRIES, SELECTED_NETNS_MAP, SELECTORS_GLOBAL,
+            STACKS_MAP,
         },
         offsets::KernelOffsets,
     };
@@ -704,6 +705,13 @@ mod contract_tests {
             ),
             (GENERATION_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
             (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            (
+                SELECTED_NETNS_MAP,
+                bpf_map_type::BPF_MAP_TYPE_HASH,
+                4,
+                4,
+                SELECTED_NETNS_ENTRIES,
+            ),
             // PERF_MAX_STACK_DEPTH (127) frames of 8 bytes.
             (
                 STACKS_MAP,
