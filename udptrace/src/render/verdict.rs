@@ -9,6 +9,7 @@ use super::{
     wire::{device_text, endpoints_text, flow_key_text, location_text, process_text},
 };
 use crate::{
+    containers::Container,
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
@@ -103,7 +104,7 @@ pub fn evidence_lines(verdict: &Verdict) -> Vec<String> {
         Facts::ConnectedSocket {
             namespace, socket, ..
         } => lines.push(format!(
-            "socket {} in namespace {}",
+            "socket {} in {}",
             connected_socket_text(socket),
             namespace_text(namespace)
         )),
@@ -127,6 +128,8 @@ pub fn summary(verdict: &Verdict) -> String {
             socket,
             route_device,
             sender,
+            client_container,
+            server_container,
         } => {
             let proxy = if is_docker_proxy(socket.owner.as_ref()) {
                 format!(
@@ -136,7 +139,12 @@ pub fn summary(verdict: &Verdict) -> String {
             } else {
                 String::new()
             };
-            let owner = format!("{}{proxy}", owned_by(socket));
+            let owner = format!(
+                "{}{proxy}{}",
+                owned_by(socket),
+                in_container(server_container.as_ref())
+            );
+            let in_client = in_container(client_container.as_ref());
             let how = sender.as_ref().map_or_else(String::new, |sender| {
                 let who = named(sender.process.as_ref())
                     .map_or_else(String::new, |process| format!("{} ", process_text(process)));
@@ -159,9 +167,9 @@ pub fn summary(verdict: &Verdict) -> String {
                 )
             });
             format!(
-                "{client} sent to {asked} but the reply came from {used}: the server socket \
-                 {} (inode {}){owner} is bound to the wildcard address and replied without \
-                 choosing a source{how}{why}; {client} does not accept a reply from {}",
+                "{client}{in_client} sent to {asked} but the reply came from {used}: the server \
+                 socket {} (inode {}){owner} is bound to the wildcard address and replied \
+                 without choosing a source{how}{why}; {client} does not accept a reply from {}",
                 socket.local,
                 socket.inode,
                 used.ip()
@@ -199,7 +207,7 @@ pub fn summary(verdict: &Verdict) -> String {
             expected,
             conntrack,
         } => format!(
-            "the reply {source} > {destination} reaches namespace {} but conntrack expected the \
+            "the reply {source} > {destination} reaches {} but conntrack expected the \
              reply to come from {expected} (original {}, reply {}); it is not translated back \
              and dies NO_SOCKET",
             namespace_text(namespace),
@@ -211,7 +219,7 @@ pub fn summary(verdict: &Verdict) -> String {
             destination,
             namespace,
         } => format!(
-            "nothing listens on {destination} in namespace {}: {source} gets NO_SOCKET drops and \
+            "nothing listens on {destination} in {}: {source} gets NO_SOCKET drops and \
              ICMP port unreachable (ECONNREFUSED on a connected client socket)",
             namespace_text(namespace)
         ),
@@ -222,7 +230,7 @@ pub fn summary(verdict: &Verdict) -> String {
             location,
             rules,
         } => format!(
-            "a netfilter rule drops {source} > {destination} in namespace {} (dropped at {}){}",
+            "a netfilter rule drops {source} > {destination} in {} (dropped at {}){}",
             namespace_text(namespace),
             location_text(location),
             rules
@@ -252,7 +260,7 @@ pub fn summary(verdict: &Verdict) -> String {
                 },
             );
             format!(
-                "socket {socket} in namespace {} drops datagrams: its receive buffer is full (the \
+                "socket {socket} in {} drops datagrams: its receive buffer is full (the \
                  process does not read fast enough)",
                 namespace_text(namespace)
             )
@@ -288,7 +296,7 @@ pub fn summary(verdict: &Verdict) -> String {
                 )
             };
             format!(
-                "no host answered {protocol} for the next hop towards {} on {} in namespace {}: \
+                "no host answered {protocol} for the next hop towards {} on {} in {}: \
                  {source} > {destination} waited for the neighbour's address and was dropped \
                  (NEIGH_QUEUEFULL while waiting, {failed} when resolution gave up); the \
                  sender gets {icmp}, EHOSTUNREACH on a socket with IP_RECVERR",
@@ -307,7 +315,7 @@ pub fn summary(verdict: &Verdict) -> String {
             let owner = owned_by(socket);
             format!(
                 "{client}'s request to {server} was delivered to socket {} (inode {}){owner} in \
-                 namespace {}, and nothing was sent back to {client} within {timeout_ms} ms: \
+                 {}, and nothing was sent back to {client} within {timeout_ms} ms: \
                  the process received the request and did not answer",
                 socket.local,
                 socket.inode,
@@ -321,7 +329,7 @@ pub fn summary(verdict: &Verdict) -> String {
             device,
             timeout_ms,
         } => format!(
-            "{client}'s request to {server} left through {} in namespace {} and nothing came \
+            "{client}'s request to {server} left through {} in {} and nothing came \
              back within {timeout_ms} ms, with no drop or ICMP error on this host: the problem \
              is beyond this host",
             device.as_deref().unwrap_or("?"),
@@ -448,12 +456,29 @@ fn owned_by(socket: &SocketInfo) -> String {
     })
 }
 
-/// The namespace's name, else its inode.
+/// `container web-1 (docker 3336e43c0a1b)` for a named container's namespace, else
+/// `namespace NAME` (its inode when it has no name).
 fn namespace_text(namespace: &Namespace) -> String {
     namespace
-        .netns_name
-        .clone()
-        .unwrap_or_else(|| namespace.netns.to_string())
+        .container
+        .as_ref()
+        .and_then(Container::described)
+        .unwrap_or_else(|| {
+            format!(
+                "namespace {}",
+                namespace
+                    .netns_name
+                    .clone()
+                    .unwrap_or_else(|| namespace.netns.to_string())
+            )
+        })
+}
+
+/// ` in container web-1 (docker 3336e43c0a1b)` when `container` is named, else nothing.
+fn in_container(container: Option<&Container>) -> String {
+    container
+        .and_then(Container::described)
+        .map_or_else(String::new, |text| format!(" in {text}"))
 }
 
 /// `comm[pid]` of the process holding the socket, else `uid N`.

@@ -110,7 +110,15 @@ fn docker_proxy_replying_from_the_bridge_address() {
         },
         ..route
     };
+    // The request's first hop, in the client container's namespace.
+    let sent = TraceEvent {
+        netns: 8,
+        netns_name: Some("ctr web-1 (docker 7b0095692950)".into()),
+        container: Some(Box::new(web_1())),
+        ..event(What::Xmit, client, "192.0.2.1:4000", 0)
+    };
     for event in [
+        sent,
         event(What::Deliver { socket: proxy }, client, "192.0.2.1:4000", 1),
         route,
         reply,
@@ -120,6 +128,18 @@ fn docker_proxy_replying_from_the_bridge_address() {
     let verdicts = diagnosis.ready(u64::MAX, true);
     assert_eq!(verdicts.len(), 1);
     let (summary, fix) = (summary(&verdicts[0]), fix(&verdicts[0]));
+    assert!(
+        summary.starts_with(&format!(
+            "{client} in container web-1 (docker 7b0095692950) sent to 192.0.2.1:4000"
+        )),
+        "{summary}"
+    );
+    let record = serde_json::to_value(VerdictRecord::of(&verdicts[0])).unwrap();
+    assert_eq!(record["facts"]["client_container"]["name"], "web-1");
+    assert!(
+        record["facts"].get("server_container").is_none(),
+        "{record}"
+    );
     assert!(
         summary.contains(
             "owned by docker-proxy[7] (Docker's userland proxy for port 4000 published on every \
@@ -298,6 +318,43 @@ fn replies_from_the_requested_address_are_healthy() {
     diagnosis.observe(&event(What::Xmit, "192.0.2.1:4000", client, 2));
     diagnosis.observe(&event(What::Recv, "192.0.2.1:4000", client, 3));
     assert!(codes(&mut diagnosis).is_empty());
+}
+
+/// Container web-1, as Docker names it.
+fn web_1() -> Container {
+    Container {
+        runtime: crate::containers::Runtime::Docker,
+        id: "7b0095692950c3c15eb927493b46a55845f0d0cc445aac805d53a6c759eb343f".into(),
+        name: Some("web-1".into()),
+        image: Some("nginx:1".into()),
+        pod: None,
+    }
+}
+
+#[test]
+fn drops_inside_a_container_name_the_container() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    let (client, server) = ("192.0.2.1:40000", "192.0.2.2:4000");
+    let in_web_1 = |event: TraceEvent| TraceEvent {
+        container: Some(Box::new(web_1())),
+        netns_name: Some("ctr web-1 (docker 7b0095692950)".into()),
+        ..event
+    };
+    diagnosis.observe(&in_web_1(event(drop("NO_SOCKET"), client, server, 2)));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts[0].code, VerdictCode::PortUnreachable);
+    let summary = summary(&verdicts[0]);
+    assert!(
+        summary.starts_with(&format!(
+            "nothing listens on {server} in container web-1 (docker 7b0095692950):"
+        )),
+        "{summary}"
+    );
+    let record = serde_json::to_value(VerdictRecord::of(&verdicts[0])).unwrap();
+    let container = &record["facts"]["namespace"]["container"];
+    assert_eq!(container["runtime"], "docker", "{record}");
+    assert_eq!(container["name"], "web-1", "{record}");
+    assert_eq!(container["image"], "nginx:1", "{record}");
 }
 
 #[test]

@@ -149,6 +149,27 @@ fn check(name: &str, expected: &[&str], outcome: &DockerOutcome, records: &[Valu
         summary.contains("goes out docker0 (Docker's default bridge network)"),
         "{summary}"
     );
+    // The client is a container: the verdict names it, in words and as an object.
+    let client = &outcome.client;
+    assert!(
+        summary.contains(&format!(
+            " in container {} (docker {}) sent to {HOST_ADDRESS}:",
+            client.name,
+            &client.id[..12]
+        )),
+        "{summary}"
+    );
+    let facts = &verdict["facts"];
+    assert_eq!(
+        facts["client_container"]["id"],
+        client.id.as_str(),
+        "{facts:#}"
+    );
+    assert_eq!(
+        facts["client_container"]["name"],
+        client.name.as_str(),
+        "{facts:#}"
+    );
     // Its replies died in the client container: NO_SOCKET drops in its namespace.
     assert!(
         events(records, "drop")
