@@ -362,6 +362,27 @@ pub fn fix(verdict: &Verdict) -> String {
              bind it to the address clients use ({})",
             destination.ip()
         ),
+        // Seed 004 with real Docker: the masquerade that is not undone is a Docker-in-Docker
+        // daemon's (its containers' network NATed out of the outer container's namespace), and
+        // the wrong replier is the port the host publishes, so the fix is in Docker's options.
+        Facts::NatReply {
+            expected,
+            namespace,
+            ..
+        } if let Some(container) = namespace.container.as_ref().and_then(Container::described) => {
+            format!(
+                "{container} masquerades its own containers' traffic (Docker-in-Docker) and \
+                 undoes it only for replies from {expected}, the port the host publishes: make \
+                 the reply come back from there. Publish the port on that address (docker run \
+                 -p {}:{}:PORT/udp: docker-proxy then binds to it and replies from it), or run \
+                 the host's dockerd with --userland-proxy=false (hairpin NAT: the reply returns \
+                 through the host's conntrack; bridged traffic must pass iptables, \
+                 net.bridge.bridge-nf-call-iptables=1), or have the inner containers address \
+                 the server container directly on its network",
+                expected.ip(),
+                expected.port()
+            )
+        }
         Facts::NatReply { expected, .. } => format!(
             "make the reply come from {expected}: the server (or its userland proxy) must answer \
              from the address the client's NAT sent to — disable the userland proxy \

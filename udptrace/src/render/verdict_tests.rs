@@ -454,6 +454,44 @@ fn nat_reply_from_the_wrong_source() {
     assert_eq!(verdicts.len(), 1);
     assert_eq!(verdicts[0].code, VerdictCode::NatReplyMismatch);
     assert!(summary(&verdicts[0]).contains("expected the reply to come from 203.0.113.1:4000"));
+    assert!(fix(&verdicts[0]).starts_with("make the reply come from 203.0.113.1:4000"));
+}
+
+/// Seed 004 with real Docker: the namespace whose masquerade is not undone is a DinD
+/// container's, and the verdict speaks Docker's options like the docker-proxy one.
+#[test]
+fn nat_reply_inside_a_dind_container_speaks_docker() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    let in_dind = |event: TraceEvent| TraceEvent {
+        container: Some(Box::new(web_1())),
+        netns_name: Some("ctr web-1 (docker 7b0095692950)".into()),
+        ..event
+    };
+    let mut outgoing = event(What::Xmit, "198.51.100.2:40000", "203.0.113.1:4000", 1);
+    outgoing.conntrack = Some(masquerade());
+    diagnosis.observe(&in_dind(outgoing));
+    diagnosis.observe(&in_dind(event(
+        drop("NO_SOCKET"),
+        "192.0.2.2:4000",
+        "192.0.2.3:40000",
+        2,
+    )));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts[0].code, VerdictCode::NatReplyMismatch);
+    let (summary, fix) = (summary(&verdicts[0]), fix(&verdicts[0]));
+    assert!(
+        summary.contains("reaches container web-1 (docker 7b0095692950) but conntrack"),
+        "{summary}"
+    );
+    assert!(
+        fix.starts_with("container web-1 (docker 7b0095692950) masquerades"),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("docker run -p 203.0.113.1:4000:PORT/udp"),
+        "{fix}"
+    );
+    assert!(fix.contains("--userland-proxy=false"), "{fix}");
 }
 
 #[test]
