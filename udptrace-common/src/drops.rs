@@ -205,7 +205,6 @@ pub fn infer(
     evidence: &DropEvidence,
 ) -> Option<InferredReason> {
     Some(match kind {
-        None => InferredReason::NotSpecified,
         Some(DropSiteKind::SocketClose) => return None,
         Some(DropSiteKind::Netfilter) => InferredReason::NetfilterDrop,
         Some(DropSiteKind::UdpReceive) if evidence.port_unreachable_skb == skb => {
@@ -220,15 +219,15 @@ pub fn infer(
             }
         }
         Some(DropSiteKind::UdpQueue) => InferredReason::SocketFilterOrChecksum,
-        // 5.17+ leave the other route errors NOT_SPECIFIED there too.
         Some(DropSiteKind::RouteInput)
             if evidence.route_failed_skb == skb && -evidence.route_rc == EXDEV =>
         {
             InferredReason::IpRpfilter
         }
-        Some(DropSiteKind::RouteInput) => InferredReason::NotSpecified,
         Some(DropSiteKind::NeighQueue) => InferredReason::NeighQueuefull,
         Some(DropSiteKind::NeighInvalidate) => InferredReason::NeighFailed,
+        // Anywhere else; 5.17+ leave the other input route errors NOT_SPECIFIED too.
+        None | Some(DropSiteKind::RouteInput) => InferredReason::NotSpecified,
     })
 }
 

@@ -265,7 +265,10 @@ pub struct Selectors {
     pub ifindex: u32,
     /// Thread-group id of the sending/receiving process (`--pid`).
     pub pid: u32,
-    pub padding: u32,
+    /// 1 with `--container`/`--pod`: only events in a network namespace that is a key of
+    /// [`crate::names::SELECTED_NETNS_MAP`]. A map, not a constant like `netns`: a container
+    /// that restarts gets a new namespace, which userspace adds while the programs run.
+    pub netns_set: u32,
 }
 
 #[cfg(feature = "user")]

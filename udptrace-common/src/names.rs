@@ -19,6 +19,11 @@ pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 pub const FILTER_GLOBAL: &str = "FILTER";
 /// Global holding [`crate::filter::Selectors`], set before load.
 pub const SELECTORS_GLOBAL: &str = "SELECTORS";
+/// Hash `u32` → `u32`: the network namespace inodes `--container`/`--pod` select (the value
+/// is unused), kept by userspace as containers start and stop (`Selectors::netns_set`).
+pub const SELECTED_NETNS_MAP: &str = "SELECTED_NETNS";
+/// Most namespaces `--container`/`--pod` select at once.
+pub const SELECTED_NETNS_ENTRIES: u32 = 1024;
 /// Global `u8`, set before load: 1 with `--debug-bpf` (the programs log through aya-log).
 pub const DEBUG_BPF_GLOBAL: &str = "DEBUG_BPF";
 /// `BPF_MAP_TYPE_STACK_TRACE` of `--stack`: kernel call stacks by id (`EventDetail::stack_id`).

@@ -32,7 +32,8 @@ use udptrace_common::names::FEATURE_NARROW;
 
 use crate::{
     CAPTURE, COUNTERS, ESCALATED, EVENTS, FEATURES, FILTER, FLOW_COUNTS, FLOW_OVERFLOW,
-    FOLLOWING_SINCE, GENERATION, SCRATCH, SCRATCH_DEPTH, SELECTORS, STACKS, TRACKED, debug,
+    FOLLOWING_SINCE, GENERATION, SCRATCH, SCRATCH_DEPTH, SELECTED_NETNS, SELECTORS, STACKS,
+    TRACKED, debug,
     kernel::{self, Access, ReadError},
     mem,
 };
@@ -377,11 +378,12 @@ fn submit(
     count(Counter::Seen);
     let event = &mut slot.event;
     // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
-    let (want_netns, want_ifindex, want_pid) = unsafe {
+    let (want_netns, want_ifindex, want_pid, want_set) = unsafe {
         (
             read_volatile(&raw const SELECTORS.netns),
             read_volatile(&raw const SELECTORS.ifindex),
             read_volatile(&raw const SELECTORS.pid),
+            read_volatile(&raw const SELECTORS.netns_set),
         )
     };
     let pid_tgid = if context == Context::Process {
@@ -391,11 +393,16 @@ fn submit(
     };
     let header = &mut event.header;
     header.pid = (pid_tgid >> 32) as u32;
-    let place_first = want_netns != 0 || want_ifindex != 0;
+    let place_first = want_netns != 0 || want_set != 0 || want_ifindex != 0;
     if place_first {
         place.fill(header);
     }
+    // An event whose namespace could not be read (0) passes, as with `--netns`.
     let selected = (want_netns == 0 || header.netns == 0 || header.netns == want_netns)
+        && (want_set == 0
+            || header.netns == 0
+            // SAFETY: a lookup in our own map; the value is not read.
+            || unsafe { SELECTED_NETNS.get(&header.netns) }.is_some())
         && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)
         && (want_pid == 0 || context == Context::Softirq || header.pid == want_pid);
     // Narrowing is judged only for what matched: traffic the filter ignores pays nothing.
@@ -413,7 +420,7 @@ fn submit(
             if selected {
                 "skipped by the filter"
             } else {
-                "skipped by --netns/-i/--pid"
+                "skipped by --netns/-i/--pid/--container/--pod"
             },
             kind,
             &event.tuple,

@@ -28,6 +28,7 @@ use udptrace_common::{
     },
     filter::{Filter, Selectors},
     names::ESCALATED_ENTRIES,
+    names::SELECTED_NETNS_ENTRIES,
     offsets::KernelOffsets,
 };
 
@@ -44,14 +45,19 @@ static DROP_SITES: DropSites = DropSites::EMPTY;
 #[unsafe(no_mangle)]
 static FILTER: Filter = Filter::MATCH_ALL;
 
-/// `--netns`, `-i`, `--pid` (`names::SELECTORS_GLOBAL`); zero means any.
+/// `--netns`, `-i`, `--pid`, `--container`/`--pod` (`names::SELECTORS_GLOBAL`); zero means any.
 #[unsafe(no_mangle)]
 static SELECTORS: Selectors = Selectors {
     netns: 0,
     ifindex: 0,
     pid: 0,
-    padding: 0,
+    netns_set: 0,
 };
+
+/// `--container`/`--pod`: the selected network namespaces (`names::SELECTED_NETNS_MAP`),
+/// read only when `SELECTORS.netns_set` is 1.
+#[map(name = "SELECTED_NETNS")]
+static SELECTED_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(SELECTED_NETNS_ENTRIES, 0);
 
 /// `-w` (`names::CAPTURE_GLOBAL`): packet bytes to copy with hop events; none by default.
 #[unsafe(no_mangle)]

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udptrace_common::event::{MAX_SNAPLEN, Mechanism};
 
-use crate::flows::table::DEFAULT_MAX_FLOWS;
+use crate::{container_filter::Wanted, flows::table::DEFAULT_MAX_FLOWS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,7 +63,7 @@ pub enum Command {
     /// and anomaly, status and verdict records are written as NDJSON (docs/json-schema.md).
     /// An anomaly attaches the path hooks, narrowed to its flow's ports, for --escalate
     /// seconds, so that its verdict gets path evidence.
-    Watch(WatchArgs),
+    Watch(Box<WatchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -175,6 +175,14 @@ pub struct TraceArgs {
     /// inode number.
     #[arg(long, value_name = "NAME|PATH|PID|INODE")]
     pub netns: Option<String>,
+    /// Only events in this container's network namespace: a Docker container's name or id
+    /// (repeatable). A container that restarts is followed into its new namespace.
+    #[arg(long = "container", value_name = "NAME|ID", value_parser = Wanted::parse_container, conflicts_with = "netns")]
+    pub containers: Vec<Wanted>,
+    /// Only events in this Kubernetes pod's network namespace: its containers carry the
+    /// kubelet's labels (Docker as the runtime; repeatable).
+    #[arg(long = "pod", value_name = "NAMESPACE/NAME", value_parser = Wanted::parse_pod, conflicts_with = "netns")]
+    pub pods: Vec<Wanted>,
     /// Only socket events of this process (drops and ICMP errors are not tied to a process).
     #[arg(long, value_parser = parse_pid)]
     pub pid: Option<u32>,

@@ -16,7 +16,10 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use bollard::{
@@ -87,8 +90,18 @@ impl Container {
     }
 
     /// `ctr web-1 (docker 3336e43c0a1b)`, or `pod shop/web-5d8f nginx (docker ...)` for a
-    /// pod's container; `None` until the runtime named it.
+    /// pod's container: how events name its namespace; `None` until the runtime named it.
     pub fn label(&self) -> Option<String> {
+        self.text("ctr")
+    }
+
+    /// `container web-1 (docker 3336e43c0a1b)` (a pod's container as in `label`): how
+    /// verdicts name the container something happened in.
+    pub fn described(&self) -> Option<String> {
+        self.text("container")
+    }
+
+    fn text(&self, container_word: &str) -> Option<String> {
         let name = match &self.pod {
             Some(pod) => format!(
                 "pod {}/{}{}",
@@ -98,7 +111,7 @@ impl Container {
                     .as_ref()
                     .map_or_else(String::new, |container| format!(" {container}"))
             ),
-            None => format!("ctr {}", self.name.as_ref()?),
+            None => format!("{container_word} {}", self.name.as_ref()?),
         };
         Some(format!(
             "{name} ({} {})",
@@ -148,27 +161,24 @@ pub struct ContainerNames {
     /// Ids to look up; `None` when no runtime socket exists (nothing runs, nothing waits).
     asks: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     asked: Mutex<HashSet<String>>,
+    /// Set when Docker reported a container start: a new namespace, whose first events may
+    /// come before /proc's next scan would be allowed (`procs.rs`), so it is allowed at once.
+    started: Arc<AtomicBool>,
 }
 
 impl ContainerNames {
     /// Starts following the Docker daemon on `socket`, else the one DOCKER_HOST
     /// (`unix://PATH`) or /run/docker.sock names, if that socket exists.
     pub fn connect(socket: Option<&Path>) -> Self {
-        let socket = socket.map_or_else(
-            || {
-                std::env::var("DOCKER_HOST")
-                    .ok()
-                    .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
-                    .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
-            },
-            Path::to_path_buf,
-        );
+        let socket = docker_socket(socket);
         if !socket.exists() {
             return Self::default();
         }
         let known = Arc::default();
         let (asks, requests) = tokio::sync::mpsc::unbounded_channel();
         let filler = Arc::clone(&known);
+        let started = Arc::<AtomicBool>::default();
+        let starts = Arc::clone(&started);
         let spawned = std::thread::Builder::new()
             .name("containers".into())
             .spawn(move || {
@@ -178,13 +188,19 @@ impl ContainerNames {
                 else {
                     return;
                 };
-                runtime.block_on(follow_docker(socket, filler, requests));
+                runtime.block_on(follow_docker(socket, filler, requests, &starts));
             });
         Self {
             known,
             asks: spawned.is_ok().then_some(asks),
             asked: Mutex::default(),
+            started,
         }
+    }
+
+    /// Whether a container started since the last call.
+    pub fn take_started(&self) -> bool {
+        self.started.swap(false, Ordering::Relaxed)
     }
 
     /// What is known of container `id` now; an unknown id is asked for (once) and known a
@@ -218,23 +234,41 @@ impl ContainerNames {
     }
 }
 
+/// The Docker API socket: `socket` when given, else the one DOCKER_HOST (`unix://PATH`) names,
+/// else /run/docker.sock.
+pub fn docker_socket(socket: Option<&Path>) -> PathBuf {
+    socket.map_or_else(
+        || {
+            std::env::var("DOCKER_HOST")
+                .ok()
+                .and_then(|host| host.strip_prefix("unix://").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from(DOCKER_SOCKET))
+        },
+        Path::to_path_buf,
+    )
+}
+
+/// A client of the Docker daemon on `socket`, speaking the daemon's API version.
+pub async fn connect_docker(socket: &Path) -> Result<Docker, bollard::errors::Error> {
+    let docker = Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        API_TIMEOUT_SECS,
+        bollard::API_DEFAULT_VERSION,
+    )?;
+    // Debian's docker.io 20.10 speaks API 1.41, older than bollard's default.
+    docker.negotiate_version().await
+}
+
 /// The Docker side of `ContainerNames`: every running container, then each one that starts
-/// or is renamed, and each id asked for. Ends (names stay as they are) when the daemon does
-/// not answer.
+/// (noted in `started`) or is renamed, and each id asked for. Ends (names stay as they are)
+/// when the daemon does not answer.
 async fn follow_docker(
     socket: PathBuf,
     known: Arc<Mutex<HashMap<String, Container>>>,
     mut asks: tokio::sync::mpsc::UnboundedReceiver<String>,
+    started: &AtomicBool,
 ) {
-    let Ok(docker) = Docker::connect_with_unix(
-        &socket.to_string_lossy(),
-        API_TIMEOUT_SECS,
-        bollard::API_DEFAULT_VERSION,
-    ) else {
-        return;
-    };
-    // Debian's docker.io 20.10 speaks API 1.41, older than bollard's default.
-    let Ok(docker) = docker.negotiate_version().await else {
+    let Ok(docker) = connect_docker(&socket).await else {
         return;
     };
     let store = |container: Container| {
@@ -244,7 +278,7 @@ async fn follow_docker(
             .insert(container.id.clone(), container);
     };
     if let Ok(list) = docker.list_containers(None).await {
-        list.into_iter().filter_map(from_summary).for_each(store);
+        list.iter().filter_map(from_summary).for_each(store);
     }
     let filters = HashMap::from([
         ("type".to_owned(), vec!["container".to_owned()]),
@@ -264,10 +298,15 @@ async fn follow_docker(
                 None => return,
             },
             event = events.next() => match event {
-                Some(Ok(event)) => match event.actor.and_then(|actor| actor.id) {
-                    Some(id) => id,
-                    None => continue,
-                },
+                Some(Ok(event)) => {
+                    if event.action.as_deref() == Some("start") {
+                        started.store(true, Ordering::Relaxed);
+                    }
+                    match event.actor.and_then(|actor| actor.id) {
+                        Some(id) => id,
+                        None => continue,
+                    }
+                }
                 _ => return,
             },
         };
@@ -279,14 +318,15 @@ async fn follow_docker(
     }
 }
 
-fn from_summary(summary: ContainerSummary) -> Option<Container> {
+/// A listed container's name as the API gives it (`/web-1`): the first of its names.
+pub fn listed_name(summary: &ContainerSummary) -> Option<&str> {
+    summary.names.as_ref()?.first().map(String::as_str)
+}
+
+fn from_summary(summary: &ContainerSummary) -> Option<Container> {
     docker_container(
-        summary.id?,
-        summary
-            .names
-            .unwrap_or_default()
-            .first()
-            .map(String::as_str),
+        summary.id.clone()?,
+        listed_name(summary),
         summary.image.as_deref(),
         summary.labels.as_ref(),
     )
@@ -418,6 +458,10 @@ mod tests {
             plain.label().as_deref(),
             Some("ctr web-1 (docker 7b0095692950)")
         );
+        assert_eq!(
+            plain.described().as_deref(),
+            Some("container web-1 (docker 7b0095692950)")
+        );
         assert_eq!(docker_container("short".into(), None, None, None), None);
     }
 
@@ -428,5 +472,6 @@ mod tests {
         assert_eq!(container.name, None);
         assert_eq!(container.label(), None, "today's name stays");
         assert!(names.asked.lock().unwrap().is_empty());
+        assert!(!names.take_started());
     }
 }

@@ -10,6 +10,7 @@
 //! builds private namespaces and peers that reproduce incidents.
 pub mod cli;
 pub mod clock;
+pub mod container_filter;
 pub mod containers;
 pub mod debug_bpf;
 pub mod decode;

@@ -160,6 +160,7 @@ fn trace_config(args: &TraceArgs, watch: Option<Duration>) -> anyhow::Result<Tra
         docker_socket: None,
         watch,
         metrics: args.metrics,
+        containers: args.containers.iter().chain(&args.pods).cloned().collect(),
     })
 }
 

@@ -3,7 +3,9 @@
 //! is expensive on a busy host (a readlink per open file of every process), so results are
 //! cached and a miss rescans at most every `RESCAN_INTERVAL`, or every `RESCAN_COST_FACTOR`
 //! times the last scan's duration when that is longer: a storm of lookups for unknown inodes
-//! (new flows, sockets no process holds) then costs at most about a tenth of a CPU.
+//! (new flows, sockets no process holds) then costs at most about a tenth of a CPU. A
+//! container start Docker reported allows one scan at once: its new namespace's first events
+//! are named like the rest.
 
 use std::{
     cell::RefCell,
@@ -102,7 +104,11 @@ impl Processes {
         if let Some(found) = get(&cache) {
             return Some(found);
         }
-        if !may_rescan(cache.scanned, cache.scan_took, Instant::now()) {
+        // A container that just started has a namespace no scan saw yet: its first events
+        // may not wait for the interval (at most one extra scan per container start).
+        if !may_rescan(cache.scanned, cache.scan_took, Instant::now())
+            && !self.containers.take_started()
+        {
             return None;
         }
         rescan(&mut cache, Path::new("/proc"), Path::new("/run/netns"));

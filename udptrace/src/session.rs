@@ -18,12 +18,14 @@ use udptrace_common::{
     filter::Selectors,
     names::{
         CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_MAP, FEATURE_ICMP6_PROBE,
-        FEATURE_NARROW, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+        FEATURE_NARROW, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTED_NETNS_MAP,
+        SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
 use crate::{
     clock::{WallClock, monotonic_ns},
+    container_filter::{ContainerSelection, Following, Wanted},
     debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
     escalation::Ports,
@@ -97,6 +99,8 @@ pub struct TraceConfig {
     pub watch: Option<Duration>,
     /// `--metrics ADDR`: serve Prometheus metrics there.
     pub metrics: Option<SocketAddr>,
+    /// `--container`, `--pod`: only events in their network namespaces.
+    pub containers: Vec<Wanted>,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -170,6 +174,8 @@ pub struct Tracer {
     metrics: Option<Metrics>,
     /// Serves `metrics` until the tracer is dropped.
     _metrics_server: Option<metrics::server::Server>,
+    /// `--container`/`--pod`: keeps the selected namespaces current while it lives.
+    _containers: Option<Following>,
 }
 
 /// Tells the programs which hooks attached where that changes what another hook reports, and
@@ -213,8 +219,15 @@ impl Tracer {
         // ours starts, so the two are never held at once (peak RSS).
         let mut loader = EbpfLoader::new();
         loader.btf(None);
+        // Before BTF too: an unknown container fails at once.
+        let containers = (!config.containers.is_empty())
+            .then(|| {
+                ContainerSelection::resolve(&config.containers, config.docker_socket.as_deref())
+            })
+            .transpose()?;
         let knowledge = Knowledge::load(config.docker_socket.as_deref())?;
-        let selectors = selectors(&config, &knowledge.processes)?;
+        let mut selectors = selectors(&config, &knowledge.processes)?;
+        selectors.netns_set = u32::from(containers.is_some());
         let mut ebpf = loader
             .override_global(OFFSETS_GLOBAL, &knowledge.offsets, true)
             .override_global(DROP_SITES_GLOBAL, &knowledge.drop_sites(), true)
@@ -236,6 +249,15 @@ impl Tracer {
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)
             .context("loading the eBPF object")?;
+        // Before any program is attached: from the first event on, the map holds them.
+        let containers = containers
+            .map(|selection| {
+                let map = ebpf
+                    .take_map(SELECTED_NETNS_MAP)
+                    .context("the eBPF object has no SELECTED_NETNS map")?;
+                selection.install(aya::maps::HashMap::try_from(map)?)
+            })
+            .transpose()?;
         // Every hook is attached once, even under `watch`: what each would use is known (and
         // reported in `ready`) before the path hooks are parked.
         let probes = attach_all(
@@ -352,6 +374,7 @@ impl Tracer {
             clock: WallClock::now(),
             config,
             pending: Reorder::default(),
+            _containers: containers,
         })
     }
 
@@ -740,7 +763,7 @@ fn fill_stats(stats: &mut Stats, counters: &CounterValues) {
     stats.kernel_read_errors = counters.get(Counter::ReadErrors);
 }
 
-/// `--netns`, `-i`, `--pid` → the kernel's numbers.
+/// `--netns`, `-i`, `--pid` → the kernel's numbers (`--container`/`--pod` set `netns_set`).
 fn selectors(config: &TraceConfig, known: &Processes) -> anyhow::Result<Selectors> {
     let netns = config
         .netns
@@ -758,6 +781,6 @@ fn selectors(config: &TraceConfig, known: &Processes) -> anyhow::Result<Selector
         netns: netns.map_or(0, |n| n.inode),
         ifindex,
         pid: config.pid.unwrap_or(0),
-        padding: 0,
+        netns_set: 0,
     })
 }

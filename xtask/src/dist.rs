@@ -10,15 +10,16 @@ use std::{
     process::Command,
 };
 
+use crate::{
+    dockerd::{Network, PrivateDocker},
+    process::{output, run},
+};
 use anyhow::{Context as _, bail, ensure};
 use object::{
     Endianness,
     elf::{DT_NEEDED, PT_DYNAMIC, PT_INTERP},
     read::elf::{Dyn as _, ElfFile64, ProgramHeader as _},
 };
-use private_dockerd::{Network, PrivateDocker};
-
-use crate::process::{output, run};
 
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 

@@ -13,8 +13,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::dockerd::{Network, PrivateDocker};
 use anyhow::{Context as _, bail, ensure};
-use private_dockerd::{Network, PrivateDocker};
 
 use crate::process::output;
 

@@ -15,6 +15,14 @@
 #[cfg(test)]
 mod deploy;
 mod dist;
+// The private dockerd of `dist --check`: udptrace's own module, compiled in here (xtask cannot
+// depend on udptrace, whose build needs the eBPF toolchain `setup` installs).
+#[path = "../../udptrace/src/lab/dockerd.rs"]
+#[expect(
+    dead_code,
+    reason = "the lab's accessors (pid, socket) serve udptrace's Docker tests, not the dist check"
+)]
+mod dockerd;
 mod image;
 mod process;
 mod setup;

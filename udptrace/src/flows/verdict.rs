@@ -9,17 +9,20 @@ use serde::Serialize;
 pub use super::code::VerdictCode;
 use super::table::FlowKey;
 use crate::{
+    containers::Container,
     firewall::FirewallRule,
     model::{Conntrack, Location, Process, RouteDevice, SendCall, SocketInfo, TraceEvent},
     sockets::{ListedSocket, Mismatch},
 };
 
-/// A network namespace as an event names it.
+/// A network namespace as an event names it, with its container when it is one's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Namespace {
     pub netns: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub netns_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
 }
 
 impl Namespace {
@@ -27,6 +30,7 @@ impl Namespace {
         Self {
             netns: event.netns,
             netns_name: event.netns_name.clone(),
+            container: event.container.as_deref().cloned(),
         }
     }
 }
@@ -66,6 +70,12 @@ pub enum Facts {
         /// How the reply was sent, when a function probe saw it.
         #[serde(skip_serializing_if = "Option::is_none")]
         sender: Option<Sender>,
+        /// The container the client sent from (where the reply is refused), when it is in one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_container: Option<Container>,
+        /// The container of the server socket's namespace, when it is in one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        server_container: Option<Container>,
     },
     ConnectedSocket {
         source: SocketAddr,

@@ -13,10 +13,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use private_dockerd::{Network, PrivateDocker};
 use serde::Serialize;
 
 use super::{
+    dockerd::{self, Network, PrivateDocker},
     netns::{Netns, NetnsInfo},
     peers::{Server, ServerMode, ServerReport},
     scenarios::{PEER_LIFETIME, SETTLE},
@@ -58,7 +58,7 @@ pub struct DockerHost {
 impl DockerHost {
     /// What is missing on this machine for the Docker lab, if anything (one line).
     pub fn missing() -> Option<String> {
-        private_dockerd::missing().or_else(|| {
+        dockerd::missing().or_else(|| {
             ["/usr/sbin/docker-proxy", "/usr/bin/nc"]
                 .into_iter()
                 .find(|p| !std::path::Path::new(p).exists())
@@ -90,7 +90,7 @@ impl DockerHost {
 
     /// `docker run -d --name NAME [EXTRA...] IMAGE /bin/sh -c SCRIPT`, with the host's
     /// binaries mounted read-only; the container's facts once it runs.
-    fn run(&self, name: &str, extra: &[&str], script: &str) -> anyhow::Result<Container> {
+    pub fn run(&self, name: &str, extra: &[&str], script: &str) -> anyhow::Result<Container> {
         let mounts: Vec<String> = HOST_BINARIES
             .iter()
             .map(|dir| format!("{dir}:{dir}:ro"))
@@ -102,6 +102,19 @@ impl DockerHost {
         args.extend(extra);
         args.extend([IMAGE, "/bin/sh", "-c", script]);
         let id = self.docker.run(&args)?;
+        self.facts(name, id)
+    }
+
+    /// `docker restart`: the same container with a new first process in a new network
+    /// namespace; its facts then. Killed at once (`-t 0`: a shell as a namespace's first
+    /// process ignores SIGTERM).
+    pub fn restart(&self, container: &Container) -> anyhow::Result<Container> {
+        self.docker.run(&["restart", "-t", "0", &container.id])?;
+        self.facts(&container.name, container.id.clone())
+    }
+
+    /// A running container's pid and network namespace.
+    fn facts(&self, name: &str, id: String) -> anyhow::Result<Container> {
         let pid: u32 = self
             .docker
             .run(&["inspect", "-f", "{{.State.Pid}}", &id])?
@@ -118,7 +131,7 @@ impl DockerHost {
         })
     }
 
-    fn remove(&self, container: &Container) -> anyhow::Result<()> {
+    pub fn remove(&self, container: &Container) -> anyhow::Result<()> {
         self.docker.run(&["rm", "-f", &container.id]).map(drop)
     }
 }

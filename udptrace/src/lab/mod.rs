@@ -7,11 +7,14 @@
 //! - `peers`: UDP servers, clients, a userland proxy and a raw-socket witness, each on a
 //!   thread inside a namespace, bounded in count and time; SNMP UDP counters.
 //! - `storm`: storms of distinct flows from a raw socket (the scale tests and the bench).
+//! - `dockerd`: a private dockerd (own roots, socket and pid file), also compiled into xtask
+//!   for `dist --check`.
 //! - `docker`: the Docker incidents with a real dockerd in a lab namespace (`docker-...`).
 //! - `scenarios`: the incidents, each `setup()` (topology) then `exercise()` (traffic), so a
 //!   tracer can start in between; the `Outcome` holds the facts to check its output against.
 
 pub mod docker;
+pub mod dockerd;
 pub mod netns;
 pub mod peers;
 pub mod scenarios;

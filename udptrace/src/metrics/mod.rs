@@ -550,6 +550,7 @@ mod tests {
                 namespace: Namespace {
                     netns: 7,
                     netns_name: Some("host".into()),
+                    container: None,
                 },
             },
             evidence: Vec::new(),

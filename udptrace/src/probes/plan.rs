@@ -629,7 +629,8 @@ mod contract_tests {
         names::{
             CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_ENTRIES,
             ESCALATED_MAP, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP,
-            FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+            FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTED_NETNS_ENTRIES,
+            SELECTED_NETNS_MAP, SELECTORS_GLOBAL, STACKS_MAP,
         },
         offsets::KernelOffsets,
     };
@@ -772,6 +773,13 @@ mod contract_tests {
                 ESCALATED_ENTRIES,
             ),
             (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            (
+                SELECTED_NETNS_MAP,
+                bpf_map_type::BPF_MAP_TYPE_HASH,
+                4,
+                4,
+                SELECTED_NETNS_ENTRIES,
+            ),
             // PERF_MAX_STACK_DEPTH (127) frames of 8 bytes.
             (
                 STACKS_MAP,

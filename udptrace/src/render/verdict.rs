@@ -9,6 +9,7 @@ use super::{
     wire::{device_text, endpoints_text, flow_key_text, location_text, process_text},
 };
 use crate::{
+    containers::Container,
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
@@ -109,7 +110,7 @@ pub fn evidence_lines(verdict: &Verdict) -> Vec<String> {
         Facts::ConnectedSocket {
             namespace, socket, ..
         } => lines.push(format!(
-            "socket {} in namespace {}",
+            "socket {} in {}",
             connected_socket_text(socket),
             namespace_text(namespace)
         )),
@@ -133,6 +134,8 @@ pub fn summary(verdict: &Verdict) -> String {
             socket,
             route_device,
             sender,
+            client_container,
+            server_container,
         } => {
             let proxy = if is_docker_proxy(socket.owner.as_ref()) {
                 format!(
@@ -142,7 +145,12 @@ pub fn summary(verdict: &Verdict) -> String {
             } else {
                 String::new()
             };
-            let owner = format!("{}{proxy}", owned_by(socket));
+            let owner = format!(
+                "{}{proxy}{}",
+                owned_by(socket),
+                in_container(server_container.as_ref())
+            );
+            let in_client = in_container(client_container.as_ref());
             let how = sender.as_ref().map_or_else(String::new, |sender| {
                 let who = named(sender.process.as_ref())
                     .map_or_else(String::new, |process| format!("{} ", process_text(process)));
@@ -165,9 +173,9 @@ pub fn summary(verdict: &Verdict) -> String {
                 )
             });
             format!(
-                "{client} sent to {asked} but the reply came from {used}: the server socket \
-                 {} (inode {}){owner} is bound to the wildcard address and replied without \
-                 choosing a source{how}{why}; {client} does not accept a reply from {}",
+                "{client}{in_client} sent to {asked} but the reply came from {used}: the server \
+                 socket {} (inode {}){owner} is bound to the wildcard address and replied \
+                 without choosing a source{how}{why}; {client} does not accept a reply from {}",
                 socket.local,
                 socket.inode,
                 used.ip()
@@ -205,7 +213,7 @@ pub fn summary(verdict: &Verdict) -> String {
             expected,
             conntrack,
         } => format!(
-            "the reply {source} > {destination} reaches namespace {} but conntrack expected the \
+            "the reply {source} > {destination} reaches {} but conntrack expected the \
              reply to come from {expected} (original {}, reply {}); it is not translated back \
              and dies NO_SOCKET",
             namespace_text(namespace),
@@ -217,7 +225,7 @@ pub fn summary(verdict: &Verdict) -> String {
             destination,
             namespace,
         } => format!(
-            "nothing listens on {destination} in namespace {}: {source} gets NO_SOCKET drops and \
+            "nothing listens on {destination} in {}: {source} gets NO_SOCKET drops and \
              ICMP port unreachable (ECONNREFUSED on a connected client socket)",
             namespace_text(namespace)
         ),
@@ -228,7 +236,7 @@ pub fn summary(verdict: &Verdict) -> String {
             location,
             rules,
         } => format!(
-            "a netfilter rule drops {source} > {destination} in namespace {} (dropped at {}){}",
+            "a netfilter rule drops {source} > {destination} in {} (dropped at {}){}",
             namespace_text(namespace),
             location_text(location),
             rules
@@ -258,7 +266,7 @@ pub fn summary(verdict: &Verdict) -> String {
                 },
             );
             format!(
-                "socket {socket} in namespace {} drops datagrams: its receive buffer is full (the \
+                "socket {socket} in {} drops datagrams: its receive buffer is full (the \
                  process does not read fast enough)",
                 namespace_text(namespace)
             )
@@ -294,7 +302,7 @@ pub fn summary(verdict: &Verdict) -> String {
                 )
             };
             format!(
-                "no host answered {protocol} for the next hop towards {} on {} in namespace {}: \
+                "no host answered {protocol} for the next hop towards {} on {} in {}: \
                  {source} > {destination} waited for the neighbour's address and was dropped \
                  (NEIGH_QUEUEFULL while waiting, {failed} when resolution gave up); the \
                  sender gets {icmp}, EHOSTUNREACH on a socket with IP_RECVERR",
@@ -313,7 +321,7 @@ pub fn summary(verdict: &Verdict) -> String {
             let owner = owned_by(socket);
             format!(
                 "{client}'s request to {server} was delivered to socket {} (inode {}){owner} in \
-                 namespace {}, and nothing was sent back to {client} within {timeout_ms} ms: \
+                 {}, and nothing was sent back to {client} within {timeout_ms} ms: \
                  the process received the request and did not answer",
                 socket.local,
                 socket.inode,
@@ -327,7 +335,7 @@ pub fn summary(verdict: &Verdict) -> String {
             device,
             timeout_ms,
         } => format!(
-            "{client}'s request to {server} left through {} in namespace {} and nothing came \
+            "{client}'s request to {server} left through {} in {} and nothing came \
              back within {timeout_ms} ms, with no drop or ICMP error on this host: the problem \
              is beyond this host",
             device.as_deref().unwrap_or("?"),
@@ -360,6 +368,27 @@ pub fn fix(verdict: &Verdict) -> String {
              bind it to the address clients use ({})",
             destination.ip()
         ),
+        // Seed 004 with real Docker: the masquerade that is not undone is a Docker-in-Docker
+        // daemon's (its containers' network NATed out of the outer container's namespace), and
+        // the wrong replier is the port the host publishes, so the fix is in Docker's options.
+        Facts::NatReply {
+            expected,
+            namespace,
+            ..
+        } if let Some(container) = namespace.container.as_ref().and_then(Container::described) => {
+            format!(
+                "{container} masquerades its own containers' traffic (Docker-in-Docker) and \
+                 undoes it only for replies from {expected}, the port the host publishes: make \
+                 the reply come back from there. Publish the port on that address (docker run \
+                 -p {}:{}:PORT/udp: docker-proxy then binds to it and replies from it), or run \
+                 the host's dockerd with --userland-proxy=false (hairpin NAT: the reply returns \
+                 through the host's conntrack; bridged traffic must pass iptables, \
+                 net.bridge.bridge-nf-call-iptables=1), or have the inner containers address \
+                 the server container directly on its network",
+                expected.ip(),
+                expected.port()
+            )
+        }
         Facts::NatReply { expected, .. } => format!(
             "make the reply come from {expected}: the server (or its userland proxy) must answer \
              from the address the client's NAT sent to — disable the userland proxy \
@@ -454,12 +483,29 @@ fn owned_by(socket: &SocketInfo) -> String {
     })
 }
 
-/// The namespace's name, else its inode.
+/// `container web-1 (docker 3336e43c0a1b)` for a named container's namespace, else
+/// `namespace NAME` (its inode when it has no name).
 fn namespace_text(namespace: &Namespace) -> String {
     namespace
-        .netns_name
-        .clone()
-        .unwrap_or_else(|| namespace.netns.to_string())
+        .container
+        .as_ref()
+        .and_then(Container::described)
+        .unwrap_or_else(|| {
+            format!(
+                "namespace {}",
+                namespace
+                    .netns_name
+                    .clone()
+                    .unwrap_or_else(|| namespace.netns.to_string())
+            )
+        })
+}
+
+/// ` in container web-1 (docker 3336e43c0a1b)` when `container` is named, else nothing.
+fn in_container(container: Option<&Container>) -> String {
+    container
+        .and_then(Container::described)
+        .map_or_else(String::new, |text| format!(" in {text}"))
 }
 
 /// `comm[pid]` of the process holding the socket, else `uid N`.

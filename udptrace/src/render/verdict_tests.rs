@@ -110,7 +110,15 @@ fn docker_proxy_replying_from_the_bridge_address() {
         },
         ..route
     };
+    // The request's first hop, in the client container's namespace.
+    let sent = TraceEvent {
+        netns: 8,
+        netns_name: Some("ctr web-1 (docker 7b0095692950)".into()),
+        container: Some(Box::new(web_1())),
+        ..event(What::Xmit, client, "192.0.2.1:4000", 0)
+    };
     for event in [
+        sent,
         event(What::Deliver { socket: proxy }, client, "192.0.2.1:4000", 1),
         route,
         reply,
@@ -120,6 +128,18 @@ fn docker_proxy_replying_from_the_bridge_address() {
     let verdicts = diagnosis.ready(u64::MAX, true);
     assert_eq!(verdicts.len(), 1);
     let (summary, fix) = (summary(&verdicts[0]), fix(&verdicts[0]));
+    assert!(
+        summary.starts_with(&format!(
+            "{client} in container web-1 (docker 7b0095692950) sent to 192.0.2.1:4000"
+        )),
+        "{summary}"
+    );
+    let record = serde_json::to_value(VerdictRecord::of(&verdicts[0])).unwrap();
+    assert_eq!(record["facts"]["client_container"]["name"], "web-1");
+    assert!(
+        record["facts"].get("server_container").is_none(),
+        "{record}"
+    );
     assert!(
         summary.contains(
             "owned by docker-proxy[7] (Docker's userland proxy for port 4000 published on every \
@@ -300,6 +320,43 @@ fn replies_from_the_requested_address_are_healthy() {
     assert!(codes(&mut diagnosis).is_empty());
 }
 
+/// Container web-1, as Docker names it.
+fn web_1() -> Container {
+    Container {
+        runtime: crate::containers::Runtime::Docker,
+        id: "7b0095692950c3c15eb927493b46a55845f0d0cc445aac805d53a6c759eb343f".into(),
+        name: Some("web-1".into()),
+        image: Some("nginx:1".into()),
+        pod: None,
+    }
+}
+
+#[test]
+fn drops_inside_a_container_name_the_container() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    let (client, server) = ("192.0.2.1:40000", "192.0.2.2:4000");
+    let in_web_1 = |event: TraceEvent| TraceEvent {
+        container: Some(Box::new(web_1())),
+        netns_name: Some("ctr web-1 (docker 7b0095692950)".into()),
+        ..event
+    };
+    diagnosis.observe(&in_web_1(event(drop("NO_SOCKET"), client, server, 2)));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts[0].code, VerdictCode::PortUnreachable);
+    let summary = summary(&verdicts[0]);
+    assert!(
+        summary.starts_with(&format!(
+            "nothing listens on {server} in container web-1 (docker 7b0095692950):"
+        )),
+        "{summary}"
+    );
+    let record = serde_json::to_value(VerdictRecord::of(&verdicts[0])).unwrap();
+    let container = &record["facts"]["namespace"]["container"];
+    assert_eq!(container["runtime"], "docker", "{record}");
+    assert_eq!(container["name"], "web-1", "{record}");
+    assert_eq!(container["image"], "nginx:1", "{record}");
+}
+
 #[test]
 fn closed_port_ties_drop_icmp_and_econnrefused() {
     let mut diagnosis = Diagnosis::new(no_sockets());
@@ -397,6 +454,44 @@ fn nat_reply_from_the_wrong_source() {
     assert_eq!(verdicts.len(), 1);
     assert_eq!(verdicts[0].code, VerdictCode::NatReplyMismatch);
     assert!(summary(&verdicts[0]).contains("expected the reply to come from 203.0.113.1:4000"));
+    assert!(fix(&verdicts[0]).starts_with("make the reply come from 203.0.113.1:4000"));
+}
+
+/// Seed 004 with real Docker: the namespace whose masquerade is not undone is a DinD
+/// container's, and the verdict speaks Docker's options like the docker-proxy one.
+#[test]
+fn nat_reply_inside_a_dind_container_speaks_docker() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    let in_dind = |event: TraceEvent| TraceEvent {
+        container: Some(Box::new(web_1())),
+        netns_name: Some("ctr web-1 (docker 7b0095692950)".into()),
+        ..event
+    };
+    let mut outgoing = event(What::Xmit, "198.51.100.2:40000", "203.0.113.1:4000", 1);
+    outgoing.conntrack = Some(masquerade());
+    diagnosis.observe(&in_dind(outgoing));
+    diagnosis.observe(&in_dind(event(
+        drop("NO_SOCKET"),
+        "192.0.2.2:4000",
+        "192.0.2.3:40000",
+        2,
+    )));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts[0].code, VerdictCode::NatReplyMismatch);
+    let (summary, fix) = (summary(&verdicts[0]), fix(&verdicts[0]));
+    assert!(
+        summary.contains("reaches container web-1 (docker 7b0095692950) but conntrack"),
+        "{summary}"
+    );
+    assert!(
+        fix.starts_with("container web-1 (docker 7b0095692950) masquerades"),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("docker run -p 203.0.113.1:4000:PORT/udp"),
+        "{fix}"
+    );
+    assert!(fix.contains("--userland-proxy=false"), "{fix}");
 }
 
 #[test]

@@ -3,7 +3,13 @@
 //! containers from an empty imported image, every `docker-...` lab scenario traced, and
 //! nothing left behind afterwards.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use serde_json::Value;
 use udptrace::lab::{
@@ -11,6 +17,7 @@ use udptrace::lab::{
         BRIDGE_ADDRESS, Container, DOCKER_SCENARIOS, DockerHost, DockerOutcome, HOST_ADDRESS,
         IMAGE, REQUESTS,
     },
+    peers::{Server, ServerMode},
     scenarios,
 };
 
@@ -49,13 +56,18 @@ impl Leftovers {
     }
 }
 
-#[test]
-fn docker_scenarios_with_a_real_dockerd() {
+/// A private dockerd in a namespace of the test; the tests fail (never skip) without Docker.
+fn docker_host() -> DockerHost {
     require_root();
     if let Some(missing) = DockerHost::missing() {
         panic!("the Docker tests need Docker: {missing}");
     }
-    let host = DockerHost::start().expect("a private dockerd");
+    DockerHost::start().expect("a private dockerd")
+}
+
+#[test]
+fn docker_scenarios_with_a_real_dockerd() {
+    let host = docker_host();
     let mut leftovers = Leftovers {
         daemon: host.docker.pid(),
         netns: host.netns.name.clone(),
@@ -136,6 +148,27 @@ fn check(name: &str, expected: &[&str], outcome: &DockerOutcome, records: &[Valu
     assert!(
         summary.contains("goes out docker0 (Docker's default bridge network)"),
         "{summary}"
+    );
+    // The client is a container: the verdict names it, in words and as an object.
+    let client = &outcome.client;
+    assert!(
+        summary.contains(&format!(
+            " in container {} (docker {}) sent to {HOST_ADDRESS}:",
+            client.name,
+            &client.id[..12]
+        )),
+        "{summary}"
+    );
+    let facts = &verdict["facts"];
+    assert_eq!(
+        facts["client_container"]["id"],
+        client.id.as_str(),
+        "{facts:#}"
+    );
+    assert_eq!(
+        facts["client_container"]["name"],
+        client.name.as_str(),
+        "{facts:#}"
     );
     // Its replies died in the client container: NO_SOCKET drops in its namespace.
     assert!(
@@ -229,4 +262,190 @@ fn tempdir(what: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Port of the filter test (this task's range, 5600-5649).
+const FILTER_PORT: u16 = 5600;
+/// The kubelet's labels of pods shop/web and shop/db (Docker as a pod's runtime: dockershim,
+/// cri-dockerd).
+const POD_WEB: [&str; 4] = [
+    "--label",
+    "io.kubernetes.pod.namespace=shop",
+    "--label",
+    "io.kubernetes.pod.name=web",
+];
+const POD_DB: [&str; 4] = [
+    "--label",
+    "io.kubernetes.pod.namespace=shop",
+    "--label",
+    "io.kubernetes.pod.name=db",
+];
+
+/// `--container` and `--pod` with a real dockerd: two netcat containers talk to an
+/// IP_PKTINFO echo server on the Docker host at the same time; each filter shows the events of
+/// its container's network namespace only, and still does after that container restarts into a
+/// new namespace. The errors (unknown container, host network, no runtime) are checked against
+/// the same daemon.
+#[test]
+fn container_and_pod_filters_with_a_real_dockerd() {
+    let host = docker_host();
+    let daemon = host.docker.pid();
+    let netns = host.netns.name.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| filters(&host)));
+    drop(host);
+    assert!(
+        !Path::new(&format!("/proc/{daemon}")).exists(),
+        "dockerd left"
+    );
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "namespace left"
+    );
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn filters(host: &DockerHost) {
+    let docker_host = format!("unix://{}", host.docker.socket().display());
+    let env = [("DOCKER_HOST", docker_host.as_str())];
+    // Idle until `docker exec` makes them talk.
+    let a = host
+        .run("filter-a", &POD_WEB, "exec sleep 300")
+        .expect("container a");
+    let b = host
+        .run("filter-b", &POD_DB, "exec sleep 300")
+        .expect("container b");
+    let host_network = host
+        .run("filter-host", &["--network", "host"], "exec sleep 300")
+        .expect("host-network container");
+    let port = FILTER_PORT.to_string();
+    let server = Server::start(
+        &host.netns,
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, FILTER_PORT)),
+        ServerMode::EchoPktinfo,
+        Duration::from_secs(30),
+    )
+    .expect("echo server");
+
+    // Refused before anything is loaded, each with what is wrong.
+    for (args, env, expected) in [
+        (
+            vec!["--container", "no-such-container"],
+            &env[..],
+            "--container no-such-container: Docker knows no container by that name or id",
+        ),
+        (
+            vec!["--container", "filter-host"],
+            &env[..],
+            "runs with --network host: its network namespace is the host's",
+        ),
+        (
+            vec!["--pod", "shop/nothing"],
+            &env[..],
+            "io.kubernetes.pod.name=nothing",
+        ),
+        (
+            vec!["--container", "filter-a"],
+            &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")][..],
+            "no container runtime to ask: /nonexistent/docker.sock does not exist",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+            .args(&args)
+            .args(["port", &port])
+            .envs(env.iter().copied())
+            .output()
+            .expect("udptrace");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    // --container by name while both talk: a's namespace only.
+    let trace = Trace::start_with(&["--container", "filter-a", "port", &port], &env);
+    let (replies_a, replies_b) = both_talk(host, &a, &b);
+    let records = trace.stop();
+    assert!(
+        !replies_a.is_empty() && !replies_b.is_empty(),
+        "both talked: {replies_a:?} {replies_b:?}"
+    );
+    only_in(&records, &[a.netns_inode], "--container filter-a");
+
+    // --pod: b carries shop/db's labels.
+    let trace = Trace::start_with(&["--pod", "shop/db", "port", &port], &env);
+    let (_, replies_b) = both_talk(host, &a, &b);
+    let records = trace.stop();
+    assert!(!replies_b.is_empty(), "b talked");
+    only_in(&records, &[b.netns_inode], "--pod shop/db");
+
+    // --container by id: a restarts into a new namespace, which the filter follows.
+    let trace = Trace::start_with(&["--container", &a.id[..12], "port", &port], &env);
+    both_talk(host, &a, &b);
+    // The kernel numbers namespaces with the lowest free number (ns_alloc_inum, an IDA): held
+    // open here, the old namespace outlives the restart, so the new one cannot take its
+    // number and only a filter that follows the restart sees the new one.
+    let old_namespace =
+        std::fs::File::open(format!("/proc/{}/ns/net", a.pid)).expect("a's namespace");
+    let restarted = host.restart(&a).expect("restart a");
+    assert_ne!(restarted.netns_inode, a.netns_inode, "a new namespace");
+    let (replies_a, _) = both_talk(host, &restarted, &b);
+    let records = trace.stop();
+    drop(old_namespace);
+    assert!(!replies_a.is_empty(), "a talked after its restart");
+    only_in(
+        &records,
+        &[a.netns_inode, restarted.netns_inode],
+        "--container ID across a restart",
+    );
+    let in_restarted = records
+        .iter()
+        .filter(|r| r["type"] == "event" && r["netns"] == restarted.netns_inode)
+        .count();
+    assert!(
+        in_restarted > 0,
+        "no event in a's new namespace {}: {records:#?}",
+        restarted.netns_inode
+    );
+    server.stop().expect("server");
+    host.remove(&host_network)
+        .expect("removing the host-network container");
+}
+
+/// Both containers send at the same time (netcat, a connected socket each, as in the seeds):
+/// the lines each got back.
+fn both_talk(host: &DockerHost, a: &Container, b: &Container) -> (Vec<String>, Vec<String>) {
+    let talk = |container: &Container| {
+        let script = format!(
+            "for i in $(seq 10); do echo {}-$i; sleep 0.05; done | nc -u -q 1 {HOST_ADDRESS} {FILTER_PORT}",
+            container.name
+        );
+        host.docker
+            .run(&["exec", &container.id, "/bin/sh", "-c", &script])
+            .expect("docker exec")
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    std::thread::scope(|scope| {
+        let from_b = scope.spawn(|| talk(b));
+        let from_a = talk(a);
+        (from_a, from_b.join().expect("b's talk"))
+    })
+}
+
+/// Every event is in one of `inodes`, and some are in the first.
+fn only_in(records: &[Value], inodes: &[u32], what: &str) {
+    let traced: Vec<&Value> = records.iter().filter(|r| r["type"] == "event").collect();
+    assert!(
+        traced.iter().any(|e| e["netns"] == inodes[0]),
+        "{what}: no event in namespace {}: {records:#?}",
+        inodes[0]
+    );
+    for event in traced {
+        assert!(
+            inodes.iter().any(|inode| event["netns"] == *inode),
+            "{what}: an event outside {inodes:?}: {event:#}"
+        );
+    }
 }

@@ -96,6 +96,7 @@ mod tests {
                 namespace: crate::flows::verdict::Namespace {
                     netns: 7,
                     netns_name: Some("host".into()),
+                    container: None,
                 },
                 device: Some("eth0".into()),
             }

@@ -351,6 +351,7 @@ mod tests {
                 namespace: crate::flows::verdict::Namespace {
                     netns: 7,
                     netns_name: Some("host".into()),
+                    container: None,
                 },
                 socket: wildcard_socket(),
                 timeout_ms: 2_000,

@@ -193,7 +193,8 @@ mod tests {
                 destination: "192.0.2.1:4000".parse().unwrap(),
                 namespace: Namespace {
                     netns: 7,
-                    netns_name: Some("host".into())
+                    netns_name: Some("host".into()),
+                    container: None,
                 },
                 socket: ListedSocket {
                     entry: pinned_socket(),

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use crate::{
+    containers::Container,
     flows::{
         bounded::Bounded,
         rule::{Context, Rule},
@@ -21,6 +22,8 @@ struct Request {
     socket: SocketInfo,
     /// The delivery, the verdict's first evidence.
     deliver: TraceEvent,
+    /// The container the request was sent from (its first hop's namespace's), if any.
+    client_container: Option<Container>,
 }
 
 pub struct ReplySource {
@@ -35,14 +38,25 @@ impl ReplySource {
         }
     }
 
-    fn on_deliver(&mut self, event: &TraceEvent, socket: &SocketInfo) {
+    fn on_deliver(&mut self, event: &TraceEvent, socket: &SocketInfo, cx: &Context<'_>) {
         if socket.local.ip().is_unspecified() && socket.peer.is_none() {
+            let client = canonical(event.source());
+            // The request left the client moments ago: its hop in the client's namespace.
+            let client_container = cx
+                .recent(|e| {
+                    e.container.is_some()
+                        && canonical(e.source()) == client
+                        && e.dport == event.dport
+                        && e.netns != event.netns
+                })
+                .and_then(|e| e.container.as_deref().cloned());
             self.requests.insert(
-                (canonical(event.source()), event.dport),
+                (client, event.dport),
                 Request {
                     server: canonical(event.destination()),
                     socket: socket.clone(),
                     deliver: event.clone(),
+                    client_container,
                 },
             );
         }
@@ -96,6 +110,8 @@ impl ReplySource {
                     socket: request.socket.clone(),
                     route_device,
                     sender: None,
+                    client_container: request.client_container.clone(),
+                    server_container: request.deliver.container.as_deref().cloned(),
                 },
                 evidence,
             )
@@ -139,7 +155,7 @@ impl ReplySource {
 impl Rule for ReplySource {
     fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
         match &event.what {
-            What::Deliver { socket } => self.on_deliver(event, socket),
+            What::Deliver { socket } => self.on_deliver(event, socket, cx),
             What::Xmit => self.on_xmit(event, cx),
             What::Send {
                 call: Some(call), ..
@@ -187,6 +203,8 @@ mod tests {
                         connected: false
                     },
                 }),
+                client_container: None,
+                server_container: None,
             }
         );
         let kinds: Vec<&str> = verdict.evidence.iter().map(TraceEvent::kind_name).collect();

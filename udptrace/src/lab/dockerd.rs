@@ -1,9 +1,10 @@
 //! A private Docker daemon (Debian's docker.io) for what must run the way a Docker user would:
 //! its own socket, data and exec roots and pid file in a scratch directory, stopped (its
 //! containers first) and its state removed when dropped, also when a check or test fails.
-//! Shared by `cargo xtask dist` (no network at all) and udptrace's lab and tests (Docker's
-//! bridge, iptables rules and docker-proxy, inside a network namespace the caller made). See
-//! ../shared/notes/real-components.md.
+//! Used by udptrace's lab and tests (Docker's bridge, iptables rules and docker-proxy, inside a
+//! network namespace the caller made) and by `cargo xtask dist --check` (no network at all),
+//! which compiles this file into xtask with `#[path]`: it may use only std, anyhow and libc.
+//! See ../shared/notes/real-components.md.
 
 use std::{
     fs,
