@@ -127,6 +127,9 @@ pub const PROG_RECV_TRACEPOINT: &str = "recv_tracepoint";
 /// `udp_recvmsg`/`udpv6_recvmsg` returns, for kernels without `sock:sock_recv_length` (< 6.3).
 pub const PROG_RECV_FEXIT_V4: &str = "recv_fexit_udp_recvmsg";
 pub const PROG_RECV_FEXIT_V6: &str = "recv_fexit_udpv6_recvmsg";
+/// The same before Linux 5.17 (no `bpf_get_func_ret`): the return value read from the context.
+pub const PROG_RECV_FEXIT_CTX_V4: &str = "recv_fexit_ctx_udp_recvmsg";
+pub const PROG_RECV_FEXIT_CTX_V6: &str = "recv_fexit_ctx_udpv6_recvmsg";
 pub const PROG_RECV_KPROBE: &str = "recv_kprobe";
 pub const PROG_RECV_KRETPROBE: &str = "recv_kretprobe";
 

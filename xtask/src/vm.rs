@@ -46,9 +46,6 @@ struct KernelSource {
     pattern: &'static str,
     /// Extra apt sources (a private apt configuration; the host's sources stay untouched).
     sources: Option<&'static str>,
-    /// Why the kernel runs only when named (`--kernel`), not in the default matrix (which
-    /// the test command runs); `None`: always.
-    on_request: Option<&'static str>,
 }
 
 /// Debian's cloud kernels: Debian 11's (bullseye-security 5.10: kfree_skb without drop
@@ -63,19 +60,16 @@ const KERNELS: &[KernelSource] = &[
             "deb http://deb.debian.org/debian bullseye main\n\
              deb http://deb.debian.org/debian-security bullseye-security main\n",
         ),
-        on_request: None,
     },
     KernelSource {
         name: "debian-6.1",
         pattern: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
         sources: None,
-        on_request: None,
     },
     KernelSource {
         name: "debian-6.12",
         pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64-unsigned$",
         sources: None,
-        on_request: None,
     },
     KernelSource {
         name: "trixie-backports",
@@ -84,7 +78,6 @@ const KERNELS: &[KernelSource] = &[
             "deb http://deb.debian.org/debian trixie main\n\
              deb http://deb.debian.org/debian trixie-backports main\n",
         ),
-        on_request: None,
     },
 ];
 
@@ -179,13 +172,10 @@ pub fn vm_test(
     let common = common_archive(&work, &udptrace, &tests_udptrace, &tests, test_args)?;
     let cache = cache_dir();
     let mut kernels = Vec::new();
-    for source in KERNELS.iter().filter(|k| {
-        if only.is_empty() {
-            k.on_request.is_none()
-        } else {
-            only.iter().any(|n| n == k.name)
-        }
-    }) {
+    for source in KERNELS
+        .iter()
+        .filter(|k| only.is_empty() || only.iter().any(|n| n == k.name))
+    {
         kernels.push(fetch(source, &cache)?);
     }
     let guests = parallel_guests();
@@ -472,18 +462,9 @@ const HOST_ONLY: &[(&str, &str)] = &[
     ),
 ];
 
-/// What the matrix leaves to the host or to runs on request, for docs/kernel-matrix.md.
+/// What the matrix leaves to the host, for docs/kernel-matrix.md.
 fn host_only_note() -> String {
     let mut note = String::new();
-    for kernel in KERNELS {
-        if let Some(why) = kernel.on_request {
-            let _ = writeln!(
-                note,
-                "Run on request only (`cargo xtask vm-test --kernel {}`): {why}.\n",
-                kernel.name
-            );
-        }
-    }
     for (prefix, why) in HOST_ONLY {
         let _ = writeln!(note, "Host only, not in the guests: `{prefix}` ({why}).");
     }

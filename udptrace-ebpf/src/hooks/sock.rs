@@ -322,6 +322,30 @@ pub fn recv_fexit_udpv6_recvmsg(ctx: FExitContext) -> u32 {
     ))
 }
 
+/// `int udp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int noblock, int flags,
+/// int *addr_len)` (net/ipv4/udp.c before 5.19; `udpv6_recvmsg` alike): on kernels without
+/// `bpf_get_func_ret` (before 5.17) the return value is read from the fexit context, where it
+/// follows the six arguments.
+#[fexit(function = "udp_recvmsg")]
+pub fn recv_fexit_ctx_udp_recvmsg(ctx: FExitContext) -> u32 {
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg::<i32>(6),
+        EventKind::RecvError,
+        Mechanism::Fentry,
+    ))
+}
+
+#[fexit(function = "udpv6_recvmsg")]
+pub fn recv_fexit_ctx_udpv6_recvmsg(ctx: FExitContext) -> u32 {
+    finish(on_result(
+        ctx.arg(0),
+        ctx.arg::<i32>(6),
+        EventKind::RecvError,
+        Mechanism::Fentry,
+    ))
+}
+
 /// Attached to `udp_recvmsg` and `udpv6_recvmsg` (the logic reads the family from the socket).
 #[kprobe]
 pub fn recv_kprobe(ctx: ProbeContext) -> u32 {

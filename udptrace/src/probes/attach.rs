@@ -69,11 +69,12 @@ pub enum AttemptError {
         group: &'static str,
         event: &'static str,
     },
-    /// The program is for kernels whose kfree_skb has (`true`) or lacks a reason argument.
+    /// The program is for kernels whose kfree_skb has (`true`) or lacks a reason argument:
+    /// Linux 5.17 and later, or earlier ones.
     #[error("{}", if *.0 {
-        "needs kfree_skb's reason argument (Linux 5.17+)"
+        "for Linux 5.17+ (kfree_skb's reason argument, bpf_get_func_ret)"
     } else {
-        "not needed: kfree_skb passes drop reasons here"
+        "not needed: for kernels before 5.17 (kfree_skb without a reason)"
     })]
     DropReasonArgument(bool),
     #[error("program {0} missing from the embedded object")]

@@ -21,12 +21,13 @@ use udptrace_common::{
         PROG_ICMP_TRACEPOINT, PROG_ICMP6_FENTRY, PROG_ICMP6_KPROBE, PROG_LOOKUP_FEXIT_V4,
         PROG_LOOKUP_FEXIT_V6, PROG_LOOKUP_KPROBE_V4, PROG_LOOKUP_KPROBE_V6,
         PROG_LOOKUP_KRETPROBE_V4, PROG_LOOKUP_KRETPROBE_V6, PROG_RECEIVE_RAW_TP,
-        PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_FEXIT_V4, PROG_RECV_FEXIT_V6,
-        PROG_RECV_KPROBE, PROG_RECV_KRETPROBE, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF,
-        PROG_RECV_TRACEPOINT, PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT, PROG_SEND_FEXIT_V4,
-        PROG_SEND_FEXIT_V6, PROG_SEND_KPROBE_V4, PROG_SEND_KPROBE_V6, PROG_SEND_KRETPROBE_V4,
-        PROG_SEND_KRETPROBE_V6, PROG_SEND_RAW_TP, PROG_SEND_TP_BTF, PROG_SEND_TRACEPOINT,
-        PROG_SK_ERROR_RAW_TP, PROG_SK_ERROR_TP_BTF,
+        PROG_RECEIVE_TP_BTF, PROG_RECEIVE_TRACEPOINT, PROG_RECV_FEXIT_CTX_V4,
+        PROG_RECV_FEXIT_CTX_V6, PROG_RECV_FEXIT_V4, PROG_RECV_FEXIT_V6, PROG_RECV_KPROBE,
+        PROG_RECV_KRETPROBE, PROG_RECV_RAW_TP, PROG_RECV_TP_BTF, PROG_RECV_TRACEPOINT,
+        PROG_ROUTE4_TRACEPOINT, PROG_ROUTE6_TRACEPOINT, PROG_SEND_FEXIT_V4, PROG_SEND_FEXIT_V6,
+        PROG_SEND_KPROBE_V4, PROG_SEND_KPROBE_V6, PROG_SEND_KRETPROBE_V4, PROG_SEND_KRETPROBE_V6,
+        PROG_SEND_RAW_TP, PROG_SEND_TP_BTF, PROG_SEND_TRACEPOINT, PROG_SK_ERROR_RAW_TP,
+        PROG_SK_ERROR_TP_BTF,
     },
     names::{
         PROG_DROP_INFERRED_RAW_TP, PROG_DROP_INFERRED_TP_BTF, PROG_DROP_INFERRED_TRACEPOINT,
@@ -425,6 +426,15 @@ pub const HOOKS: &[Hook] = &[
                     (PROG_RECV_FEXIT_V6, Target::Fexit("udpv6_recvmsg")),
                 ],
             },
+            // Before Linux 5.17 (kfree_skb's reason came in the same release as the helper the
+            // programs above call).
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[
+                    (PROG_RECV_FEXIT_CTX_V4, Target::Fexit("udp_recvmsg")),
+                    (PROG_RECV_FEXIT_CTX_V6, Target::Fexit("udpv6_recvmsg")),
+                ],
+            },
             Attachment {
                 mechanism: Mechanism::Kprobe,
                 programs: &[
@@ -593,12 +603,14 @@ pub const HOOKS: &[Hook] = &[
     },
 ];
 
-/// Programs for one kind of kernel only: `Some(true)` for those reading kfree_skb's reason
-/// argument (Linux 5.17+), `Some(false)` for those inferring the reason without it (the
-/// `drop_inferred_*` programs and their evidence, `enqueue` and `route_input`).
+/// Programs for one kind of kernel only: `Some(true)` for Linux 5.17+ (those reading kfree_skb's
+/// reason argument, and the fexit programs calling `bpf_get_func_ret`, new in the same release),
+/// `Some(false)` for earlier kernels (the `drop_inferred_*` programs and their evidence,
+/// `enqueue` and `route_input`; the fexit programs reading the return value from the context).
 pub fn needs_drop_reason(program: &str) -> Option<bool> {
     match program {
-        PROG_DROP_TP_BTF | PROG_DROP_RAW_TP | PROG_DROP_TRACEPOINT => Some(true),
+        PROG_DROP_TP_BTF | PROG_DROP_RAW_TP | PROG_DROP_TRACEPOINT | PROG_RECV_FEXIT_V4
+        | PROG_RECV_FEXIT_V6 => Some(true),
         PROG_DROP_INFERRED_TP_BTF
         | PROG_DROP_INFERRED_RAW_TP
         | PROG_DROP_INFERRED_TRACEPOINT
@@ -607,7 +619,9 @@ pub fn needs_drop_reason(program: &str) -> Option<bool> {
         | PROG_ENQUEUE_KRETPROBE
         | PROG_ROUTE_INPUT_FEXIT
         | PROG_ROUTE_INPUT_KPROBE
-        | PROG_ROUTE_INPUT_KRETPROBE => Some(false),
+        | PROG_ROUTE_INPUT_KRETPROBE
+        | PROG_RECV_FEXIT_CTX_V4
+        | PROG_RECV_FEXIT_CTX_V6 => Some(false),
         _ => None,
     }
 }
