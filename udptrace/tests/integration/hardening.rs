@@ -489,6 +489,29 @@ fn lab_run_killed_early_leaves_no_namespace() {
     }
 }
 
+/// Waits until process `pid` catches SIGINT (`SigCgt` in /proc/PID/status, bit 1): before its
+/// handler is installed a SIGINT kills it outright, which says nothing about its clean-up. A
+/// fixed delay was too short under two emulated guests at once.
+fn catches_sigint_within(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0);
+        if caught {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "udptrace {pid} installed no SIGINT handler within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[test]
 fn lab_run_interrupted_early_cleans_up_before_exiting() {
     require_root();
@@ -503,8 +526,8 @@ fn lab_run_interrupted_early_cleans_up_before_exiting() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("starting udptrace lab run");
-            thread::sleep(Duration::from_millis(150));
             let pid = child.id();
+            catches_sigint_within(pid, Duration::from_secs(15));
             (child, pid)
         } else {
             lab_with_a_namespace()
