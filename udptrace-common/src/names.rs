@@ -30,6 +30,9 @@ pub const FEATURES_MAP: &str = "FEATURES";
 /// `icmp6_send` is probed: the device hop stops parsing outgoing ICMPv6 errors, which would
 /// report each twice.
 pub const FEATURE_ICMP6_PROBE: u32 = 1;
+/// The device hop (`xmit`) is attached: it reports ICMPv4 fragmentation needed with the MTU
+/// from the packet, and `icmp_send`, whose tracepoint lacks it, leaves those errors to it.
+pub const FEATURE_XMIT: u32 = 2;
 
 /// `skb:kfree_skb`: every freed skb with a drop reason.
 pub const PROG_DROP_TP_BTF: &str = "drop_tp_btf";

@@ -7,16 +7,18 @@ use std::{
 };
 
 use udptrace_common::event::{
-    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
-    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_STACK, FLAG_TRACKED, Mechanism, PacketHeader, Tuple,
+    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK,
+    FLAG_FRAGMENT, FLAG_PKTINFO, FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_STACK, FLAG_TRACKED,
+    Mechanism, PacketHeader, Tuple,
 };
 
 use crate::{
     clock::WallClock,
     containers::Container,
     model::{
-        Conntrack, DropReason, Endpoints, Errno, Family, Location, PacketBytes, Probe, Process,
-        RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
+        Conntrack, DropReason, Endpoints, Errno, Family, IpFragment, Location, PacketBytes, Probe,
+        Process, RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent,
+        What,
     },
     sanitize::sanitize_kernel_string,
 };
@@ -102,6 +104,7 @@ pub fn decode(
             icmp_type: detail.icmp_type,
             icmp_code: detail.icmp_code,
             meaning: icmp_meaning(event.tuple.family, detail.icmp_type, detail.icmp_code).into(),
+            mtu: (detail.bytes != 0).then_some(detail.bytes),
         },
         EventKind::SockError => What::SockError {
             error: SocketErrno(errno(detail.error as i32)),
@@ -162,6 +165,14 @@ pub fn decode(
             original: endpoints(&detail.ct_original),
             reply: endpoints(&detail.ct_reply),
             status: detail.ct_status,
+        }),
+        fragment: (detail.flags & FLAG_FRAGMENT != 0).then(|| IpFragment {
+            id: detail.fragment.id,
+            offset: detail.fragment.offset,
+            ip_len: detail.fragment.ip_len,
+            datagram_len: (detail.fragment.datagram_len != 0)
+                .then_some(detail.fragment.datagram_len),
+            more: detail.fragment.more != 0,
         }),
         family: if event.tuple.family == AF_INET6 {
             Family::Ipv6
@@ -267,7 +278,7 @@ pub fn icmp_meaning(family: u8, icmp_type: u8, code: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use udptrace_common::event::{EVENT_VERSION, EventDetail, EventHeader, IPPROTO_UDP};
+    use udptrace_common::event::{EVENT_VERSION, EventDetail, EventHeader, Fragment, IPPROTO_UDP};
 
     use super::*;
 
@@ -501,6 +512,38 @@ mod tests {
         assert_eq!(conntrack.original.dst, "192.0.2.2:4000".parse().unwrap());
         assert_eq!(conntrack.reply.src, "192.0.2.2:4000".parse().unwrap());
         assert_eq!(conntrack.reply.dst, "203.0.113.9:1024".parse().unwrap());
+    }
+
+    #[test]
+    fn fragments_and_their_datagram() {
+        let mut event = drop_event();
+        assert_eq!(
+            decode(&raw(&event), &Names, &WallClock::fixed(0))
+                .unwrap()
+                .fragment,
+            None
+        );
+        event.detail.flags = FLAG_FRAGMENT;
+        event.detail.fragment = Fragment {
+            id: 0xbeef,
+            offset: 1_480,
+            ip_len: 1_068,
+            datagram_len: 0,
+            more: 0,
+            padding: [0; 5],
+        };
+        let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
+        assert_eq!(
+            decoded.fragment,
+            Some(IpFragment {
+                id: 0xbeef,
+                offset: 1_480,
+                ip_len: 1_068,
+                datagram_len: None,
+                more: false,
+            }),
+            "a later fragment whose first was not seen: no datagram length"
+        );
     }
 
     #[test]

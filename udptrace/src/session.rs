@@ -17,8 +17,8 @@ use udptrace_common::{
     event::{Capture, Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
-        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURES_MAP,
-        FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURE_XMIT,
+        FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
@@ -27,7 +27,7 @@ use crate::{
     debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
     filter::{self, CompiledFilter},
-    firewall::parse_ruleset,
+    firewall::{Dropped, parse_ruleset},
     flows::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
@@ -132,10 +132,18 @@ pub struct Tracer {
 
 /// Tells the programs which hooks attached where that changes what another hook reports.
 fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<()> {
-    let icmp6_probed = probes
-        .iter()
-        .any(|outcome| outcome.hook.name == "icmp6_error" && outcome.attached.is_some());
-    let features = if icmp6_probed { FEATURE_ICMP6_PROBE } else { 0 };
+    let attached = |name: &str| {
+        probes
+            .iter()
+            .any(|outcome| outcome.hook.name == name && outcome.attached.is_some())
+    };
+    let mut features = 0;
+    if attached("icmp6_error") {
+        features |= FEATURE_ICMP6_PROBE;
+    }
+    if attached("xmit") {
+        features |= FEATURE_XMIT;
+    }
     let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
         ebpf.map_mut(FEATURES_MAP)
             .context("the eBPF object has no FEATURES map")?,
@@ -524,7 +532,8 @@ fn socket_lister(
     })
 }
 
-/// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
+/// Lists the nftables rules that can have dropped an event's datagram (its port's, or the
+/// rules about fragments for a fragment) in its namespace, for firewall and fragment verdicts.
 fn rule_lister(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
@@ -533,7 +542,14 @@ fn rule_lister(
         let rules = namespaces
             .borrow_mut()
             .ruleset(event.netns, event.ts_ns, monotonic_ns())
-            .map(|ruleset| parse_ruleset(&ruleset, event.dport));
+            .map(|ruleset| {
+                let dropped = if event.fragment.is_some() {
+                    Dropped::Fragment
+                } else {
+                    Dropped::Port(event.dport)
+                };
+                parse_ruleset(&ruleset, dropped)
+            });
         if let Some(recording) = &recording {
             recording.borrow_mut().rules(event, rules.as_deref());
         }

@@ -50,6 +50,8 @@ pub enum KnownReason {
     /// The queue of datagrams waiting for neighbour resolution overflowed
     /// (`__neigh_event_send`, net/core/neighbour.c; `unres_qlen_bytes`).
     NeighQueuefull,
+    /// Its fragments did not all arrive before the reassembly timeout.
+    FragReasmTimeout,
 }
 
 impl KnownReason {
@@ -62,6 +64,7 @@ impl KnownReason {
             "UDP_CSUM" => Self::UdpCsum,
             "NEIGH_FAILED" => Self::NeighFailed,
             "NEIGH_QUEUEFULL" => Self::NeighQueuefull,
+            "FRAG_REASM_TIMEOUT" => Self::FragReasmTimeout,
             _ => return None,
         })
     }

@@ -62,6 +62,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 1,
                 meaning: "host-unreachable".into(),
+                mtu: None,
             },
             src,
             dst,
@@ -72,7 +73,7 @@ mod tests {
     #[test]
     fn queue_and_resolution_drops_make_one_verdict_with_the_icmp_error() {
         let mut diagnosis = Diagnosis::new(no_sockets());
-        let (client, absent) = ("192.0.2.1:40000", "192.0.2.99:5031");
+        let (client, absent) = ("192.0.2.1:40000", "192.0.2.99:5041");
         let mut queuefull = event(drop("NEIGH_QUEUEFULL"), client, absent, 1);
         queuefull.ifname = Some("eth0".into());
         diagnosis.observe(&queuefull);
@@ -104,7 +105,7 @@ mod tests {
 
     #[test]
     fn ipv6_resolution_failure_is_the_unnamed_drop_in_neigh_invalidate() {
-        let (client, absent) = ("[2001:db8::1]:40000", "[2001:db8::99]:5032");
+        let (client, absent) = ("[2001:db8::1]:40000", "[2001:db8::99]:5042");
         let at = |symbol: &str| What::Drop {
             reason: DropReason::named("NOT_SPECIFIED"),
             reason_inferred: false,
@@ -117,6 +118,7 @@ mod tests {
                 icmp_type: 1,
                 icmp_code: 3,
                 meaning: "address-unreachable".into(),
+                mtu: None,
             },
             client,
             absent,
@@ -141,11 +143,11 @@ mod tests {
     #[test]
     fn an_icmp_error_of_another_flow_is_not_evidence() {
         let mut diagnosis = Diagnosis::new(no_sockets());
-        diagnosis.observe(&host_unreachable("192.0.2.1:40001", "192.0.2.99:5031", 1));
+        diagnosis.observe(&host_unreachable("192.0.2.1:40001", "192.0.2.99:5041", 1));
         let failed = event(
             drop("NEIGH_FAILED"),
             "192.0.2.1:40000",
-            "192.0.2.99:5031",
+            "192.0.2.99:5041",
             2,
         );
         diagnosis.observe(&failed);
