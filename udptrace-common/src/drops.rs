@@ -6,7 +6,8 @@
 //!
 //! Where is known by address range: userspace resolves each [`DropSiteKind`] function from
 //! /proc/kallsyms at start-up (never a hard-coded offset: they differ per build) and writes
-//! the ranges into the [`DropSites`] global before load.
+//! the ranges into the [`DropSites`] global before load. On kernels with reasons only
+//! [`DropSiteKind::FragList`] is looked up: every drop program skips its frees.
 
 enum_table! {
 /// A reason inferred from the drop's location and the hooks before it. The names are those
@@ -48,6 +49,15 @@ pub enum DropSiteKind: u32, from_u32 {
     Netfilter = 3,
     /// A socket being destroyed frees what it still held: not a network drop, not reported.
     SocketClose = 4,
+    /// An skb being freed frees the fragments it holds (`skb_shinfo(skb)->frag_list`: the
+    /// fragments a reassembled datagram was made of) with `kfree_skb_list_reason`, whose
+    /// tracepoint call is inlined into it (net/core/skbuff.c since "net: kfree_skb_list use
+    /// kmem_cache_free_bulk"), so the location is its caller, `skb_release_data`. Linux 6.1
+    /// frees them NOT_SPECIFIED even when the datagram was delivered (Debian's 6.1.192: the
+    /// fragments-reassembled lab scenario); later kernels pass the head's reason down
+    /// (CONSUMED: no kfree_skb). Either way the head's own free tells what became of the
+    /// datagram: these are not reported, on any kernel.
+    FragList = 5,
 }
 }
 
@@ -67,12 +77,13 @@ impl DropSiteKind {
                 "inet_sock_destruct",
                 "inet6_sock_destruct",
             ],
+            Self::FragList => &["skb_release_data"],
         }
     }
 }
 
 /// Room for every function of every [`DropSiteKind`].
-pub const DROP_SITES: usize = 10;
+pub const DROP_SITES: usize = 11;
 
 /// One function's code, `[start, end)`; `kind` 0 marks an unused slot.
 #[repr(C)]
@@ -139,8 +150,8 @@ pub struct DropEvidence {
 const ENOMEM: i64 = 12;
 const ENOBUFS: i64 = 105;
 
-/// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close, not
-/// a drop), given `evidence`.
+/// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close or
+/// with the datagram it was a fragment of, not a drop), given `evidence`.
 #[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
 #[inline(always)]
 pub fn infer(
@@ -150,7 +161,7 @@ pub fn infer(
 ) -> Option<InferredReason> {
     Some(match kind {
         None => InferredReason::NotSpecified,
-        Some(DropSiteKind::SocketClose) => return None,
+        Some(DropSiteKind::SocketClose | DropSiteKind::FragList) => return None,
         Some(DropSiteKind::Netfilter) => InferredReason::NetfilterDrop,
         Some(DropSiteKind::UdpReceive) if evidence.port_unreachable_skb == skb => {
             InferredReason::NoSocket
@@ -186,6 +197,7 @@ mod tests {
             (0x2000, DropSiteKind::UdpQueue),
             (0x3000, DropSiteKind::Netfilter),
             (0x4000, DropSiteKind::SocketClose),
+            (0x5000, DropSiteKind::FragList),
         ]
         .into_iter()
         .enumerate()
@@ -272,6 +284,11 @@ mod tests {
             reason(0x4010, DropEvidence::default()),
             None,
             "freed at close"
+        );
+        assert_eq!(
+            reason(0x5010, DropEvidence::default()),
+            None,
+            "freed with its reassembled datagram"
         );
     }
 

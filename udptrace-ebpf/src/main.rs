@@ -23,7 +23,7 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrac
 use udptrace_common::{
     drops::{DropEvidence, DropSites},
     event::{
-        COUNTER_COUNT, Capture, Captured, Event, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES,
+        COUNTER_COUNT, Capture, Captured, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES,
         FirstFragment, FlowCount, FlowCountKey, FragmentKey, STACK_ENTRIES,
     },
     filter::{Filter, Selectors},
@@ -35,7 +35,8 @@ use udptrace_common::{
 static OFFSETS: KernelOffsets = KernelOffsets::MISSING;
 
 /// Code ranges of the functions whose drops are told apart on kernels without drop reasons,
-/// from kallsyms (`names::DROP_SITES_GLOBAL`; see `hooks::drop`).
+/// and of the one whose frees are no drop on any kernel, from kallsyms
+/// (`names::DROP_SITES_GLOBAL`; see `hooks::drop`).
 #[unsafe(no_mangle)]
 static DROP_SITES: DropSites = DropSites::EMPTY;
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::Path, rc::Rc};
 
 use aya::maps::{MapData, StackTraceMap};
 
-use udptrace_common::drops::DropSites;
+use udptrace_common::drops::{DropSiteKind, DropSites};
 use udptrace_common::offsets::{ClassicTracepoint, KernelOffsets, OFFSET_MISSING};
 
 use crate::{
@@ -103,13 +103,18 @@ impl Knowledge {
     }
 
     /// Where the drops whose reasons are inferred happen (empty without kallsyms: every such
-    /// drop is then NOT_SPECIFIED). Only the two-argument drop programs read it: on kernels
-    /// whose kfree_skb passes a reason the ranges are not looked up.
+    /// drop is then NOT_SPECIFIED), and where the fragments of a reassembled datagram are freed
+    /// with it, which no drop program reports. On kernels whose kfree_skb passes a reason only
+    /// the latter is looked up (each function costs a scan of some 120 000 symbols).
     pub fn drop_sites(&self) -> DropSites {
-        match &self.symbols {
-            Ok(symbols) if self.reasons.are_inferred() => symbols.drop_sites(),
-            _ => DropSites::EMPTY,
-        }
+        let kinds: &[DropSiteKind] = if self.reasons.are_inferred() {
+            &DropSiteKind::ALL
+        } else {
+            &[DropSiteKind::FragList]
+        };
+        self.symbols
+            .as_ref()
+            .map_or(DropSites::EMPTY, |symbols| symbols.drop_sites(kinds))
     }
 
     pub fn has_function(&self, name: &str) -> bool {

@@ -25,7 +25,7 @@ use aya_ebpf::{
     },
 };
 use udptrace_common::{
-    drops::{DropEvidence, DropSites, infer},
+    drops::{DropEvidence, DropSiteKind, DropSites, infer},
     event::{EventKind, Mechanism},
     offsets::ClassicTracepoint,
 };
@@ -77,8 +77,25 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     )
 }
 
+/// A drop with the kernel's reason: reported, except the frees of a reassembled datagram's
+/// fragments along with it (`DropSiteKind::FragList`), checked before the skb is read.
 #[inline(always)]
 fn on_drop(
+    ctx: *mut c_void,
+    skb: u64,
+    location: u64,
+    reason: u32,
+    mechanism: Mechanism,
+) -> Result<(), ReadError> {
+    if drop_sites().kind_of(location) == Some(DropSiteKind::FragList) {
+        return Ok(());
+    }
+    report_drop(ctx, skb, location, reason, mechanism)
+}
+
+/// Reports the drop of `skb`, freed at `location` with `reason`, if it is a UDP datagram.
+#[inline(always)]
+fn report_drop(
     ctx: *mut c_void,
     skb: u64,
     location: u64,
@@ -127,7 +144,8 @@ pub fn drop_inferred_tracepoint(ctx: TracePointContext) -> u32 {
 }
 
 /// A drop on a kernel without reasons: reported (and counted) with the inferred reason's
-/// number, except frees at socket close, which are no network drop.
+/// number, except frees at socket close or with a reassembled datagram, which are no network
+/// drop.
 #[inline(always)]
 fn on_drop_inferred(
     ctx: *mut c_void,
@@ -135,16 +153,21 @@ fn on_drop_inferred(
     location: u64,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
-    // SAFETY: a read-only global userspace set before load.
-    let sites: &DropSites = unsafe { &*core::ptr::addr_of!(DROP_SITES) };
     let evidence = match DROP_EVIDENCE.get(0) {
         Some(evidence) => *evidence,
         None => DropEvidence::default(),
     };
-    match infer(sites.kind_of(location), skb, &evidence) {
-        Some(reason) => on_drop(ctx, skb, location, reason as u32, mechanism),
+    match infer(drop_sites().kind_of(location), skb, &evidence) {
+        Some(reason) => report_drop(ctx, skb, location, reason as u32, mechanism),
         None => Ok(()),
     }
+}
+
+/// The `DROP_SITES` global.
+#[inline(always)]
+fn drop_sites() -> &'static DropSites {
+    // SAFETY: a read-only global userspace set before load.
+    unsafe { &*core::ptr::addr_of!(DROP_SITES) }
 }
 
 /// `int __udp_enqueue_schedule_skb(struct sock *sk, struct sk_buff *skb)` (net/ipv4/udp.c):

@@ -147,11 +147,11 @@ impl Kallsyms {
         self.names.get(start as usize..(start + len) as usize)
     }
 
-    /// The code ranges of the functions whose drops are told apart on kernels without drop
-    /// reasons (`udptrace_common::drops`); functions this kernel lacks are left out.
-    pub fn drop_sites(&self) -> DropSites {
+    /// The code ranges of the functions of `kinds` (`udptrace_common::drops`); functions this
+    /// kernel lacks are left out.
+    pub fn drop_sites(&self, kinds: &[DropSiteKind]) -> DropSites {
         let mut sites = DropSites::EMPTY;
-        let found = DropSiteKind::ALL.into_iter().flat_map(|kind| {
+        let found = kinds.iter().flat_map(|&kind| {
             kind.functions().iter().filter_map(move |name| {
                 let (start, end) = self.function_range(name)?;
                 Some(DropSite {
@@ -189,6 +189,8 @@ mod tests {
 ffffffff81000000 T srso_alias_untrain_ret
 ffffffff81000000 T _stext
 ffffffff81000000 T _text
+ffffffff81b31c40 t skb_release_data
+ffffffff81b31f00 T skb_release_head_state
 ffffffff82043c00 T udp_sendmsg
 ffffffff82046280 T __pfx___udp4_lib_rcv
 ffffffff82046290 T __udp4_lib_rcv
@@ -236,8 +238,8 @@ zzzz T bad_address
         assert_eq!(symbols.symbolize(0x1000), None);
         assert_eq!(symbols.symbolize(0xffff_ffff_8300_0000), None);
         assert_eq!(symbols.symbolize(u64::MAX), None);
-        // Eleven code symbols at nine addresses: the three aliases at _stext are one.
-        assert_eq!(symbols.len(), 9);
+        // Thirteen code symbols at eleven addresses: the three aliases at _stext are one.
+        assert_eq!(symbols.len(), 11);
     }
 
     #[test]
@@ -253,14 +255,25 @@ zzzz T bad_address
             "nothing follows it"
         );
         assert_eq!(symbols.function_range("absent"), None);
-        let sites = symbols.drop_sites();
-        // Of the listed functions, the sample has only __udp4_lib_rcv.
+        let sites = symbols.drop_sites(&DropSiteKind::ALL);
+        // Of the listed functions, the sample has only __udp4_lib_rcv and skb_release_data.
         assert_eq!(
             sites.kind_of(0xffff_ffff_8204_6290 + 0x9a3),
             Some(DropSiteKind::UdpReceive)
         );
         assert_eq!(sites.kind_of(0xffff_ffff_8204_6e20), None);
-        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 1);
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_81b3_1c40 + 0x1d7),
+            Some(DropSiteKind::FragList)
+        );
+        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 2);
+        // Only the kinds asked for.
+        let sites = symbols.drop_sites(&[DropSiteKind::FragList]);
+        assert_eq!(sites.kind_of(0xffff_ffff_8204_6290 + 0x9a3), None);
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_81b3_1c40),
+            Some(DropSiteKind::FragList)
+        );
     }
 
     #[test]
