@@ -442,6 +442,26 @@ fn lab_namespaces(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits (at most 30 s) until process `pid` catches SIGINT: its `SigCgt` mask in
+/// /proc/PID/status has bit SIGINT - 1 (proc(5)). udptrace installs its handler first thing
+/// (`StopSignals` in main), before it loads anything; a fixed delay instead was too short for a
+/// loaded QEMU guest, where the signal came before the handler and killed it.
+fn wait_until_it_catches_sigint(pid: u32) {
+    let catches = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigCgt:"))?;
+        let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+        Some(mask & (1 << (libc::SIGINT - 1)) != 0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while catches() != Some(true) {
+        assert!(Instant::now() < deadline, "udptrace never caught SIGINT");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Starts `udptrace lab run closed-port --trace` and waits (at most 30 s) until its first
 /// namespace exists: the earliest moment a kill can leave something behind.
 fn lab_with_a_namespace() -> (Child, u32) {
@@ -503,8 +523,8 @@ fn lab_run_interrupted_early_cleans_up_before_exiting() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .expect("starting udptrace lab run");
-            thread::sleep(Duration::from_millis(150));
             let pid = child.id();
+            wait_until_it_catches_sigint(pid);
             (child, pid)
         } else {
             lab_with_a_namespace()
