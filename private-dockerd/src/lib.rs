@@ -164,6 +164,17 @@ impl PrivateDocker {
     /// nothing else: no shell, no C library (with no files: an empty root file system, for
     /// containers that bind-mount the host's binaries).
     pub fn import(&self, name: &str, files: &[(&str, &Path)]) -> anyhow::Result<()> {
+        self.import_with(name, files, &[])
+    }
+
+    /// `import` with Dockerfile instructions applied to the image's configuration (`docker
+    /// import --change`, e.g. `ENTRYPOINT ["/udptrace"]`).
+    pub fn import_with(
+        &self,
+        name: &str,
+        files: &[(&str, &Path)],
+        changes: &[&str],
+    ) -> anyhow::Result<()> {
         let layer = self.dir.join("layer");
         fs::create_dir_all(&layer)?;
         for (inside, outside) in files {
@@ -182,8 +193,13 @@ impl PrivateDocker {
         if !tar.success() {
             bail!("tar of the image layer failed ({tar})");
         }
-        self.run(&["import", &tarball.to_string_lossy(), name])
-            .map(drop)
+        let mut args = vec!["import"];
+        for change in changes {
+            args.extend(["--change", change]);
+        }
+        let tarball = tarball.to_string_lossy();
+        args.extend([&*tarball, name]);
+        self.run(&args).map(drop)
     }
 }
 
@@ -206,6 +222,27 @@ impl Drop for PrivateDocker {
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Detaches what the daemon left mounted under `dir`: a container on the host's network makes
+/// dockerd bind-mount the host's namespace at `exec/netns/default`, and it does not unmount it
+/// when it stops (the directory could not be removed).
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    for mount_point in mounts.lines().filter_map(|line| line.split(' ').nth(1)) {
+        if Path::new(mount_point).starts_with(dir)
+            && let Ok(path) = std::ffi::CString::new(mount_point)
+        {
+            // SAFETY: umount2 with a NUL-terminated path; failure leaves the mount, and the
+            // removal below then fails as it would have.
+            unsafe {
+                libc::umount2(path.as_ptr(), libc::MNT_DETACH);
+            }
+        }
     }
 }

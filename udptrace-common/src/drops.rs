@@ -34,6 +34,23 @@ pub enum InferredReason: u32, from_u32 {
     SocketFilterOrChecksum = 5 => "SOCKET_FILTER_OR_UDP_CSUM",
     /// `nf_hook_slow`: a netfilter verdict of NF_DROP.
     NetfilterDrop = 6 => "NETFILTER_DROP",
+    /// `ip_rcv_finish_core` after `ip_route_input_noref` failed with -EXDEV: the reverse path
+    /// filter refused the source (net/ipv4/ip_input.c `drop_error:`, which counts
+    /// LINUX_MIB_IPRPFILTER for -EXDEV; net/ipv4/fib_frontend.c `__fib_validate_source`).
+    IpRpfilter = 7 => "IP_RPFILTER",
+    /// `__neigh_event_send`: pushed out of the queue of datagrams waiting for neighbour
+    /// resolution (net/core/neighbour.c, past `unres_qlen_bytes`; its rarer `out_dead:` free
+    /// is NEIGH_DEAD on 5.17+).
+    NeighQueuefull = 8 => "NEIGH_QUEUEFULL",
+    /// `neigh_invalidate`: resolution failed, the waiting datagrams are freed
+    /// (`arp_error_report`/`ndisc_error_report` tail-call kfree_skb, so the return address
+    /// names `neigh_invalidate`).
+    NeighFailed = 9 => "NEIGH_FAILED",
+    /// [`Self::ShortOrChecksum`] whose UDP length field does not fit the IP payload
+    /// (`short_packet:`, net/ipv4/udp.c `__udp4_lib_rcv`).
+    PktTooSmall = 10 => "PKT_TOO_SMALL",
+    /// [`Self::ShortOrChecksum`] whose length fits: the checksum failed (`csum_error:`).
+    UdpCsum = 11 => "UDP_CSUM",
 }
 }
 
@@ -49,6 +66,12 @@ pub enum DropSiteKind: u32, from_u32 {
     Netfilter = 3,
     /// A socket being destroyed frees what it still held: not a network drop, not reported.
     SocketClose = 4,
+    /// IPv4 input routing (rp_filter, martians, no route for a forwarded datagram).
+    RouteInput = 5,
+    /// Queueing for neighbour resolution.
+    NeighQueue = 6,
+    /// Neighbour resolution failing.
+    NeighInvalidate = 7,
     /// An skb being freed frees the fragments it holds (`skb_shinfo(skb)->frag_list`: the
     /// fragments a reassembled datagram was made of) with `kfree_skb_list_reason`, whose
     /// tracepoint call is inlined into it (net/core/skbuff.c since "net: kfree_skb_list use
@@ -57,7 +80,7 @@ pub enum DropSiteKind: u32, from_u32 {
     /// fragments-reassembled lab scenario); later kernels pass the head's reason down
     /// (CONSUMED: no kfree_skb). Either way the head's own free tells what became of the
     /// datagram: these are not reported, on any kernel.
-    FragList = 5,
+    FragList = 8,
 }
 }
 
@@ -68,6 +91,9 @@ impl DropSiteKind {
             Self::UdpReceive => &["__udp4_lib_rcv", "__udp6_lib_rcv"],
             Self::UdpQueue => &["udp_queue_rcv_one_skb", "udpv6_queue_rcv_one_skb"],
             Self::Netfilter => &["nf_hook_slow"],
+            Self::RouteInput => &["ip_rcv_finish_core"],
+            Self::NeighQueue => &["__neigh_event_send"],
+            Self::NeighInvalidate => &["neigh_invalidate"],
             // net/ipv4/udp.c udp_destruct_sock (udp_destruct_common on later kernels) frees the
             // reader queue; inet_sock_destruct/inet6_sock_destruct purge the rest.
             Self::SocketClose => &[
@@ -82,8 +108,9 @@ impl DropSiteKind {
     }
 }
 
-/// Room for every function of every [`DropSiteKind`].
-pub const DROP_SITES: usize = 11;
+/// Room for every function of every [`DropSiteKind`], and for the compiler's clones of some
+/// of them (`ip_rcv_finish_core.constprop.0`, a `.cold` part: see the kallsyms lookup).
+pub const DROP_SITES: usize = 17;
 
 /// One function's code, `[start, end)`; `kind` 0 marks an unused slot.
 #[repr(C)]
@@ -144,10 +171,39 @@ pub struct DropEvidence {
     /// The skb `__udp_enqueue_schedule_skb` last failed to queue, and its return value.
     pub enqueue_failed_skb: u64,
     pub enqueue_rc: i64,
+    /// The skb whose input route lookup (`ip_route_input_noref`) last failed, and its return
+    /// value.
+    pub route_failed_skb: u64,
+    pub route_rc: i64,
 }
 
-/// `ENOMEM` and `ENOBUFS` (include/uapi/asm-generic/errno-base.h, errno.h).
+impl InferredReason {
+    /// Tells the two causes of [`Self::ShortOrChecksum`] apart by the datagram's headers, as
+    /// `__udp4_lib_rcv`/`__udp6_lib_rcv` do before jumping to `short_packet:`: a UDP length
+    /// `udp_length` larger than the IP payload `ip_payload`, or under the UDP header's 8 bytes
+    /// (IPv6's 0 is a jumbogram's, taken as the payload); any other drop there is `csum_error:`.
+    #[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
+    #[inline(always)]
+    #[must_use]
+    pub fn by_udp_length(self, udp_length: u16, ip_payload: u32, ipv6: bool) -> Self {
+        if self != Self::ShortOrChecksum {
+            return self;
+        }
+        let length = match (udp_length, ipv6) {
+            (0, true) => ip_payload,
+            (length, _) => u32::from(length),
+        };
+        if length < 8 || length > ip_payload {
+            Self::PktTooSmall
+        } else {
+            Self::UdpCsum
+        }
+    }
+}
+
+/// `ENOMEM`, `EXDEV` and `ENOBUFS` (include/uapi/asm-generic/errno-base.h, errno.h).
 const ENOMEM: i64 = 12;
+const EXDEV: i64 = 18;
 const ENOBUFS: i64 = 105;
 
 /// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close or
@@ -160,7 +216,6 @@ pub fn infer(
     evidence: &DropEvidence,
 ) -> Option<InferredReason> {
     Some(match kind {
-        None => InferredReason::NotSpecified,
         Some(DropSiteKind::SocketClose | DropSiteKind::FragList) => return None,
         Some(DropSiteKind::Netfilter) => InferredReason::NetfilterDrop,
         Some(DropSiteKind::UdpReceive) if evidence.port_unreachable_skb == skb => {
@@ -175,6 +230,15 @@ pub fn infer(
             }
         }
         Some(DropSiteKind::UdpQueue) => InferredReason::SocketFilterOrChecksum,
+        // 5.17+ leave the other route errors NOT_SPECIFIED there too.
+        Some(DropSiteKind::RouteInput)
+            if evidence.route_failed_skb == skb && -evidence.route_rc == EXDEV =>
+        {
+            InferredReason::IpRpfilter
+        }
+        None | Some(DropSiteKind::RouteInput) => InferredReason::NotSpecified,
+        Some(DropSiteKind::NeighQueue) => InferredReason::NeighQueuefull,
+        Some(DropSiteKind::NeighInvalidate) => InferredReason::NeighFailed,
     })
 }
 
@@ -197,7 +261,10 @@ mod tests {
             (0x2000, DropSiteKind::UdpQueue),
             (0x3000, DropSiteKind::Netfilter),
             (0x4000, DropSiteKind::SocketClose),
-            (0x5000, DropSiteKind::FragList),
+            (0x5000, DropSiteKind::RouteInput),
+            (0x6000, DropSiteKind::NeighQueue),
+            (0x7000, DropSiteKind::NeighInvalidate),
+            (0x8000, DropSiteKind::FragList),
         ]
         .into_iter()
         .enumerate()
@@ -271,6 +338,71 @@ mod tests {
     }
 
     #[test]
+    fn an_input_route_refused_as_cross_device_is_the_reverse_path_filter() {
+        let failed = |rc| DropEvidence {
+            route_failed_skb: SKB,
+            route_rc: rc,
+            ..DropEvidence::default()
+        };
+        assert_eq!(
+            reason(0x5123, failed(-18)),
+            Some(InferredReason::IpRpfilter)
+        );
+        // A martian (-EINVAL) or no route: as on 5.17+, not specified.
+        assert_eq!(
+            reason(0x5123, failed(-22)),
+            Some(InferredReason::NotSpecified)
+        );
+        let mut elsewhere = failed(-18);
+        elsewhere.route_failed_skb = SKB + 8;
+        assert_eq!(
+            reason(0x5123, elsewhere),
+            Some(InferredReason::NotSpecified)
+        );
+        // The route failure says nothing about a drop in UDP.
+        assert_eq!(
+            reason(0x23c2, failed(-18)),
+            Some(InferredReason::SocketFilterOrChecksum)
+        );
+    }
+
+    #[test]
+    fn neighbour_queue_and_resolution_failures() {
+        assert_eq!(
+            reason(0x6042, DropEvidence::default()),
+            Some(InferredReason::NeighQueuefull)
+        );
+        assert_eq!(
+            reason(0x707e, DropEvidence::default()),
+            Some(InferredReason::NeighFailed)
+        );
+    }
+
+    #[test]
+    fn short_packets_and_checksum_errors_by_the_udp_length() {
+        let both = InferredReason::ShortOrChecksum;
+        assert_eq!(both.by_udp_length(20, 20, false), InferredReason::UdpCsum);
+        assert_eq!(
+            both.by_udp_length(21, 20, false),
+            InferredReason::PktTooSmall
+        );
+        assert_eq!(
+            both.by_udp_length(7, 20, false),
+            InferredReason::PktTooSmall
+        );
+        assert_eq!(
+            both.by_udp_length(0, 20, false),
+            InferredReason::PktTooSmall
+        );
+        assert_eq!(both.by_udp_length(0, 20, true), InferredReason::UdpCsum);
+        assert_eq!(
+            InferredReason::NoSocket.by_udp_length(99, 20, false),
+            InferredReason::NoSocket,
+            "only the shared label is told apart"
+        );
+    }
+
+    #[test]
     fn netfilter_unknown_places_and_socket_close() {
         assert_eq!(
             reason(0x3093, DropEvidence::default()),
@@ -286,7 +418,7 @@ mod tests {
             "freed at close"
         );
         assert_eq!(
-            reason(0x5010, DropEvidence::default()),
+            reason(0x8010, DropEvidence::default()),
             None,
             "freed with its reassembled datagram"
         );

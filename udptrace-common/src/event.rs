@@ -66,6 +66,16 @@ pub enum EventKind: u8, from_u8 {
 }
 
 impl EventKind {
+    /// Path events, which hooks report for every datagram that matches the filter: under
+    /// `udptrace watch` ([`crate::names::FEATURE_NARROW`]) only those of escalated flows pass.
+    /// Failures (drops, ICMP and socket errors) and `connect` always pass.
+    pub const fn narrowed(self) -> bool {
+        matches!(
+            self,
+            Self::Send | Self::Route | Self::Xmit | Self::Recv | Self::Deliver | Self::Lookup
+        )
+    }
+
     /// Kinds that occur once or more per datagram: written about
     /// [`SAMPLE_EVENTS_PER_SECOND`] a second per flow (and per drop reason), the rest counted. Errors, ICMP and `connect` are rare or rate-limited by the kernel already, and
     /// their every occurrence is shown.

@@ -32,7 +32,15 @@ pub const FEATURES_MAP: &str = "FEATURES";
 pub const FEATURE_ICMP6_PROBE: u32 = 1;
 /// The device hop (`xmit`) is attached: it reports ICMPv4 fragmentation needed with the MTU
 /// from the packet, and `icmp_send`, whose tracepoint lacks it, leaves those errors to it.
-pub const FEATURE_XMIT: u32 = 2;
+pub const FEATURE_XMIT: u32 = 4;
+/// `udptrace watch`: per-datagram path events ([`crate::event::EventKind::narrowed`]) pass
+/// only when one of their ports is in [`ESCALATED_MAP`] (the flows being escalated).
+pub const FEATURE_NARROW: u32 = 2;
+/// Hash `u32` port → `u8`: the ports of the flows `udptrace watch` escalates, written and
+/// cleared by userspace.
+pub const ESCALATED_MAP: &str = "ESCALATED";
+/// Ports escalated at once; past it, escalation waits for a slot.
+pub const ESCALATED_ENTRIES: u32 = 256;
 
 /// `skb:kfree_skb`: every freed skb with a drop reason.
 pub const PROG_DROP_TP_BTF: &str = "drop_tp_btf";
@@ -46,13 +54,17 @@ pub const PROG_DROP_INFERRED_RAW_TP: &str = "drop_inferred_raw_tp";
 pub const PROG_DROP_INFERRED_TRACEPOINT: &str = "drop_inferred_tracepoint";
 /// Global holding [`crate::drops::DropSites`], set before load.
 pub const DROP_SITES_GLOBAL: &str = "DROP_SITES";
-/// `__udp_enqueue_schedule_skb`'s failures, the evidence of inferred receive-buffer drops.
 /// `sock_def_error_report`, for kernels without `sock:inet_sk_error_report`.
 pub const PROG_SK_ERROR_FENTRY: &str = "sk_error_fentry";
 pub const PROG_SK_ERROR_KPROBE: &str = "sk_error_kprobe";
+/// `__udp_enqueue_schedule_skb`'s failures, the evidence of inferred receive-buffer drops.
 pub const PROG_ENQUEUE_FEXIT: &str = "enqueue_fexit";
 pub const PROG_ENQUEUE_KPROBE: &str = "enqueue_kprobe";
 pub const PROG_ENQUEUE_KRETPROBE: &str = "enqueue_kretprobe";
+/// `ip_route_input_noref`'s failures, the evidence of inferred reverse-path-filter drops.
+pub const PROG_ROUTE_INPUT_FEXIT: &str = "route_input_fexit";
+pub const PROG_ROUTE_INPUT_KPROBE: &str = "route_input_kprobe";
+pub const PROG_ROUTE_INPUT_KRETPROBE: &str = "route_input_kretprobe";
 
 /// `icmp:icmp_send`: every ICMPv4 error the kernel sends.
 pub const PROG_ICMP_TP_BTF: &str = "icmp_send_tp_btf";

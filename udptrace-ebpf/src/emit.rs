@@ -28,10 +28,11 @@ use udptrace_common::event::{
     FLAG_STACK, FLAG_TRACKED, FlowCount, FlowCountKey, Fragment, IPPROTO_UDP, MAX_SNAPLEN,
     Mechanism, PacketHeader, SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
+use udptrace_common::names::FEATURE_NARROW;
 
 use crate::{
-    CAPTURE, COUNTERS, EVENTS, FILTER, FLOW_COUNTS, FLOW_OVERFLOW, FOLLOWING_SINCE, GENERATION,
-    SCRATCH, SCRATCH_DEPTH, SELECTORS, STACKS, TRACKED, debug,
+    CAPTURE, COUNTERS, ESCALATED, EVENTS, FEATURES, FILTER, FLOW_COUNTS, FLOW_OVERFLOW,
+    FOLLOWING_SINCE, GENERATION, SCRATCH, SCRATCH_DEPTH, SELECTORS, STACKS, TRACKED, debug,
     kernel::{self, Access, ReadError},
     mem,
 };
@@ -404,7 +405,10 @@ fn submit(
     let selected = (want_netns == 0 || header.netns == 0 || header.netns == want_netns)
         && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)
         && (want_pid == 0 || context == Context::Softirq || header.pid == want_pid);
-    let matches = selected && FILTER.matches(&event.tuple, kind == EventKind::IcmpError);
+    // Narrowing is judged only for what matched: traffic the filter ignores pays nothing.
+    let matches = selected
+        && FILTER.matches(&event.tuple, kind == EventKind::IcmpError)
+        && !(kind.narrowed() && narrowed_out(&event.tuple));
     debug::tuple("parsed", kind, &event.tuple);
     // Whether the skb is followed costs a clock read and a hash lookup: paid only by datagrams
     // that match (to flag and refresh them) or once something was followed, not by the
@@ -675,6 +679,21 @@ fn add_one(value: *mut FlowCount) -> bool {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(shown, 1);
     }
     true
+}
+
+/// Whether `udptrace watch` keeps this path event out: narrowing is on (`FEATURE_NARROW`) and
+/// neither of its ports belongs to a flow being escalated (`ESCALATED`).
+#[inline(always)]
+fn narrowed_out(tuple: &Tuple) -> bool {
+    let narrowing = FEATURES
+        .get(0)
+        .is_some_and(|features| features & FEATURE_NARROW != 0);
+    if !narrowing {
+        return false;
+    }
+    let (sport, dport) = (u32::from(tuple.sport), u32::from(tuple.dport));
+    // SAFETY: presence only; the values are not read.
+    unsafe { ESCALATED.get(&sport).is_none() && ESCALATED.get(&dport).is_none() }
 }
 
 /// A datagram older than this at a hop is not the one that was followed: the skb address

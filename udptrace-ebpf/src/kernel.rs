@@ -225,6 +225,29 @@ pub fn ip_length(net: &Network) -> Result<u32, ReadError> {
     }
 }
 
+/// The UDP header's length field of the datagram at `net` and the IP payload it must fit
+/// (IPv4 total length less the header, IPv6 payload length: no extension headers walked).
+#[inline(always)]
+pub fn udp_length(net: &Network) -> Result<(u16, u32), ReadError> {
+    if net.family == AF_INET {
+        let header: Ipv4Udp = read(net.header, 0)?;
+        let ihl = u32::from(header.ip.ihl());
+        let udp: UdpHdr = if ihl == Ipv4Hdr::LEN as u32 {
+            header.udp
+        } else {
+            read(net.header, ihl)?
+        };
+        let total = u32::from(u16::from_be_bytes(header.ip.tot_len));
+        Ok((u16::from_be_bytes(udp.len), total.saturating_sub(ihl)))
+    } else {
+        let header: Ipv6Udp = read(net.header, 0)?;
+        Ok((
+            u16::from_be_bytes(header.udp.len),
+            u32::from(u16::from_be_bytes(header.ip.payload_len)),
+        ))
+    }
+}
+
 /// Bytes of `skb`'s linear data from the IP header at `net` to `skb->tail` (both offsets
 /// from `skb->head`, include/linux/skbuff.h `skb_tail_pointer`); what lies in page
 /// fragments after it is not in the head buffer.

@@ -27,6 +27,7 @@ use udptrace_common::{
         FirstFragment, FlowCount, FlowCountKey, FragmentKey, STACK_ENTRIES,
     },
     filter::{Filter, Selectors},
+    names::ESCALATED_ENTRIES,
     offsets::KernelOffsets,
 };
 
@@ -125,6 +126,11 @@ static FRAGMENTS: LruHashMap<FragmentKey, FirstFragment> = LruHashMap::with_max_
 /// `names::FEATURE_*` bits userspace sets once it knows which hooks attached.
 #[map(name = "FEATURES")]
 static FEATURES: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The ports of the flows `udptrace watch` escalates (`names::ESCALATED_MAP`): path events
+/// pass only for them while `FEATURE_NARROW` is set.
+#[map(name = "ESCALATED")]
+static ESCALATED: HashMap<u32, u8> = HashMap::with_max_entries(ESCALATED_ENTRIES, 0);
 
 /// Per CPU: what the kernel did to the skbs it is about to free (see `hooks::drop`).
 #[map(name = "DROP_EVIDENCE")]

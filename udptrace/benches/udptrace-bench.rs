@@ -23,9 +23,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use udptrace::lab::{
-    netns::{Netns, veth},
-    storm,
+use udptrace::{
+    lab::{
+        netns::{Netns, veth},
+        storm,
+    },
+    probes::plan::Role,
 };
 
 const LOAD_PORT: u16 = 7000;
@@ -67,6 +70,8 @@ enum Variant {
     UdptraceNoMatch,
     UdptraceMatch,
     UdptraceMatchPcap,
+    ReferenceNoMatch,
+    ReferenceMatch,
     Bpftrace,
     Tcpdump,
     DropStormBaseline,
@@ -75,15 +80,21 @@ enum Variant {
     UdptraceCostliestFilter,
     FlowStormBaseline,
     UdptraceFlowStorm,
+    UdptraceWatch,
+    EmptyWatchPrograms,
 }
 
 impl Variant {
-    const ALL: [Self; 12] = [
+    const ALL: [Self; 16] = [
         Self::Baseline,
         Self::EmptyPrograms,
+        Self::EmptyWatchPrograms,
+        Self::UdptraceWatch,
         Self::UdptraceNoMatch,
+        Self::ReferenceNoMatch,
         Self::UdptraceCostliestFilter,
         Self::UdptraceMatch,
+        Self::ReferenceMatch,
         Self::UdptraceMatchPcap,
         Self::Bpftrace,
         Self::Tcpdump,
@@ -99,6 +110,8 @@ impl Variant {
             Self::UdptraceNoMatch => "udptrace, filter matching nothing",
             Self::UdptraceMatch => "udptrace, filter matching the load",
             Self::UdptraceMatchPcap => "udptrace -w FILE, filter matching the load",
+            Self::ReferenceNoMatch => "reference build, filter matching nothing",
+            Self::ReferenceMatch => "reference build, filter matching the load",
             Self::Bpftrace => "bpftrace, same hops printed",
             Self::Tcpdump => "tcpdump -w /dev/null on the receiver",
             Self::DropStormBaseline => "drop storm, no tracer",
@@ -109,6 +122,8 @@ impl Variant {
             }
             Self::FlowStormBaseline => "flow storm (1M distinct flows), no tracer",
             Self::UdptraceFlowStorm => "flow storm (1M distinct flows), udptrace matching them",
+            Self::UdptraceWatch => "udptrace watch (all UDP), healthy load",
+            Self::EmptyWatchPrograms => "floor: empty BPF programs on watch's tracepoints",
         }
     }
 
@@ -119,6 +134,8 @@ impl Variant {
             Self::UdptraceNoMatch => "no-match",
             Self::UdptraceMatch => "match",
             Self::UdptraceMatchPcap => "match-w",
+            Self::ReferenceNoMatch => "ref-no-match",
+            Self::ReferenceMatch => "ref-match",
             Self::Bpftrace => "bpftrace",
             Self::Tcpdump => "tcpdump",
             Self::DropStormBaseline => "storm-baseline",
@@ -127,14 +144,18 @@ impl Variant {
             Self::UdptraceCostliestFilter => "costliest-filter",
             Self::FlowStormBaseline => "flows-baseline",
             Self::UdptraceFlowStorm => "flows",
+            Self::UdptraceWatch => "watch",
+            Self::EmptyWatchPrograms => "floor-watch",
         }
     }
 
     /// The variants to run: all, or those named in `UDPTRACE_BENCH_ONLY` (comma-separated
     /// keys) for a quick look at one change; the baselines always run, every ratio needs one.
+    /// The reference rows run only with `UDPTRACE_BENCH_REFERENCE`.
     fn selected() -> anyhow::Result<Vec<Self>> {
+        let available = |variant: &Self| !variant.reference() || reference_binary().is_some();
         let Ok(only) = std::env::var("UDPTRACE_BENCH_ONLY") else {
-            return Ok(Self::ALL.to_vec());
+            return Ok(Self::ALL.into_iter().filter(available).collect());
         };
         let keys: Vec<&str> = only.split(',').map(str::trim).collect();
         if let Some(unknown) = keys
@@ -149,6 +170,15 @@ impl Variant {
             bail!(
                 "UDPTRACE_BENCH_ONLY: unknown variant {unknown:?} (known: {})",
                 known.join(", ")
+            );
+        }
+        if let Some(reference) = keys.iter().find(|key| {
+            Self::ALL
+                .iter()
+                .any(|v| v.reference() && v.key() == **key && !available(v))
+        }) {
+            bail!(
+                "UDPTRACE_BENCH_ONLY names {reference:?}: set UDPTRACE_BENCH_REFERENCE to the udptrace binary to compare with"
             );
         }
         Ok(Self::ALL
@@ -170,6 +200,11 @@ impl Variant {
         std::env::var("UDPTRACE_BENCH_ONLY").map_or(true, |only| {
             only.split(',').any(|key| key.trim() == STARTUP_KEY)
         })
+    }
+
+    /// Rows of the build named by `UDPTRACE_BENCH_REFERENCE`, measured beside this build's.
+    fn reference(self) -> bool {
+        matches!(self, Self::ReferenceNoMatch | Self::ReferenceMatch)
     }
 
     fn storm(self) -> bool {
@@ -233,15 +268,41 @@ fn udptrace_binary() -> &'static str {
     env!("CARGO_BIN_EXE_udptrace")
 }
 
+/// Another udptrace build (`UDPTRACE_BENCH_REFERENCE`, e.g. one built from an earlier commit):
+/// its rows run beside this build's in the same rounds, so that "this change made nothing
+/// slower" is a ratio from one run, not a comparison of two runs on a drifting machine.
+fn reference_binary() -> Option<String> {
+    std::env::var("UDPTRACE_BENCH_REFERENCE")
+        .ok()
+        .filter(|path| !path.is_empty())
+}
+
+/// The build a udptrace row runs.
+fn udptrace_of(variant: Variant) -> String {
+    if variant.reference() {
+        reference_binary().unwrap_or_default()
+    } else {
+        udptrace_binary().to_owned()
+    }
+}
+
 fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>> {
     let started = Instant::now();
     let mut command = match variant {
         Variant::Baseline
         | Variant::DropStormBaseline
         | Variant::EmptyPrograms
+        | Variant::EmptyWatchPrograms
         | Variant::FlowStormBaseline => return Ok(None),
-        Variant::UdptraceNoMatch => {
+        // No filter: everything UDP, as it would run on a host; the load is healthy, so only
+        // the failure hooks are attached.
+        Variant::UdptraceWatch => {
             let mut c = Command::new(udptrace_binary());
+            c.arg("watch");
+            c
+        }
+        Variant::UdptraceNoMatch | Variant::ReferenceNoMatch => {
+            let mut c = Command::new(udptrace_of(variant));
             c.args(["--json", "port", "9"]);
             c
         }
@@ -252,8 +313,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
             c.args(["--json", &udptrace::filter::costliest_expression()]);
             c
         }
-        Variant::UdptraceMatch => {
-            let mut c = Command::new(udptrace_binary());
+        Variant::UdptraceMatch | Variant::ReferenceMatch => {
+            let mut c = Command::new(udptrace_of(variant));
             c.args(["--json", "port", &LOAD_PORT.to_string()]);
             c
         }
@@ -554,10 +615,10 @@ fn blaster(netns: &Netns, target: SocketAddr, stop: Instant, limit: u64) -> anyh
 
 fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Result<Sample> {
     // Detached (closed) when this function returns.
-    let _floor = if variant == Variant::EmptyPrograms {
-        Some(empty_programs::attach()?)
-    } else {
-        None
+    let _floor = match variant {
+        Variant::EmptyPrograms => Some(empty_programs::attach(None)?),
+        Variant::EmptyWatchPrograms => Some(empty_programs::attach(Some(Role::Failure))?),
+        _ => None,
     };
     let tool = start_tool(variant, receiver_ns)?;
     let mut sample = Sample::default();
@@ -597,8 +658,11 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
             Variant::UdptraceNoMatch
                 | Variant::UdptraceMatch
                 | Variant::UdptraceMatchPcap
+                | Variant::ReferenceNoMatch
+                | Variant::ReferenceMatch
                 | Variant::UdptraceDropStorm
                 | Variant::UdptraceFlowStorm
+                | Variant::UdptraceWatch
         );
         let stats = stop_tool(tool, &mut sample, is_udptrace)?;
         if variant == Variant::UdptraceMatchPcap
@@ -736,10 +800,18 @@ fn report(samples: &[(Variant, Sample)]) -> String {
          per second delivered to the receiver (drop storm: {STORM_DATAGRAMS} datagrams sent to a closed port, \
          timed; flow storm: one datagram from each of {FLOW_STORM_FLOWS} distinct flows to a closed port, sent \
          from a raw socket, timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \
-         tracepoint udptrace uses ({}): no tracer built on them can cost less.\n",
+         tracepoint udptrace uses ({}): no tracer built on them can cost less; the watch floor row the same \
+         on the tracepoints `udptrace watch` keeps attached when nothing fails ({}).\n",
         DURATION.as_secs(),
-        empty_programs::tracepoints().join(", ")
+        empty_programs::tracepoints(None).join(", "),
+        empty_programs::tracepoints(Some(Role::Failure)).join(", ")
     );
+    if let Some(reference) = reference_binary() {
+        let _ = writeln!(
+            text,
+            "The reference rows run `{reference}` (UDPTRACE_BENCH_REFERENCE), another build, with the same arguments as this build's rows of the same name, in the same rounds.\n"
+        );
+    }
     let _ = writeln!(
         text,
         "| variant | datagrams/s | ratio | events | lost (reported?) | drops exact | -w packets (= hop events?) | CPU s | peak RSS MiB | ready ms | exit ms |"
@@ -799,7 +871,7 @@ mod empty_programs {
     use std::os::fd::{FromRawFd as _, OwnedFd};
 
     use anyhow::{Context as _, bail};
-    use udptrace::probes::plan::{HOOKS, Target};
+    use udptrace::probes::plan::{HOOKS, Role, Target};
 
     /// `enum bpf_cmd` and `enum bpf_prog_type` (include/uapi/linux/bpf.h).
     const BPF_PROG_LOAD: libc::c_long = 5;
@@ -808,10 +880,11 @@ mod empty_programs {
     /// `r0 = 0; exit`.
     const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
 
-    /// The tracepoints, each once.
-    pub fn tracepoints() -> Vec<&'static str> {
+    /// The tracepoints of the hooks of `role` (all with `None`), each once.
+    pub fn tracepoints(role: Option<Role>) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = HOOKS
             .iter()
+            .filter(|hook| role.is_none_or(|role| hook.role == role))
             .flat_map(|hook| hook.attachments.iter())
             .flat_map(|attachment| attachment.programs.iter())
             .filter_map(|(_, target)| match target {
@@ -838,7 +911,7 @@ mod empty_programs {
 
     /// Loads the empty program and attaches it to every tracepoint; the links live as long as
     /// the returned descriptors.
-    pub fn attach() -> anyhow::Result<Vec<OwnedFd>> {
+    pub fn attach(role: Option<Role>) -> anyhow::Result<Vec<OwnedFd>> {
         use std::os::fd::AsRawFd as _;
         let license = c"GPL";
         let mut attr = [0u64; 16];
@@ -848,7 +921,7 @@ mod empty_programs {
         attr[2] = license.as_ptr() as u64;
         let program = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty program")?;
         let mut links = vec![program];
-        for name in tracepoints() {
+        for name in tracepoints(role) {
             let name = std::ffi::CString::new(name)?;
             // struct { u64 name; u32 prog_fd; }
             let mut attr = [0u64; 16];

@@ -1,6 +1,6 @@
 //! Command-line definitions only (clap).
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use udptrace_common::event::{MAX_SNAPLEN, Mechanism};
@@ -58,6 +58,29 @@ pub enum Command {
     },
     /// Print the manual page (roff; `udptrace man | man -l -`).
     Man,
+    /// Always-on mode, cheap enough to leave running: only the hooks that fire on failures
+    /// (drops, ICMP and socket errors) stay attached, the kernel counts per flow and reason,
+    /// and anomaly, status and verdict records are written as NDJSON (docs/json-schema.md).
+    /// An anomaly attaches the path hooks, narrowed to its flow's ports, for --escalate
+    /// seconds, so that its verdict gets path evidence.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// How long the path hooks stay attached for a flow with an anomaly.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_escalate)]
+    pub escalate: Duration,
+    /// Write the records to FILE instead of standard output; at --log-size bytes it is
+    /// renamed FILE.1 (the previous FILE.1 goes) and a new FILE started; SIGHUP reopens FILE
+    /// (after logrotate moved it).
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+    /// Size at which --log FILE is rotated.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = parse_log_size)]
+    pub log_size: u64,
+    #[command(flatten)]
+    pub trace: TraceArgs,
 }
 
 /// The shells `udptrace completions` writes for.
@@ -155,6 +178,11 @@ pub struct TraceArgs {
     /// Only socket events of this process (drops and ICMP errors are not tied to a process).
     #[arg(long, value_parser = parse_pid)]
     pub pid: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464): drops by
+    /// reason, port, namespace and container; ICMP and socket errors; verdicts by code; lost
+    /// and sampled events; hooks by mechanism; CPU time.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_address)]
+    pub metrics: Option<SocketAddr>,
     /// tcpdump-style filter expression. Options may come before, between or after its words
     /// (no filter word starts with `-`); after `--` every word is a filter word.
     #[arg(value_name = "FILTER")]
@@ -229,6 +257,28 @@ fn parse_reply_timeout(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text} must be a positive number of seconds"))
 }
 
+fn parse_escalate(text: &str) -> Result<Duration, String> {
+    let secs: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
+    if secs == 0 {
+        return Err("0 would detach the path hooks as soon as they attach: give at least 1".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_log_size(text: &str) -> Result<u64, String> {
+    let size: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes"))?;
+    // A record (a verdict with its evidence) is a few KiB: a smaller file would rotate at
+    // every record.
+    if size < 65_536 {
+        return Err(format!("{size} is too small: give at least 65536"));
+    }
+    Ok(size)
+}
+
 fn parse_snaplen(text: &str) -> Result<u32, String> {
     let snaplen: u32 = text
         .parse()
@@ -237,6 +287,12 @@ fn parse_snaplen(text: &str) -> Result<u32, String> {
         return Err(format!("{snaplen} must be from 1 to {MAX_SNAPLEN}"));
     }
     Ok(snaplen)
+}
+
+fn parse_metrics_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an address and port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    })
 }
 
 fn parse_max_flows(text: &str) -> Result<usize, String> {
@@ -310,6 +366,41 @@ mod tests {
     }
 
     #[test]
+    fn watch_parses_its_options_and_filter() {
+        let cli = Cli::try_parse_from([
+            "udptrace",
+            "watch",
+            "--escalate",
+            "3",
+            "port",
+            "5800",
+            "--log",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let Some(Command::Watch(args)) = cli.command else {
+            panic!("not watch: {cli:?}");
+        };
+        assert_eq!(args.escalate, Duration::from_secs(3));
+        assert_eq!(args.trace.filter, ["port", "5800"]);
+        assert_eq!(args.log, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(args.log_size, 64 << 20);
+        let cli = Cli::try_parse_from(["udptrace", "watch"]).unwrap();
+        let Some(Command::Watch(args)) = cli.command else {
+            panic!("not watch");
+        };
+        assert_eq!(args.escalate, Duration::from_secs(10));
+        for bad in [
+            ["--escalate", "0"],
+            ["--escalate", "x"],
+            ["--log-size", "100"],
+        ] {
+            let error = Cli::try_parse_from(["udptrace", "watch", bad[0], bad[1]]).unwrap_err();
+            assert!(error.to_string().contains(bad[1]), "{error}");
+        }
+    }
+
+    #[test]
     fn ring_size_is_validated() {
         assert!(Cli::try_parse_from(["udptrace", "--ring-size", "1000"]).is_err());
         assert!(Cli::try_parse_from(["udptrace", "--ring-size", "65536"]).is_ok());
@@ -371,6 +462,22 @@ mod tests {
         for bad in ["0", "-1", "soon", "inf"] {
             let error = Cli::try_parse_from(["udptrace", "--reply-timeout", bad]).unwrap_err();
             assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn metrics_takes_an_address_and_port() {
+        let cli = Cli::try_parse_from(["udptrace", "--metrics", "127.0.0.1:9464"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        let cli =
+            Cli::try_parse_from(["udptrace", "--metrics", "[::1]:9464", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.metrics, Some("[::1]:9464".parse().unwrap()));
+        for bad in ["9464", "localhost:9464", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let error = Cli::try_parse_from(["udptrace", "--metrics", bad]).unwrap_err();
+            assert!(
+                error.to_string().contains("is not an address and port"),
+                "{bad}: {error}"
+            );
         }
     }
 

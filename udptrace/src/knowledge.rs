@@ -105,7 +105,7 @@ impl Knowledge {
     /// Where the drops whose reasons are inferred happen (empty without kallsyms: every such
     /// drop is then NOT_SPECIFIED), and where the fragments of a reassembled datagram are freed
     /// with it, which no drop program reports. On kernels whose kfree_skb passes a reason only
-    /// the latter is looked up (each function costs a scan of some 120 000 symbols).
+    /// the latter is looked up.
     pub fn drop_sites(&self) -> DropSites {
         let kinds: &[DropSiteKind] = if self.reasons.are_inferred() {
             &DropSiteKind::ALL

@@ -3,7 +3,8 @@
 //! Data flows one way through these modules:
 //! kernel hooks (`udptrace-ebpf`) → `probes` (load/attach) → `stream` (ring buffer, counters)
 //! → `decode` (raw records → the typed events of `model`) → `reorder` (back in kernel-time order) → `flows`
-//! (flow table, verdicts) → `render` (text / JSON).
+//! (flow table, verdicts) → `render` (text / JSON); `metrics` counts the same events and
+//! verdicts for Prometheus.
 //! `kernel` holds everything learnt from the running kernel at start-up (BTF offsets, tracefs
 //! formats, drop-reason names, symbols); `filter` compiles expressions for the kernel; `lab`
 //! builds private namespaces and peers that reproduce incidents.
@@ -13,6 +14,7 @@ pub mod containers;
 pub mod debug_bpf;
 pub mod decode;
 pub mod doctor;
+pub mod escalation;
 pub mod filter;
 pub mod firewall;
 pub mod flows;
@@ -21,7 +23,9 @@ pub mod kernel;
 pub mod knowledge;
 pub mod lab;
 pub mod lab_command;
+pub mod logfile;
 pub mod manual;
+pub mod metrics;
 pub mod model;
 pub mod namespaces;
 pub mod pcapng;

@@ -1,15 +1,26 @@
 //! `udptrace`: see the crate docs in lib.rs and README.md.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    io::BufWriter,
+    process::ExitCode,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use tokio::signal::unix::{SignalKind, signal};
 use udptrace::{
-    cli::{Cli, Command, TraceArgs},
+    cli::{Cli, Command, TraceArgs, WatchArgs},
     doctor,
     lab::netns,
-    lab_command, manual,
-    render::{is_closed_pipe, note, output_for, print_stdout, stdout_was_closed},
+    lab_command,
+    logfile::RotatingLog,
+    manual,
+    render::{is_closed_pipe, json::JsonOutput, note, output_for, print_stdout, stdout_was_closed},
     session::{TraceConfig, Tracer},
     shutdown::StopSignals,
 };
@@ -52,6 +63,10 @@ async fn main() -> ExitCode {
             Ok(mut signals) => trace(&cli.trace, &mut signals).await,
             Err(error) => Err(error),
         },
+        Some(Command::Watch(args)) => match StopSignals::install() {
+            Ok(mut signals) => watch(&args, &mut signals).await,
+            Err(error) => Err(error),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +88,52 @@ async fn main() -> ExitCode {
 }
 
 async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()> {
-    let config = TraceConfig {
+    let tracer = Tracer::start(trace_config(args, None)?)?;
+    let mut output = output_for(args.output.json, args.output.pcap_on_stdout());
+    // A closed stdout ends the run like a signal; writing the summary then fails with EPIPE,
+    // which `main` turns into a quiet exit.
+    tracer
+        .run(output.as_mut(), signals.or_stdout_closed())
+        .await?;
+    Ok(())
+}
+
+/// `udptrace watch`: NDJSON records on stdout or in `--log FILE`.
+async fn watch(args: &WatchArgs, signals: &mut StopSignals) -> anyhow::Result<()> {
+    let trace = &args.trace;
+    let reopen = Arc::new(AtomicBool::new(false));
+    // Before the file is opened: a SIGHUP from then on reopens it instead of killing us.
+    let mut hangups = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let log = args
+        .log
+        .as_deref()
+        .map(|path| {
+            RotatingLog::open(path, args.log_size, Arc::clone(&reopen))
+                .with_context(|| format!("--log {}", path.display()))
+        })
+        .transpose()?;
+    let tracer = Tracer::start(trace_config(trace, Some(args.escalate))?)?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            reopen.store(true, Ordering::Relaxed);
+        }
+    });
+    // Everything watch reports reaches one `Output` (anomalies as typed events, status,
+    // verdicts, the exit summary with the kernel's per-flow counts); `--metrics` is teed
+    // beside it by the tracer.
+    if let Some(log) = log {
+        let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, log));
+        tracer.run(&mut output, signals.recv()).await?;
+    } else {
+        let mut output = JsonOutput::watch(BufWriter::with_capacity(1 << 16, std::io::stdout()));
+        tracer.run(&mut output, signals.or_stdout_closed()).await?;
+    }
+    Ok(())
+}
+
+/// What `args` ask to trace; `watch`: `udptrace watch --escalate`.
+fn trace_config(args: &TraceArgs, watch: Option<Duration>) -> anyhow::Result<TraceConfig> {
+    Ok(TraceConfig {
         filter: args.filter.clone(),
         interface: args.interface.clone(),
         netns: args.netns.clone(),
@@ -98,15 +158,9 @@ async fn trace(args: &TraceArgs, signals: &mut StopSignals) -> anyhow::Result<()
         stack: args.output.stack,
         // DOCKER_HOST's or /run/docker.sock.
         docker_socket: None,
-    };
-    let tracer = Tracer::start(config)?;
-    let mut output = output_for(args.output.json, args.output.pcap_on_stdout());
-    // A closed stdout ends the run like a signal; writing the summary then fails with EPIPE,
-    // which `main` turns into a quiet exit.
-    tracer
-        .run(output.as_mut(), signals.or_stdout_closed())
-        .await?;
-    Ok(())
+        watch,
+        metrics: args.metrics,
+    })
 }
 
 /// `udptrace replay FILE`: what the recording's run showed, rebuilt offline.

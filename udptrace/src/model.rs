@@ -287,6 +287,10 @@ pub struct TraceEvent {
     /// this event's own addresses matched the filter (e.g. after NAT).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tracked: bool,
+    /// Seen by a path hook `udptrace watch` attached only because an anomaly on the flow
+    /// escalated it (evidence gathered by escalation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub escalated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<Conntrack>,
     /// The packet is one IP fragment of the datagram (its ports are the datagram's, learned
@@ -318,6 +322,32 @@ pub struct PacketBytes {
 }
 
 impl TraceEvent {
+    /// A path event (`EventKind::narrowed`): under `udptrace watch`, seen only while its flow
+    /// is escalated.
+    pub fn is_path(&self) -> bool {
+        matches!(
+            self.what,
+            What::Send { .. }
+                | What::Route { .. }
+                | What::Xmit
+                | What::Recv
+                | What::Deliver { .. }
+                | What::Lookup { .. }
+        )
+    }
+
+    /// A failure: what `udptrace watch` reports as an anomaly and escalates.
+    pub fn is_anomaly(&self) -> bool {
+        matches!(
+            self.what,
+            What::Drop { .. }
+                | What::Icmp { .. }
+                | What::SockError { .. }
+                | What::SendError { .. }
+                | What::RecvError { .. }
+        )
+    }
+
     pub fn source(&self) -> SocketAddr {
         SocketAddr::new(self.saddr, self.sport)
     }

@@ -17,8 +17,9 @@ use udptrace_common::{
     event::{Capture, Counter, EventKind, FlowCountKey, Mechanism},
     filter::Selectors,
     names::{
-        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, FEATURE_ICMP6_PROBE, FEATURE_XMIT,
-        FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+        CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_MAP, FEATURE_ICMP6_PROBE,
+        FEATURE_NARROW, FEATURE_XMIT, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL,
+        SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
@@ -26,6 +27,7 @@ use crate::{
     clock::{WallClock, monotonic_ns},
     debug_bpf::{self, BpfLogger},
     decode::{self, KernelNames},
+    escalation::Ports,
     filter::{self, CompiledFilter},
     firewall::{Dropped, parse_ruleset},
     flows::{
@@ -37,9 +39,13 @@ use crate::{
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
     knowledge::Knowledge,
+    metrics::{self, Metrics, server::Endpoint},
     model::{TraceEvent, What},
     namespaces::Namespaces,
-    probes::attach::{AttachContext, HookOutcome, attach_all, kprobe_status},
+    probes::{
+        attach::{AttachContext, HookOutcome, attach_all, detach, kprobe_status, reattach},
+        plan::Role,
+    },
     procs::Processes,
     recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
     render::{Output, Stats, Status, Tee, pcap::PcapOutput},
@@ -87,6 +93,11 @@ pub struct TraceConfig {
     /// The Docker API socket that names containers, instead of DOCKER_HOST's or
     /// /run/docker.sock (`lab run docker-...`: the lab's private daemon).
     pub docker_socket: Option<PathBuf>,
+    /// `udptrace watch --escalate SECS`: only the failure hooks stay attached; an anomaly
+    /// attaches the path hooks, narrowed to its flow's ports, for this long.
+    pub watch: Option<Duration>,
+    /// `--metrics ADDR`: serve Prometheus metrics there.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -105,10 +116,36 @@ fn create_pcap(path: &Path, snaplen: u32) -> anyhow::Result<PcapFile> {
         .with_context(|| format!("-w {}", path.display()))
 }
 
+/// `udptrace watch`'s escalations: which ports the path hooks are narrowed to (the
+/// bookkeeping, and the kernel's copy), and whether those hooks are attached now.
+struct Escalation {
+    ports: Ports,
+    /// `names::ESCALATED_MAP`: the ports the kernel lets path events through for.
+    map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
+    attached: bool,
+}
+
+/// The attach engine's view of this kernel.
+fn attach_context<'a>(
+    knowledge: &'a Knowledge,
+    forced: Option<Mechanism>,
+    has_function: &'a dyn Fn(&str) -> bool,
+) -> AttachContext<'a> {
+    AttachContext {
+        btf: knowledge.attach_btf.as_ref(),
+        offsets: &knowledge.offsets,
+        tracefs: knowledge.tracefs_mounted(),
+        kprobes: kprobe_status().is_ok(),
+        has_function,
+        forced,
+        kfree_skb_reason: !knowledge.reasons.are_inferred(),
+    }
+}
+
 /// A loaded and attached tracer; dropping it detaches every program.
 pub struct Tracer {
     // Owns the programs and their links: detached when dropped.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     pub probes: Vec<HookOutcome>,
     pub filter: CompiledFilter,
     ring: EventRing,
@@ -128,10 +165,17 @@ pub struct Tracer {
     recording: Option<SharedRecording>,
     /// `-w FILE`.
     pcap: Option<PcapFile>,
+    /// `udptrace watch`.
+    escalation: Option<Escalation>,
+    /// `--metrics`: fed as the output is, and with the kernel's drop counts.
+    metrics: Option<Metrics>,
+    /// Serves `metrics` until the tracer is dropped.
+    _metrics_server: Option<metrics::server::Server>,
 }
 
-/// Tells the programs which hooks attached where that changes what another hook reports.
-fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<()> {
+/// Tells the programs which hooks attached where that changes what another hook reports, and
+/// whether path events are narrowed to escalated flows (`udptrace watch`).
+fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome], narrow: bool) -> anyhow::Result<()> {
     let attached = |name: &str| {
         probes
             .iter()
@@ -141,8 +185,13 @@ fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome]) -> anyhow::Result<
     if attached("icmp6_error") {
         features |= FEATURE_ICMP6_PROBE;
     }
-    if attached("xmit") {
+    // Under `watch` the device hop is parked (detached) between escalations: icmp_send keeps
+    // reporting fragmentation needed itself (without the MTU), or those errors would be lost.
+    if attached("xmit") && !narrow {
         features |= FEATURE_XMIT;
+    }
+    if narrow {
+        features |= FEATURE_NARROW;
     }
     let mut map: aya::maps::Array<_, u32> = aya::maps::Array::try_from(
         ebpf.map_mut(FEATURES_MAP)
@@ -168,6 +217,8 @@ impl Tracer {
             .as_deref()
             .map(|path| create_pcap(path, config.snaplen))
             .transpose()?;
+        // Likewise a busy or foreign --metrics address.
+        let endpoint = config.metrics.map(Endpoint::bind).transpose()?;
         // aya 0.14's `EbpfLoader::new` parses the kernel's whole BTF for CO-RE relocations
         // (aya/src/bpf.rs, `new`), which Rust programs never carry: drop that parse before
         // ours starts, so the two are never held at once (peak RSS).
@@ -196,17 +247,13 @@ impl Tracer {
             .map_max_entries(udptrace_common::names::EVENTS_MAP, config.ring_size)
             .load(OBJECT)
             .context("loading the eBPF object")?;
+        // Every hook is attached once, even under `watch`: what each would use is known (and
+        // reported in `ready`) before the path hooks are parked.
         let probes = attach_all(
             &mut ebpf,
-            &AttachContext {
-                btf: knowledge.attach_btf.as_ref(),
-                offsets: &knowledge.offsets,
-                tracefs: knowledge.tracefs_mounted(),
-                kprobes: kprobe_status().is_ok(),
-                has_function: &|name| knowledge.has_function(name),
-                forced: config.probes,
-                kfree_skb_reason: !knowledge.reasons.are_inferred(),
-            },
+            &attach_context(&knowledge, config.probes, &|name| {
+                knowledge.has_function(name)
+            }),
         );
         if let Some(missing) = probes
             .iter()
@@ -228,7 +275,33 @@ impl Tracer {
                 reasons.join("; ")
             );
         }
-        announce_features(&mut ebpf, &probes)?;
+        announce_features(&mut ebpf, &probes, config.watch.is_some())?;
+        let escalation = config
+            .watch
+            .map(|duration| -> anyhow::Result<Escalation> {
+                let map = ebpf
+                    .take_map(ESCALATED_MAP)
+                    .context("the eBPF object has no ESCALATED map")?;
+                for outcome in probes.iter().filter(|o| o.hook.role == Role::Path) {
+                    detach(&mut ebpf, outcome);
+                }
+                Ok(Escalation {
+                    ports: Ports::new(duration),
+                    map: aya::maps::HashMap::try_from(map)?,
+                    attached: false,
+                })
+            })
+            .transpose()?;
+        let (metrics, metrics_server) = match endpoint {
+            Some(endpoint) => {
+                let metrics = Metrics::new();
+                // Before the first scrape can come.
+                metrics.path_hooks(&probes, escalation.is_some());
+                let server = endpoint.serve(&metrics)?;
+                (Some(metrics), Some(server))
+            }
+            None => (None, None),
+        };
         let bpf_log = if config.debug_bpf {
             Some(debug_bpf::start(&mut ebpf)?)
         } else {
@@ -277,7 +350,10 @@ impl Tracer {
             namespaces,
             recording,
             pcap,
-            _ebpf: ebpf,
+            escalation,
+            ebpf,
+            metrics,
+            _metrics_server: metrics_server,
             probes,
             filter,
             ring,
@@ -314,6 +390,15 @@ impl Tracer {
             }
             None => output,
         };
+        let mut metrics = self.metrics.clone();
+        let mut counted;
+        let output: &mut dyn Output = match &mut metrics {
+            Some(metrics) => {
+                counted = Tee::new(output, metrics);
+                &mut counted
+            }
+            None => output,
+        };
         output
             .ready(&self.filter.expression, &self.probes)
             .context(WRITING)?;
@@ -321,7 +406,14 @@ impl Tracer {
         let mut stats = Stats::default();
         let mut last_lost = 0;
         let mut last_sampled = 0;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The per-second reports (sampled, lost, flow map full) start a second after `ready`,
+        // not at once: records already in the ring come first. Start-up under emulation takes
+        // seconds, in which a busy flow's first generation uses up its sample; reporting that
+        // before the events written in it put a `sampled` record ahead of the first event.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut verdict_tick = tokio::time::interval(SETTLE / 2);
         // The kernel wakes us only when the ring is an eighth full (udptrace-ebpf/src/emit.rs);
@@ -353,6 +445,7 @@ impl Tracer {
                     }
                 }
                 _ = tick.tick() => {
+                    self.expire_escalations(output)?;
                     self.namespaces.borrow_mut().release_idle(monotonic_ns());
                     // Also the generation's end: the sampling allowances restart with it.
                     let counts = self.flow_counts.drain()?;
@@ -418,6 +511,9 @@ impl Tracer {
                         .borrow_mut()
                         .kernel_count(Some(flow), &tally, count);
                 }
+                if let (Some(metrics), Tally::Drops(reason)) = (&self.metrics, &tally) {
+                    metrics.drops(Some(datagram(&key)), reason, count);
+                }
                 self.diagnosis.count_in_kernel(flow, tally, count);
             }
         }
@@ -426,6 +522,9 @@ impl Tracer {
                 if let Some(recording) = &self.recording {
                     recording.borrow_mut().kernel_count(None, &tally, count);
                 }
+                if let (Some(metrics), Tally::Drops(reason)) = (&self.metrics, &tally) {
+                    metrics.drops(None, reason, count);
+                }
                 self.diagnosis.flows.add_other(&tally, count);
             }
         }
@@ -433,9 +532,8 @@ impl Tracer {
 
     /// What a kernel count key adds to: drops by reason, or datagrams at their first device.
     fn tally(&self, key: &FlowCountKey) -> Option<(FlowKey, Tally)> {
-        let (saddr, daddr) = decode::addresses(&key.tuple);
-        let source = SocketAddr::new(saddr, key.tuple.sport);
-        let flow = FlowKey::new(source, SocketAddr::new(daddr, key.tuple.dport));
+        let (source, destination) = datagram(key);
+        let flow = FlowKey::new(source, destination);
         let tally = match EventKind::from_u8(key.kind) {
             Some(EventKind::Drop) => Tally::Drops(self.knowledge.drop_reason(key.reason)),
             // A datagram is first seen at one device: where it was sent, or where it
@@ -446,6 +544,78 @@ impl Tracer {
             _ => return None,
         };
         Some((flow, tally))
+    }
+
+    /// `udptrace watch`: narrows the path hooks to the ports of the flows with anomalies (those
+    /// `escalation::Ports` wants) and attaches them if parked.
+    fn escalate(
+        &mut self,
+        anomalies: &[(u16, u16)],
+        output: &mut dyn Output,
+    ) -> anyhow::Result<()> {
+        let Some(escalation) = &mut self.escalation else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut added = Vec::new();
+        for port in anomalies.iter().flat_map(|&(a, b)| [a, b]) {
+            // A full map (`ESCALATED_ENTRIES` ports at once) refuses it: that flow waits
+            // for a slot, its anomalies still reported.
+            if escalation.ports.wanted(port, now)
+                && escalation.map.insert(u32::from(port), 1, 0).is_ok()
+            {
+                escalation.ports.escalate(port, now);
+                added.push(port);
+            }
+        }
+        if added.is_empty() {
+            return Ok(());
+        }
+        if !escalation.attached {
+            escalation.attached = true;
+            let knowledge = &self.knowledge;
+            let has_function = |name: &str| knowledge.has_function(name);
+            let context = attach_context(knowledge, self.config.probes, &has_function);
+            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
+                if let Err(error) = reattach(&mut self.ebpf, outcome, &context) {
+                    let error = format!("{}: {error}", outcome.hook.name);
+                    output
+                        .status(&Status::EscalationFailed(error))
+                        .context(WRITING)?;
+                }
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.path_hooks(&self.probes, !escalation.attached);
+        }
+        output
+            .status(&Status::Escalated {
+                ports: added,
+                seconds: escalation.ports.duration().as_secs(),
+            })
+            .context(WRITING)
+    }
+
+    /// Ends the escalations whose time is over; parks the path hooks once none is left.
+    fn expire_escalations(&mut self, output: &mut dyn Output) -> anyhow::Result<()> {
+        let Some(escalation) = &mut self.escalation else {
+            return Ok(());
+        };
+        for port in escalation.ports.expire(Instant::now()) {
+            // Gone already only if userspace lost track of it: nothing to undo.
+            let _ = escalation.map.remove(&u32::from(port));
+        }
+        if !escalation.ports.any() && escalation.attached {
+            escalation.attached = false;
+            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
+                detach(&mut self.ebpf, outcome);
+            }
+            if let Some(metrics) = &self.metrics {
+                metrics.path_hooks(&self.probes, true);
+            }
+            output.status(&Status::EscalationEnded).context(WRITING)?;
+        }
+        Ok(())
     }
 
     pub fn knowledge(&self) -> &Knowledge {
@@ -466,9 +636,19 @@ impl Tracer {
         let pending = &mut self.pending;
         let namespaces = &self.namespaces;
         let mut undecodable = None;
+        let watching = self.escalation.is_some();
+        let mut anomalies = Vec::new();
         self.ring.drain(|bytes| {
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
-                Ok(event) => {
+                Ok(mut event) => {
+                    if watching {
+                        // Narrowed in the kernel: a path event passed only for an escalated
+                        // flow, so escalation is how it was seen.
+                        event.escalated = event.is_path();
+                        if event.is_anomaly() {
+                            anomalies.push((event.sport, event.dport));
+                        }
+                    }
                     if matches!(event.what, What::Drop { .. }) {
                         // The rules judge this drop a reorder window from now, by the sockets
                         // its namespace has: list them as the drop left them (a listing
@@ -492,6 +672,7 @@ impl Tracer {
                 .status(&Status::Undecodable(error))
                 .context(WRITING)?;
         }
+        self.escalate(&anomalies, output)?;
         let due = self.pending.release(monotonic_ns());
         self.observe(due, output, stats)
     }
@@ -555,6 +736,15 @@ fn rule_lister(
         }
         rules
     })
+}
+
+/// The source and destination of the datagrams a kernel count key counts.
+fn datagram(key: &FlowCountKey) -> (SocketAddr, SocketAddr) {
+    let (saddr, daddr) = decode::addresses(&key.tuple);
+    (
+        SocketAddr::new(saddr, key.tuple.sport),
+        SocketAddr::new(daddr, key.tuple.dport),
+    )
 }
 
 fn fill_stats(stats: &mut Stats, counters: &CounterValues) {

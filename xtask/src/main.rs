@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | run | test | bench | dist | vm-test`. These names are a contract (README,
+//! Project tasks: `cargo xtask setup | run | test | bench | dist | image | vm-test`. These names are a contract (README,
 //! CI's .ci/run).
 //!
 //! - `setup` installs what a fresh machine lacks, idempotently (a second or so when nothing is).
@@ -6,12 +6,16 @@
 //! - `test -- ARGS` checks the formatting, runs every test (unit tests and the root integration
 //!   tests), then clippy.
 //! - `dist` builds the static binary with its manual page, completions and checksums (dist/).
+//! - `image` puts that binary alone in a container image (dist/udptrace-image.tar).
 //! - `bench` measures the overhead on a UDP load against the alternatives (bench/results.md).
 //!
 //! When not root, what needs root goes through `sudo -E`; without sudo they fail (nothing is
 //! skipped).
 
+#[cfg(test)]
+mod deploy;
 mod dist;
+mod image;
 mod process;
 mod setup;
 mod vm;
@@ -59,6 +63,15 @@ enum Task {
     Dist {
         /// Then check it as the test command does: static, `doctor` ready (also inside an
         /// image holding only the binary, under a private dockerd), a lab incident diagnosed.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Build the static binary (as dist does), then a container image holding only it,
+    /// offline (`docker import` under a private dockerd), saved as dist/udptrace-image.tar
+    /// (`docker load -i`); deploy/kubernetes/udptrace.yaml runs it.
+    Image {
+        /// Then run the image as the DaemonSet does (host network and pid, its capabilities
+        /// and mounts) under a private dockerd, and scrape its metrics.
         #[arg(long)]
         check: bool,
     },
@@ -120,6 +133,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let binary = dist::dist(&root, &target_dir(&root), cargo(&root))?;
             if check {
                 dist::check(&binary)?;
+            }
+            Ok(())
+        }
+        Task::Image { check } => {
+            if check {
+                Privilege::acquire(ROOT_REASON)?;
+            }
+            setup::setup(&target_dir(&root), setup::DIST_PACKAGES)?;
+            let binary = dist::dist(&root, &target_dir(&root), cargo(&root))?;
+            let archive = image::image(&binary)?;
+            if check {
+                image::check(&binary, &archive)?;
             }
             Ok(())
         }
@@ -208,9 +233,14 @@ fn test(root: &Path, args: &[String]) -> anyhow::Result<()> {
     if args.is_empty() {
         stage(
             "static binary",
-            "cargo xtask dist, then its doctor and the closed-port lab incident",
+            "cargo xtask dist, then its doctor and the closed-port lab incident; cargo xtask \
+             image --check",
             &mut failures,
-            || dist::check(&dist::dist(root, &target_dir(root), cargo(root))?),
+            || {
+                let binary = dist::dist(root, &target_dir(root), cargo(root))?;
+                dist::check(&binary)?;
+                image::check(&binary, &image::image(&binary)?)
+            },
         );
     }
     if matrix {

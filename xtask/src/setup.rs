@@ -16,13 +16,20 @@ use crate::process::{self, Privilege, output, run};
 /// firewall scenarios; udptrace's firewall verdicts read the ruleset with `nft`),
 /// netcat-openbsd and python3 (the tests reproduce incidents with real peers too), tshark
 /// (the tests read `-w` files with it; installed non-interactively, its debconf question
-/// about non-root capture keeps its default, no).
+/// about non-root capture keeps its default, no), prometheus (the `--metrics` test scrapes
+/// udptrace with a real server, started by the test with its own configuration and data
+/// directory; the package's own service is not started where no systemd runs),
+/// python3-kubernetes and systemd (deploy/: the DaemonSet manifest is checked against the
+/// Kubernetes API's models, the unit by `systemd-analyze verify`).
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
     "netcat-openbsd",
     "python3",
     "tshark",
+    "prometheus",
+    "python3-kubernetes",
+    "systemd",
 ];
 
 /// What `cargo xtask dist --check` (and the test command) runs the static binary under: a

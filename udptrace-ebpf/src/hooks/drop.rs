@@ -25,8 +25,8 @@ use aya_ebpf::{
     },
 };
 use udptrace_common::{
-    drops::{DropEvidence, DropSiteKind, DropSites, infer},
-    event::{EventKind, Mechanism},
+    drops::{DropEvidence, DropSiteKind, DropSites, InferredReason, infer},
+    event::{AF_INET6, EventKind, Mechanism},
     offsets::ClassicTracepoint,
 };
 
@@ -34,7 +34,7 @@ use crate::{
     DROP_EVIDENCE, DROP_SITES,
     emit::{Context, Report},
     hooks::{Probed, arg, classic_args, finish, save_entry, take_entry},
-    kernel::ReadError,
+    kernel::{self, Access, ReadError},
 };
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -157,10 +157,18 @@ fn on_drop_inferred(
         Some(evidence) => *evidence,
         None => DropEvidence::default(),
     };
-    match infer(drop_sites().kind_of(location), skb, &evidence) {
-        Some(reason) => report_drop(ctx, skb, location, reason as u32, mechanism),
-        None => Ok(()),
-    }
+    let Some(reason) = infer(drop_sites().kind_of(location), skb, &evidence) else {
+        return Ok(());
+    };
+    let reason = if reason == InferredReason::ShortOrChecksum
+        && let Some(net) = kernel::network_header(skb, Access::of_arguments(mechanism))?
+    {
+        let (udp_length, ip_payload) = kernel::udp_length(&net)?;
+        reason.by_udp_length(udp_length, ip_payload, net.family == AF_INET6)
+    } else {
+        reason
+    };
+    report_drop(ctx, skb, location, reason as u32, mechanism)
 }
 
 /// The `DROP_SITES` global.
@@ -202,6 +210,43 @@ fn enqueued(skb: u64, rc: i32) {
         unsafe {
             (*evidence).enqueue_failed_skb = skb;
             (*evidence).enqueue_rc = i64::from(rc);
+        }
+    }
+}
+
+/// `int ip_route_input_noref(struct sk_buff *skb, __be32 daddr, __be32 saddr, u8 tos, struct
+/// net_device *dev)` (net/ipv4/route.c, 5.10): the return value follows the five arguments.
+/// `ip_rcv_finish_core` frees the skb when it fails.
+#[fexit(function = "ip_route_input_noref")]
+pub fn route_input_fexit(ctx: FExitContext) -> u32 {
+    route_input_done(ctx.arg(0), ctx.arg::<i32>(5));
+    0
+}
+
+#[kprobe]
+pub fn route_input_kprobe(ctx: ProbeContext) -> u32 {
+    save_entry(Probed::RouteInput, [arg(&ctx, 0), 0, 0, 0])
+}
+
+#[kretprobe]
+pub fn route_input_kretprobe(ctx: RetProbeContext) -> u32 {
+    if let Some([skb, ..]) = take_entry(Probed::RouteInput) {
+        route_input_done(skb, ctx.ret::<i32>());
+    }
+    0
+}
+
+/// Remembers a failed input route lookup of `skb` for the kfree_skb that follows it on this
+/// CPU.
+#[inline(always)]
+fn route_input_done(skb: u64, rc: i32) {
+    if rc < 0
+        && let Some(evidence) = DROP_EVIDENCE.get_ptr_mut(0)
+    {
+        // SAFETY: as in `enqueued`.
+        unsafe {
+            (*evidence).route_failed_skb = skb;
+            (*evidence).route_rc = i64::from(rc);
         }
     }
 }

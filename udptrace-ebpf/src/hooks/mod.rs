@@ -64,6 +64,7 @@ pub enum Probed {
     LookupV6 = 5,
     Recv = 6,
     Enqueue = 7,
+    RouteInput = 8,
 }
 
 /// Which call a saved entry belongs to: the task, and for functions that run in softirq the
@@ -81,7 +82,7 @@ pub struct EntryKey {
 fn entry_key(function: Probed) -> EntryKey {
     let softirq = matches!(
         function,
-        Probed::LookupV4 | Probed::LookupV6 | Probed::Enqueue
+        Probed::LookupV4 | Probed::LookupV6 | Probed::Enqueue | Probed::RouteInput
     );
     EntryKey {
         pid_tgid: bpf_get_current_pid_tgid(),

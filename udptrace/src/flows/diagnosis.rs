@@ -69,6 +69,7 @@ impl Diagnosis {
 
     /// Feeds one event to the rules.
     pub fn observe(&mut self, event: &TraceEvent) {
+        let opened = self.ledger.opened();
         self.flows.record(event);
         // Before `begin`: a verdict a timeout opens is not counted towards this event's tally.
         self.each_rule(|rule, cx| rule.on_clock(event, cx));
@@ -104,6 +105,17 @@ impl Diagnosis {
             }
         }
         self.ledger.end(event);
+        // `udptrace watch`: path evidence that escalation gathered joins the verdicts on its
+        // flow, those open already and those this event opened (from the history: the hops
+        // of a datagram come before its drop).
+        if event.escalated {
+            self.ledger.add_escalated(event, 0);
+        }
+        if self.ledger.opened() > opened {
+            for past in self.history.iter().filter(|past| past.escalated) {
+                self.ledger.add_escalated(past, opened);
+            }
+        }
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }

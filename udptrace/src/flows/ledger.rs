@@ -249,6 +249,27 @@ impl Ledger {
         }
     }
 
+    /// How many verdicts were opened so far (an index past the last one).
+    pub fn opened(&self) -> usize {
+        self.verdicts.len()
+    }
+
+    /// Adds a path event seen under escalation (`udptrace watch`) to the verdicts on its flow
+    /// from index `from` on: one event of each kind per verdict, so that a busy flow's hops do
+    /// not crowd the failures out of the evidence.
+    pub fn add_escalated(&mut self, event: &TraceEvent, from: usize) {
+        let key = FlowKey::of(event);
+        for verdict in self.verdicts.iter_mut().skip(from).filter(|v| v.key == key) {
+            let known = verdict
+                .evidence
+                .iter()
+                .any(|e| e.escalated && e.kind_name() == event.kind_name());
+            if !known {
+                add_evidence(verdict, event);
+            }
+        }
+    }
+
     /// Verdicts whose evidence has settled by `now_ns` (kernel monotonic time) and were not yet
     /// emitted; `flush` emits all.
     pub fn ready(&mut self, now_ns: u64, flush: bool) -> Vec<Verdict> {

@@ -30,6 +30,7 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         process: None,
         skb: Some(Skb(ts_ns)),
         tracked: false,
+        escalated: false,
         conntrack: None,
         fragment: None,
         family: if src.is_ipv4() {

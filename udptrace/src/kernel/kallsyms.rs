@@ -131,35 +131,31 @@ impl Kallsyms {
         (offset < MAX_OFFSET).then(|| format!("{name}+{offset:#x}"))
     }
 
-    /// `[start, end)` of function `name`: from its address to the next symbol's.
-    pub fn function_range(&self, name: &str) -> Option<(u64, u64)> {
-        let index = self
-            .symbols
-            .iter()
-            .position(|&(_, name_start, len)| self.name(name_start, len) == Some(name))?;
-        let (start, ..) = self.symbols[index];
-        let &(end, ..) = self.symbols.get(index + 1)?;
-        Some((start, end))
-    }
-
     /// The name stored at `start` for `len` bytes in `names`.
     fn name(&self, start: u32, len: u32) -> Option<&str> {
         self.names.get(start as usize..(start + len) as usize)
     }
 
-    /// The code ranges of the functions of `kinds` (`udptrace_common::drops`); functions this
-    /// kernel lacks are left out.
+    /// The code ranges of the functions of `kinds` (`udptrace_common::drops`), each from its
+    /// address to the next symbol's, in one pass over the table; functions this kernel lacks
+    /// are left out. A function counts under
+    /// its compiler clones' names too: GCC renames a specialized copy
+    /// (`ip_rcv_finish_core.constprop.0` on Debian 11's 5.10) and may move its unlikely paths,
+    /// drops among them, into a separate `.cold` symbol.
     pub fn drop_sites(&self, kinds: &[DropSiteKind]) -> DropSites {
         let mut sites = DropSites::EMPTY;
-        let found = kinds.iter().flat_map(|&kind| {
-            kind.functions().iter().filter_map(move |name| {
-                let (start, end) = self.function_range(name)?;
-                Some(DropSite {
-                    start,
-                    end,
-                    kind: kind as u32,
-                    padding: 0,
-                })
+        let found = self.symbols.windows(2).filter_map(|pair| {
+            let [(start, name_start, len), (end, ..)] = *pair else {
+                return None;
+            };
+            let name = self.name(name_start, len)?;
+            let base = name.split_once('.').map_or(name, |(base, _)| base);
+            let &kind = kinds.iter().find(|kind| kind.functions().contains(&base))?;
+            Some(DropSite {
+                start,
+                end,
+                kind: kind as u32,
+                padding: 0,
             })
         });
         for (slot, site) in sites.sites.iter_mut().zip(found) {
@@ -195,6 +191,10 @@ ffffffff82043c00 T udp_sendmsg
 ffffffff82046280 T __pfx___udp4_lib_rcv
 ffffffff82046290 T __udp4_lib_rcv
 ffffffff82046e20 t udp_unicast_rcv_skb
+ffffffff82100000 t ip_rcv_finish_core.constprop.0
+ffffffff82100800 t ip_rcv_finish
+ffffffff821ff000 t ip_rcv_finish_core.constprop.0.cold
+ffffffff821ff040 t ip_rcv_finish_cored
 ffffffff822090c8 T _etext
 ffffffff83000000 D some_data
 ffffffff83100000 R some_rodata
@@ -238,35 +238,45 @@ zzzz T bad_address
         assert_eq!(symbols.symbolize(0x1000), None);
         assert_eq!(symbols.symbolize(0xffff_ffff_8300_0000), None);
         assert_eq!(symbols.symbolize(u64::MAX), None);
-        // Thirteen code symbols at eleven addresses: the three aliases at _stext are one.
-        assert_eq!(symbols.len(), 11);
+        // Seventeen code symbols at fifteen addresses: the three aliases at _stext are one.
+        assert_eq!(symbols.len(), 15);
     }
 
     #[test]
     fn drop_sites_are_the_functions_ranges() {
         let symbols = Kallsyms::parse(SAMPLE).unwrap();
-        assert_eq!(
-            symbols.function_range("__udp4_lib_rcv"),
-            Some((0xffff_ffff_8204_6290, 0xffff_ffff_8204_6e20))
-        );
-        assert_eq!(
-            symbols.function_range("bpf_prog_1e51484531ca865f_send_raw_tp"),
-            None,
-            "nothing follows it"
-        );
-        assert_eq!(symbols.function_range("absent"), None);
         let sites = symbols.drop_sites(&DropSiteKind::ALL);
-        // Of the listed functions, the sample has only __udp4_lib_rcv and skb_release_data.
+        // Of the listed functions, the sample has __udp4_lib_rcv, skb_release_data, and
+        // ip_rcv_finish_core as a clone with a cold part: each up to the next symbol.
         assert_eq!(
             sites.kind_of(0xffff_ffff_8204_6290 + 0x9a3),
             Some(DropSiteKind::UdpReceive)
         );
         assert_eq!(sites.kind_of(0xffff_ffff_8204_6e20), None);
         assert_eq!(
+            sites.kind_of(0xffff_ffff_8204_6280),
+            None,
+            "its __pfx_ stub"
+        );
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_8210_020e),
+            Some(DropSiteKind::RouteInput)
+        );
+        assert_eq!(sites.kind_of(0xffff_ffff_8210_0800), None);
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_821f_f010),
+            Some(DropSiteKind::RouteInput)
+        );
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_821f_f040),
+            None,
+            "a longer name is another function"
+        );
+        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 4);
+        assert_eq!(
             sites.kind_of(0xffff_ffff_81b3_1c40 + 0x1d7),
             Some(DropSiteKind::FragList)
         );
-        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 2);
         // Only the kinds asked for.
         let sites = symbols.drop_sites(&[DropSiteKind::FragList]);
         assert_eq!(sites.kind_of(0xffff_ffff_8204_6290 + 0x9a3), None);
@@ -274,6 +284,7 @@ zzzz T bad_address
             sites.kind_of(0xffff_ffff_81b3_1c40),
             Some(DropSiteKind::FragList)
         );
+        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 1);
     }
 
     #[test]

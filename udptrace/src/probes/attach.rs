@@ -127,6 +127,41 @@ pub fn attach_all(ebpf: &mut Ebpf, context: &AttachContext<'_>) -> Vec<HookOutco
         .collect()
 }
 
+impl HookOutcome {
+    /// The attachment that attached (the last one tried: attaching stops at the first success).
+    fn attachment(&self) -> Option<&'static Attachment> {
+        self.attached?;
+        self.hook
+            .attachments
+            .get(self.attempts.len().checked_sub(1)?)
+    }
+}
+
+/// Detaches and unloads the programs of a hook that attached (`udptrace watch` parks its path
+/// hooks between escalations); [`reattach`] puts them back with the same mechanism.
+pub fn detach(ebpf: &mut Ebpf, outcome: &HookOutcome) {
+    for (name, _) in outcome.attachment().map_or(&[][..], |a| a.programs) {
+        if let Some(program) = ebpf.program_mut(name) {
+            // A program attached to several functions is listed once per function: the
+            // second unload finds it unloaded, which fails harmlessly.
+            let _ = unload(program);
+        }
+    }
+}
+
+/// Loads and attaches again, with the mechanism it attached with at start, a hook [`detach`]
+/// took off.
+pub fn reattach(
+    ebpf: &mut Ebpf,
+    outcome: &HookOutcome,
+    context: &AttachContext<'_>,
+) -> Result<(), AttemptError> {
+    match outcome.attachment() {
+        Some(attachment) => attach(ebpf, attachment, context),
+        None => Ok(()),
+    }
+}
+
 fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>) -> HookOutcome {
     let mut attempts = Vec::new();
     for attachment in hook.attachments {

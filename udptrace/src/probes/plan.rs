@@ -30,7 +30,8 @@ use udptrace_common::{
     },
     names::{
         PROG_DROP_INFERRED_RAW_TP, PROG_DROP_INFERRED_TP_BTF, PROG_DROP_INFERRED_TRACEPOINT,
-        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_SK_ERROR_FENTRY,
+        PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_ROUTE_INPUT_FEXIT,
+        PROG_ROUTE_INPUT_KPROBE, PROG_ROUTE_INPUT_KRETPROBE, PROG_SK_ERROR_FENTRY,
         PROG_SK_ERROR_KPROBE,
     },
     offsets::ClassicTracepoint,
@@ -101,10 +102,23 @@ pub struct Attachment {
     pub programs: &'static [(&'static str, Target)],
 }
 
+/// What a hook costs and when it is needed, which decides when it is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Fires on failures (drops, ICMP and socket errors) or at a low rate (`connect()`), not
+    /// for every datagram: always attached, `udptrace watch` included. (`enqueue` fires per
+    /// delivered datagram, but only on kernels before 5.17, whose drop reasons it infers.)
+    Failure,
+    /// Fires for every datagram on the host (device hops, route and socket lookups, sends,
+    /// deliveries): `udptrace watch` attaches them only while it escalates a flow.
+    Path,
+}
+
 /// A logical hook: what udptrace observes, independent of how.
 #[derive(Clone, Copy, Debug)]
 pub struct Hook {
     pub name: &'static str,
+    pub role: Role,
     pub description: &'static str,
     /// Without a core hook udptrace cannot do its job: `doctor` exits non-zero and tracing
     /// refuses to start.
@@ -116,6 +130,7 @@ pub struct Hook {
 pub const HOOKS: &[Hook] = &[
     Hook {
         name: "drop",
+        role: Role::Failure,
         description: "every freed UDP datagram with its drop reason and kernel location (skb:kfree_skb)",
         core: true,
         attachments: &[
@@ -154,6 +169,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "icmp_error",
+        role: Role::Failure,
         description: "ICMPv4 errors sent about UDP datagrams (icmp:icmp_send)",
         core: true,
         attachments: &[
@@ -184,6 +200,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "xmit",
+        role: Role::Path,
         description: "datagrams handed to a device, ICMPv6 errors and ICMPv4 fragmentation needed (net:net_dev_queue)",
         core: false,
         attachments: &[
@@ -206,6 +223,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv",
+        role: Role::Path,
         description: "datagrams entering a device (net:netif_receive_skb)",
         core: false,
         attachments: &[
@@ -228,6 +246,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "deliver",
+        role: Role::Path,
         description: "datagrams queued to a socket (sock:sk_data_ready, else sock_def_readable)",
         core: false,
         attachments: &[
@@ -259,6 +278,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "consume",
+        role: Role::Path,
         description: "end of a followed datagram (skb:consume_skb)",
         core: false,
         attachments: &[
@@ -281,6 +301,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route4",
+        role: Role::Path,
         description: "IPv4 route lookups: the output device chosen (fib:fib_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -293,6 +314,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route6",
+        role: Role::Path,
         description: "IPv6 route lookups (fib6:fib6_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -305,6 +327,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "sock_error",
+        role: Role::Failure,
         description: "errors reported to UDP sockets, e.g. ECONNREFUSED (sock:inet_sk_error_report, else sock_def_error_report)",
         core: false,
         attachments: &[
@@ -335,6 +358,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "send",
+        role: Role::Path,
         description: "UDP sends with the sending process; function probes add the destination, IP_PKTINFO and connected state (udp_sendmsg/udpv6_sendmsg, else sock:sock_send_length)",
         core: false,
         attachments: &[
@@ -373,6 +397,8 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv_error",
+        // sock:sock_recv_length fires for every receive call, failed or not.
+        role: Role::Path,
         description: "failed UDP receives with the receiving process (sock:sock_recv_length, else udp_recvmsg/udpv6_recvmsg)",
         core: false,
         attachments: &[
@@ -412,6 +438,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "icmp6_error",
+        role: Role::Failure,
         description: "ICMPv6 errors generated about UDP datagrams (icmp6_send; without it, seen at xmit)",
         core: false,
         attachments: &[
@@ -427,6 +454,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "connect",
+        role: Role::Failure,
         description: "connect() on UDP sockets: the local address and peer it pins (udp_connect, ip4/ip6_datagram_connect)",
         core: false,
         attachments: &[
@@ -479,6 +507,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "lookup",
+        role: Role::Path,
         description: "UDP socket lookups for received datagrams: the socket found, or none (__udp4_lib_lookup/__udp6_lib_lookup)",
         core: false,
         attachments: &[
@@ -508,6 +537,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "enqueue",
+        role: Role::Failure,
         description: "failed queueing to a UDP socket, evidence of inferred drop reasons before Linux 5.17 (__udp_enqueue_schedule_skb)",
         core: false,
         attachments: &[
@@ -533,11 +563,39 @@ pub const HOOKS: &[Hook] = &[
             },
         ],
     },
+    Hook {
+        name: "route_input",
+        role: Role::Failure,
+        description: "failed IPv4 input route lookups, evidence of inferred reverse-path-filter drops before Linux 5.17 (ip_route_input_noref)",
+        core: false,
+        attachments: &[
+            Attachment {
+                mechanism: Mechanism::Fentry,
+                programs: &[(
+                    PROG_ROUTE_INPUT_FEXIT,
+                    Target::Fexit("ip_route_input_noref"),
+                )],
+            },
+            Attachment {
+                mechanism: Mechanism::Kprobe,
+                programs: &[
+                    (
+                        PROG_ROUTE_INPUT_KPROBE,
+                        Target::Kprobe("ip_route_input_noref"),
+                    ),
+                    (
+                        PROG_ROUTE_INPUT_KRETPROBE,
+                        Target::Kretprobe("ip_route_input_noref"),
+                    ),
+                ],
+            },
+        ],
+    },
 ];
 
 /// Programs for one kind of kernel only: `Some(true)` for those reading kfree_skb's reason
 /// argument (Linux 5.17+), `Some(false)` for those inferring the reason without it (the
-/// `drop_inferred_*` programs and their evidence, `enqueue`).
+/// `drop_inferred_*` programs and their evidence, `enqueue` and `route_input`).
 pub fn needs_drop_reason(program: &str) -> Option<bool> {
     match program {
         PROG_DROP_TP_BTF | PROG_DROP_RAW_TP | PROG_DROP_TRACEPOINT => Some(true),
@@ -546,7 +604,10 @@ pub fn needs_drop_reason(program: &str) -> Option<bool> {
         | PROG_DROP_INFERRED_TRACEPOINT
         | PROG_ENQUEUE_FEXIT
         | PROG_ENQUEUE_KPROBE
-        | PROG_ENQUEUE_KRETPROBE => Some(false),
+        | PROG_ENQUEUE_KRETPROBE
+        | PROG_ROUTE_INPUT_FEXIT
+        | PROG_ROUTE_INPUT_KPROBE
+        | PROG_ROUTE_INPUT_KRETPROBE => Some(false),
         _ => None,
     }
 }
@@ -566,9 +627,9 @@ mod contract_tests {
         event::{COUNTER_COUNT, Capture, FlowCount, FlowCountKey, STACK_ENTRIES},
         filter::{Filter, Selectors},
         names::{
-            CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, EVENTS_MAP,
-            FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP, FLOW_OVERFLOW_MAP, GENERATION_MAP,
-            OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
+            CAPTURE_GLOBAL, COUNTERS_MAP, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_ENTRIES,
+            ESCALATED_MAP, EVENTS_MAP, FEATURES_MAP, FILTER_GLOBAL, FLOW_COUNTS_MAP,
+            FLOW_OVERFLOW_MAP, GENERATION_MAP, OFFSETS_GLOBAL, SELECTORS_GLOBAL, STACKS_MAP,
         },
         offsets::KernelOffsets,
     };
@@ -703,6 +764,13 @@ mod contract_tests {
                 udptrace_common::event::FLOW_OVERFLOW_ENTRIES,
             ),
             (GENERATION_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+            (
+                ESCALATED_MAP,
+                bpf_map_type::BPF_MAP_TYPE_HASH,
+                4,
+                1,
+                ESCALATED_ENTRIES,
+            ),
             (FEATURES_MAP, bpf_map_type::BPF_MAP_TYPE_ARRAY, 4, 4, 1),
             // PERF_MAX_STACK_DEPTH (127) frames of 8 bytes.
             (

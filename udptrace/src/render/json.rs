@@ -16,6 +16,9 @@ use crate::{
 pub struct JsonOutput<W: Write> {
     out: W,
     buffer: Vec<u8>,
+    /// `udptrace watch`: failures are written as `anomaly` records and path events not at
+    /// all (they reach the verdicts' evidence).
+    anomalies_only: bool,
 }
 
 impl<W: Write> JsonOutput<W> {
@@ -23,6 +26,15 @@ impl<W: Write> JsonOutput<W> {
         Self {
             out,
             buffer: Vec::with_capacity(1024),
+            anomalies_only: false,
+        }
+    }
+
+    /// The records of `udptrace watch` (docs/json-schema.md): `anomaly` instead of `event`.
+    pub fn watch(out: W) -> Self {
+        Self {
+            anomalies_only: true,
+            ..Self::new(out)
         }
     }
 
@@ -89,7 +101,11 @@ impl<W: Write> Output for JsonOutput<W> {
     }
 
     fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
-        self.tagged("event", event, false)
+        match (self.anomalies_only, event.is_anomaly()) {
+            (false, _) => self.tagged("event", event, false),
+            (true, true) => self.tagged("anomaly", event, false),
+            (true, false) => Ok(()),
+        }
     }
 
     fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
@@ -109,6 +125,13 @@ impl<W: Write> Output for JsonOutput<W> {
             }
             Status::Undecodable(error) => {
                 json!({"type": "status", "code": "undecodable", "error": error.to_string()})
+            }
+            Status::Escalated { ports, seconds } => {
+                json!({"type": "status", "code": "escalated", "ports": ports, "seconds": seconds})
+            }
+            Status::EscalationEnded => json!({"type": "status", "code": "escalation_ended"}),
+            Status::EscalationFailed(error) => {
+                json!({"type": "status", "code": "escalation_failed", "error": error})
             }
         })?;
         self.flush()
@@ -268,6 +291,7 @@ mod tests {
                     },
                     skb: (index % 2 == 1).then_some(Skb(0xffff_8880_0000_1000 + index)),
                     tracked: index.is_multiple_of(4),
+                    escalated: index == 11,
                     conntrack: index.is_multiple_of(5).then_some(Conntrack {
                         original: Endpoints {
                             src: "192.0.2.1:40000".parse().unwrap(),
@@ -311,6 +335,41 @@ mod tests {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// `udptrace watch`: failures as `anomaly` records, path events not written one by one.
+    #[test]
+    fn watch_writes_anomalies_only() {
+        let events = events();
+        let mut out = Vec::new();
+        let mut json = JsonOutput::watch(&mut out);
+        for event in &events {
+            json.event(event).unwrap();
+        }
+        let text = String::from_utf8(out).unwrap();
+        let kinds: Vec<String> = text
+            .lines()
+            .map(|line| {
+                let value: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(value["type"], "anomaly", "{line}");
+                value["kind"].as_str().unwrap().to_owned()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "drop",
+                "drop",
+                "icmp",
+                "sock_error",
+                "send_error",
+                "recv_error"
+            ]
+        );
+        // In `--json` and verdict evidence, a path event escalation gathered says so.
+        let recv = &records(&events)[11];
+        assert!(recv.contains(r#""kind":"recv","probe""#), "{recv}");
+        assert!(recv.contains(r#""escalated":true"#), "{recv}");
     }
 
     #[test]

@@ -109,6 +109,13 @@ pub enum Status {
     /// The first record that could not be decoded; later ones are only counted
     /// (`Stats::decode_errors`).
     Undecodable(DecodeError),
+    /// `udptrace watch` attached the path hooks, narrowed to these ports, for an anomaly on
+    /// their flow; they stay until `until_ms` (monotonic milliseconds).
+    Escalated { ports: Vec<u16>, seconds: u64 },
+    /// Every escalation expired: the path hooks are detached again.
+    EscalationEnded,
+    /// The path hooks could not be attached again: the anomaly's verdict lacks path evidence.
+    EscalationFailed(String),
 }
 
 /// Totals at exit (and the numbers behind the status line).

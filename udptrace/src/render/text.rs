@@ -143,6 +143,15 @@ impl<W: Write> Output for TextOutput<W> {
             Status::Undecodable(error) => note(format_args!(
                 "udptrace: undecodable record ({error}); counting the rest"
             )),
+            Status::Escalated { ports, seconds } => note(format_args!(
+                "udptrace: escalating ports {ports:?} for {seconds} s: path hooks attached, narrowed to them"
+            )),
+            Status::EscalationEnded => note(format_args!(
+                "udptrace: escalation over: path hooks detached"
+            )),
+            Status::EscalationFailed(error) => note(format_args!(
+                "udptrace: cannot attach the path hooks for escalation: {error}"
+            )),
         }
         Ok(())
     }
@@ -266,6 +275,7 @@ mod tests {
             process: None,
             skb: None,
             tracked: false,
+            escalated: false,
             conntrack: None,
             fragment: None,
             family: Family::Ipv4,

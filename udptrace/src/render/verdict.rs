@@ -86,8 +86,14 @@ pub fn evidence_line(event: &TraceEvent) -> String {
         What::Drop { location, .. } => format!(" at {}", location_text(location)),
         _ => String::new(),
     };
+    // `udptrace watch`: the hooks that saw it were attached because the flow was escalated.
+    let escalated = if event.escalated {
+        " (from escalation)"
+    } else {
+        ""
+    };
     format!(
-        "{} {} {}{location}{place}",
+        "{} {} {}{location}{place}{escalated}",
         event.time.time_of_day(),
         event.kind_name(),
         event_summary(event)

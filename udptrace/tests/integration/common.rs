@@ -63,17 +63,18 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// Starts `udptrace --json ARGS...` once it is this test's turn to trace: the turn, the
 /// process and its stdout.
 pub fn spawn_udptrace(args: &[&str]) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
-    spawn_udptrace_with(args, &[])
+    spawn_udptrace_with(&["--json"], args, &[])
 }
 
-/// `spawn_udptrace` with environment variables `env` set.
+/// `udptrace LEADING ARGS...` with environment variables `env` set.
 fn spawn_udptrace_with(
+    leading: &[&str],
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
     let serial = serial();
     let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-        .arg("--json")
+        .args(leading)
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
@@ -102,7 +103,32 @@ impl Trace {
 
     /// `start` with environment variables `env` set (e.g. DOCKER_HOST).
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let (serial, child, stdout) = spawn_udptrace_with(args, env);
+        Self::spawned(spawn_udptrace_with(&["--json"], args, env))
+    }
+
+    /// Starts `udptrace watch ARGS...` (NDJSON without `--json`) and waits for its `ready`.
+    pub fn watch(args: &[&str]) -> Self {
+        Self::spawned(spawn_udptrace_with(&["watch"], args, &[]))
+    }
+
+    /// Waits up to `timeout` for a record `wanted` accepts (kept with the others); whether
+    /// one came.
+    pub fn wait_for(&mut self, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while let Ok(record) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let found = wanted(&record);
+            self.records.push(record);
+            if found {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn spawned((serial, child, stdout): (MutexGuard<'static, ()>, Child, ChildStdout)) -> Self {
         let started = Instant::now();
         let (sender, lines) = mpsc::channel();
         thread::spawn(move || {

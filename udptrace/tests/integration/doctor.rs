@@ -24,7 +24,8 @@ fn doctor(args: &[&str]) -> (bool, Value) {
 /// Hooks on kernel functions that have no tracepoint form (or, for `send`, a poorer one).
 const FUNCTION_HOOKS: [&str; 4] = ["send", "connect", "lookup", "icmp6_error"];
 /// Hooks that exist only as function probes: no mechanism where the kernel allows none.
-const FUNCTION_ONLY_HOOKS: [&str; 4] = ["connect", "lookup", "icmp6_error", "enqueue"];
+const FUNCTION_ONLY_HOOKS: [&str; 5] =
+    ["connect", "lookup", "icmp6_error", "enqueue", "route_input"];
 
 fn kprobes_available() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()

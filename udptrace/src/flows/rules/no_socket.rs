@@ -143,6 +143,36 @@ mod tests {
         sockets::{ListedSocket, Mismatch},
     };
 
+    /// `udptrace watch`: the hops escalation saw before and after the drop join the verdict,
+    /// one of each kind; hops of other flows and hops seen without escalation do not.
+    #[test]
+    fn escalated_hops_of_the_flow_become_evidence_once_per_kind() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let (client, server) = ("192.0.2.1:40000", "192.0.2.2:5801");
+        let hop = |what: What, src: &str, dst: &str, ts_ns: u64, escalated: bool| {
+            let mut hop = event(what, src, dst, ts_ns);
+            hop.escalated = escalated;
+            hop
+        };
+        diagnosis.observe(&hop(What::Xmit, client, server, 1, false));
+        diagnosis.observe(&hop(What::Xmit, client, server, 2, true));
+        diagnosis.observe(&hop(What::Recv, "192.0.2.9:1", server, 3, true));
+        diagnosis.observe(&event(drop("NO_SOCKET"), client, server, 4));
+        diagnosis.observe(&hop(What::Recv, client, server, 5, true));
+        diagnosis.observe(&hop(What::Recv, client, server, 6, true));
+        let verdict = &diagnosis.verdicts()[0];
+        assert_eq!(verdict.code, VerdictCode::PortUnreachable);
+        let evidence: Vec<(&str, u64, bool)> = verdict
+            .evidence
+            .iter()
+            .map(|e| (e.kind_name(), e.ts_ns, e.escalated))
+            .collect();
+        assert_eq!(
+            evidence,
+            [("drop", 4, false), ("xmit", 2, true), ("recv", 5, true)]
+        );
+    }
+
     #[test]
     fn a_connected_socket_is_a_fact_with_its_mismatch_and_its_connect() {
         let mut diagnosis = Diagnosis::new(pinned_socket_lister());
