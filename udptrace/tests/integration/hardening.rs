@@ -442,12 +442,18 @@ fn lab_namespaces(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits (at most 30 s) until process `pid` catches SIGINT: its `SigCgt` mask in
-/// /proc/PID/status has bit SIGINT - 1 (proc(5)). udptrace installs its handler first thing
-/// (`StopSignals` in main), before it loads anything; a fixed delay instead was too short for a
-/// loaded QEMU guest, where the signal came before the handler and killed it.
+/// Waits (at most 30 s) until process `pid` runs udptrace (/proc/PID/exe: before the exec the
+/// child still shows this test process, whose handlers an earlier test may have set) and
+/// catches SIGINT: its `SigCgt` mask in /proc/PID/status has bit SIGINT - 1 (proc(5)).
+/// udptrace installs its handler first thing (`StopSignals` in main), before it loads
+/// anything; a fixed delay instead was too short for a loaded QEMU guest, where the signal
+/// came before the handler and killed it.
 fn wait_until_it_catches_sigint(pid: u32) {
+    let udptrace = std::fs::canonicalize(UDPTRACE).expect("the udptrace binary");
     let catches = || {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok()? != udptrace {
+            return Some(false);
+        }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let mask = status
             .lines()
