@@ -43,7 +43,10 @@ use crate::{
     metrics::{self, Metrics, server::Endpoint},
     model::{TraceEvent, What},
     namespaces::Namespaces,
-    probes::attach::{AttachContext, HookOutcome, attach_all, detach, kprobe_status, reattach},
+    probes::{
+        attach::{AttachContext, HookOutcome, attach_all, detach, kprobe_status, reattach},
+        plan::Role,
+    },
     procs::Processes,
     recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
     render::{Output, Stats, Status, Tee, pcap::PcapOutput},
@@ -290,7 +293,7 @@ impl Tracer {
                 let map = ebpf
                     .take_map(ESCALATED_MAP)
                     .context("the eBPF object has no ESCALATED map")?;
-                for outcome in probes.iter().filter(|o| o.parkable()) {
+                for outcome in probes.iter().filter(|o| o.hook.role == Role::Path) {
                     detach(&mut ebpf, outcome);
                 }
                 Ok(Escalation {
@@ -585,7 +588,7 @@ impl Tracer {
             let knowledge = &self.knowledge;
             let has_function = |name: &str| knowledge.has_function(name);
             let context = attach_context(knowledge, self.config.probes, &has_function);
-            for outcome in self.probes.iter().filter(|o| o.parkable()) {
+            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
                 if let Err(error) = reattach(&mut self.ebpf, outcome, &context) {
                     let error = format!("{}: {error}", outcome.hook.name);
                     output
@@ -616,7 +619,7 @@ impl Tracer {
         }
         if !escalation.ports.any() && escalation.attached {
             escalation.attached = false;
-            for outcome in self.probes.iter().filter(|o| o.parkable()) {
+            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
                 detach(&mut self.ebpf, outcome);
             }
             if let Some(metrics) = &self.metrics {

@@ -37,7 +37,7 @@ use self::labels::{BoundedCounter, DropLabels, ErrnoLabels, IcmpLabels, Overflow
 use crate::{
     flows::{bounded::Bounded, table::FlowTable, verdict::Verdict},
     model::{DropReason, Family as AddressFamily, TraceEvent, What},
-    probes::attach::HookOutcome,
+    probes::{attach::HookOutcome, plan::Role},
     render::{Output, Stats, Status},
 };
 
@@ -292,7 +292,11 @@ impl Metrics {
 
     /// The hooks attached now, by mechanism.
     pub fn hooks(&self, probes: &[HookOutcome]) {
-        let parked = |o: &&HookOutcome| self.path_parked.load(Ordering::Relaxed) && o.parkable();
+        let parked = |o: &&HookOutcome| {
+            self.path_parked.load(Ordering::Relaxed)
+                && o.attached.is_some()
+                && o.hook.role == Role::Path
+        };
         let count = |mechanism: Option<Mechanism>| {
             probes
                 .iter()

@@ -17,7 +17,7 @@ use udptrace_common::{
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
 
-use super::plan::{Attachment, HOOKS, Hook, Role, Target, needs_drop_reason};
+use super::plan::{Attachment, HOOKS, Hook, Target, needs_drop_reason};
 
 /// What the engine may use, learnt before any attempt.
 pub struct AttachContext<'a> {
@@ -108,18 +108,6 @@ pub struct HookOutcome {
     pub hook: &'static Hook,
     pub attached: Option<Mechanism>,
     pub attempts: Vec<Attempt>,
-}
-
-impl HookOutcome {
-    /// Whether `udptrace watch` detaches this hook between escalations: a path hook, unless
-    /// it attached as kprobe/kretprobe. Those stay attached (narrowed in the kernel like the
-    /// others): an emulated Debian 6.1 guest (QEMU TCG) crashed once with a call to address
-    /// 0 from `__udp4_lib_rcv` while escalation re-attached the `__udp4_lib_lookup`
-    /// kretprobe during a drop storm, and a kretprobe unregistered with returns in flight is
-    /// the riskiest of the detaches; the cause is not established.
-    pub fn parkable(&self) -> bool {
-        self.hook.role == Role::Path && self.attached.is_some_and(|m| m != Mechanism::Kprobe)
-    }
 }
 
 /// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
