@@ -157,13 +157,27 @@ impl DropSites {
 pub struct DropEvidence {
     /// The skb an ICMP port unreachable was last sent about.
     pub port_unreachable_skb: u64,
-    /// The skb `__udp_enqueue_schedule_skb` last failed to queue, and its return value.
-    pub enqueue_failed_skb: u64,
-    pub enqueue_rc: i64,
-    /// The skb whose input route lookup (`ip_route_input_noref`) last failed, and its return
-    /// value.
-    pub route_failed_skb: u64,
-    pub route_rc: i64,
+    /// The last failed `__udp_enqueue_schedule_skb`.
+    pub enqueue: FailedCall,
+    /// The last failed input route lookup (`ip_route_input_noref`).
+    pub route_input: FailedCall,
+}
+
+/// A kernel function that failed on an skb: which skb, and its negative errno.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FailedCall {
+    pub skb: u64,
+    pub rc: i64,
+}
+
+impl FailedCall {
+    /// The errno this call returned for `skb`, if it was the last to fail on this CPU.
+    #[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
+    #[inline(always)]
+    fn errno_for(&self, skb: u64) -> Option<i64> {
+        (self.skb == skb).then_some(-self.rc)
+    }
 }
 
 impl InferredReason {
@@ -211,17 +225,12 @@ pub fn infer(
             InferredReason::NoSocket
         }
         Some(DropSiteKind::UdpReceive) => InferredReason::ShortOrChecksum,
-        Some(DropSiteKind::UdpQueue) if evidence.enqueue_failed_skb == skb => {
-            match -evidence.enqueue_rc {
-                ENOMEM => InferredReason::SocketRcvbuff,
-                ENOBUFS => InferredReason::ProtoMem,
-                _ => InferredReason::SocketFilterOrChecksum,
-            }
-        }
-        Some(DropSiteKind::UdpQueue) => InferredReason::SocketFilterOrChecksum,
-        Some(DropSiteKind::RouteInput)
-            if evidence.route_failed_skb == skb && -evidence.route_rc == EXDEV =>
-        {
+        Some(DropSiteKind::UdpQueue) => match evidence.enqueue.errno_for(skb) {
+            Some(ENOMEM) => InferredReason::SocketRcvbuff,
+            Some(ENOBUFS) => InferredReason::ProtoMem,
+            _ => InferredReason::SocketFilterOrChecksum,
+        },
+        Some(DropSiteKind::RouteInput) if evidence.route_input.errno_for(skb) == Some(EXDEV) => {
             InferredReason::IpRpfilter
         }
         Some(DropSiteKind::NeighQueue) => InferredReason::NeighQueuefull,
@@ -303,8 +312,7 @@ mod tests {
     #[test]
     fn a_failed_enqueue_names_the_queue_drop_by_its_errno() {
         let failed = |rc| DropEvidence {
-            enqueue_failed_skb: SKB,
-            enqueue_rc: rc,
+            enqueue: FailedCall { skb: SKB, rc },
             ..DropEvidence::default()
         };
         assert_eq!(
@@ -318,7 +326,7 @@ mod tests {
         );
         // Another skb's failure is not this one's.
         let mut elsewhere = failed(-12);
-        elsewhere.enqueue_failed_skb = SKB + 8;
+        elsewhere.enqueue.skb = SKB + 8;
         assert_eq!(
             reason(0x23c2, elsewhere),
             Some(InferredReason::SocketFilterOrChecksum)
@@ -328,8 +336,7 @@ mod tests {
     #[test]
     fn an_input_route_refused_as_cross_device_is_the_reverse_path_filter() {
         let failed = |rc| DropEvidence {
-            route_failed_skb: SKB,
-            route_rc: rc,
+            route_input: FailedCall { skb: SKB, rc },
             ..DropEvidence::default()
         };
         assert_eq!(
@@ -342,7 +349,7 @@ mod tests {
             Some(InferredReason::NotSpecified)
         );
         let mut elsewhere = failed(-18);
-        elsewhere.route_failed_skb = SKB + 8;
+        elsewhere.route_input.skb = SKB + 8;
         assert_eq!(
             reason(0x5123, elsewhere),
             Some(InferredReason::NotSpecified)

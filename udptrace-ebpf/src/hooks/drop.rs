@@ -25,7 +25,7 @@ use aya_ebpf::{
     },
 };
 use udptrace_common::{
-    drops::{DropEvidence, DropSites, InferredReason, infer},
+    drops::{DropEvidence, DropSites, FailedCall, InferredReason, infer},
     event::{AF_INET6, EventKind, Mechanism},
     offsets::ClassicTracepoint,
 };
@@ -160,7 +160,9 @@ fn on_drop_inferred(
 /// `bpf_get_func_ret` helper needs 5.17).
 #[fexit(function = "__udp_enqueue_schedule_skb")]
 pub fn enqueue_fexit(ctx: FExitContext) -> u32 {
-    enqueued(ctx.arg(1), ctx.arg::<i32>(2));
+    remember_failure(ctx.arg(1), ctx.arg::<i32>(2), |evidence| {
+        &mut evidence.enqueue
+    });
     0
 }
 
@@ -172,22 +174,23 @@ pub fn enqueue_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn enqueue_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some([skb, ..]) = take_entry(Probed::Enqueue) {
-        enqueued(skb, ctx.ret::<i32>());
+        remember_failure(skb, ctx.ret::<i32>(), |evidence| &mut evidence.enqueue);
     }
     0
 }
 
-/// Remembers a failed enqueue of `skb` for the kfree_skb that follows it on this CPU.
+/// Remembers a failed call (`rc` < 0) on `skb` in this CPU's evidence, in the slot `call`
+/// picks, for the kfree_skb that follows it on this CPU.
 #[inline(always)]
-fn enqueued(skb: u64, rc: i32) {
+fn remember_failure(skb: u64, rc: i32, call: impl FnOnce(&mut DropEvidence) -> &mut FailedCall) {
     if rc < 0
         && let Some(evidence) = DROP_EVIDENCE.get_ptr_mut(0)
     {
         // SAFETY: this CPU's slot; softirq work on one CPU does not interleave with itself.
-        unsafe {
-            (*evidence).enqueue_failed_skb = skb;
-            (*evidence).enqueue_rc = i64::from(rc);
-        }
+        *call(unsafe { &mut *evidence }) = FailedCall {
+            skb,
+            rc: i64::from(rc),
+        };
     }
 }
 
@@ -196,7 +199,9 @@ fn enqueued(skb: u64, rc: i32) {
 /// `ip_rcv_finish_core` frees the skb when it fails.
 #[fexit(function = "ip_route_input_noref")]
 pub fn route_input_fexit(ctx: FExitContext) -> u32 {
-    route_input_done(ctx.arg(0), ctx.arg::<i32>(5));
+    remember_failure(ctx.arg(0), ctx.arg::<i32>(5), |evidence| {
+        &mut evidence.route_input
+    });
     0
 }
 
@@ -208,24 +213,9 @@ pub fn route_input_kprobe(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn route_input_kretprobe(ctx: RetProbeContext) -> u32 {
     if let Some([skb, ..]) = take_entry(Probed::RouteInput) {
-        route_input_done(skb, ctx.ret::<i32>());
+        remember_failure(skb, ctx.ret::<i32>(), |evidence| &mut evidence.route_input);
     }
     0
-}
-
-/// Remembers a failed input route lookup of `skb` for the kfree_skb that follows it on this
-/// CPU.
-#[inline(always)]
-fn route_input_done(skb: u64, rc: i32) {
-    if rc < 0
-        && let Some(evidence) = DROP_EVIDENCE.get_ptr_mut(0)
-    {
-        // SAFETY: as in `enqueued`.
-        unsafe {
-            (*evidence).route_failed_skb = skb;
-            (*evidence).route_rc = i64::from(rc);
-        }
-    }
 }
 
 /// Remembers that a port unreachable is being sent about `skb` (called by the ICMP hooks for
@@ -233,7 +223,7 @@ fn route_input_done(skb: u64, rc: i32) {
 #[inline(always)]
 pub fn port_unreachable(skb: u64) {
     if let Some(evidence) = DROP_EVIDENCE.get_ptr_mut(0) {
-        // SAFETY: as in `enqueued`.
+        // SAFETY: as in `remember_failure`.
         unsafe { (*evidence).port_unreachable_skb = skb };
     }
 }

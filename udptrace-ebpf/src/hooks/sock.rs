@@ -304,22 +304,12 @@ pub fn recv_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[fexit(function = "udp_recvmsg")]
 pub fn recv_fexit_udp_recvmsg(ctx: FExitContext) -> u32 {
-    finish(on_result(
-        ctx.arg(0),
-        fexit_return(&ctx),
-        EventKind::RecvError,
-        Mechanism::Fentry,
-    ))
+    recv_returned(&ctx, fexit_return(&ctx))
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn recv_fexit_udpv6_recvmsg(ctx: FExitContext) -> u32 {
-    finish(on_result(
-        ctx.arg(0),
-        fexit_return(&ctx),
-        EventKind::RecvError,
-        Mechanism::Fentry,
-    ))
+    recv_returned(&ctx, fexit_return(&ctx))
 }
 
 /// `int udp_recvmsg(struct sock *sk, struct msghdr *msg, size_t len, int noblock, int flags,
@@ -328,19 +318,21 @@ pub fn recv_fexit_udpv6_recvmsg(ctx: FExitContext) -> u32 {
 /// follows the six arguments.
 #[fexit(function = "udp_recvmsg")]
 pub fn recv_fexit_ctx_udp_recvmsg(ctx: FExitContext) -> u32 {
-    finish(on_result(
-        ctx.arg(0),
-        ctx.arg::<i32>(6),
-        EventKind::RecvError,
-        Mechanism::Fentry,
-    ))
+    recv_returned(&ctx, ctx.arg::<i32>(6))
 }
 
 #[fexit(function = "udpv6_recvmsg")]
 pub fn recv_fexit_ctx_udpv6_recvmsg(ctx: FExitContext) -> u32 {
+    recv_returned(&ctx, ctx.arg::<i32>(6))
+}
+
+/// What every recv fexit program does with the return value `ret` it read (the socket is the
+/// first argument of both functions).
+#[inline(always)]
+fn recv_returned(ctx: &FExitContext, ret: i32) -> u32 {
     finish(on_result(
         ctx.arg(0),
-        ctx.arg::<i32>(6),
+        ret,
         EventKind::RecvError,
         Mechanism::Fentry,
     ))
