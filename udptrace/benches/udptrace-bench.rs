@@ -267,7 +267,10 @@ impl Variant {
     }
 
     /// The flows of one pass of a flow storm, and until when passes repeat (`None`: once).
-    fn flow_passes(self, start: Instant) -> anyhow::Result<(std::ops::Range<u32>, Option<Instant>)> {
+    fn flow_passes(
+        self,
+        start: Instant,
+    ) -> anyhow::Result<(std::ops::Range<u32>, Option<Instant>)> {
         Ok(if self == Self::WatchFlowStorm {
             (0..WATCH_FLOWS, Some(start + watch_flows_duration()?))
         } else {
@@ -834,7 +837,11 @@ fn check_drops(totals: &UdptraceTotals, no_ports: u64, sample: &Sample) -> anyho
             .as_u64()
             .with_context(|| format!("udptrace's stats lack {name:?}: {}", totals.stats))
     };
-    let (lost, sampled, uncounted) = (field("drops_lost")?, field("drops_sampled")?, field("uncounted")?);
+    let (lost, sampled, uncounted) = (
+        field("drops_lost")?,
+        field("drops_sampled")?,
+        field("uncounted")?,
+    );
     if totals.flow_drops != no_ports {
         bail!(
             "the flows' NO_SOCKET drops ({}, listed and other flows) differ from the kernel's \
@@ -883,7 +890,7 @@ fn startup(receiver: &Netns) -> anyhow::Result<String> {
                 variant == Variant::UdptraceNoMatch,
                 Peak::AtInterrupt,
             )
-                .with_context(|| format!("start {start}, {}", variant.name()))?;
+            .with_context(|| format!("start {start}, {}", variant.name()))?;
             ready[index].extend(sample.ready_ms.map(|ms| ms as f64));
             rss[index].extend(sample.peak_rss_kib.map(|kib| kib as f64 / 1024.0));
         }

@@ -173,10 +173,9 @@ pub fn check(binary: &Path, archive: &Path) -> anyhow::Result<()> {
     );
     // `watch` detaches its path hooks until an anomaly escalates a flow: it is watch that runs.
     ensure!(
-        exposition
-            .lines()
-            .any(|line| line.starts_with("udptrace_hooks_attached{mechanism=\"parked\"}")
-                && !line.ends_with(" 0")),
+        exposition.lines().any(|line| line
+            .starts_with("udptrace_hooks_attached{mechanism=\"parked\"}")
+            && !line.ends_with(" 0")),
         "the image's udptrace parked no path hook (is it `watch`?):\n{exposition}"
     );
     let dropped = closed_port_drops(metrics)?;
@@ -232,7 +231,9 @@ fn metrics_address(command: &[String]) -> anyhow::Result<&str> {
         .skip_while(|word| *word != "--metrics")
         .nth(1)
         .map(String::as_str)
-        .with_context(|| format!("{MANIFEST_PATH}: its command serves no metrics (`--metrics ADDR`)"))
+        .with_context(|| {
+            format!("{MANIFEST_PATH}: its command serves no metrics (`--metrics ADDR`)")
+        })
 }
 
 /// Sends `CHECK_DROPS` datagrams to `CLOSED_PORT` on the host's loopback (the container's
