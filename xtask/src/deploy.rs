@@ -116,3 +116,45 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+/// `cargo xtask image --check` runs the manifest's command line; the systemd unit runs the
+/// same one (on the same loopback address and port), with its log file added.
+#[test]
+fn the_image_check_runs_the_command_the_manifest_and_the_unit_ship() {
+    let manifest = fs::read_to_string(deploy().join("kubernetes/udptrace.yaml")).unwrap();
+    let command = crate::image::manifest_command(&manifest).unwrap();
+    assert_eq!(
+        command,
+        ["/udptrace", "watch", "--metrics", "127.0.0.1:9464"],
+        "the DaemonSet's command, its $(NODE_IP) expanded as the check does"
+    );
+    let unit = fs::read_to_string(deploy().join("systemd/udptrace-watch.service")).unwrap();
+    let exec_start: Vec<&str> = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(exec_start[1..command.len()], command[1..]);
+    assert_eq!(exec_start[command.len()], "--log");
+}
+
+#[test]
+fn the_image_check_refuses_a_command_line_it_cannot_read() {
+    let manifest = fs::read_to_string(deploy().join("kubernetes/udptrace.yaml")).unwrap();
+    let block_list = manifest.replace(
+        r#"args: ["watch", "--metrics", "$(NODE_IP):9464"]"#,
+        "args:\n            - watch",
+    );
+    let error = crate::image::manifest_command(&block_list).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("is not a one-line list of quoted strings"),
+        "{error:#}"
+    );
+    let unknown = manifest.replace("$(NODE_IP)", "$(POD_IP)");
+    let error = crate::image::manifest_command(&unknown).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("refers to a variable the image check does not set"),
+        "{error:#}"
+    );
+}
