@@ -4,12 +4,12 @@
 //! cached and a miss rescans at most every `RESCAN_INTERVAL`, or every `RESCAN_COST_FACTOR`
 //! times the last scan's duration when that is longer: a storm of lookups for unknown inodes
 //! (new flows, sockets no process holds) then costs at most about a tenth of a CPU. A
-//! container start Docker reported allows one scan at once: its new namespace's first events
-//! are named like the rest.
+//! container start Docker or Podman reported allows one scan at once: its new namespace's
+//! first events are named like the rest.
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, HashSet, hash_map::Entry},
     fs,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    containers::{Container, ContainerNames, Runtime, container_in_cgroup},
+    containers::{Container, ContainerNames, container_of},
     model::Process,
     sanitize::sanitize_kernel_string,
 };
@@ -31,8 +31,9 @@ struct Cache {
     netns: HashMap<u32, String>,
     /// A file that refers to each namespace, to enter it.
     netns_paths: HashMap<u32, PathBuf>,
-    /// The container of each namespace named after a process that runs in one.
-    netns_containers: HashMap<u32, (Runtime, String)>,
+    /// The container of each namespace whose first process runs in one, as /proc and the
+    /// runtime's state on disk tell (runtime and id; containerd's and CRI-O's names).
+    netns_containers: HashMap<u32, Container>,
     scanned: Option<Instant>,
     /// How long the last scan took.
     scan_took: Duration,
@@ -85,13 +86,13 @@ impl Processes {
         }
         // A namespace the last scan named has its container recorded (or none): only an
         // unknown namespace may rescan /proc, as for its name.
-        let (runtime, id) = self.lookup(|cache| {
+        let seen = self.lookup(|cache| {
             cache
                 .netns
                 .contains_key(&inode)
                 .then(|| cache.netns_containers.get(&inode).cloned())
         })??;
-        Some(self.containers.get(runtime, &id))
+        Some(self.containers.named(seen))
     }
 
     /// A path that opens network namespace `inode` (/run/netns/NAME or /proc/PID/ns/net).
@@ -150,14 +151,16 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
     }
     // PID 1's namespace link may be unreadable (sandboxes): udptrace's own, usually the
     // host's, is named `host`.
+    let mut hosts = HashSet::new();
     for (link, name) in [("1/ns/net", "init"), ("self/ns/net", "host")] {
         if let Ok(metadata) = fs::metadata(proc_root.join(link)) {
-            cache
-                .netns
-                .entry(metadata.ino() as u32)
-                .or_insert_with(|| name.into());
+            let inode = metadata.ino() as u32;
+            hosts.insert(inode);
+            cache.netns.entry(inode).or_insert_with(|| name.into());
         }
     }
+    // Namespaces whose first process (the lowest pid) was looked at.
+    let mut seen = HashSet::new();
     let Ok(processes) = fs::read_dir(proc_root) else {
         return;
     };
@@ -175,15 +178,17 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
             let inode = metadata.ino() as u32;
             if let Entry::Vacant(unnamed) = cache.netns.entry(inode) {
                 unnamed.insert(format!("{pid}:{comm}"));
-                // The process that names the namespace tells its container: its cgroup's
-                // path (kernel/cgroup/cgroup.c `proc_cgroup_show`). Only namespaces without
-                // another name: a `--network host` container is not the host.
-                if let Some(container) = fs::read_to_string(dir.join("cgroup"))
-                    .ok()
-                    .and_then(|text| container_in_cgroup(&text))
-                {
-                    cache.netns_containers.insert(inode, container);
-                }
+            }
+            // The namespace's first process tells its container: its cgroup's path
+            // (kernel/cgroup/cgroup.c `proc_cgroup_show`) and parent. Namespaces named in
+            // /run/netns too (Podman's netavark, CNI and `--network ns:PATH` put containers
+            // there; a namespace a daemon runs in first is not a container's), but not the
+            // host's: a `--network host` container is not the host.
+            if seen.insert(inode)
+                && !hosts.contains(&inode)
+                && let Some(container) = container_of(proc_root, pid)
+            {
+                cache.netns_containers.insert(inode, container);
             }
             cache
                 .netns_paths
