@@ -34,7 +34,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::oneshot;
 
 use crate::{
-    containers::{Runtime, SHORT_ID, api_sockets, connect_docker, listed_name},
+    containers::{Runtime, SHORT_ID, api_sockets, connect_api, listed_name},
     render::note,
     sanitize::sanitize_kernel_string,
 };
@@ -400,7 +400,7 @@ async fn resolve(
     wanted: Vec<Wanted>,
 ) -> anyhow::Result<(Docker, Selected)> {
     let product = runtime.product();
-    let docker = connect_docker(socket)
+    let docker = connect_api(runtime, socket)
         .await
         .with_context(|| format!("{product} does not answer on {}", socket.display()))?;
     let all: Vec<Candidate> = docker

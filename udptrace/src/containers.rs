@@ -73,6 +73,14 @@ const IMAGE_KEYS: &[&str] = &[
 ];
 /// containerd's longest identifier (pkg/identifiers `maxLength`).
 const CONTAINERD_ID_MAX: usize = 76;
+/// The Docker API version Podman 4's compatible API serves (docs.podman.io: "compatible with
+/// Docker v1.40"; 4.3 answers 1.41), used as is: negotiating asks its /version, which runs
+/// conmon and the OCI runtime for their versions (half a second here), so that a container's
+/// first events would come before its name.
+const PODMAN_API: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
 /// Seconds bollard waits for an answer.
 const API_TIMEOUT_SECS: u64 = 5;
 
@@ -506,14 +514,16 @@ pub fn podman_socket() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(PODMAN_SOCKET))
 }
 
-/// A client of the Docker daemon (or Podman's Docker-compatible service) on `socket`,
-/// speaking its API version.
-pub async fn connect_docker(socket: &Path) -> Result<Docker, bollard::errors::Error> {
-    let docker = Docker::connect_with_unix(
-        &socket.to_string_lossy(),
-        API_TIMEOUT_SECS,
-        bollard::API_DEFAULT_VERSION,
-    )?;
+/// A client of `runtime`'s Docker-compatible API on `socket`, speaking its API version.
+pub async fn connect_api(
+    runtime: Runtime,
+    socket: &Path,
+) -> Result<Docker, bollard::errors::Error> {
+    let path = socket.to_string_lossy();
+    if runtime == Runtime::Podman {
+        return Docker::connect_with_unix(&path, API_TIMEOUT_SECS, &PODMAN_API);
+    }
+    let docker = Docker::connect_with_unix(&path, API_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)?;
     // Debian's docker.io 20.10 speaks API 1.41, older than bollard's default.
     docker.negotiate_version().await
 }
@@ -528,7 +538,7 @@ async fn follow_api(
     mut asks: tokio::sync::mpsc::UnboundedReceiver<String>,
     started: &AtomicBool,
 ) {
-    let Ok(docker) = connect_docker(&socket).await else {
+    let Ok(docker) = connect_api(runtime, &socket).await else {
         return;
     };
     let store = |container: Container| {

@@ -55,7 +55,7 @@ const POD: [(&str, &str); 3] = [
 /// `server` (192.0.2.2, 198.51.100.2), where an IP_PKTINFO echo server answers on PORT. Field
 /// order is drop order: the server first.
 struct Topology {
-    server: Server,
+    _server: Server,
     a: Netns,
     b: Netns,
     _server_ns: Netns,
@@ -83,7 +83,7 @@ fn topology() -> Topology {
     )
     .expect("echo server");
     Topology {
-        server,
+        _server: server,
         a,
         b,
         _server_ns: server_ns,
