@@ -79,7 +79,7 @@ fn topology() -> Topology {
         &server_ns,
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)),
         ServerMode::EchoPktinfo,
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     )
     .expect("echo server");
     Topology {
