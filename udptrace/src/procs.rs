@@ -262,6 +262,70 @@ mod tests {
         assert!(Processes::default().netns_name(inode).is_some());
     }
 
+    /// A /proc and /run/netns stand-in: pid 1 in the host's namespace, pid 5 (a `--network
+    /// host` container) there too, pid 7 first in /run/netns/podman-ns, then pid 9 (a
+    /// container) in it; pid 20, a container, first in a namespace of its own.
+    #[test]
+    fn a_namespaces_first_process_tells_its_container_also_in_run_netns() {
+        let id = |c: char| c.to_string().repeat(64);
+        let root = std::env::temp_dir().join(format!("udptrace-first-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (proc_root, netns_root) = (root.join("proc"), root.join("netns"));
+        fs::create_dir_all(&netns_root).unwrap();
+        let namespace = |path: PathBuf| {
+            fs::write(&path, b"").unwrap();
+            fs::metadata(&path).unwrap().ino() as u32
+        };
+        let host = namespace(root.join("host"));
+        let named = namespace(netns_root.join("podman-ns"));
+        let own = namespace(root.join("own"));
+        let target = |inode: u32| {
+            [
+                root.join("host"),
+                netns_root.join("podman-ns"),
+                root.join("own"),
+            ]
+            .into_iter()
+            .find(|path| fs::metadata(path).unwrap().ino() as u32 == inode)
+            .unwrap()
+        };
+        for (pid, netns, cgroup) in [
+            (1, host, "0::/\n".to_owned()),
+            (5, host, format!("0::/libpod_parent/libpod-{}\n", id('a'))),
+            (7, named, "0::/\n".to_owned()),
+            (9, named, format!("0::/libpod_parent/libpod-{}\n", id('b'))),
+            (20, own, format!("0::/libpod_parent/libpod-{}\n", id('c'))),
+            (21, named, "0::/\n".to_owned()),
+        ] {
+            let dir = proc_root.join(pid.to_string());
+            fs::create_dir_all(dir.join("ns")).unwrap();
+            std::os::unix::fs::symlink(target(netns), dir.join("ns/net")).unwrap();
+            fs::write(dir.join("cgroup"), cgroup).unwrap();
+        }
+        let mut cache = Cache::default();
+        rescan(&mut cache, &proc_root, &netns_root);
+        // Pid 7 came first in podman-ns: not a container's, though pid 9 is one.
+        let before = cache.netns_containers.clone();
+        // Without pid 7, pid 9 is podman-ns's first process.
+        fs::remove_dir_all(proc_root.join("7")).unwrap();
+        rescan(&mut cache, &proc_root, &netns_root);
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(before.keys().copied().collect::<Vec<_>>(), [own]);
+        assert_eq!(before[&own].id, id('c'));
+        assert_eq!(
+            cache.netns_containers.len(),
+            2,
+            "{:?}",
+            cache.netns_containers
+        );
+        assert_eq!(cache.netns_containers[&named].id, id('b'));
+        assert_eq!(cache.netns[&named], "podman-ns");
+        assert!(
+            !cache.netns_containers.contains_key(&host),
+            "the host is no container"
+        );
+    }
+
     #[test]
     fn namespace_names_are_escaped() {
         // A /run/netns stand-in with a hostile name (rescan only stats the entries).

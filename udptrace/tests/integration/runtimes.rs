@@ -387,6 +387,22 @@ fn podman_containers_named_and_selected_through_podmans_api() {
             None,
         );
 
+        // An unknown name: Podman's answer, before anything is loaded.
+        let refused = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+            .args(["--container", "rt-podman-none", "port", &port])
+            .envs(env.iter().copied())
+            .output()
+            .expect("udptrace");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{stderr}");
+        assert!(
+            stderr.contains(
+                "--container rt-podman-none: Podman knows no container by that name or id \
+                 (`podman ps -a` lists them)"
+            ),
+            "{stderr}"
+        );
+
         // --container by name, asked of Podman's API: b's namespace only.
         let trace = Trace::start_with(&["--container", "rt-podman-b", "port", &port], &env);
         both_talk(talk, &a, &b);
