@@ -7,14 +7,18 @@
 //! programs run; a restarted container's events are shown from the moment its new inode is in
 //! the map, milliseconds after Docker reported the start.
 //!
-//! Docker's API is the one asked, as for names (containers.rs); a pod is the set of containers
-//! carrying the kubelet's labels `io.kubernetes.pod.namespace` and `io.kubernetes.pod.name`
-//! (dockershim, cri-dockerd). Nothing here runs unless one of the options is given.
+//! Docker's API is the one asked, as for names (containers.rs), else Podman's, whose
+//! Docker-compatible API has the same shape (`State.Pid`, labels, `start`/`die` events): the
+//! first runtime that knows every wanted container is followed. A pod is the set of
+//! containers carrying the kubelet's labels `io.kubernetes.pod.namespace` and
+//! `io.kubernetes.pod.name` (dockershim, cri-dockerd, `podman run --label`). containerd and
+//! CRI-O have no such API here (containers.rs reads their state on disk): they are not
+//! selectable. Nothing here runs unless one of the options is given.
 
 use std::{
     collections::HashMap,
     os::unix::fs::MetadataExt as _,
-    path::Path,
+    path::{Path, PathBuf},
     sync::mpsc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -30,7 +34,7 @@ use futures_util::StreamExt as _;
 use tokio::sync::oneshot;
 
 use crate::{
-    containers::{SHORT_ID, connect_docker, docker_socket, listed_name},
+    containers::{Runtime, SHORT_ID, api_sockets, connect_api, listed_name},
     render::note,
     sanitize::sanitize_kernel_string,
 };
@@ -97,9 +101,13 @@ impl Wanted {
         }
     }
 
-    /// The containers of `all` this asks for, as Docker resolves a container's name or id:
-    /// an exact name or id first, else a unique start of an id.
-    fn choose<'a>(&self, all: &'a [Candidate]) -> Result<Vec<&'a Candidate>, String> {
+    /// The containers of `all` (`runtime`'s) this asks for, as Docker resolves a container's
+    /// name or id: an exact name or id first, else a unique start of an id.
+    fn choose<'a>(
+        &self,
+        runtime: Runtime,
+        all: &'a [Candidate],
+    ) -> Result<Vec<&'a Candidate>, String> {
         match self {
             Self::Container(word) => {
                 if let Some(exact) = all.iter().find(|c| c.name == *word || c.id == *word) {
@@ -110,10 +118,11 @@ impl Wanted {
                     .filter(|c| c.id.starts_with(word.as_str()))
                     .collect();
                 match by_prefix.len() {
-                    0 => Err(
-                        "Docker knows no container by that name or id (`docker ps -a` lists them)"
-                            .into(),
-                    ),
+                    0 => Err(format!(
+                        "{} knows no container by that name or id (`{} ps -a` lists them)",
+                        runtime.product(),
+                        runtime.name()
+                    )),
                     1 => Ok(by_prefix),
                     n => Err(format!(
                         "{n} containers' ids start so: give more of the id, or the name"
@@ -174,11 +183,12 @@ impl Candidate {
             && self.labels.get(POD_NAME_LABEL).map(String::as_str) == Some(name)
     }
 
-    /// `NAME (docker SHORT-ID)`, sanitized.
-    fn shown(&self) -> String {
+    /// `NAME (RUNTIME SHORT-ID)`, sanitized.
+    fn shown(&self, runtime: Runtime) -> String {
         format!(
-            "{} (docker {})",
+            "{} ({} {})",
             sanitize_kernel_string(self.name.as_bytes()),
+            runtime.name(),
             self.id.get(..SHORT_ID).unwrap_or(&self.id)
         )
     }
@@ -282,21 +292,28 @@ pub struct Following {
 }
 
 impl ContainerSelection {
-    /// Asks Docker (`socket`, else DOCKER_HOST's or /run/docker.sock) where the wanted
-    /// containers' traffic is: a clear error when no daemon answers, a container is unknown or
-    /// not running, or shares the host's namespace.
+    /// Asks Docker (`socket`, else DOCKER_HOST's or /run/docker.sock), else Podman
+    /// (CONTAINER_HOST's or /run/podman/podman.sock), where the wanted containers' traffic is:
+    /// a clear error when no runtime answers, a container is unknown or not running, or
+    /// shares the host's namespace.
     pub fn resolve(wanted: &[Wanted], socket: Option<&Path>) -> anyhow::Result<Self> {
         let shown = wanted
             .iter()
             .map(Wanted::shown)
             .collect::<Vec<_>>()
             .join(" ");
-        let socket = docker_socket(socket);
-        if !socket.exists() {
+        let [(_, docker), (_, podman)] = api_sockets(socket);
+        let apis: Vec<(Runtime, PathBuf)> = api_sockets(socket)
+            .into_iter()
+            .filter(|(_, socket)| socket.exists())
+            .collect();
+        if apis.is_empty() {
             bail!(
                 "{shown}: no container runtime to ask: {} does not exist (udptrace asks Docker's \
-                 API; DOCKER_HOST=unix://PATH names another socket)",
-                socket.display()
+                 API; DOCKER_HOST=unix://PATH names another socket), nor {} (Podman's; \
+                 CONTAINER_HOST=unix://PATH)",
+                docker.display(),
+                podman.display()
             );
         }
         let (ready, answer) = mpsc::channel();
@@ -321,26 +338,36 @@ impl ContainerSelection {
                     let since = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
-                    let resolved = match resolve(&socket, wanted).await {
-                        Ok(resolved) => resolved,
-                        Err(error) => {
-                            let _ = ready.send(Err(error));
-                            return;
+                    // The first runtime that knows them all; else what each said.
+                    let mut errors = Vec::new();
+                    let mut resolved = None;
+                    for (runtime, socket) in apis {
+                        match resolve(runtime, &socket, wanted.clone()).await {
+                            Ok(found) => {
+                                resolved = Some((runtime, found));
+                                break;
+                            }
+                            Err(error) => errors.push(format!("{error:#}")),
                         }
+                    }
+                    let Some((runtime, (docker, selected))) = resolved else {
+                        let _ = ready.send(Err(anyhow!(errors.join("; "))));
+                        return;
                     };
-                    let (docker, selected) = resolved;
                     if ready.send(Ok(selected.inodes())).is_err() {
                         return;
                     }
                     if let Ok((map, stop)) = map_rx.await {
-                        follow(&docker, selected, map, since, stop).await;
+                        follow(runtime, &docker, selected, map, since, stop).await;
                     }
                 });
             })
             .context("starting the container filter's thread")?;
         let inodes = answer
             .recv_timeout(RESOLVE_TIMEOUT)
-            .map_err(|_| anyhow!("{shown}: Docker did not answer within {RESOLVE_TIMEOUT:?}"))?
+            .map_err(|_| {
+                anyhow!("{shown}: the container runtime did not answer within {RESOLVE_TIMEOUT:?}")
+            })?
             .with_context(|| shown.clone())?;
         Ok(Self { inodes, map })
     }
@@ -365,32 +392,40 @@ impl ContainerSelection {
     }
 }
 
-/// Lists Docker's containers, chooses the wanted ones and finds their namespaces.
-async fn resolve(socket: &Path, wanted: Vec<Wanted>) -> anyhow::Result<(Docker, Selected)> {
-    let docker = connect_docker(socket)
+/// Lists `runtime`'s containers (its API on `socket`), chooses the wanted ones and finds
+/// their namespaces.
+async fn resolve(
+    runtime: Runtime,
+    socket: &Path,
+    wanted: Vec<Wanted>,
+) -> anyhow::Result<(Docker, Selected)> {
+    let product = runtime.product();
+    let docker = connect_api(runtime, socket)
         .await
-        .with_context(|| format!("Docker does not answer on {}", socket.display()))?;
+        .with_context(|| format!("{product} does not answer on {}", socket.display()))?;
     let all: Vec<Candidate> = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             ..ListContainersOptions::default()
         }))
         .await
-        .with_context(|| format!("listing Docker's containers on {}", socket.display()))?
+        .with_context(|| format!("listing {product}'s containers on {}", socket.display()))?
         .into_iter()
         .filter_map(|summary| Candidate::from_summary(&summary))
         .collect();
     let mut selected = Selected::default();
     for one in &wanted {
         let chosen = one
-            .choose(&all)
+            .choose(runtime, &all)
             .map_err(|e| anyhow!("{}: {e}", one.shown()))?;
         let mut running = 0;
         for candidate in chosen {
             let inspected = docker
                 .inspect_container(&candidate.id, None)
                 .await
-                .with_context(|| format!("{}: inspecting {}", one.shown(), candidate.shown()))?;
+                .with_context(|| {
+                    format!("{}: inspecting {}", one.shown(), candidate.shown(runtime))
+                })?;
             match place_of(&inspected) {
                 Place::Netns(inode) => {
                     running += 1;
@@ -401,7 +436,7 @@ async fn resolve(socket: &Path, wanted: Vec<Wanted>) -> anyhow::Result<(Docker, 
                      shared with all the host's traffic; select its traffic by port or address \
                      instead",
                     one.shown(),
-                    candidate.shown()
+                    candidate.shown(runtime)
                 ),
                 // A pod may have finished containers (init containers); it needs one running.
                 Place::Stopped(_) if matches!(one, Wanted::Pod { .. }) => {
@@ -411,7 +446,7 @@ async fn resolve(socket: &Path, wanted: Vec<Wanted>) -> anyhow::Result<(Docker, 
                     "{}: {} is not running ({status}); its network namespace exists only while \
                      it runs",
                     one.shown(),
-                    candidate.shown()
+                    candidate.shown(runtime)
                 ),
             }
         }
@@ -427,10 +462,11 @@ async fn resolve(socket: &Path, wanted: Vec<Wanted>) -> anyhow::Result<(Docker, 
     Ok((docker, selected))
 }
 
-/// Keeps `map` current: each container Docker starts or stops that was asked for gets its
-/// namespace added or removed, until `stop` or the end of Docker's event stream (the map then
-/// stays as it is, said on stderr).
+/// Keeps `map` current: each container `runtime` (Docker or Podman) starts or stops that was
+/// asked for gets its namespace added or removed, until `stop` or the end of its event stream
+/// (the map then stays as it is, said on stderr).
 async fn follow(
+    runtime: Runtime,
     docker: &Docker,
     mut selected: Selected,
     mut map: BpfHashMap<MapData, u32, u32>,
@@ -456,8 +492,9 @@ async fn follow(
         };
         let Some(Ok(event)) = event else {
             note(format_args!(
-                "udptrace: Docker's event stream ended: --container/--pod keep the network \
-                 namespaces selected so far"
+                "udptrace: {}'s event stream ended: --container/--pod keep the network \
+                 namespaces selected so far",
+                runtime.product()
             ));
             return;
         };
@@ -528,7 +565,7 @@ mod tests {
     fn chosen(wanted: &Wanted) -> Result<Vec<String>, String> {
         let all = all();
         wanted
-            .choose(&all)
+            .choose(Runtime::Docker, &all)
             .map(|c| c.iter().map(|c| c.name.clone()).collect())
     }
 

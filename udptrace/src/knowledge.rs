@@ -41,8 +41,8 @@ pub struct Knowledge {
 }
 
 impl Knowledge {
-    /// Reads BTF, tracefs and kallsyms, and starts following the container runtime
-    /// (`docker_socket`, else DOCKER_HOST's or the default socket). Only a kernel without BTF
+    /// Reads BTF, tracefs and kallsyms, and starts following the container runtimes' APIs
+    /// (Docker's: `docker_socket`, else DOCKER_HOST's or the default socket; Podman's). Only a kernel without BTF
     /// is fatal: without struct offsets no program can read an skb.
     pub fn load(docker_socket: Option<&Path>) -> anyhow::Result<Self> {
         // Reading /proc/kallsyms costs the kernel some tens of milliseconds of formatting:

@@ -4,12 +4,12 @@
 //! cached and a miss rescans at most every `RESCAN_INTERVAL`, or every `RESCAN_COST_FACTOR`
 //! times the last scan's duration when that is longer: a storm of lookups for unknown inodes
 //! (new flows, sockets no process holds) then costs at most about a tenth of a CPU. A
-//! container start Docker reported allows one scan at once: its new namespace's first events
-//! are named like the rest.
+//! container start Docker or Podman reported allows one scan at once: its new namespace's
+//! first events are named like the rest.
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, HashSet, hash_map::Entry},
     fs,
     os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    containers::{Container, ContainerNames, Runtime, container_in_cgroup},
+    containers::{Container, ContainerNames, container_of},
     model::Process,
     sanitize::sanitize_kernel_string,
 };
@@ -31,8 +31,9 @@ struct Cache {
     netns: HashMap<u32, String>,
     /// A file that refers to each namespace, to enter it.
     netns_paths: HashMap<u32, PathBuf>,
-    /// The container of each namespace named after a process that runs in one.
-    netns_containers: HashMap<u32, (Runtime, String)>,
+    /// The container of each namespace whose first process runs in one, as /proc and the
+    /// runtime's state on disk tell (runtime and id; containerd's and CRI-O's names).
+    netns_containers: HashMap<u32, Container>,
     scanned: Option<Instant>,
     /// How long the last scan took.
     scan_took: Duration,
@@ -85,13 +86,13 @@ impl Processes {
         }
         // A namespace the last scan named has its container recorded (or none): only an
         // unknown namespace may rescan /proc, as for its name.
-        let (runtime, id) = self.lookup(|cache| {
+        let seen = self.lookup(|cache| {
             cache
                 .netns
                 .contains_key(&inode)
                 .then(|| cache.netns_containers.get(&inode).cloned())
         })??;
-        Some(self.containers.get(runtime, &id))
+        Some(self.containers.named(seen))
     }
 
     /// A path that opens network namespace `inode` (/run/netns/NAME or /proc/PID/ns/net).
@@ -150,14 +151,16 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
     }
     // PID 1's namespace link may be unreadable (sandboxes): udptrace's own, usually the
     // host's, is named `host`.
+    let mut hosts = HashSet::new();
     for (link, name) in [("1/ns/net", "init"), ("self/ns/net", "host")] {
         if let Ok(metadata) = fs::metadata(proc_root.join(link)) {
-            cache
-                .netns
-                .entry(metadata.ino() as u32)
-                .or_insert_with(|| name.into());
+            let inode = metadata.ino() as u32;
+            hosts.insert(inode);
+            cache.netns.entry(inode).or_insert_with(|| name.into());
         }
     }
+    // Namespaces whose first process (the lowest pid) was looked at.
+    let mut seen = HashSet::new();
     let Ok(processes) = fs::read_dir(proc_root) else {
         return;
     };
@@ -175,15 +178,17 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
             let inode = metadata.ino() as u32;
             if let Entry::Vacant(unnamed) = cache.netns.entry(inode) {
                 unnamed.insert(format!("{pid}:{comm}"));
-                // The process that names the namespace tells its container: its cgroup's
-                // path (kernel/cgroup/cgroup.c `proc_cgroup_show`). Only namespaces without
-                // another name: a `--network host` container is not the host.
-                if let Some(container) = fs::read_to_string(dir.join("cgroup"))
-                    .ok()
-                    .and_then(|text| container_in_cgroup(&text))
-                {
-                    cache.netns_containers.insert(inode, container);
-                }
+            }
+            // The namespace's first process tells its container: its cgroup's path
+            // (kernel/cgroup/cgroup.c `proc_cgroup_show`) and parent. Namespaces named in
+            // /run/netns too (Podman's netavark, CNI and `--network ns:PATH` put containers
+            // there; a namespace a daemon runs in first is not a container's), but not the
+            // host's: a `--network host` container is not the host.
+            if seen.insert(inode)
+                && !hosts.contains(&inode)
+                && let Some(container) = container_of(proc_root, pid)
+            {
+                cache.netns_containers.insert(inode, container);
             }
             cache
                 .netns_paths
@@ -255,6 +260,70 @@ mod tests {
     fn names_our_own_namespace() {
         let inode = fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
         assert!(Processes::default().netns_name(inode).is_some());
+    }
+
+    /// A /proc and /run/netns stand-in: pid 1 in the host's namespace, pid 5 (a `--network
+    /// host` container) there too, pid 7 first in /run/netns/podman-ns, then pid 9 (a
+    /// container) in it; pid 20, a container, first in a namespace of its own.
+    #[test]
+    fn a_namespaces_first_process_tells_its_container_also_in_run_netns() {
+        let id = |c: char| c.to_string().repeat(64);
+        let root = std::env::temp_dir().join(format!("udptrace-first-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (proc_root, netns_root) = (root.join("proc"), root.join("netns"));
+        fs::create_dir_all(&netns_root).unwrap();
+        let namespace = |path: PathBuf| {
+            fs::write(&path, b"").unwrap();
+            fs::metadata(&path).unwrap().ino() as u32
+        };
+        let host = namespace(root.join("host"));
+        let named = namespace(netns_root.join("podman-ns"));
+        let own = namespace(root.join("own"));
+        let target = |inode: u32| {
+            [
+                root.join("host"),
+                netns_root.join("podman-ns"),
+                root.join("own"),
+            ]
+            .into_iter()
+            .find(|path| fs::metadata(path).unwrap().ino() as u32 == inode)
+            .unwrap()
+        };
+        for (pid, netns, cgroup) in [
+            (1, host, "0::/\n".to_owned()),
+            (5, host, format!("0::/libpod_parent/libpod-{}\n", id('a'))),
+            (7, named, "0::/\n".to_owned()),
+            (9, named, format!("0::/libpod_parent/libpod-{}\n", id('b'))),
+            (20, own, format!("0::/libpod_parent/libpod-{}\n", id('c'))),
+            (21, named, "0::/\n".to_owned()),
+        ] {
+            let dir = proc_root.join(pid.to_string());
+            fs::create_dir_all(dir.join("ns")).unwrap();
+            std::os::unix::fs::symlink(target(netns), dir.join("ns/net")).unwrap();
+            fs::write(dir.join("cgroup"), cgroup).unwrap();
+        }
+        let mut cache = Cache::default();
+        rescan(&mut cache, &proc_root, &netns_root);
+        // Pid 7 came first in podman-ns: not a container's, though pid 9 is one.
+        let before = cache.netns_containers.clone();
+        // Without pid 7, pid 9 is podman-ns's first process.
+        fs::remove_dir_all(proc_root.join("7")).unwrap();
+        rescan(&mut cache, &proc_root, &netns_root);
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(before.keys().copied().collect::<Vec<_>>(), [own]);
+        assert_eq!(before[&own].id, id('c'));
+        assert_eq!(
+            cache.netns_containers.len(),
+            2,
+            "{:?}",
+            cache.netns_containers
+        );
+        assert_eq!(cache.netns_containers[&named].id, id('b'));
+        assert_eq!(cache.netns[&named], "podman-ns");
+        assert!(
+            !cache.netns_containers.contains_key(&host),
+            "the host is no container"
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ use crate::process::{self, Privilege, output, run};
 /// udptrace with a real server, started by the test with its own configuration and data
 /// directory; the package's own service is not started where no systemd runs),
 /// python3-kubernetes and systemd (deploy/: the DaemonSet manifest is checked against the
-/// Kubernetes API's models, the unit by `systemd-analyze verify`).
+/// Kubernetes API's models, the unit by `systemd-analyze verify`), podman and containerd
+/// (udptrace names their containers: the tests run a private `podman system service` and a
+/// private containerd with `ctr`, each with its own state in a scratch directory).
 pub const PACKAGES: &[&str] = &[
     "iproute2",
     "nftables",
@@ -30,6 +32,8 @@ pub const PACKAGES: &[&str] = &[
     "prometheus",
     "python3-kubernetes",
     "systemd",
+    "podman",
+    "containerd",
 ];
 
 /// What `cargo xtask dist --check` (and the test command) runs the static binary under: a

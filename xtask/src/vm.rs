@@ -424,6 +424,12 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "needs tshark (as above) to read the cut file",
     ),
     (
+        "runtimes::",
+        "needs a real Podman and containerd (Debian's podman, containerd and runc), which the \
+         guests do not carry; what they exercise is userspace (/proc, the runtimes' APIs and \
+         state), the same on every kernel",
+    ),
+    (
         "metrics::prometheus_scrapes",
         "needs a real Prometheus server (Debian's prometheus), which the guests do not carry; \
          the drop counts it reads are the kernel's per-flow counts, checked exactly in every \

@@ -213,25 +213,31 @@ impl Drop for PrivateDocker {
                 let _ = self.run(&["rm", "-f", id]);
             }
         }
-        // SAFETY: kill(2) on the daemon's pid, our child (not yet reaped, so not reused).
-        unsafe {
-            libc::kill(self.daemon.id() as libc::pid_t, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline && matches!(self.daemon.try_wait(), Ok(None)) {
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.daemon.kill();
-        let _ = self.daemon.wait();
+        stop_daemon(&mut self.daemon);
         unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
+/// Stops `daemon`, a child of this process: SIGTERM (a daemon unmounts what it mounted and
+/// stops its children), SIGKILL when it has not ended within STOP_TIMEOUT; reaped.
+pub fn stop_daemon(daemon: &mut Child) {
+    // SAFETY: kill(2) on our child's pid (not yet reaped, so not reused).
+    unsafe {
+        libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline && matches!(daemon.try_wait(), Ok(None)) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
 /// Detaches what the daemon left mounted under `dir`: a container on the host's network makes
 /// dockerd bind-mount the host's namespace at `exec/netns/default`, and it does not unmount it
 /// when it stops (the directory could not be removed).
-fn unmount_under(dir: &Path) {
+pub fn unmount_under(dir: &Path) {
     let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
         return;
     };

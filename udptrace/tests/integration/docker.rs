@@ -224,20 +224,29 @@ fn assert_named(records: &[Value], container: &Container, context: &dyn Fn() -> 
     }
 }
 
-/// Without an answering runtime, names are as before and nothing waits: DOCKER_HOST names a
-/// socket that accepts connections but never answers (bollard's requests time out on the
-/// background thread), and the lab's closed-port incident is traced as always.
+/// Without an answering runtime, names are as before and nothing waits: DOCKER_HOST and
+/// CONTAINER_HOST (Podman's) name sockets that accept connections but never answer (bollard's
+/// requests time out on the background thread), and the lab's closed-port incident is traced
+/// as always.
 #[test]
 fn a_silent_runtime_changes_nothing() {
     require_root();
     let scratch = tempdir("silent-docker");
     let socket = scratch.join("sock");
     let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let podman_socket = scratch.join("podman.sock");
+    let _podman_listener = std::os::unix::net::UnixListener::bind(&podman_socket).unwrap();
     let scenario = scenarios::find("closed-port").unwrap();
     let lab = scenario.setup().expect("lab setup");
     let trace = Trace::start_with(
         &["port", &scenario.port().to_string()],
-        &[("DOCKER_HOST", &format!("unix://{}", socket.display()))],
+        &[
+            ("DOCKER_HOST", &format!("unix://{}", socket.display())),
+            (
+                "CONTAINER_HOST",
+                &format!("unix://{}", podman_socket.display()),
+            ),
+        ],
     );
     let outcome = scenario.exercise(&lab).expect("exercise");
     let records = trace.stop();

@@ -13,6 +13,7 @@ mod path;
 mod pcap;
 mod real_tools;
 mod recordings;
+mod runtimes;
 mod scale;
 mod verdicts;
 mod watch;
