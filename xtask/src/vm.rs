@@ -456,6 +456,26 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "command-line checks before anything loads",
     ),
     (
+        "hardening::lab_run_",
+        "the lab's cleanup when it is interrupted or killed early: udptrace's own bookkeeping \
+         of the namespaces, links and peers it made, the same on every kernel",
+    ),
+    (
+        "hardening::head_ends_a_quiet_trace_within_a_second",
+        "udptrace noticing a closed stdout pipe with nothing to print: userspace, the same on \
+         every kernel; the busy case, where events from the kernel's ring race the pipe, runs \
+         in every guest (hardening::head_ends_a_busy_trace_within_a_second)",
+    ),
+    (
+        "hardening::head_ends_a_text_trace_with_stderr_in_the_pipe",
+        "as the quiet case above, with stderr in the pipe",
+    ),
+    (
+        "recordings::recorded_runs_replay_to_the_verdicts_and_flows_they_showed",
+        "replay is userspace reading a file; the live runs it records are lab scenarios whose \
+         verdicts every guest checks (verdicts::every_scenario_yields_exactly_its_verdicts)",
+    ),
+    (
         "doctor::bad_filters_exit_2_with_a_caret",
         "filter-expression errors found by the parser before anything loads; every accepted \
          filter shape is compiled and verified in every guest (filters::)",
