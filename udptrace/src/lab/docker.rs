@@ -31,7 +31,9 @@ const BIP: &str = "198.51.100.1/24";
 const ADDRESS_POOL: &str = "203.0.113.0/24";
 /// The image: an empty root file system; the containers bind-mount the host's binaries.
 pub const IMAGE: &str = "udptrace-lab:empty";
-const HOST_BINARIES: &[&str] = &[
+/// Mounted read-only into every lab container (the image is empty): /bin/sh, nc and their
+/// libraries. The runtime tests' Podman and containerd containers mount the same.
+pub const HOST_BINARIES: &[&str] = &[
     "/usr",
     "/lib",
     "/lib64",

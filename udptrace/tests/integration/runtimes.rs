@@ -19,6 +19,7 @@ use std::{
 
 use serde_json::Value;
 use udptrace::lab::{
+    docker::HOST_BINARIES,
     dockerd::{stop_daemon, unmount_under},
     netns::{Netns, veth},
     peers::{Server, ServerMode},
@@ -31,15 +32,6 @@ const PORT: u16 = 47100;
 const PODMAN: &str = "/usr/bin/podman";
 const CONTAINERD: &str = "/usr/bin/containerd";
 const CTR: &str = "/usr/bin/ctr";
-/// Mounted read-only into every container, for /bin/sh, nc, sleep and their libraries.
-const HOST_BINARIES: &[&str] = &[
-    "/usr",
-    "/lib",
-    "/lib64",
-    "/bin",
-    "/sbin",
-    "/etc/alternatives",
-];
 /// A daemon is ready in a second or two here; under load, give it more.
 const READY_TIMEOUT: Duration = Duration::from_mins(1);
 /// The containers idle until the test makes them talk; bounded.
