@@ -59,10 +59,17 @@ pub fn sk_error_kprobe(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn on_sk_error(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
+    let error: i32 = kernel::read(sk, kernel::offset(|o| &o.sk_err))?;
+    // On an IP_RECVERR socket `__udp4_lib_err` / `__udp6_lib_err` queue the error first
+    // (`ip_icmp_error` -> `sock_queue_err_skb`, which reports to the socket while `sk_err` is
+    // still 0) and then set `sk->sk_err = err` and report again (net/ipv4/udp.c,
+    // net/core/skbuff.c): the first report has no errno to give, the second one carries it.
+    if error == 0 {
+        return Ok(());
+    }
     let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
-    let error: i32 = kernel::read(sk, kernel::offset(|o| &o.sk_err))?;
     report.detail.error = error.unsigned_abs();
     report.submit(EventKind::SockError, Context::Softirq);
     Ok(())

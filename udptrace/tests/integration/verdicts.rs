@@ -295,6 +295,10 @@ fn neighbour_failures_name_the_address_device_and_errno() {
             has("sock_error", "errno", "EHOSTUNREACH"),
             "{name}: {evidence:#?}"
         );
+        // The report made while the error is queued, before `sk_err` is set, has no errno.
+        for error in events(&records, "sock_error") {
+            assert_ne!(error["code"], 0, "{name}: {error}");
+        }
     }
 }
 
