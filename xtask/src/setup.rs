@@ -33,6 +33,10 @@ pub const PACKAGES: &[&str] = &[
     "python3-kubernetes",
     "systemd",
     "podman",
+    // Podman's OCI runtime for the tests: crun (which podman pulls in when nothing else
+    // satisfies its dependency) refuses hosts with cgroup v1 hierarchies beside a v2 one that
+    // holds a controller ("cgroups in hybrid mode not supported"), as these machines have.
+    "runc",
     "containerd",
 ];
 

@@ -7,6 +7,7 @@ pub mod icmp;
 pub mod lookup;
 pub mod path;
 pub mod sock;
+pub mod softirq;
 
 use udptrace_common::{
     event::Counter,

@@ -194,6 +194,9 @@ impl PrivatePodman {
             .args([
                 "--storage-driver",
                 "vfs",
+                // Not crun, which refuses this host's hybrid cgroup mounts (xtask/src/setup.rs).
+                "--runtime",
+                "runc",
                 "--cgroup-manager",
                 "cgroupfs",
                 "--events-backend",
