@@ -71,6 +71,10 @@ pub enum DropSiteKind: u32, from_u32 {
     NeighQueue = 6,
     /// Neighbour resolution failing.
     NeighInvalidate = 7,
+    /// The receiving process's `recvmsg`, in its own system call: the checksum a socket's
+    /// reader verifies while copying (net/ipv4/udp.c, net/ipv6/udp.c `udp*_recvmsg`
+    /// `csum_copy_err:`). Told apart on every kernel, for the process and namespace.
+    Reader = 8,
 }
 }
 
@@ -84,6 +88,7 @@ impl DropSiteKind {
             Self::RouteInput => &["ip_rcv_finish_core"],
             Self::NeighQueue => &["__neigh_event_send"],
             Self::NeighInvalidate => &["neigh_invalidate"],
+            Self::Reader => &["udp_recvmsg", "udpv6_recvmsg"],
             // net/ipv4/udp.c udp_destruct_sock (udp_destruct_common on later kernels) frees the
             // reader queue; inet_sock_destruct/inet6_sock_destruct purge the rest.
             Self::SocketClose => &[
@@ -99,7 +104,7 @@ impl DropSiteKind {
 
 /// Room for every function of every [`DropSiteKind`], and for the compiler's clones of some
 /// of them (`ip_rcv_finish_core.constprop.0`, a `.cold` part: see the kallsyms lookup).
-pub const DROP_SITES: usize = 16;
+pub const DROP_SITES: usize = 24;
 
 /// One function's code, `[start, end)`; `kind` 0 marks an unused slot.
 #[repr(C)]
@@ -235,6 +240,8 @@ pub fn infer(
         }
         Some(DropSiteKind::NeighQueue) => InferredReason::NeighQueuefull,
         Some(DropSiteKind::NeighInvalidate) => InferredReason::NeighFailed,
+        // Its one kfree_skb besides a failed copy to the reader's buffer (EFAULT).
+        Some(DropSiteKind::Reader) => InferredReason::UdpCsum,
         // Anywhere else; 5.17+ leave the other input route errors NOT_SPECIFIED too.
         None | Some(DropSiteKind::RouteInput) => InferredReason::NotSpecified,
     })

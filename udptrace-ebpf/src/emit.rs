@@ -289,6 +289,14 @@ impl Report {
         Some(report)
     }
 
+    /// Placed by the current task: for an skb whose device field no longer names one (UDP
+    /// reuses `skb->dev` as `dev_scratch` once a datagram is queued to a socket).
+    #[inline(always)]
+    pub fn at_task(mut self) -> Self {
+        self.place = Place::Task;
+        self
+    }
+
     /// About `skb` too (followed across hops) though its place is not the skb's.
     #[inline(always)]
     pub fn about_skb(mut self, skb: u64) -> Self {

@@ -102,13 +102,14 @@ impl Knowledge {
         self.tracefs.is_ok()
     }
 
-    /// Where the drops whose reasons are inferred happen (empty without kallsyms: every such
-    /// drop is then NOT_SPECIFIED). Only the two-argument drop programs read it: on kernels
-    /// whose kfree_skb passes a reason the ranges are not looked up.
+    /// Where drops happen, by kind of function (empty without kallsyms: drops whose reasons
+    /// are inferred are then NOT_SPECIFIED, and a reader's drop is placed like the others).
+    /// The two-argument drop programs infer reasons from it; every drop program tells a
+    /// reader's drop (`DropSiteKind::Reader`) from it.
     pub fn drop_sites(&self) -> DropSites {
         match &self.symbols {
-            Ok(symbols) if self.reasons.are_inferred() => symbols.drop_sites(),
-            _ => DropSites::EMPTY,
+            Ok(symbols) => symbols.drop_sites(),
+            Err(_) => DropSites::EMPTY,
         }
     }
 

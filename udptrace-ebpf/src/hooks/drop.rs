@@ -25,7 +25,7 @@ use aya_ebpf::{
     },
 };
 use udptrace_common::{
-    drops::{DropEvidence, DropSites, FailedCall, InferredReason, infer},
+    drops::{DropEvidence, DropSiteKind, DropSites, FailedCall, InferredReason, infer},
     event::{AF_INET6, EventKind, Mechanism},
     offsets::ClassicTracepoint,
 };
@@ -88,11 +88,24 @@ fn on_drop(
     let Some(report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
+    // A socket's reader drops what fails its checksum in its own `recvmsg`: there the task is
+    // the datagram's receiver, and the skb's `dev` is UDP's `dev_scratch` (udp_set_dev_scratch).
+    let (report, context) = if drop_sites().kind_of(location) == Some(DropSiteKind::Reader) {
+        (report.at_task(), Context::Process)
+    } else {
+        (report, Context::Softirq)
+    };
     let mut report = report.with_stack(ctx);
     report.detail.location = location;
     report.detail.reason = reason;
-    report.submit(EventKind::Drop, Context::Softirq);
+    report.submit(EventKind::Drop, context);
     Ok(())
+}
+
+#[inline(always)]
+fn drop_sites() -> &'static DropSites {
+    // SAFETY: a read-only global userspace set before load.
+    unsafe { &*core::ptr::addr_of!(DROP_SITES) }
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -135,8 +148,7 @@ fn on_drop_inferred(
     location: u64,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
-    // SAFETY: a read-only global userspace set before load.
-    let sites: &DropSites = unsafe { &*core::ptr::addr_of!(DROP_SITES) };
+    let sites = drop_sites();
     let evidence = match DROP_EVIDENCE.get(0) {
         Some(evidence) => *evidence,
         None => DropEvidence::default(),

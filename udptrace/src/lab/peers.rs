@@ -483,10 +483,15 @@ pub const BAD_CHECKSUM_PORT: u16 = 40_013;
 /// raw socket writes the UDP header itself (the kernel adds the IP header, raw(7)), and veth
 /// leaves such packets `CHECKSUM_NONE`, so the receiver verifies the checksum in
 /// `__udp4_lib_rcv` (net/ipv4/udp.c, `csum_error`) and drops them UDP_CSUM.
+///
+/// `min_payload` pads each payload (to at most 1,400 bytes): the kernel checks the checksum of a UDP packet of up to
+/// 76 bytes (`CHECKSUM_BREAK`, include/linux/skbuff.h) on arrival in `__udp4_lib_rcv`, and
+/// leaves a longer one's to the socket's reader (`udp_recvmsg`) when a socket takes it.
 pub fn send_with_bad_checksum(
     netns: &Netns,
     target: SocketAddr,
     count: usize,
+    min_payload: usize,
 ) -> anyhow::Result<ClientReport> {
     let SocketAddr::V4(target) = target else {
         bail!("bad-checksum datagrams are IPv4 only");
@@ -524,11 +529,12 @@ pub fn send_with_bad_checksum(
             sin_zero: [0; 8],
         };
         for index in 0..count.min(MAX_DATAGRAMS) {
-            let payload = format!("udptrace lab datagram {index}");
+            let mut payload = format!("udptrace lab datagram {index}").into_bytes();
+            payload.resize(payload.len().max(min_payload.min(1_400)), b'.');
             let datagram = udp_with_wrong_checksum(
                 SocketAddrV4::new(*source.ip(), BAD_CHECKSUM_PORT),
                 target,
-                payload.as_bytes(),
+                &payload,
             );
             // SAFETY: valid descriptor, buffer and address of the stated lengths.
             let sent = unsafe {
@@ -556,7 +562,7 @@ pub fn send_with_bad_checksum(
 /// A UDP header and payload whose checksum (RFC 768) is off by one, and never 0 (which means
 /// "no checksum" over IPv4 and would be accepted).
 fn udp_with_wrong_checksum(source: SocketAddrV4, target: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    // Lab payloads are a few dozen bytes.
+    // Lab payloads are at most 1,400 bytes.
     let length = u16::try_from(8 + payload.len()).unwrap_or(u16::MAX);
     let mut datagram = Vec::with_capacity(usize::from(length));
     datagram.extend_from_slice(&source.port().to_be_bytes());

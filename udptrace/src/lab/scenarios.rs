@@ -840,7 +840,7 @@ impl Scenario {
             // Two datagrams: ICMP errors are not rate limited in the server namespace, so
             // each gets its ECONNREFUSED.
             Traffic::ClosedPort => run_client(&lab.client, &client(2, 50, 300))?,
-            Traffic::BadChecksum => send_with_bad_checksum(&lab.client, lab.target, 2)?,
+            Traffic::BadChecksum => send_with_bad_checksum(&lab.client, lab.target, 2, 0)?,
             // Sent at once, so that they wait together for the neighbour; the socket stays
             // open (and reads) until resolution fails and its error arrives.
             Traffic::Unresolved => run_client(

@@ -306,3 +306,40 @@ fn without_stack_no_event_carries_one() {
         "{records:#?}"
     );
 }
+
+/// Issue 17: with a socket on the port, a datagram's checksum is checked only when its reader
+/// copies it (`udp_recvmsg`, net/ipv4/udp.c `csum_copy_err:`), so it is dropped in the
+/// receiving process's system call: the drop names that process and its namespace (the skb's
+/// device field is UDP's `dev_scratch` by then).
+#[test]
+fn a_readers_checksum_drop_names_the_reader() {
+    use std::time::Duration;
+    use udptrace::lab::peers::{Server, ServerMode, send_with_bad_checksum};
+
+    let scenario = scenarios::find("bad-checksum").unwrap();
+    let lab = scenario.setup().expect("lab setup");
+    let trace = Trace::start(&["port", &scenario.port().to_string()]);
+    let reader = ServerMode::Sink {
+        rcvbuf: 65_536,
+        read: true,
+    };
+    let server = Server::start(&lab.server, lab.bind, reader, Duration::from_secs(2)).unwrap();
+    let sent = send_with_bad_checksum(&lab.client, lab.target, 2, 200).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let server = server.stop().unwrap();
+    let records = trace.stop();
+    assert_eq!(server.received, 0, "no bad datagram reaches the reader");
+    let drops = events(&records, "drop");
+    assert_eq!(drops.len(), sent.sent, "{records:#?}");
+    for drop in drops {
+        let location = drop["location"].as_str().unwrap();
+        assert!(location.starts_with("udp_recvmsg+"), "{drop:#}");
+        assert_eq!(drop["pid"], std::process::id(), "the reader: {drop:#}");
+        assert_eq!(drop["netns"], lab.server.inode, "{drop:#}");
+        // Linux 6.1 frees it there without a reason (`kfree_skb`); 5.10's is inferred.
+        assert!(
+            ["UDP_CSUM", "NOT_SPECIFIED"].contains(&drop["reason"].as_str().unwrap()),
+            "{drop:#}"
+        );
+    }
+}
