@@ -66,6 +66,9 @@ pub enum Probed {
     Recv = 6,
     Enqueue = 7,
     RouteInput = 8,
+    /// Not a probed function: the destination of this task's last failed output route lookup,
+    /// for the send hook that reports the failure (`path::on_route`, `sock::on_result`).
+    FailedRoute = 9,
 }
 
 /// Which call a saved entry belongs to: the task, and for functions that run in softirq the

@@ -33,7 +33,7 @@ use udptrace_common::{
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
     emit::{Context, Place, Report, following_anything},
-    hooks::{arg, classic_args, finish, icmp},
+    hooks::{Probed, arg, classic_args, finish, icmp, save_entry, softirq, take_entry},
     kernel::{self, Access, ReadError, read},
     mem,
 };
@@ -276,6 +276,23 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     event.detail.route_dev = read(record, name)?;
     if input {
         event.detail.flags = FLAG_ROUTE_INPUT;
+    } else if event.detail.route_err != 0 && !softirq::in_softirq() {
+        // A failed output lookup in a task's system call (not in a softirq it was
+        // interrupted by: `hooks::softirq`) fails the send that made it (ENETUNREACH for no route,
+        // EHOSTUNREACH/EINVAL/EACCES for an unreachable/blackhole/prohibit route: fib_props[],
+        // net/ipv4/fib_semantics.c), and the send tracepoint sees only the socket's addresses:
+        // its destination is kept for the send hook of this task (`sock::on_result`).
+        let tuple = &event.tuple;
+        let ports = u64::from(tuple.family)
+            | (u64::from(tuple.sport) << 16)
+            | (u64::from(tuple.dport) << 32);
+        // SAFETY: 16 bytes as two u64s; every bit pattern is valid.
+        let [low, high]: [u64; 2] = unsafe { core::mem::transmute(tuple.daddr) };
+        save_entry(Probed::FailedRoute, [ports, low, high, 0]);
+    } else {
+        // With policy routing a later table may still answer (fib_rules_lookup): a lookup
+        // that succeeds clears what an earlier table's miss left.
+        let _ = take_entry(Probed::FailedRoute);
     }
     report.submit(EventKind::Route, context);
     Ok(())

@@ -395,10 +395,30 @@ fn on_result(sk: u64, ret: i32, kind: EventKind, mechanism: Mechanism) -> Result
     if ret == -EAGAIN || (ret >= 0 && kind != EventKind::SendError) {
         return Ok(());
     }
+    // The destination of a send on an unconnected socket that failed in its route lookup,
+    // which `path::on_route` kept for this task; taken whatever the filter says of this send.
+    let failed_route = if kind == EventKind::SendError && ret < 0 {
+        take_entry(Probed::FailedRoute)
+    } else {
+        None
+    };
     let Some(mut report) = Report::socket(sk, mechanism)? else {
         return Ok(());
     };
     report.detail.sock = report.tuple;
+    if let Some([ports, low, high, _]) = failed_route {
+        let tuple = &mut report.tuple;
+        // The lookup of this socket's own send: same family and source port (autobound by
+        // then, inet_send_prepare), no peer of its own.
+        if tuple.dport == 0
+            && u64::from(tuple.family) == ports & 0xff
+            && u64::from(tuple.sport) == (ports >> 16) & 0xffff
+        {
+            // SAFETY: two u64s as 16 bytes; every bit pattern is valid.
+            tuple.daddr = unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([low, high]) };
+            tuple.dport = (ports >> 32) as u16;
+        }
+    }
     report_result(report.naming(sk), ret, kind);
     Ok(())
 }

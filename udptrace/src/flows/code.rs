@@ -17,6 +17,7 @@ pub enum VerdictCode {
     NeighborUnreachable,
     NoReply,
     NoReplyFromPeer,
+    NoRoute,
 }
 
 impl VerdictCode {
@@ -34,6 +35,7 @@ impl VerdictCode {
             Self::NeighborUnreachable => "neighbor_unreachable",
             Self::NoReply => "no_reply",
             Self::NoReplyFromPeer => "no_reply_from_peer",
+            Self::NoRoute => "no_route",
         }
     }
 }

@@ -291,6 +291,11 @@ impl Ledger {
 }
 
 fn add_evidence(verdict: &mut Verdict, event: &TraceEvent) {
+    // A socket error the flow adds and the rule then counts (no_route's failed send) is one
+    // piece of evidence.
+    if verdict.evidence.last() == Some(event) {
+        return;
+    }
     if verdict.evidence.len() < MAX_EVIDENCE {
         verdict.evidence.push(event.clone());
     }

@@ -50,6 +50,10 @@ pub enum KnownReason {
     /// The queue of datagrams waiting for neighbour resolution overflowed
     /// (`__neigh_event_send`, net/core/neighbour.c; `unres_qlen_bytes`).
     NeighQueuefull,
+    /// The route lookup for it failed: no route (IP_INNOROUTES, IP_OUTNOROUTES), a host that
+    /// does not forward (IP_INADDRERRORS), or an unreachable/blackhole/prohibit route, which
+    /// `ip_error` (net/ipv4/route.c) and `ip6_pkt_drop` (net/ipv6/route.c) free.
+    NoRoute,
 }
 
 impl KnownReason {
@@ -62,6 +66,7 @@ impl KnownReason {
             "UDP_CSUM" => Self::UdpCsum,
             "NEIGH_FAILED" => Self::NeighFailed,
             "NEIGH_QUEUEFULL" => Self::NeighQueuefull,
+            "IP_INNOROUTES" | "IP_OUTNOROUTES" => Self::NoRoute,
             _ => return None,
         })
     }
@@ -71,13 +76,26 @@ impl KnownReason {
     /// `ndisc_error_report` (net/ipv6/ndisc.c) frees with plain `kfree_skb` what IPv4's
     /// `arp_error_report` (net/ipv4/arp.c) frees NEIGH_FAILED; both are tail calls from
     /// `neigh_invalidate`, which kfree_skb's return address names.
+    ///
+    /// A forwarded datagram whose input route is a reject route gets `ip_error` as its
+    /// `dst.input` (net/ipv4/route.c `ip_route_input_slow`, `no_route:`), which frees it with
+    /// a reason only for ENETUNREACH (IP_INNOROUTES) and, on a host that does not forward,
+    /// EHOSTUNREACH (IP_INADDRERRORS); unreachable, blackhole and prohibit routes leave it
+    /// NOT_SPECIFIED, as do kernels before 5.17 for all. IPv6's `ip6_pkt_drop`
+    /// (net/ipv6/route.c) names its drops, except before 5.17.
     pub fn of_drop(reason: &DropReason, location: &Location) -> Option<Self> {
         Self::of(reason).or_else(|| {
             let Location::Symbol(symbol) = location else {
                 return None;
             };
-            (reason.is("NOT_SPECIFIED") && symbol.starts_with("neigh_invalidate+"))
-                .then_some(Self::NeighFailed)
+            if reason.is("NOT_SPECIFIED") && symbol.starts_with("neigh_invalidate+") {
+                return Some(Self::NeighFailed);
+            }
+            ((reason.is("NOT_SPECIFIED") || reason.is("IP_INADDRERRORS"))
+                && ["ip_error+", "ip6_pkt_drop+"]
+                    .iter()
+                    .any(|function| symbol.starts_with(function)))
+            .then_some(Self::NoRoute)
         })
     }
 }

@@ -11,7 +11,7 @@ use super::table::FlowKey;
 use crate::{
     containers::Container,
     firewall::FirewallRule,
-    model::{Conntrack, Location, Process, RouteDevice, SendCall, SocketInfo, TraceEvent},
+    model::{Conntrack, Errno, Location, Process, RouteDevice, SendCall, SocketInfo, TraceEvent},
     sockets::{ListedSocket, Mismatch},
 };
 
@@ -48,6 +48,39 @@ pub struct Pinned {
     pub process: Option<Process>,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+}
+
+/// What a failed route lookup found, as the errno it gave (the `error` of `fib_props[]`,
+/// net/ipv4/fib_semantics.c; `ip6_rt_type_to_error`, net/ipv6/route.c).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteFound {
+    /// No route matched: ENETUNREACH (a table's own miss is EAGAIN in `fib_table_lookup`).
+    NoRoute,
+    /// An `unreachable` route: EHOSTUNREACH.
+    Unreachable,
+    /// A `blackhole` route: EINVAL.
+    Blackhole,
+    /// A `prohibit` route: EACCES.
+    Prohibit,
+    /// A reject route of a type the evidence does not tell (a forwarded drop without its
+    /// lookup or ICMP error).
+    Reject,
+    /// A datagram to another host arrived at a host that does not forward (IP_INADDRERRORS).
+    NotForwarding,
+}
+
+impl RouteFound {
+    /// What a lookup that failed with `errno` found.
+    pub fn of_errno(errno: Errno) -> Option<Self> {
+        Some(match i32::try_from(errno.0) {
+            Ok(libc::EAGAIN | libc::ENETUNREACH) => Self::NoRoute,
+            Ok(libc::EHOSTUNREACH) => Self::Unreachable,
+            Ok(libc::EINVAL) => Self::Blackhole,
+            Ok(libc::EACCES) => Self::Prohibit,
+            _ => return None,
+        })
+    }
 }
 
 /// What a rule established, per code: what `render` words the verdict from, and what the JSON
@@ -151,6 +184,28 @@ pub enum Facts {
         #[serde(skip_serializing_if = "Option::is_none")]
         device: Option<String>,
         timeout_ms: u64,
+    },
+    NoRoute {
+        /// The sender (a local socket's address; `0.0.0.0`/`::` when unbound).
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// Where the lookup failed: the sender's namespace, or the forwarding one's.
+        namespace: Namespace,
+        /// A forwarded datagram dropped (else a local send that failed).
+        forwarded: bool,
+        found: RouteFound,
+        /// The device a forwarded datagram arrived on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// The process whose send (or connect) failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        process: Option<Process>,
+        /// The errno the send or connect returned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<Errno>,
+        /// The routing table of the failed lookup, when it was seen.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        table: Option<u32>,
     },
 }
 

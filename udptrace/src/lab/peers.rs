@@ -410,11 +410,13 @@ pub fn run_client(netns: &Netns, spec: &ClientSpec) -> anyhow::Result<ClientRepo
         let deadline = Instant::now() + MAX_PEER_TIME;
         let socket =
             UdpSocket::bind(spec.bind).with_context(|| format!("binding {}", spec.bind))?;
-        if spec.connect {
-            socket
-                .connect(spec.target)
-                .with_context(|| format!("connecting to {}", spec.target))?;
-        }
+        // A connect() the kernel refuses (no route: ENETUNREACH) is the client's error, as a
+        // failed send is.
+        let connected = if spec.connect {
+            socket.connect(spec.target)
+        } else {
+            Ok(())
+        };
         if spec.recverr {
             let (level, name) = if spec.target.is_ipv4() {
                 (libc::IPPROTO_IP, libc::IP_RECVERR)
@@ -430,6 +432,13 @@ pub fn run_client(netns: &Netns, spec: &ClientSpec) -> anyhow::Result<ClientRepo
             socket_inode: socket_inode(&socket)?,
             ..ClientReport::default()
         };
+        if let Err(error) = connected {
+            let errno = error
+                .raw_os_error()
+                .with_context(|| format!("connecting to {}: {error}", spec.target))?;
+            push_bounded(&mut report.errors, errno);
+            return Ok(report);
+        }
         let mut buffer = [0u8; 2048];
         for index in 0..spec.count.min(MAX_DATAGRAMS) {
             if Instant::now() >= deadline || super::netns::epoch() != epoch {

@@ -221,6 +221,9 @@ enum Topology {
     /// 203.0.113.0/24 (a third namespace), strict reverse-path filtering on; the client sends
     /// from its second address 203.0.113.1 through `eth0`.
     MultiHomed,
+    /// A client (198.51.100.2) behind a router namespace (198.51.100.1, forwarding on) whose
+    /// table has an `unreachable` route for 203.0.113.0/24.
+    RejectRoute,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -243,6 +246,12 @@ enum Traffic {
     /// timeout, to a server in the given mode; with none, to 203.0.113.53 out of the client's
     /// ifb device, where they vanish as beyond this host.
     Spread(Option<ServerMode>),
+    /// To an address the client has no route to: `UNROUTED_SENDS` datagrams with sendto() from
+    /// an unbound socket, then a connect() of another one.
+    Unrouted,
+    /// A connected client with IP_RECVERR sends `UNROUTED_SENDS` datagrams, which the router
+    /// drops for its reject route.
+    Rejected,
 }
 
 /// Datagrams in the rcvbuf-overflow burst.
@@ -250,6 +259,8 @@ pub const OVERFLOW_BURST: usize = 500;
 /// Datagrams in the neighbor-unreachable burst: all but the last are pushed out of the
 /// neighbour's one-datagram queue (NEIGH_QUEUEFULL), the last dies when resolution fails.
 pub const UNRESOLVED_BURST: usize = 3;
+/// Datagrams the `Unrouted` and `Rejected` clients send.
+pub const UNROUTED_SENDS: usize = 2;
 /// Requests of `Traffic::Spread`: the last leaves more than the default reply timeout (2 s)
 /// after the first, so that its events show the first's timeout has passed.
 const SPREAD_REQUESTS: usize = 3;
@@ -493,6 +504,28 @@ pub const SCENARIOS: &[Scenario] = &[
         traffic: Traffic::Spread(Some(ServerMode::Echo)),
     },
     Scenario {
+        name: "no-route",
+        description: "a client (192.0.2.1/24, no default route) sends twice with sendto() to 203.0.113.41:5041, then connect()s another socket there",
+        diagnosis: "the output route lookups fail (no route in the main table): each sendto() returns ENETUNREACH and so does the connect(); fix: `ip route get 203.0.113.41` in the client namespace, add the missing route",
+        expected: &["no_route"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5041,
+        bind_specific: false,
+        traffic: Traffic::Unrouted,
+    },
+    Scenario {
+        name: "no-route-forwarded",
+        description: "a client (198.51.100.2, IP_RECVERR) sends twice to 203.0.113.42:5042 through a router namespace whose table has `unreachable 203.0.113.0/24`",
+        diagnosis: "the router drops each forwarded datagram in ip_error on its eth0 (NOT_SPECIFIED on 5.17+ too: only ENETUNREACH gets IP_INNOROUTES) after an ICMP host unreachable to the client, whose socket gets EHOSTUNREACH; fix: `ip route get 203.0.113.42` in the router, remove the unreachable route",
+        expected: &["no_route"],
+        topology: Topology::RejectRoute,
+        ipv6: false,
+        port: 5042,
+        bind_specific: false,
+        traffic: Traffic::Rejected,
+    },
+    Scenario {
         name: "neighbor-resolved",
         description: "healthy control: a client on the same link as its server (192.0.2.2:5033) that answers ARP; the first request waits in the neighbour queue until ARP resolves",
         diagnosis: "no verdict: ARP resolves, the requests leave and the echoes come back",
@@ -582,6 +615,7 @@ impl Scenario {
             Topology::DindNat => self.dind_nat(),
             Topology::DindProxy => self.dind_proxy(),
             Topology::MultiHomed => self.multi_homed(),
+            Topology::RejectRoute => self.reject_route(),
         }
         .with_context(|| format!("setting up lab {}", self.name))?;
         let wildcard = if self.ipv6 { "[::]" } else { "0.0.0.0" };
@@ -641,6 +675,7 @@ impl Scenario {
         };
         let target = match self.traffic {
             Traffic::Spread(None) => address(&format!("203.0.113.53:{}", self.port)),
+            Traffic::Unrouted => address(&format!("203.0.113.41:{}", self.port)),
             _ => target,
         };
         Ok(Built {
@@ -691,6 +726,29 @@ impl Scenario {
             proxy: None,
             reply_netns: "client",
             client_source: Some(address("203.0.113.1:0")),
+        })
+    }
+
+    fn reject_route(&self) -> anyhow::Result<Built> {
+        let client = Netns::create("client")?;
+        let router = Netns::create("router")?;
+        veth(&client, "eth0", &router, "eth0")?;
+        client.addr("eth0", "198.51.100.2/24")?;
+        client.route(&["default", "via", "198.51.100.1"])?;
+        router.addr("eth0", "198.51.100.1/24")?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        // `ip_error` sends its ICMP errors through the ICMP rate limit as well as its own
+        // per-peer one (inet_peer_xrlim_allow, which allows a burst of six): off here.
+        router.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+        router.route(&["unreachable", "203.0.113.0/24"])?;
+        Ok(Built {
+            client,
+            server: router,
+            target: address(&format!("203.0.113.42:{}", self.port)),
+            middle: Vec::new(),
+            proxy: None,
+            reply_netns: "client",
+            client_source: None,
         })
     }
 
@@ -849,6 +907,25 @@ impl Scenario {
                     recverr: true,
                     linger: UNRESOLVED_LINGER,
                     ..client(UNRESOLVED_BURST, 0, 0)
+                },
+            )?,
+            Traffic::Unrouted => {
+                let mut report = run_client(
+                    &lab.client,
+                    &ClientSpec {
+                        connect: false,
+                        ..client(UNROUTED_SENDS, 50, 0)
+                    },
+                )?;
+                let connected = run_client(&lab.client, &client(1, 0, 0))?;
+                report.errors.extend(connected.errors);
+                report
+            }
+            Traffic::Rejected => run_client(
+                &lab.client,
+                &ClientSpec {
+                    recverr: true,
+                    ..client(UNROUTED_SENDS, 50, 300)
                 },
             )?,
             Traffic::Firewalled => {
@@ -1277,6 +1354,31 @@ mod tests {
             assert_eq!(outcome.delta("server", "InDatagrams"), Some(0), "{name}");
             assert_eq!(outcome.delta("server", "NoPorts"), Some(0), "{name}");
         }
+    }
+
+    #[test]
+    fn unrouted_sends_fail_where_the_route_lookup_does() {
+        if !root_or_skip() {
+            return;
+        }
+        let (_lab, outcome) = run("no-route");
+        let text = outcome.describe();
+        // Both sendto() calls and the connect() are refused by the client's own kernel.
+        assert_eq!(outcome.client.sent, 0, "{text}");
+        assert_eq!(
+            outcome.client.errors,
+            vec![libc::ENETUNREACH; UNROUTED_SENDS + 1],
+            "{text}"
+        );
+        let (_lab, outcome) = run("no-route-forwarded");
+        let text = outcome.describe();
+        assert_eq!(outcome.client.sent, UNROUTED_SENDS, "{text}");
+        // The router's ICMP host unreachable for each, through IP_RECVERR.
+        assert_eq!(
+            outcome.client.errors,
+            vec![libc::EHOSTUNREACH; UNROUTED_SENDS],
+            "{text}"
+        );
     }
 
     #[test]

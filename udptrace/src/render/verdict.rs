@@ -13,7 +13,7 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
-        verdict::{Facts, Namespace, Verdict},
+        verdict::{Facts, Namespace, RouteFound, Verdict},
     },
     model::{Process, SocketInfo, TraceEvent, What},
     sockets::{ListedSocket, Mismatch},
@@ -311,6 +311,37 @@ pub fn summary(verdict: &Verdict) -> String {
                 namespace_text(namespace)
             )
         }
+        Facts::NoRoute {
+            source,
+            destination,
+            namespace,
+            forwarded,
+            found,
+            device,
+            process,
+            error,
+            table,
+        } => {
+            let table = table.map_or_else(String::new, |table| format!(" (table {table})"));
+            let found = route_found_text(*found, destination);
+            if *forwarded {
+                format!(
+                    "{source} > {destination} arriving on {} in {} is dropped: the route \
+                     lookup{table} found {found}",
+                    device.as_deref().unwrap_or("?"),
+                    namespace_text(namespace)
+                )
+            } else {
+                let who = named(process.as_ref())
+                    .map_or_else(String::new, |process| format!("{} ", process_text(process)));
+                format!(
+                    "{who}in {} cannot send from {source} to {destination}: the route \
+                     lookup{table} found {found}, so the call fails with {}",
+                    namespace_text(namespace),
+                    error.map_or("an error", |error| error.name())
+                )
+            }
+        }
         Facts::NoReply {
             client,
             server,
@@ -437,6 +468,44 @@ pub fn fix(verdict: &Verdict) -> String {
                     process_text(owner)
                 ))
         ),
+        Facts::NoRoute {
+            destination,
+            namespace,
+            found,
+            ..
+        } => {
+            let ip = destination.ip();
+            let inside = namespace_text(namespace);
+            let show = format!("`ip route get {ip}` in {inside} shows the answer");
+            match found {
+                RouteFound::NoRoute => format!(
+                    "{show}: add a route to {ip} (or a default route) in that namespace, or \
+                     bring up the interface or VPN whose route is missing"
+                ),
+                RouteFound::NotForwarding => format!(
+                    "{show}: the datagram is for another host but {inside} does not forward; \
+                     enable forwarding there (`net.ipv4.ip_forward=1`, \
+                     `net.ipv6.conf.all.forwarding=1`) or send it to the right host"
+                ),
+                RouteFound::Unreachable
+                | RouteFound::Blackhole
+                | RouteFound::Prohibit
+                | RouteFound::Reject => {
+                    // `ip route show type` takes one type.
+                    let (route, list) = match found {
+                        RouteFound::Unreachable => ("unreachable", "type unreachable"),
+                        RouteFound::Blackhole => ("blackhole", "type blackhole"),
+                        RouteFound::Prohibit => ("prohibit", "type prohibit"),
+                        _ => ("reject", "(unreachable, blackhole and prohibit routes)"),
+                    };
+                    format!(
+                        "{show}: remove the {route} route that covers {ip} (`ip route show \
+                         table all {list}`, `ip -6 route` for IPv6) or add a more specific \
+                         route to it"
+                    )
+                }
+            }
+        }
         Facts::NoReplyFromPeer { server, device, .. } => format!(
             "follow the request beyond this host: capture on {} (`tcpdump -ni {0} udp port {}`), \
              check that {} is up and its service answers, and the firewalls and NAT on the way \
@@ -485,6 +554,22 @@ fn owned_by(socket: &SocketInfo) -> String {
 
 /// `container web-1 (docker 3336e43c0a1b)` for a named container's namespace, else
 /// `namespace NAME` (its inode when it has no name).
+/// What a failed route lookup found, for a summary.
+fn route_found_text(found: RouteFound, destination: &std::net::SocketAddr) -> String {
+    match found {
+        RouteFound::NoRoute => format!("no route to {} (ENETUNREACH)", destination.ip()),
+        RouteFound::Unreachable => {
+            "an `unreachable` route (EHOSTUNREACH, ICMP host unreachable to forwarded traffic)".into()
+        }
+        RouteFound::Blackhole => "a `blackhole` route (EINVAL; forwarded traffic is dropped silently)".into(),
+        RouteFound::Prohibit => {
+            "a `prohibit` route (EACCES, ICMP administratively prohibited to forwarded traffic)".into()
+        }
+        RouteFound::Reject => "a reject route (unreachable, blackhole or prohibit)".into(),
+        RouteFound::NotForwarding => "that the destination is another host's, and this one does not forward (IP_INADDRERRORS)".into(),
+    }
+}
+
 fn namespace_text(namespace: &Namespace) -> String {
     namespace
         .container

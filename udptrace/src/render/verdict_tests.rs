@@ -590,6 +590,74 @@ fn neighbour_failures_name_the_address_and_device_for_arp_and_ndp() {
 }
 
 #[test]
+fn route_failures_name_the_route_the_namespace_and_the_fix() {
+    // A blackhole route refuses a local sendto() with EINVAL.
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    let (src, dst) = ("0.0.0.0:40000", "203.0.113.41:5041");
+    let mut lookup = event(
+        What::Route {
+            direction: RouteDirection::Output,
+            device: RouteDevice(None),
+            table: 254,
+            error: Some(Errno(22)),
+        },
+        src,
+        dst,
+        1,
+    );
+    lookup.process = Some(process(9, "dig"));
+    diagnosis.observe(&lookup);
+    let mut failed = event(
+        What::SendError {
+            error: SocketErrno(Errno(22)),
+            call: None,
+        },
+        src,
+        dst,
+        2,
+    );
+    failed.process = Some(process(9, "dig"));
+    diagnosis.observe(&failed);
+    // A router drops a forwarded datagram for a route it cannot tell (no ICMP error).
+    let mut forwarded = event(
+        What::Drop {
+            reason: DropReason::named("NOT_SPECIFIED"),
+            reason_inferred: true,
+            location: crate::model::Location::Symbol("ip_error+0x94".into()),
+        },
+        "198.51.100.2:40001",
+        "203.0.113.42:5042",
+        3,
+    );
+    forwarded.ifname = Some("eth0".into());
+    diagnosis.observe(&forwarded);
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    assert_eq!(
+        summary(&verdicts[0]),
+        "dig[9] in namespace host cannot send from 0.0.0.0:40000 to 203.0.113.41:5041: the route \
+         lookup (table 254) found a `blackhole` route (EINVAL; forwarded traffic is dropped \
+         silently), so the call fails with EINVAL"
+    );
+    assert_eq!(
+        fix(&verdicts[0]),
+        "`ip route get 203.0.113.41` in namespace host shows the answer: remove the blackhole \
+         route that covers 203.0.113.41 (`ip route show table all type blackhole`, `ip -6 route` \
+         for IPv6) or add a more specific route to it"
+    );
+    assert_eq!(
+        summary(&verdicts[1]),
+        "198.51.100.2:40001 > 203.0.113.42:5042 arriving on eth0 in namespace host is dropped: \
+         the route lookup found a reject route (unreachable, blackhole or prohibit)"
+    );
+    assert!(
+        fix(&verdicts[1]).contains("(unreachable, blackhole and prohibit routes)"),
+        "{}",
+        fix(&verdicts[1])
+    );
+}
+
+#[test]
 fn unanswered_requests_name_the_owner_or_the_device() {
     let mut diagnosis = Diagnosis::new(no_sockets());
     // A DNS request delivered to server[42]'s socket; one that left through eth0 for NTP.

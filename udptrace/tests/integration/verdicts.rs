@@ -9,7 +9,10 @@ use std::{
 
 use udptrace::{
     flows::ledger::MAX_VERDICTS_PER_RULE,
-    lab::{netns::Netns, scenarios::SCENARIOS},
+    lab::{
+        netns::Netns,
+        scenarios::{self as scenario, SCENARIOS},
+    },
 };
 
 use crate::{
@@ -97,6 +100,51 @@ fn every_scenario_yields_exactly_its_verdicts() {
             let summary = verdict["summary"].as_str().unwrap();
             assert!(summary.contains("on eth0"), "{summary}");
             assert!(summary.contains("route back to 203.0.113.1"), "{summary}");
+        }
+        if scenario.name == "no-route" {
+            // The sendto() client's flow (a connect() refused the same way is judged too where
+            // a function probe sees connect()).
+            let local = outcome.client.local.unwrap();
+            let verdict = verdicts(&records)
+                .into_iter()
+                .find(|v| v["facts"]["source"] == local.to_string())
+                .unwrap_or_else(|| panic!("no verdict for {local}: {records:#?}"));
+            assert_eq!(
+                verdict["count"],
+                scenario::UNROUTED_SENDS as u64,
+                "{verdict:#}"
+            );
+            assert_eq!(verdict["facts"]["found"], "no_route");
+            assert_eq!(verdict["facts"]["error"], "ENETUNREACH");
+            assert_eq!(verdict["facts"]["namespace"]["netns"], lab.client.inode);
+            let summary = verdict["summary"].as_str().unwrap();
+            assert!(
+                summary.contains(&format!(
+                    "[{}] in namespace {} cannot send",
+                    std::process::id(),
+                    lab.client.name
+                )),
+                "{summary}"
+            );
+            assert!(summary.contains("to 203.0.113.41:5041"), "{summary}");
+            let fix = verdict["fix"].as_str().unwrap();
+            assert!(fix.starts_with("`ip route get 203.0.113.41`"), "{fix}");
+        }
+        if scenario.name == "no-route-forwarded" {
+            let verdict = &verdicts(&records)[0];
+            assert_eq!(verdict["count"], outcome.client.sent as u64, "{verdict:#}");
+            let facts = &verdict["facts"];
+            assert_eq!(facts["forwarded"], true);
+            // Told by the router's ICMP host unreachable (its input lookup names no UDP ports).
+            assert_eq!(facts["found"], "unreachable", "{verdict:#}");
+            assert_eq!(facts["device"], "eth0");
+            assert_eq!(
+                facts["namespace"]["netns"], lab.server.inode,
+                "the router's"
+            );
+            assert_eq!(facts["destination"], lab.target.to_string());
+            let fix = verdict["fix"].as_str().unwrap();
+            assert!(fix.contains("remove the unreachable route"), "{fix}");
         }
         if scenario.name == "bad-checksum" {
             let verdict = &verdicts(&records)[0];

@@ -5,6 +5,7 @@ mod checksum;
 mod firewall;
 mod neighbor;
 mod no_reply;
+mod no_route;
 mod no_socket;
 mod rcvbuf;
 mod reply_source;
@@ -27,6 +28,7 @@ pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule
         Box::new(rp_filter::RpFilterDrop),
         Box::new(checksum::ChecksumError),
         Box::new(neighbor::NeighborUnreachable),
+        Box::new(no_route::NoRoute),
         Box::new(no_reply::NoReply::new(max_flows, reply_timeout)),
     ]
 }
