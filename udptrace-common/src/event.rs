@@ -93,6 +93,8 @@ pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_UDP: u8 = 17;
+/// The IPv6 fragment header (RFC 8200 4.5).
+pub const IPPROTO_FRAGMENT: u8 = 44;
 pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// A datagram's addresses and ports, as parsed from its headers (or a socket's, for socket
@@ -104,6 +106,8 @@ pub struct Tuple {
     pub family: u8,
     /// Transport protocol of the datagram described ([`IPPROTO_UDP`] for everything traced).
     pub proto: u8,
+    /// 0 when the packet has no UDP header to read (a fragment: see `ip_udp` in the eBPF
+    /// crate) or, for a socket, no peer port; no filter port test matches 0.
     pub sport: u16,
     pub dport: u16,
     pub padding: u16,

@@ -192,11 +192,15 @@ fn insn_holds(insn: *const FilterInsn, tuple: &Tuple, icmp_error: bool) -> u64 {
                 )
             };
             // `lo <= port <= hi` as one unsigned comparison: below `lo`, the difference wraps
-            // above `hi - lo`.
+            // above `hi - lo`. Port 0 is no port (a fragment without a UDP header, a socket
+            // without a peer): no port test holds on it, as in libpcap, whose `port` needs a
+            // header to read (gencode.c `gen_port_common`).
             let width = u64::from(hi.wrapping_sub(lo));
             let (src, dst) = sides(dir);
-            (src & at_most(u64::from(tuple.sport.wrapping_sub(lo)), width))
-                | (dst & at_most(u64::from(tuple.dport.wrapping_sub(lo)), width))
+            let within = |port: u16| {
+                at_most(u64::from(port.wrapping_sub(lo)), width) & (is_zero(u64::from(port)) ^ 1)
+            };
+            (src & within(tuple.sport)) | (dst & within(tuple.dport))
         }
         _ => 0,
     }

@@ -11,7 +11,7 @@ use network_types::{
     udp::UdpHdr,
 };
 use udptrace_common::{
-    event::{AF_INET, AF_INET6, EventHeader, IPPROTO_UDP, Mechanism, Tuple},
+    event::{AF_INET, AF_INET6, EventHeader, IPPROTO_FRAGMENT, IPPROTO_UDP, Mechanism, Tuple},
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
 
@@ -119,7 +119,8 @@ struct Ipv4Udp {
     udp: UdpHdr,
 }
 
-/// An IPv6 header and the UDP header after it, when no extension header comes between.
+/// An IPv6 header and the UDP header after it, when no extension header comes between (else
+/// the first 8 bytes of that header).
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct Ipv6Udp {
@@ -131,9 +132,17 @@ struct Ipv6Udp {
 /// returns the next protocol. One read covers both headers (IPv4 without options + 8 bytes,
 /// IPv6 + 8 bytes; each `bpf_probe_read_kernel` costs tens of nanoseconds on every packet):
 /// reading past a short packet stays inside the skb's buffer, which ends with
-/// `skb_shared_info`. IPv6 extension headers are not walked: a UDP datagram behind them is
-/// reported with the extension's protocol and skipped by callers. The layouts are
-/// network-types' (`struct iphdr`, `ipv6hdr`, `udphdr` of include/uapi/linux/).
+/// `skb_shared_info`. The layouts are network-types' (`struct iphdr`, `ipv6hdr`, `udphdr` of
+/// include/uapi/linux/).
+///
+/// Fragments, as libpcap's filters see them (gencode.c `gen_proto`, `gen_port_common`,
+/// `gen_port6_common`), so that a filter matches the packets tcpdump's would: an IPv4 fragment
+/// other than the first is UDP without ports (what follows its header is the datagram's
+/// payload, RFC 791); an IPv6 packet whose fixed header is followed by a fragment header
+/// (RFC 8200 4.5) whose next header is UDP is UDP without ports, first fragment included.
+/// Ports 0 mean "none": no port test matches them (`udptrace_common::filter`). Other IPv6
+/// extension headers are not walked: a UDP datagram behind them is reported with the
+/// extension's protocol and skipped by callers.
 #[inline(always)]
 pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
     mem::zero(tuple);
@@ -143,23 +152,33 @@ pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
         mem::set_ipv4(&mut tuple.saddr, header.ip.src_addr);
         mem::set_ipv4(&mut tuple.daddr, header.ip.dst_addr);
         let ihl = u32::from(header.ip.ihl());
-        let udp = if ihl == Ipv4Hdr::LEN as u32 || header.ip.proto != IPPROTO_UDP {
-            header.udp
+        let udp = if header.ip.frag_offset() != 0 {
+            None
+        } else if ihl == Ipv4Hdr::LEN as u32 || header.ip.proto != IPPROTO_UDP {
+            Some(header.udp)
         } else {
             // IP options: the UDP header is further on.
-            read(net.header, ihl)?
+            Some(read(net.header, ihl)?)
         };
         (header.ip.proto, udp)
     } else {
         let header: Ipv6Udp = read(net.header, 0)?;
         tuple.saddr = header.ip.src_addr;
         tuple.daddr = header.ip.dst_addr;
-        (header.ip.next_hdr, header.udp)
+        // The 8 bytes read after the fixed header are the fragment header when there is one:
+        // its first byte is the next header.
+        if header.ip.next_hdr == IPPROTO_FRAGMENT && header.udp.src[0] == IPPROTO_UDP {
+            (IPPROTO_UDP, None)
+        } else {
+            (header.ip.next_hdr, Some(header.udp))
+        }
     };
     if protocol == IPPROTO_UDP {
         tuple.proto = IPPROTO_UDP;
-        tuple.sport = u16::from_be_bytes(udp.src);
-        tuple.dport = u16::from_be_bytes(udp.dst);
+        if let Some(udp) = udp {
+            tuple.sport = u16::from_be_bytes(udp.src);
+            tuple.dport = u16::from_be_bytes(udp.dst);
+        }
     }
     Ok(protocol)
 }

@@ -16,7 +16,8 @@ use crate::process::{self, Privilege, output, run};
 /// firewall scenarios; udptrace's firewall verdicts read the ruleset with `nft`),
 /// netcat-openbsd and python3 (the tests reproduce incidents with real peers too), tshark
 /// (the tests read `-w` files with it; installed non-interactively, its debconf question
-/// about non-root capture keeps its default, no), prometheus (the `--metrics` test scrapes
+/// about non-root capture keeps its default, no), tcpdump (the filter language is tested
+/// against libpcap's, `pcap_differential::`; `cargo xtask bench` compares with it too), prometheus (the `--metrics` test scrapes
 /// udptrace with a real server, started by the test with its own configuration and data
 /// directory; the package's own service is not started where no systemd runs),
 /// python3-kubernetes and systemd (deploy/: the DaemonSet manifest is checked against the
@@ -29,6 +30,7 @@ pub const PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "python3",
     "tshark",
+    "tcpdump",
     "prometheus",
     "python3-kubernetes",
     "systemd",
@@ -45,8 +47,8 @@ pub const PACKAGES: &[&str] = &[
 /// (docker-proxy, netcat containers) use it too.
 pub const DIST_PACKAGES: &[&str] = &["docker.io"];
 
-/// What `cargo xtask bench` compares udptrace with.
-pub const BENCH_PACKAGES: &[&str] = &["bpftrace", "tcpdump"];
+/// What `cargo xtask bench` compares udptrace with, besides tcpdump (in `PACKAGES`).
+pub const BENCH_PACKAGES: &[&str] = &["bpftrace"];
 
 /// bpf-linker is built against the nightly's own LLVM, of this major version...
 const LLVM_MAJOR: &str = "22";

@@ -424,6 +424,12 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "needs tshark (as above) to read the cut file",
     ),
     (
+        "pcap_differential::",
+        "needs tcpdump (libpcap's filter compiler is the oracle), which the guests do not carry; \
+         the kernel-side filter it checks is the same program on every kernel, and runs in every \
+         guest (filters::)",
+    ),
+    (
         "runtimes::",
         "needs a real Podman and containerd (Debian's podman, containerd and runc), which the \
          guests do not carry; what they exercise is userspace (/proc, the runtimes' APIs and \

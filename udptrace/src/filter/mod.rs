@@ -14,7 +14,10 @@
 //! the quoted datagram's (so `port 4000` also shows the port-unreachable about port 4000);
 //! `ip`/`ip6` select the datagram's family; `host`/`net`/`port` without `src`/`dst` match either
 //! side. A drop matches on the dropped datagram; a socket event on the socket's local address
-//! (src) and connected peer (dst).
+//! (src) and connected peer (dst). Port 0 is no port (a fragment without a UDP header, as
+//! libpcap sees fragments; an unconnected socket's peer): no `port`/`portrange` term holds on
+//! it. On packets, the matches are libpcap's (integration test `pcap_differential`), ICMP
+//! errors aside.
 //!
 //! The compiled program has one test per term (`udp`, `ip`, `host`, `net`, `port`,
 //! `portrange`, ...; `and`, `or` and `not` cost nothing: they are jumps). Expressions of more than
@@ -119,7 +122,8 @@ impl Expr {
                     }
             }
             Self::Port { dir, lo, hi } => {
-                let within = |port: u16| (*lo..=*hi).contains(&port);
+                // Port 0 is no port (see `udptrace_common::filter`).
+                let within = |port: u16| port != 0 && (*lo..=*hi).contains(&port);
                 match dir {
                     Dir::Src => within(tuple.sport),
                     Dir::Dst => within(tuple.dport),

@@ -71,6 +71,29 @@ fn ports_match_either_side_unless_qualified() {
     assert!(check("udp port 4000", &t, false));
 }
 
+/// A fragment without a UDP header (an IPv4 fragment other than the first, any IPv6 fragment)
+/// has ports 0: no port test holds on it, so `not port P` shows it and `portrange 0-1023`
+/// does not, as libpcap's filters (found by the pcap_differential integration test: such
+/// fragments used to carry their payload's first bytes as ports).
+#[test]
+fn port_zero_is_no_port() {
+    let fragment = v4(A, 0, B, 0);
+    assert!(!check("port 0", &fragment, false));
+    assert!(!check("portrange 0-1023", &fragment, false));
+    assert!(!check("src portrange 0-65535", &fragment, false));
+    assert!(check("not port 53", &fragment, false));
+    assert!(check("not portrange 0-1023", &fragment, false));
+    assert!(check("host 192.0.2.1 and not port 53", &fragment, false));
+    assert!(check("udp", &fragment, false));
+    let v6_fragment = v6("2001:db8::1", 0, "2001:db8::2", 0);
+    assert!(!check("dst portrange 0-10", &v6_fragment, false));
+    assert!(check("ip6 and not port 0", &v6_fragment, false));
+    // One side without a port, the other with one (an unconnected socket's peer).
+    let socket = v4(A, 4_000, [0; 4], 0);
+    assert!(check("port 4000", &socket, false));
+    assert!(!check("dst portrange 0-100", &socket, false));
+}
+
 #[test]
 fn hosts_and_nets() {
     let t = v4(A, 1, B, 2);

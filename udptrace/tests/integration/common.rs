@@ -73,6 +73,16 @@ fn spawn_udptrace_with(
     env: &[(&str, &str)],
 ) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
     let serial = serial();
+    let (child, stdout) = spawn_unserialized(leading, args, env);
+    (serial, child, stdout)
+}
+
+/// `udptrace LEADING ARGS...` started at once: the caller holds the turn to trace.
+fn spawn_unserialized(
+    leading: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, ChildStdout) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
         .args(leading)
         .args(args)
@@ -82,17 +92,19 @@ fn spawn_udptrace_with(
         .spawn()
         .expect("starting udptrace");
     let stdout = child.stdout.take().expect("stdout");
-    (serial, child, stdout)
+    (child, stdout)
 }
 
 /// A running `udptrace --json` whose stdout lines are collected in the background.
 pub struct Trace {
-    _serial: MutexGuard<'static, ()>,
+    /// The turn to trace; `None` for a trace of a [`Traces`] group, which holds it.
+    _serial: Option<MutexGuard<'static, ()>>,
     child: Child,
     lines: mpsc::Receiver<Value>,
     pub records: Vec<Value>,
     /// From starting the process to its `ready` record (load, verification, attach).
     pub ready_after: Duration,
+    started: Instant,
 }
 
 impl Trace {
@@ -129,7 +141,17 @@ impl Trace {
     }
 
     fn spawned((serial, child, stdout): (MutexGuard<'static, ()>, Child, ChildStdout)) -> Self {
-        let started = Instant::now();
+        let mut trace = Self::launched(Some(serial), child, stdout);
+        trace.wait_ready();
+        trace
+    }
+
+    /// A started process whose stdout is read in the background; not ready yet.
+    fn launched(
+        serial: Option<MutexGuard<'static, ()>>,
+        child: Child,
+        stdout: ChildStdout,
+    ) -> Self {
         let (sender, lines) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -141,26 +163,31 @@ impl Trace {
                 }
             }
         });
-        let mut trace = Self {
+        Self {
             _serial: serial,
             child,
             lines,
             records: Vec::new(),
             ready_after: Duration::ZERO,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Ok(record) = trace
+            started: Instant::now(),
+        }
+    }
+
+    /// Waits for the `ready` record (at most 30 s from the start).
+    fn wait_ready(&mut self) {
+        let deadline = self.started + Duration::from_secs(30);
+        while let Ok(record) = self
             .lines
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
         {
             let ready = record["type"] == "ready";
-            trace.records.push(record);
+            self.records.push(record);
             if ready {
-                trace.ready_after = started.elapsed();
-                return trace;
+                self.ready_after = self.started.elapsed();
+                return;
             }
         }
-        let status = trace.child.try_wait().ok().flatten();
+        let status = self.child.try_wait().ok().flatten();
         panic!("udptrace did not become ready within 30 s (exit status {status:?})");
     }
 
@@ -170,11 +197,20 @@ impl Trace {
     }
 
     /// Sends SIGINT, waits for the exit summary and returns every record.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(self) -> Vec<Value> {
         // Let in-flight events reach the ring buffer and verdicts settle.
         thread::sleep(Duration::from_millis(700));
+        self.interrupt();
+        self.finish()
+    }
+
+    fn interrupt(&self) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    }
+
+    /// After `interrupt`: the exit summary, and every record.
+    fn finish(mut self) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Ok(record) = self
             .lines
@@ -189,6 +225,43 @@ impl Trace {
             "no stats record at exit"
         );
         std::mem::take(&mut self.records)
+    }
+}
+
+/// Several `udptrace --json` runs at once, one turn to trace for all (each sees every
+/// namespace; each has its own filter).
+pub struct Traces {
+    traces: Vec<Trace>,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Traces {
+    /// Starts `udptrace --json ARGS...` for each argument list, and waits until all are ready.
+    pub fn start(arg_lists: &[Vec<&str>]) -> Self {
+        let serial = serial();
+        let mut traces: Vec<Trace> = arg_lists
+            .iter()
+            .map(|args| {
+                let (child, stdout) = spawn_unserialized(&["--json"], args, &[]);
+                Trace::launched(None, child, stdout)
+            })
+            .collect();
+        for trace in &mut traces {
+            trace.wait_ready();
+        }
+        Self {
+            traces,
+            _serial: serial,
+        }
+    }
+
+    /// Stops them all as `Trace::stop` does; each one's records, in the order started.
+    pub fn stop(self) -> Vec<Vec<Value>> {
+        thread::sleep(Duration::from_millis(700));
+        for trace in &self.traces {
+            trace.interrupt();
+        }
+        self.traces.into_iter().map(Trace::finish).collect()
     }
 }
 

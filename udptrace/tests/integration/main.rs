@@ -11,6 +11,7 @@ mod hardening;
 mod metrics;
 mod path;
 mod pcap;
+mod pcap_differential;
 mod real_tools;
 mod recordings;
 mod runtimes;
