@@ -151,12 +151,6 @@ pub const PROG_CONSUME_TP_BTF: &str = "consume_tp_btf";
 pub const PROG_CONSUME_RAW_TP: &str = "consume_raw_tp";
 pub const PROG_CONSUME_TRACEPOINT: &str = "consume_tracepoint";
 
-/// `irq:softirq_entry` / `irq:softirq_exit`: which CPU is serving a softirq.
-pub const PROG_SOFTIRQ_ENTRY_TP_BTF: &str = "softirq_entry_tp_btf";
-pub const PROG_SOFTIRQ_EXIT_TP_BTF: &str = "softirq_exit_tp_btf";
-pub const PROG_SOFTIRQ_ENTRY_RAW_TP: &str = "softirq_entry_raw_tp";
-pub const PROG_SOFTIRQ_EXIT_RAW_TP: &str = "softirq_exit_raw_tp";
-
 /// `fib:fib_table_lookup` and `fib6:fib6_table_lookup`: route lookups.
 pub const PROG_ROUTE4_TRACEPOINT: &str = "route4_tracepoint";
 pub const PROG_ROUTE6_TRACEPOINT: &str = "route6_tracepoint";

@@ -34,7 +34,6 @@ use crate::{
     CAPTURE, COUNTERS, ESCALATED, EVENTS, FEATURES, FILTER, FLOW_COUNTS, FLOW_OVERFLOW,
     FOLLOWING_SINCE, GENERATION, SCRATCH, SCRATCH_DEPTH, SELECTED_NETNS, SELECTORS, STACKS,
     TRACKED, debug,
-    hooks::softirq,
     kernel::{self, Access, ReadError},
     mem,
 };
@@ -147,16 +146,6 @@ impl Place {
                 header.ifindex = 0;
                 header.ifname = [0; 16];
             }
-        }
-    }
-
-    /// The place of a process-context hook's event when it ran in a softirq: the current
-    /// task's namespace is not the event's there.
-    #[inline(always)]
-    fn outside_process(self) -> Self {
-        match self {
-            Self::Task => Self::Unknown,
-            place => place,
         }
     }
 
@@ -395,13 +384,6 @@ fn submit(
     stack_ctx: *mut c_void,
 ) -> bool {
     count(Counter::Seen);
-    // Hooks that run in a sender's system call (device transmit, output route lookups) also
-    // run in softirqs (`hooks::softirq`), where the current task is not the datagram's.
-    let (context, place) = if context == Context::Process && softirq::in_softirq() {
-        (Context::Softirq, place.outside_process())
-    } else {
-        (context, place)
-    };
     let event = &mut slot.event;
     // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
     let (want_netns, want_ifindex, want_pid, want_set) = unsafe {
@@ -423,12 +405,10 @@ fn submit(
     if place_first {
         place.fill(header);
     }
-    // An event whose namespace could not be read (0) passes, as with `--netns`; one whose
-    // place is unknown (route lookups in softirq name no namespace) is not claimed for it.
-    let netns_unread = header.netns == 0 && !matches!(place, Place::Unknown);
-    let selected = (want_netns == 0 || netns_unread || header.netns == want_netns)
+    // An event whose namespace could not be read (0) passes, as with `--netns`.
+    let selected = (want_netns == 0 || header.netns == 0 || header.netns == want_netns)
         && (want_set == 0
-            || netns_unread
+            || header.netns == 0
             // SAFETY: a lookup in our own map; the value is not read.
             || unsafe { SELECTED_NETNS.get(&header.netns) }.is_some())
         && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)

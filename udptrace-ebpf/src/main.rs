@@ -118,11 +118,6 @@ static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Per CPU: the tracked skb being received right now, so that `sk_data_ready`, which names
 /// only the socket, can say which datagram was delivered (see `hooks::path`).
-/// Per CPU: 1 while the CPU serves a softirq (`hooks::softirq`), whose work runs on whatever
-/// task it interrupted or on ksoftirqd.
-#[map(name = "IN_SOFTIRQ")]
-static IN_SOFTIRQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-
 #[map(name = "CURRENT_RX")]
 static CURRENT_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 

@@ -7,7 +7,6 @@ pub mod icmp;
 pub mod lookup;
 pub mod path;
 pub mod sock;
-pub mod softirq;
 
 use udptrace_common::{
     event::Counter,

@@ -33,7 +33,7 @@ use udptrace_common::{
 use crate::{
     CURRENT_RX, OFFSETS, TRACKED,
     emit::{Context, Place, Report, following_anything},
-    hooks::{Probed, arg, classic_args, finish, icmp, save_entry, softirq, take_entry},
+    hooks::{Probed, arg, classic_args, finish, icmp, save_entry, take_entry},
     kernel::{self, Access, ReadError, read},
     mem,
 };
@@ -276,9 +276,8 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     event.detail.route_dev = read(record, name)?;
     if input {
         event.detail.flags = FLAG_ROUTE_INPUT;
-    } else if event.detail.route_err != 0 && !softirq::in_softirq() {
-        // A failed output lookup in a task's system call (not in a softirq it was
-        // interrupted by: `hooks::softirq`) fails the send that made it (ENETUNREACH for no route,
+    } else if event.detail.route_err != 0 {
+        // A failed output lookup fails the send that made it (ENETUNREACH for no route,
         // EHOSTUNREACH/EINVAL/EACCES for an unreachable/blackhole/prohibit route: fib_props[],
         // net/ipv4/fib_semantics.c), and the send tracepoint sees only the socket's addresses:
         // its destination is kept for the send hook of this task (`sock::on_result`).

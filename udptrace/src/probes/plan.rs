@@ -33,8 +33,7 @@ use udptrace_common::{
         PROG_DROP_INFERRED_RAW_TP, PROG_DROP_INFERRED_TP_BTF, PROG_DROP_INFERRED_TRACEPOINT,
         PROG_ENQUEUE_FEXIT, PROG_ENQUEUE_KPROBE, PROG_ENQUEUE_KRETPROBE, PROG_ROUTE_INPUT_FEXIT,
         PROG_ROUTE_INPUT_KPROBE, PROG_ROUTE_INPUT_KRETPROBE, PROG_SK_ERROR_FENTRY,
-        PROG_SK_ERROR_KPROBE, PROG_SOFTIRQ_ENTRY_RAW_TP, PROG_SOFTIRQ_ENTRY_TP_BTF,
-        PROG_SOFTIRQ_EXIT_RAW_TP, PROG_SOFTIRQ_EXIT_TP_BTF,
+        PROG_SK_ERROR_KPROBE,
     },
     offsets::ClassicTracepoint,
 };
@@ -298,28 +297,6 @@ pub const HOOKS: &[Hook] = &[
                     PROG_CONSUME_TRACEPOINT,
                     Target::Tracepoint(ClassicTracepoint::ConsumeSkb),
                 )],
-            },
-        ],
-    },
-    Hook {
-        name: "softirq",
-        role: Role::Path,
-        description: "whether a CPU serves a softirq, so that a transmit or route lookup there names no process or namespace of the task it interrupted (irq:softirq_entry/exit)",
-        core: false,
-        attachments: &[
-            Attachment {
-                mechanism: Mechanism::TpBtf,
-                programs: &[
-                    (PROG_SOFTIRQ_ENTRY_TP_BTF, Target::TpBtf("softirq_entry")),
-                    (PROG_SOFTIRQ_EXIT_TP_BTF, Target::TpBtf("softirq_exit")),
-                ],
-            },
-            Attachment {
-                mechanism: Mechanism::RawTracepoint,
-                programs: &[
-                    (PROG_SOFTIRQ_ENTRY_RAW_TP, Target::RawTp("softirq_entry")),
-                    (PROG_SOFTIRQ_EXIT_RAW_TP, Target::RawTp("softirq_exit")),
-                ],
             },
         ],
     },

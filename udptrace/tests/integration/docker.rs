@@ -259,12 +259,6 @@ fn a_silent_runtime_changes_nothing() {
     assert!(!traced.is_empty());
     for event in traced {
         assert!(event.get("container").is_none(), "{event:#}");
-        if event["kind"] == "route" && event["netns"] == 0 {
-            // The route lookup of the ICMP error, made in softirq: its tracepoint names no
-            // namespace, so there is none to name.
-            assert!(event.get("netns_name").is_none(), "{event:#}");
-            continue;
-        }
         assert!(
             names.contains(event["netns_name"].as_str().unwrap_or_default()),
             "the lab's own namespace names: {event:#}"

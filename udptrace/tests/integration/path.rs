@@ -163,36 +163,3 @@ fn nat_rewrites_are_visible_with_their_conntrack_entry() {
     });
     assert!(!dnat.is_empty(), "post-DNAT hop towards dind1");
 }
-
-/// Issue 17: hooks that usually run in a sender's system call also run in softirqs, where the
-/// current task is whoever the CPU interrupted. The server namespace's route lookup for its
-/// ICMP port unreachable (`icmp_route_lookup`, net/ipv4/icmp.c) runs in the softirq that
-/// receives the client's datagram, on the client's CPU during its `send`: it is not the
-/// client's, neither its process nor its namespace.
-#[test]
-fn route_lookups_in_softirq_claim_no_process() {
-    let (lab, outcome, records) = traced("closed-port", &[]);
-    let client = outcome.client.local.unwrap();
-    let port = lab.target.port();
-    let target = lab.target.ip().to_string();
-    let own = kind(&records, "route", |e| {
-        e["daddr"] == target && e["dport"] == port
-    });
-    assert!(
-        own.iter()
-            .any(|e| e["netns"] == lab.client.inode && e["comm"] == "lab-client"),
-        "the client's own lookup, in its system call: {records:#?}"
-    );
-    let for_the_error = kind(&records, "route", |e| {
-        e["sport"] == port && e["dport"] == client.port()
-    });
-    assert!(
-        !for_the_error.is_empty(),
-        "the ICMP error's lookup: {records:#?}"
-    );
-    for lookup in for_the_error {
-        assert!(lookup.get("pid").is_none(), "{lookup:#}");
-        assert!(lookup.get("comm").is_none(), "{lookup:#}");
-        assert_ne!(lookup["netns"], lab.client.inode, "{lookup:#}");
-    }
-}
