@@ -15,7 +15,7 @@ use serde_json::Value;
 use udptrace::lab::scenarios;
 
 use crate::{
-    common::{require_root, serial},
+    common::{events, require_root, serial},
     drops::traced,
 };
 
@@ -156,6 +156,16 @@ fn assert_frames_match(scenario: &str, frames: &[Frame], records: &[Value]) {
             frame.comment.starts_with(&format!("{kind} ")),
             "{scenario}: {frame:?} vs {event}"
         );
+        // `--stack`: the event's frames, innermost first.
+        if let Some(stack) = event["stack"].as_array() {
+            let frames: Vec<&str> = stack.iter().map(|f| f.as_str().unwrap()).collect();
+            assert!(
+                frame
+                    .comment
+                    .contains(&format!("; stack {}", frames.join(" < "))),
+                "{scenario}: {frame:?} vs {event}"
+            );
+        }
         if kind == "drop" {
             let reason = event["reason"].as_str().unwrap();
             let location = event["location"].as_str().unwrap();
@@ -204,12 +214,26 @@ fn w_writes_one_packet_per_hop_event() {
     );
 }
 
+/// With `--stack` on closed-port, the drops' and ICMP errors' comments carry their stacks too.
 #[test]
 fn a_traced_incident_written_with_w_reads_in_tshark_as_its_json_events() {
-    for scenario in ["closed-port", "wrong-source-reply-v6"] {
+    for (scenario, stack) in [("closed-port", true), ("wrong-source-reply-v6", false)] {
         let file = temp_file(scenario);
         let path = file.0.to_str().unwrap();
-        let (_lab, _outcome, records) = traced(scenario, &["-w", path]);
+        let args: &[&str] = if stack {
+            &["--stack", "-w", path]
+        } else {
+            &["-w", path]
+        };
+        let (_lab, _outcome, records) = traced(scenario, args);
+        if stack {
+            assert!(
+                events(&records, "drop")
+                    .iter()
+                    .all(|d| d["stack"].is_array()),
+                "{records:#?}"
+            );
+        }
         let plain = Command::new("tshark").args(["-r", path]).output().unwrap();
         assert!(plain.status.success(), "{scenario}: {plain:?}");
         assert_eq!(warnings(&plain), Vec::<String>::new(), "{scenario}");
