@@ -6,7 +6,7 @@
 //! with no kernel and no host. The record types are documented in docs/json-schema.md.
 
 use std::{
-    cell::{RefCell, RefMut},
+    cell::RefCell,
     fs::File,
     io::{self, BufWriter},
     net::SocketAddr,
@@ -25,7 +25,7 @@ use crate::{
     },
     model::{DropReason, TraceEvent},
     probes::attach::HookOutcome,
-    render::{Output, Stats, Status, json::JsonOutput},
+    render::{Output, Stats, Status, file_cut_short, json::JsonOutput},
     sockets::{ListedSocket, SocketList},
 };
 
@@ -109,6 +109,8 @@ impl KernelCount {
 /// The file being recorded: the JSON output on it, and the context records written beside.
 pub struct Recording {
     json: JsonOutput<BufWriter<File>>,
+    /// `-o PATH`, for write errors.
+    file: String,
     /// The first failed write of a context record, reported by the next output call (the
     /// rules that asked cannot fail).
     error: Option<io::Error>,
@@ -124,6 +126,7 @@ impl Recording {
         let file = File::create(path)?;
         let mut recording = Self {
             json: JsonOutput::new(BufWriter::with_capacity(1 << 16, file)),
+            file: format!("-o {}", path.display()),
             error: None,
         };
         recording.json.record("recording", header)?;
@@ -192,40 +195,54 @@ impl Recording {
 pub struct RecordingOutput(pub SharedRecording);
 
 impl RecordingOutput {
-    fn json(&mut self) -> io::Result<RefMut<'_, JsonOutput<BufWriter<File>>>> {
+    /// `write` on the JSON records, after reporting a context record that failed; an error
+    /// names the file and says that it is cut short (`replay` refuses it: its `stats` record,
+    /// written last, is missing).
+    fn write(
+        &mut self,
+        write: impl FnOnce(&mut JsonOutput<BufWriter<File>>) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut recording = self.0.borrow_mut();
-        recording.take_error()?;
-        Ok(RefMut::map(recording, |recording| &mut recording.json))
+        let result = recording
+            .take_error()
+            .and_then(|()| write(&mut recording.json));
+        result.map_err(|error| {
+            file_cut_short(
+                &error,
+                &recording.file,
+                "the recording is cut short (replay refuses it)",
+            )
+        })
     }
 }
 
 impl Output for RecordingOutput {
     fn ready(&mut self, filter: &str, probes: &[HookOutcome]) -> io::Result<()> {
-        self.json()?.ready(filter, probes)
+        self.write(|json| json.ready(filter, probes))
     }
 
     fn event(&mut self, event: &TraceEvent) -> io::Result<()> {
-        self.json()?.event(event)
+        self.write(|json| json.event(event))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.json()?.flush()
+        self.write(Output::flush)
     }
 
     fn lost(&mut self, lost: u64, total: u64) -> io::Result<()> {
-        self.json()?.lost(lost, total)
+        self.write(|json| json.lost(lost, total))
     }
 
     fn sampled(&mut self, sampled: u64, total: u64) -> io::Result<()> {
-        self.json()?.sampled(sampled, total)
+        self.write(|json| json.sampled(sampled, total))
     }
 
     fn status(&mut self, status: &Status) -> io::Result<()> {
-        self.json()?.status(status)
+        self.write(|json| json.status(status))
     }
 
     fn verdict(&mut self, verdict: &Verdict) -> io::Result<()> {
-        self.json()?.verdict(verdict)
+        self.write(|json| json.verdict(verdict))
     }
 
     fn summary(
@@ -234,6 +251,6 @@ impl Output for RecordingOutput {
         verdicts: &[Verdict],
         stats: &Stats,
     ) -> io::Result<()> {
-        self.json()?.summary(flows, verdicts, stats)
+        self.write(|json| json.summary(flows, verdicts, stats))
     }
 }

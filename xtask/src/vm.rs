@@ -477,6 +477,11 @@ const HOST_ONLY: &[(&str, &str)] = &[
         "as the quiet case above, with stderr in the pipe",
     ),
     (
+        "recordings::a_full_disk_under_o_ends_the_run_and_replay_refuses_the_cut_recording",
+        "udptrace's handling of its own output errors (a full tmpfs under -o) and replay, a \
+         file reader: the same on every kernel",
+    ),
+    (
         "recordings::recorded_runs_replay_to_the_verdicts_and_flows_they_showed",
         "replay is userspace reading a file; the live runs it records are lab scenarios whose \
          verdicts every guest checks (verdicts::every_scenario_yields_exactly_its_verdicts)",

@@ -400,8 +400,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "dind-masquerade-proxy",
-        description: "seed 004 as written: a client container behind a masquerading DinD namespace (dind2) sends to the host's address 203.0.113.1:5011; the host's DNAT exempts its own bridge, so a userland proxy (docker-proxy) on 0.0.0.0:5011 forwards to dind1 and relays the reply",
-        diagnosis: "the proxy relays from its wildcard socket, so the reply leaves from the bridge address 192.0.2.1 instead of 203.0.113.1; dind2's conntrack does not recognise it, does not undo the masquerade, and it dies NO_SOCKET in dind2; fix: --userland-proxy=false (hairpin NAT) or a proxy replying with IP_PKTINFO",
+        description: "seed 004 as written: a client container behind a masquerading DinD namespace (dind2) sends to the host's address 203.0.113.1:5011; the host's DNAT exempts its own bridge, so a userland proxy on 0.0.0.0:5011 (a thread of this lab standing in for docker-proxy) forwards to dind1 and relays the reply",
+        diagnosis: "the proxy relays from its wildcard socket, so the reply leaves from the bridge address 192.0.2.1 instead of 203.0.113.1; dind2's conntrack does not recognise it, does not undo the masquerade, and it dies NO_SOCKET in dind2; the verdict names the socket's owner (udptrace here) with the generic fix (bind to 203.0.113.1 or reply with IP_PKTINFO); when the owner is docker-proxy itself (lab run docker-proxy-reply) it gives Docker's: --userland-proxy=false (hairpin NAT) or -p 203.0.113.1:5011:PORT/udp",
         expected: &["reply_source_mismatch"],
         topology: Topology::DindProxy,
         ipv6: false,

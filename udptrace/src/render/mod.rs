@@ -38,6 +38,13 @@ pub fn output_for(json_output: bool, on_stderr: bool) -> Box<dyn Output> {
     }
 }
 
+/// A write error on a file beside the output (`file`: `-w PATH`, `-o PATH`): which file, the
+/// error, and what the file holds now (`holds`), so that the run's one line of error says
+/// what was left half-written.
+pub fn file_cut_short(error: &io::Error, file: &str, holds: &str) -> io::Error {
+    io::Error::new(error.kind(), format!("{file}: {error}; {holds}"))
+}
+
 /// Two outputs fed the same records: the user's and a file beside it (`-o`, `-w`). The
 /// first error stops the run.
 pub struct Tee<'a> {

@@ -20,7 +20,7 @@ use std::{
 use super::{
     Output, Stats, Status,
     event::{context_parts, summary},
-    verdict,
+    file_cut_short, verdict,
 };
 use crate::{
     flows::{table::FlowTable, verdict::Verdict},
@@ -75,12 +75,10 @@ impl<W: Write> PcapOutput<W> {
 
     /// A write error, saying which file it concerns and that what it holds is cut short.
     fn failed(&self, error: &io::Error) -> io::Error {
-        io::Error::new(
-            error.kind(),
-            format!(
-                "-w {}: {error}; the file is cut short (its packets end before the cut)",
-                self.name
-            ),
+        file_cut_short(
+            error,
+            &format!("-w {}", self.name),
+            "the file is cut short (its packets end before the cut)",
         )
     }
 

@@ -317,6 +317,34 @@ mod tests {
         assert!(lines.iter().all(|line| line.len() <= 80));
     }
 
+    /// `--stack`: the frames under the event's context line, innermost first, the first
+    /// labelled.
+    #[test]
+    fn a_stack_is_listed_under_its_event_innermost_first() {
+        let mut out = Vec::new();
+        let mut drop = event(What::Drop {
+            reason: DropReason::named("NO_SOCKET"),
+            reason_inferred: false,
+            location: Location::Symbol("__udp4_lib_rcv+0x4bc".into()),
+        });
+        drop.stack = Some(Box::new(vec![
+            "__udp4_lib_rcv+0x4bc".into(),
+            "ip_protocol_deliver_rcu+0xd8".into(),
+            "ip_local_deliver_finish+0x81".into(),
+        ]));
+        TextOutput::new(&mut out, false).event(&drop).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2..],
+            [
+                "                           stack __udp4_lib_rcv+0x4bc",
+                "                                 ip_protocol_deliver_rcu+0xd8",
+                "                                 ip_local_deliver_finish+0x81",
+            ]
+        );
+    }
+
     #[test]
     fn later_hops_of_a_datagram_hang_under_it() {
         let mut out = Vec::new();

@@ -73,22 +73,24 @@ fn spawn_udptrace_with(
     env: &[(&str, &str)],
 ) -> (MutexGuard<'static, ()>, Child, ChildStdout) {
     let serial = serial();
-    let (child, stdout) = spawn_unserialized(leading, args, env);
+    let (child, stdout) = spawn_unserialized(leading, args, env, Stdio::inherit());
     (serial, child, stdout)
 }
 
-/// `udptrace LEADING ARGS...` started at once: the caller holds the turn to trace.
+/// `udptrace LEADING ARGS...` started at once, its stderr to `stderr`: the caller holds the
+/// turn to trace.
 fn spawn_unserialized(
     leading: &[&str],
     args: &[&str],
     env: &[(&str, &str)],
+    stderr: Stdio,
 ) -> (Child, ChildStdout) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_udptrace"))
         .args(leading)
         .args(args)
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("starting udptrace");
     let stdout = child.stdout.take().expect("stdout");
@@ -116,6 +118,24 @@ impl Trace {
     /// `start` with environment variables `env` set (e.g. DOCKER_HOST).
     pub fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::spawned(spawn_udptrace_with(&["--json"], args, env))
+    }
+
+    /// `start_with`, with udptrace's stderr collected instead of shown: the trace, and what
+    /// udptrace wrote there, complete once it has exited (read on a thread of its own, so that
+    /// udptrace never waits on a full pipe).
+    pub fn start_capturing_stderr(
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Self, thread::JoinHandle<String>) {
+        let serial = serial();
+        let (mut child, stdout) = spawn_unserialized(&["--json"], args, env, Stdio::piped());
+        let mut stderr = child.stderr.take().expect("stderr");
+        let collected = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        (Self::spawned((serial, child, stdout)), collected)
     }
 
     /// Starts `udptrace watch ARGS...` (NDJSON without `--json`) and waits for its `ready`.
@@ -242,7 +262,7 @@ impl Traces {
         let mut traces: Vec<Trace> = arg_lists
             .iter()
             .map(|args| {
-                let (child, stdout) = spawn_unserialized(&["--json"], args, &[]);
+                let (child, stdout) = spawn_unserialized(&["--json"], args, &[], Stdio::inherit());
                 Trace::launched(None, child, stdout)
             })
             .collect();

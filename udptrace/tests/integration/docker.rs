@@ -224,21 +224,34 @@ fn assert_named(records: &[Value], container: &Container, context: &dyn Fn() -> 
     }
 }
 
-/// Without an answering runtime, names are as before and nothing waits: DOCKER_HOST and
-/// CONTAINER_HOST (Podman's) name sockets that accept connections but never answer (bollard's
-/// requests time out on the background thread), and the lab's closed-port incident is traced
-/// as always.
+/// Without an answering runtime, names are as before, nothing waits and nothing is said:
+/// DOCKER_HOST and CONTAINER_HOST (Podman's) name sockets that do not exist (no runtime: no
+/// thread is started), then sockets that accept connections but never answer (bollard's
+/// requests time out on the background thread, after 5 s: containers.rs `API_TIMEOUT_SECS`).
+/// Each time the lab's closed-port incident is traced as always: ready and its verdict shown
+/// well within that timeout, the lab's own namespace names, no container, and udptrace
+/// writes nothing to stderr.
 #[test]
 fn a_silent_runtime_changes_nothing() {
     require_root();
     let scratch = tempdir("silent-docker");
     let socket = scratch.join("sock");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let podman_socket = scratch.join("podman.sock");
+    traced_as_always("no runtime", &socket, &podman_socket);
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let _podman_listener = std::os::unix::net::UnixListener::bind(&podman_socket).unwrap();
+    traced_as_always("a silent runtime", &socket, &podman_socket);
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The closed-port incident traced with DOCKER_HOST and CONTAINER_HOST naming `socket` and
+/// `podman_socket`: as without them (see `a_silent_runtime_changes_nothing`).
+fn traced_as_always(case: &str, socket: &Path, podman_socket: &Path) {
+    // Below the API client's 5 s timeout: anything that waited for the runtime exceeds it.
+    let prompt = Duration::from_secs(3);
     let scenario = scenarios::find("closed-port").unwrap();
     let lab = scenario.setup().expect("lab setup");
-    let trace = Trace::start_with(
+    let (mut trace, stderr) = Trace::start_capturing_stderr(
         &["port", &scenario.port().to_string()],
         &[
             ("DOCKER_HOST", &format!("unix://{}", socket.display())),
@@ -248,20 +261,35 @@ fn a_silent_runtime_changes_nothing() {
             ),
         ],
     );
+    assert!(
+        trace.ready_after < prompt,
+        "{case}: ready after {:?}",
+        trace.ready_after
+    );
     let outcome = scenario.exercise(&lab).expect("exercise");
+    let shown = trace.wait_for(prompt, |r| r["type"] == "verdict");
     let records = trace.stop();
-    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(
+        shown,
+        "{case}: no verdict within {prompt:?} of the incident: {records:#?}"
+    );
+    assert_eq!(stderr.join().unwrap(), "", "{case}: udptrace's stderr");
     let names: BTreeSet<&str> = lab.namespaces().iter().map(|n| n.name.as_str()).collect();
     let found = verdicts(&records);
-    assert_eq!(found.len(), 1, "{}: {records:#?}", outcome.describe());
-    assert_eq!(found[0]["code"], "port_unreachable");
+    assert_eq!(
+        found.len(),
+        1,
+        "{case}: {}: {records:#?}",
+        outcome.describe()
+    );
+    assert_eq!(found[0]["code"], "port_unreachable", "{case}");
     let traced: Vec<&Value> = records.iter().filter(|r| r["type"] == "event").collect();
-    assert!(!traced.is_empty());
+    assert!(!traced.is_empty(), "{case}");
     for event in traced {
-        assert!(event.get("container").is_none(), "{event:#}");
+        assert!(event.get("container").is_none(), "{case}: {event:#}");
         assert!(
             names.contains(event["netns_name"].as_str().unwrap_or_default()),
-            "the lab's own namespace names: {event:#}"
+            "{case}: the lab's own namespace names: {event:#}"
         );
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
@@ -15,7 +15,7 @@ use serde_json::Value;
 use udptrace::lab::scenarios;
 
 use crate::{
-    common::{require_root, serial},
+    common::{events, require_root, serial},
     drops::traced,
 };
 
@@ -156,6 +156,16 @@ fn assert_frames_match(scenario: &str, frames: &[Frame], records: &[Value]) {
             frame.comment.starts_with(&format!("{kind} ")),
             "{scenario}: {frame:?} vs {event}"
         );
+        // `--stack`: the event's frames, innermost first.
+        if let Some(stack) = event["stack"].as_array() {
+            let frames: Vec<&str> = stack.iter().map(|f| f.as_str().unwrap()).collect();
+            assert!(
+                frame
+                    .comment
+                    .contains(&format!("; stack {}", frames.join(" < "))),
+                "{scenario}: {frame:?} vs {event}"
+            );
+        }
         if kind == "drop" {
             let reason = event["reason"].as_str().unwrap();
             let location = event["location"].as_str().unwrap();
@@ -204,12 +214,26 @@ fn w_writes_one_packet_per_hop_event() {
     );
 }
 
+/// With `--stack` on closed-port, the drops' and ICMP errors' comments carry their stacks too.
 #[test]
 fn a_traced_incident_written_with_w_reads_in_tshark_as_its_json_events() {
-    for scenario in ["closed-port", "wrong-source-reply-v6"] {
+    for (scenario, stack) in [("closed-port", true), ("wrong-source-reply-v6", false)] {
         let file = temp_file(scenario);
         let path = file.0.to_str().unwrap();
-        let (_lab, _outcome, records) = traced(scenario, &["-w", path]);
+        let args: &[&str] = if stack {
+            &["--stack", "-w", path]
+        } else {
+            &["-w", path]
+        };
+        let (_lab, _outcome, records) = traced(scenario, args);
+        if stack {
+            assert!(
+                events(&records, "drop")
+                    .iter()
+                    .all(|d| d["stack"].is_array()),
+                "{records:#?}"
+            );
+        }
         let plain = Command::new("tshark").args(["-r", path]).output().unwrap();
         assert!(plain.status.success(), "{scenario}: {plain:?}");
         assert_eq!(warnings(&plain), Vec::<String>::new(), "{scenario}");
@@ -296,11 +320,13 @@ fn an_unwritable_w_path_is_one_line_and_a_failure() {
 }
 
 /// A tmpfs of 16 KiB the test mounts and unmounts, however it ends.
-struct SmallDisk(PathBuf);
+pub struct SmallDisk(pub PathBuf);
 
 impl SmallDisk {
-    fn mount() -> Self {
-        let path = std::env::temp_dir().join(format!("udptrace-{}-full", std::process::id()));
+    /// Mounted at a directory of its own, named after `what` (tests run side by side).
+    pub fn mount(what: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("udptrace-{}-full-{what}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap();
         let status = Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=16k", "udptrace-test"])
@@ -319,19 +345,19 @@ impl Drop for SmallDisk {
     }
 }
 
-#[test]
-fn a_full_disk_under_w_ends_the_run_saying_what_the_file_holds() {
-    let disk = SmallDisk::mount();
-    let target = disk.0.join("storm.pcapng");
+/// `udptrace --json --snaplen 1500 OPTION TARGET port P` during the rcvbuf-overflow burst,
+/// `TARGET` on a `SmallDisk`: the run must stop on the full disk (within 20 s), failing; the
+/// lines it wrote to stderr.
+pub fn stopped_by_a_full_disk(option: &str, target: &Path) -> Vec<String> {
     let scenario = scenarios::find("rcvbuf-overflow").unwrap();
     let _serial = serial();
     let lab = scenario.setup().expect("lab setup");
     let port = scenario.port().to_string();
     // The burst's ~300 hop events written (the rest sampled) make about 64 KiB of pcapng (a
-    // packet and its comment are ~200 bytes): four times the disk.
+    // packet and its comment are ~200 bytes), or of NDJSON: four times the disk.
     let mut udptrace = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-        .args(["--json", "--snaplen", "1500", "-w"])
-        .arg(&target)
+        .args(["--json", "--snaplen", "1500", option])
+        .arg(target)
         .args(["port", &port])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -351,10 +377,13 @@ fn a_full_disk_under_w_ends_the_run_saying_what_the_file_holds() {
         if let Some(status) = udptrace.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "udptrace did not stop on ENOSPC");
+        assert!(
+            Instant::now() < deadline,
+            "udptrace did not stop on ENOSPC ({option})"
+        );
         thread::sleep(Duration::from_millis(50));
     };
-    assert!(!status.success());
+    assert!(!status.success(), "{option}");
     let mut stderr = String::new();
     udptrace
         .stderr
@@ -362,14 +391,21 @@ fn a_full_disk_under_w_ends_the_run_saying_what_the_file_holds() {
         .unwrap()
         .read_to_string(&mut stderr)
         .unwrap();
-    let lines: Vec<&str> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    stderr.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn a_full_disk_under_w_ends_the_run_saying_what_the_file_holds() {
+    let disk = SmallDisk::mount("w");
+    let target = disk.0.join("storm.pcapng");
+    let lines = stopped_by_a_full_disk("-w", &target);
+    assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
         lines[0].starts_with(&format!(
             "udptrace: writing the output: -w {}: No space left on device",
             target.display()
         )) && lines[0].ends_with("; the file is cut short (its packets end before the cut)"),
-        "{stderr}"
+        "{lines:?}"
     );
     // What was written before is a readable capture, cut short (tshark says so).
     let read = Command::new("tshark")

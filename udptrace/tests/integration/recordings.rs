@@ -2,11 +2,18 @@
 //! flows it showed (with socket lists and kernel counts: the rcvbuf-overflow storm is sampled,
 //! so its counts come from the kernel).
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use serde_json::Value;
 
-use crate::{common::verdicts, drops::traced};
+use crate::{
+    common::verdicts,
+    drops::traced,
+    pcap::{SmallDisk, stopped_by_a_full_disk},
+};
 
 /// Removes the recording however the test ends.
 struct TempFile(PathBuf);
@@ -102,25 +109,64 @@ fn a_cut_or_corrupt_recording_is_one_line_and_a_failure() {
             std::process::id()
         )));
         std::fs::write(&file.0, text).unwrap();
-        let replay = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .args(["replay", file.0.to_str().unwrap(), "--json"])
-            .output()
-            .unwrap();
-        assert!(!replay.status.success(), "{name}");
-        let stderr = String::from_utf8_lossy(&replay.stderr);
-        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
-        assert!(
-            stderr.starts_with(&format!("udptrace: replay {}: ", file.0.display())),
-            "{name}: {stderr}"
-        );
         let expected = if name == "cut-at-line" {
             "it was cut short"
         } else {
             "not a JSON record"
         };
-        assert!(stderr.contains(expected), "{name}: {stderr}");
-        // Nothing claims to be the run's end.
-        let stdout = String::from_utf8_lossy(&replay.stdout);
-        assert!(!stdout.contains("\"type\":\"stats\""), "{name}: {stdout}");
+        let refusal = refused(&file.0);
+        assert!(refusal.contains(expected), "{name}: {refusal}");
     }
+}
+
+/// `udptrace replay FILE --json` refuses the file: status 1, one line on stderr naming it,
+/// and nothing on stdout claims to be the run's end. That line.
+fn refused(file: &Path) -> String {
+    let replay = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .args(["replay", file.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&replay.stderr);
+    assert_eq!(
+        replay.status.code(),
+        Some(1),
+        "{}: {stderr}",
+        file.display()
+    );
+    assert_eq!(stderr.lines().count(), 1, "{}: {stderr}", file.display());
+    assert!(
+        stderr.starts_with(&format!("udptrace: replay {}: ", file.display())),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        !stdout.contains("\"type\":\"stats\""),
+        "{}: {stdout}",
+        file.display()
+    );
+    stderr.into_owned()
+}
+
+/// A full disk under `-o` (a 16 KiB tmpfs) ends the run with one line naming the file and
+/// saying that it is cut short, status 1; replay then refuses what it holds.
+#[test]
+fn a_full_disk_under_o_ends_the_run_and_replay_refuses_the_cut_recording() {
+    let disk = SmallDisk::mount("o");
+    let target = disk.0.join("storm.ndjson");
+    let lines = stopped_by_a_full_disk("-o", &target);
+    assert_eq!(
+        lines,
+        [format!(
+            "udptrace: writing the output: -o {}: No space left on device (os error 28); the \
+             recording is cut short (replay refuses it)",
+            target.display()
+        )]
+    );
+    // The disk filled within a line (the usual case: a 64 KiB buffer written into 16 KiB),
+    // or, by chance, at a line's end.
+    let refusal = refused(&target);
+    assert!(
+        refusal.contains("not a JSON record") || refusal.contains("it was cut short"),
+        "{refusal}"
+    );
 }
