@@ -191,6 +191,13 @@ pub struct TraceArgs {
     /// and sampled events; hooks by mechanism; CPU time.
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_address)]
     pub metrics: Option<SocketAddr>,
+    /// Keep every hook attached from the start. By default the hooks that fire several times
+    /// for every datagram on the host (device hops, route and socket lookups) are attached
+    /// when an event first passes the filter and detached after 10 s without one, so that a
+    /// filter matching nothing costs only the send, delivery and failure hooks; the first
+    /// matched datagram's hops are then missed, and said to be.
+    #[arg(long)]
+    pub eager_hooks: bool,
     /// tcpdump-style filter expression. Options may come before, between or after its words
     /// (no filter word starts with `-`); after `--` every word is a filter word.
     #[arg(value_name = "FILTER")]

@@ -21,7 +21,7 @@ use udptrace::{
     logfile::RotatingLog,
     manual,
     render::{is_closed_pipe, json::JsonOutput, note, output_for, print_stdout, stdout_was_closed},
-    session::{TraceConfig, Tracer},
+    session::{HopHooks, TraceConfig, Tracer},
     shutdown::StopSignals,
 };
 
@@ -161,6 +161,11 @@ fn trace_config(args: &TraceArgs, watch: Option<Duration>) -> anyhow::Result<Tra
         watch,
         metrics: args.metrics,
         containers: args.containers.iter().chain(&args.pods).cloned().collect(),
+        hop_hooks: if args.eager_hooks {
+            HopHooks::Eager
+        } else {
+            HopHooks::Lazy
+        },
     })
 }
 

@@ -45,7 +45,7 @@ use crate::{
     namespaces::Namespaces,
     probes::{
         attach::{AttachContext, HookOutcome, attach_all, detach, kprobe_status, reattach},
-        plan::Role,
+        plan::Parked,
     },
     procs::Processes,
     recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
@@ -101,6 +101,18 @@ pub struct TraceConfig {
     pub metrics: Option<SocketAddr>,
     /// `--container`, `--pod`: only events in their network namespaces.
     pub containers: Vec<Wanted>,
+    /// When the interactive tracer attaches its hop hooks.
+    pub hop_hooks: HopHooks,
+}
+
+/// When the interactive tracer attaches its hop hooks (`plan::Role::Hop`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HopHooks {
+    /// When an event first passes the filter; detached `HOPS_QUIET` after the last one.
+    #[default]
+    Lazy,
+    /// From the start (`--eager-hooks`).
+    Eager,
 }
 
 /// Where `-w` writes: a file or standard output.
@@ -120,13 +132,16 @@ fn create_pcap(path: &Path, snaplen: u32) -> anyhow::Result<PcapFile> {
 }
 
 /// `udptrace watch`'s escalations: which ports the path hooks are narrowed to (the
-/// bookkeeping, and the kernel's copy), and whether those hooks are attached now.
+/// bookkeeping, and the kernel's copy).
 struct Escalation {
     ports: Ports,
     /// `names::ESCALATED_MAP`: the ports the kernel lets path events through for.
     map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
-    attached: bool,
 }
+
+/// How long the interactive tracer's hop hooks stay attached after the last event that passed
+/// the filter.
+const HOPS_QUIET: Duration = Duration::from_secs(10);
 
 /// The attach engine's view of this kernel.
 fn attach_context<'a>(
@@ -170,6 +185,12 @@ pub struct Tracer {
     pcap: Option<PcapFile>,
     /// `udptrace watch`.
     escalation: Option<Escalation>,
+    /// The hooks detached now.
+    parked: Parked,
+    /// The interactive tracer without `--eager-hooks`: its hop hooks are attached when an
+    /// event passes the filter, parked `HOPS_QUIET` after the last one.
+    lazy: bool,
+    last_match: Instant,
     /// `--metrics`: fed as the output is, and with the kernel's drop counts.
     metrics: Option<Metrics>,
     /// Serves `metrics` until the tracer is dropped.
@@ -293,21 +314,33 @@ impl Tracer {
                 let map = ebpf
                     .take_map(ESCALATED_MAP)
                     .context("the eBPF object has no ESCALATED map")?;
-                for outcome in probes.iter().filter(|o| o.hook.role == Role::Path) {
-                    detach(&mut ebpf, outcome);
-                }
                 Ok(Escalation {
                     ports: Ports::new(duration),
                     map: aya::maps::HashMap::try_from(map)?,
-                    attached: false,
                 })
             })
             .transpose()?;
+        let lazy =
+            escalation.is_none() && config.hop_hooks == HopHooks::Lazy && !config.diagnose_only;
+        let parked = if escalation.is_some() {
+            Parked::AllButFailures
+        } else if lazy {
+            Parked::Hops
+        } else {
+            Parked::Nothing
+        };
+        for outcome in &probes {
+            if let Some(mechanism) = outcome.attached
+                && parked.includes(outcome.hook.role, mechanism)
+            {
+                detach(&mut ebpf, outcome);
+            }
+        }
         let (metrics, metrics_server) = match endpoint {
             Some(endpoint) => {
                 let metrics = Metrics::new();
                 // Before the first scrape can come.
-                metrics.path_hooks(&probes, escalation.is_some());
+                metrics.parked(&probes, parked);
                 let server = endpoint.serve(&metrics)?;
                 (Some(metrics), Some(server))
             }
@@ -362,6 +395,9 @@ impl Tracer {
             recording,
             pcap,
             escalation,
+            parked,
+            lazy,
+            last_match: Instant::now(),
             ebpf,
             metrics,
             _metrics_server: metrics_server,
@@ -458,6 +494,7 @@ impl Tracer {
                 }
                 _ = tick.tick() => {
                     self.expire_escalations(output)?;
+                    self.park_quiet_hops(output)?;
                     self.namespaces.borrow_mut().release_idle(monotonic_ns());
                     // Also the generation's end: the sampling allowances restart with it.
                     let counts = self.flow_counts.drain()?;
@@ -583,27 +620,16 @@ impl Tracer {
         if added.is_empty() {
             return Ok(());
         }
-        if !escalation.attached {
-            escalation.attached = true;
-            let knowledge = &self.knowledge;
-            let has_function = |name: &str| knowledge.has_function(name);
-            let context = attach_context(knowledge, self.config.probes, &has_function);
-            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
-                if let Err(error) = reattach(&mut self.ebpf, outcome, &context) {
-                    let error = format!("{}: {error}", outcome.hook.name);
-                    output
-                        .status(&Status::EscalationFailed(error))
-                        .context(WRITING)?;
-                }
-            }
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.path_hooks(&self.probes, !escalation.attached);
+        let seconds = escalation.ports.duration().as_secs();
+        for error in self.park(Parked::Nothing) {
+            output
+                .status(&Status::EscalationFailed(error))
+                .context(WRITING)?;
         }
         output
             .status(&Status::Escalated {
                 ports: added,
-                seconds: escalation.ports.duration().as_secs(),
+                seconds,
             })
             .context(WRITING)
     }
@@ -617,15 +643,64 @@ impl Tracer {
             // Gone already only if userspace lost track of it: nothing to undo.
             let _ = escalation.map.remove(&u32::from(port));
         }
-        if !escalation.ports.any() && escalation.attached {
-            escalation.attached = false;
-            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
+        if !escalation.ports.any() && self.parked == Parked::Nothing {
+            self.park(Parked::AllButFailures);
+            output.status(&Status::EscalationEnded).context(WRITING)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the hooks `to` parks and attaches again those it no longer parks; returns a
+    /// line for each hook that could not be attached again.
+    fn park(&mut self, to: Parked) -> Vec<String> {
+        let from = std::mem::replace(&mut self.parked, to);
+        let knowledge = &self.knowledge;
+        let has_function = |name: &str| knowledge.has_function(name);
+        let context = attach_context(knowledge, self.config.probes, &has_function);
+        let mut errors = Vec::new();
+        for outcome in &self.probes {
+            let Some(mechanism) = outcome.attached else {
+                continue;
+            };
+            let was = from.includes(outcome.hook.role, mechanism);
+            let will = to.includes(outcome.hook.role, mechanism);
+            if was && !will {
+                if let Err(error) = reattach(&mut self.ebpf, outcome, &context) {
+                    errors.push(format!("{}: {error}", outcome.hook.name));
+                }
+            } else if will && !was {
                 detach(&mut self.ebpf, outcome);
             }
-            if let Some(metrics) = &self.metrics {
-                metrics.path_hooks(&self.probes, true);
-            }
-            output.status(&Status::EscalationEnded).context(WRITING)?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.parked(&self.probes, to);
+        }
+        errors
+    }
+
+    /// The interactive tracer: events passed the filter: its hop hooks are attached if
+    /// parked. The hops before they are were not traced: the output says from when on they
+    /// are (the first matched datagram's missing hops are said, not hidden).
+    fn filter_matched(&mut self, output: &mut dyn Output) -> anyhow::Result<()> {
+        self.last_match = Instant::now();
+        if self.parked != Parked::Hops {
+            return Ok(());
+        }
+        let errors = self.park(Parked::Nothing);
+        output
+            .status(&Status::HopsAttached {
+                from: self.clock.at(monotonic_ns()),
+                errors,
+            })
+            .context(WRITING)
+    }
+
+    /// The interactive tracer: parks its hop hooks again `HOPS_QUIET` after the last event
+    /// that passed the filter.
+    fn park_quiet_hops(&mut self, output: &mut dyn Output) -> anyhow::Result<()> {
+        if self.lazy && self.parked == Parked::Nothing && self.last_match.elapsed() >= HOPS_QUIET {
+            self.park(Parked::Hops);
+            output.status(&Status::HopsParked).context(WRITING)?;
         }
         Ok(())
     }
@@ -650,9 +725,11 @@ impl Tracer {
         let mut undecodable = None;
         let watching = self.escalation.is_some();
         let mut anomalies = Vec::new();
+        let mut matched = false;
         self.ring.drain(|bytes| {
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
                 Ok(mut event) => {
+                    matched = true;
                     if watching {
                         // Narrowed in the kernel: a path event passed only for an escalated
                         // flow, so escalation is how it was seen.
@@ -685,6 +762,9 @@ impl Tracer {
                 .context(WRITING)?;
         }
         self.escalate(&anomalies, output)?;
+        if matched && self.lazy {
+            self.filter_matched(output)?;
+        }
         let due = self.pending.release(monotonic_ns());
         self.observe(due, output, stats)
     }

@@ -19,10 +19,7 @@ pub mod server;
 use std::{
     io,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use prometheus_client::{
@@ -37,7 +34,7 @@ use self::labels::{BoundedCounter, DropLabels, ErrnoLabels, IcmpLabels, Overflow
 use crate::{
     flows::{bounded::Bounded, table::FlowTable, verdict::Verdict},
     model::{DropReason, Family as AddressFamily, TraceEvent, What},
-    probes::{attach::HookOutcome, plan::Role},
+    probes::{attach::HookOutcome, plan::Parked},
     render::{Output, Stats, Status},
 };
 
@@ -92,8 +89,9 @@ pub struct Metrics {
     lost: Counter,
     sampled: Counter,
     hooks: Family<MechanismLabels, Gauge>,
-    /// `udptrace watch` with its path hooks detached between escalations.
-    path_parked: Arc<AtomicBool>,
+    /// The hooks detached now: `udptrace watch`'s between escalations, the interactive
+    /// tracer's hop hooks until its filter matches.
+    parked: Arc<Mutex<Parked>>,
     places: Arc<Mutex<Bounded<DroppedFlow, Place>>>,
 }
 
@@ -162,7 +160,7 @@ impl Metrics {
             lost,
             sampled,
             hooks,
-            path_parked: Arc::default(),
+            parked: Arc::new(Mutex::new(Parked::Nothing)),
             places: Arc::new(Mutex::new(Bounded::new(DROP_PLACES))),
         }
     }
@@ -283,19 +281,18 @@ impl Metrics {
             .inc();
     }
 
-    /// `udptrace watch` detached (`parked`) or attached its path hooks: the hooks gauge
-    /// follows.
-    pub fn path_hooks(&self, probes: &[HookOutcome], parked: bool) {
-        self.path_parked.store(parked, Ordering::Relaxed);
+    /// Hooks were parked or attached again: the hooks gauge follows.
+    pub fn parked(&self, probes: &[HookOutcome], parked: Parked) {
+        *self.parked.lock().unwrap_or_else(PoisonError::into_inner) = parked;
         self.hooks(probes);
     }
 
     /// The hooks attached now, by mechanism.
     pub fn hooks(&self, probes: &[HookOutcome]) {
+        let now = *self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         let parked = |o: &&HookOutcome| {
-            self.path_parked.load(Ordering::Relaxed)
-                && o.attached.is_some()
-                && o.hook.role == Role::Path
+            o.attached
+                .is_some_and(|mechanism| now.includes(o.hook.role, mechanism))
         };
         let count = |mechanism: Option<Mechanism>| {
             probes

@@ -110,9 +110,39 @@ pub enum Role {
     /// for every datagram: always attached, `udptrace watch` included. (`enqueue` fires per
     /// delivered datagram, but only on kernels before 5.17, whose drop reasons it infers.)
     Failure,
-    /// Fires for every datagram on the host (device hops, route and socket lookups, sends,
-    /// deliveries): `udptrace watch` attaches them only while it escalates a flow.
+    /// Fires for every datagram on the host at its ends (sends, deliveries, receive calls):
+    /// `udptrace watch` attaches them only while it escalates a flow; the interactive tracer
+    /// keeps them attached.
     Path,
+    /// Fires for every datagram on the host, several times on its way (device hops, route and
+    /// socket lookups, consumption): parked like `Path` under `udptrace watch`, and in the
+    /// interactive tracer attached only once the filter matched (`--eager-hooks`: always).
+    Hop,
+}
+
+/// Which hooks are parked (attached once, to learn what they would use, then detached) now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parked {
+    /// Every hook attached: `--eager-hooks`, an escalation, or the filter matched lately.
+    Nothing,
+    /// The interactive tracer before the filter matched, or after a quiet period: the hop
+    /// hooks, except those attached as kprobes, which stay (re-attaching a kprobe/kretprobe
+    /// under load once crashed a Debian 6.1 TCG guest during watch's escalation, in softirq
+    /// from `__udp4_lib_rcv`: not done per match).
+    Hops,
+    /// `udptrace watch` while no flow is escalated: only the failure hooks run.
+    AllButFailures,
+}
+
+impl Parked {
+    /// Whether a hook of `role` attached with `mechanism` is detached now.
+    pub fn includes(self, role: Role, mechanism: Mechanism) -> bool {
+        match self {
+            Parked::Nothing => false,
+            Parked::Hops => role == Role::Hop && mechanism != Mechanism::Kprobe,
+            Parked::AllButFailures => role != Role::Failure,
+        }
+    }
 }
 
 /// A logical hook: what udptrace observes, independent of how.
@@ -201,7 +231,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "xmit",
-        role: Role::Path,
+        role: Role::Hop,
         description: "datagrams handed to a device, and ICMPv6 errors (net:net_dev_queue)",
         core: false,
         attachments: &[
@@ -224,7 +254,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv",
-        role: Role::Path,
+        role: Role::Hop,
         description: "datagrams entering a device (net:netif_receive_skb)",
         core: false,
         attachments: &[
@@ -279,7 +309,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "consume",
-        role: Role::Path,
+        role: Role::Hop,
         description: "end of a followed datagram (skb:consume_skb)",
         core: false,
         attachments: &[
@@ -302,7 +332,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route4",
-        role: Role::Path,
+        role: Role::Hop,
         description: "IPv4 route lookups: the output device chosen (fib:fib_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -315,7 +345,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route6",
-        role: Role::Path,
+        role: Role::Hop,
         description: "IPv6 route lookups (fib6:fib6_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -517,7 +547,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "lookup",
-        role: Role::Path,
+        role: Role::Hop,
         description: "UDP socket lookups for received datagrams: the socket found, or none (__udp4_lib_lookup/__udp6_lib_lookup)",
         core: false,
         attachments: &[
@@ -847,5 +877,42 @@ mod contract_tests {
             }
         }
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use udptrace_common::event::Mechanism;
+
+    use super::{HOOKS, Parked, Role};
+
+    #[test]
+    fn parking_keeps_failure_hooks_and_never_detaches_kprobe_hops_per_match() {
+        let parked = |parked: Parked, name: &str, mechanism: Mechanism| {
+            let hook = HOOKS.iter().find(|hook| hook.name == name).unwrap();
+            parked.includes(hook.role, mechanism)
+        };
+        // The interactive tracer: only the hooks firing several times per datagram.
+        assert!(parked(Parked::Hops, "route4", Mechanism::Tracepoint));
+        assert!(parked(Parked::Hops, "xmit", Mechanism::TpBtf));
+        assert!(!parked(Parked::Hops, "lookup", Mechanism::Kprobe));
+        assert!(parked(Parked::Hops, "lookup", Mechanism::Fentry));
+        for name in ["send", "deliver", "recv_error", "drop", "icmp_error"] {
+            assert!(!parked(Parked::Hops, name, Mechanism::TpBtf), "{name}");
+        }
+        // Watch: everything but the failure hooks, kprobes included (its escalations are rare).
+        assert!(parked(Parked::AllButFailures, "send", Mechanism::Kprobe));
+        assert!(parked(Parked::AllButFailures, "xmit", Mechanism::TpBtf));
+        assert!(!parked(Parked::AllButFailures, "drop", Mechanism::TpBtf));
+        assert!(
+            HOOKS
+                .iter()
+                .all(|hook| !Parked::Nothing.includes(hook.role, Mechanism::TpBtf))
+        );
+        assert_eq!(
+            HOOKS.iter().filter(|hook| hook.role == Role::Hop).count(),
+            6,
+            "xmit, recv, consume, route4, route6, lookup"
+        );
     }
 }

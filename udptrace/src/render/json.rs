@@ -133,6 +133,13 @@ impl<W: Write> Output for JsonOutput<W> {
             Status::EscalationFailed(error) => {
                 json!({"type": "status", "code": "escalation_failed", "error": error})
             }
+            Status::HopsAttached { from, errors } => json!({
+                "type": "status",
+                "code": "hops_attached",
+                "untraced_before": from.rfc3339(),
+                "errors": errors,
+            }),
+            Status::HopsParked => json!({"type": "status", "code": "hops_parked"}),
         })?;
         self.flush()
     }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    clock::WallTime,
     decode::DecodeError,
     flows::{table::FlowTable, verdict::Verdict},
     model::TraceEvent,
@@ -116,6 +117,12 @@ pub enum Status {
     EscalationEnded,
     /// The path hooks could not be attached again: the anomaly's verdict lacks path evidence.
     EscalationFailed(String),
+    /// The interactive tracer attached its hop hooks (device hops, route and socket lookups,
+    /// consumption) because an event passed the filter: the hops before `from` were not
+    /// traced. `errors`: the hooks that could not be attached again.
+    HopsAttached { from: WallTime, errors: Vec<String> },
+    /// No event passed the filter for a while: the hop hooks are detached again.
+    HopsParked,
 }
 
 /// Totals at exit (and the numbers behind the status line).

@@ -152,6 +152,18 @@ impl<W: Write> Output for TextOutput<W> {
             Status::EscalationFailed(error) => note(format_args!(
                 "udptrace: cannot attach the path hooks for escalation: {error}"
             )),
+            Status::HopsAttached { from, errors } => {
+                note(format_args!(
+                    "udptrace: hops before {} not traced: path hooks attaching (the filter matched; --eager-hooks keeps them attached)",
+                    from.time_of_day()
+                ));
+                for error in errors {
+                    note(format_args!("udptrace: cannot attach a path hook: {error}"));
+                }
+            }
+            Status::HopsParked => note(format_args!(
+                "udptrace: nothing matched the filter for a while: path hooks detached"
+            )),
         }
         Ok(())
     }
