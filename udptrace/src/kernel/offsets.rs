@@ -14,7 +14,7 @@ use udptrace_common::offsets::{
 };
 
 use super::{
-    btf::Btf,
+    btf::{Btf, BtfError},
     tracefs::{FormatError, FormatField, FormatSource},
 };
 
@@ -162,6 +162,9 @@ const MEMBERS: &[Member] = &[
     ),
     member(|o| &mut o.task_nsproxy, "task_struct.nsproxy", PTR),
     member(|o| &mut o.nsproxy_net, "nsproxy.net_ns", PTR),
+    // Only with CONFIG_FAIR_GROUP_SCHED (struct cfs_rq, kernel/sched/sched.h).
+    member(|o| &mut o.task_cfs_rq, "task_struct.se.cfs_rq", PTR),
+    member(|o| &mut o.cfs_rq_rq, "cfs_rq.rq", PTR),
 ];
 
 /// `IP_CT_DIR_MAX` (include/uapi/linux/netfilter/nf_conntrack_tuple_common.h): ORIGINAL and
@@ -225,6 +228,34 @@ fn resolve_members(btf: &Btf, report: &mut OffsetReport) {
         )),
         (Err(error), _) | (_, Err(error)) => report.missing.push((
             "sizeof(struct nf_conntrack_tuple_hash)".into(),
+            error.to_string(),
+        )),
+    }
+    resolve_preempt_count(btf, report);
+}
+
+/// Where this CPU's preempt count is, relative to its run queue (see
+/// `KernelOffsets::percpu_preempt_count`): the programs tell from it whether they run in a
+/// softirq or hardirq, where the current task is only the one interrupted. x86-64 keeps the
+/// count in the per-CPU `__preempt_count` (arch/x86/include/asm/preempt.h; Linux 5.10, 6.1,
+/// and again from 6.15), in `struct pcpu_hot` from 6.2 to 6.14 (arch/x86/include/asm/
+/// current.h); other architectures keep it in `thread_info`, not read here.
+fn resolve_preempt_count(btf: &Btf, report: &mut OffsetReport) {
+    match btf.percpu_offset("runqueues") {
+        Ok(offset) => report.offsets.percpu_runqueues = offset,
+        Err(error) => report
+            .missing
+            .push(("per-CPU runqueues".into(), error.to_string())),
+    }
+    let hot = || -> Result<u32, BtfError> {
+        let base = btf.percpu_offset("pcpu_hot")?;
+        let field = btf.member_offset("pcpu_hot", "preempt_count")?;
+        Ok(base + field.offset)
+    };
+    match btf.percpu_offset("__preempt_count").or_else(|_| hot()) {
+        Ok(offset) => report.offsets.percpu_preempt_count = offset,
+        Err(error) => report.missing.push((
+            "per-CPU __preempt_count or pcpu_hot.preempt_count".into(),
             error.to_string(),
         )),
     }
@@ -411,6 +442,11 @@ mod tests {
             ct_status: 128,
             task_nsproxy: 1840,
             nsproxy_net: 40,
+            task_cfs_rq: 296,
+            cfs_rq_rq: 312,
+            // `.data..percpu` entries of runqueues and __preempt_count.
+            percpu_runqueues: 0x2ba40,
+            percpu_preempt_count: 0x15030,
             // From the 6.18 format files in tracefs::fixtures (read on the same machine).
             fib4: RouteRecordFields {
                 tb_id: 8,
