@@ -241,11 +241,13 @@ fn resolve_members(btf: &Btf, report: &mut OffsetReport) {
 /// and again from 6.15), in `struct pcpu_hot` from 6.2 to 6.14 (arch/x86/include/asm/
 /// current.h); other architectures keep it in `thread_info`, not read here.
 fn resolve_preempt_count(btf: &Btf, report: &mut OffsetReport) {
+    const WITHOUT_IT: &str = " (without it, transmits and route lookups made in a softirq \
+                              name the process it interrupted)";
     match btf.percpu_offset("runqueues") {
         Ok(offset) => report.offsets.percpu_runqueues = offset,
         Err(error) => report
             .missing
-            .push(("per-CPU runqueues".into(), error.to_string())),
+            .push((format!("per-CPU runqueues{WITHOUT_IT}"), error.to_string())),
     }
     let hot = || -> Result<u32, BtfError> {
         let base = btf.percpu_offset("pcpu_hot")?;
@@ -255,7 +257,7 @@ fn resolve_preempt_count(btf: &Btf, report: &mut OffsetReport) {
     match btf.percpu_offset("__preempt_count").or_else(|_| hot()) {
         Ok(offset) => report.offsets.percpu_preempt_count = offset,
         Err(error) => report.missing.push((
-            "per-CPU __preempt_count or pcpu_hot.preempt_count".into(),
+            format!("per-CPU __preempt_count or pcpu_hot.preempt_count{WITHOUT_IT}"),
             error.to_string(),
         )),
     }
