@@ -694,4 +694,70 @@ mod tests {
             assert_eq!(not_records, [] as [&(String, String); 0]);
         }
     }
+
+    /// x86-64 from 6.2 to 6.14 keeps the preempt count in `struct pcpu_hot` (arch/x86/
+    /// include/asm/current.h); a kernel with neither variable leaves it missing, named.
+    #[test]
+    fn the_preempt_count_is_found_in_pcpu_hot_and_reported_missing_otherwise() {
+        use crate::kernel::btf::BlobWriter;
+        const INT: u32 = 1;
+        const PTR: u32 = 2;
+        const STRUCT: u32 = 4;
+        const VAR: u32 = 14;
+        const DATASEC: u32 = 15;
+        let mut blob = BlobWriter::new();
+        let int = blob.add(INT, false, "int", 0, 4, &[32]);
+        let pointer = blob.add(PTR, false, "", 0, int, &[]);
+        let (current, preempt) = (blob.name("current_task"), blob.name("preempt_count"));
+        // Members: name, type, bit offset.
+        let hot = blob.add(
+            STRUCT,
+            false,
+            "pcpu_hot",
+            2,
+            64,
+            &[current, pointer, 0, preempt, int, 64],
+        );
+        let rq = blob.add(STRUCT, false, "rq", 0, 3584, &[]);
+        let hot_var = blob.add(VAR, false, "pcpu_hot", 0, hot, &[1]);
+        let rq_var = blob.add(VAR, false, "runqueues", 0, rq, &[1]);
+        blob.add(
+            DATASEC,
+            false,
+            ".data..percpu",
+            2,
+            0x3000,
+            &[hot_var, 0x100, 64, rq_var, 0x2000, 3584],
+        );
+        let btf = Btf::from_bytes(&blob.bytes()).unwrap();
+        let report = resolve_offsets(&btf, NO_FORMATS);
+        assert_eq!(report.offsets.percpu_runqueues, 0x2000);
+        assert_eq!(report.offsets.percpu_preempt_count, 0x108);
+        assert!(
+            !report
+                .missing
+                .iter()
+                .any(|(name, _)| name.starts_with("per-CPU")),
+            "{:?}",
+            report.missing
+        );
+
+        let mut bare = BlobWriter::new();
+        bare.add(INT, false, "int", 0, 4, &[32]);
+        let report = resolve_offsets(&Btf::from_bytes(&bare.bytes()).unwrap(), NO_FORMATS);
+        assert_eq!(report.offsets.percpu_preempt_count, OFFSET_MISSING);
+        let missing: Vec<&str> = report
+            .missing
+            .iter()
+            .filter(|(name, _)| name.starts_with("per-CPU"))
+            .map(|(_, why)| why.as_str())
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "no .data..percpu section in BTF",
+                "no .data..percpu section in BTF"
+            ]
+        );
+    }
 }
