@@ -168,6 +168,19 @@ pub struct KernelOffsets {
     /// events in process context that carry no skb or socket (route lookups).
     pub task_nsproxy: u32,
     pub nsproxy_net: u32,
+    /// `task_struct.se.cfs_rq` and `cfs_rq.rq` (CONFIG_FAIR_GROUP_SCHED): the run queue of
+    /// the current task, which is this CPU's (`set_task_rq` at every `__set_task_cpu`,
+    /// kernel/sched/sched.h, the idle task's included), i.e. this CPU's copy of the per-CPU
+    /// `runqueues`: the anchor from which this CPU's preempt count is found.
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    /// Offsets in the per-CPU section (`.data..percpu`, BTF's DATASEC of that name) of
+    /// `runqueues` and of the preempt count (`__preempt_count`, or `pcpu_hot.preempt_count`
+    /// on x86 6.2 to 6.14). A CPU's copy of any per-CPU variable is the section copied to one
+    /// place, so the preempt count of this CPU is at `rq - percpu_runqueues +
+    /// percpu_preempt_count`, whatever the per-CPU base (zero-based x86-64 before 6.15 or not).
+    pub percpu_runqueues: u32,
+    pub percpu_preempt_count: u32,
     /// `fib:fib_table_lookup` record fields (IPv4 route lookups).
     pub fib4: RouteRecordFields,
     /// `fib6:fib6_table_lookup` record fields (IPv6 route lookups).
@@ -220,6 +233,10 @@ impl KernelOffsets {
         ct_status: OFFSET_MISSING,
         task_nsproxy: OFFSET_MISSING,
         nsproxy_net: OFFSET_MISSING,
+        task_cfs_rq: OFFSET_MISSING,
+        cfs_rq_rq: OFFSET_MISSING,
+        percpu_runqueues: OFFSET_MISSING,
+        percpu_preempt_count: OFFSET_MISSING,
         fib4: RouteRecordFields::MISSING,
         fib6: RouteRecordFields::MISSING,
         tracepoint_args: [[OFFSET_MISSING; CLASSIC_TRACEPOINT_ARGS]; CLASSIC_TRACEPOINT_COUNT],

@@ -106,7 +106,8 @@ fn scratch() -> Option<Scratch> {
 }
 
 /// Whose context the hook runs in. Receive-side hooks run in softirq on whatever task the CPU
-/// interrupted, so they must not claim a process.
+/// interrupted, so they must not claim a process; `Process` hooks found running in an
+/// interrupt are taken as `Softirq` (see `submit`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Context {
     Process,
@@ -146,6 +147,16 @@ impl Place {
                 header.ifindex = 0;
                 header.ifname = [0; 16];
             }
+        }
+    }
+
+    /// The place of a process-context hook's event when it ran in an interrupt: the current
+    /// task's namespace is not the event's there.
+    #[inline(always)]
+    fn outside_process(self) -> Self {
+        match self {
+            Self::Task => Self::Unknown,
+            place => place,
         }
     }
 
@@ -384,6 +395,13 @@ fn submit(
     stack_ctx: *mut c_void,
 ) -> bool {
     count(Counter::Seen);
+    // Hooks that run in a sender's system call (device transmit, output route lookups) also
+    // run in softirqs and hardirqs, where the current task is not the datagram's.
+    let (context, place) = if context == Context::Process && kernel::in_interrupt() {
+        (Context::Softirq, place.outside_process())
+    } else {
+        (context, place)
+    };
     let event = &mut slot.event;
     // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
     let (want_netns, want_ifindex, want_pid, want_set) = unsafe {
@@ -405,10 +423,13 @@ fn submit(
     if place_first {
         place.fill(header);
     }
-    // An event whose namespace could not be read (0) passes, as with `--netns`.
-    let selected = (want_netns == 0 || header.netns == 0 || header.netns == want_netns)
+    // An event whose namespace could not be read (0) passes, as with `--netns`; one whose
+    // place is unknown (a route lookup in softirq, whose record names no namespace) is not
+    // claimed for it.
+    let netns_unread = header.netns == 0 && !matches!(place, Place::Unknown);
+    let selected = (want_netns == 0 || netns_unread || header.netns == want_netns)
         && (want_set == 0
-            || header.netns == 0
+            || netns_unread
             // SAFETY: a lookup in our own map; the value is not read.
             || unsafe { SELECTED_NETNS.get(&header.netns) }.is_some())
         && (want_ifindex == 0 || header.ifindex == 0 || header.ifindex == want_ifindex)

@@ -260,6 +260,16 @@ pub fn skb_place(skb: u64, access: Access, header: &mut EventHeader) {
     }
 }
 
+/// The `struct net` of the device an skb is at (`skb->dev->nd_net.net`), read with the
+/// helper.
+#[inline(always)]
+pub fn skb_dev_net(skb: u64) -> Option<u64> {
+    read::<u64>(skb, offset(|o| &o.skb_dev))
+        .and_then(|dev| read::<u64>(dev, offset(|o| &o.dev_net)))
+        .ok()
+        .filter(|&net| net != 0)
+}
+
 /// Records a socket's place: its namespace (sockets have no device).
 #[inline(always)]
 pub fn sock_place(sk: u64, access: Access, header: &mut EventHeader) {
@@ -279,6 +289,45 @@ pub fn task_place(header: &mut EventHeader) {
     header.netns = read::<u64>(task, offset(|o| &o.task_nsproxy))
         .and_then(|nsproxy| read::<u64>(nsproxy, offset(|o| &o.nsproxy_net)))
         .map_or(0, |net| net_inum(net, Access::Probe));
+}
+
+/// `SOFTIRQ_OFFSET`, `HARDIRQ_MASK`, `NMI_MASK` of the preempt count (include/linux/preempt.h:
+/// 8 preempt bits, 8 softirq bits, 4 hardirq bits at 16, NMI bits at 20; x86's inverted
+/// PREEMPT_NEED_RESCHED, bit 31, is outside every mask).
+const SOFTIRQ_OFFSET: u32 = 0x100;
+const HARDIRQ_MASK: u32 = 0xf_0000;
+const NMI_MASK: u32 = 0xf0_0000;
+
+/// Whether the hook runs in an interrupt (serving a softirq, or in a hardirq), where the
+/// current task is only whoever the CPU interrupted: a sender in its system call when veth
+/// delivers on its CPU (`local_bh_enable` → `do_softirq`), or ksoftirqd. Read from this CPU's
+/// preempt count, found from the current task's run queue (`KernelOffsets::percpu_*`);
+/// `false` (process context assumed, as before) when this kernel's layout does not say where
+/// it is.
+///
+/// Only `SOFTIRQ_OFFSET` says a softirq is being served (`in_serving_softirq()`); the rest of
+/// the softirq bits count `local_bh_disable` sections of process context. A hardirq counts
+/// unless the NMI bits are set too: x86 enters an int3 in kernel mode as an NMI
+/// (`exc_int3` → `irqentry_nmi_enter`, arch/x86/kernel/traps.c), which is where kprobes
+/// that are not ftrace-based run, in whatever context was hit.
+#[inline(always)]
+pub fn in_interrupt() -> bool {
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let task = unsafe { aya_ebpf::helpers::generated::bpf_get_current_task() };
+    let (runqueues, preempt) = (
+        offset(|o| &o.percpu_runqueues),
+        offset(|o| &o.percpu_preempt_count),
+    );
+    if runqueues == OFFSET_MISSING || preempt == OFFSET_MISSING {
+        return false;
+    }
+    let Ok(count) = read::<u64>(task, offset(|o| &o.task_cfs_rq))
+        .and_then(|cfs_rq| read::<u64>(cfs_rq, offset(|o| &o.cfs_rq_rq)))
+        .and_then(|rq| read::<u32>(rq.wrapping_sub(u64::from(runqueues)), preempt))
+    else {
+        return false;
+    };
+    count & SOFTIRQ_OFFSET != 0 || (count & HARDIRQ_MASK != 0 && count & NMI_MASK == 0)
 }
 
 #[inline(always)]

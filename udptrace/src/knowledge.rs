@@ -82,9 +82,23 @@ impl Knowledge {
         let symbols = symbols
             .join()
             .map_err(|_| anyhow::anyhow!("reading /proc/kallsyms panicked"))?;
+        let (mut offsets, mut missing) = (report.offsets, report.missing);
+        // BTF without per-CPU variables (pahole before 1.18 wrote none: Debian 11's 5.10):
+        // kallsyms may list them.
+        if (offsets.percpu_runqueues == OFFSET_MISSING
+            || offsets.percpu_preempt_count == OFFSET_MISSING)
+            && let Some((runqueues, preempt)) = symbols
+                .as_ref()
+                .ok()
+                .and_then(Kallsyms::percpu_preempt_count)
+        {
+            offsets.percpu_runqueues = runqueues;
+            offsets.percpu_preempt_count = preempt;
+            missing.retain(|(name, _)| !name.starts_with("per-CPU "));
+        }
         Ok(Self {
-            offsets: report.offsets,
-            missing: report.missing,
+            offsets,
+            missing,
             functions,
             attach_btf,
             tracefs,

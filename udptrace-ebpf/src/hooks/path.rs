@@ -26,6 +26,7 @@ use aya_ebpf::{
 use udptrace_common::{
     event::{
         AF_INET, AF_INET6, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP, Mechanism,
+        Tuple,
     },
     offsets::{ClassicTracepoint, OFFSET_MISSING, RouteRecordFields},
 };
@@ -235,8 +236,12 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     // (flowi4_init_output); anything else is a lookup for a received packet.
     let iif: u32 = read(record, field(fields, |f| &f.iif))?;
     let input = iif > 1;
-    // An input lookup runs in softirq and its record names no namespace.
-    let (context, place) = if input {
+    // An input lookup runs in softirq and its record names no namespace; so does an output
+    // lookup made in an interrupt (an ICMP error's, `icmp_route_lookup`, net/ipv4/icmp.c),
+    // whose current task is only the one interrupted: its namespace is found below if it
+    // answers the datagram being received.
+    let interrupted = !input && kernel::in_interrupt();
+    let (context, place) = if input || interrupted {
         (Context::Softirq, Place::Unknown)
     } else {
         (Context::Process, Place::Task)
@@ -276,8 +281,13 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     event.detail.route_dev = read(record, name)?;
     if input {
         event.detail.flags = FLAG_ROUTE_INPUT;
+    } else if interrupted {
+        if let Some(net) = answered_net(&event.tuple) {
+            report.at(Place::Net(net));
+        }
     } else if event.detail.route_err != 0 {
-        // A failed output lookup fails the send that made it (ENETUNREACH for no route,
+        // A failed output lookup in a task's system call (not in an interrupt) fails the
+        // send that made it (ENETUNREACH for no route,
         // EHOSTUNREACH/EINVAL/EACCES for an unreachable/blackhole/prohibit route: fib_props[],
         // net/ipv4/fib_semantics.c), and the send tracepoint sees only the socket's addresses:
         // its destination is kept for the send hook of this task (`sock::on_result`).
@@ -295,4 +305,38 @@ fn on_route(record: u64, fields: &RouteRecordFields, family: u8) -> Result<(), R
     }
     report.submit(EventKind::Route, context);
     Ok(())
+}
+
+/// The namespace of the datagram this CPU is receiving (`CURRENT_RX`: followed, not yet
+/// delivered) when `lookup` is the route back to its sender: its addresses and ports
+/// reversed. `icmp_route_lookup` (net/ipv4/icmp.c) looks up the route of the ICMP error
+/// (protocol ICMP, not traced) and then, with no xfrm policy to change it, the received
+/// datagram's own flow reversed (`xfrm_decode_session_reverse`), which is the UDP lookup
+/// seen here; it runs in the receive softirq, on the received skb's device.
+#[inline(always)]
+fn answered_net(lookup: &Tuple) -> Option<u64> {
+    // SAFETY: this CPU's slot, read once.
+    let skb = unsafe { *CURRENT_RX.get_ptr_mut(0)? };
+    if skb == 0 {
+        return None;
+    }
+    // Rare (lookups in interrupts only): the memset a default may cost does not matter.
+    let mut received = Tuple::default();
+    let udp = kernel::udp_datagram(skb, Access::Probe, &mut received).ok()?;
+    let answers = udp
+        && received.family == lookup.family
+        && received.sport == lookup.dport
+        && received.dport == lookup.sport
+        && same_address(&received.saddr, &lookup.daddr)
+        && same_address(&received.daddr, &lookup.saddr);
+    answers.then(|| kernel::skb_dev_net(skb)).flatten()
+}
+
+/// Two tuple addresses compared as words (an array comparison would call `memcmp`).
+#[inline(always)]
+fn same_address(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    // SAFETY: 16 bytes as two u64s; every bit pattern is valid.
+    let (a, b): ([u64; 2], [u64; 2]) =
+        unsafe { (core::mem::transmute(*a), core::mem::transmute(*b)) };
+    a[0] == b[0] && a[1] == b[1]
 }

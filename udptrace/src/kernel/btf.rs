@@ -220,6 +220,9 @@ struct Named {
 /// proto)`, kernel/bpf/btf.c `BTF_TRACE_PREFIX`).
 const TRACE_TYPEDEF_PREFIX: &str = "btf_trace_";
 
+/// The section of per-CPU variables (include/asm-generic/vmlinux.lds.h, `PERCPU_INPUT`).
+const PERCPU_SECTION: &str = ".data..percpu";
+
 /// Where a struct member lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FieldInfo {
@@ -556,6 +559,24 @@ impl Btf {
             .next()
             .ok_or_else(|| BtfError(format!("no struct {struct_name} in BTF")))?;
         self.size_of(id, 0)
+    }
+
+    /// The offset of per-CPU variable `name` in the per-CPU section: its entry (`struct
+    /// btf_var_secinfo`: type, offset, size) in the DATASEC `.data..percpu`, the one section
+    /// whose variables pahole encodes in vmlinux BTF (btf.rst 2.2.15).
+    pub fn percpu_offset(&self, name: &str) -> Result<u32, BtfError> {
+        let section = self
+            .types
+            .iter()
+            .find(|ty| ty.kind == Kind::Datasec && self.string(ty.name_off) == Ok(PERCPU_SECTION))
+            .ok_or_else(|| BtfError(format!("no {PERCPU_SECTION} section in BTF")))?;
+        self.trailing(*section)
+            .chunks_exact(3)
+            .find_map(|entry| {
+                let var = self.get(entry[0]).ok()?;
+                (var.kind == Kind::Var && self.string(var.name_off) == Ok(name)).then_some(entry[1])
+            })
+            .ok_or_else(|| BtfError(format!("no per-CPU variable {name} in BTF")))
     }
 
     /// Enumerators of `enum name` as (name, value), in declaration order.

@@ -48,6 +48,10 @@ pub struct Kallsyms {
     /// one string for all the names keeps them at about 5 MiB instead of 10.
     symbols: Vec<(u64, u32, u32)>,
     names: String,
+    /// Addresses of the per-CPU `runqueues` and `__preempt_count`, which /proc/kallsyms lists
+    /// with CONFIG_KALLSYMS_ALL (Debian's kernels; not this machine's 6.18).
+    runqueues: Option<u64>,
+    preempt_count: Option<u64>,
 }
 
 impl Kallsyms {
@@ -85,6 +89,16 @@ impl Kallsyms {
         else {
             return;
         };
+        if let (Ok(address), "runqueues" | "__preempt_count") =
+            (u64::from_str_radix(address, 16), name)
+        {
+            *if name == "runqueues" {
+                &mut self.runqueues
+            } else {
+                &mut self.preempt_count
+            } = Some(address);
+            return;
+        }
         let (Ok(address), true) = (
             u64::from_str_radix(address, 16),
             matches!(kind, "t" | "T" | "w" | "W"),
@@ -166,6 +180,23 @@ impl Kallsyms {
         sites
     }
 
+    /// Where this CPU's preempt count is relative to its run queue, for kernels whose BTF
+    /// lists no per-CPU variables (Debian 11's 5.10): `KernelOffsets::percpu_runqueues` and
+    /// `percpu_preempt_count` from the two symbols' addresses, rebased on the lower one (only
+    /// their difference matters: every CPU's copy of the per-CPU section keeps its layout).
+    /// `None` unless both are listed, nonzero (hidden addresses read 0) and within 4 GiB.
+    pub fn percpu_preempt_count(&self) -> Option<(u32, u32)> {
+        let (runqueues, preempt) = (self.runqueues?, self.preempt_count?);
+        if runqueues == 0 || preempt == 0 {
+            return None;
+        }
+        let base = runqueues.min(preempt);
+        Some((
+            u32::try_from(runqueues - base).ok()?,
+            u32::try_from(preempt - base).ok()?,
+        ))
+    }
+
     /// Number of distinct symbol addresses.
     pub fn len(&self) -> usize {
         self.symbols.len()
@@ -204,6 +235,22 @@ ffffffff81c00000 W weak_function
 not a line
 zzzz T bad_address
 ";
+
+    /// A kernel like Debian 11's 5.10 (CONFIG_KALLSYMS_ALL, BTF without per-CPU variables;
+    /// addresses made up in the shape of zero-based x86-64 per-CPU symbols): the preempt
+    /// count relative to the run queues, from kallsyms alone; without both symbols, nothing.
+    #[test]
+    fn the_per_cpu_preempt_count_comes_from_its_symbols() {
+        let listed =
+            format!("{SAMPLE}000000000002bc40 D runqueues\n0000000000017bc0 D __preempt_count\n");
+        let symbols = Kallsyms::parse(&listed).unwrap();
+        assert_eq!(symbols.percpu_preempt_count(), Some((0x2bc40 - 0x17bc0, 0)));
+        assert_eq!(symbols.symbolize(0x2bc40), None, "data is not code");
+        assert_eq!(
+            Kallsyms::parse(SAMPLE).unwrap().percpu_preempt_count(),
+            None
+        );
+    }
 
     #[test]
     fn symbolizes_inside_functions() {

@@ -14,7 +14,7 @@ use udptrace_common::offsets::{
 };
 
 use super::{
-    btf::Btf,
+    btf::{Btf, BtfError},
     tracefs::{FormatError, FormatField, FormatSource},
 };
 
@@ -162,6 +162,9 @@ const MEMBERS: &[Member] = &[
     ),
     member(|o| &mut o.task_nsproxy, "task_struct.nsproxy", PTR),
     member(|o| &mut o.nsproxy_net, "nsproxy.net_ns", PTR),
+    // Only with CONFIG_FAIR_GROUP_SCHED (struct cfs_rq, kernel/sched/sched.h).
+    member(|o| &mut o.task_cfs_rq, "task_struct.se.cfs_rq", PTR),
+    member(|o| &mut o.cfs_rq_rq, "cfs_rq.rq", PTR),
 ];
 
 /// `IP_CT_DIR_MAX` (include/uapi/linux/netfilter/nf_conntrack_tuple_common.h): ORIGINAL and
@@ -225,6 +228,36 @@ fn resolve_members(btf: &Btf, report: &mut OffsetReport) {
         )),
         (Err(error), _) | (_, Err(error)) => report.missing.push((
             "sizeof(struct nf_conntrack_tuple_hash)".into(),
+            error.to_string(),
+        )),
+    }
+    resolve_preempt_count(btf, report);
+}
+
+/// Where this CPU's preempt count is, relative to its run queue (see
+/// `KernelOffsets::percpu_preempt_count`): the programs tell from it whether they run in a
+/// softirq or hardirq, where the current task is only the one interrupted. x86-64 keeps the
+/// count in the per-CPU `__preempt_count` (arch/x86/include/asm/preempt.h; Linux 5.10, 6.1,
+/// and again from 6.15), in `struct pcpu_hot` from 6.2 to 6.14 (arch/x86/include/asm/
+/// current.h); other architectures keep it in `thread_info`, not read here.
+fn resolve_preempt_count(btf: &Btf, report: &mut OffsetReport) {
+    const WITHOUT_IT: &str = " (without it, transmits and route lookups made in a softirq \
+                              name the process it interrupted)";
+    match btf.percpu_offset("runqueues") {
+        Ok(offset) => report.offsets.percpu_runqueues = offset,
+        Err(error) => report
+            .missing
+            .push((format!("per-CPU runqueues{WITHOUT_IT}"), error.to_string())),
+    }
+    let hot = || -> Result<u32, BtfError> {
+        let base = btf.percpu_offset("pcpu_hot")?;
+        let field = btf.member_offset("pcpu_hot", "preempt_count")?;
+        Ok(base + field.offset)
+    };
+    match btf.percpu_offset("__preempt_count").or_else(|_| hot()) {
+        Ok(offset) => report.offsets.percpu_preempt_count = offset,
+        Err(error) => report.missing.push((
+            format!("per-CPU __preempt_count or pcpu_hot.preempt_count{WITHOUT_IT}"),
             error.to_string(),
         )),
     }
@@ -411,6 +444,11 @@ mod tests {
             ct_status: 128,
             task_nsproxy: 1840,
             nsproxy_net: 40,
+            task_cfs_rq: 296,
+            cfs_rq_rq: 312,
+            // `.data..percpu` entries of runqueues and __preempt_count.
+            percpu_runqueues: 0x2ba40,
+            percpu_preempt_count: 0x15030,
             // From the 6.18 format files in tracefs::fixtures (read on the same machine).
             fib4: RouteRecordFields {
                 tb_id: 8,
@@ -655,5 +693,71 @@ mod tests {
                 .collect();
             assert_eq!(not_records, [] as [&(String, String); 0]);
         }
+    }
+
+    /// x86-64 from 6.2 to 6.14 keeps the preempt count in `struct pcpu_hot` (arch/x86/
+    /// include/asm/current.h); a kernel with neither variable leaves it missing, named.
+    #[test]
+    fn the_preempt_count_is_found_in_pcpu_hot_and_reported_missing_otherwise() {
+        use crate::kernel::btf::BlobWriter;
+        const INT: u32 = 1;
+        const PTR: u32 = 2;
+        const STRUCT: u32 = 4;
+        const VAR: u32 = 14;
+        const DATASEC: u32 = 15;
+        let mut blob = BlobWriter::new();
+        let int = blob.add(INT, false, "int", 0, 4, &[32]);
+        let pointer = blob.add(PTR, false, "", 0, int, &[]);
+        let (current, preempt) = (blob.name("current_task"), blob.name("preempt_count"));
+        // Members: name, type, bit offset.
+        let hot = blob.add(
+            STRUCT,
+            false,
+            "pcpu_hot",
+            2,
+            64,
+            &[current, pointer, 0, preempt, int, 64],
+        );
+        let rq = blob.add(STRUCT, false, "rq", 0, 3584, &[]);
+        let hot_var = blob.add(VAR, false, "pcpu_hot", 0, hot, &[1]);
+        let rq_var = blob.add(VAR, false, "runqueues", 0, rq, &[1]);
+        blob.add(
+            DATASEC,
+            false,
+            ".data..percpu",
+            2,
+            0x3000,
+            &[hot_var, 0x100, 64, rq_var, 0x2000, 3584],
+        );
+        let btf = Btf::from_bytes(&blob.bytes()).unwrap();
+        let report = resolve_offsets(&btf, NO_FORMATS);
+        assert_eq!(report.offsets.percpu_runqueues, 0x2000);
+        assert_eq!(report.offsets.percpu_preempt_count, 0x108);
+        assert!(
+            !report
+                .missing
+                .iter()
+                .any(|(name, _)| name.starts_with("per-CPU")),
+            "{:?}",
+            report.missing
+        );
+
+        let mut bare = BlobWriter::new();
+        bare.add(INT, false, "int", 0, 4, &[32]);
+        let report = resolve_offsets(&Btf::from_bytes(&bare.bytes()).unwrap(), NO_FORMATS);
+        assert_eq!(report.offsets.percpu_preempt_count, OFFSET_MISSING);
+        let missing: Vec<&str> = report
+            .missing
+            .iter()
+            .filter(|(name, _)| name.starts_with("per-CPU"))
+            .map(|(_, why)| why.as_str())
+            .collect();
+        assert_eq!(
+            missing,
+            [
+                "no .data..percpu section in BTF",
+                "no .data..percpu section in BTF"
+            ]
+        );
     }
 }

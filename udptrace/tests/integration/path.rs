@@ -163,3 +163,37 @@ fn nat_rewrites_are_visible_with_their_conntrack_entry() {
     });
     assert!(!dnat.is_empty(), "post-DNAT hop towards dind1");
 }
+
+/// Issue 17: hooks that usually run in a sender's system call also run in softirqs, where the
+/// current task is whoever the CPU interrupted. veth delivers on the sender's CPU, so the
+/// server namespace receives the client's datagram to a closed port in a softirq run by the
+/// client's `send` (`local_bh_enable` → `do_softirq`), and the route lookup of its ICMP port
+/// unreachable (`icmp_route_lookup`, net/ipv4/icmp.c: the datagram's flow reversed) runs
+/// there: it is the server namespace's, and no process's.
+#[test]
+fn route_lookups_in_softirq_are_the_receivers() {
+    let (lab, outcome, records) = traced("closed-port", &[]);
+    let client = outcome.client.local.unwrap();
+    let port = lab.target.port();
+    let target = lab.target.ip().to_string();
+    let own = kind(&records, "route", |e| {
+        e["daddr"] == target && e["dport"] == port
+    });
+    assert!(
+        own.iter()
+            .any(|e| e["netns"] == lab.client.inode && e["pid"] == std::process::id()),
+        "the client's own lookup, in its system call: {records:#?}"
+    );
+    let for_the_error = kind(&records, "route", |e| {
+        e["sport"] == port && e["dport"] == client.port()
+    });
+    assert!(
+        !for_the_error.is_empty(),
+        "the ICMP error's lookup: {records:#?}"
+    );
+    for lookup in for_the_error {
+        assert!(lookup.get("pid").is_none(), "{lookup:#}");
+        assert!(lookup.get("comm").is_none(), "{lookup:#}");
+        assert_eq!(lookup["netns"], lab.server.inode, "{lookup:#}");
+    }
+}
