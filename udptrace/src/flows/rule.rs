@@ -59,7 +59,8 @@ pub enum KnownReason {
     NoRoute,
     /// The device's queueing discipline (or a tc egress action) refused it on the way out:
     /// QDISC_DROP from `__dev_xmit_skb`'s `to_free` list (net/core/dev.c), the qdiscs' own
-    /// reasons (QDISC_*, FQ_*, CAKE_*: include/net/dropreason-core.h) and TC_EGRESS.
+    /// reasons (QDISC_*, FQ_*, CAKE_*: include/net/dropreason-core.h; `QDISC(<code>)` on 7.x)
+    /// and TC_EGRESS.
     TxQueue,
 }
 
@@ -75,7 +76,10 @@ impl KnownReason {
             "NEIGH_QUEUEFULL" => Self::NeighQueuefull,
             "IP_INNOROUTES" | "IP_OUTNOROUTES" => Self::NoRoute,
             "TC_EGRESS" => Self::TxQueue,
-            name if ["QDISC_", "FQ_", "CAKE_"]
+            // Linux 7.x moved the qdiscs' own reasons to a subsystem (`enum
+            // qdisc_drop_reason`, SKB_DROP_REASON_SUBSYS_QDISC = 3 in Debian's 7.3.4), which
+            // `DropReasons::name` calls `QDISC(<code>)`.
+            name if ["QDISC", "FQ_", "CAKE_"]
                 .iter()
                 .any(|prefix| name.starts_with(prefix)) =>
             {

@@ -145,9 +145,10 @@ mod tests {
             3,
         );
         diagnosis.observe(&enobufs);
-        // A later drop without its hop in the history still counts (a named reason).
+        // A later drop without its hop in the history still counts (a named reason: here the
+        // qdisc subsystem's own, as 7.x names them).
         diagnosis.observe(&on_eth0(
-            event(drop("QDISC_DROP"), CLIENT, SERVER, 4),
+            event(drop("QDISC(1)"), CLIENT, SERVER, 4),
             0x200,
         ));
         let verdicts = diagnosis.verdicts();
