@@ -101,7 +101,8 @@ const MODULE_DIRS: &[&str] = &[
 ];
 
 /// Host programs the tests and the lab run, copied with their libraries.
-const TOOLS: &[&str] = &["ip", "nft", "nc", "python3", "kmod"];
+/// `tc` shapes the client's device in the tx-queue scenarios (sch_tbf autoloads from kernel/net).
+const TOOLS: &[&str] = &["ip", "tc", "nft", "nc", "python3", "kmod"];
 
 struct KernelImage {
     name: String,

@@ -31,6 +31,9 @@ pub struct Environment {
     pub rules: RuleLister,
 }
 
+/// Where a qdisc's drops are freed on kernels without drop reasons (`KnownReason::of_drop`).
+const TX_QUEUE_FREES: [&str; 3] = ["kfree_skb_list+", "__dev_xmit_skb+", "__dev_queue_xmit+"];
+
 /// The drop reasons rules judge: the one place their kernel names are matched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KnownReason {
@@ -54,6 +57,11 @@ pub enum KnownReason {
     /// does not forward (IP_INADDRERRORS), or an unreachable/blackhole/prohibit route, which
     /// `ip_error` (net/ipv4/route.c) and `ip6_pkt_drop` (net/ipv6/route.c) free.
     NoRoute,
+    /// The device's queueing discipline (or a tc egress action) refused it on the way out:
+    /// QDISC_DROP from `__dev_xmit_skb`'s `to_free` list (net/core/dev.c), the qdiscs' own
+    /// reasons (QDISC_*, FQ_*, CAKE_*: include/net/dropreason-core.h; `QDISC(<code>)` on 7.x)
+    /// and TC_EGRESS.
+    TxQueue,
 }
 
 impl KnownReason {
@@ -67,6 +75,16 @@ impl KnownReason {
             "NEIGH_FAILED" => Self::NeighFailed,
             "NEIGH_QUEUEFULL" => Self::NeighQueuefull,
             "IP_INNOROUTES" | "IP_OUTNOROUTES" => Self::NoRoute,
+            "TC_EGRESS" => Self::TxQueue,
+            // Linux 7.x moved the qdiscs' own reasons to a subsystem (`enum
+            // qdisc_drop_reason`, SKB_DROP_REASON_SUBSYS_QDISC = 3 in Debian's 7.3.4), which
+            // `DropReasons::name` calls `QDISC(<code>)`.
+            name if ["QDISC", "FQ_", "CAKE_"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix)) =>
+            {
+                Self::TxQueue
+            }
             _ => return None,
         })
     }
@@ -83,6 +101,13 @@ impl KnownReason {
     /// EHOSTUNREACH (IP_INADDRERRORS); unreachable, blackhole and prohibit routes leave it
     /// NOT_SPECIFIED, as do kernels before 5.17 for all. IPv6's `ip6_pkt_drop`
     /// (net/ipv6/route.c) names its drops, except before 5.17.
+    ///
+    /// Before 5.17 a full qdisc's drops are freed by `kfree_skb_list(to_free)` at the end of
+    /// `__dev_xmit_skb` (net/core/dev.c, inlined into `__dev_queue_xmit`), whose `kfree_skb`
+    /// names `kfree_skb_list` as the location, or the caller when the compiler inlined it. That
+    /// function frees fragment lists too, so the `tx_drop` rule takes such a drop only when the
+    /// same skb was handed to the device just before (`net:net_dev_queue` fires in
+    /// `__dev_queue_xmit` before the qdisc's enqueue).
     pub fn of_drop(reason: &DropReason, location: &Location) -> Option<Self> {
         Self::of(reason).or_else(|| {
             let Location::Symbol(symbol) = location else {
@@ -90,6 +115,13 @@ impl KnownReason {
             };
             if reason.is("NOT_SPECIFIED") && symbol.starts_with("neigh_invalidate+") {
                 return Some(Self::NeighFailed);
+            }
+            if reason.is("NOT_SPECIFIED")
+                && TX_QUEUE_FREES
+                    .iter()
+                    .any(|function| symbol.starts_with(function))
+            {
+                return Some(Self::TxQueue);
             }
             ((reason.is("NOT_SPECIFIED") || reason.is("IP_INADDRERRORS"))
                 && ["ip_error+", "ip6_pkt_drop+"]

@@ -207,6 +207,25 @@ pub enum Facts {
         #[serde(skip_serializing_if = "Option::is_none")]
         table: Option<u32>,
     },
+    TxDrop {
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// The sender's namespace, where the device's queue is.
+        namespace: Namespace,
+        /// The device whose queueing discipline dropped the datagram.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        /// The kernel's drop reason (`QDISC_DROP`, `FQ_FLOW_LIMIT`, ...), `NOT_SPECIFIED`
+        /// before 5.17.
+        reason: String,
+        /// The process that handed the datagram to the device (its send).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        process: Option<Process>,
+        /// The errno the sender's send returned for a dropped datagram (ENOBUFS with
+        /// IP_RECVERR), when the send hook saw it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<Errno>,
+    },
 }
 
 /// A diagnosis of one flow (or of one socket, for every sender: `key.a == key.b`).

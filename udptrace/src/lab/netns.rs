@@ -142,6 +142,13 @@ impl Netns {
         run("ip", &all, None)
     }
 
+    /// `tc -n NAME ARGS...`, e.g. a qdisc on one of its devices.
+    pub fn tc(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("tc", &all, None)
+    }
+
     pub fn link_up(&self, dev: &str) -> anyhow::Result<()> {
         self.ip(&["link", "set", dev, "up"])
     }

@@ -252,6 +252,10 @@ enum Traffic {
     /// A connected client with IP_RECVERR sends `UNROUTED_SENDS` datagrams, which the router
     /// drops for its reject route.
     Rejected,
+    /// The client's eth0 is shaped by `tc qdisc add dev eth0 root tbf` with these parameters;
+    /// after one datagram that resolves ARP, a connected client with IP_RECVERR sends
+    /// `TX_BURST` datagrams at once to a server that reads them.
+    Shaped(&'static [&'static str]),
 }
 
 /// Datagrams in the rcvbuf-overflow burst.
@@ -261,6 +265,16 @@ pub const OVERFLOW_BURST: usize = 500;
 pub const UNRESOLVED_BURST: usize = 3;
 /// Datagrams the `Unrouted` and `Rejected` clients send.
 pub const UNROUTED_SENDS: usize = 2;
+/// Datagrams of the `Traffic::Shaped` burst (66 bytes each on the wire): more than
+/// `TX_QUEUE_FULL`'s bucket and queue hold together (about 23 and 24), fewer than
+/// `TX_QUEUE_AMPLE`'s bucket takes at once.
+pub const TX_BURST: usize = 100;
+/// A token bucket of one full-size packet at 80 kbit/s with a 1,600-byte queue: tbf_enqueue
+/// (net/sched/sch_tbf.c) drops what its queue cannot hold (`qdisc_drop`), and the queue
+/// drains in 160 ms.
+const TX_QUEUE_FULL: &[&str] = &["rate", "80kbit", "burst", "1540", "limit", "1600"];
+/// The same shaper with room for the burst: a 16 KiB bucket at 10 Mbit/s.
+const TX_QUEUE_AMPLE: &[&str] = &["rate", "10mbit", "burst", "16kb", "limit", "16kb"];
 /// Requests of `Traffic::Spread`: the last leaves more than the default reply timeout (2 s)
 /// after the first, so that its events show the first's timeout has passed.
 const SPREAD_REQUESTS: usize = 3;
@@ -526,6 +540,28 @@ pub const SCENARIOS: &[Scenario] = &[
         traffic: Traffic::Rejected,
     },
     Scenario {
+        name: "tx-queue-full",
+        description: "a connected client (192.0.2.1, IP_RECVERR) sends a burst of 100 datagrams to 192.0.2.2:5061 out of eth0, shaped by `tbf rate 80kbit burst 1540 limit 1600`",
+        diagnosis: "the shaper's queue on the client's eth0 overflows: QDISC_DROP drops in __dev_queue_xmit in the sender's own send (inferred from kfree_skb_list before 5.17), each send returns ENOBUFS and Udp SndbufErrors counts them; fix: `tc -s qdisc show dev eth0`, raise the limit or rate, or pace the sender",
+        expected: &["tx_drop"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5061,
+        bind_specific: true,
+        traffic: Traffic::Shaped(TX_QUEUE_FULL),
+    },
+    Scenario {
+        name: "tx-queue-fits",
+        description: "healthy control: the same burst of 100 datagrams to 192.0.2.2:5062 out of eth0 shaped by `tbf rate 10mbit burst 16kb limit 16kb`, whose bucket holds the burst",
+        diagnosis: "no verdict: the shaper passes every datagram, no send fails",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5062,
+        bind_specific: true,
+        traffic: Traffic::Shaped(TX_QUEUE_AMPLE),
+    },
+    Scenario {
         name: "neighbor-resolved",
         description: "healthy control: a client on the same link as its server (192.0.2.2:5033) that answers ARP; the first request waits in the neighbour queue until ARP resolves",
         diagnosis: "no verdict: ARP resolves, the requests leave and the echoes come back",
@@ -656,6 +692,11 @@ impl Scenario {
         } else {
             2
         };
+        if let Traffic::Shaped(shaper) = self.traffic {
+            let mut args = vec!["qdisc", "add", "dev", "eth0", "root", "tbf"];
+            args.extend_from_slice(shaper);
+            client.tc(&args)?;
+        }
         if let Traffic::Spread(None) = self.traffic {
             client.ifb("ifb0")?;
             client.addr("ifb0", "203.0.113.1/24")?;
@@ -951,6 +992,39 @@ impl Scenario {
                 // Let the last datagrams cross the veth; then the sink reads what its buffer
                 // held (Udp InDatagrams counts at recvmsg, so before the second snapshot).
                 std::thread::sleep(Duration::from_millis(200));
+                server_report = Some(server.stop()?);
+                report
+            }
+            Traffic::Shaped(_) => {
+                let server = Server::start(
+                    &lab.server,
+                    lab.bind,
+                    ServerMode::Sink {
+                        rcvbuf: 65_536,
+                        read: true,
+                    },
+                    PEER_LIFETIME,
+                )?;
+                // ARP first, from another socket: datagrams waiting for the neighbour leave
+                // from the softirq that receives the ARP reply (`neigh_update`), not from the
+                // sender's send, which then could not see their fate.
+                run_client(
+                    &lab.client,
+                    &ClientSpec {
+                        linger: Duration::from_millis(100),
+                        ..client(1, 0, 0)
+                    },
+                )?;
+                let report = run_client(
+                    &lab.client,
+                    &ClientSpec {
+                        recverr: true,
+                        ..client(TX_BURST, 0, 0)
+                    },
+                )?;
+                // The shaper's queue drains (at most 1,600 bytes at 10 kB/s) before the
+                // server stops reading.
+                std::thread::sleep(Duration::from_millis(300));
                 server_report = Some(server.stop()?);
                 report
             }
@@ -1379,6 +1453,39 @@ mod tests {
             vec![libc::EHOSTUNREACH; UNROUTED_SENDS],
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_full_shaper_fails_sends_with_enobufs_and_an_ample_one_none() {
+        if !root_or_skip() {
+            return;
+        }
+        let (_lab, outcome) = run("tx-queue-full");
+        let text = outcome.describe();
+        let failed = outcome.client.errors.len();
+        assert!(failed > 0, "{text}");
+        assert!(
+            outcome.client.errors.iter().all(|&e| e == libc::ENOBUFS),
+            "{text}"
+        );
+        assert_eq!(outcome.client.sent + failed, TX_BURST, "{text}");
+        // udp_sendmsg counts every ENOBUFS (net/ipv4/udp.c, `out:`).
+        assert_eq!(
+            outcome.delta("client", "SndbufErrors"),
+            Some(failed as u64),
+            "{text}"
+        );
+        assert_eq!(
+            outcome.server.as_ref().map(|server| server.received),
+            // and the datagram that resolved ARP.
+            Some(outcome.client.sent + 1),
+            "{text}"
+        );
+        let (_lab, outcome) = run("tx-queue-fits");
+        let text = outcome.describe();
+        assert_eq!(outcome.client.sent, TX_BURST, "{text}");
+        assert!(outcome.client.errors.is_empty(), "{text}");
+        assert_eq!(outcome.delta("client", "SndbufErrors"), Some(0), "{text}");
     }
 
     #[test]

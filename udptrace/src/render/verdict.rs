@@ -372,6 +372,35 @@ pub fn summary(verdict: &Verdict) -> String {
             device.as_deref().unwrap_or("?"),
             namespace_text(namespace)
         ),
+        Facts::TxDrop {
+            source,
+            destination,
+            namespace,
+            device,
+            reason,
+            process,
+            error,
+        } => {
+            let who = named(process.as_ref()).map_or_else(String::new, |process| {
+                format!(" sent by {}", process_text(process))
+            });
+            let seen = match error {
+                Some(error) => format!(
+                    "the sender's send returned {} (it has IP_RECVERR: the application saw it)",
+                    error.name()
+                ),
+                None => "a sender without IP_RECVERR is told nothing (its send succeeds; Udp \
+                         SndbufErrors counts it), one with it gets ENOBUFS"
+                    .to_owned(),
+            };
+            format!(
+                "{} datagram(s) {source} > {destination}{who} were dropped on the way out by \
+                 the queueing discipline of {} in {} ({reason}: its queue was full): {seen}",
+                verdict.count,
+                device.as_deref().unwrap_or("?"),
+                namespace_text(namespace)
+            )
+        }
     }
 }
 
@@ -513,6 +542,15 @@ pub fn fix(verdict: &Verdict) -> String {
             device.as_deref().unwrap_or("the device"),
             server.port(),
             server.ip()
+        ),
+        Facts::TxDrop {
+            device, namespace, ..
+        } => format!(
+            "`tc -s qdisc show dev {}` in {} shows the qdisc and its dropped/overlimits \
+             counters: raise its limit or its shaping rate, or pace the sender to the rate the \
+             device is given; a sender that must know sets IP_RECVERR and handles ENOBUFS",
+            device.as_deref().unwrap_or("DEV"),
+            namespace_text(namespace)
         ),
     }
 }

@@ -590,6 +590,60 @@ fn neighbour_failures_name_the_address_and_device_for_arp_and_ndp() {
 }
 
 #[test]
+fn transmit_drops_name_the_device_the_sender_and_what_it_saw() {
+    let (client, server) = ("192.0.2.1:40000", "192.0.2.2:5061");
+    for (errno, saw) in [
+        (
+            Some(105),
+            "the sender's send returned ENOBUFS (it has IP_RECVERR: the application saw it)",
+        ),
+        (None, "a sender without IP_RECVERR is told nothing"),
+    ] {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let mut handed = event(What::Xmit, client, server, 1);
+        handed.ifindex = Some(2);
+        handed.ifname = Some("eth0".into());
+        handed.skb = Some(crate::model::Skb(0x100));
+        handed.process = Some(process(42, "sender"));
+        diagnosis.observe(&handed);
+        let mut dropped = event(drop("QDISC_DROP"), client, server, 2);
+        dropped.process = None;
+        dropped.ifindex = Some(2);
+        dropped.ifname = Some("eth0".into());
+        dropped.skb = Some(crate::model::Skb(0x100));
+        diagnosis.observe(&dropped);
+        if let Some(errno) = errno {
+            diagnosis.observe(&event(
+                What::SendError {
+                    error: SocketErrno(Errno(errno)),
+                    call: None,
+                },
+                client,
+                server,
+                3,
+            ));
+        }
+        let verdicts = diagnosis.ready(u64::MAX, true);
+        assert_eq!(verdicts.len(), 1);
+        let text = summary(&verdicts[0]);
+        assert!(
+            text.starts_with(
+                "1 datagram(s) 192.0.2.1:40000 > 192.0.2.2:5061 sent by sender[42] were dropped \
+                 on the way out by the queueing discipline of eth0 in namespace host \
+                 (QDISC_DROP: its queue was full): "
+            ),
+            "{text}"
+        );
+        assert!(text.contains(saw), "{text}");
+        assert!(
+            fix(&verdicts[0]).starts_with("`tc -s qdisc show dev eth0` in namespace host"),
+            "{}",
+            fix(&verdicts[0])
+        );
+    }
+}
+
+#[test]
 fn route_failures_name_the_route_the_namespace_and_the_fix() {
     // A blackhole route refuses a local sendto() with EINVAL.
     let mut diagnosis = Diagnosis::new(no_sockets());

@@ -350,6 +350,73 @@ fn neighbour_failures_name_the_address_device_and_errno() {
     }
 }
 
+/// Issue 17: a full qdisc on the sender's device. The drops happen in the sender's own send
+/// (`__dev_queue_xmit`): the verdict names the device, namespace and process, counts exactly
+/// the datagrams the kernel dropped (each failed its send with ENOBUFS, which Udp
+/// SndbufErrors counts), and carries the ENOBUFS the IP_RECVERR sender saw. The healthy
+/// control (`tx-queue-fits`) is in `every_scenario_yields_exactly_its_verdicts`.
+#[test]
+fn transmit_queue_drops_name_the_device_the_sender_and_enobufs() {
+    let (lab, outcome, records) = traced("tx-queue-full", &[]);
+    let text = outcome.describe();
+    let client = outcome.client.local.unwrap();
+    let failed = outcome.client.errors.len() as u64;
+    assert!(failed > 0, "{text}");
+    assert_eq!(
+        outcome.delta("client", "SndbufErrors"),
+        Some(failed),
+        "{text}"
+    );
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{text}\n{records:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "tx_drop");
+    assert_eq!(verdict["flow"], format!("{client} <> {}", lab.target));
+    assert_eq!(verdict["count"], failed, "{text}\n{verdict:#}");
+    let drops = events(&records, "drop");
+    assert_eq!(drops.len() as u64, failed, "{drops:#?}");
+    for drop in &drops {
+        assert_eq!(drop["netns"], lab.client.inode, "{drop}");
+        assert_eq!(drop["ifname"], "eth0", "{drop}");
+        assert_eq!(drop["sport"], client.port(), "{drop}");
+        // QDISC_DROP from 5.19 (7.x may name the qdisc subsystem's own reason, `QDISC(n)`);
+        // before reasons, the free of `__dev_xmit_skb`'s list.
+        let reason = drop["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("QDISC") || drop["reason_inferred"] == true,
+            "{drop}"
+        );
+    }
+    let facts = &verdict["facts"];
+    assert_eq!(facts["device"], "eth0", "{verdict:#}");
+    assert_eq!(facts["namespace"]["netns"], lab.client.inode);
+    assert_eq!(facts["process"]["pid"], std::process::id(), "{verdict:#}");
+    assert_eq!(facts["error"], "ENOBUFS", "{verdict:#}");
+    let summary = verdict["summary"].as_str().unwrap();
+    assert!(
+        summary.starts_with(&format!(
+            "{failed} datagram(s) {client} > {} sent by ",
+            lab.target
+        )),
+        "{summary}"
+    );
+    assert!(
+        summary.contains(&format!(
+            "queueing discipline of eth0 in namespace {}",
+            lab.client.name
+        )),
+        "{summary}"
+    );
+    assert!(summary.contains("returned ENOBUFS"), "{summary}");
+    assert!(
+        verdict["fix"]
+            .as_str()
+            .unwrap()
+            .contains("`tc -s qdisc show dev eth0`"),
+        "{verdict:#}"
+    );
+}
+
 /// Issue 17: requests nobody answered. Delivered to a socket here: the socket and its owner
 /// are named; gone out of a device with no drop or ICMP error: the device, and "beyond this
 /// host". The healthy controls (a one-way stream, answered requests) are in

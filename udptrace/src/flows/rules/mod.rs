@@ -10,6 +10,7 @@ mod no_socket;
 mod rcvbuf;
 mod reply_source;
 mod rp_filter;
+mod tx_drop;
 
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule
         Box::new(checksum::ChecksumError),
         Box::new(neighbor::NeighborUnreachable),
         Box::new(no_route::NoRoute),
+        Box::new(tx_drop::TxDrop::default()),
         Box::new(no_reply::NoReply::new(max_flows, reply_timeout)),
     ]
 }

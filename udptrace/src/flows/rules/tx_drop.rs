@@ -1,0 +1,208 @@
+//! tx_drop: the sender's device refused the datagram on the way out. A qdisc that is full
+//! (a shaper's backlog, `pfifo`'s limit) drops in the sender's own `__dev_queue_xmit`: its
+//! `enqueue` puts the skb on `to_free` (`qdisc_drop`, include/net/sch_generic.h) and
+//! `__dev_xmit_skb` frees the list (net/core/dev.c), with QDISC_DROP from 5.19 on (the fq,
+//! cake and other qdiscs name their own reasons later: include/net/dropreason-core.h).
+//! `dev_queue_xmit` then returns NET_XMIT_DROP, which `ip_send_skb` (net/ipv4/ip_output.c)
+//! turns into ENOBUFS; `udp_send_skb` (net/ipv4/udp.c) hides it from a sender without
+//! IP_RECVERR and counts UDP_MIB_SNDBUFERRORS (`Udp SndbufErrors`) either way, so only a
+//! socket with IP_RECVERR sees the failure.
+//!
+//! The drop names the device (the skb's `dev`) but no process: the hop before it, the same
+//! skb handed to the device (`net:net_dev_queue`, in the sender's system call), names it.
+
+use crate::{
+    flows::{
+        rule::{Context, KnownReason, Rule},
+        table::FlowKey,
+        verdict::{Facts, Namespace, VerdictCode},
+    },
+    model::{Errno, TraceEvent, What},
+};
+
+/// `ENOBUFS` (include/uapi/asm-generic/errno.h): `net_xmit_errno(NET_XMIT_DROP)`.
+const ENOBUFS: u32 = 105;
+
+#[derive(Default)]
+pub struct TxDrop {
+    /// The verdicts this rule opened, by flow: a later ENOBUFS on the flow is their sender's
+    /// errno. At most the rule's allowance of verdicts (`MAX_VERDICTS_PER_RULE`).
+    opened: Vec<(FlowKey, usize)>,
+}
+
+impl Rule for TxDrop {
+    fn drops(&self) -> &'static [KnownReason] {
+        &[KnownReason::TxQueue]
+    }
+
+    fn on_drop(&mut self, event: &TraceEvent, _reason: KnownReason, cx: &mut Context<'_>) {
+        let What::Drop { reason, .. } = &event.what else {
+            return;
+        };
+        // The last hop of this skb: its hand-over to the device, in the sender's context.
+        let handed = event
+            .skb
+            .and_then(|skb| cx.recent(|e| e.skb == Some(skb)))
+            .filter(|e| matches!(e.what, What::Xmit) && e.ifindex == event.ifindex)
+            .cloned();
+        // Without a reason (before 5.17) the freeing site is shared with fragment lists: only
+        // an skb just handed to this device is the qdisc's (`KnownReason::of_drop`).
+        if reason.is("NOT_SPECIFIED") && handed.is_none() {
+            return;
+        }
+        let key = FlowKey::of(event);
+        let Some(index) = cx.verdict(key, VerdictCode::TxDrop, event, || {
+            let process = handed.as_ref().and_then(|hop| hop.process.clone());
+            let mut evidence: Vec<TraceEvent> = handed.into_iter().collect();
+            evidence.push(event.clone());
+            (
+                Facts::TxDrop {
+                    source: event.source(),
+                    destination: event.destination(),
+                    namespace: Namespace::of(event),
+                    device: event.ifname.clone(),
+                    reason: reason.name.clone(),
+                    process,
+                    error: None,
+                },
+                evidence,
+            )
+        }) else {
+            return;
+        };
+        if !self.opened.iter().any(|(flow, _)| *flow == key) {
+            self.opened.push((key, index));
+        }
+    }
+
+    fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
+        let What::SendError { error, .. } = &event.what else {
+            return;
+        };
+        if error.0 != Errno(ENOBUFS) {
+            return;
+        }
+        let key = FlowKey::of(event);
+        let Some(&(_, index)) = self.opened.iter().find(|(flow, _)| *flow == key) else {
+            return;
+        };
+        // The send error itself joins the evidence through its flow (`Diagnosis::observe`).
+        if let Facts::TxDrop { error: seen, .. } = &mut cx.ledger.verdict_mut(index).facts {
+            seen.get_or_insert(error.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        flows::{
+            diagnosis::Diagnosis,
+            testing::{drop, event, no_sockets, process},
+            verdict::{Facts, Namespace, VerdictCode},
+        },
+        model::{DropReason, Errno, Location, Skb, SocketErrno, TraceEvent, What},
+    };
+
+    const CLIENT: &str = "192.0.2.1:40000";
+    const SERVER: &str = "192.0.2.2:5061";
+
+    fn on_eth0(mut event: TraceEvent, skb: u64) -> TraceEvent {
+        event.ifindex = Some(2);
+        event.ifname = Some("eth0".into());
+        event.skb = Some(Skb(skb));
+        event
+    }
+
+    fn handed(skb: u64, ts_ns: u64) -> TraceEvent {
+        let mut hop = on_eth0(event(What::Xmit, CLIENT, SERVER, ts_ns), skb);
+        hop.process = Some(process(42, "sender"));
+        hop
+    }
+
+    fn unnamed_at(symbol: &str) -> What {
+        What::Drop {
+            reason: DropReason::named("NOT_SPECIFIED"),
+            reason_inferred: false,
+            location: Location::Symbol(symbol.into()),
+        }
+    }
+
+    #[test]
+    fn qdisc_drops_name_device_sender_and_the_enobufs_it_saw() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let hop = handed(0x100, 1);
+        diagnosis.observe(&hop);
+        let first = on_eth0(event(drop("QDISC_DROP"), CLIENT, SERVER, 2), 0x100);
+        diagnosis.observe(&first);
+        let enobufs = event(
+            What::SendError {
+                error: SocketErrno(Errno(105)),
+                call: None,
+            },
+            CLIENT,
+            SERVER,
+            3,
+        );
+        diagnosis.observe(&enobufs);
+        // A later drop without its hop in the history still counts (a named reason: here the
+        // qdisc subsystem's own, as 7.x names them).
+        diagnosis.observe(&on_eth0(
+            event(drop("QDISC(1)"), CLIENT, SERVER, 4),
+            0x200,
+        ));
+        let verdicts = diagnosis.verdicts();
+        assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+        assert_eq!(verdicts[0].code, VerdictCode::TxDrop);
+        assert_eq!(verdicts[0].count, 2);
+        assert_eq!(verdicts[0].evidence[..3], [hop, first, enobufs]);
+        assert_eq!(
+            verdicts[0].facts,
+            Facts::TxDrop {
+                source: CLIENT.parse().unwrap(),
+                destination: SERVER.parse().unwrap(),
+                namespace: Namespace {
+                    netns: 7,
+                    netns_name: Some("host".into()),
+                    container: None,
+                },
+                device: Some("eth0".into()),
+                reason: "QDISC_DROP".into(),
+                process: Some(process(42, "sender")),
+                error: Some(Errno(105)),
+            }
+        );
+    }
+
+    #[test]
+    fn an_unnamed_free_is_the_qdisc_s_only_right_after_the_hand_over() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        // 5.10: a fragment list freed in kfree_skb_list is no transmit drop.
+        diagnosis.observe(&on_eth0(
+            event(unnamed_at("kfree_skb_list+0x2c"), CLIENT, SERVER, 1),
+            0x300,
+        ));
+        // Another skb's hand-over, then the reuse of its address elsewhere: not it either.
+        diagnosis.observe(&handed(0x400, 2));
+        let mut delivered = on_eth0(event(What::Recv, CLIENT, SERVER, 3), 0x400);
+        delivered.ifname = Some("eth1".into());
+        diagnosis.observe(&delivered);
+        diagnosis.observe(&on_eth0(
+            event(unnamed_at("kfree_skb_list+0x2c"), CLIENT, SERVER, 4),
+            0x400,
+        ));
+        assert!(
+            diagnosis.verdicts().is_empty(),
+            "{:?}",
+            diagnosis.verdicts()
+        );
+        diagnosis.observe(&handed(0x500, 5));
+        diagnosis.observe(&on_eth0(
+            event(unnamed_at("kfree_skb_list+0x2c"), CLIENT, SERVER, 6),
+            0x500,
+        ));
+        let verdicts = diagnosis.verdicts();
+        assert_eq!(verdicts.len(), 1);
+        assert_eq!(verdicts[0].code, VerdictCode::TxDrop);
+    }
+}
