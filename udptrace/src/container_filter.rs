@@ -289,7 +289,7 @@ fn place_of(inspected: &ContainerInspectResponse) -> Place {
         .filter(|s| s.running == Some(true))
         .and_then(|s| s.pid)
         .filter(|pid| *pid > 0);
-    let Some(inode) = pid.and_then(|pid| netns_inode(&format!("/proc/{pid}/ns/net"))) else {
+    let Some(inode) = pid.and_then(|pid| netns_inode(format!("/proc/{pid}/ns/net"))) else {
         return Place::Stopped(status);
     };
     // Another way into the host's namespace (`--network container:X` of a host-network
