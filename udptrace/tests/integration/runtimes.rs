@@ -282,6 +282,19 @@ fn both_talk(
     );
 }
 
+/// udptrace with `args` and `env`, which must fail at start with one line on stderr: that line.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let refused = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("udptrace");
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
+}
+
 /// Every event is in one of namespaces `inodes`.
 fn only_in(records: &[Value], inodes: &[u32]) {
     for event in records.iter().filter(|r| r["type"] == "event") {
@@ -398,13 +411,7 @@ fn podman_containers_named_and_selected_through_podmans_api() {
         );
 
         // An unknown name: Podman's answer, before anything is loaded.
-        let refused = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .args(["--container", "rt-podman-none", "port", &port])
-            .envs(env.iter().copied())
-            .output()
-            .expect("udptrace");
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success(), "{stderr}");
+        let stderr = refused(&["--container", "rt-podman-none", "port", &port], &env);
         assert!(
             stderr.contains(
                 "--container rt-podman-none: Podman knows no container by that name or id \
@@ -649,14 +656,7 @@ fn containerd_containers_named_and_selected_from_their_bundles() {
         );
 
         // No Docker or Podman API: an unknown name is one line saying what was searched.
-        let refused = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .args(["--container", "rt-ctr-none", "port", &port])
-            .envs(env.iter().copied())
-            .output()
-            .expect("udptrace");
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success(), "{stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        let stderr = refused(&["--container", "rt-ctr-none", "port", &port], &env);
         assert!(
             stderr.contains(
                 "--container rt-ctr-none: no Docker or Podman API to ask: \
