@@ -175,12 +175,14 @@ pub struct TraceArgs {
     /// inode number.
     #[arg(long, value_name = "NAME|PATH|PID|INODE")]
     pub netns: Option<String>,
-    /// Only events in this container's network namespace: a Docker container's name or id
-    /// (repeatable). A container that restarts is followed into its new namespace.
+    /// Only events in this container's network namespace: a container's name or id
+    /// (repeatable), as Docker or Podman know it, else a running containerd or CRI-O
+    /// container's (found in /proc; a `ctr run` container's name is its id). A container that
+    /// restarts is followed into its new namespace (containerd, CRI-O: within a second).
     #[arg(long = "container", value_name = "NAME|ID", value_parser = Wanted::parse_container, conflicts_with = "netns")]
     pub containers: Vec<Wanted>,
     /// Only events in this Kubernetes pod's network namespace: its containers carry the
-    /// kubelet's labels (Docker as the runtime; repeatable).
+    /// kubelet's labels (Docker, Podman) or CRI's annotations (containerd, CRI-O; repeatable).
     #[arg(long = "pod", value_name = "NAMESPACE/NAME", value_parser = Wanted::parse_pod, conflicts_with = "netns")]
     pub pods: Vec<Wanted>,
     /// Only socket events of this process (drops and ICMP errors are not tied to a process).

@@ -11,12 +11,19 @@
 //! Docker-compatible API has the same shape (`State.Pid`, labels, `start`/`die` events): the
 //! first runtime that knows every wanted container is followed. A pod is the set of
 //! containers carrying the kubelet's labels `io.kubernetes.pod.namespace` and
-//! `io.kubernetes.pod.name` (dockershim, cri-dockerd, `podman run --label`). containerd and
-//! CRI-O have no such API here (containers.rs reads their state on disk): they are not
-//! selectable. Nothing here runs unless one of the options is given.
+//! `io.kubernetes.pod.name` (dockershim, cri-dockerd, `podman run --label`).
+//!
+//! When no such API answers, or none knows every wanted container, containerd's and CRI-O's
+//! running containers are looked for in /proc (`scan_proc`): each process outside the host's
+//! namespace is read as `procs.rs` reads it for names (`containers::container_of`: cgroup,
+//! parent shim or conmon, the bundle's config.json with CRI's pod annotations). Neither has an
+//! event API udptrace speaks (containerd's is gRPC, which this binary does not carry;
+//! containers.rs says why), so a restart is followed by scanning /proc again every
+//! `PROC_RESCAN` on this thread, off the event path: a restarted container's events are shown
+//! from the next scan on. Nothing here runs unless one of the options is given.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -34,7 +41,9 @@ use futures_util::StreamExt as _;
 use tokio::sync::oneshot;
 
 use crate::{
-    containers::{Runtime, SHORT_ID, api_sockets, connect_api, listed_name},
+    containers::{
+        Container, Runtime, SHORT_ID, api_sockets, connect_api, container_of, listed_name,
+    },
     render::note,
     sanitize::sanitize_kernel_string,
 };
@@ -45,6 +54,12 @@ const POD_NAME_LABEL: &str = "io.kubernetes.pod.name";
 /// Longest start-up waits for Docker's answers: bollard's own timeouts (5 s a request) end a
 /// silent daemon's requests well before.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often containerd's and CRI-O's containers are looked for again in /proc: a scan reads a
+/// few small files per process outside the host's namespace (milliseconds here); the next one
+/// starts this long after the last ended, so the thread never takes more than a sliver of a CPU.
+pub const PROC_RESCAN: Duration = Duration::from_secs(1);
+/// What containerd's and CRI-O's containers are listed with, for messages.
+const PROC_LISTERS: &str = "`ctr -n NAMESPACE task ls`, `crictl ps`";
 
 /// What the user asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,11 +116,11 @@ impl Wanted {
         }
     }
 
-    /// The containers of `all` (`runtime`'s) this asks for, as Docker resolves a container's
-    /// name or id: an exact name or id first, else a unique start of an id.
+    /// The containers of `all` (found in `source`) this asks for, as Docker resolves a
+    /// container's name or id: an exact name or id first, else a unique start of an id.
     fn choose<'a>(
         &self,
-        runtime: Runtime,
+        source: Source,
         all: &'a [Candidate],
     ) -> Result<Vec<&'a Candidate>, String> {
         match self {
@@ -118,11 +133,7 @@ impl Wanted {
                     .filter(|c| c.id.starts_with(word.as_str()))
                     .collect();
                 match by_prefix.len() {
-                    0 => Err(format!(
-                        "{} knows no container by that name or id (`{} ps -a` lists them)",
-                        runtime.product(),
-                        runtime.name()
-                    )),
+                    0 => Err(source.unknown()),
                     1 => Ok(by_prefix),
                     n => Err(format!(
                         "{n} containers' ids start so: give more of the id, or the name"
@@ -143,9 +154,36 @@ impl Wanted {
     }
 }
 
+/// Where the containers chosen from were found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// Docker's or Podman's API: every container, running or not.
+    Api(Runtime),
+    /// /proc: containerd's and CRI-O's running containers.
+    Proc,
+}
+
+impl Source {
+    /// Why a name or id matched nothing.
+    fn unknown(self) -> String {
+        match self {
+            Self::Api(runtime) => format!(
+                "{} knows no container by that name or id (`{} ps -a` lists them)",
+                runtime.product(),
+                runtime.name()
+            ),
+            Self::Proc => format!(
+                "no running containerd or CRI-O container has that name or id (looked for in \
+                 /proc; {PROC_LISTERS} list them)"
+            ),
+        }
+    }
+}
+
 /// What choosing a container needs to know of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Candidate {
+    runtime: Runtime,
     id: String,
     /// As `docker ps` shows it (the API's `/NAME` without the slash).
     name: String,
@@ -153,29 +191,57 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn new(id: String, name: Option<&str>, labels: Option<&HashMap<String, String>>) -> Self {
+    fn new(
+        runtime: Runtime,
+        id: String,
+        name: Option<&str>,
+        labels: Option<&HashMap<String, String>>,
+    ) -> Self {
         let name = name.unwrap_or_default();
         Self {
+            runtime,
             id,
             name: name.strip_prefix('/').unwrap_or(name).to_owned(),
             labels: labels.cloned().unwrap_or_default(),
         }
     }
 
-    fn from_summary(summary: &ContainerSummary) -> Option<Self> {
+    fn from_summary(runtime: Runtime, summary: &ContainerSummary) -> Option<Self> {
         Some(Self::new(
+            runtime,
             summary.id.clone()?,
             listed_name(summary),
             summary.labels.as_ref(),
         ))
     }
 
-    fn from_inspect(inspected: &ContainerInspectResponse) -> Option<Self> {
+    fn from_inspect(runtime: Runtime, inspected: &ContainerInspectResponse) -> Option<Self> {
         Some(Self::new(
+            runtime,
             inspected.id.clone()?,
             inspected.name.as_deref(),
             inspected.config.as_ref().and_then(|c| c.labels.as_ref()),
         ))
+    }
+
+    /// A containerd or CRI-O container as /proc showed it (`container_of`): its pod as the
+    /// kubelet's labels, whichever annotations (CRI-O's or containerd CRI's) named it. Its
+    /// text is sanitized already; matching the user's words against it is exact for names
+    /// without control characters, which is what runtimes accept.
+    fn from_proc(container: Container) -> Self {
+        let labels = container.pod.map(|pod| {
+            HashMap::from([
+                (POD_NAMESPACE_LABEL.to_owned(), pod.namespace),
+                (POD_NAME_LABEL.to_owned(), pod.name),
+            ])
+        });
+        let name = container.name.unwrap_or_else(|| container.id.clone());
+        Self::new(
+            container.runtime,
+            container.id,
+            Some(&name),
+            labels.as_ref(),
+        )
     }
 
     fn in_pod(&self, namespace: &str, name: &str) -> bool {
@@ -184,11 +250,11 @@ impl Candidate {
     }
 
     /// `NAME (RUNTIME SHORT-ID)`, sanitized.
-    fn shown(&self, runtime: Runtime) -> String {
+    fn shown(&self) -> String {
         format!(
             "{} ({} {})",
             sanitize_kernel_string(self.name.as_bytes()),
-            runtime.name(),
+            self.runtime.name(),
             self.id.get(..SHORT_ID).unwrap_or(&self.id)
         )
     }
@@ -223,7 +289,7 @@ fn place_of(inspected: &ContainerInspectResponse) -> Place {
         .filter(|s| s.running == Some(true))
         .and_then(|s| s.pid)
         .filter(|pid| *pid > 0);
-    let Some(inode) = pid.and_then(|pid| netns_inode(&format!("/proc/{pid}/ns/net"))) else {
+    let Some(inode) = pid.and_then(|pid| netns_inode(format!("/proc/{pid}/ns/net"))) else {
         return Place::Stopped(status);
     };
     // Another way into the host's namespace (`--network container:X` of a host-network
@@ -234,8 +300,98 @@ fn place_of(inspected: &ContainerInspectResponse) -> Place {
     Place::Netns(inode)
 }
 
-fn netns_inode(path: &str) -> Option<u32> {
+fn netns_inode(path: impl AsRef<Path>) -> Option<u32> {
     std::fs::metadata(path).ok().map(|m| m.ino() as u32)
+}
+
+/// containerd's and CRI-O's containers running under `proc_root` in network namespaces other
+/// than the host's (udptrace's and PID 1's), each with its namespace's inode. Docker's and
+/// Podman's are left to their APIs, which name them. Work is bounded by the processes outside
+/// the host's namespace: one `container_of` per distinct (namespace, cgroup), so a container's
+/// many processes cost one bundle read.
+fn scan_proc(proc_root: &Path) -> Vec<(Candidate, u32)> {
+    let hosts: Vec<u32> = ["self/ns/net", "1/ns/net"]
+        .iter()
+        .filter_map(|link| netns_inode(proc_root.join(link)))
+        .collect();
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    let mut looked_at = HashSet::new();
+    let mut found: HashMap<String, (Candidate, u32)> = HashMap::new();
+    for pid in pids {
+        let dir = proc_root.join(pid.to_string());
+        let Some(inode) = netns_inode(dir.join("ns/net")) else {
+            continue;
+        };
+        if hosts.contains(&inode) {
+            continue;
+        }
+        let Ok(cgroup) = std::fs::read_to_string(dir.join("cgroup")) else {
+            continue;
+        };
+        if !looked_at.insert((inode, cgroup)) {
+            continue;
+        }
+        if let Some(container) = container_of(proc_root, pid)
+            && matches!(container.runtime, Runtime::Containerd | Runtime::Crio)
+        {
+            found
+                .entry(container.id.clone())
+                .or_insert_with(|| (Candidate::from_proc(container), inode));
+        }
+    }
+    let mut found: Vec<(Candidate, u32)> = found.into_values().collect();
+    found.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    found
+}
+
+/// Chooses the `wanted` containers among those /proc shows (`scan_proc`); the ids chosen by
+/// id are kept so that `follow_proc` knows them again (by name is by name).
+fn resolve_proc(proc_root: &Path, wanted: &[Wanted]) -> anyhow::Result<(ProcSelection, Vec<u32>)> {
+    let running = scan_proc(proc_root);
+    let candidates: Vec<Candidate> = running.iter().map(|(c, _)| c.clone()).collect();
+    let mut ids = HashSet::new();
+    for one in wanted {
+        let chosen = one
+            .choose(Source::Proc, &candidates)
+            .map_err(|e| anyhow!("{}: {e}", one.shown()))?;
+        ids.extend(chosen.into_iter().map(|c| c.id.clone()));
+    }
+    let selection = ProcSelection {
+        wanted: wanted.to_vec(),
+        ids,
+    };
+    let inodes = selection.inodes(&running);
+    Ok((selection, inodes))
+}
+
+/// The containerd and CRI-O containers asked for: by the user's words, and by the ids they
+/// resolved to at start.
+struct ProcSelection {
+    wanted: Vec<Wanted>,
+    ids: HashSet<String>,
+}
+
+impl ProcSelection {
+    /// The namespaces of the wanted containers among `running`, sorted.
+    fn inodes(&self, running: &[(Candidate, u32)]) -> Vec<u32> {
+        let mut inodes: Vec<u32> = running
+            .iter()
+            .filter(|(candidate, _)| {
+                self.ids.contains(&candidate.id) || self.wanted.iter().any(|w| w.follows(candidate))
+            })
+            .map(|(_, inode)| *inode)
+            .collect();
+        inodes.sort_unstable();
+        inodes.dedup();
+        inodes
+    }
 }
 
 /// The selected containers' namespaces, by container id (`None`: it does not run now).
@@ -293,8 +449,9 @@ pub struct Following {
 
 impl ContainerSelection {
     /// Asks Docker (`socket`, else DOCKER_HOST's or /run/docker.sock), else Podman
-    /// (CONTAINER_HOST's or /run/podman/podman.sock), where the wanted containers' traffic is:
-    /// a clear error when no runtime answers, a container is unknown or not running, or
+    /// (CONTAINER_HOST's or /run/podman/podman.sock), where the wanted containers' traffic is;
+    /// when neither answers or knows them all, looks for containerd's and CRI-O's running
+    /// containers in /proc. A clear error when none knows them, a container is not running, or
     /// shares the host's namespace.
     pub fn resolve(wanted: &[Wanted], socket: Option<&Path>) -> anyhow::Result<Self> {
         let shown = wanted
@@ -307,15 +464,14 @@ impl ContainerSelection {
             .into_iter()
             .filter(|(_, socket)| socket.exists())
             .collect();
-        if apis.is_empty() {
-            bail!(
-                "{shown}: no container runtime to ask: {} does not exist (udptrace asks Docker's \
-                 API; DOCKER_HOST=unix://PATH names another socket), nor {} (Podman's; \
-                 CONTAINER_HOST=unix://PATH)",
+        let no_api = apis.is_empty().then(|| {
+            format!(
+                "no Docker or Podman API to ask: {} does not exist (DOCKER_HOST=unix://PATH \
+                 names another socket), nor {} (Podman's; CONTAINER_HOST=unix://PATH)",
                 docker.display(),
                 podman.display()
-            );
-        }
+            )
+        });
         let (ready, answer) = mpsc::channel();
         let (map, map_rx) = oneshot::channel();
         let wanted = wanted.to_vec();
@@ -339,26 +495,35 @@ impl ContainerSelection {
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
                     // The first runtime that knows them all; else what each said.
-                    let mut errors = Vec::new();
-                    let mut resolved = None;
+                    let mut errors: Vec<String> = no_api.into_iter().collect();
                     for (runtime, socket) in apis {
                         match resolve(runtime, &socket, wanted.clone()).await {
-                            Ok(found) => {
-                                resolved = Some((runtime, found));
-                                break;
+                            Ok((docker, selected)) => {
+                                if ready.send(Ok(selected.inodes())).is_err() {
+                                    return;
+                                }
+                                if let Ok((map, stop)) = map_rx.await {
+                                    follow(runtime, &docker, selected, map, since, stop).await;
+                                }
+                                return;
                             }
                             Err(error) => errors.push(format!("{error:#}")),
                         }
                     }
-                    let Some((runtime, (docker, selected))) = resolved else {
-                        let _ = ready.send(Err(anyhow!(errors.join("; "))));
-                        return;
-                    };
-                    if ready.send(Ok(selected.inodes())).is_err() {
-                        return;
-                    }
-                    if let Ok((map, stop)) = map_rx.await {
-                        follow(runtime, &docker, selected, map, since, stop).await;
+                    let proc_root = Path::new("/proc");
+                    match resolve_proc(proc_root, &wanted) {
+                        Ok((selection, inodes)) => {
+                            if ready.send(Ok(inodes.clone())).is_err() {
+                                return;
+                            }
+                            if let Ok((map, stop)) = map_rx.await {
+                                follow_proc(proc_root, &selection, inodes, map, stop).await;
+                            }
+                        }
+                        Err(error) => {
+                            errors.push(format!("{error:#}"));
+                            let _ = ready.send(Err(anyhow!(errors.join("; "))));
+                        }
                     }
                 });
             })
@@ -411,21 +576,19 @@ async fn resolve(
         .await
         .with_context(|| format!("listing {product}'s containers on {}", socket.display()))?
         .into_iter()
-        .filter_map(|summary| Candidate::from_summary(&summary))
+        .filter_map(|summary| Candidate::from_summary(runtime, &summary))
         .collect();
     let mut selected = Selected::default();
     for one in &wanted {
         let chosen = one
-            .choose(runtime, &all)
+            .choose(Source::Api(runtime), &all)
             .map_err(|e| anyhow!("{}: {e}", one.shown()))?;
         let mut running = 0;
         for candidate in chosen {
             let inspected = docker
                 .inspect_container(&candidate.id, None)
                 .await
-                .with_context(|| {
-                    format!("{}: inspecting {}", one.shown(), candidate.shown(runtime))
-                })?;
+                .with_context(|| format!("{}: inspecting {}", one.shown(), candidate.shown()))?;
             match place_of(&inspected) {
                 Place::Netns(inode) => {
                     running += 1;
@@ -436,7 +599,7 @@ async fn resolve(
                      shared with all the host's traffic; select its traffic by port or address \
                      instead",
                     one.shown(),
-                    candidate.shown(runtime)
+                    candidate.shown()
                 ),
                 // A pod may have finished containers (init containers); it needs one running.
                 Place::Stopped(_) if matches!(one, Wanted::Pod { .. }) => {
@@ -446,7 +609,7 @@ async fn resolve(
                     "{}: {} is not running ({status}); its network namespace exists only while \
                      it runs",
                     one.shown(),
-                    candidate.shown(runtime)
+                    candidate.shown()
                 ),
             }
         }
@@ -510,7 +673,7 @@ async fn follow(
                     Place::Netns(inode) => Some(inode),
                     Place::Host | Place::Stopped(_) => None,
                 };
-                (Candidate::from_inspect(&inspected), inode)
+                (Candidate::from_inspect(runtime, &inspected), inode)
             }
             Err(_) => (None, None),
         };
@@ -536,6 +699,38 @@ async fn follow(
     }
 }
 
+/// Keeps `map` current for containerd's and CRI-O's containers (`selection`), which have no
+/// event API here: /proc is scanned again every `PROC_RESCAN` until `stop`; namespaces of
+/// wanted containers that appeared are added, those gone are removed. `selected` is what the
+/// map holds now.
+async fn follow_proc(
+    proc_root: &Path,
+    selection: &ProcSelection,
+    mut selected: Vec<u32>,
+    mut map: BpfHashMap<MapData, u32, u32>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            () = tokio::time::sleep(PROC_RESCAN) => {}
+        }
+        let now = selection.inodes(&scan_proc(proc_root));
+        for inode in now.iter().filter(|inode| !selected.contains(inode)) {
+            if let Err(error) = map.insert(inode, 1, 0) {
+                note(format_args!(
+                    "udptrace: --container/--pod: cannot select network namespace {inode}: {error}"
+                ));
+            }
+        }
+        for inode in selected.iter().filter(|inode| !now.contains(inode)) {
+            // Gone already is fine: removal only keeps a reused inode from being selected.
+            let _ = map.remove(inode);
+        }
+        selected = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,7 +746,12 @@ mod tests {
                 (POD_NAME_LABEL.to_owned(), name.to_owned()),
             ])
         });
-        Candidate::new(id.into(), Some(&format!("/{name}")), labels.as_ref())
+        Candidate::new(
+            Runtime::Docker,
+            id.into(),
+            Some(&format!("/{name}")),
+            labels.as_ref(),
+        )
     }
 
     fn all() -> Vec<Candidate> {
@@ -565,7 +765,7 @@ mod tests {
     fn chosen(wanted: &Wanted) -> Result<Vec<String>, String> {
         let all = all();
         wanted
-            .choose(Runtime::Docker, &all)
+            .choose(Source::Api(Runtime::Docker), &all)
             .map(|c| c.iter().map(|c| c.name.clone()).collect())
     }
 
@@ -669,5 +869,182 @@ mod tests {
             "k8s_sidecar_web-5d8f_shop",
             Some(("shop", "web-5d8f"))
         )));
+    }
+
+    /// A /proc stand-in: the host (`self`, PID 1 and a host shell), a CRI-O pod container
+    /// under conmon (CRI-O's documented layout: cgroup `crio-ID.scope`, conmon given the
+    /// bundle with `-b`, the kubelet's names in the bundle's annotations), a `ctr run`
+    /// container under its containerd shim, and a Docker container (left to Docker's API).
+    struct FakeProc {
+        root: PathBuf,
+    }
+
+    impl FakeProc {
+        fn new(test: &str) -> Self {
+            let root = std::env::temp_dir()
+                .join(format!("udptrace-procfilter-{test}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let fake = Self { root };
+            fake.netns("self", "host");
+            fake.process(1, 0, "host", "0::/init.scope\n");
+            fake.process(5, 1, "host", "0::/user.slice/session-1.scope\n");
+            let bundle = fake.root.join(format!("crio/{POD}/userdata"));
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(
+                bundle.join("config.json"),
+                include_bytes!("../tests/fixtures/bundles/crio-config.json"),
+            )
+            .unwrap();
+            fake.parent(
+                30,
+                &format!("/usr/bin/conmon\0-c\0{POD}\0-b\0{}\0", bundle.display()),
+                None,
+            );
+            fake.process(
+                31,
+                30,
+                "crio-pod",
+                &format!("0::/kubepods.slice/crio-{POD}.scope\n"),
+            );
+            fake.shim_container(40, "rt-web", "ctr-a");
+            fake.process(60, 1, "docker", &format!("0::/docker/{WEB}\n"));
+            fake
+        }
+
+        fn path(&self, relative: &str) -> PathBuf {
+            self.root.join(relative)
+        }
+
+        /// `DIR/ns/net`: a file standing for namespace `ns` (same `ns`, same inode).
+        fn netns(&self, dir: &str, ns: &str) {
+            let store = self.path(&format!("namespaces/{ns}"));
+            std::fs::create_dir_all(store.parent().unwrap()).unwrap();
+            if !store.exists() {
+                std::fs::write(&store, b"").unwrap();
+            }
+            std::fs::create_dir_all(self.path(&format!("{dir}/ns"))).unwrap();
+            let link = self.path(&format!("{dir}/ns/net"));
+            let _ = std::fs::remove_file(&link);
+            std::fs::hard_link(&store, link).unwrap();
+        }
+
+        fn inode(&self, ns: &str) -> u32 {
+            netns_inode(self.path(&format!("namespaces/{ns}"))).unwrap()
+        }
+
+        fn process(&self, pid: u32, ppid: u32, ns: &str, cgroup: &str) {
+            self.netns(&pid.to_string(), ns);
+            std::fs::write(
+                self.path(&format!("{pid}/stat")),
+                format!("{pid} (sh) S {ppid} 1"),
+            )
+            .unwrap();
+            std::fs::write(self.path(&format!("{pid}/cgroup")), cgroup).unwrap();
+        }
+
+        fn parent(&self, pid: u32, cmdline: &str, cwd: Option<&Path>) {
+            std::fs::create_dir_all(self.path(&pid.to_string())).unwrap();
+            std::fs::write(self.path(&format!("{pid}/cmdline")), cmdline).unwrap();
+            if let Some(cwd) = cwd {
+                let link = self.path(&format!("{pid}/cwd"));
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(cwd, link).unwrap();
+            }
+        }
+
+        /// `ctr run` container `id` (no annotations) in namespace `ns`: its init `pid`, its
+        /// shim `pid - 1`, running in the bundle's directory.
+        fn shim_container(&self, pid: u32, id: &str, ns: &str) {
+            let bundle = self.path(&format!("task/default/{id}"));
+            std::fs::create_dir_all(&bundle).unwrap();
+            std::fs::write(bundle.join("config.json"), br#"{"ociVersion":"1.0.2"}"#).unwrap();
+            self.parent(
+                pid - 1,
+                &format!("/usr/bin/containerd-shim-runc-v2\0-namespace\0default\0-id\0{id}\0"),
+                Some(&bundle),
+            );
+            self.process(pid, pid - 1, ns, &format!("0::/default/{id}\n"));
+        }
+
+        fn remove(&self, pid: u32) {
+            std::fs::remove_dir_all(self.path(&pid.to_string())).unwrap();
+        }
+    }
+
+    impl Drop for FakeProc {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    #[test]
+    fn containerd_and_crio_containers_are_found_in_proc() {
+        let fake = FakeProc::new("scan");
+        let running = scan_proc(&fake.root);
+        let shown: Vec<(String, u32)> = running
+            .iter()
+            .map(|(candidate, inode)| (candidate.shown(), *inode))
+            .collect();
+        // CRI-O's named by its annotations, `ctr run`'s by its id; not the host's processes,
+        // not Docker's (its API names it).
+        assert_eq!(
+            shown,
+            [
+                (
+                    format!("coredns (crio {})", &POD[..SHORT_ID]),
+                    fake.inode("crio-pod")
+                ),
+                ("rt-web (containerd rt-web)".to_owned(), fake.inode("ctr-a")),
+            ]
+        );
+        let (_, inodes) = resolve_proc(
+            &fake.root,
+            &[Wanted::parse_pod("kube-system/coredns-5d78c9869d-q7kzt").unwrap()],
+        )
+        .unwrap();
+        assert_eq!(inodes, [fake.inode("crio-pod")]);
+        for word in ["rt-web", "coredns", &POD[..8]] {
+            let (_, inodes) = resolve_proc(&fake.root, &[Wanted::Container(word.into())]).unwrap();
+            let expected = if word == "rt-web" {
+                "ctr-a"
+            } else {
+                "crio-pod"
+            };
+            assert_eq!(inodes, [fake.inode(expected)], "{word}");
+        }
+        let error = resolve_proc(&fake.root, &[Wanted::Container(WEB.into())])
+            .err()
+            .unwrap();
+        assert_eq!(
+            format!("{error:#}"),
+            format!(
+                "--container {WEB}: no running containerd or CRI-O container has that name or \
+                 id (looked for in /proc; {PROC_LISTERS} list them)"
+            )
+        );
+        let error = resolve_proc(&fake.root, &[Wanted::parse_pod("shop/web").unwrap()])
+            .err()
+            .unwrap();
+        assert!(
+            format!("{error:#}").contains("io.kubernetes.pod.name=web"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_containerd_container_is_found_in_its_new_namespace() {
+        let fake = FakeProc::new("restart");
+        let (selection, inodes) =
+            resolve_proc(&fake.root, &[Wanted::Container("rt-web".into())]).unwrap();
+        assert_eq!(inodes, [fake.inode("ctr-a")]);
+        // Stopped: nothing selected.
+        fake.remove(40);
+        assert!(selection.inodes(&scan_proc(&fake.root)).is_empty());
+        // Made again under its name, in a namespace of its own.
+        fake.shim_container(50, "rt-web", "ctr-b");
+        assert_eq!(
+            selection.inodes(&scan_proc(&fake.root)),
+            [fake.inode("ctr-b")]
+        );
     }
 }

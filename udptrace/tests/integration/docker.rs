@@ -385,7 +385,7 @@ fn filters(host: &DockerHost) {
         (
             vec!["--container", "filter-a"],
             &[("DOCKER_HOST", "unix:///nonexistent/docker.sock")][..],
-            "no container runtime to ask: /nonexistent/docker.sock does not exist",
+            "no Docker or Podman API to ask: /nonexistent/docker.sock does not exist",
         ),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_udptrace"))

@@ -50,7 +50,7 @@ struct Topology {
     _server: Server,
     a: Netns,
     b: Netns,
-    _server_ns: Netns,
+    server_ns: Netns,
 }
 
 /// Where each client writes.
@@ -78,7 +78,7 @@ fn topology() -> Topology {
         _server: server,
         a,
         b,
-        _server_ns: server_ns,
+        server_ns,
     }
 }
 
@@ -267,15 +267,43 @@ impl Drop for PrivatePodman {
 }
 
 /// Both containers talk at once, each to its peer; the replies each got.
-fn both_talk(talk: impl Fn(&Running, &str) -> String + Sync, a: &Running, b: &Running) {
+fn both_talk(
+    talk: impl Fn(&Running, &str) -> String + Sync,
+    (a, a_peer): (&Running, &str),
+    (b, b_peer): (&Running, &str),
+) {
     let (from_a, from_b) = thread::scope(|scope| {
-        let from_b = scope.spawn(|| talk(b, B_PEER));
-        (talk(a, A_PEER), from_b.join().expect("b's talk"))
+        let from_b = scope.spawn(|| talk(b, b_peer));
+        (talk(a, a_peer), from_b.join().expect("b's talk"))
     });
     assert!(
         !from_a.is_empty() && !from_b.is_empty(),
         "both got replies: {from_a:?} {from_b:?}"
     );
+}
+
+/// udptrace with `args` and `env`, which must fail at start with one line on stderr: that line.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let refused = Command::new(env!("CARGO_BIN_EXE_udptrace"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("udptrace");
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+/// Every event is in one of namespaces `inodes`.
+fn only_in(records: &[Value], inodes: &[u32]) {
+    for event in records.iter().filter(|r| r["type"] == "event") {
+        let inode = event["netns"].as_u64().and_then(|n| u32::try_from(n).ok());
+        assert!(
+            inode.is_some_and(|inode| inodes.contains(&inode)),
+            "only {inodes:?}'s: {event:#}"
+        );
+    }
 }
 
 /// The events in namespace `inode`, at least one.
@@ -354,7 +382,7 @@ fn podman_containers_named_and_selected_through_podmans_api() {
         let port = PORT.to_string();
 
         let trace = Trace::start_with(&["port", &port], &env);
-        both_talk(talk, &a, &b);
+        both_talk(talk, (&a, A_PEER), (&b, B_PEER));
         let records = trace.stop();
         let image = "localhost/udptrace-lab:empty";
         assert_named(
@@ -383,13 +411,7 @@ fn podman_containers_named_and_selected_through_podmans_api() {
         );
 
         // An unknown name: Podman's answer, before anything is loaded.
-        let refused = Command::new(env!("CARGO_BIN_EXE_udptrace"))
-            .args(["--container", "rt-podman-none", "port", &port])
-            .envs(env.iter().copied())
-            .output()
-            .expect("udptrace");
-        let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!refused.status.success(), "{stderr}");
+        let stderr = refused(&["--container", "rt-podman-none", "port", &port], &env);
         assert!(
             stderr.contains(
                 "--container rt-podman-none: Podman knows no container by that name or id \
@@ -400,12 +422,10 @@ fn podman_containers_named_and_selected_through_podmans_api() {
 
         // --container by name, asked of Podman's API: b's namespace only.
         let trace = Trace::start_with(&["--container", "rt-podman-b", "port", &port], &env);
-        both_talk(talk, &a, &b);
+        both_talk(talk, (&a, A_PEER), (&b, B_PEER));
         let records = trace.stop();
         events_in(&records, net.b.inode);
-        for event in records.iter().filter(|r| r["type"] == "event") {
-            assert_eq!(event["netns"], net.b.inode, "only b's: {event:#}");
-        }
+        only_in(&records, &[net.b.inode]);
     }));
     drop(podman);
     drop(net);
@@ -503,7 +523,9 @@ impl PrivateContainerd {
         for (key, value) in annotations {
             command.args(["--annotation", &format!("{key}={value}")]);
         }
-        self.containers.push(name.to_owned());
+        if !self.containers.iter().any(|known| known == name) {
+            self.containers.push(name.to_owned());
+        }
         output(
             command
                 .arg(self.dir.join("rootfs"))
@@ -521,6 +543,22 @@ impl PrivateContainerd {
         }
     }
 
+    /// Kills container `name` and deletes it (its shim exits); quiet when it is gone already.
+    fn remove(&self, name: &str) {
+        let quiet = |args: &[&str]| {
+            let _ = self.ctr().args(args).stdin(Stdio::null()).output();
+        };
+        quiet(&["task", "kill", "--signal", "SIGKILL", name]);
+        // `task delete -f` waits for the killed task, then its shim exits.
+        quiet(&["task", "delete", "--force", name]);
+        quiet(&["container", "delete", name]);
+    }
+
+    /// Each container talks to `peer` (netcat, `talk_script`); the replies.
+    fn talk(&self) -> impl Fn(&Running, &str) -> String + Sync + '_ {
+        |container, peer| self.exec(container, &talk_script(&container.name, peer))
+    }
+
     fn exec(&self, container: &Running, script: &str) -> String {
         let fifos = self.dir.join("fifo");
         output(
@@ -536,13 +574,7 @@ impl PrivateContainerd {
 impl Drop for PrivateContainerd {
     fn drop(&mut self) {
         for name in &self.containers {
-            let quiet = |args: &[&str]| {
-                let _ = self.ctr().args(args).stdin(Stdio::null()).output();
-            };
-            quiet(&["task", "kill", "--signal", "SIGKILL", name]);
-            // `task delete -f` waits for the killed task, then its shim exits.
-            quiet(&["task", "delete", "--force", name]);
-            quiet(&["container", "delete", name]);
+            self.remove(name);
         }
         stop_daemon(&mut self.daemon);
         unmount_under(&self.dir);
@@ -554,9 +586,12 @@ impl Drop for PrivateContainerd {
 /// as its name (its cgroup `/rt/ID` under a shim of namespace `rt`); another one, carrying in
 /// its bundle the annotations containerd's CRI writes for a pod's container (given here with
 /// `--annotation`: no kubelet runs), is named by its pod. Both read from the bundle's
-/// config.json, found through the shim. Nothing is left afterwards.
+/// config.json, found through the shim. Without a Docker or Podman API, `--container ID` and
+/// `--pod NS/NAME` find them in /proc and show only their namespace while both talk, and the
+/// pod's container deleted and made again in a new namespace is followed there. Nothing is
+/// left afterwards.
 #[test]
-fn containerd_containers_named_from_their_bundles() {
+fn containerd_containers_named_and_selected_from_their_bundles() {
     require_root();
     assert!(
         Path::new(CONTAINERD).exists() && Path::new(CTR).exists(),
@@ -589,12 +624,9 @@ fn containerd_containers_named_from_their_bundles() {
             ("CONTAINER_HOST", "unix:///nonexistent/podman.sock"),
             ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
         ];
-        let containerd = &containerd;
-        let talk = |container: &Running, peer: &str| {
-            containerd.exec(container, &talk_script(&container.name, peer))
-        };
-        let trace = Trace::start_with(&["port", &PORT.to_string()], &env);
-        both_talk(talk, &a, &b);
+        let port = PORT.to_string();
+        let trace = Trace::start_with(&["port", &port], &env);
+        both_talk(containerd.talk(), (&a, A_PEER), (&b, B_PEER));
         let records = trace.stop();
         assert_named(
             &records,
@@ -622,6 +654,47 @@ fn containerd_containers_named_from_their_bundles() {
             ],
             Some(&pod_object()),
         );
+
+        // No Docker or Podman API: an unknown name is one line saying what was searched.
+        let stderr = refused(&["--container", "rt-ctr-none", "port", &port], &env);
+        assert!(
+            stderr.contains(
+                "--container rt-ctr-none: no Docker or Podman API to ask: \
+                 /nonexistent/docker.sock does not exist"
+            ) && stderr.contains(
+                "--container rt-ctr-none: no running containerd or CRI-O container has that \
+                 name or id (looked for in /proc;"
+            ),
+            "{stderr}"
+        );
+
+        // --container ID (a `ctr run` container's id), found in /proc: a's namespace only.
+        let trace = Trace::start_with(&["--container", &a.id, "port", &port], &env);
+        both_talk(containerd.talk(), (&a, A_PEER), (&b, B_PEER));
+        let records = trace.stop();
+        events_in(&records, net.a.inode);
+        only_in(&records, &[net.a.inode]);
+
+        // --pod by CRI's annotations: b's namespace only; b is then deleted and made again
+        // under its name and annotations in a namespace of its own (203.0.113.1), where the
+        // filter follows it.
+        let trace = Trace::start_with(&["--pod", "shop/web", "port", &port], &env);
+        both_talk(containerd.talk(), (&a, A_PEER), (&b, B_PEER));
+        containerd.remove(&b.name);
+        let c = Netns::create("rtc").expect("namespace c");
+        veth(&c, "eth0", &net.server_ns, "eth2").expect("veth c");
+        c.addr("eth0", "203.0.113.1/24").unwrap();
+        net.server_ns.addr("eth2", "203.0.113.2/24").unwrap();
+        let again = containerd.run("rt-ctr-cri", &c, &cri);
+        pids.push(again.pid);
+        // udptrace looks for containerd's containers again every PROC_RESCAN (no event API
+        // to wait on): three periods leave two whole scans after the container runs.
+        thread::sleep(udptrace::container_filter::PROC_RESCAN * 3);
+        both_talk(containerd.talk(), (&a, A_PEER), (&again, "203.0.113.2"));
+        let records = trace.stop();
+        events_in(&records, net.b.inode);
+        events_in(&records, c.inode);
+        only_in(&records, &[net.b.inode, c.inode]);
     }));
     drop(containerd);
     drop(net);
