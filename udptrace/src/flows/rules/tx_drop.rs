@@ -147,10 +147,7 @@ mod tests {
         diagnosis.observe(&enobufs);
         // A later drop without its hop in the history still counts (a named reason: here the
         // qdisc subsystem's own, as 7.x names them).
-        diagnosis.observe(&on_eth0(
-            event(drop("QDISC(1)"), CLIENT, SERVER, 4),
-            0x200,
-        ));
+        diagnosis.observe(&on_eth0(event(drop("QDISC(1)"), CLIENT, SERVER, 4), 0x200));
         let verdicts = diagnosis.verdicts();
         assert_eq!(verdicts.len(), 1, "{verdicts:?}");
         assert_eq!(verdicts[0].code, VerdictCode::TxDrop);
