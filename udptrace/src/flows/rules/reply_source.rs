@@ -80,6 +80,7 @@ impl ReplySource {
         let datagram = (used, client);
         if let Some(index) = cx.ledger.explained(&datagram) {
             cx.ledger.count_occurrence(index, event);
+            Self::name_client(index, request, cx);
             return;
         }
         let key = FlowKey::new(client, request.server);
@@ -118,6 +119,26 @@ impl ReplySource {
         });
         if let Some(index) = index {
             cx.ledger.explain(datagram, index);
+        }
+    }
+
+    /// A verdict opened while its client's container was unknown (no hop of the first
+    /// request in the client's namespace in the history at its delivery, or a container the
+    /// runtime had not named yet) takes it from the request this later reply answers: each
+    /// delivery looks up its own request's hop, so one missed or early hop does not leave the
+    /// verdict without the client's container for good.
+    fn name_client(index: usize, request: &Request, cx: &mut Context<'_>) {
+        let Facts::ReplySource {
+            client_container, ..
+        } = &mut cx.ledger.verdict_mut(index).facts
+        else {
+            return;
+        };
+        let named = |container: &Option<Container>| {
+            container.as_ref().and_then(Container::described).is_some()
+        };
+        if !named(client_container) && named(&request.client_container) {
+            client_container.clone_from(&request.client_container);
         }
     }
 
@@ -168,14 +189,16 @@ impl Rule for ReplySource {
 #[cfg(test)]
 mod tests {
     use crate::{
+        containers::{Container, Runtime},
         flows::{
             diagnosis::Diagnosis,
             testing::{
-                no_sockets, process, sendto_without_pktinfo, wildcard_socket, wrong_source_reply,
+                event, no_sockets, process, sendto_without_pktinfo, wildcard_socket,
+                wrong_source_reply,
             },
             verdict::{Facts, Sender, VerdictCode},
         },
-        model::{RouteDevice, SendCall, TraceEvent},
+        model::{RouteDevice, SendCall, Skb, TraceEvent, What},
     };
 
     #[test]
@@ -209,5 +232,58 @@ mod tests {
         );
         let kinds: Vec<&str> = verdict.evidence.iter().map(TraceEvent::kind_name).collect();
         assert_eq!(kinds, ["deliver", "xmit", "route", "send"]);
+    }
+
+    /// The client's container, as the runtime names it.
+    fn web_1() -> Container {
+        Container {
+            name: Some("web-1".into()),
+            ..Container::bare(
+                Runtime::Docker,
+                "7b0095692950c3c15eb927493b46a55845f0d0cc445aac805d53a6c759eb343f".into(),
+            )
+        }
+    }
+
+    /// The verdict opens on the first reply; when the first request's hop in the client's
+    /// namespace was not in the history at its delivery, or carried a container its runtime
+    /// had not named yet, the second request's hop names the client's container.
+    #[test]
+    fn a_later_request_names_the_client_container() {
+        let client = "198.51.100.2:40000";
+        let hop = |ts_ns, container: Container| TraceEvent {
+            netns: 8,
+            container: Some(Box::new(container)),
+            ..event(What::Xmit, client, "192.0.2.1:4000", ts_ns)
+        };
+        let later = |event: TraceEvent| TraceEvent {
+            ts_ns: event.ts_ns + 10,
+            skb: Some(Skb(event.ts_ns + 10)),
+            ..event
+        };
+        let unnamed = Container {
+            name: None,
+            ..web_1()
+        };
+        for first_hop in [None, Some(hop(0, unnamed))] {
+            let mut diagnosis = Diagnosis::new(no_sockets());
+            let events = first_hop
+                .into_iter()
+                .chain(wrong_source_reply(client))
+                .chain(std::iter::once(hop(10, web_1())))
+                .chain(wrong_source_reply(client).map(later));
+            for event in events {
+                diagnosis.observe(&event);
+            }
+            let verdicts = diagnosis.verdicts();
+            assert_eq!(verdicts.len(), 1);
+            let Facts::ReplySource {
+                client_container, ..
+            } = &verdicts[0].facts
+            else {
+                panic!("{:?}", verdicts[0].facts);
+            };
+            assert_eq!(client_container.as_ref(), Some(&web_1()));
+        }
     }
 }
