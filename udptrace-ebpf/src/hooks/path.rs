@@ -25,7 +25,8 @@ use aya_ebpf::{
 };
 use udptrace_common::{
     event::{
-        AF_INET, AF_INET6, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP, Mechanism,
+        AF_INET, AF_INET6, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP,
+        Mechanism,
     },
     offsets::{ClassicTracepoint, OFFSET_MISSING, RouteRecordFields},
 };
@@ -69,6 +70,9 @@ fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         }
         (IPPROTO_ICMPV6, None) if net.family == AF_INET6 => {
             icmp::icmp6_error(skb, &net, mechanism)?;
+        }
+        (IPPROTO_ICMP, None) if net.family == AF_INET => {
+            icmp::frag_needed(skb, &net, mechanism)?;
         }
         _ => {}
     }
@@ -157,8 +161,13 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     };
     let event = &mut *report;
     event.detail.sock = event.tuple;
-    if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple)?
-        || event.tuple.dport != event.detail.sock.sport
+    // A queued datagram is whole (reassembled before UDP sees it): no fragment to describe.
+    if !kernel::udp_datagram(
+        skb,
+        Access::Probe,
+        &mut event.tuple,
+        &mut event.detail.fragment,
+    )? || event.tuple.dport != event.detail.sock.sport
     {
         // Not the datagram this CPU last received for a tracked flow: stay silent rather than
         // attribute a delivery to the wrong datagram.

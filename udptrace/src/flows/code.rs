@@ -18,6 +18,7 @@ pub enum VerdictCode {
     NoReply,
     NoReplyFromPeer,
     NoRoute,
+    FragmentLoss,
 }
 
 impl VerdictCode {
@@ -36,6 +37,7 @@ impl VerdictCode {
             Self::NoReply => "no_reply",
             Self::NoReplyFromPeer => "no_reply_from_peer",
             Self::NoRoute => "no_route",
+            Self::FragmentLoss => "fragment_loss",
         }
     }
 }

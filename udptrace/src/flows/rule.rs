@@ -54,6 +54,8 @@ pub enum KnownReason {
     /// does not forward (IP_INADDRERRORS), or an unreachable/blackhole/prohibit route, which
     /// `ip_error` (net/ipv4/route.c) and `ip6_pkt_drop` (net/ipv6/route.c) free.
     NoRoute,
+    /// Its fragments did not all arrive before the reassembly timeout.
+    FragReasmTimeout,
 }
 
 impl KnownReason {
@@ -67,6 +69,7 @@ impl KnownReason {
             "NEIGH_FAILED" => Self::NeighFailed,
             "NEIGH_QUEUEFULL" => Self::NeighQueuefull,
             "IP_INNOROUTES" | "IP_OUTNOROUTES" => Self::NoRoute,
+            "FRAG_REASM_TIMEOUT" => Self::FragReasmTimeout,
             _ => return None,
         })
     }
