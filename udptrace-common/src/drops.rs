@@ -6,7 +6,10 @@
 //!
 //! Where is known by address range: userspace resolves each [`DropSiteKind`] function from
 //! /proc/kallsyms at start-up (never a hard-coded offset: they differ per build) and writes
-//! the ranges into the [`DropSites`] global before load.
+//! the ranges into the [`DropSites`] global before load. On kernels with reasons only
+//! [`DropSiteKind::Reader`] and [`DropSiteKind::FragList`] are looked up: every drop program
+//! tells the reader's drops apart and skips the fragments freed with their datagram
+//! ([`freed_with_datagram`]).
 
 enum_table! {
 /// A reason inferred from the drop's location and the hooks before it. The names are those
@@ -75,6 +78,19 @@ pub enum DropSiteKind: u32, from_u32 {
     /// reader verifies while copying (net/ipv4/udp.c, net/ipv6/udp.c `udp*_recvmsg`
     /// `csum_copy_err:`). Told apart on every kernel, for the process and namespace.
     Reader = 8,
+    /// An skb being freed frees the fragments it holds (`skb_shinfo(skb)->frag_list`: the
+    /// fragments a reassembled datagram was made of; net/core/skbuff.c `skb_release_data` →
+    /// `skb_drop_fraglist`). Linux 5.10 frees them in `kfree_skb_list`, a function of its own
+    /// there that calls `kfree_skb` for each (no reason on that kernel: they would read as
+    /// NOT_SPECIFIED drops of a delivered datagram). From "net: kfree_skb_list use
+    /// kmem_cache_free_bulk" on, `kfree_skb_list_reason`'s tracepoint call is inlined into its
+    /// caller, so the location is `skb_release_data`: Linux 6.1 frees them NOT_SPECIFIED even
+    /// when the datagram was delivered (Debian's 6.1.192: the fragments-reassembled lab
+    /// scenario); later kernels pass the head's reason down (CONSUMED: no kfree_skb). Either
+    /// way the head's own free tells what became of the datagram: the frees here of an IP
+    /// fragment are not reported, on any kernel (other lists `kfree_skb_list` frees on 5.10,
+    /// a qdisc's `to_free`, GSO segments, are whole datagrams and still are).
+    FragList = 9,
 }
 }
 
@@ -98,13 +114,14 @@ impl DropSiteKind {
                 "inet_sock_destruct",
                 "inet6_sock_destruct",
             ],
+            Self::FragList => &["skb_release_data", "kfree_skb_list"],
         }
     }
 }
 
 /// Room for every function of every [`DropSiteKind`], and for the compiler's clones of some
 /// of them (`ip_rcv_finish_core.constprop.0`, a `.cold` part: see the kallsyms lookup).
-pub const DROP_SITES: usize = 24;
+pub const DROP_SITES: usize = 26;
 
 /// One function's code, `[start, end)`; `kind` 0 marks an unused slot.
 #[repr(C)]
@@ -214,8 +231,8 @@ const ENOMEM: i64 = 12;
 const EXDEV: i64 = 18;
 const ENOBUFS: i64 = 105;
 
-/// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close, not
-/// a drop), given `evidence`.
+/// The reason of a drop of `skb` in a function of `kind` (`None`: freed at socket close or
+/// with the datagram it was a fragment of, not a drop), given `evidence`.
 #[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
 #[inline(always)]
 pub fn infer(
@@ -242,9 +259,21 @@ pub fn infer(
         Some(DropSiteKind::NeighInvalidate) => InferredReason::NeighFailed,
         // Its one kfree_skb besides a failed copy to the reader's buffer (EFAULT).
         Some(DropSiteKind::Reader) => InferredReason::UdpCsum,
-        // Anywhere else; 5.17+ leave the other input route errors NOT_SPECIFIED too.
-        None | Some(DropSiteKind::RouteInput) => InferredReason::NotSpecified,
+        // Anywhere else; 5.17+ leave the other input route errors NOT_SPECIFIED too. What
+        // `FragList` frees is skipped by the drop programs only when it is a fragment.
+        None | Some(DropSiteKind::RouteInput | DropSiteKind::FragList) => {
+            InferredReason::NotSpecified
+        }
     })
+}
+
+/// Whether a free at a function of `kind` of an skb that `is_fragment` is that of a
+/// reassembled datagram's fragment, freed along with it ([`DropSiteKind::FragList`]): no drop,
+/// on any kernel; what became of the datagram is its head's own free.
+#[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
+#[inline(always)]
+pub fn freed_with_datagram(kind: Option<DropSiteKind>, is_fragment: bool) -> bool {
+    is_fragment && matches!(kind, Some(DropSiteKind::FragList))
 }
 
 #[cfg(feature = "user")]
@@ -269,6 +298,8 @@ mod tests {
             (0x5000, DropSiteKind::RouteInput),
             (0x6000, DropSiteKind::NeighQueue),
             (0x7000, DropSiteKind::NeighInvalidate),
+            (0x8000, DropSiteKind::Reader),
+            (0x9000, DropSiteKind::FragList),
         ]
         .into_iter()
         .enumerate()
@@ -411,7 +442,7 @@ mod tests {
             Some(InferredReason::NetfilterDrop)
         );
         assert_eq!(
-            reason(0x9000, DropEvidence::default()),
+            reason(0xa000, DropEvidence::default()),
             Some(InferredReason::NotSpecified)
         );
         assert_eq!(
@@ -419,6 +450,22 @@ mod tests {
             None,
             "freed at close"
         );
+        // What a list free frees is told by the skb: see the next test.
+        assert_eq!(
+            reason(0x9010, DropEvidence::default()),
+            Some(InferredReason::NotSpecified)
+        );
+    }
+
+    #[test]
+    fn only_fragments_freed_in_a_list_go_with_their_datagram() {
+        let sites = sites();
+        assert!(freed_with_datagram(sites.kind_of(0x9010), true));
+        // 5.10's kfree_skb_list also frees a qdisc's dropped packets, GSO segments: reported.
+        assert!(!freed_with_datagram(sites.kind_of(0x9010), false));
+        // A fragment dropped anywhere else is a drop (netfilter, a reassembly timeout).
+        assert!(!freed_with_datagram(sites.kind_of(0x3093), true));
+        assert!(!freed_with_datagram(None, true));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `version` lets the decoder refuse records from a mismatched object instead of misreading them.
 
 /// Bumped whenever [`Event`]'s layout changes.
-pub const EVENT_VERSION: u8 = 3;
+pub const EVENT_VERSION: u8 = 4;
 
 /// [`EventDetail::flags`]: the event was reported because its skb was already being followed,
 /// not because its own tuple matched the filter (e.g. after NAT rewrote it).
@@ -25,6 +25,10 @@ pub const FLAG_PKTINFO: u8 = 16;
 pub const FLAG_CONNECTED: u8 = 32;
 /// `Drop`/`IcmpError` with `--stack`: `stack_id` is the kernel stack's id in `STACKS`.
 pub const FLAG_STACK: u8 = 64;
+/// The datagram is an IP fragment ([`EventDetail::fragment`] describes it). A fragment after
+/// the first carries no UDP header: its ports are those the first fragment with the same
+/// addresses, protocol and IP identification showed (0 when that one was not seen).
+pub const FLAG_FRAGMENT: u8 = 128;
 
 enum_table! {
 /// What happened; selects which [`EventDetail`] fields are meaningful.
@@ -106,8 +110,9 @@ pub struct Tuple {
     pub family: u8,
     /// Transport protocol of the datagram described ([`IPPROTO_UDP`] for everything traced).
     pub proto: u8,
-    /// 0 when the packet has no UDP header to read (a fragment: see `ip_udp` in the eBPF
-    /// crate) or, for a socket, no peer port; no filter port test matches 0.
+    /// 0 when the packet has no UDP header to read and its datagram's ports are not known (a
+    /// later fragment whose first one was not seen: see `ip_udp` in the eBPF crate) or, for a
+    /// socket, no peer port; no filter port test matches 0.
     pub sport: u16,
     pub dport: u16,
     pub padding: u16,
@@ -159,7 +164,8 @@ pub struct EventDetail {
     /// `FLAG_*` bits.
     pub flags: u8,
     pub padding: [u8; 1],
-    /// Bytes sent ([`EventKind::Send`]).
+    /// Bytes sent ([`EventKind::Send`]); the MTU an [`EventKind::IcmpError`] announces
+    /// (fragmentation needed, packet too big; 0 for other errors).
     pub bytes: u32,
     /// Send and Deliver: the socket's own tuple (`saddr:sport` bound, `daddr:dport` connected
     /// peer, zeros when unconnected).
@@ -183,6 +189,62 @@ pub struct EventDetail {
     /// With [`FLAG_STACK`]: the id `bpf_get_stackid` gave the kernel call stack in `STACKS`.
     pub stack_id: u32,
     pub padding2: u32,
+    /// With [`FLAG_FRAGMENT`]: which fragment of which datagram.
+    pub fragment: Fragment,
+}
+
+/// One IP fragment of a UDP datagram (RFC 791 §3.2; the IPv6 fragment header of RFC 8200
+/// §4.5).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// IP identification (16 bits in IPv4, 32 in IPv6's fragment header).
+    pub id: u32,
+    /// Where this fragment's data starts in the datagram, in bytes.
+    pub offset: u16,
+    /// This fragment's IP length (IPv4 total length, IPv6 header plus payload length): the
+    /// first fragment's is the MTU the datagram was cut for.
+    pub ip_len: u16,
+    /// The whole datagram's UDP length (header included), from the first fragment's UDP
+    /// header; 0 when it was not seen.
+    pub datagram_len: u16,
+    /// More fragments follow (the MF flag / M bit).
+    pub more: u8,
+    pub padding: [u8; 5],
+}
+
+impl Fragment {
+    /// Whether the datagram is fragmented at all (a whole datagram has neither flag nor
+    /// offset).
+    #[expect(clippy::inline_always, reason = "eBPF: called on the per-packet path")]
+    #[inline(always)]
+    pub const fn is_fragment(&self) -> bool {
+        self.more != 0 || self.offset != 0
+    }
+}
+
+/// The IP fragments of one datagram (`FRAGMENTS` key): what the kernel itself keys reassembly
+/// by (net/ipv4/ip_fragment.c `struct frag_v4_compare_key`: saddr, daddr, id, protocol).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub id: u32,
+    pub family: u8,
+    pub proto: u8,
+    pub padding: [u8; 2],
+}
+
+/// What the first fragment of a datagram showed (`FRAGMENTS` value), for its later fragments.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FirstFragment {
+    pub sport: u16,
+    pub dport: u16,
+    /// The datagram's UDP length.
+    pub datagram_len: u16,
+    pub padding: u16,
 }
 
 #[repr(C)]

@@ -35,6 +35,9 @@ pub const FEATURES_MAP: &str = "FEATURES";
 /// `icmp6_send` is probed: the device hop stops parsing outgoing ICMPv6 errors, which would
 /// report each twice.
 pub const FEATURE_ICMP6_PROBE: u32 = 1;
+/// The device hop (`xmit`) is attached: it reports ICMPv4 fragmentation needed with the MTU
+/// from the packet, and `icmp_send`, whose tracepoint lacks it, leaves those errors to it.
+pub const FEATURE_XMIT: u32 = 4;
 /// `udptrace watch`: per-datagram path events ([`crate::event::EventKind::narrowed`]) pass
 /// only when one of their ports is in [`ESCALATED_MAP`] (the flows being escalated).
 pub const FEATURE_NARROW: u32 = 2;

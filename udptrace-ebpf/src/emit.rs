@@ -24,9 +24,9 @@ use aya_ebpf::{
     maps::HashMap,
 };
 use udptrace_common::event::{
-    Captured, Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_STACK,
-    FLAG_TRACKED, FlowCount, FlowCountKey, IPPROTO_UDP, MAX_SNAPLEN, Mechanism, PacketHeader,
-    SAMPLE_EVENTS_PER_SECOND, Tuple,
+    Captured, Counter, EVENT_VERSION, Event, EventHeader, EventKind, FLAG_CONNTRACK, FLAG_FRAGMENT,
+    FLAG_STACK, FLAG_TRACKED, FlowCount, FlowCountKey, Fragment, IPPROTO_UDP, MAX_SNAPLEN,
+    Mechanism, PacketHeader, SAMPLE_EVENTS_PER_SECOND, Tuple,
 };
 use udptrace_common::names::FEATURE_NARROW;
 
@@ -228,10 +228,13 @@ impl Report {
         let Some(mut report) = Self::lease(mechanism, skb, place) else {
             return Ok(None);
         };
+        let mut fragment = Fragment::default();
         let udp = match source {
-            Source::Datagram(skb, access) => kernel::udp_datagram(skb, access, &mut report.tuple)?,
+            Source::Datagram(skb, access) => {
+                kernel::udp_datagram(skb, access, &mut report.tuple, &mut fragment)?
+            }
             Source::Packet(net, protocol) => {
-                *protocol = kernel::ip_udp(net, &mut report.tuple)?;
+                *protocol = kernel::ip_udp(net, &mut report.tuple, &mut fragment)?;
                 *protocol == IPPROTO_UDP
             }
             Source::Socket(sk, access) => kernel::udp_sock_tuple(sk, access, &mut report.tuple)?,
@@ -240,6 +243,10 @@ impl Report {
             return Ok(None);
         }
         mem::zero(&mut report.detail);
+        if fragment.is_fragment() {
+            report.detail.fragment = fragment;
+            report.detail.flags = FLAG_FRAGMENT;
+        }
         Ok(Some(report))
     }
 

@@ -11,11 +11,14 @@ use network_types::{
     udp::UdpHdr,
 };
 use udptrace_common::{
-    event::{AF_INET, AF_INET6, EventHeader, IPPROTO_FRAGMENT, IPPROTO_UDP, Mechanism, Tuple},
+    event::{
+        AF_INET, AF_INET6, EventHeader, FirstFragment, Fragment, FragmentKey, IPPROTO_FRAGMENT,
+        IPPROTO_UDP, Mechanism, Tuple,
+    },
     offsets::{KernelOffsets, OFFSET_MISSING},
 };
 
-use crate::{OFFSETS, mem};
+use crate::{FRAGMENTS, OFFSETS, mem};
 
 /// A kernel read failed or needed an offset this kernel lacks.
 pub struct ReadError;
@@ -128,23 +131,39 @@ struct Ipv6Udp {
     udp: UdpHdr,
 }
 
+/// The IPv6 fragment header (RFC 8200 §4.5, `struct frag_hdr` of include/net/ipv6.h) and the
+/// UDP header after it (meaningful in the first fragment only).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct Ipv6FragUdp {
+    next_hdr: u8,
+    reserved: u8,
+    /// Offset in 8-byte units (13 bits), 2 reserved bits, M (more fragments).
+    offset_flags: [u8; 2],
+    id: [u8; 4],
+    udp: UdpHdr,
+}
+
+/// IPv4 `frag_off` bits (include/net/ip.h `IP_MF`, `IP_OFFSET`).
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
 /// Parses the IP header at `net` and, when it carries UDP, the ports after it, into `tuple`;
 /// returns the next protocol. One read covers both headers (IPv4 without options + 8 bytes,
 /// IPv6 + 8 bytes; each `bpf_probe_read_kernel` costs tens of nanoseconds on every packet):
 /// reading past a short packet stays inside the skb's buffer, which ends with
-/// `skb_shared_info`. The layouts are network-types' (`struct iphdr`, `ipv6hdr`, `udphdr` of
-/// include/uapi/linux/).
+/// `skb_shared_info`. Of the IPv6 extension headers only the fragment header is walked
+/// (one more read, for fragments only): a UDP datagram behind others is reported with the
+/// extension's protocol and skipped by callers. The layouts are network-types' (`struct
+/// iphdr`, `ipv6hdr`, `udphdr` of include/uapi/linux/).
 ///
-/// Fragments, as libpcap's filters see them (gencode.c `gen_proto`, `gen_port_common`,
-/// `gen_port6_common`), so that a filter matches the packets tcpdump's would: an IPv4 fragment
-/// other than the first is UDP without ports (what follows its header is the datagram's
-/// payload, RFC 791); an IPv6 packet whose fixed header is followed by a fragment header
-/// (RFC 8200 4.5) whose next header is UDP is UDP without ports, first fragment included.
-/// Ports 0 mean "none": no port test matches them (`udptrace_common::filter`). Other IPv6
-/// extension headers are not walked: a UDP datagram behind them is reported with the
-/// extension's protocol and skipped by callers.
+/// An IP fragment is described in `fragment` (left as it is otherwise) and given its
+/// datagram's ports by [`follow_fragment`]: udptrace's extension of libpcap's filters, which
+/// see an IPv4 fragment other than the first, and every IPv6 UDP fragment, as UDP without
+/// ports (gencode.c `gen_port_common`, `gen_port6_common`). A fragment whose first one was
+/// not seen keeps ports 0, "none": no port test matches them (`udptrace_common::filter`).
 #[inline(always)]
-pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
+pub fn ip_udp(net: &Network, tuple: &mut Tuple, fragment: &mut Fragment) -> Result<u8, ReadError> {
     mem::zero(tuple);
     tuple.family = net.family;
     let (protocol, udp) = if net.family == AF_INET {
@@ -152,30 +171,44 @@ pub fn ip_udp(net: &Network, tuple: &mut Tuple) -> Result<u8, ReadError> {
         mem::set_ipv4(&mut tuple.saddr, header.ip.src_addr);
         mem::set_ipv4(&mut tuple.daddr, header.ip.dst_addr);
         let ihl = u32::from(header.ip.ihl());
-        let udp = if header.ip.frag_offset() != 0 {
-            None
-        } else if ihl == Ipv4Hdr::LEN as u32 || header.ip.proto != IPPROTO_UDP {
-            Some(header.udp)
+        // A fragment other than the first carries payload there: `follow_fragment` reads
+        // no ports from it.
+        let udp = if ihl == Ipv4Hdr::LEN as u32 || header.ip.proto != IPPROTO_UDP {
+            header.udp
         } else {
             // IP options: the UDP header is further on.
-            Some(read(net.header, ihl)?)
+            read(net.header, ihl)?
         };
+        let frag_off = u16::from_be_bytes(header.ip.frags);
+        if frag_off & (IP_MF | IP_OFFSET) != 0 {
+            fragment.id = u32::from(u16::from_be_bytes(header.ip.id));
+            fragment.offset = (frag_off & IP_OFFSET) << 3;
+            fragment.ip_len = u16::from_be_bytes(header.ip.tot_len);
+            fragment.more = u8::from(frag_off & IP_MF != 0);
+        }
         (header.ip.proto, udp)
     } else {
         let header: Ipv6Udp = read(net.header, 0)?;
         tuple.saddr = header.ip.src_addr;
         tuple.daddr = header.ip.dst_addr;
-        // The 8 bytes read after the fixed header are the fragment header when there is one:
-        // its first byte is the next header.
-        if header.ip.next_hdr == IPPROTO_FRAGMENT && header.udp.src[0] == IPPROTO_UDP {
-            (IPPROTO_UDP, None)
+        if header.ip.next_hdr == IPPROTO_FRAGMENT {
+            let behind: Ipv6FragUdp = read(net.header, Ipv6Hdr::LEN as u32)?;
+            let offset_flags = u16::from_be_bytes(behind.offset_flags);
+            fragment.id = u32::from_be_bytes(behind.id);
+            fragment.offset = offset_flags & !7;
+            fragment.ip_len =
+                (Ipv6Hdr::LEN as u16).wrapping_add(u16::from_be_bytes(header.ip.payload_len));
+            fragment.more = (offset_flags & 1) as u8;
+            (behind.next_hdr, behind.udp)
         } else {
-            (header.ip.next_hdr, Some(header.udp))
+            (header.ip.next_hdr, header.udp)
         }
     };
     if protocol == IPPROTO_UDP {
         tuple.proto = IPPROTO_UDP;
-        if let Some(udp) = udp {
+        if fragment.is_fragment() {
+            follow_fragment(tuple, fragment, &udp);
+        } else {
             tuple.sport = u16::from_be_bytes(udp.src);
             tuple.dport = u16::from_be_bytes(udp.dst);
         }
@@ -229,14 +262,59 @@ pub fn linear_after(skb: u64, access: Access, net: &Network) -> Result<u32, Read
     Ok((head + u64::from(tail)).saturating_sub(net.header) as u32)
 }
 
-/// Fills `tuple` with the UDP datagram an skb carries; `false` for anything else (checked
-/// cheaply first: `kfree_skb` fires for every packet the host frees).
+/// Gives a UDP fragment its datagram's ports. Only the first fragment carries the UDP header
+/// (the rest is payload): its ports and length are remembered in `FRAGMENTS` under the key the
+/// kernel reassembles by, and later fragments of the same datagram take them from there, so
+/// that a port filter follows them to wherever they die. Linux sends the first fragment first
+/// (net/ipv4/ip_output.c `ip_do_fragment`, net/ipv6/ip6_output.c `ip6_fragment`); a later
+/// fragment seen before it, or whose first one was never seen, gets ports 0.
 #[inline(always)]
-pub fn udp_datagram(skb: u64, access: Access, tuple: &mut Tuple) -> Result<bool, ReadError> {
+fn follow_fragment(tuple: &mut Tuple, fragment: &mut Fragment, udp: &UdpHdr) {
+    let key = FragmentKey {
+        saddr: tuple.saddr,
+        daddr: tuple.daddr,
+        id: fragment.id,
+        family: tuple.family,
+        proto: IPPROTO_UDP,
+        padding: [0; 2],
+    };
+    let first = if fragment.offset == 0 {
+        let first = FirstFragment {
+            sport: u16::from_be_bytes(udp.src),
+            dport: u16::from_be_bytes(udp.dst),
+            datagram_len: u16::from_be_bytes(udp.len),
+            padding: 0,
+        };
+        // An LRU evicts to make room: the insert fails only without memory, and then the
+        // later fragments go without ports.
+        let _ = FRAGMENTS.insert(&key, &first, 0);
+        first
+    } else {
+        // SAFETY: the value is copied out at once.
+        match unsafe { FRAGMENTS.get(&key) } {
+            Some(first) => *first,
+            None => return,
+        }
+    };
+    tuple.sport = first.sport;
+    tuple.dport = first.dport;
+    fragment.datagram_len = first.datagram_len;
+}
+
+/// Fills `tuple` with the UDP datagram an skb carries, `fragment` when it is an IP fragment;
+/// `false` for anything else (checked cheaply first: `kfree_skb` fires for every packet the
+/// host frees).
+#[inline(always)]
+pub fn udp_datagram(
+    skb: u64,
+    access: Access,
+    tuple: &mut Tuple,
+    fragment: &mut Fragment,
+) -> Result<bool, ReadError> {
     let Some(net) = network_header(skb, access)? else {
         return Ok(false);
     };
-    Ok(ip_udp(&net, tuple)? == IPPROTO_UDP)
+    Ok(ip_udp(&net, tuple, fragment)? == IPPROTO_UDP)
 }
 
 /// Records where an skb is: its device and that device's network namespace, else the

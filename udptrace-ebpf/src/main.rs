@@ -23,8 +23,8 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrac
 use udptrace_common::{
     drops::{DropEvidence, DropSites},
     event::{
-        COUNTER_COUNT, Capture, Captured, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES, FlowCount,
-        FlowCountKey, STACK_ENTRIES,
+        COUNTER_COUNT, Capture, Captured, FLOW_COUNTS_ENTRIES, FLOW_OVERFLOW_ENTRIES,
+        FirstFragment, FlowCount, FlowCountKey, FragmentKey, STACK_ENTRIES,
     },
     filter::{Filter, Selectors},
     names::ESCALATED_ENTRIES,
@@ -37,7 +37,8 @@ use udptrace_common::{
 static OFFSETS: KernelOffsets = KernelOffsets::MISSING;
 
 /// Code ranges of the functions whose drops are told apart on kernels without drop reasons,
-/// from kallsyms (`names::DROP_SITES_GLOBAL`; see `hooks::drop`).
+/// and of the one whose frees are no drop on any kernel, from kallsyms
+/// (`names::DROP_SITES_GLOBAL`; see `hooks::drop`).
 #[unsafe(no_mangle)]
 static DROP_SITES: DropSites = DropSites::EMPTY;
 
@@ -120,6 +121,13 @@ static GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 /// only the socket, can say which datagram was delivered (see `hooks::path`).
 #[map(name = "CURRENT_RX")]
 static CURRENT_RX: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Fragmented datagrams → the ports (and UDP length) their first fragment showed, so that
+/// later fragments, which carry no UDP header, are reported with their datagram's ports and
+/// match a port filter (see `kernel::ip_udp`). An LRU: datagrams whose other fragments never
+/// come age out.
+#[map(name = "FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragmentKey, FirstFragment> = LruHashMap::with_max_entries(4_096, 0);
 
 /// `names::FEATURE_*` bits userspace sets once it knows which hooks attached.
 #[map(name = "FEATURES")]

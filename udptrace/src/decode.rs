@@ -7,16 +7,18 @@ use std::{
 };
 
 use udptrace_common::event::{
-    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK, FLAG_PKTINFO,
-    FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_STACK, FLAG_TRACKED, Mechanism, PacketHeader, Tuple,
+    AF_INET, AF_INET6, Event, EventDetail, EventKind, FLAG_CONNECTED, FLAG_CONNTRACK,
+    FLAG_FRAGMENT, FLAG_PKTINFO, FLAG_ROUTE_INPUT, FLAG_SEND_CALL, FLAG_STACK, FLAG_TRACKED,
+    Mechanism, PacketHeader, Tuple,
 };
 
 use crate::{
     clock::WallClock,
     containers::Container,
     model::{
-        Conntrack, DropReason, Endpoints, Errno, Family, Location, PacketBytes, Probe, Process,
-        RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent, What,
+        Conntrack, DropReason, Endpoints, Errno, Family, IpFragment, Location, PacketBytes, Probe,
+        Process, RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent,
+        What,
     },
     sanitize::sanitize_kernel_string,
 };
@@ -63,6 +65,28 @@ pub trait KernelNames {
     fn container(&self, inode: u32) -> Option<Container>;
 }
 
+/// Reassembly timeouts, which Linux 6.1 frees without a reason (NOT_SPECIFIED) and later
+/// kernels as FRAG_REASM_TIMEOUT, by the function that frees them: `ip_expire`
+/// (net/ipv4/ip_fragment.c: `kfree_skb(head)` after ICMP time exceeded), and for IPv6 the
+/// callers `ip6frag_expire_frag_queue` (include/net/ipv6_frag.h) is inlined into,
+/// `ip6_frag_expire` (net/ipv6/reassembly.c) and `nf_ct_frag6_expire`
+/// (net/ipv6/netfilter/nf_conntrack_reasm.c).
+const REASSEMBLY_EXPIRED: [&str; 3] = ["ip_expire+", "ip6_frag_expire+", "nf_ct_frag6_expire+"];
+
+/// The name later kernels give a drop this one freed without a reason at `location` (shown
+/// inferred, as the reasons of kernels before 5.17 are), so that it reads and is judged alike
+/// on every kernel.
+fn named_later(reason: &DropReason, location: &Location) -> Option<&'static str> {
+    let Location::Symbol(symbol) = location else {
+        return None;
+    };
+    (reason.is("NOT_SPECIFIED")
+        && REASSEMBLY_EXPIRED
+            .iter()
+            .any(|function| symbol.starts_with(function)))
+    .then_some("FRAG_REASM_TIMEOUT")
+}
+
 impl SendCall {
     fn of(detail: &EventDetail) -> Option<Self> {
         (detail.flags & FLAG_SEND_CALL != 0).then_some(Self {
@@ -91,17 +115,29 @@ pub fn decode(
     let kind = EventKind::from_u8(header.kind).ok_or(DecodeError::Kind(header.kind))?;
     let detail = &event.detail;
     let what = match kind {
-        EventKind::Drop => What::Drop {
-            reason: names.drop_reason(detail.reason),
-            reason_inferred: names.reasons_inferred(),
-            location: names
+        EventKind::Drop => {
+            let location = names
                 .symbol(detail.location)
-                .map_or(Location::Address(detail.location), Location::Symbol),
-        },
+                .map_or(Location::Address(detail.location), Location::Symbol);
+            let reason = names.drop_reason(detail.reason);
+            match named_later(&reason, &location) {
+                Some(name) => What::Drop {
+                    reason: DropReason::named(name),
+                    reason_inferred: true,
+                    location,
+                },
+                None => What::Drop {
+                    reason,
+                    reason_inferred: names.reasons_inferred(),
+                    location,
+                },
+            }
+        }
         EventKind::IcmpError => What::Icmp {
             icmp_type: detail.icmp_type,
             icmp_code: detail.icmp_code,
             meaning: icmp_meaning(event.tuple.family, detail.icmp_type, detail.icmp_code).into(),
+            mtu: (detail.bytes != 0).then_some(detail.bytes),
         },
         EventKind::SockError => What::SockError {
             error: SocketErrno(errno(detail.error as i32)),
@@ -163,6 +199,14 @@ pub fn decode(
             original: endpoints(&detail.ct_original),
             reply: endpoints(&detail.ct_reply),
             status: detail.ct_status,
+        }),
+        fragment: (detail.flags & FLAG_FRAGMENT != 0).then(|| IpFragment {
+            id: detail.fragment.id,
+            offset: detail.fragment.offset,
+            ip_len: detail.fragment.ip_len,
+            datagram_len: (detail.fragment.datagram_len != 0)
+                .then_some(detail.fragment.datagram_len),
+            more: detail.fragment.more != 0,
         }),
         family: if event.tuple.family == AF_INET6 {
             Family::Ipv6
@@ -268,7 +312,7 @@ pub fn icmp_meaning(family: u8, icmp_type: u8, code: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use udptrace_common::event::{EVENT_VERSION, EventDetail, EventHeader, IPPROTO_UDP};
+    use udptrace_common::event::{EVENT_VERSION, EventDetail, EventHeader, Fragment, IPPROTO_UDP};
 
     use super::*;
 
@@ -371,6 +415,74 @@ mod tests {
         assert_eq!(event.probe, Probe(Some(Mechanism::TpBtf)));
         assert_eq!(event.skb, Some(Skb(0xffff_8880_0000_1000)));
         assert_eq!(event.drop_reason().and_then(|r| r.value), Some(3));
+    }
+
+    #[test]
+    fn a_reassembly_timeout_without_a_reason_is_named_as_later_kernels_do() {
+        struct Linux61;
+        impl KernelNames for Linux61 {
+            fn drop_reason(&self, value: u32) -> DropReason {
+                DropReason {
+                    name: ["NOT_DROPPED_YET", "NOT_SPECIFIED", "NO_SOCKET"][value as usize].into(),
+                    value: Some(value),
+                }
+            }
+            fn reasons_inferred(&self) -> bool {
+                false
+            }
+            fn symbol(&self, address: u64) -> Option<String> {
+                match address {
+                    0xffff_ffff_8100_0010 => Some("ip_expire+0x1b7".into()),
+                    0xffff_ffff_8100_0020 => Some("ip6_frag_expire+0x1e1".into()),
+                    0xffff_ffff_8100_0030 => Some("ip_expired_elsewhere+0x10".into()),
+                    _ => None,
+                }
+            }
+            fn socket_owner(&self, _inode: u64) -> Option<Process> {
+                None
+            }
+            fn netns_name(&self, _inode: u32) -> Option<String> {
+                None
+            }
+            fn stack(&self, _id: u32) -> Option<Vec<String>> {
+                None
+            }
+            fn container(&self, _inode: u32) -> Option<Container> {
+                None
+            }
+        }
+        let clock = WallClock::fixed(0);
+        let decoded = |location, reason| {
+            let mut event = drop_event();
+            event.detail.location = location;
+            event.detail.reason = reason;
+            decode(&raw(&event), &Linux61, &clock).unwrap()
+        };
+        for location in [0xffff_ffff_8100_0010, 0xffff_ffff_8100_0020] {
+            let What::Drop {
+                reason,
+                reason_inferred,
+                ..
+            } = decoded(location, 1).what
+            else {
+                panic!("a drop");
+            };
+            assert_eq!(reason, DropReason::named("FRAG_REASM_TIMEOUT"));
+            assert!(reason_inferred, "marked: the kernel gave none");
+        }
+        // Another reason at the same place, NOT_SPECIFIED elsewhere (even under a name that
+        // starts alike) or at an address kallsyms does not name: as the kernel said.
+        for (location, reason, name) in [
+            (0xffff_ffff_8100_0010, 2, "NO_SOCKET"),
+            (0xffff_ffff_8100_0030, 1, "NOT_SPECIFIED"),
+            (0xffff_ffff_8100_0040, 1, "NOT_SPECIFIED"),
+        ] {
+            assert_eq!(
+                decoded(location, reason).drop_reason(),
+                Some(&DropReason::named(name)),
+                "{location:#x}"
+            );
+        }
     }
 
     #[test]
@@ -502,6 +614,38 @@ mod tests {
         assert_eq!(conntrack.original.dst, "192.0.2.2:4000".parse().unwrap());
         assert_eq!(conntrack.reply.src, "192.0.2.2:4000".parse().unwrap());
         assert_eq!(conntrack.reply.dst, "203.0.113.9:1024".parse().unwrap());
+    }
+
+    #[test]
+    fn fragments_and_their_datagram() {
+        let mut event = drop_event();
+        assert_eq!(
+            decode(&raw(&event), &Names, &WallClock::fixed(0))
+                .unwrap()
+                .fragment,
+            None
+        );
+        event.detail.flags = FLAG_FRAGMENT;
+        event.detail.fragment = Fragment {
+            id: 0xbeef,
+            offset: 1_480,
+            ip_len: 1_068,
+            datagram_len: 0,
+            more: 0,
+            padding: [0; 5],
+        };
+        let decoded = decode(&raw(&event), &Names, &WallClock::fixed(0)).unwrap();
+        assert_eq!(
+            decoded.fragment,
+            Some(IpFragment {
+                id: 0xbeef,
+                offset: 1_480,
+                ip_len: 1_068,
+                datagram_len: None,
+                more: false,
+            }),
+            "a later fragment whose first was not seen: no datagram length"
+        );
     }
 
     #[test]

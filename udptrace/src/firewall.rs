@@ -42,10 +42,18 @@ pub struct FirewallRule {
     pub text: String,
 }
 
-/// The drop/reject rules in `text` (an `nft -a list ruleset`) mentioning destination port
-/// `port`.
-pub fn parse_ruleset(text: &str, port: u16) -> Vec<FirewallRule> {
-    let port = port.to_string();
+/// What a drop was of, for finding the rules that can have dropped it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    /// A datagram to this destination port.
+    Port(u16),
+    /// An IP fragment: a rule about fragments (`ip frag-off ...`, `exthdr frag ...`,
+    /// `ip6 nexthdr ipv6-frag`); a later fragment has no UDP header for a port rule to match.
+    Fragment,
+}
+
+/// The drop/reject rules in `text` (an `nft -a list ruleset`) that can have dropped it.
+pub fn parse_ruleset(text: &str, dropped: Dropped) -> Vec<FirewallRule> {
     let mut table = String::new();
     let mut chain = String::new();
     let mut hook = None;
@@ -59,7 +67,7 @@ pub fn parse_ruleset(text: &str, port: u16) -> Vec<FirewallRule> {
                 hook = None;
             }
             ["type", _, "hook", name, ..] => hook = Some((*name).to_owned()),
-            _ if drops_port(&words, &port) => rules.push(FirewallRule {
+            _ if drops(&words, dropped) => rules.push(FirewallRule {
                 table: table.clone(),
                 chain: chain.clone(),
                 hook: hook.clone(),
@@ -71,9 +79,18 @@ pub fn parse_ruleset(text: &str, port: u16) -> Vec<FirewallRule> {
     rules
 }
 
-/// A drop/reject rule whose `dport` condition (a port, a range or a set) covers `port`.
-fn drops_port(words: &[&str], port: &str) -> bool {
+/// A drop/reject rule that can have dropped it.
+fn drops(words: &[&str], dropped: Dropped) -> bool {
     let verdict = words.iter().any(|w| *w == "drop" || *w == "reject");
+    verdict
+        && match dropped {
+            Dropped::Port(port) => drops_port(words, &port.to_string()),
+            Dropped::Fragment => words.iter().any(|word| word.contains("frag")),
+        }
+}
+
+/// A rule whose `dport` condition (a port, a range or a set) covers `port`.
+fn drops_port(words: &[&str], port: &str) -> bool {
     let Some(at) = words.iter().position(|w| *w == "dport") else {
         return false;
     };
@@ -86,7 +103,7 @@ fn drops_port(words: &[&str], port: &str) -> bool {
     } else {
         1.min(condition.len())
     };
-    verdict && condition[..end].iter().any(|word| mentions(word, port))
+    condition[..end].iter().any(|word| mentions(word, port))
 }
 
 /// `5003`, or a range `5000-5100` containing it.
@@ -113,13 +130,31 @@ mod tests {
 \t\tudp dport { 53, 7000 } drop # handle 4
 \t\tudp dport 5003 counter packets 1 bytes 2 # handle 6
 \t}
+\tchain forward { # handle 7
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip frag-off & 8191 != 0 counter packets 4 bytes 4 # handle 8
+\t\tip frag-off & 8191 != 0 drop # handle 9
+\t}
 }
 ";
 
     #[test]
+    fn finds_the_rules_that_drop_fragments() {
+        assert_eq!(
+            parse_ruleset(RULESET, Dropped::Fragment),
+            [FirewallRule {
+                table: "inet udptrace_lab".into(),
+                chain: "forward".into(),
+                hook: Some("forward".into()),
+                text: "ip frag-off & 8191 != 0 drop # handle 9".into()
+            }]
+        );
+    }
+
+    #[test]
     fn finds_the_rules_that_drop_a_port() {
         assert_eq!(
-            parse_ruleset(RULESET, 5003),
+            parse_ruleset(RULESET, Dropped::Port(5003)),
             [FirewallRule {
                 table: "inet udptrace_lab".into(),
                 chain: "input".into(),
@@ -127,9 +162,17 @@ mod tests {
                 text: "udp dport 5003 drop # handle 2".into()
             }]
         );
-        assert_eq!(parse_ruleset(RULESET, 6050).len(), 1);
-        assert!(parse_ruleset(RULESET, 7000)[0].text.contains("handle 4"));
-        assert!(parse_ruleset(RULESET, 53)[0].text.contains("handle 4"));
-        assert!(parse_ruleset(RULESET, 9).is_empty());
+        assert_eq!(parse_ruleset(RULESET, Dropped::Port(6050)).len(), 1);
+        assert!(
+            parse_ruleset(RULESET, Dropped::Port(7000))[0]
+                .text
+                .contains("handle 4")
+        );
+        assert!(
+            parse_ruleset(RULESET, Dropped::Port(53))[0]
+                .text
+                .contains("handle 4")
+        );
+        assert!(parse_ruleset(RULESET, Dropped::Port(9)).is_empty());
     }
 }

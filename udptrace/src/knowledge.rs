@@ -119,7 +119,8 @@ impl Knowledge {
     /// Where drops happen, by kind of function (empty without kallsyms: drops whose reasons
     /// are inferred are then NOT_SPECIFIED, and a reader's drop is placed like the others).
     /// The two-argument drop programs infer reasons from it; every drop program tells a
-    /// reader's drop (`DropSiteKind::Reader`) from it.
+    /// reader's drop (`DropSiteKind::Reader`) from it, and the fragments freed with their
+    /// reassembled datagram (`DropSiteKind::FragList`), which none reports.
     pub fn drop_sites(&self) -> DropSites {
         match &self.symbols {
             Ok(symbols) => symbols.drop_sites(),

@@ -43,6 +43,22 @@ pub enum RouteDirection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Probe(pub Option<Mechanism>);
 
+/// One IP fragment of a UDP datagram (udptrace_common's `Fragment`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpFragment {
+    /// IP identification, shared by the datagram's fragments.
+    pub id: u32,
+    /// Where its data starts in the datagram, in bytes (0: the first fragment).
+    pub offset: u16,
+    /// Its IP length: the first fragment's is the MTU the datagram was cut for.
+    pub ip_len: u16,
+    /// The whole datagram's UDP length, when its first fragment was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagram_len: Option<u16>,
+    /// More fragments follow.
+    pub more: bool,
+}
+
 /// Kernel address of an skb: shared by the hops of one datagram (and reused once it is freed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Skb(pub u64);
@@ -176,6 +192,10 @@ pub enum What {
         icmp_code: u8,
         /// e.g. `port-unreachable` (RFC 792, RFC 4443 names in the words of `tcpdump`).
         meaning: String,
+        /// The MTU a fragmentation-needed (ICMPv4 3/4) or packet-too-big (ICMPv6 2) error
+        /// announces, read from its ICMP header.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
     },
     /// An error was reported to a socket (`sk_err`); `src` is the socket's local address,
     /// `dst` its connected peer.
@@ -273,6 +293,10 @@ pub struct TraceEvent {
     pub escalated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<Conntrack>,
+    /// The packet is one IP fragment of the datagram (its ports are the datagram's, learned
+    /// in the kernel from its first fragment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment: Option<IpFragment>,
     pub family: Family,
     pub saddr: IpAddr,
     pub sport: u16,

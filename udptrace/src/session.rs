@@ -18,8 +18,8 @@ use udptrace_common::{
     filter::Selectors,
     names::{
         CAPTURE_GLOBAL, DEBUG_BPF_GLOBAL, DROP_SITES_GLOBAL, ESCALATED_MAP, FEATURE_ICMP6_PROBE,
-        FEATURE_NARROW, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL, SELECTED_NETNS_MAP,
-        SELECTORS_GLOBAL, STACKS_MAP,
+        FEATURE_NARROW, FEATURE_XMIT, FEATURES_MAP, FILTER_GLOBAL, OFFSETS_GLOBAL,
+        SELECTED_NETNS_MAP, SELECTORS_GLOBAL, STACKS_MAP,
     },
 };
 
@@ -30,7 +30,7 @@ use crate::{
     decode::{self, KernelNames},
     escalation::Ports,
     filter::{self, CompiledFilter},
-    firewall::parse_ruleset,
+    firewall::{Dropped, parse_ruleset},
     flows::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
@@ -181,10 +181,20 @@ pub struct Tracer {
 /// Tells the programs which hooks attached where that changes what another hook reports, and
 /// whether path events are narrowed to escalated flows (`udptrace watch`).
 fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome], narrow: bool) -> anyhow::Result<()> {
-    let icmp6_probed = probes
-        .iter()
-        .any(|outcome| outcome.hook.name == "icmp6_error" && outcome.attached.is_some());
-    let mut features = if icmp6_probed { FEATURE_ICMP6_PROBE } else { 0 };
+    let attached = |name: &str| {
+        probes
+            .iter()
+            .any(|outcome| outcome.hook.name == name && outcome.attached.is_some())
+    };
+    let mut features = 0;
+    if attached("icmp6_error") {
+        features |= FEATURE_ICMP6_PROBE;
+    }
+    // Under `watch` the device hop is parked (detached) between escalations: icmp_send keeps
+    // reporting fragmentation needed itself (without the MTU), or those errors would be lost.
+    if attached("xmit") && !narrow {
+        features |= FEATURE_XMIT;
+    }
     if narrow {
         features |= FEATURE_NARROW;
     }
@@ -725,7 +735,8 @@ fn socket_lister(
     })
 }
 
-/// Lists the nftables rules dropping a port in a namespace, for firewall verdicts.
+/// Lists the nftables rules that can have dropped an event's datagram (its port's, or the
+/// rules about fragments for a fragment) in its namespace, for firewall and fragment verdicts.
 fn rule_lister(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
@@ -734,7 +745,14 @@ fn rule_lister(
         let rules = namespaces
             .borrow_mut()
             .ruleset(event.netns, event.ts_ns, monotonic_ns())
-            .map(|ruleset| parse_ruleset(&ruleset, event.dport));
+            .map(|ruleset| {
+                let dropped = if event.fragment.is_some() {
+                    Dropped::Fragment
+                } else {
+                    Dropped::Port(event.dport)
+                };
+                parse_ruleset(&ruleset, dropped)
+            });
         if let Some(recording) = &recording {
             recording.borrow_mut().rules(event, rules.as_deref());
         }

@@ -25,8 +25,11 @@ use aya_ebpf::{
     },
 };
 use udptrace_common::{
-    drops::{DropEvidence, DropSiteKind, DropSites, FailedCall, InferredReason, infer},
-    event::{AF_INET6, EventKind, Mechanism},
+    drops::{
+        DropEvidence, DropSiteKind, DropSites, FailedCall, InferredReason, freed_with_datagram,
+        infer,
+    },
+    event::{AF_INET6, EventKind, FLAG_FRAGMENT, Mechanism},
     offsets::ClassicTracepoint,
 };
 
@@ -39,7 +42,7 @@ use crate::{
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
-    finish(on_drop(
+    finish(report_drop(
         ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
@@ -50,7 +53,7 @@ pub fn drop_tp_btf(ctx: BtfTracePointContext) -> u32 {
 
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drop_raw_tp(ctx: RawTracePointContext) -> u32 {
-    finish(on_drop(
+    finish(report_drop(
         ctx.as_ptr(),
         ctx.arg(0),
         ctx.arg(1),
@@ -65,7 +68,7 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     finish(
         classic_args(ctx.as_ptr() as u64, ClassicTracepoint::KfreeSkb).and_then(
             |[skb, location, reason]| {
-                on_drop(
+                report_drop(
                     ctx.as_ptr(),
                     skb,
                     location,
@@ -77,8 +80,10 @@ pub fn drop_tracepoint(ctx: TracePointContext) -> u32 {
     )
 }
 
+/// Reports the drop of `skb`, freed at `location` with `reason`, if it is a UDP datagram and
+/// not a fragment freed with its reassembled datagram (`freed_with_datagram`).
 #[inline(always)]
-fn on_drop(
+fn report_drop(
     ctx: *mut c_void,
     skb: u64,
     location: u64,
@@ -88,9 +93,13 @@ fn on_drop(
     let Some(report) = Report::datagram(skb, mechanism)? else {
         return Ok(());
     };
+    let kind = drop_sites().kind_of(location);
+    if freed_with_datagram(kind, report.detail.flags & FLAG_FRAGMENT != 0) {
+        return Ok(());
+    }
     // A socket's reader drops what fails its checksum in its own `recvmsg`: there the task is
     // the datagram's receiver, and the skb's `dev` is UDP's `dev_scratch` (udp_set_dev_scratch).
-    let (report, context) = if drop_sites().kind_of(location) == Some(DropSiteKind::Reader) {
+    let (report, context) = if kind == Some(DropSiteKind::Reader) {
         (report.at_task(), Context::Process)
     } else {
         (report, Context::Softirq)
@@ -100,12 +109,6 @@ fn on_drop(
     report.detail.reason = reason;
     report.submit(EventKind::Drop, context);
     Ok(())
-}
-
-#[inline(always)]
-fn drop_sites() -> &'static DropSites {
-    // SAFETY: a read-only global userspace set before load.
-    unsafe { &*core::ptr::addr_of!(DROP_SITES) }
 }
 
 #[btf_tracepoint(function = "kfree_skb")]
@@ -140,7 +143,8 @@ pub fn drop_inferred_tracepoint(ctx: TracePointContext) -> u32 {
 }
 
 /// A drop on a kernel without reasons: reported (and counted) with the inferred reason's
-/// number, except frees at socket close, which are no network drop.
+/// number, except frees at socket close or of a fragment with its reassembled datagram, which
+/// are no network drop.
 #[inline(always)]
 fn on_drop_inferred(
     ctx: *mut c_void,
@@ -148,12 +152,11 @@ fn on_drop_inferred(
     location: u64,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
-    let sites = drop_sites();
     let evidence = match DROP_EVIDENCE.get(0) {
         Some(evidence) => *evidence,
         None => DropEvidence::default(),
     };
-    let Some(reason) = infer(sites.kind_of(location), skb, &evidence) else {
+    let Some(reason) = infer(drop_sites().kind_of(location), skb, &evidence) else {
         return Ok(());
     };
     let reason = if reason == InferredReason::ShortOrChecksum
@@ -164,7 +167,14 @@ fn on_drop_inferred(
     } else {
         reason
     };
-    on_drop(ctx, skb, location, reason as u32, mechanism)
+    report_drop(ctx, skb, location, reason as u32, mechanism)
+}
+
+/// The `DROP_SITES` global.
+#[inline(always)]
+fn drop_sites() -> &'static DropSites {
+    // SAFETY: a read-only global userspace set before load.
+    unsafe { &*core::ptr::addr_of!(DROP_SITES) }
 }
 
 /// `int __udp_enqueue_schedule_skb(struct sock *sk, struct sk_buff *skb)` (net/ipv4/udp.c):

@@ -25,8 +25,8 @@ use aya_ebpf::{
 };
 use udptrace_common::{
     event::{
-        AF_INET, AF_INET6, EventKind, FLAG_ROUTE_INPUT, IPPROTO_ICMPV6, IPPROTO_UDP, Mechanism,
-        Tuple,
+        AF_INET, AF_INET6, EventKind, FLAG_ROUTE_INPUT, Fragment, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_UDP, Mechanism, Tuple,
     },
     offsets::{ClassicTracepoint, OFFSET_MISSING, RouteRecordFields},
 };
@@ -70,6 +70,9 @@ fn on_dev_queue(skb: u64, mechanism: Mechanism) -> Result<(), ReadError> {
         }
         (IPPROTO_ICMPV6, None) if net.family == AF_INET6 => {
             icmp::icmp6_error(skb, &net, mechanism)?;
+        }
+        (IPPROTO_ICMP, None) if net.family == AF_INET => {
+            icmp::frag_needed(skb, &net, mechanism)?;
         }
         _ => {}
     }
@@ -158,8 +161,13 @@ fn on_data_ready(sk: u64, mechanism: Mechanism) -> Result<(), ReadError> {
     };
     let event = &mut *report;
     event.detail.sock = event.tuple;
-    if !kernel::udp_datagram(skb, Access::Probe, &mut event.tuple)?
-        || event.tuple.dport != event.detail.sock.sport
+    // A queued datagram is whole (reassembled before UDP sees it): no fragment to describe.
+    if !kernel::udp_datagram(
+        skb,
+        Access::Probe,
+        &mut event.tuple,
+        &mut event.detail.fragment,
+    )? || event.tuple.dport != event.detail.sock.sport
     {
         // Not the datagram this CPU last received for a tracked flow: stay silent rather than
         // attribute a delivery to the wrong datagram.
@@ -322,7 +330,9 @@ fn answered_net(lookup: &Tuple) -> Option<u64> {
     }
     // Rare (lookups in interrupts only): the memset a default may cost does not matter.
     let mut received = Tuple::default();
-    let udp = kernel::udp_datagram(skb, Access::Probe, &mut received).ok()?;
+    // The ICMP error quotes the whole datagram (reassembled before UDP saw it).
+    let mut fragment = Fragment::default();
+    let udp = kernel::udp_datagram(skb, Access::Probe, &mut received, &mut fragment).ok()?;
     let answers = udp
         && received.family == lookup.family
         && received.sport == lookup.dport

@@ -19,6 +19,7 @@ pub enum VerdictCode {
     NoReplyFromPeer,
     NoRoute,
     TxDrop,
+    FragmentLoss,
 }
 
 impl VerdictCode {
@@ -38,6 +39,7 @@ impl VerdictCode {
             Self::NoReplyFromPeer => "no_reply_from_peer",
             Self::NoRoute => "no_route",
             Self::TxDrop => "tx_drop",
+            Self::FragmentLoss => "fragment_loss",
         }
     }
 }

@@ -62,6 +62,8 @@ pub enum KnownReason {
     /// reasons (QDISC_*, FQ_*, CAKE_*: include/net/dropreason-core.h; `QDISC(<code>)` on 7.x)
     /// and TC_EGRESS.
     TxQueue,
+    /// Its fragments did not all arrive before the reassembly timeout.
+    FragReasmTimeout,
 }
 
 impl KnownReason {
@@ -85,6 +87,7 @@ impl KnownReason {
             {
                 Self::TxQueue
             }
+            "FRAG_REASM_TIMEOUT" => Self::FragReasmTimeout,
             _ => return None,
         })
     }

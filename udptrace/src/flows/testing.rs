@@ -32,6 +32,7 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         tracked: false,
         escalated: false,
         conntrack: None,
+        fragment: None,
         family: if src.is_ipv4() {
             Family::Ipv4
         } else {

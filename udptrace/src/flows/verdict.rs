@@ -226,6 +226,43 @@ pub enum Facts {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<Errno>,
     },
+    FragmentLoss {
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// Where the first loss happened.
+        namespace: Namespace,
+        location: Location,
+        cause: FragmentCause,
+        /// The datagram's UDP length, when its first fragment was seen.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        datagram_len: Option<u16>,
+        /// Its first fragment's IP length: the MTU the sender cut it for.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fragment_size: Option<u16>,
+        /// The nftables rules about fragments in that namespace (firewall drops).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        rules: Vec<FirewallRule>,
+    },
+    PathMtu {
+        /// The datagram too big for the path (for an EMSGSIZE seen alone: the sending socket).
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// Where the ICMP error was sent from, or where the send failed.
+        namespace: Namespace,
+        /// The MTU the ICMP error announces.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
+    },
+}
+
+/// How a fragmented datagram was lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FragmentCause {
+    /// A netfilter rule dropped a fragment (`NETFILTER_DROP`).
+    Firewall,
+    /// The receiver gave up waiting for the missing fragments (`FRAG_REASM_TIMEOUT`).
+    ReassemblyTimeout,
 }
 
 /// A diagnosis of one flow (or of one socket, for every sender: `key.a == key.b`).

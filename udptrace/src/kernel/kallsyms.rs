@@ -218,6 +218,8 @@ mod tests {
 ffffffff81000000 T srso_alias_untrain_ret
 ffffffff81000000 T _stext
 ffffffff81000000 T _text
+ffffffff81b31c40 t skb_release_data
+ffffffff81b31f00 T skb_release_head_state
 ffffffff82043c00 T udp_sendmsg
 ffffffff82046280 T __pfx___udp4_lib_rcv
 ffffffff82046290 T __udp4_lib_rcv
@@ -285,15 +287,15 @@ zzzz T bad_address
         assert_eq!(symbols.symbolize(0x1000), None);
         assert_eq!(symbols.symbolize(0xffff_ffff_8300_0000), None);
         assert_eq!(symbols.symbolize(u64::MAX), None);
-        // Eleven code symbols at nine addresses: the three aliases at _stext are one.
-        assert_eq!(symbols.len(), 13);
+        // Seventeen code symbols at fifteen addresses: the three aliases at _stext are one.
+        assert_eq!(symbols.len(), 15);
     }
 
     #[test]
     fn drop_sites_are_the_functions_ranges() {
         let sites = Kallsyms::parse(SAMPLE).unwrap().drop_sites();
-        // Of the listed functions, the sample has __udp4_lib_rcv, and ip_rcv_finish_core as a
-        // clone with a cold part: each up to the next symbol.
+        // Of the listed functions, the sample has __udp4_lib_rcv, skb_release_data, and
+        // ip_rcv_finish_core as a clone with a cold part: each up to the next symbol.
         assert_eq!(
             sites.kind_of(0xffff_ffff_8204_6290 + 0x9a3),
             Some(DropSiteKind::UdpReceive)
@@ -318,7 +320,11 @@ zzzz T bad_address
             None,
             "a longer name is another function"
         );
-        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 3);
+        assert_eq!(sites.sites.iter().filter(|s| s.kind != 0).count(), 4);
+        assert_eq!(
+            sites.kind_of(0xffff_ffff_81b3_1c40 + 0x1d7),
+            Some(DropSiteKind::FragList)
+        );
     }
 
     #[test]

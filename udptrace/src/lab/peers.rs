@@ -54,6 +54,11 @@ pub enum ServerMode {
     /// SO_RCVBUF set to `rcvbuf` (the kernel doubles it); with `read: false` nothing is read
     /// until the server stops, so the buffer overflows (what is queued is counted then).
     Sink { rcvbuf: usize, read: bool },
+    /// Answers every request with `bytes` bytes (`sendto`), as a DNS server answering over
+    /// EDNS with a large buffer does: bigger than the path MTU, so the kernel fragments it,
+    /// unless `dont_fragment` (IP_MTU_DISCOVER / IPV6_MTU_DISCOVER = PMTUDISC_DO, ip(7)): then
+    /// DF is set and a send larger than the path MTU the kernel knows fails with EMSGSIZE.
+    Answer { bytes: usize, dont_fragment: bool },
 }
 
 /// What a server saw.
@@ -210,6 +215,27 @@ impl Peer<ServerReport> {
             if mode == ServerMode::EchoPktinfo {
                 enable_pktinfo(&socket, bind.is_ipv6())?;
             }
+            if let ServerMode::Answer {
+                dont_fragment: true,
+                ..
+            } = mode
+            {
+                if bind.is_ipv6() {
+                    set_int_option(
+                        &socket,
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_MTU_DISCOVER,
+                        libc::IPV6_PMTUDISC_DO,
+                    )?;
+                } else {
+                    set_int_option(
+                        &socket,
+                        libc::IPPROTO_IP,
+                        libc::IP_MTU_DISCOVER,
+                        libc::IP_PMTUDISC_DO,
+                    )?;
+                }
+            }
             let local = socket.local_addr()?;
             let socket_inode = socket_inode(&socket)?;
             let mut report = ServerReport {
@@ -255,6 +281,9 @@ fn is_timeout(error: &std::io::Error) -> bool {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     )
 }
+
+/// The payload `ServerMode::Answer` sends (a prefix of it).
+static ANSWER: [u8; 8_192] = [b'a'; 8_192];
 
 fn serve(
     socket: &UdpSocket,
@@ -320,6 +349,9 @@ fn serve(
                     connected = true;
                 }
                 socket.send(payload)
+            }
+            ServerMode::Answer { bytes, .. } => {
+                socket.send_to(&ANSWER[..bytes.min(ANSWER.len())], from)
             }
             ServerMode::Sink { .. } => continue,
         };

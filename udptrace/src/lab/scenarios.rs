@@ -224,6 +224,10 @@ enum Topology {
     /// A client (198.51.100.2) behind a router namespace (198.51.100.1, forwarding on) whose
     /// table has an `unreachable` route for 203.0.113.0/24.
     RejectRoute,
+    /// Client 198.51.100.2 behind a router (198.51.100.1 / 192.0.2.1) from the server
+    /// 192.0.2.2, every link with an MTU of 1500 (IPv6: 2001:db8:1::2, 2001:db8:1::1 /
+    /// 2001:db8:2::1, 2001:db8:2::2).
+    Routed,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -256,7 +260,38 @@ enum Traffic {
     /// after one datagram that resolves ARP, a connected client with IP_RECVERR sends
     /// `TX_BURST` datagrams at once to a server that reads them.
     Shaped(&'static [&'static str]),
+    /// Requests answered with `FRAGMENTED_ANSWER` bytes, which the server's kernel sends in
+    /// fragments, across a router whose firewall drops those of the given kind.
+    Fragmented(FragmentDrop),
+    /// Requests answered with `PATH_MTU_ANSWER` bytes and DF set (IP_PMTUDISC_DO) across a
+    /// router whose link to the client has an MTU of `NARROW_MTU`.
+    PathMtu,
 }
+
+/// The path-MTU scenario's answer: fits the server's 1500-byte link, not the client's.
+pub const PATH_MTU_ANSWER: usize = 1_400;
+/// The MTU of the client's link in the path-MTU scenario (IPv6's minimum).
+pub const NARROW_MTU: u32 = 1_280;
+
+/// Which IP fragments the router's firewall drops.
+#[derive(Clone, Copy, Debug)]
+enum FragmentDrop {
+    /// None: the answer is reassembled.
+    Nothing,
+    /// Every fragment after the first (`ip frag-off & 0x1fff != 0`): the first waits for them
+    /// at the client until reassembly times out.
+    Later,
+    /// Every fragment (`ip frag-off & 0x3fff != 0`: offset or MF set).
+    All,
+}
+
+/// The large answer's size: a 4000-byte DNS answer over EDNS, three fragments on a
+/// 1500-byte MTU.
+pub const FRAGMENTED_ANSWER: usize = 4_000;
+
+/// The client's reassembly timeout (`net.ipv4.ipfrag_time`, per namespace; 30 s by default),
+/// short so that it expires within the exercise.
+const REASSEMBLY_TIME: Duration = Duration::from_secs(1);
 
 /// Datagrams in the rcvbuf-overflow burst.
 pub const OVERFLOW_BURST: usize = 500;
@@ -572,6 +607,61 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: true,
         traffic: Traffic::Exchange(ServerMode::Echo),
     },
+    Scenario {
+        name: "fragments-dropped",
+        description: "a client (198.51.100.2) asks 192.0.2.2:5051 across a router whose nftables forward rule drops non-first fragments (ip frag-off & 0x1fff != 0 drop); the 4000-byte answer leaves the server in three fragments",
+        diagnosis: "NETFILTER_DROP of the later fragments in the router namespace (followed by IP ID from the first, so the port filter shows them), the first fragment waits at the client until reassembly times out (FRAG_REASM_TIMEOUT at ip_expire, ICMP time exceeded 11/1 back): fragment_loss naming the datagram size, the fragment size and the frag-off rule; fix: smaller answers (EDNS buffer 1232) or let fragments through",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5051,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::Later),
+    },
+    Scenario {
+        name: "fragments-all-dropped",
+        description: "the same router dropping every fragment (ip frag-off & 0x3fff != 0 drop), first one included, of the 4000-byte answer from 192.0.2.2:5052",
+        diagnosis: "NETFILTER_DROP of all three fragments in the router namespace: fragment_loss naming the frag-off rule, not a firewall_drop that would suggest allowing the client's ephemeral port",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5052,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::All),
+    },
+    Scenario {
+        name: "fragments-reassembled",
+        description: "healthy control: the 4000-byte answer from 192.0.2.2:5053 crosses the router in three fragments, nothing drops them",
+        diagnosis: "no verdict: the client reassembles every answer",
+        expected: &[],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5053,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::Nothing),
+    },
+    Scenario {
+        name: "fragments-dropped-v6",
+        description: "the same over IPv6: 2001:db8:1::2 asks [2001:db8:2::2]:5055 across a router whose nftables forward rule drops non-first fragments (frag frag-off != 0 drop); the 4000-byte answer leaves the server in three fragments (fragment header)",
+        diagnosis: "NETFILTER_DROP of the later fragments in the router namespace, followed by the fragment header's identification; reassembly times out at the client (FRAG_REASM_TIMEOUT, ICMPv6 time exceeded 3/1 back): fragment_loss naming the rule",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: true,
+        port: 5055,
+        bind_specific: true,
+        traffic: Traffic::Fragmented(FragmentDrop::Later),
+    },
+    Scenario {
+        name: "path-mtu",
+        description: "a server on 192.0.2.2:5054 answers with 1400 bytes and DF set (IP_PMTUDISC_DO) across a router whose link to the client (198.51.100.2) has an MTU of 1280",
+        diagnosis: "the router cannot forward the first answer and sends ICMP fragmentation needed (3/4) announcing MTU 1280; the server's later answers fail with EMSGSIZE: fragment_loss (path MTU) with the MTU; fix: smaller answers, a larger MTU, or let ICMP 3/4 through",
+        expected: &["fragment_loss"],
+        topology: Topology::Routed,
+        ipv6: false,
+        port: 5054,
+        bind_specific: true,
+        traffic: Traffic::PathMtu,
+    },
 ];
 
 /// Every scenario, in `udptrace lab list` order.
@@ -652,6 +742,7 @@ impl Scenario {
             Topology::DindProxy => self.dind_proxy(),
             Topology::MultiHomed => self.multi_homed(),
             Topology::RejectRoute => self.reject_route(),
+            Topology::Routed => self.routed(),
         }
         .with_context(|| format!("setting up lab {}", self.name))?;
         let wildcard = if self.ipv6 { "[::]" } else { "0.0.0.0" };
@@ -665,6 +756,29 @@ impl Scenario {
                 "table inet udptrace_lab {{\n chain input {{\n  type filter hook input priority 0;\n  udp dport {} drop\n }}\n}}\n",
                 self.port
             ))?;
+        }
+        if let Traffic::Fragmented(drop) = self.traffic {
+            // IPv4: offset bits (and MF); IPv6: its fragment header (RFC 8200 §4.5).
+            let rule = match (drop, self.ipv6) {
+                (FragmentDrop::Nothing, _) => None,
+                (FragmentDrop::Later, false) => Some("ip frag-off & 0x1fff != 0 drop"),
+                (FragmentDrop::All, false) => Some("ip frag-off & 0x3fff != 0 drop"),
+                (FragmentDrop::Later, true) => Some("frag frag-off != 0 drop"),
+                (FragmentDrop::All, true) => Some("exthdr frag exists drop"),
+            };
+            if let Some(rule) = rule
+                && let Some(router) = built.middle.first()
+            {
+                router.nft(&format!(
+                    "table inet udptrace_lab {{\n chain forward {{\n  type filter hook forward priority 0;\n  {rule}\n }}\n}}\n"
+                ))?;
+            }
+        }
+        if let (Traffic::PathMtu, Some(router)) = (self.traffic, built.middle.first()) {
+            let mtu = NARROW_MTU.to_string();
+            for netns in [&built.client, router] {
+                netns.ip(&["link", "set", "eth0", "mtu", &mtu])?;
+            }
         }
         Ok(Lab {
             scenario: self.name,
@@ -787,6 +901,51 @@ impl Scenario {
             server: router,
             target: address(&format!("203.0.113.42:{}", self.port)),
             middle: Vec::new(),
+            proxy: None,
+            reply_netns: "client",
+            client_source: None,
+        })
+    }
+
+    fn routed(&self) -> anyhow::Result<Built> {
+        let client = Netns::create("client")?;
+        let router = Netns::create("router")?;
+        let server = Netns::create("server")?;
+        veth(&client, "eth0", &router, "eth0")?;
+        veth(&router, "eth1", &server, "eth0")?;
+        let reassembly = REASSEMBLY_TIME.as_secs().to_string();
+        let target = if self.ipv6 {
+            client.addr("eth0", "2001:db8:1::2/64")?;
+            client.route(&["default", "via", "2001:db8:1::1"])?;
+            router.addr("eth0", "2001:db8:1::1/64")?;
+            router.addr("eth1", "2001:db8:2::1/64")?;
+            server.addr("eth0", "2001:db8:2::2/64")?;
+            server.route(&["default", "via", "2001:db8:2::1"])?;
+            router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            for netns in [&client, &router, &server] {
+                netns.sysctl("net.ipv6.icmp.ratelimit", "0")?;
+            }
+            client.sysctl("net.ipv6.ip6frag_time", &reassembly)?;
+            address(&format!("[2001:db8:2::2]:{}", self.port))
+        } else {
+            client.addr("eth0", "198.51.100.2/24")?;
+            client.route(&["default", "via", "198.51.100.1"])?;
+            router.addr("eth0", "198.51.100.1/24")?;
+            router.addr("eth1", "192.0.2.1/24")?;
+            server.addr("eth0", "192.0.2.2/24")?;
+            server.route(&["default", "via", "192.0.2.1"])?;
+            router.sysctl("net.ipv4.ip_forward", "1")?;
+            for netns in [&client, &router, &server] {
+                netns.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+            }
+            client.sysctl("net.ipv4.ipfrag_time", &reassembly)?;
+            address(&format!("192.0.2.2:{}", self.port))
+        };
+        Ok(Built {
+            client,
+            server,
+            target,
+            middle: vec![router],
             proxy: None,
             reply_netns: "client",
             client_source: None,
@@ -973,6 +1132,33 @@ impl Scenario {
                 let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
                 let report = run_client(&lab.client, &client(2, 50, 300))?;
                 std::thread::sleep(SETTLE);
+                server_report = Some(server.stop()?);
+                report
+            }
+            Traffic::Fragmented(_) | Traffic::PathMtu => {
+                let (bytes, dont_fragment, requests, linger) = match self.traffic {
+                    // Each answer after the first meets the MTU the router announced.
+                    Traffic::PathMtu => (PATH_MTU_ANSWER, true, 3, SETTLE),
+                    // Past the client's reassembly timeout, so that the fragments waiting
+                    // there expire while a tracer watches.
+                    _ => (
+                        FRAGMENTED_ANSWER,
+                        false,
+                        2,
+                        REASSEMBLY_TIME + Duration::from_millis(500),
+                    ),
+                };
+                let server = Server::start(
+                    &lab.server,
+                    lab.bind,
+                    ServerMode::Answer {
+                        bytes,
+                        dont_fragment,
+                    },
+                    PEER_LIFETIME,
+                )?;
+                let report = run_client(&lab.client, &client(requests, 100, 300))?;
+                std::thread::sleep(linger);
                 server_report = Some(server.stop()?);
                 report
             }

@@ -206,6 +206,7 @@ impl Metrics {
                 icmp_type,
                 icmp_code,
                 meaning,
+                ..
             } => self.icmp_errors.add(
                 &IcmpLabels {
                     family: match event.family {
@@ -500,6 +501,7 @@ mod tests {
             icmp_type: 3,
             icmp_code: 3,
             meaning: "port-unreachable".into(),
+            mtu: None,
         };
         for ts in 0..2 {
             metrics.event(&event(

@@ -202,7 +202,7 @@ pub const HOOKS: &[Hook] = &[
     Hook {
         name: "xmit",
         role: Role::Path,
-        description: "datagrams handed to a device, and ICMPv6 errors (net:net_dev_queue)",
+        description: "datagrams handed to a device, ICMPv6 errors and ICMPv4 fragmentation needed (net:net_dev_queue)",
         core: false,
         attachments: &[
             Attachment {

@@ -2,10 +2,38 @@
 //! and verdict evidence lines reuse.
 
 use super::wire::{device_text, endpoints_text, location_text, process_text, skb_text};
-use crate::model::{RouteDirection, SocketInfo, TraceEvent, What};
+use crate::model::{IpFragment, RouteDirection, SocketInfo, TraceEvent, What};
 
 /// The event's one-line summary without time and colour (also used by verdict evidence).
 pub fn summary(event: &TraceEvent) -> String {
+    let text = what_summary(event);
+    match &event.fragment {
+        Some(fragment) => format!("{text} ({})", fragment_text(fragment)),
+        None => text,
+    }
+}
+
+/// `first fragment (id 0xbeef, 1500 bytes) of a 4008-byte datagram`, `fragment at 1480 (id
+/// 0xbeef, 1500 bytes, last)`: a later fragment's datagram length is known when its first
+/// fragment was seen.
+pub fn fragment_text(fragment: &IpFragment) -> String {
+    let which = if fragment.offset == 0 {
+        "first fragment".to_owned()
+    } else {
+        format!("fragment at {}", fragment.offset)
+    };
+    let last = if fragment.more { "" } else { ", last" };
+    let of = fragment
+        .datagram_len
+        .map_or_else(String::new, |len| format!(" of a {len}-byte datagram"));
+    format!(
+        "{which} (id {:#x}, {} bytes{last}){of}",
+        fragment.id, fragment.ip_len
+    )
+}
+
+/// What happened, without the fragment it happened to.
+fn what_summary(event: &TraceEvent) -> String {
     let src = event.source();
     let dst = event.destination();
     match &event.what {
@@ -22,7 +50,11 @@ pub fn summary(event: &TraceEvent) -> String {
             icmp_type,
             icmp_code,
             meaning,
-        } => format!("{meaning} (type {icmp_type} code {icmp_code}) about {src} > {dst}"),
+            mtu,
+        } => {
+            let mtu = mtu.map_or_else(String::new, |mtu| format!(", mtu {mtu}"));
+            format!("{meaning} (type {icmp_type} code {icmp_code}{mtu}) about {src} > {dst}")
+        }
         What::SockError { error, .. }
         | What::SendError { error, .. }
         | What::RecvError { error, .. } => {

@@ -173,8 +173,8 @@ mod tests {
     use crate::{
         clock::WallTime,
         model::{
-            Conntrack, DropReason, Endpoints, Errno, Family, Location, Probe, Process, RouteDevice,
-            RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, What,
+            Conntrack, DropReason, Endpoints, Errno, Family, IpFragment, Location, Probe, Process,
+            RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, What,
         },
         render::Stats,
     };
@@ -212,6 +212,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             },
             What::SockError {
                 error: SocketErrno(Errno(111)),
@@ -302,6 +303,14 @@ mod tests {
                         },
                         status: 0x18a,
                     }),
+                    // A first fragment (datagram length known) and a later one.
+                    fragment: index.is_multiple_of(7).then_some(IpFragment {
+                        id: 0xbeef,
+                        offset: if index == 0 { 0 } else { 1_480 },
+                        ip_len: 1_500,
+                        datagram_len: (index == 0).then_some(4_008),
+                        more: index == 0,
+                    }),
                     family: Family::Ipv4,
                     saddr: "192.0.2.1".parse().unwrap(),
                     sport: 40_000,
@@ -379,7 +388,7 @@ mod tests {
         let lines = records(&events());
         assert_eq!(
             lines[0],
-            r#"{"type":"event","time":"2026-11-22T11:26:08.123456Z","ts_ns":1000,"kind":"drop","reason":"NO_SOCKET","location":"__udp4_lib_rcv+0x2cd","probe":"fentry","netns":4026531840,"netns_name":"client","ifindex":7,"ifname":"veth0","tracked":true,"conntrack":{"original":"192.0.2.1:40000 > 192.0.2.2:4000","reply":"192.0.2.2:4000 > 203.0.113.9:1024","status":394},"family":"ipv4","saddr":"192.0.2.1","sport":40000,"daddr":"192.0.2.2","dport":4000}"#
+            r#"{"type":"event","time":"2026-11-22T11:26:08.123456Z","ts_ns":1000,"kind":"drop","reason":"NO_SOCKET","location":"__udp4_lib_rcv+0x2cd","probe":"fentry","netns":4026531840,"netns_name":"client","ifindex":7,"ifname":"veth0","tracked":true,"conntrack":{"original":"192.0.2.1:40000 > 192.0.2.2:4000","reply":"192.0.2.2:4000 > 203.0.113.9:1024","status":394},"fragment":{"id":48879,"offset":0,"ip_len":1500,"datagram_len":4008,"more":true},"family":"ipv4","saddr":"192.0.2.1","sport":40000,"daddr":"192.0.2.2","dport":4000}"#
         );
         assert_eq!(
             lines[1],

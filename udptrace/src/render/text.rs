@@ -277,6 +277,7 @@ mod tests {
             tracked: false,
             escalated: false,
             conntrack: None,
+            fragment: None,
             family: Family::Ipv4,
             saddr: "192.0.2.1".parse::<IpAddr>().unwrap(),
             sport: 40_000,
@@ -406,6 +407,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             }))
             .unwrap();
         assert!(!out.contains(&0x1b));
@@ -415,6 +417,7 @@ mod tests {
                 icmp_type: 3,
                 icmp_code: 3,
                 meaning: "port-unreachable".into(),
+                mtu: None,
             }))
             .unwrap();
         assert!(out.contains(&0x1b));

@@ -13,7 +13,7 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
-        verdict::{Facts, Namespace, RouteFound, Verdict},
+        verdict::{Facts, FragmentCause, Namespace, RouteFound, Verdict},
     },
     model::{Process, SocketInfo, TraceEvent, What},
     sockets::{ListedSocket, Mismatch},
@@ -114,7 +114,7 @@ pub fn evidence_lines(verdict: &Verdict) -> Vec<String> {
             connected_socket_text(socket),
             namespace_text(namespace)
         )),
-        Facts::Firewall { rules, .. } => {
+        Facts::Firewall { rules, .. } | Facts::FragmentLoss { rules, .. } => {
             lines.extend(rules.iter().map(|rule| format!("rule {}", rule_text(rule))));
         }
         _ => {}
@@ -401,6 +401,63 @@ pub fn summary(verdict: &Verdict) -> String {
                 namespace_text(namespace)
             )
         }
+        Facts::FragmentLoss {
+            source,
+            destination,
+            namespace,
+            location,
+            cause,
+            datagram_len,
+            fragment_size,
+            rules,
+        } => {
+            let size = datagram_len.map_or_else(String::new, |len| format!(" of {len} bytes"));
+            let cut = fragment_size.map_or_else(String::new, |size| {
+                format!(", cut into fragments of {size} bytes (the MTU on the sender's path)")
+            });
+            let how = match cause {
+                FragmentCause::Firewall => format!(
+                    "a netfilter rule in {} drops its fragments (at {}){}",
+                    namespace_text(namespace),
+                    location_text(location),
+                    rules
+                        .first()
+                        .map_or_else(String::new, |rule| format!(": {}", rule_text(rule)))
+                ),
+                FragmentCause::ReassemblyTimeout => format!(
+                    "{} waited for its missing fragments until reassembly timed out \
+                     (FRAG_REASM_TIMEOUT at {}; ICMP time exceeded goes back to {})",
+                    namespace_text(namespace),
+                    location_text(location),
+                    source.ip()
+                ),
+            };
+            format!(
+                "the fragmented datagram {source} > {destination}{size}{cut} never arrives \
+                 whole: {how}"
+            )
+        }
+        Facts::PathMtu {
+            source,
+            destination,
+            namespace,
+            mtu: Some(mtu),
+        } => format!(
+            "{source} > {destination} is too big for the path and may not be fragmented (DF, \
+             IP_PMTUDISC_DO, or IPv6 on the way): {} answers with ICMP that the next \
+             link's MTU is {mtu}; the sender's datagrams larger than that fail with EMSGSIZE",
+            namespace_text(namespace)
+        ),
+        Facts::PathMtu {
+            source,
+            namespace,
+            mtu: None,
+            ..
+        } => format!(
+            "sends from {source} in {} fail with EMSGSIZE: the datagram is larger than \
+             the path MTU and may not be fragmented (IP_PMTUDISC_DO, or IPv6)",
+            namespace_text(namespace)
+        ),
     }
 }
 
@@ -552,6 +609,32 @@ pub fn fix(verdict: &Verdict) -> String {
             device.as_deref().unwrap_or("DEV"),
             namespace_text(namespace)
         ),
+        Facts::FragmentLoss { source, rules, .. } => {
+            let through = rules.first().map_or_else(
+                || "let fragments through the firewalls on the path".to_owned(),
+                |rule| format!("let fragments through (`{}`)", rule_text(rule)),
+            );
+            format!(
+                "send smaller datagrams from {source} (e.g. an EDNS buffer of 1232 bytes, which \
+                 fits any IPv6 path), or {through}, or lower the sender's MTU so that nothing \
+                 needs fragmenting"
+            )
+        }
+        Facts::PathMtu { source, mtu, .. } => {
+            let fits = mtu.map_or_else(String::new, |mtu| {
+                // IPv4 header 20 bytes, IPv6 40, UDP 8.
+                let headers = if source.is_ipv4() { 28 } else { 48 };
+                format!(
+                    " (at most {} bytes of payload)",
+                    mtu.saturating_sub(headers)
+                )
+            });
+            format!(
+                "send smaller datagrams{fits}, e.g. an EDNS buffer of 1232 bytes; or raise the MTU \
+                 of the narrow link; and let ICMP fragmentation-needed (3/4) and packet-too-big \
+                 through every firewall on the path, so that senders learn the path MTU"
+            )
+        }
     }
 }
 

@@ -18,7 +18,8 @@ use crate::{
         verdict::VerdictCode,
     },
     model::{
-        DropReason, Errno, RouteDevice, RouteDirection, SendCall, SocketErrno, SocketInfo, What,
+        DropReason, Errno, IpFragment, RouteDevice, RouteDirection, SendCall, SocketErrno,
+        SocketInfo, What,
     },
     sockets::{SocketList, UdpSocketEntry},
 };
@@ -366,6 +367,7 @@ fn closed_port_ties_drop_icmp_and_econnrefused() {
             icmp_type: 3,
             icmp_code: 3,
             meaning: "port-unreachable".into(),
+            mtu: None,
         },
         client,
         server,
@@ -518,6 +520,83 @@ fn firewall_drops_name_the_rule() {
         "{}",
         summary(&verdicts[0])
     );
+}
+
+#[test]
+fn fragment_loss_reads_for_the_person_on_call() {
+    let rules: RuleLister = Box::new(|_| {
+        Some(vec![FirewallRule {
+            table: "inet lab".into(),
+            chain: "forward".into(),
+            hook: Some("forward".into()),
+            text: "ip frag-off & 8191 != 0 drop # handle 2".into(),
+        }])
+    });
+    let mut diagnosis = Diagnosis::new(no_sockets()).with_rules(rules);
+    let mut dropped = event(
+        drop("NETFILTER_DROP"),
+        "192.0.2.2:5051",
+        "198.51.100.2:40000",
+        1,
+    );
+    dropped.fragment = Some(IpFragment {
+        id: 0xbeef,
+        offset: 0,
+        ip_len: 1_500,
+        datagram_len: Some(4_008),
+        more: true,
+    });
+    diagnosis.observe(&dropped);
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(
+        summary(&verdicts[0]),
+        "the fragmented datagram 192.0.2.2:5051 > 198.51.100.2:40000 of 4008 bytes, cut into \
+         fragments of 1500 bytes (the MTU on the sender's path) never arrives whole: a netfilter \
+         rule in namespace host drops its fragments (at __udp4_lib_rcv+0x2cd): table inet lab \
+         chain forward (hook forward): ip frag-off & 8191 != 0 drop # handle 2"
+    );
+    assert_eq!(
+        evidence_lines(&verdicts[0]),
+        [
+            "12:00:00.000000 drop 192.0.2.2:5051 > 198.51.100.2:40000 NETFILTER_DROP (first \
+             fragment (id 0xbeef, 1500 bytes) of a 4008-byte datagram) at __udp4_lib_rcv+0x2cd \
+             [ns host]",
+            "rule table inet lab chain forward (hook forward): ip frag-off & 8191 != 0 drop # \
+             handle 2"
+        ]
+    );
+    assert!(fix(&verdicts[0]).contains("EDNS buffer of 1232 bytes"));
+    assert!(fix(&verdicts[0]).contains("let fragments through (`table inet lab"));
+}
+
+#[test]
+fn path_mtu_failures_name_the_mtu_and_the_payload_that_fits() {
+    let mut diagnosis = Diagnosis::new(no_sockets());
+    diagnosis.observe(&event(
+        What::Icmp {
+            icmp_type: 2,
+            icmp_code: 0,
+            meaning: "packet-too-big".into(),
+            mtu: Some(1_280),
+        },
+        "[2001:db8:2::2]:5054",
+        "[2001:db8:1::2]:40000",
+        1,
+    ));
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(
+        summary(&verdicts[0]),
+        "[2001:db8:2::2]:5054 > [2001:db8:1::2]:40000 is too big for the path and may not be \
+         fragmented (DF, IP_PMTUDISC_DO, or IPv6 on the way): namespace host answers with ICMP \
+         that the next link's MTU is 1280; the sender's datagrams larger than that fail with \
+         EMSGSIZE"
+    );
+    assert!(
+        fix(&verdicts[0]).starts_with("send smaller datagrams (at most 1232 bytes of payload)"),
+        "{}",
+        fix(&verdicts[0])
+    );
+    assert!(evidence_lines(&verdicts[0])[0].contains("(type 2 code 0, mtu 1280)"));
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod docker;
 mod doctor;
 mod drops;
 mod filters;
+mod fragments;
 mod hardening;
 mod metrics;
 mod path;

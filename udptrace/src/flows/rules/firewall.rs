@@ -18,6 +18,10 @@ impl Rule for FirewallDrop {
     }
 
     fn on_drop(&mut self, event: &TraceEvent, _reason: KnownReason, cx: &mut Context<'_>) {
+        if event.fragment.is_some() {
+            // A fragment: fragment_loss's, with the rule about fragments that dropped it.
+            return;
+        }
         let key = FlowKey::of(event);
         // Listing rules costs a namespace switch: not for verdicts past the allowance.
         if cx.ledger.bump(key, VerdictCode::FirewallDrop, event) || !cx.room() {

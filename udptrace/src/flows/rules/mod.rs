@@ -3,6 +3,7 @@
 
 mod checksum;
 mod firewall;
+mod fragments;
 mod neighbor;
 mod no_reply;
 mod no_route;
@@ -32,5 +33,6 @@ pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule
         Box::new(no_route::NoRoute),
         Box::new(tx_drop::TxDrop::default()),
         Box::new(no_reply::NoReply::new(max_flows, reply_timeout)),
+        Box::new(fragments::FragmentLoss),
     ]
 }
