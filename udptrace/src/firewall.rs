@@ -8,26 +8,21 @@
 //! caller (`namespaces`) caches the text per namespace and runs `nft` at most once per
 //! namespace every `RULES_REFRESH`.
 
-use std::{fs::File, io, os::fd::AsRawFd as _, process::Command};
+use std::{fs::File, io, process::Command};
 
 use serde::{Deserialize, Serialize};
 
-/// `nft -a list ruleset` run inside the network namespace `netns` refers to.
+use crate::host::in_netns;
+
+/// `nft -a list ruleset` run inside the network namespace `netns` refers to (a child forked
+/// by a thread inherits that thread's network namespace).
 pub fn ruleset_in(netns: &File) -> io::Result<String> {
-    let netns = netns.try_clone()?;
-    // A child forked by a thread inherits that thread's network namespace.
-    std::thread::spawn(move || -> io::Result<String> {
-        // SAFETY: valid namespace fd; affects only this thread, which ends here.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    in_netns(netns, || {
         let output = Command::new("nft")
             .args(["-a", "list", "ruleset"])
             .output()?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    })
-    .join()
-    .map_err(|_| io::Error::other("nft thread panicked"))?
+    })?
 }
 
 /// An nftables rule, where it sits.

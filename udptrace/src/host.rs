@@ -91,21 +91,31 @@ pub fn ifindex_in(netns: Option<&Path>, name: &str) -> anyhow::Result<u32> {
         None => lookup(),
         Some(path) => {
             let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-            // setns affects only the calling thread: do it in a short-lived one.
-            std::thread::spawn(move || -> anyhow::Result<u32> {
-                // SAFETY: valid fd of a network namespace file.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    bail!(
-                        "entering network namespace: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
-                lookup()
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("namespace lookup thread panicked"))?
+            in_netns(&file, lookup).context("entering the network namespace")?
         }
     }
+}
+
+/// Runs `work` on a short-lived thread that entered the network namespace `netns` refers to
+/// (setns affects only the calling thread) and waits for it. Whatever `work` opens under
+/// /proc/thread-self/net or /proc/sys/net, and any socket or child process it creates, belongs
+/// to that namespace.
+pub fn in_netns<T: Send + 'static>(
+    netns: &File,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let netns = netns.try_clone()?;
+    std::thread::spawn(move || -> std::io::Result<T> {
+        // SAFETY: a valid fd of a network namespace file; affects only this thread, which
+        // ends with `work`.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        drop(netns);
+        Ok(work())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("a thread in another network namespace panicked"))?
 }
 
 /// `NS_GET_NSTYPE`: `_IO(NSIO, 0x3)` with `NSIO` 0xb7 (include/uapi/linux/nsfs.h, Linux 4.11):
