@@ -107,7 +107,7 @@ const DEMO: &[&str] = &["lab", "run", "wrong-source-reply", "--trace"];
 
 /// The eBPF crate builds only for bpfel-unknown-none (through udptrace/build.rs), never for the
 /// host: `--workspace` must leave it out.
-const EBPF_CRATE: &str = "udptrace-ebpf";
+pub const EBPF_CRATE: &str = "udptrace-ebpf";
 
 /// Makes udptrace/build.rs embed an empty eBPF object; run, test and bench need the real one.
 const SKIP_EBPF: &str = "UDPTRACE_SKIP_EBPF";

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    dist,
+    EBPF_CRATE, dist,
     process::{describe, find_in_path, output, run},
 };
 
@@ -208,13 +208,17 @@ pub fn vm_test(
     Ok(())
 }
 
-/// Builds the integration tests (release) and returns their executable.
+/// Builds the integration tests (release) and returns their executable. The package selection
+/// is the test command's (`--workspace --exclude udptrace-ebpf`): a narrower one (`--package
+/// udptrace`) unifies dependency features differently and rebuilt everything, eBPF included,
+/// after the host tests had built it (98 s of the CI run).
 fn integration_test_binary(mut cargo: Command) -> anyhow::Result<PathBuf> {
     cargo.args([
         "test",
         "--release",
-        "--package",
-        "udptrace",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
         "--test",
         "integration",
         "--no-run",
