@@ -34,6 +34,8 @@ struct Cache {
     /// The container of each namespace whose first process runs in one, as /proc and the
     /// runtime's state on disk tell (runtime and id; containerd's and CRI-O's names).
     netns_containers: HashMap<u32, Container>,
+    /// When each namespace's path was last seen to still refer to it (see `forget_if_reused`).
+    netns_checked: HashMap<u32, Instant>,
     scanned: Option<Instant>,
     /// How long the last scan took.
     scan_took: Duration,
@@ -71,6 +73,7 @@ impl Processes {
         if inode == 0 {
             return None;
         }
+        forget_if_reused(&mut self.cache.borrow_mut(), inode, Instant::now());
         let name = self.lookup(|cache| cache.netns.get(&inode).cloned())?;
         Some(
             self.container(inode)
@@ -84,6 +87,7 @@ impl Processes {
         if inode == 0 {
             return None;
         }
+        forget_if_reused(&mut self.cache.borrow_mut(), inode, Instant::now());
         // A namespace the last scan named has its container recorded (or none): only an
         // unknown namespace may rescan /proc, as for its name.
         let seen = self.lookup(|cache| {
@@ -97,6 +101,7 @@ impl Processes {
 
     /// A path that opens network namespace `inode` (/run/netns/NAME or /proc/PID/ns/net).
     pub fn netns_path(&self, inode: u32) -> Option<PathBuf> {
+        forget_if_reused(&mut self.cache.borrow_mut(), inode, Instant::now());
         self.lookup(|cache| cache.netns_paths.get(&inode).cloned())
     }
 
@@ -115,6 +120,33 @@ impl Processes {
         rescan(&mut cache, Path::new("/proc"), Path::new("/run/netns"));
         get(&cache)
     }
+}
+
+/// Forgets the name, path and container cached for namespace `inode` once the file that named
+/// it (/run/netns/NAME, /proc/PID/ns/net) no longer refers to it, checked at most every
+/// `RESCAN_INTERVAL` per namespace (a stat; names are asked for every event). A namespace
+/// inode is reused once freed (fs/nsfs.c `ns_alloc_inum`, an IDA hands out the lowest free
+/// number): without this, a pod's new namespace would carry its dead predecessor's name and
+/// container for the rest of a long run, since a cached name never causes a rescan.
+fn forget_if_reused(cache: &mut Cache, inode: u32, now: Instant) {
+    let Some(path) = cache.netns_paths.get(&inode) else {
+        return;
+    };
+    if cache
+        .netns_checked
+        .get(&inode)
+        .is_some_and(|at| now.duration_since(*at) < RESCAN_INTERVAL)
+    {
+        return;
+    }
+    if fs::metadata(path).is_ok_and(|metadata| metadata.ino() as u32 == inode) {
+        cache.netns_checked.insert(inode, now);
+        return;
+    }
+    cache.netns.remove(&inode);
+    cache.netns_paths.remove(&inode);
+    cache.netns_containers.remove(&inode);
+    cache.netns_checked.remove(&inode);
 }
 
 /// Whether a miss may scan /proc again at `now`, the last scan having started at `scanned` and
@@ -136,6 +168,7 @@ fn scan(cache: &mut Cache, proc_root: &Path, netns_root: &Path) {
     cache.netns.clear();
     cache.netns_paths.clear();
     cache.netns_containers.clear();
+    cache.netns_checked.clear();
     if let Ok(entries) = fs::read_dir(netns_root) {
         for entry in entries.flatten() {
             if let Ok(metadata) = fs::metadata(entry.path()) {
@@ -324,6 +357,39 @@ mod tests {
             !cache.netns_containers.contains_key(&host),
             "the host is no container"
         );
+    }
+
+    /// `ip netns del A; ip netns add B`, B given A's freed inode: A's name is not B's.
+    #[test]
+    fn a_reused_namespace_inode_loses_its_old_name() {
+        let root = std::env::temp_dir().join(format!("udptrace-reuse-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (proc_root, netns_root) = (root.join("proc"), root.join("netns"));
+        fs::create_dir_all(&netns_root).unwrap();
+        fs::create_dir_all(&proc_root).unwrap();
+        let old = netns_root.join("lab-a");
+        fs::write(&old, b"").unwrap();
+        let inode = fs::metadata(&old).unwrap().ino() as u32;
+        let mut cache = Cache::default();
+        rescan(&mut cache, &proc_root, &netns_root);
+        assert_eq!(cache.netns[&inode], "lab-a");
+        let start = Instant::now();
+        forget_if_reused(&mut cache, inode, start);
+        assert_eq!(cache.netns[&inode], "lab-a", "still there: kept");
+        // lab-a deleted; its inode number is given to lab-b, named elsewhere.
+        fs::remove_file(&old).unwrap();
+        forget_if_reused(&mut cache, inode, start + RESCAN_INTERVAL / 2);
+        let within_interval = cache.netns.get(&inode).cloned();
+        forget_if_reused(&mut cache, inode, start + RESCAN_INTERVAL);
+        let after = cache.netns.get(&inode).cloned();
+        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(
+            within_interval.as_deref(),
+            Some("lab-a"),
+            "checked at most once an interval"
+        );
+        assert_eq!(after, None, "forgotten: the next lookup rescans");
+        assert!(!cache.netns_paths.contains_key(&inode));
     }
 
     #[test]
