@@ -237,7 +237,7 @@ mod tests {
             diagnosis::Diagnosis,
             testing::{
                 drop, event, masquerade, no_sockets, pinned_socket, pinned_socket_lister,
-                pinning_connect, process,
+                pinning_connect, port_unreachable, process,
             },
             verdict::{Facts, IcmpCounted, Namespace, Pinned, VerdictCode},
         },
@@ -298,17 +298,7 @@ mod tests {
         let (client, server) = ("192.0.2.1:40000", "192.0.2.2:5063");
         for index in 0..count {
             if index < sent {
-                let mut icmp = event(
-                    What::Icmp {
-                        icmp_type: 3,
-                        icmp_code: 3,
-                        meaning: "port-unreachable".into(),
-                        mtu: None,
-                    },
-                    client,
-                    server,
-                    10 * index,
-                );
+                let mut icmp = event(port_unreachable(), client, server, 10 * index);
                 icmp.probe = Probe(Some(mechanism));
                 diagnosis.observe(&icmp);
             }
