@@ -116,10 +116,9 @@ mod tests {
         let sysctl = |path: &str| {
             Some(
                 match path {
-                    "net/ipv4/icmp_ratelimit" => "1000\n",
+                    "net/ipv4/icmp_ratelimit" | "net/ipv4/icmp_msgs_per_sec" => "1000\n",
                     "net/ipv4/icmp_ratemask" => "6168\n",
                     "net/ipv6/icmp/ratelimit" => "100\n",
-                    "net/ipv4/icmp_msgs_per_sec" => "1000\n",
                     "net/ipv4/icmp_msgs_burst" => "50\n",
                     _ => return None,
                 }

@@ -36,7 +36,8 @@ use crate::{
 enum Answer {
     Sockets(SocketsAnswer),
     Rules(RulesAnswer),
-    IcmpLimits(IcmpLimitsAnswer),
+    /// Boxed: the largest answer, and the rarest.
+    IcmpLimits(Box<IcmpLimitsAnswer>),
 }
 
 /// One record of a recording.
