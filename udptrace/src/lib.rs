@@ -20,6 +20,7 @@ pub mod filter;
 pub mod firewall;
 pub mod flows;
 pub mod host;
+pub mod icmp_limits;
 pub mod kernel;
 pub mod knowledge;
 pub mod lab;

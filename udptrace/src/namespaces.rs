@@ -18,6 +18,7 @@ use std::{
 
 use crate::{
     firewall::ruleset_in,
+    icmp_limits::{self, IcmpLimits},
     procs::Processes,
     sockets::{SockDiag, SocketList},
 };
@@ -26,6 +27,8 @@ use crate::{
 pub const SOCKETS_REFRESH: Duration = Duration::from_millis(200);
 /// A namespace's ruleset is read (a subprocess: see `firewall`) at most this often.
 pub const RULES_REFRESH: Duration = Duration::from_secs(5);
+/// A namespace's ICMP rate limits and counters are read at most this often.
+pub const ICMP_LIMITS_REFRESH: Duration = Duration::from_secs(1);
 /// A namespace nobody asked about for this long is released.
 pub const IDLE: Duration = Duration::from_secs(10);
 
@@ -57,6 +60,8 @@ struct Namespace {
     sockets: Option<Snapshot<Option<SocketList>>>,
     /// The last ruleset read, or the failure to read it.
     ruleset: Option<Snapshot<Option<Rc<str>>>>,
+    /// The last read of its ICMP rate limits and counters (`icmp_limits`).
+    icmp_limits: Option<Snapshot<Option<IcmpLimits>>>,
     used: u64,
 }
 
@@ -105,6 +110,26 @@ impl Namespaces {
             value: text.clone(),
         });
         text
+    }
+
+    /// The ICMP rate limits and counters of namespace `netns` (`icmp_limits`) for an event at
+    /// `event`; `None` when they cannot be read.
+    pub fn icmp_limits(&mut self, netns: u32, event: u64, now: u64) -> Option<IcmpLimits> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(limits) = Snapshot::answer(
+            namespace.icmp_limits.as_ref(),
+            event,
+            now,
+            ICMP_LIMITS_REFRESH,
+        ) {
+            return limits;
+        }
+        let limits = icmp_limits::read_in(&namespace.file).ok();
+        namespace.icmp_limits = Some(Snapshot {
+            taken: now,
+            value: limits.clone(),
+        });
+        limits
     }
 
     /// Releases the namespaces nobody asked about for `IDLE`.
@@ -164,6 +189,7 @@ fn namespace<'a>(
                 diag: None,
                 sockets: None,
                 ruleset: None,
+                icmp_limits: None,
                 used: now,
             })
         }

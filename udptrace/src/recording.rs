@@ -1,6 +1,6 @@
 //! Recordings (`-o FILE`): the run's NDJSON records, as `--json` writes them, interleaved with
-//! everything else the diagnosis consumed, in the order it consumed it: the socket lists and
-//! firewall rules the rules asked for while judging an event (written right after that event)
+//! everything else the diagnosis consumed, in the order it consumed it: the socket lists,
+//! firewall rules and ICMP limits the rules asked for while judging an event (written right after that event)
 //! and the kernel's per-flow counts (written when they were added). `udptrace replay FILE`
 //! (`replay.rs`) feeds the same inputs to the same rules and gets the same flows and verdicts,
 //! with no kernel and no host. The record types are documented in docs/json-schema.md.
@@ -23,6 +23,7 @@ use crate::{
         table::{FlowKey, FlowTable, Tally},
         verdict::Verdict,
     },
+    icmp_limits::IcmpLimits,
     model::{DropReason, TraceEvent},
     probes::attach::HookOutcome,
     render::{Output, Stats, Status, file_cut_short, json::JsonOutput},
@@ -60,6 +61,14 @@ pub struct RulesAnswer {
     pub netns: u32,
     pub dport: u16,
     pub rules: Option<Vec<FirewallRule>>,
+}
+
+/// The ICMP rate limits and counters a rule asked for about an event (`None`: the namespace
+/// could not be read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IcmpLimitsAnswer {
+    pub netns: u32,
+    pub limits: Option<IcmpLimits>,
 }
 
 /// What a kernel count adds to (`flows::table::Tally`).
@@ -172,6 +181,17 @@ impl Recording {
                 netns: event.netns,
                 dport: event.dport,
                 rules: answer.map(<[FirewallRule]>::to_vec),
+            },
+        );
+    }
+
+    /// The ICMP limits the rules got about `event`.
+    pub fn icmp_limits(&mut self, event: &TraceEvent, answer: Option<&IcmpLimits>) {
+        self.context(
+            "icmp_limits",
+            &IcmpLimitsAnswer {
+                netns: event.netns,
+                limits: answer.cloned(),
             },
         );
     }

@@ -1,6 +1,6 @@
 //! `udptrace replay FILE`: a recording (`-o FILE`, `recording.rs`) through the same rules and
-//! outputs as a live run, with no kernel: the events in their recorded order, the socket lists
-//! and firewall rules the rules got then, and the kernel's counts where they came. Verdicts
+//! outputs as a live run, with no kernel: the events in their recorded order, the socket lists,
+//! firewall rules and ICMP limits the rules got then, and the kernel's counts where they came. Verdicts
 //! settle on the events' kernel time, so a replay is deterministic; its final verdicts and
 //! flows are the live run's (the golden tests check that on recordings of every lab scenario).
 
@@ -20,11 +20,14 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         diagnosis::Diagnosis,
-        rule::{RuleLister, SocketLister},
+        rule::{IcmpLimitsReader, RuleLister, SocketLister},
         table::DEFAULT_MAX_FLOWS,
     },
+    icmp_limits::IcmpLimits,
     model::TraceEvent,
-    recording::{Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer},
+    recording::{
+        Header, IcmpLimitsAnswer, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer,
+    },
     render::{Output, Stats},
     sockets::SocketList,
 };
@@ -33,6 +36,8 @@ use crate::{
 enum Answer {
     Sockets(SocketsAnswer),
     Rules(RulesAnswer),
+    /// Boxed: the largest answer, and the rarest.
+    IcmpLimits(Box<IcmpLimitsAnswer>),
 }
 
 /// One record of a recording.
@@ -96,6 +101,7 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
     let mismatches = Rc::new(Mismatches::default());
     let mut diagnosis = Diagnosis::new(socket_answers(&answers, &mismatches))
         .with_rules(rule_answers(&answers, &mismatches))
+        .with_icmp_limits(icmp_limits_answers(&answers, &mismatches))
         .with_max_flows(if header.max_flows == 0 {
             DEFAULT_MAX_FLOWS
         } else {
@@ -177,6 +183,7 @@ fn parse(line: &str) -> anyhow::Result<Record> {
         "event" => Record::Event(Box::new(typed(value)?)),
         "sockets" => Record::Answer(Answer::Sockets(typed(value)?)),
         "rules" => Record::Answer(Answer::Rules(typed(value)?)),
+        "icmp_limits" => Record::Answer(Answer::IcmpLimits(typed(value)?)),
         "kernel_count" => Record::KernelCount(typed(value)?),
         "stats" => Record::Stats(Box::new(typed(value)?)),
         _ => Record::Output,
@@ -242,6 +249,20 @@ fn rule_answers(
             other => Err(other),
         })?
         .rules
+    })
+}
+
+fn icmp_limits_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> IcmpLimitsReader {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<IcmpLimits> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::IcmpLimits(limits) if limits.netns == event.netns => Ok(limits),
+            other => Err(other),
+        })?
+        .limits
     })
 }
 

@@ -35,7 +35,7 @@ use crate::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
-        rule::{RuleLister, SocketLister},
+        rule::{IcmpLimitsReader, RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -363,6 +363,10 @@ impl Tracer {
             .transpose()?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces), recording.clone()))
             .with_rules(rule_lister(Rc::clone(&namespaces), recording.clone()))
+            .with_icmp_limits(icmp_limits_reader(
+                Rc::clone(&namespaces),
+                recording.clone(),
+            ))
             .with_max_flows(max_flows)
             .with_reply_timeout(reply_timeout);
         Ok(Self {
@@ -757,6 +761,23 @@ fn rule_lister(
             recording.borrow_mut().rules(event, rules.as_deref());
         }
         rules
+    })
+}
+
+/// Reads the ICMP rate limits and counters of an event's namespace, for port_unreachable
+/// verdicts.
+fn icmp_limits_reader(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> IcmpLimitsReader {
+    Box::new(move |event| {
+        let limits = namespaces
+            .borrow_mut()
+            .icmp_limits(event.netns, event.ts_ns, monotonic_ns());
+        if let Some(recording) = &recording {
+            recording.borrow_mut().icmp_limits(event, limits.as_ref());
+        }
+        limits
     })
 }
 

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::{
     firewall::FirewallRule,
+    icmp_limits::IcmpLimits,
     model::{DropReason, Location, TraceEvent},
     sockets::SocketList,
 };
@@ -25,10 +26,15 @@ pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
 /// Lists the firewall rules of the event's network namespace that drop its destination port.
 pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
 
+/// Reads the ICMP rate limits and counters of the event's network namespace; `None` when it
+/// cannot be entered.
+pub type IcmpLimitsReader = Box<dyn Fn(&TraceEvent) -> Option<IcmpLimits>>;
+
 /// What rules may ask about the namespace of an event.
 pub struct Environment {
     pub sockets: SocketLister,
     pub rules: RuleLister,
+    pub icmp_limits: IcmpLimitsReader,
 }
 
 /// Where a qdisc's drops are freed on kernels without drop reasons (`KnownReason::of_drop`).

@@ -55,6 +55,16 @@ pub fn drop(reason: &str) -> What {
     }
 }
 
+/// An ICMP port unreachable (3/3) about the event's datagram.
+pub fn port_unreachable() -> What {
+    What::Icmp {
+        icmp_type: 3,
+        icmp_code: 3,
+        meaning: "port-unreachable".into(),
+        mtu: None,
+    }
+}
+
 pub fn process(pid: u32, comm: &str) -> Process {
     Process {
         pid,

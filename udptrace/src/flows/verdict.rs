@@ -5,13 +5,17 @@
 use std::net::SocketAddr;
 
 use serde::Serialize;
+use udptrace_common::event::Mechanism;
 
 pub use super::code::VerdictCode;
 use super::table::FlowKey;
 use crate::{
     containers::Container,
     firewall::FirewallRule,
-    model::{Conntrack, Errno, Location, Process, RouteDevice, SendCall, SocketInfo, TraceEvent},
+    icmp_limits::IcmpLimits,
+    model::{
+        Conntrack, Errno, Location, Probe, Process, RouteDevice, SendCall, SocketInfo, TraceEvent,
+    },
     sockets::{ListedSocket, Mismatch},
 };
 
@@ -132,6 +136,9 @@ pub enum Facts {
         source: SocketAddr,
         destination: SocketAddr,
         namespace: Namespace,
+        /// The ICMP port unreachables about the flow's datagrams, once one was seen.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        icmp: Option<PortUnreachables>,
     },
     Firewall {
         source: SocketAddr,
@@ -255,6 +262,44 @@ pub enum Facts {
     },
 }
 
+/// The ICMP port unreachables a `port_unreachable` flow's datagrams got, for telling how many
+/// the kernel's ICMP rate limits suppressed (`icmp_limits`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PortUnreachables {
+    /// ICMP port unreachable events about the flow's datagrams.
+    pub seen: u64,
+    /// What those events count, by where the hook that saw them fires.
+    pub counted: IcmpCounted,
+    /// The namespace's ICMP limits and counters, read once the drops outnumbered the errors
+    /// sent (or, where only attempts are seen, once they exceeded a destination's burst).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<IcmpLimits>,
+}
+
+/// Where the ICMP hook that saw a port unreachable fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IcmpCounted {
+    /// After the rate limits: errors sent. The `icmp:icmp_send` tracepoint fires in
+    /// `__icmp_send` after `icmpv4_xrlim_allow` (net/ipv4/icmp.c), right before
+    /// `icmp_push_reply`; an ICMPv6 error parsed where it reaches a device was sent.
+    Sent,
+    /// Before them: attempts. A function probe on `__icmp_send` or `icmp6_send` fires at
+    /// their entry, before `icmp_global_allow` and the per-destination limit (Linux 5.10
+    /// has no `icmp_send` tracepoint; ICMPv6 has none anywhere).
+    Attempted,
+}
+
+impl IcmpCounted {
+    /// What an ICMP error event from `probe` counts.
+    pub fn of(probe: Probe) -> Self {
+        match probe.0 {
+            Some(Mechanism::Fentry | Mechanism::Kprobe) => Self::Attempted,
+            _ => Self::Sent,
+        }
+    }
+}
+
 /// How a fragmented datagram was lost.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -282,5 +327,19 @@ impl Verdict {
     /// Whether it concerns every sender to one socket rather than one flow.
     pub fn socket_wide(&self) -> bool {
         self.key.a == self.key.b
+    }
+
+    /// For `port_unreachable`: how many of its drops got no ICMP port unreachable because a
+    /// rate limit suppressed it (its count, the kernel's count of drops, less the errors
+    /// sent), when the ICMP hook counted errors sent and some were suppressed.
+    pub fn icmp_suppressed(&self) -> Option<u64> {
+        let Facts::PortUnreachable {
+            icmp: Some(icmp), ..
+        } = &self.facts
+        else {
+            return None;
+        };
+        (icmp.counted == IcmpCounted::Sent && self.count > icmp.seen)
+            .then(|| self.count - icmp.seen)
     }
 }

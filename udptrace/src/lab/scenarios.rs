@@ -234,6 +234,10 @@ enum Topology {
 enum Traffic {
     /// Nothing listens.
     ClosedPort,
+    /// Nothing listens, and the server namespace keeps its default ICMP rate limits: a
+    /// connected client sends `RATE_LIMITED_BURST` datagrams, each followed by a short wait
+    /// for its error (`RATE_LIMITED_WAIT`), so that every error that comes is read apart.
+    RateLimited,
     /// A server listens but nftables drops its port on input.
     Firewalled,
     /// A server that never reads, with a 4 KiB receive buffer, gets a burst of 500.
@@ -293,6 +297,16 @@ pub const FRAGMENTED_ANSWER: usize = 4_000;
 /// short so that it expires within the exercise.
 const REASSEMBLY_TIME: Duration = Duration::from_secs(1);
 
+/// Datagrams of the `RateLimited` client: more than one destination's burst of port
+/// unreachables (`XRLIM_BURST_FACTOR`, 6: `inet_peer_xrlim_allow`, net/ipv4/inetpeer.c, on a
+/// new peer whose bucket starts full) and fewer than `icmp_msgs_burst` (50), so that only the
+/// per-destination limit applies.
+pub const RATE_LIMITED_BURST: usize = 30;
+/// How long the `RateLimited` client waits for each datagram's error: an error comes within
+/// microseconds across the veth, and the whole burst (at most 30 × 10 ms) ends well within
+/// `net.ipv4.icmp_ratelimit`'s 1 s, so no token is added to the bucket in between.
+const RATE_LIMITED_WAIT_MS: u64 = 10;
+
 /// Datagrams in the rcvbuf-overflow burst.
 pub const OVERFLOW_BURST: usize = 500;
 /// Datagrams in the neighbor-unreachable burst: all but the last are pushed out of the
@@ -347,6 +361,17 @@ pub const SCENARIOS: &[Scenario] = &[
         port: 5001,
         bind_specific: false,
         traffic: Traffic::ClosedPort,
+    },
+    Scenario {
+        name: "closed-port-ratelimited",
+        description: "a connected client (192.0.2.1) sends 30 datagrams, one every 10 ms at most, to 192.0.2.2:5063 where nothing listens; the server namespace keeps its default ICMP rate limits",
+        diagnosis: "NO_SOCKET drops for all 30 but only 6 ICMP port unreachables (the per-destination limit, net.ipv4.icmp_ratelimit=1000 ms: a burst of 6): 24 errors suppressed, and for those the client times out instead of getting ECONNREFUSED",
+        expected: &["port_unreachable"],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5063,
+        bind_specific: false,
+        traffic: Traffic::RateLimited,
     },
     Scenario {
         name: "closed-port-v6",
@@ -825,7 +850,10 @@ impl Scenario {
         } else {
             client.addr("eth0", "192.0.2.1/24")?;
             server.addr("eth0", "192.0.2.2/24")?;
-            server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+            // `RateLimited` is about that limit: it stays at the namespace's default there.
+            if !matches!(self.traffic, Traffic::RateLimited) {
+                server.sysctl("net.ipv4.icmp_ratelimit", "0")?;
+            }
             address(&format!("192.0.2.{host}:{}", self.port))
         };
         let target = match self.traffic {
@@ -1098,6 +1126,10 @@ impl Scenario {
             // Two datagrams: ICMP errors are not rate limited in the server namespace, so
             // each gets its ECONNREFUSED.
             Traffic::ClosedPort => run_client(&lab.client, &client(2, 50, 300))?,
+            Traffic::RateLimited => run_client(
+                &lab.client,
+                &client(RATE_LIMITED_BURST, 0, RATE_LIMITED_WAIT_MS),
+            )?,
             Traffic::BadChecksum => send_with_bad_checksum(&lab.client, lab.target, 2, 0)?,
             // Sent at once, so that they wait together for the neighbour; the socket stays
             // open (and reads) until resolution fails and its error arrives.

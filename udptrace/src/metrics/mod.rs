@@ -554,6 +554,7 @@ mod tests {
                     netns_name: Some("host".into()),
                     container: None,
                 },
+                icmp: None,
             },
             evidence: Vec::new(),
             count: 4,

@@ -13,8 +13,11 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         ledger::MAX_EVIDENCE,
-        verdict::{Facts, FragmentCause, Namespace, RouteFound, Verdict},
+        verdict::{
+            Facts, FragmentCause, IcmpCounted, Namespace, PortUnreachables, RouteFound, Verdict,
+        },
     },
+    icmp_limits::{IcmpLimits, XRLIM_BURST_FACTOR},
     model::{Process, SocketInfo, TraceEvent, What},
     sockets::{ListedSocket, Mismatch},
 };
@@ -30,6 +33,9 @@ pub struct VerdictRecord<'a> {
     evidence: Vec<String>,
     fix: String,
     count: u64,
+    /// `port_unreachable`: the drops whose ICMP error a rate limit suppressed, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    suppressed: Option<u64>,
     facts: &'a Facts,
     /// The evidence events, as event records (without `type`).
     evidence_events: &'a [TraceEvent],
@@ -44,6 +50,7 @@ impl<'a> VerdictRecord<'a> {
             evidence: evidence_lines(verdict),
             fix: fix(verdict),
             count: verdict.count,
+            suppressed: verdict.icmp_suppressed(),
             facts: &verdict.facts,
             evidence_events: &verdict.evidence,
         }
@@ -224,10 +231,13 @@ pub fn summary(verdict: &Verdict) -> String {
             source,
             destination,
             namespace,
+            icmp,
         } => format!(
             "nothing listens on {destination} in {}: {source} gets NO_SOCKET drops and \
-             ICMP port unreachable (ECONNREFUSED on a connected client socket)",
-            namespace_text(namespace)
+             ICMP port unreachable (ECONNREFUSED on a connected client socket){}",
+            namespace_text(namespace),
+            icmp.as_ref()
+                .map_or_else(String::new, |icmp| rate_limited_text(verdict, icmp))
         ),
         Facts::Firewall {
             source,
@@ -513,8 +523,15 @@ pub fn fix(verdict: &Verdict) -> String {
         ),
         Facts::PortUnreachable { destination, .. } => format!(
             "start the service on port {} (check `ss -uanp` in that namespace), or point the \
-             client at the right address and port",
-            destination.port()
+             client at the right address and port{}",
+            destination.port(),
+            if verdict.icmp_suppressed().is_some() {
+                "; under the ICMP rate limit a closed port looks like a lost datagram: do not \
+                 rely on ECONNREFUSED to detect it (the limit protects against floods; lowering \
+                 the ratelimit sysctl named above lets more errors through)"
+            } else {
+                ""
+            }
         ),
         Facts::Firewall { destination, .. } => format!(
             "find the rule with `nft list ruleset` (or `iptables-save`) in that namespace and \
@@ -689,6 +706,73 @@ fn route_found_text(found: RouteFound, destination: &std::net::SocketAddr) -> St
         RouteFound::Reject => "a reject route (unreachable, blackhole or prohibit)".into(),
         RouteFound::NotForwarding => "that the destination is another host's, and this one does not forward (IP_INADDRERRORS)".into(),
     }
+}
+
+/// What the ICMP rate limits did to a port_unreachable flow's errors: how many they
+/// suppressed where the hook counts errors sent, or that the count is unknown where it counts
+/// attempts; empty when nothing was suppressed (or, for attempts, when no more than one
+/// destination's burst was attempted).
+fn rate_limited_text(verdict: &Verdict, icmp: &PortUnreachables) -> String {
+    let ipv6 = verdict.key.a.is_ipv6();
+    let limits = icmp
+        .limits
+        .as_ref()
+        .map_or_else(String::new, |limits| limits_text(limits, ipv6));
+    let timeout = "for those datagrams the client gets no error: it waits for its timeout \
+                   instead of failing with ECONNREFUSED";
+    match (icmp.counted, verdict.icmp_suppressed()) {
+        (IcmpCounted::Sent, Some(suppressed)) => format!(
+            "; the ICMP rate limit suppressed {suppressed} of the {} port unreachables ({} \
+             sent): {timeout}{limits}",
+            verdict.count, icmp.seen
+        ),
+        (IcmpCounted::Attempted, _) if icmp.limits.is_some() => format!(
+            "; {} port unreachables were attempted, and how many the ICMP rate limit \
+             suppressed is unknown on this kernel (its ICMP hook, a function probe at the entry \
+             of {}, fires before the limits); {timeout} whose error was suppressed{limits}",
+            icmp.seen,
+            if ipv6 { "icmp6_send" } else { "__icmp_send" }
+        ),
+        _ => String::new(),
+    }
+}
+
+/// The namespace's ICMP limits for a flow of that family, and its counters of what they
+/// suppressed where the kernel has them.
+fn limits_text(limits: &IcmpLimits, ipv6: bool) -> String {
+    let value = |value: Option<u64>| value.map_or_else(|| "?".to_owned(), |v| v.to_string());
+    let interval = value(limits.interval_ms(ipv6));
+    let host = if ipv6 {
+        format!("net.ipv6.icmp.ratelimit={interval}")
+    } else {
+        format!("net.ipv4.icmp_ratelimit={interval}")
+    };
+    let mut text = format!(
+        "; limits in that namespace: {host} (ms between errors to one destination, after a \
+         burst of {XRLIM_BURST_FACTOR}), net.ipv4.icmp_msgs_per_sec={} with \
+         net.ipv4.icmp_msgs_burst={} (all destinations)",
+        value(limits.msgs_per_sec),
+        value(limits.msgs_burst)
+    );
+    let counter = if ipv6 {
+        "Icmp6OutRateLimitHost"
+    } else {
+        "Icmp OutRateLimitHost"
+    };
+    match (limits.host_suppressed(ipv6), limits.out_rate_limit_global) {
+        (Some(host), Some(global)) => text.push_str(&format!(
+            "; its counters when udptrace read them (at the first suppressed error): {counter} \
+             {host}, Icmp OutRateLimitGlobal {global}"
+        )),
+        (Some(host), None) => {
+            text.push_str(&format!(
+                "; its counter when udptrace read it (at the first suppressed error): {counter} \
+                 {host}"
+            ));
+        }
+        _ => {}
+    }
+    text
 }
 
 fn namespace_text(namespace: &Namespace) -> String {

@@ -12,8 +12,9 @@ use crate::{
         rule::{RuleLister, SocketLister},
         table::{FlowKey, Tally},
         testing::{
-            drop, event, masquerade, no_sockets, pinned_socket_lister, pinning_connect, process,
-            request, sendto_without_pktinfo, wildcard_socket, wrong_source_reply,
+            drop, event, masquerade, no_sockets, pinned_socket_lister, pinning_connect,
+            port_unreachable, process, request, sendto_without_pktinfo, wildcard_socket,
+            wrong_source_reply,
         },
         verdict::VerdictCode,
     },
@@ -362,17 +363,7 @@ fn drops_inside_a_container_name_the_container() {
 fn closed_port_ties_drop_icmp_and_econnrefused() {
     let mut diagnosis = Diagnosis::new(no_sockets());
     let (client, server) = ("192.0.2.1:40000", "192.0.2.2:4000");
-    diagnosis.observe(&event(
-        What::Icmp {
-            icmp_type: 3,
-            icmp_code: 3,
-            meaning: "port-unreachable".into(),
-            mtu: None,
-        },
-        client,
-        server,
-        1,
-    ));
+    diagnosis.observe(&event(port_unreachable(), client, server, 1));
     diagnosis.observe(&event(drop("NO_SOCKET"), client, server, 2));
     diagnosis.observe(&event(
         What::SockError {

@@ -511,3 +511,107 @@ fn unanswered_requests_name_the_socket_or_the_device() {
     assert!(events(&records, "icmp").is_empty(), "{records:#?}");
     assert_eq!(outcome.client.sent, 3);
 }
+
+/// Issue 17: ICMP rate limiting. A burst to a closed port across veth, in a server namespace
+/// with the default limits: the per-destination limit (`net.ipv4.icmp_ratelimit`, a burst of
+/// six) lets a few port unreachables out and suppresses the rest. Where the ICMP hook fires
+/// after the limit (the `icmp:icmp_send` tracepoint), the verdict counts the suppressed
+/// errors exactly: its drops less the errors sent, which equals the namespace's
+/// `Icmp OutRateLimitHost` where the kernel has it, and the client's ECONNREFUSED count is
+/// the errors sent. Where the hook is a function probe at `__icmp_send`'s entry (5.10), every
+/// drop shows an attempt and the verdict says the count is unknown. The control
+/// (`closed-port`, two datagrams, the limit off) mentions no suppression.
+#[test]
+fn rate_limited_port_unreachables_are_counted_as_suppressed() {
+    let (lab, outcome, records) = traced("closed-port-ratelimited", &[]);
+    let text = outcome.describe();
+    let client = outcome.client.local.unwrap();
+    let drops = outcome.delta("server", "NoPorts").unwrap();
+    assert_eq!(drops, outcome.client.sent as u64, "{text}");
+    assert!(drops > udptrace::icmp_limits::XRLIM_BURST_FACTOR, "{text}");
+    let refused = outcome
+        .client
+        .errors
+        .iter()
+        .filter(|errno| **errno == libc::ECONNREFUSED)
+        .count() as u64;
+    // What the kernel sent, whatever udptrace saw: the client got exactly those.
+    let sent = lab.server.snmp("Icmp", "OutDestUnreachs").expect("snmp");
+    assert_eq!(refused, sent, "{text}");
+    assert!(sent < drops, "{text}: nothing was suppressed");
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{text}\n{records:#?}");
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "port_unreachable");
+    assert_eq!(verdict["flow"], format!("{client} <> {}", lab.target));
+    assert_eq!(verdict["count"], drops, "{verdict:#}");
+    let icmp = &verdict["facts"]["icmp"];
+    let seen = events(&records, "icmp").len() as u64;
+    assert_eq!(icmp["seen"], seen, "{verdict:#}");
+    let limits = &icmp["limits"];
+    assert_eq!(limits["ratelimit_ms"], 1000, "{verdict:#}");
+    let summary = verdict["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("net.ipv4.icmp_ratelimit=1000 (ms between errors to one destination"),
+        "{summary}"
+    );
+    if icmp["counted"] == "sent" {
+        let suppressed = drops - sent;
+        assert_eq!(seen, sent, "{text}\n{verdict:#}");
+        assert_eq!(verdict["suppressed"], suppressed, "{verdict:#}");
+        // The kernel's own count of the per-destination suppressions (6.7+), read by the test
+        // in the namespace it created for this run, and by udptrace for its verdict.
+        match lab.server.snmp("Icmp", "OutRateLimitHost") {
+            Ok(host) => {
+                assert_eq!(host, suppressed, "{text}");
+                // Read once, at the first drop without its error: that one at least, at most
+                // all of them (the burst may still have been going on).
+                let read = limits["out_rate_limit_host"].as_u64().unwrap();
+                assert!((1..=host).contains(&read), "{verdict:#}");
+            }
+            Err(_) => assert!(limits.get("out_rate_limit_host").is_none(), "{verdict:#}"),
+        }
+        assert!(
+            summary.contains(&format!(
+                "the ICMP rate limit suppressed {suppressed} of the {drops} port unreachables \
+                 ({sent} sent): for those datagrams the client gets no error: it waits for its \
+                 timeout instead of failing with ECONNREFUSED"
+            )),
+            "{summary}"
+        );
+        assert!(
+            verdict["fix"]
+                .as_str()
+                .unwrap()
+                .contains("do not rely on ECONNREFUSED"),
+            "{verdict:#}"
+        );
+    } else {
+        // A function probe at __icmp_send's entry sees every attempt, before the limits.
+        assert_eq!(icmp["counted"], "attempted", "{verdict:#}");
+        assert_eq!(seen, drops, "{text}\n{verdict:#}");
+        assert!(verdict.get("suppressed").is_none(), "{verdict:#}");
+        assert!(
+            summary.contains(&format!(
+                "{drops} port unreachables were attempted, and how many the ICMP rate limit \
+                 suppressed is unknown on this kernel"
+            )),
+            "{summary}"
+        );
+    }
+
+    // The control: two datagrams, the limit off in that namespace: every error is sent.
+    let (_lab, outcome, records) = traced("closed-port", &[]);
+    let found = verdicts(&records);
+    assert_eq!(found.len(), 1, "{}\n{records:#?}", outcome.describe());
+    let verdict = found[0];
+    assert_eq!(verdict["code"], "port_unreachable");
+    assert!(verdict.get("suppressed").is_none(), "{verdict:#}");
+    assert!(
+        verdict["facts"]["icmp"].get("limits").is_none(),
+        "{verdict:#}"
+    );
+    let summary = verdict["summary"].as_str().unwrap();
+    assert!(!summary.contains("suppressed"), "{summary}");
+    assert!(!summary.contains("attempted"), "{summary}");
+}

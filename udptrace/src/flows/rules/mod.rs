@@ -24,7 +24,7 @@ use super::rule::Rule;
 pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule>> {
     vec![
         Box::new(reply_source::ReplySource::new(max_flows)),
-        Box::new(no_socket::NoSocket),
+        Box::<no_socket::NoSocket>::default(),
         Box::new(firewall::FirewallDrop),
         Box::new(rcvbuf::RcvbufOverflow),
         Box::new(rp_filter::RpFilterDrop),

@@ -2,20 +2,30 @@
 //! (connected_socket_mismatch), a NAT reply that conntrack did not map back
 //! (nat_reply_mismatch), or nothing listening at all (port_unreachable). One rule, one
 //! allowance: the three are the readings of one drop, most specific first.
+//!
+//! A port_unreachable flow also counts the ICMP port unreachables its datagrams got: the
+//! kernel rate-limits them (`icmp_limits`), and a datagram whose error was suppressed leaves
+//! a connected client waiting for a timeout instead of failing with ECONNREFUSED.
 
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr};
 
 use crate::{
     flows::{
         rule::{Context, KnownReason, Rule},
         table::FlowKey,
-        verdict::{Facts, Namespace, Pinned, VerdictCode},
+        verdict::{Facts, IcmpCounted, Namespace, Pinned, PortUnreachables, VerdictCode},
     },
-    model::{Conntrack, TraceEvent, What},
+    icmp_limits::XRLIM_BURST_FACTOR,
+    model::{Conntrack, Family, TraceEvent, What},
     sockets::ListedSocket,
 };
 
-pub struct NoSocket;
+#[derive(Default)]
+pub struct NoSocket {
+    /// The port_unreachable verdicts opened, by flow (at most the rule's allowance), and
+    /// whether their namespace's ICMP limits were asked for (once per verdict).
+    unreachable: HashMap<FlowKey, (usize, bool)>,
+}
 
 impl Rule for NoSocket {
     fn drops(&self) -> &'static [KnownReason] {
@@ -33,8 +43,11 @@ impl Rule for NoSocket {
         ]
         .into_iter()
         .any(|code| cx.ledger.bump(key, code, event))
-            || !cx.room()
         {
+            self.ask_limits(key, event, cx);
+            return;
+        }
+        if !cx.room() {
             return;
         }
         let sockets = (cx.env.sockets)(event).unwrap_or_default();
@@ -93,14 +106,21 @@ impl Rule for NoSocket {
             });
             return;
         }
+        // The datagram's own error comes before its drop (`__udp4_lib_rcv` sends it, then
+        // frees the datagram; net/ipv4/udp.c): the flow's first.
         let icmp = cx
             .recent(|e| {
-                matches!(e.what, What::Icmp { .. })
+                port_unreachable(e)
                     && e.source() == event.source()
                     && e.destination() == event.destination()
             })
             .cloned();
-        cx.verdict(key, VerdictCode::PortUnreachable, event, || {
+        let opened = cx.verdict(key, VerdictCode::PortUnreachable, event, || {
+            let counted = icmp.as_ref().map(|icmp| PortUnreachables {
+                seen: 1,
+                counted: IcmpCounted::of(icmp.probe),
+                limits: None,
+            });
             let mut evidence = vec![event.clone()];
             evidence.extend(icmp);
             (
@@ -108,10 +128,88 @@ impl Rule for NoSocket {
                     source: event.source(),
                     destination: event.destination(),
                     namespace: Namespace::of(event),
+                    icmp: counted,
                 },
                 evidence,
             )
         });
+        if let Some(index) = opened {
+            self.unreachable.insert(key, (index, false));
+            self.ask_limits(key, event, cx);
+        }
+    }
+
+    /// A port unreachable about a datagram of a port_unreachable flow counts on its verdict.
+    fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
+        if !port_unreachable(event) {
+            return;
+        }
+        let Some(&(index, _)) = self.unreachable.get(&FlowKey::of(event)) else {
+            return;
+        };
+        let counted = IcmpCounted::of(event.probe);
+        if let Facts::PortUnreachable { icmp, .. } = &mut cx.ledger.verdict_mut(index).facts {
+            let icmp = icmp.get_or_insert(PortUnreachables {
+                seen: 0,
+                counted,
+                limits: None,
+            });
+            icmp.seen += 1;
+            // One attempt among them and the count is no longer one of errors sent.
+            if counted == IcmpCounted::Attempted {
+                icmp.counted = counted;
+            }
+        }
+    }
+}
+
+impl NoSocket {
+    /// Reads the ICMP limits of the drop's namespace for the port_unreachable verdict on
+    /// `key` once they explain something: when its drops outnumber the errors sent, or (where
+    /// the hook counts attempts, before the limits) exceed what one destination's burst lets
+    /// through. Once per verdict: never per drop.
+    fn ask_limits(&mut self, key: FlowKey, event: &TraceEvent, cx: &mut Context<'_>) {
+        let Some((index, asked)) = self.unreachable.get_mut(&key) else {
+            return;
+        };
+        let verdict = cx.ledger.verdict_mut(*index);
+        let Facts::PortUnreachable {
+            icmp: Some(icmp), ..
+        } = &verdict.facts
+        else {
+            return;
+        };
+        let due = match icmp.counted {
+            IcmpCounted::Sent => verdict.count > icmp.seen,
+            IcmpCounted::Attempted => verdict.count > XRLIM_BURST_FACTOR,
+        };
+        if *asked || !due {
+            return;
+        }
+        *asked = true;
+        let limits = (cx.env.icmp_limits)(event);
+        if let Facts::PortUnreachable {
+            icmp: Some(icmp), ..
+        } = &mut cx.ledger.verdict_mut(*index).facts
+        {
+            icmp.limits = limits;
+        }
+    }
+}
+
+/// An ICMP port unreachable: destination unreachable 3/3 (RFC 792), ICMPv6 1/4 (RFC 4443).
+fn port_unreachable(event: &TraceEvent) -> bool {
+    let What::Icmp {
+        icmp_type,
+        icmp_code,
+        ..
+    } = event.what
+    else {
+        return false;
+    };
+    match event.family {
+        Family::Ipv4 => (icmp_type, icmp_code) == (3, 3),
+        Family::Ipv6 => (icmp_type, icmp_code) == (1, 4),
     }
 }
 
@@ -130,15 +228,21 @@ fn nat_expectation(event: &TraceEvent, cx: &Context<'_>) -> Option<(SocketAddr, 
 
 #[cfg(test)]
 mod tests {
+    use std::{cell::Cell, rc::Rc};
+
+    use udptrace_common::event::Mechanism;
+
     use crate::{
         flows::{
             diagnosis::Diagnosis,
             testing::{
                 drop, event, masquerade, no_sockets, pinned_socket, pinned_socket_lister,
-                pinning_connect, process,
+                pinning_connect, port_unreachable, process,
             },
-            verdict::{Facts, Namespace, Pinned, VerdictCode},
+            verdict::{Facts, IcmpCounted, Namespace, Pinned, VerdictCode},
         },
+        icmp_limits::IcmpLimits,
+        model::Probe,
         model::What,
         sockets::{ListedSocket, Mismatch},
     };
@@ -171,6 +275,69 @@ mod tests {
             evidence,
             [("drop", 4, false), ("xmit", 2, true), ("recv", 5, true)]
         );
+    }
+
+    /// `count` datagrams of one flow to a closed port, the first `sent` with their port
+    /// unreachable (before their drop, as `__udp4_lib_rcv` sends it) from `mechanism`; how
+    /// often the ICMP limits were asked for, and the verdict.
+    fn burst(
+        count: u64,
+        sent: u64,
+        mechanism: Mechanism,
+    ) -> (usize, crate::flows::verdict::Verdict) {
+        let asked = Rc::new(Cell::new(0));
+        let counter = Rc::clone(&asked);
+        let mut diagnosis = Diagnosis::new(no_sockets()).with_icmp_limits(Box::new(move |event| {
+            assert_eq!(event.netns, 7);
+            counter.set(counter.get() + 1);
+            Some(IcmpLimits {
+                ratelimit_ms: Some(1000),
+                ..IcmpLimits::default()
+            })
+        }));
+        let (client, server) = ("192.0.2.1:40000", "192.0.2.2:5063");
+        for index in 0..count {
+            if index < sent {
+                let mut icmp = event(port_unreachable(), client, server, 10 * index);
+                icmp.probe = Probe(Some(mechanism));
+                diagnosis.observe(&icmp);
+            }
+            diagnosis.observe(&event(drop("NO_SOCKET"), client, server, 10 * index + 1));
+        }
+        (asked.get(), diagnosis.verdicts()[0].clone())
+    }
+
+    /// Issue 17: the `icmp:icmp_send` tracepoint counts errors sent, after the rate limits:
+    /// drops beyond them were suppressed, and the limits are read once, at the first.
+    #[test]
+    fn drops_beyond_the_errors_sent_are_suppressed_errors() {
+        let (asked, verdict) = burst(8, 6, Mechanism::TpBtf);
+        assert_eq!(asked, 1);
+        assert_eq!(verdict.count, 8);
+        assert_eq!(verdict.icmp_suppressed(), Some(2));
+        let Facts::PortUnreachable {
+            icmp: Some(icmp), ..
+        } = &verdict.facts
+        else {
+            panic!("{:?}", verdict.facts);
+        };
+        assert_eq!(icmp.seen, 6);
+        assert_eq!(icmp.counted, IcmpCounted::Sent);
+        assert_eq!(icmp.limits.as_ref().unwrap().ratelimit_ms, Some(1000));
+        // Every error sent: nothing suppressed, nothing read.
+        let (asked, verdict) = burst(8, 8, Mechanism::TpBtf);
+        assert_eq!((asked, verdict.icmp_suppressed()), (0, None));
+    }
+
+    /// A function probe on `__icmp_send` (5.10) sees attempts, before the limits: no count
+    /// of suppressed errors, and the limits are read once a destination's burst is exceeded.
+    #[test]
+    fn attempts_before_the_limits_give_no_suppressed_count() {
+        let (asked, verdict) = burst(8, 8, Mechanism::Fentry);
+        assert_eq!(asked, 1);
+        assert_eq!(verdict.icmp_suppressed(), None);
+        let (asked, _) = burst(6, 6, Mechanism::Kprobe);
+        assert_eq!(asked, 0, "within one destination's burst");
     }
 
     #[test]
