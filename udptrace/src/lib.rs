@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod clock;
 pub mod container_filter;
+pub mod conntrack;
 pub mod containers;
 pub mod debug_bpf;
 pub mod decode;

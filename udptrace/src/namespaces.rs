@@ -17,7 +17,9 @@ use std::{
 };
 
 use crate::{
+    conntrack::{self, ConntrackStats},
     firewall::ruleset_in,
+    host::in_netns,
     procs::Processes,
     sockets::{SockDiag, SocketList},
 };
@@ -57,6 +59,8 @@ struct Namespace {
     sockets: Option<Snapshot<Option<SocketList>>>,
     /// The last ruleset read, or the failure to read it.
     ruleset: Option<Snapshot<Option<Rc<str>>>>,
+    /// The last conntrack counters read, or the failure to read them (`conntrack`).
+    conntrack: Option<Snapshot<Option<ConntrackStats>>>,
     used: u64,
 }
 
@@ -105,6 +109,28 @@ impl Namespaces {
             value: text.clone(),
         });
         text
+    }
+
+    /// The connection-tracking counters of namespace `netns` for a drop at `event`; `None`
+    /// when the namespace cannot be entered or has no conntrack. Read again unless the last
+    /// read came after the event: `conntrack_drop` matches the drops it judges to the growth
+    /// of the `drop` counter, which must already show them (the rule asks only about
+    /// netfilter drops on flows without a verdict, within its allowance).
+    pub fn conntrack(&mut self, netns: u32, event: u64, now: u64) -> Option<ConntrackStats> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(stats) =
+            Snapshot::answer(namespace.conntrack.as_ref(), event, now, Duration::ZERO)
+        {
+            return stats;
+        }
+        let stats = in_netns(&namespace.file, conntrack::read_own_namespace)
+            .ok()
+            .and_then(Result::ok);
+        namespace.conntrack = Some(Snapshot {
+            taken: now,
+            value: stats,
+        });
+        stats
     }
 
     /// Releases the namespaces nobody asked about for `IDLE`.
@@ -164,6 +190,7 @@ fn namespace<'a>(
                 diag: None,
                 sockets: None,
                 ruleset: None,
+                conntrack: None,
                 used: now,
             })
         }
@@ -250,6 +277,35 @@ mod tests {
         assert!(namespaces.namespaces.is_empty(), "released once idle");
         // An inode no namespace has.
         assert!(namespaces.sockets(1, after, after).is_none());
+    }
+
+    /// Root, with nf_conntrack loaded (the lab's conntrack scenarios and nftables `ct` rules
+    /// load it): the counters of udptrace's own namespace, read again for a later event.
+    #[test]
+    fn reads_conntrack_counters_that_show_the_event() {
+        if !std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+            // The module: loaded by any `ct` expression, e.g. the lab's conntrack-fits.
+            let _ = std::process::Command::new("modprobe")
+                .arg("nf_conntrack")
+                .status();
+        }
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let stats = namespaces
+            .conntrack(netns, now, now)
+            .expect("the conntrack counters were read");
+        assert!(stats.max > 0, "{stats:?}");
+        let first = namespaces.namespaces[&netns].conntrack.as_ref().unwrap().taken;
+        // An event before the read: answered by it.
+        namespaces.conntrack(netns, now - MS, now + MS);
+        assert_eq!(namespaces.namespaces[&netns].conntrack.as_ref().unwrap().taken, first);
+        // An event after it: read again, whatever the interval.
+        namespaces.conntrack(netns, now + MS, now + 2 * MS);
+        assert_eq!(
+            namespaces.namespaces[&netns].conntrack.as_ref().unwrap().taken,
+            now + 2 * MS
+        );
     }
 
     /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).

@@ -1,7 +1,7 @@
 //! `udptrace replay FILE`: a recording (`-o FILE`, `recording.rs`) through the same rules and
-//! outputs as a live run, with no kernel: the events in their recorded order, the socket lists
-//! and firewall rules the rules got then, and the kernel's counts where they came. Verdicts
-//! settle on the events' kernel time, so a replay is deterministic; its final verdicts and
+//! outputs as a live run, with no kernel: the events in their recorded order, the socket lists,
+//! firewall rules and conntrack counters the rules got then, and the kernel's counts where they
+//! came. Verdicts settle on the events' kernel time, so a replay is deterministic; its final verdicts and
 //! flows are the live run's (the golden tests check that on recordings of every lab scenario).
 
 use std::{
@@ -17,14 +17,17 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
+    conntrack::ConntrackStats,
     firewall::FirewallRule,
     flows::{
         diagnosis::Diagnosis,
-        rule::{RuleLister, SocketLister},
+        rule::{ConntrackReader, RuleLister, SocketLister},
         table::DEFAULT_MAX_FLOWS,
     },
     model::TraceEvent,
-    recording::{Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer},
+    recording::{
+        ConntrackAnswer, Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer,
+    },
     render::{Output, Stats},
     sockets::SocketList,
 };
@@ -33,6 +36,7 @@ use crate::{
 enum Answer {
     Sockets(SocketsAnswer),
     Rules(RulesAnswer),
+    Conntrack(ConntrackAnswer),
 }
 
 /// One record of a recording.
@@ -96,6 +100,7 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
     let mismatches = Rc::new(Mismatches::default());
     let mut diagnosis = Diagnosis::new(socket_answers(&answers, &mismatches))
         .with_rules(rule_answers(&answers, &mismatches))
+        .with_conntrack(conntrack_answers(&answers, &mismatches))
         .with_max_flows(if header.max_flows == 0 {
             DEFAULT_MAX_FLOWS
         } else {
@@ -177,6 +182,7 @@ fn parse(line: &str) -> anyhow::Result<Record> {
         "event" => Record::Event(Box::new(typed(value)?)),
         "sockets" => Record::Answer(Answer::Sockets(typed(value)?)),
         "rules" => Record::Answer(Answer::Rules(typed(value)?)),
+        "conntrack" => Record::Answer(Answer::Conntrack(typed(value)?)),
         "kernel_count" => Record::KernelCount(typed(value)?),
         "stats" => Record::Stats(Box::new(typed(value)?)),
         _ => Record::Output,
@@ -242,6 +248,20 @@ fn rule_answers(
             other => Err(other),
         })?
         .rules
+    })
+}
+
+fn conntrack_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> ConntrackReader {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<ConntrackStats> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::Conntrack(stats) if stats.netns == event.netns => Ok(stats),
+            other => Err(other),
+        })?
+        .stats
     })
 }
 

@@ -35,7 +35,7 @@ use crate::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
-        rule::{RuleLister, SocketLister},
+        rule::{ConntrackReader, RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -363,6 +363,7 @@ impl Tracer {
             .transpose()?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces), recording.clone()))
             .with_rules(rule_lister(Rc::clone(&namespaces), recording.clone()))
+            .with_conntrack(conntrack_reader(Rc::clone(&namespaces), recording.clone()))
             .with_max_flows(max_flows)
             .with_reply_timeout(reply_timeout);
         Ok(Self {
@@ -757,6 +758,21 @@ fn rule_lister(
             recording.borrow_mut().rules(event, rules.as_deref());
         }
         rules
+    })
+}
+
+fn conntrack_reader(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> ConntrackReader {
+    Box::new(move |event| {
+        let stats = namespaces
+            .borrow_mut()
+            .conntrack(event.netns, event.ts_ns, monotonic_ns());
+        if let Some(recording) = &recording {
+            recording.borrow_mut().conntrack(event, stats);
+        }
+        stats
     })
 }
 

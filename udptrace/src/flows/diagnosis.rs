@@ -5,7 +5,10 @@ use std::{collections::VecDeque, time::Duration};
 
 use super::{
     ledger::{Ledger, RuleId},
-    rule::{Context, Environment, HISTORY, KnownReason, Rule, RuleLister, SocketLister},
+    rule::{
+        ConntrackReader, Context, Environment, HISTORY, KnownReason, Rule, RuleLister,
+        SocketLister,
+    },
     rules::{self, DEFAULT_REPLY_TIMEOUT},
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},
     verdict::Verdict,
@@ -30,6 +33,7 @@ impl Diagnosis {
             Environment {
                 sockets,
                 rules: Box::new(|_| None),
+                conntrack: Box::new(|_| None),
             },
         )
     }
@@ -64,6 +68,13 @@ impl Diagnosis {
     #[must_use]
     pub fn with_rules(mut self, rules: RuleLister) -> Self {
         self.env.rules = rules;
+        self
+    }
+
+    /// Reads the conntrack counters behind `conntrack_drop` verdicts.
+    #[must_use]
+    pub fn with_conntrack(mut self, conntrack: ConntrackReader) -> Self {
+        self.env.conntrack = conntrack;
         self
     }
 

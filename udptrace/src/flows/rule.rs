@@ -10,6 +10,7 @@ use super::{
     verdict::{Facts, VerdictCode},
 };
 use crate::{
+    conntrack::ConntrackStats,
     firewall::FirewallRule,
     model::{DropReason, Location, TraceEvent},
     sockets::SocketList,
@@ -25,10 +26,15 @@ pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
 /// Lists the firewall rules of the event's network namespace that drop its destination port.
 pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
 
+/// Reads the connection-tracking counters of the event's network namespace, as they were at
+/// the event or since; `None` when it cannot be entered or has no conntrack.
+pub type ConntrackReader = Box<dyn Fn(&TraceEvent) -> Option<ConntrackStats>>;
+
 /// What rules may ask about the namespace of an event.
 pub struct Environment {
     pub sockets: SocketLister,
     pub rules: RuleLister,
+    pub conntrack: ConntrackReader,
 }
 
 /// Where a qdisc's drops are freed on kernels without drop reasons (`KnownReason::of_drop`).
