@@ -38,7 +38,9 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                     "{name:<28} {description}\n{:<28} expect: {expected}\n",
                     ""
                 ));
-                if let Some(change) = scenarios::find(name).and_then(|s| s.global_change()) {
+                if let Some(change) =
+                    scenarios::find(name).and_then(scenarios::Scenario::global_change)
+                {
                     text.push_str(&format!(
                         "{:<28} global: it {change}; only in a test guest or with \
                          --allow-global-changes\n",

@@ -208,6 +208,11 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// The inode of the test's own network namespace.
+    fn own_namespace() -> u32 {
+        std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32
+    }
+
     #[test]
     fn a_snapshot_answers_for_earlier_events_and_within_its_interval() {
         let snapshot = Some(Snapshot {
@@ -235,7 +240,7 @@ mod tests {
 
     #[test]
     fn lists_each_namespace_once_per_interval_and_releases_idle_ones() {
-        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let netns = own_namespace();
         // Bound before the first listing, whose owner lookup scans /proc.
         let owned = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut namespaces = Namespaces::new(Rc::default());
@@ -289,21 +294,36 @@ mod tests {
                 .arg("nf_conntrack")
                 .status();
         }
-        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let netns = own_namespace();
         let mut namespaces = Namespaces::new(Rc::default());
         let now = monotonic_ns();
         let stats = namespaces
             .conntrack(netns, now, now)
             .expect("the conntrack counters were read");
         assert!(stats.max > 0, "{stats:?}");
-        let first = namespaces.namespaces[&netns].conntrack.as_ref().unwrap().taken;
+        let first = namespaces.namespaces[&netns]
+            .conntrack
+            .as_ref()
+            .unwrap()
+            .taken;
         // An event before the read: answered by it.
         namespaces.conntrack(netns, now - MS, now + MS);
-        assert_eq!(namespaces.namespaces[&netns].conntrack.as_ref().unwrap().taken, first);
+        assert_eq!(
+            namespaces.namespaces[&netns]
+                .conntrack
+                .as_ref()
+                .unwrap()
+                .taken,
+            first
+        );
         // An event after it: read again, whatever the interval.
         namespaces.conntrack(netns, now + MS, now + 2 * MS);
         assert_eq!(
-            namespaces.namespaces[&netns].conntrack.as_ref().unwrap().taken,
+            namespaces.namespaces[&netns]
+                .conntrack
+                .as_ref()
+                .unwrap()
+                .taken,
             now + 2 * MS
         );
     }
@@ -311,7 +331,7 @@ mod tests {
     /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).
     #[test]
     fn reads_a_ruleset_once_per_interval() {
-        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let netns = own_namespace();
         let mut namespaces = Namespaces::new(Rc::default());
         let now = monotonic_ns();
         let first = namespaces

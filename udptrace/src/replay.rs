@@ -270,9 +270,11 @@ mod tests {
     use std::{collections::BTreeSet, path::PathBuf};
 
     use super::*;
-    use crate::{lab::scenarios::SCENARIOS, render::json::JsonOutput};
+    use crate::{lab::scenarios, render::json::JsonOutput};
 
-    /// `cargo xtask recordings` writes one per lab scenario (a real traced run each).
+    /// `cargo xtask recordings` writes one per lab scenario (a real traced run each); those of
+    /// scenarios that change a machine-wide setting (`scenarios::GLOBAL_SCENARIOS`) come from a
+    /// test guest (udptrace/tests/integration/conntrack.rs prints its run's recording).
     fn recordings() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/recordings")
     }
@@ -299,7 +301,7 @@ mod tests {
     #[test]
     fn every_recorded_lab_run_replays_to_its_verdicts_and_flows() {
         let mut codes = BTreeSet::new();
-        for scenario in SCENARIOS {
+        for scenario in scenarios::all() {
             let path = recordings().join(format!("{}.ndjson", scenario.name));
             let recorded =
                 std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));

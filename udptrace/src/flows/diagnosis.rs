@@ -6,8 +6,7 @@ use std::{collections::VecDeque, time::Duration};
 use super::{
     ledger::{Ledger, RuleId},
     rule::{
-        ConntrackReader, Context, Environment, HISTORY, KnownReason, Rule, RuleLister,
-        SocketLister,
+        ConntrackReader, Context, Environment, HISTORY, KnownReason, Rule, RuleLister, SocketLister,
     },
     rules::{self, DEFAULT_REPLY_TIMEOUT},
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},

@@ -457,7 +457,8 @@ pub fn summary(verdict: &Verdict) -> String {
             "sends from {source} in {} fail with EMSGSIZE: the datagram is larger than \
              the path MTU and may not be fragmented (IP_PMTUDISC_DO, or IPv6)",
             namespace_text(namespace)
-        ),        Facts::ConntrackDrop {
+        ),
+        Facts::ConntrackDrop {
             source,
             destination,
             namespace,
@@ -668,7 +669,8 @@ pub fn fix(verdict: &Verdict) -> String {
                  of the narrow link; and let ICMP fragmentation-needed (3/4) and packet-too-big \
                  through every firewall on the path, so that senders learn the path MTU"
             )
-        }        Facts::ConntrackDrop {
+        }
+        Facts::ConntrackDrop {
             cause: ConntrackCause::InsertFailed,
             ..
         } => "send the A and AAAA queries one after the other (`options single-request-reopen` \

@@ -1140,6 +1140,10 @@ fn conntrack_drops_say_it_was_not_a_rule_and_give_the_counters() {
         1,
     ));
     let verdict = &race.ready(u64::MAX, true)[0];
-    assert!(summary(verdict).contains("A and AAAA"), "{}", summary(verdict));
+    assert!(
+        summary(verdict).contains("A and AAAA"),
+        "{}",
+        summary(verdict)
+    );
     assert!(fix(verdict).contains("single-request-reopen"));
 }

@@ -46,7 +46,10 @@ fn a_full_conntrack_table_is_conntrack_drop() {
         assert_eq!(drop["reason"], "NETFILTER_DROP", "{drop}");
         assert_eq!(drop["netns"], lab.server.inode, "{drop}");
         assert!(
-            drop["location"].as_str().unwrap().starts_with("nf_hook_slow+"),
+            drop["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("nf_hook_slow+"),
             "{drop}"
         );
     }

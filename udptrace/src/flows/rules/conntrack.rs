@@ -47,9 +47,9 @@ impl ConntrackDrop {
 
     /// Whether `stats`, read after `event`, show a conntrack drop not matched yet, and why.
     fn cause(&mut self, event: &TraceEvent, stats: &ConntrackStats) -> Option<ConntrackCause> {
-        let matched =
-            self.matched
-                .get_or_insert_with(event.netns, Matched::default, |_, _| {});
+        let matched = self
+            .matched
+            .get_or_insert_with(event.netns, Matched::default, |_, _| {});
         if stats.drop <= matched.drop {
             return None;
         }
