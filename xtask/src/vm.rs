@@ -1120,6 +1120,19 @@ mod tests {
         );
     }
 
+    #[test]
+    fn guests_run_the_guest_only_tests_in_an_ignored_pass() {
+        assert!(INIT.contains("export UDPTRACE_TEST_GUEST=1"));
+        assert!(INIT.contains("--ignored @GUEST_ONLY@"));
+        // Without a filter, the pass runs exactly the guest-only tests; with one, the filter.
+        let all = guest_only_filters(&[]);
+        for (prefix, _) in GUEST_ONLY {
+            assert!(all.contains(prefix), "{all}");
+        }
+        assert_eq!(guest_only_filters(&["conntrack::".into()]), "'conntrack::'");
+        assert!(host_only_note().contains("Guests only"));
+    }
+
     fn result(release: &str) -> KernelResult {
         KernelResult {
             name: "k".into(),
