@@ -301,31 +301,20 @@ mod tests {
             .conntrack(netns, now, now)
             .expect("the conntrack counters were read");
         assert!(stats.max > 0, "{stats:?}");
-        let first = namespaces.namespaces[&netns]
-            .conntrack
-            .as_ref()
-            .unwrap()
-            .taken;
+        let taken = |namespaces: &Namespaces| {
+            namespaces.namespaces[&netns]
+                .conntrack
+                .as_ref()
+                .unwrap()
+                .taken
+        };
+        let first = taken(&namespaces);
         // An event before the read: answered by it.
         namespaces.conntrack(netns, now - MS, now + MS);
-        assert_eq!(
-            namespaces.namespaces[&netns]
-                .conntrack
-                .as_ref()
-                .unwrap()
-                .taken,
-            first
-        );
+        assert_eq!(taken(&namespaces), first);
         // An event after it: read again, whatever the interval.
         namespaces.conntrack(netns, now + MS, now + 2 * MS);
-        assert_eq!(
-            namespaces.namespaces[&netns]
-                .conntrack
-                .as_ref()
-                .unwrap()
-                .taken,
-            now + 2 * MS
-        );
+        assert_eq!(taken(&namespaces), now + 2 * MS);
     }
 
     /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).
