@@ -102,6 +102,11 @@ pub enum LabCommand {
         /// Run the tracer on the scenario and show what it saw.
         #[arg(long)]
         trace: bool,
+        /// Allow a scenario that changes a setting every namespace of this machine shares
+        /// (`conntrack-full` lowers net.netfilter.nf_conntrack_max while it runs); without it
+        /// they run only in the test guests of `cargo xtask vm-test`.
+        #[arg(long)]
+        allow_global_changes: bool,
         #[command(flatten)]
         output: OutputArgs,
     },

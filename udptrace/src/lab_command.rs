@@ -7,6 +7,7 @@ use anyhow::{Context as _, anyhow, bail};
 use crate::{
     cli::{LabCommand, OutputArgs},
     lab::{
+        self,
         docker::{self, DockerHost},
         netns, scenarios,
     },
@@ -19,8 +20,8 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
     match command {
         LabCommand::List => {
             let mut text = String::new();
-            let listed = scenarios::SCENARIOS
-                .iter()
+            let listed = scenarios::all()
+                .into_iter()
                 .map(|s| (s.name, s.description, s.expected))
                 .chain(
                     docker::DOCKER_SCENARIOS
@@ -37,6 +38,15 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
                     "{name:<28} {description}\n{:<28} expect: {expected}\n",
                     ""
                 ));
+                if let Some(change) =
+                    scenarios::find(name).and_then(scenarios::Scenario::global_change)
+                {
+                    text.push_str(&format!(
+                        "{:<28} global: it {change}; only in a test guest or with \
+                         --allow-global-changes\n",
+                        ""
+                    ));
+                }
             }
             if let Some(missing) = DockerHost::missing() {
                 text.push_str(&format!(
@@ -48,8 +58,12 @@ pub async fn run(command: LabCommand, signals: &mut StopSignals) -> anyhow::Resu
         LabCommand::Run {
             name,
             trace,
+            allow_global_changes,
             output,
         } => {
+            if allow_global_changes {
+                lab::allow_global_changes();
+            }
             // Before the first namespace exists: a SIGKILL at any moment leaves nothing behind.
             netns::spawn_guardian()?;
             let lab = if let Some(scenario) = scenarios::find(&name) {

@@ -10,6 +10,7 @@
 //! builds private namespaces and peers that reproduce incidents.
 pub mod cli;
 pub mod clock;
+pub mod conntrack;
 pub mod container_filter;
 pub mod containers;
 pub mod debug_bpf;

@@ -17,7 +17,9 @@ use std::{
 };
 
 use crate::{
+    conntrack::{self, ConntrackStats},
     firewall::ruleset_in,
+    host::in_netns,
     icmp_limits::{self, IcmpLimits},
     procs::Processes,
     sockets::{SockDiag, SocketList},
@@ -62,6 +64,8 @@ struct Namespace {
     ruleset: Option<Snapshot<Option<Rc<str>>>>,
     /// The last read of its ICMP rate limits and counters (`icmp_limits`).
     icmp_limits: Option<Snapshot<Option<IcmpLimits>>>,
+    /// The last conntrack counters read, or the failure to read them (`conntrack`).
+    conntrack: Option<Snapshot<Option<ConntrackStats>>>,
     used: u64,
 }
 
@@ -132,6 +136,28 @@ impl Namespaces {
         limits
     }
 
+    /// The connection-tracking counters of namespace `netns` for a drop at `event`; `None`
+    /// when the namespace cannot be entered or has no conntrack. Read again unless the last
+    /// read came after the event: `conntrack_drop` matches the drops it judges to the growth
+    /// of the `drop` counter, which must already show them (the rule asks only about
+    /// netfilter drops on flows without a verdict, within its allowance).
+    pub fn conntrack(&mut self, netns: u32, event: u64, now: u64) -> Option<ConntrackStats> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(stats) =
+            Snapshot::answer(namespace.conntrack.as_ref(), event, now, Duration::ZERO)
+        {
+            return stats;
+        }
+        let stats = in_netns(&namespace.file, conntrack::read_own_namespace)
+            .ok()
+            .and_then(Result::ok);
+        namespace.conntrack = Some(Snapshot {
+            taken: now,
+            value: stats,
+        });
+        stats
+    }
+
     /// Releases the namespaces nobody asked about for `IDLE`.
     pub fn release_idle(&mut self, now: u64) {
         self.namespaces.retain(|_, namespace| {
@@ -190,6 +216,7 @@ fn namespace<'a>(
                 sockets: None,
                 ruleset: None,
                 icmp_limits: None,
+                conntrack: None,
                 used: now,
             })
         }
@@ -206,6 +233,11 @@ mod tests {
     use crate::clock::monotonic_ns;
 
     const MS: u64 = 1_000_000;
+
+    /// The inode of the test's own network namespace.
+    fn own_namespace() -> u32 {
+        std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32
+    }
 
     #[test]
     fn a_snapshot_answers_for_earlier_events_and_within_its_interval() {
@@ -234,7 +266,7 @@ mod tests {
 
     #[test]
     fn lists_each_namespace_once_per_interval_and_releases_idle_ones() {
-        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let netns = own_namespace();
         // Bound before the first listing, whose owner lookup scans /proc.
         let owned = UdpSocket::bind("127.0.0.1:0").unwrap();
         let mut namespaces = Namespaces::new(Rc::default());
@@ -278,10 +310,43 @@ mod tests {
         assert!(namespaces.sockets(1, after, after).is_none());
     }
 
+    /// Root, with nf_conntrack loaded (the lab's conntrack scenarios and nftables `ct` rules
+    /// load it): the counters of udptrace's own namespace, read again for a later event.
+    #[test]
+    fn reads_conntrack_counters_that_show_the_event() {
+        if !std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_max").exists() {
+            // The module: loaded by any `ct` expression, e.g. the lab's conntrack-fits.
+            let _ = std::process::Command::new("modprobe")
+                .arg("nf_conntrack")
+                .status();
+        }
+        let netns = own_namespace();
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let stats = namespaces
+            .conntrack(netns, now, now)
+            .expect("the conntrack counters were read");
+        assert!(stats.max > 0, "{stats:?}");
+        let taken = |namespaces: &Namespaces| {
+            namespaces.namespaces[&netns]
+                .conntrack
+                .as_ref()
+                .unwrap()
+                .taken
+        };
+        let first = taken(&namespaces);
+        // An event before the read: answered by it.
+        namespaces.conntrack(netns, now - MS, now + MS);
+        assert_eq!(taken(&namespaces), first);
+        // An event after it: read again, whatever the interval.
+        namespaces.conntrack(netns, now + MS, now + 2 * MS);
+        assert_eq!(taken(&namespaces), now + 2 * MS);
+    }
+
     /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).
     #[test]
     fn reads_a_ruleset_once_per_interval() {
-        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let netns = own_namespace();
         let mut namespaces = Namespaces::new(Rc::default());
         let now = monotonic_ns();
         let first = namespaces

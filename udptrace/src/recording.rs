@@ -1,6 +1,7 @@
 //! Recordings (`-o FILE`): the run's NDJSON records, as `--json` writes them, interleaved with
 //! everything else the diagnosis consumed, in the order it consumed it: the socket lists,
-//! firewall rules and ICMP limits the rules asked for while judging an event (written right after that event)
+//! firewall rules, ICMP limits and conntrack counters the rules asked for while judging an
+//! event (written right after that event)
 //! and the kernel's per-flow counts (written when they were added). `udptrace replay FILE`
 //! (`replay.rs`) feeds the same inputs to the same rules and gets the same flows and verdicts,
 //! with no kernel and no host. The record types are documented in docs/json-schema.md.
@@ -17,6 +18,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    conntrack::ConntrackStats,
     firewall::FirewallRule,
     flows::{
         DEFAULT_REPLY_TIMEOUT,
@@ -69,6 +71,13 @@ pub struct RulesAnswer {
 pub struct IcmpLimitsAnswer {
     pub netns: u32,
     pub limits: Option<IcmpLimits>,
+}
+
+/// The conntrack counters a rule read about an event (`None`: none could be read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackAnswer {
+    pub netns: u32,
+    pub stats: Option<ConntrackStats>,
 }
 
 /// What a kernel count adds to (`flows::table::Tally`).
@@ -192,6 +201,17 @@ impl Recording {
             &IcmpLimitsAnswer {
                 netns: event.netns,
                 limits: answer.cloned(),
+            },
+        );
+    }
+
+    /// The conntrack counters the rules got about `event`.
+    pub fn conntrack(&mut self, event: &TraceEvent, answer: Option<ConntrackStats>) {
+        self.context(
+            "conntrack",
+            &ConntrackAnswer {
+                netns: event.netns,
+                stats: answer,
             },
         );
     }

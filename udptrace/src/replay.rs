@@ -1,7 +1,8 @@
 //! `udptrace replay FILE`: a recording (`-o FILE`, `recording.rs`) through the same rules and
 //! outputs as a live run, with no kernel: the events in their recorded order, the socket lists,
-//! firewall rules and ICMP limits the rules got then, and the kernel's counts where they came. Verdicts
-//! settle on the events' kernel time, so a replay is deterministic; its final verdicts and
+//! firewall rules, ICMP limits and conntrack counters the rules got then, and the kernel's counts
+//! where they came. Verdicts settle on the events' kernel time, so a replay is deterministic; its
+//! final verdicts and
 //! flows are the live run's (the golden tests check that on recordings of every lab scenario).
 
 use std::{
@@ -17,16 +18,18 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
+    conntrack::ConntrackStats,
     firewall::FirewallRule,
     flows::{
         diagnosis::Diagnosis,
-        rule::{IcmpLimitsReader, RuleLister, SocketLister},
+        rule::{ConntrackReader, IcmpLimitsReader, RuleLister, SocketLister},
         table::DEFAULT_MAX_FLOWS,
     },
     icmp_limits::IcmpLimits,
     model::TraceEvent,
     recording::{
-        Header, IcmpLimitsAnswer, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer,
+        ConntrackAnswer, Header, IcmpLimitsAnswer, KernelCount, RECORDING_VERSION, RulesAnswer,
+        SocketsAnswer,
     },
     render::{Output, Stats},
     sockets::SocketList,
@@ -38,6 +41,7 @@ enum Answer {
     Rules(RulesAnswer),
     /// Boxed: the largest answer, and the rarest.
     IcmpLimits(Box<IcmpLimitsAnswer>),
+    Conntrack(ConntrackAnswer),
 }
 
 /// One record of a recording.
@@ -102,6 +106,7 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
     let mut diagnosis = Diagnosis::new(socket_answers(&answers, &mismatches))
         .with_rules(rule_answers(&answers, &mismatches))
         .with_icmp_limits(icmp_limits_answers(&answers, &mismatches))
+        .with_conntrack(conntrack_answers(&answers, &mismatches))
         .with_max_flows(if header.max_flows == 0 {
             DEFAULT_MAX_FLOWS
         } else {
@@ -184,6 +189,7 @@ fn parse(line: &str) -> anyhow::Result<Record> {
         "sockets" => Record::Answer(Answer::Sockets(typed(value)?)),
         "rules" => Record::Answer(Answer::Rules(typed(value)?)),
         "icmp_limits" => Record::Answer(Answer::IcmpLimits(typed(value)?)),
+        "conntrack" => Record::Answer(Answer::Conntrack(typed(value)?)),
         "kernel_count" => Record::KernelCount(typed(value)?),
         "stats" => Record::Stats(Box::new(typed(value)?)),
         _ => Record::Output,
@@ -266,14 +272,30 @@ fn icmp_limits_answers(
     })
 }
 
+fn conntrack_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> ConntrackReader {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<ConntrackStats> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::Conntrack(stats) if stats.netns == event.netns => Ok(stats),
+            other => Err(other),
+        })?
+        .stats
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::{collections::BTreeSet, path::PathBuf};
 
     use super::*;
-    use crate::{lab::scenarios::SCENARIOS, render::json::JsonOutput};
+    use crate::{lab::scenarios, render::json::JsonOutput};
 
-    /// `cargo xtask recordings` writes one per lab scenario (a real traced run each).
+    /// `cargo xtask recordings` writes one per lab scenario (a real traced run each); those of
+    /// scenarios that change a machine-wide setting (`scenarios::GLOBAL_SCENARIOS`) come from a
+    /// test guest (udptrace/tests/integration/conntrack.rs prints its run's recording).
     fn recordings() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/recordings")
     }
@@ -300,7 +322,7 @@ mod tests {
     #[test]
     fn every_recorded_lab_run_replays_to_its_verdicts_and_flows() {
         let mut codes = BTreeSet::new();
-        for scenario in SCENARIOS {
+        for scenario in scenarios::all() {
             let path = recordings().join(format!("{}.ndjson", scenario.name));
             let recorded =
                 std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));

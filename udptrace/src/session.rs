@@ -35,7 +35,7 @@ use crate::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
-        rule::{IcmpLimitsReader, RuleLister, SocketLister},
+        rule::{ConntrackReader, IcmpLimitsReader, RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -367,6 +367,7 @@ impl Tracer {
                 Rc::clone(&namespaces),
                 recording.clone(),
             ))
+            .with_conntrack(conntrack_reader(Rc::clone(&namespaces), recording.clone()))
             .with_max_flows(max_flows)
             .with_reply_timeout(reply_timeout);
         Ok(Self {
@@ -778,6 +779,22 @@ fn icmp_limits_reader(
             recording.borrow_mut().icmp_limits(event, limits.as_ref());
         }
         limits
+    })
+}
+
+/// Reads the conntrack counters of an event's namespace, for conntrack_drop verdicts.
+fn conntrack_reader(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> ConntrackReader {
+    Box::new(move |event| {
+        let stats = namespaces
+            .borrow_mut()
+            .conntrack(event.netns, event.ts_ns, monotonic_ns());
+        if let Some(recording) = &recording {
+            recording.borrow_mut().conntrack(event, stats);
+        }
+        stats
     })
 }
 

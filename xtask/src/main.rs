@@ -329,12 +329,20 @@ fn recordings(root: &Path) -> anyhow::Result<()> {
     build_release(root)?;
     let binary = target_dir(root).join("release").join("udptrace");
     let list = process::output(Command::new(&binary).args(["lab", "list"]))?;
-    // `lab list`: a scenario's name starts each unindented line.
-    let names: Vec<&str> = list
-        .lines()
-        .filter(|line| !line.starts_with(' '))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
+    // `lab list`: a scenario's name starts each unindented line; an indented `global:` line
+    // under it marks a scenario that changes a machine-wide setting, which runs (and is
+    // recorded) only in a test guest: `cargo xtask vm-test --kernel K -- conntrack:: --nocapture`
+    // prints its recording (udptrace/tests/integration/conntrack.rs).
+    let mut names: Vec<&str> = Vec::new();
+    for line in list.lines() {
+        if !line.starts_with(' ') {
+            names.extend(line.split_whitespace().next());
+        } else if line.trim_start().starts_with("global:")
+            && let Some(name) = names.pop()
+        {
+            println!("recordings: {name} changes a machine-wide setting: recorded in a test guest");
+        }
+    }
     let directory = root.join(RECORDINGS);
     std::fs::create_dir_all(&directory)?;
     for name in names {

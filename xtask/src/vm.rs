@@ -341,7 +341,8 @@ fn common_archive(
         INIT.replace("@UDPTRACE@", &udptrace_at.display().to_string())
             .replace("@TESTS@", &tests.display().to_string())
             .replace("@SKIP@", &host_only_skips())
-            .replace("@ARGS@", &shell_words(test_args)),
+            .replace("@ARGS@", &shell_words(test_args))
+            .replace("@GUEST_ONLY@", &guest_only_filters(test_args)),
     )?;
     fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     cpio(&root, &work.join("common.cpio"))
@@ -504,11 +505,46 @@ const HOST_ONLY: &[(&str, &str)] = &[
     ),
 ];
 
-/// What the matrix leaves to the host, for docs/kernel-matrix.md.
+/// Integration tests that run in the guests only, with why: they change a setting the whole
+/// machine shares, which a test must never do to the host (a developer's machine, a CI
+/// runner). Each is `#[ignore = "..."]`d, so that `cargo test` on the host lists it as
+/// ignored with its reason (never a silent pass), also under CI=true, and the guests run it
+/// in a second pass with `--ignored` (only these prefixes, or the test filter given to
+/// vm-test): every guest of `cargo xtask vm-test` runs them. `#[ignore]` in the integration
+/// tests is for these alone.
+const GUEST_ONLY: &[(&str, &str)] = &[(
+    "conntrack::a_full_conntrack_table_is_conntrack_drop",
+    "lab conntrack-full lowers net.netfilter.nf_conntrack_max, one limit for every namespace \
+     of the machine (read-only in child namespaces): a full table cannot be made in a \
+     namespace alone. Its healthy control (conntrack::a_conntrack_table_with_room_drops_nothing) \
+     runs on the host too",
+)];
+
+/// The filters of the guests' `--ignored` pass: vm-test's own, else [`GUEST_ONLY`].
+fn guest_only_filters(test_args: &[String]) -> String {
+    if test_args.is_empty() {
+        let prefixes: Vec<String> = GUEST_ONLY
+            .iter()
+            .map(|(prefix, _)| (*prefix).to_owned())
+            .collect();
+        shell_words(&prefixes)
+    } else {
+        shell_words(test_args)
+    }
+}
+
+/// What the matrix leaves to the host, and what only the guests run, for
+/// docs/kernel-matrix.md.
 fn host_only_note() -> String {
     let mut note = String::new();
     for (prefix, why) in HOST_ONLY {
         let _ = writeln!(note, "Host only, not in the guests: `{prefix}` ({why}).");
+    }
+    for (prefix, why) in GUEST_ONLY {
+        let _ = writeln!(
+            note,
+            "Guests only, listed as ignored on the host: `{prefix}` ({why})."
+        );
     }
     note
 }
@@ -593,6 +629,9 @@ fn print_failures(log: &Path, kernel: &str) {
 const INIT: &str = r#"#!/opt/busybox/busybox sh
 /opt/busybox/busybox --install -s /opt/busybox
 export PATH=/usr/sbin:/usr/bin:/opt/busybox HOME=/root CI=true RUST_BACKTRACE=1
+# This kernel is private to the tests: the lab may change machine-wide settings
+# (udptrace::lab::TEST_GUEST_ENV).
+export UDPTRACE_TEST_GUEST=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -611,7 +650,10 @@ ip link set lo up
 cd /tmp
 echo "@@udptrace-doctor@@$(@UDPTRACE@ doctor --json)"
 @TESTS@ --test-threads=1 @SKIP@ @ARGS@ 2>&1
-echo "@@udptrace-tests-exit=$?@@"
+status=$?
+# The guest-only tests (GUEST_ONLY: #[ignore]d, so that the host lists them as ignored).
+@TESTS@ --test-threads=1 --ignored @GUEST_ONLY@ 2>&1 || status=$?
+echo "@@udptrace-tests-exit=$status@@"
 poweroff -f
 "#;
 
@@ -1080,6 +1122,19 @@ mod tests {
             version_key("linux-binary-7.3.4+deb13-cloud-amd64")
                 > version_key("linux-binary-7.2.12+deb13-cloud-amd64")
         );
+    }
+
+    #[test]
+    fn guests_run_the_guest_only_tests_in_an_ignored_pass() {
+        assert!(INIT.contains("export UDPTRACE_TEST_GUEST=1"));
+        assert!(INIT.contains("--ignored @GUEST_ONLY@"));
+        // Without a filter, the pass runs exactly the guest-only tests; with one, the filter.
+        let all = guest_only_filters(&[]);
+        for (prefix, _) in GUEST_ONLY {
+            assert!(all.contains(prefix), "{all}");
+        }
+        assert_eq!(guest_only_filters(&["conntrack::".into()]), "'conntrack::'");
+        assert!(host_only_note().contains("Guests only"));
     }
 
     fn result(release: &str) -> KernelResult {

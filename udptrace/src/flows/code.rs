@@ -20,6 +20,7 @@ pub enum VerdictCode {
     NoRoute,
     TxDrop,
     FragmentLoss,
+    ConntrackDrop,
 }
 
 impl VerdictCode {
@@ -40,6 +41,7 @@ impl VerdictCode {
             Self::NoRoute => "no_route",
             Self::TxDrop => "tx_drop",
             Self::FragmentLoss => "fragment_loss",
+            Self::ConntrackDrop => "conntrack_drop",
         }
     }
 }

@@ -6,8 +6,8 @@ use std::{collections::VecDeque, time::Duration};
 use super::{
     ledger::{Ledger, RuleId},
     rule::{
-        Context, Environment, HISTORY, IcmpLimitsReader, KnownReason, Rule, RuleLister,
-        SocketLister,
+        ConntrackReader, Context, Environment, HISTORY, IcmpLimitsReader, KnownReason, Rule,
+        RuleLister, SocketLister,
     },
     rules::{self, DEFAULT_REPLY_TIMEOUT},
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},
@@ -34,6 +34,7 @@ impl Diagnosis {
                 sockets,
                 rules: Box::new(|_| None),
                 icmp_limits: Box::new(|_| None),
+                conntrack: Box::new(|_| None),
             },
         )
     }
@@ -75,6 +76,13 @@ impl Diagnosis {
     #[must_use]
     pub fn with_icmp_limits(mut self, icmp_limits: IcmpLimitsReader) -> Self {
         self.env.icmp_limits = icmp_limits;
+        self
+    }
+
+    /// Reads the conntrack counters behind `conntrack_drop` verdicts.
+    #[must_use]
+    pub fn with_conntrack(mut self, conntrack: ConntrackReader) -> Self {
+        self.env.conntrack = conntrack;
         self
     }
 

@@ -146,6 +146,17 @@ impl Ledger {
         room
     }
 
+    /// Whether a verdict of `code` is open on `key` (nothing is counted).
+    pub fn is_open(&self, key: FlowKey, code: VerdictCode) -> bool {
+        self.index.contains_key(&(key, code))
+    }
+
+    /// Whether the event being observed already counted on a verdict (a rule earlier in
+    /// `rules::registered` took it).
+    pub fn counted(&self) -> bool {
+        self.counted.is_some()
+    }
+
     /// Counts another occurrence on the open verdict of `code` on `key`; `false` when none is
     /// open.
     pub fn bump(&mut self, key: FlowKey, code: VerdictCode, event: &TraceEvent) -> bool {

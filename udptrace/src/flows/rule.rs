@@ -10,6 +10,7 @@ use super::{
     verdict::{Facts, VerdictCode},
 };
 use crate::{
+    conntrack::ConntrackStats,
     firewall::FirewallRule,
     icmp_limits::IcmpLimits,
     model::{DropReason, Location, TraceEvent},
@@ -29,12 +30,16 @@ pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
 /// Reads the ICMP rate limits and counters of the event's network namespace; `None` when it
 /// cannot be entered.
 pub type IcmpLimitsReader = Box<dyn Fn(&TraceEvent) -> Option<IcmpLimits>>;
+/// Reads the connection-tracking counters of the event's network namespace, as they were at
+/// the event or since; `None` when it cannot be entered or has no conntrack.
+pub type ConntrackReader = Box<dyn Fn(&TraceEvent) -> Option<ConntrackStats>>;
 
 /// What rules may ask about the namespace of an event.
 pub struct Environment {
     pub sockets: SocketLister,
     pub rules: RuleLister,
     pub icmp_limits: IcmpLimitsReader,
+    pub conntrack: ConntrackReader,
 }
 
 /// Where a qdisc's drops are freed on kernels without drop reasons (`KnownReason::of_drop`).

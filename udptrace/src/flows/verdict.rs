@@ -10,6 +10,7 @@ use udptrace_common::event::Mechanism;
 pub use super::code::VerdictCode;
 use super::table::FlowKey;
 use crate::{
+    conntrack::ConntrackStats,
     containers::Container,
     firewall::FirewallRule,
     icmp_limits::IcmpLimits,
@@ -250,6 +251,16 @@ pub enum Facts {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         rules: Vec<FirewallRule>,
     },
+    ConntrackDrop {
+        source: SocketAddr,
+        destination: SocketAddr,
+        /// Where conntrack dropped it.
+        namespace: Namespace,
+        location: Location,
+        cause: ConntrackCause,
+        /// The namespace's counters read just after the drop.
+        stats: ConntrackStats,
+    },
     PathMtu {
         /// The datagram too big for the path (for an EMSGSIZE seen alone: the sending socket).
         source: SocketAddr,
@@ -308,6 +319,21 @@ pub enum FragmentCause {
     Firewall,
     /// The receiver gave up waiting for the missing fragments (`FRAG_REASM_TIMEOUT`).
     ReassemblyTimeout,
+}
+
+/// Why conntrack dropped a datagram, from the namespace's counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConntrackCause {
+    /// The table held `nf_conntrack_max` entries and none could be evicted
+    /// (`__nf_conntrack_alloc`: "nf_conntrack: table full, dropping packet").
+    TableFull,
+    /// Its new entry clashed with one inserted meanwhile by another CPU (two datagrams of one
+    /// new flow at once: a resolver's A and AAAA queries from one socket) and the clash could
+    /// not be resolved (`__nf_conntrack_confirm`, `nf_ct_resolve_clash`): `insert_failed` grew.
+    InsertFailed,
+    /// Conntrack dropped it (its `drop` counter grew) for neither reason above.
+    Other,
 }
 
 /// A diagnosis of one flow (or of one socket, for every sender: `key.a == key.b`).

@@ -20,8 +20,33 @@ pub mod peers;
 pub mod scenarios;
 pub mod storm;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 pub use netns::{Netns, cleanup_all, cleanup_stale};
 pub use scenarios::{Lab, Outcome, Scenario};
+
+/// Set in the QEMU guests of `cargo xtask vm-test` (their /init exports it): a private kernel
+/// that boots for the tests and powers off after them.
+pub const TEST_GUEST_ENV: &str = "UDPTRACE_TEST_GUEST";
+
+/// `lab run --allow-global-changes` was given.
+static GLOBAL_CHANGES_ALLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process runs in a `cargo xtask vm-test` guest.
+pub fn in_test_guest() -> bool {
+    std::env::var(TEST_GUEST_ENV).is_ok_and(|value| value == "1")
+}
+
+/// The user allowed scenarios that change machine-wide settings (`--allow-global-changes`).
+pub fn allow_global_changes() {
+    GLOBAL_CHANGES_ALLOWED.store(true, Ordering::Relaxed);
+}
+
+/// Whether a scenario may change a setting every namespace of the machine shares
+/// (`Scenario::global_change`): in a test guest, or when the user said so.
+pub fn global_changes_allowed() -> bool {
+    in_test_guest() || GLOBAL_CHANGES_ALLOWED.load(Ordering::Relaxed)
+}
 
 /// Whether a test that needs root may run: true as root; false (the test returns early, with
 /// a note) when not root, unless `CI` is set, where a skipped network test would hide a broken

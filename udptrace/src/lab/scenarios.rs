@@ -6,7 +6,7 @@
 //! the source the replies really came from). Every scenario uses its own server port so that
 //! several can be traced at once.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -57,6 +57,42 @@ pub struct Lab {
     /// Role of the namespace where the server's replies come back to: the client's, or the
     /// NAT namespace in front of it.
     pub reply_netns: &'static str,
+    /// A machine-wide setting the scenario changed (`Scenario::global_change`), restored when
+    /// the lab is dropped.
+    pub global: Option<GlobalSetting>,
+}
+
+/// A sysctl that every network namespace shares, set for a scenario and restored on drop
+/// (also when a test panics).
+pub struct GlobalSetting {
+    path: PathBuf,
+    previous: String,
+}
+
+impl GlobalSetting {
+    /// Writes `value` to the sysctl `key` of the initial namespace (where the lab runs; such
+    /// sysctls are read-only elsewhere), keeping the value it had.
+    fn set(key: &str, value: &str) -> anyhow::Result<Self> {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        let previous = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {key}"))?
+            .trim()
+            .to_owned();
+        std::fs::write(&path, value).with_context(|| format!("`sysctl -w {key}={value}`"))?;
+        Ok(Self { path, previous })
+    }
+}
+
+impl Drop for GlobalSetting {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::write(&self.path, &self.previous) {
+            eprintln!(
+                "lab: could not restore {} to {}: {error}",
+                self.path.display(),
+                self.previous
+            );
+        }
+    }
 }
 
 impl Lab {
@@ -270,7 +306,21 @@ enum Traffic {
     /// Requests answered with `PATH_MTU_ANSWER` bytes and DF set (IP_PMTUDISC_DO) across a
     /// router whose link to the client has an MTU of `NARROW_MTU`.
     PathMtu,
+    /// The server's namespace tracks connections (an nftables `ct state` rule);
+    /// `CONNTRACK_ENTRIES` echo conversations fill its table with entries that cannot be
+    /// evicted, then a new client sends two datagrams. With `full`, the machine's
+    /// `nf_conntrack_max` is lowered to `CONNTRACK_ENTRIES` first, so that the new flow finds
+    /// the table full.
+    Conntrack { full: bool },
 }
+
+/// Conversations that fill the conntrack table (and, in `conntrack-full`, its limit).
+pub const CONNTRACK_ENTRIES: usize = 4;
+/// How long a filling conversation waits before its second request: UDP entries become
+/// ASSURED, which `early_drop` (net/netfilter/nf_conntrack_core.c) never evicts for a new
+/// entry, only once they have seen a reply and, since 5.16, are still active 2 s after their
+/// creation (`nf_conntrack_udp_packet`, net/netfilter/nf_conntrack_proto_udp.c, `stream_ts`).
+const CONNTRACK_ASSURE: Duration = Duration::from_millis(2_200);
 
 /// The path-MTU scenario's answer: fits the server's 1500-byte link, not the client's.
 pub const PATH_MTU_ANSWER: usize = 1_400;
@@ -687,15 +737,45 @@ pub const SCENARIOS: &[Scenario] = &[
         bind_specific: true,
         traffic: Traffic::PathMtu,
     },
+    Scenario {
+        name: "conntrack-fits",
+        description: "healthy control: a server on 192.0.2.2:5072 in a namespace that tracks connections (nftables ct state) answers 4 conversations that stay in the table, then a new client",
+        diagnosis: "no verdict: the table has room, conntrack drops nothing (its drop counter stays 0)",
+        expected: &[],
+        topology: Topology::TwoHosts,
+        ipv6: false,
+        port: 5072,
+        bind_specific: true,
+        traffic: Traffic::Conntrack { full: false },
+    },
 ];
+
+/// Scenarios that change a setting every namespace of the machine shares
+/// (`Scenario::global_change`): `lab run` refuses them outside a `cargo xtask vm-test`
+/// guest unless given `--allow-global-changes`, and the host's sweeps over `SCENARIOS` leave
+/// them out.
+pub const GLOBAL_SCENARIOS: &[Scenario] = &[Scenario {
+    name: "conntrack-full",
+    description: "the conntrack table of a server namespace (192.0.2.2:5071, nftables ct state) is full: nf_conntrack_max, one limit for the whole machine, is lowered to 4 and 4 answered conversations hold it; a new client sends twice",
+    diagnosis: "NETFILTER_DROP at nf_hook_slow in the server namespace, not by a rule: conntrack could not add the new flow (table full, nothing evictable), its drop counter grew; conntrack_drop with count 4 of max 4; fix: raise nf_conntrack_max, shorten the UDP timeouts or notrack the traffic",
+    expected: &["conntrack_drop"],
+    topology: Topology::TwoHosts,
+    ipv6: false,
+    port: 5071,
+    bind_specific: true,
+    traffic: Traffic::Conntrack { full: true },
+}];
 
 /// Every scenario, in `udptrace lab list` order.
 pub fn all() -> Vec<&'static Scenario> {
-    SCENARIOS.iter().collect()
+    SCENARIOS.iter().chain(GLOBAL_SCENARIOS).collect()
 }
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
-    SCENARIOS.iter().find(|scenario| scenario.name == name)
+    SCENARIOS
+        .iter()
+        .chain(GLOBAL_SCENARIOS)
+        .find(|scenario| scenario.name == name)
 }
 
 /// The client's neighbour resolution for `Traffic::Unresolved`: one probe (ARP request or
@@ -710,6 +790,33 @@ fn shorten_neighbour_resolution(client: &Netns, ipv6: bool) -> anyhow::Result<()
         ("unres_qlen_bytes", "1"),
     ] {
         client.sysctl(&format!("net.{family}.neigh.eth0.{key}"), value)?;
+    }
+    Ok(())
+}
+
+/// `CONNTRACK_ENTRIES` conversations from `bind` to `target`: a request and its echo, and
+/// after `CONNTRACK_ASSURE` another, which makes their entries ASSURED (never evicted for a
+/// new one). Fails unless every request is answered: the table must hold them all.
+fn fill_conntrack(bind: SocketAddr, target: SocketAddr) -> anyhow::Result<()> {
+    let sockets = (0..CONNTRACK_ENTRIES)
+        .map(|_| {
+            let socket = std::net::UdpSocket::bind(bind)?;
+            socket.connect(target)?;
+            socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+            Ok(socket)
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut buffer = [0u8; 64];
+    for round in 0..2 {
+        if round > 0 {
+            std::thread::sleep(CONNTRACK_ASSURE);
+        }
+        for socket in &sockets {
+            socket.send(b"udptrace lab conntrack fill")?;
+            socket
+                .recv(&mut buffer)
+                .with_context(|| format!("no echo from {target} (round {round})"))?;
+        }
     }
     Ok(())
 }
@@ -756,9 +863,31 @@ impl Scenario {
         self.ipv6
     }
 
+    /// The machine-wide setting the scenario changes (for the time its lab lives), if any.
+    pub fn global_change(&self) -> Option<String> {
+        matches!(self.traffic, Traffic::Conntrack { full: true }).then(|| {
+            format!(
+                "lowers net.netfilter.nf_conntrack_max, the limit of every network namespace's \
+                 conntrack table on this machine (read-only in other namespaces), to \
+                 {CONNTRACK_ENTRIES} while it runs"
+            )
+        })
+    }
+
     /// Builds the topology. Namespaces are deleted when the `Lab` is dropped, and by
     /// `netns::cleanup_all` on Ctrl-C; leftovers of dead processes are removed first.
     pub fn setup(&self) -> anyhow::Result<Lab> {
+        if let Some(change) = self.global_change()
+            && !super::global_changes_allowed()
+        {
+            anyhow::bail!(
+                "lab {} {change}: it runs in the test guests of `cargo xtask vm-test`; on this \
+                 machine only with `udptrace lab run {} --allow-global-changes` (restored \
+                 afterwards, but every container and service here shares that limit meanwhile)",
+                self.name,
+                self.name
+            );
+        }
         let _ = super::netns::cleanup_stale();
         let built = match self.topology {
             Topology::TwoHosts => self.two_hosts(),
@@ -781,6 +910,22 @@ impl Scenario {
                 "table inet udptrace_lab {{\n chain input {{\n  type filter hook input priority 0;\n  udp dport {} drop\n }}\n}}\n",
                 self.port
             ))?;
+        }
+        let mut global = None;
+        if let Traffic::Conntrack { full } = self.traffic {
+            // A `ct` expression makes the namespace track connections (nf_ct_netns_get);
+            // `ip`, not `inet`: IPv6 neighbour discovery would take entries too.
+            built.server.nft(&format!(
+                "table ip udptrace_lab {{\n chain input {{\n  type filter hook input priority 0;\n  \
+                 ct state established,related accept\n  udp dport {} ct state new accept\n }}\n}}\n",
+                self.port
+            ))?;
+            if full {
+                global = Some(GlobalSetting::set(
+                    "net.netfilter.nf_conntrack_max",
+                    &CONNTRACK_ENTRIES.to_string(),
+                )?);
+            }
         }
         if let Traffic::Fragmented(drop) = self.traffic {
             // IPv4: offset bits (and MF); IPv6: its fragment header (RFC 8200 §4.5).
@@ -817,6 +962,7 @@ impl Scenario {
             middle: built.middle,
             proxy: built.proxy,
             reply_netns: built.reply_netns,
+            global,
         })
     }
 
@@ -1194,6 +1340,17 @@ impl Scenario {
                 server_report = Some(server.stop()?);
                 report
             }
+            Traffic::Conntrack { .. } => {
+                let server = Server::start(&lab.server, lab.bind, ServerMode::Echo, PEER_LIFETIME)?;
+                let (bind, target) = (lab.client_bind, lab.target);
+                lab.client
+                    .enter(move || fill_conntrack(bind, target))
+                    .context("filling the conntrack table")?;
+                let report = run_client(&lab.client, &client(2, 50, 300))?;
+                std::thread::sleep(SETTLE);
+                server_report = Some(server.stop()?);
+                report
+            }
             Traffic::Overflow => {
                 let server = Server::start(
                     &lab.server,
@@ -1374,8 +1531,8 @@ mod tests {
     fn scenarios_are_unique_and_described() {
         let names: BTreeSet<_> = all().iter().map(|s| s.name()).collect();
         let ports: BTreeSet<_> = all().iter().map(|s| s.port()).collect();
-        assert_eq!(names.len(), SCENARIOS.len());
-        assert_eq!(ports.len(), SCENARIOS.len());
+        assert_eq!(names.len(), all().len());
+        assert_eq!(ports.len(), all().len());
         for scenario in all() {
             assert!(scenario.description().contains("Correct diagnosis: "));
             assert!(find(scenario.name()).is_some());

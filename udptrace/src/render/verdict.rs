@@ -14,7 +14,8 @@ use crate::{
     flows::{
         ledger::MAX_EVIDENCE,
         verdict::{
-            Facts, FragmentCause, IcmpCounted, Namespace, PortUnreachables, RouteFound, Verdict,
+            ConntrackCause, Facts, FragmentCause, IcmpCounted, Namespace, PortUnreachables,
+            RouteFound, Verdict,
         },
     },
     icmp_limits::{IcmpLimits, XRLIM_BURST_FACTOR},
@@ -468,6 +469,41 @@ pub fn summary(verdict: &Verdict) -> String {
              the path MTU and may not be fragmented (IP_PMTUDISC_DO, or IPv6)",
             namespace_text(namespace)
         ),
+        Facts::ConntrackDrop {
+            source,
+            destination,
+            namespace,
+            location,
+            cause,
+            stats,
+        } => {
+            let why = match cause {
+                ConntrackCause::TableFull => format!(
+                    "its table is full ({} of nf_conntrack_max {} entries, nothing to evict)",
+                    stats.count, stats.max
+                ),
+                ConntrackCause::InsertFailed => format!(
+                    "its new entry clashed with one another CPU inserted at the same time (two \
+                     datagrams of a new flow at once, like a resolver's A and AAAA queries from \
+                     one socket; insert_failed {})",
+                    stats.insert_failed
+                ),
+                ConntrackCause::Other => format!(
+                    "it could not track the flow ({} of nf_conntrack_max {} entries)",
+                    stats.count, stats.max
+                ),
+            };
+            format!(
+                "connection tracking, not a rule, drops {source} > {destination} in {} \
+                 (dropped at {}): {why}; the namespace's conntrack drop counter is {}, \
+                 insert_failed {}, early_drop {}",
+                namespace_text(namespace),
+                location_text(location),
+                stats.drop,
+                stats.insert_failed,
+                stats.early_drop
+            )
+        }
     }
 }
 
@@ -652,6 +688,24 @@ pub fn fix(verdict: &Verdict) -> String {
                  through every firewall on the path, so that senders learn the path MTU"
             )
         }
+        Facts::ConntrackDrop {
+            cause: ConntrackCause::InsertFailed,
+            ..
+        } => "send the A and AAAA queries one after the other (`options single-request-reopen` \
+              in /etc/resolv.conf), or run a kernel whose conntrack resolves such clashes \
+              (`nf_ct_resolve_clash`: identical entries since Linux 4.6, NATed UDP since 5.6); \
+              or exempt the traffic \
+              from tracking (`notrack` for udp dport 53 in a raw-priority chain)"
+            .into(),
+        Facts::ConntrackDrop { destination, .. } => format!(
+            "raise net.netfilter.nf_conntrack_max (and the hash size, \
+             /sys/module/nf_conntrack/parameters/hashsize), shorten \
+             net.netfilter.nf_conntrack_udp_timeout and nf_conntrack_udp_timeout_stream, or \
+             exempt high-volume UDP such as DNS from tracking (`udp dport {} notrack` in an \
+             nftables chain of priority raw); `conntrack -C` and `conntrack -S` in that \
+             namespace show the count and the drops",
+            destination.port()
+        ),
     }
 }
 

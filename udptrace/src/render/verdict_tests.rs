@@ -1090,3 +1090,51 @@ fn evidence_stops_at_its_maximum() {
     );
     assert!(lines[4].contains("NETFILTER_DROP"), "{lines:#?}");
 }
+
+#[test]
+fn conntrack_drops_say_it_was_not_a_rule_and_give_the_counters() {
+    let stats = crate::conntrack::ConntrackStats {
+        count: 4,
+        max: 4,
+        drop: 2,
+        insert_failed: 0,
+        early_drop: 0,
+    };
+    let mut full = Diagnosis::new(no_sockets()).with_conntrack(Box::new(move |_| Some(stats)));
+    full.observe(&event(
+        drop("NETFILTER_DROP"),
+        "192.0.2.1:40000",
+        "192.0.2.2:5071",
+        1,
+    ));
+    let verdict = &full.ready(u64::MAX, true)[0];
+    assert_eq!(
+        summary(verdict),
+        "connection tracking, not a rule, drops 192.0.2.1:40000 > 192.0.2.2:5071 in namespace \
+         host (dropped at __udp4_lib_rcv+0x2cd): its table is full (4 of \
+         nf_conntrack_max 4 entries, nothing to evict); the namespace's conntrack drop counter \
+         is 2, insert_failed 0, early_drop 0"
+    );
+    assert!(fix(verdict).starts_with("raise net.netfilter.nf_conntrack_max"));
+    assert!(fix(verdict).contains("udp dport 5071 notrack"));
+    let raced = crate::conntrack::ConntrackStats {
+        count: 2,
+        max: 65_536,
+        insert_failed: 1,
+        ..stats
+    };
+    let mut race = Diagnosis::new(no_sockets()).with_conntrack(Box::new(move |_| Some(raced)));
+    race.observe(&event(
+        drop("NETFILTER_DROP"),
+        "192.0.2.1:40001",
+        "192.0.2.53:53",
+        1,
+    ));
+    let verdict = &race.ready(u64::MAX, true)[0];
+    assert!(
+        summary(verdict).contains("A and AAAA"),
+        "{}",
+        summary(verdict)
+    );
+    assert!(fix(verdict).contains("single-request-reopen"));
+}

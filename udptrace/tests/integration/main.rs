@@ -2,6 +2,7 @@
 //! One test binary so that the helpers in `common` are shared without duplication.
 
 mod common;
+mod conntrack;
 mod debug_bpf;
 mod docker;
 mod doctor;

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Removes the recording however the test ends.
-struct TempFile(PathBuf);
+pub struct TempFile(pub PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {

@@ -18,8 +18,9 @@ impl Rule for FirewallDrop {
     }
 
     fn on_drop(&mut self, event: &TraceEvent, _reason: KnownReason, cx: &mut Context<'_>) {
-        if event.fragment.is_some() {
-            // A fragment: fragment_loss's, with the rule about fragments that dropped it.
+        if event.fragment.is_some() || cx.ledger.counted() {
+            // A fragment: fragment_loss's, with the rule about fragments that dropped it; a
+            // drop conntrack made: conntrack_drop's (registered before this rule).
             return;
         }
         let key = FlowKey::of(event);

@@ -2,6 +2,7 @@
 //! docs/recipes.md.
 
 mod checksum;
+mod conntrack;
 mod firewall;
 mod fragments;
 mod neighbor;
@@ -25,6 +26,9 @@ pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule
     vec![
         Box::new(reply_source::ReplySource::new(max_flows)),
         Box::<no_socket::NoSocket>::default(),
+        // Before the firewall rule: a netfilter drop that conntrack made is its (and is then
+        // counted, which the firewall rule leaves alone).
+        Box::new(conntrack::ConntrackDrop::new(max_flows)),
         Box::new(firewall::FirewallDrop),
         Box::new(rcvbuf::RcvbufOverflow),
         Box::new(rp_filter::RpFilterDrop),
