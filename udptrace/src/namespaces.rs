@@ -19,6 +19,7 @@ use std::{
 use crate::{
     firewall::ruleset_in,
     procs::Processes,
+    qdiscs::qdiscs_in,
     sockets::{SockDiag, SocketList},
 };
 
@@ -26,6 +27,8 @@ use crate::{
 pub const SOCKETS_REFRESH: Duration = Duration::from_millis(200);
 /// A namespace's ruleset is read (a subprocess: see `firewall`) at most this often.
 pub const RULES_REFRESH: Duration = Duration::from_secs(5);
+/// A device's qdiscs are read (a subprocess: see `qdiscs`) at most this often.
+pub const QDISCS_REFRESH: Duration = Duration::from_secs(1);
 /// A namespace nobody asked about for this long is released.
 pub const IDLE: Duration = Duration::from_secs(10);
 
@@ -57,6 +60,8 @@ struct Namespace {
     sockets: Option<Snapshot<Option<SocketList>>>,
     /// The last ruleset read, or the failure to read it.
     ruleset: Option<Snapshot<Option<Rc<str>>>>,
+    /// The last `tc -j qdisc show` of each device asked about, or the failure to run it.
+    qdiscs: HashMap<String, Snapshot<Option<Rc<str>>>>,
     used: u64,
 }
 
@@ -104,6 +109,26 @@ impl Namespaces {
             taken: now,
             value: text.clone(),
         });
+        text
+    }
+
+    /// The qdiscs of device `device` in namespace `netns` (`tc -s -j qdisc show`) for an event
+    /// at `event`; `None` when they cannot be read.
+    pub fn qdiscs(&mut self, netns: u32, device: &str, event: u64, now: u64) -> Option<Rc<str>> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(text) =
+            Snapshot::answer(namespace.qdiscs.get(device), event, now, QDISCS_REFRESH)
+        {
+            return text;
+        }
+        let text = qdiscs_in(&namespace.file, device).ok().map(Rc::from);
+        namespace.qdiscs.insert(
+            device.to_owned(),
+            Snapshot {
+                taken: now,
+                value: text.clone(),
+            },
+        );
         text
     }
 
@@ -164,6 +189,7 @@ fn namespace<'a>(
                 diag: None,
                 sockets: None,
                 ruleset: None,
+                qdiscs: HashMap::new(),
                 used: now,
             })
         }

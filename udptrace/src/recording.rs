@@ -1,6 +1,7 @@
 //! Recordings (`-o FILE`): the run's NDJSON records, as `--json` writes them, interleaved with
-//! everything else the diagnosis consumed, in the order it consumed it: the socket lists and
-//! firewall rules the rules asked for while judging an event (written right after that event)
+//! everything else the diagnosis consumed, in the order it consumed it: the socket lists,
+//! firewall rules and qdiscs the rules asked for while judging an event (written right after
+//! that event)
 //! and the kernel's per-flow counts (written when they were added). `udptrace replay FILE`
 //! (`replay.rs`) feeds the same inputs to the same rules and gets the same flows and verdicts,
 //! with no kernel and no host. The record types are documented in docs/json-schema.md.
@@ -25,6 +26,7 @@ use crate::{
     },
     model::{DropReason, TraceEvent},
     probes::attach::HookOutcome,
+    qdiscs::Qdisc,
     render::{Output, Stats, Status, file_cut_short, json::JsonOutput},
     sockets::{ListedSocket, SocketList},
 };
@@ -60,6 +62,14 @@ pub struct RulesAnswer {
     pub netns: u32,
     pub dport: u16,
     pub rules: Option<Vec<FirewallRule>>,
+}
+
+/// The qdiscs of a device a rule asked for about a drop there (`None`: they could not be read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QdiscsAnswer {
+    pub netns: u32,
+    pub device: String,
+    pub qdiscs: Option<Vec<Qdisc>>,
 }
 
 /// What a kernel count adds to (`flows::table::Tally`).
@@ -172,6 +182,18 @@ impl Recording {
                 netns: event.netns,
                 dport: event.dport,
                 rules: answer.map(<[FirewallRule]>::to_vec),
+            },
+        );
+    }
+
+    /// The qdiscs the rules got about the device of `event`.
+    pub fn qdiscs(&mut self, event: &TraceEvent, answer: Option<&[Qdisc]>) {
+        self.context(
+            "qdiscs",
+            &QdiscsAnswer {
+                netns: event.netns,
+                device: event.ifname.clone().unwrap_or_default(),
+                qdiscs: answer.map(<[Qdisc]>::to_vec),
             },
         );
     }

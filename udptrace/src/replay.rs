@@ -20,11 +20,12 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         diagnosis::Diagnosis,
-        rule::{RuleLister, SocketLister},
+        rule::{QdiscLister, RuleLister, SocketLister},
         table::DEFAULT_MAX_FLOWS,
     },
     model::TraceEvent,
-    recording::{Header, KernelCount, RECORDING_VERSION, RulesAnswer, SocketsAnswer},
+    qdiscs::Qdisc,
+    recording::{Header, KernelCount, QdiscsAnswer, RECORDING_VERSION, RulesAnswer, SocketsAnswer},
     render::{Output, Stats},
     sockets::SocketList,
 };
@@ -33,6 +34,7 @@ use crate::{
 enum Answer {
     Sockets(SocketsAnswer),
     Rules(RulesAnswer),
+    Qdiscs(QdiscsAnswer),
 }
 
 /// One record of a recording.
@@ -96,6 +98,7 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
     let mismatches = Rc::new(Mismatches::default());
     let mut diagnosis = Diagnosis::new(socket_answers(&answers, &mismatches))
         .with_rules(rule_answers(&answers, &mismatches))
+        .with_qdiscs(qdisc_answers(&answers, &mismatches))
         .with_max_flows(if header.max_flows == 0 {
             DEFAULT_MAX_FLOWS
         } else {
@@ -177,6 +180,7 @@ fn parse(line: &str) -> anyhow::Result<Record> {
         "event" => Record::Event(Box::new(typed(value)?)),
         "sockets" => Record::Answer(Answer::Sockets(typed(value)?)),
         "rules" => Record::Answer(Answer::Rules(typed(value)?)),
+        "qdiscs" => Record::Answer(Answer::Qdiscs(typed(value)?)),
         "kernel_count" => Record::KernelCount(typed(value)?),
         "stats" => Record::Stats(Box::new(typed(value)?)),
         _ => Record::Output,
@@ -242,6 +246,25 @@ fn rule_answers(
             other => Err(other),
         })?
         .rules
+    })
+}
+
+fn qdisc_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> QdiscLister {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<Vec<Qdisc>> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::Qdiscs(qdiscs)
+                if qdiscs.netns == event.netns
+                    && Some(qdiscs.device.as_str()) == event.ifname.as_deref() =>
+            {
+                Ok(qdiscs)
+            }
+            other => Err(other),
+        })?
+        .qdiscs
     })
 }
 

@@ -35,7 +35,7 @@ use crate::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
-        rule::{RuleLister, SocketLister},
+        rule::{QdiscLister, RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -48,6 +48,7 @@ use crate::{
         plan::Role,
     },
     procs::Processes,
+    qdiscs::parse_qdiscs,
     recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
     render::{Output, Stats, Status, Tee, pcap::PcapOutput},
     reorder::{REORDER_WINDOW, Reorder},
@@ -363,6 +364,7 @@ impl Tracer {
             .transpose()?;
         let diagnosis = Diagnosis::new(socket_lister(Rc::clone(&namespaces), recording.clone()))
             .with_rules(rule_lister(Rc::clone(&namespaces), recording.clone()))
+            .with_qdiscs(qdisc_lister(Rc::clone(&namespaces), recording.clone()))
             .with_max_flows(max_flows)
             .with_reply_timeout(reply_timeout);
         Ok(Self {
@@ -757,6 +759,26 @@ fn rule_lister(
             recording.borrow_mut().rules(event, rules.as_deref());
         }
         rules
+    })
+}
+
+/// Lists the qdiscs of the device an event (a drop on the way out) happened at, in its
+/// namespace, for transmit-drop verdicts.
+fn qdisc_lister(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> QdiscLister {
+    Box::new(move |event| {
+        let qdiscs = event.ifname.as_deref().and_then(|device| {
+            namespaces
+                .borrow_mut()
+                .qdiscs(event.netns, device, event.ts_ns, monotonic_ns())
+                .map(|json| parse_qdiscs(&json))
+        });
+        if let Some(recording) = &recording {
+            recording.borrow_mut().qdiscs(event, qdiscs.as_deref());
+        }
+        qdiscs
     })
 }
 

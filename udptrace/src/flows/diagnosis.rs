@@ -5,7 +5,9 @@ use std::{collections::VecDeque, time::Duration};
 
 use super::{
     ledger::{Ledger, RuleId},
-    rule::{Context, Environment, HISTORY, KnownReason, Rule, RuleLister, SocketLister},
+    rule::{
+        Context, Environment, HISTORY, KnownReason, QdiscLister, Rule, RuleLister, SocketLister,
+    },
     rules::{self, DEFAULT_REPLY_TIMEOUT},
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},
     verdict::Verdict,
@@ -30,6 +32,7 @@ impl Diagnosis {
             Environment {
                 sockets,
                 rules: Box::new(|_| None),
+                qdiscs: Box::new(|_| None),
             },
         )
     }
@@ -64,6 +67,13 @@ impl Diagnosis {
     #[must_use]
     pub fn with_rules(mut self, rules: RuleLister) -> Self {
         self.env.rules = rules;
+        self
+    }
+
+    /// Names the qdisc behind `tx_drop` verdicts.
+    #[must_use]
+    pub fn with_qdiscs(mut self, qdiscs: QdiscLister) -> Self {
+        self.env.qdiscs = qdiscs;
         self
     }
 

@@ -12,6 +12,7 @@ use super::{
 use crate::{
     firewall::FirewallRule,
     model::{DropReason, Location, TraceEvent},
+    qdiscs::Qdisc,
     sockets::SocketList,
 };
 
@@ -25,10 +26,14 @@ pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
 /// Lists the firewall rules of the event's network namespace that drop its destination port.
 pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
 
+/// Lists the qdiscs of the device of an event (a drop on the way out) in its namespace.
+pub type QdiscLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<Qdisc>>>;
+
 /// What rules may ask about the namespace of an event.
 pub struct Environment {
     pub sockets: SocketLister,
     pub rules: RuleLister,
+    pub qdiscs: QdiscLister,
 }
 
 /// Where a qdisc's drops are freed on kernels without drop reasons (`KnownReason::of_drop`).

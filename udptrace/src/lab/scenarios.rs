@@ -304,6 +304,9 @@ pub const UNROUTED_SENDS: usize = 2;
 /// `TX_QUEUE_FULL`'s bucket and queue hold together (about 23 and 24), fewer than
 /// `TX_QUEUE_AMPLE`'s bucket takes at once.
 pub const TX_BURST: usize = 100;
+/// The handle the lab gives the shaper (the kernel would pick one, `qdisc_alloc_handle`), which
+/// a `tx_drop` verdict names.
+pub const TX_SHAPER_HANDLE: &str = "1:";
 /// A token bucket of one full-size packet at 80 kbit/s with a 1,600-byte queue: tbf_enqueue
 /// (net/sched/sch_tbf.c) drops what its queue cannot hold (`qdisc_drop`), and the queue
 /// drains in 160 ms.
@@ -576,8 +579,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "tx-queue-full",
-        description: "a connected client (192.0.2.1, IP_RECVERR) sends a burst of 100 datagrams to 192.0.2.2:5061 out of eth0, shaped by `tbf rate 80kbit burst 1540 limit 1600`",
-        diagnosis: "the shaper's queue on the client's eth0 overflows: QDISC_DROP drops in __dev_queue_xmit in the sender's own send (inferred from kfree_skb_list before 5.17), each send returns ENOBUFS and Udp SndbufErrors counts them; fix: `tc -s qdisc show dev eth0`, raise the limit or rate, or pace the sender",
+        description: "a connected client (192.0.2.1, IP_RECVERR) sends a burst of 100 datagrams to 192.0.2.2:5061 out of eth0, shaped by `tbf rate 80kbit burst 1540 limit 1600` (handle 1:)",
+        diagnosis: "the shaper's queue on the client's eth0 overflows: QDISC_DROP drops on transmit queue 0 in __dev_queue_xmit in the sender's own send (inferred from kfree_skb_list before 5.17), each send returns ENOBUFS and Udp SndbufErrors counts them; the verdict names `tbf 1:` and its limit of 1600 bytes; fix: `tc -s qdisc show dev eth0`, raise the limit or rate, or pace the sender",
         expected: &["tx_drop"],
         topology: Topology::TwoHosts,
         ipv6: false,
@@ -807,7 +810,16 @@ impl Scenario {
             2
         };
         if let Traffic::Shaped(shaper) = self.traffic {
-            let mut args = vec!["qdisc", "add", "dev", "eth0", "root", "tbf"];
+            let mut args = vec![
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "root",
+                "handle",
+                TX_SHAPER_HANDLE,
+                "tbf",
+            ];
             args.extend_from_slice(shaper);
             client.tc(&args)?;
         }

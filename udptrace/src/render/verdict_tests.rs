@@ -757,6 +757,7 @@ fn route_failures_name_the_route_the_namespace_and_the_fix() {
             reason: DropReason::named("NOT_SPECIFIED"),
             reason_inferred: true,
             location: crate::model::Location::Symbol("ip_error+0x94".into()),
+            txq: None,
         },
         "198.51.100.2:40001",
         "203.0.113.42:5042",
