@@ -359,7 +359,17 @@ fn neighbour_failures_name_the_address_device_and_errno() {
 /// `every_scenario_yields_exactly_its_verdicts`.
 #[test]
 fn transmit_queue_drops_name_the_device_the_sender_and_enobufs() {
-    let (lab, outcome, records) = traced("tx-queue-full", &[]);
+    assert_transmit_queue_drops("tx-queue-full");
+}
+
+/// The same over IPv6 (`udp_v6_send_skb`: ENOBUFS, Udp6 SndbufErrors).
+#[test]
+fn transmit_queue_drops_over_ipv6_name_the_queue_and_qdisc() {
+    assert_transmit_queue_drops("tx-queue-full-v6");
+}
+
+fn assert_transmit_queue_drops(name: &str) {
+    let (lab, outcome, records) = traced(name, &[]);
     let text = outcome.describe();
     let client = outcome.client.local.unwrap();
     let failed = outcome.client.errors.len() as u64;
