@@ -1100,3 +1100,61 @@ fn evidence_stops_at_its_maximum() {
     );
     assert!(lines[4].contains("NETFILTER_DROP"), "{lines:#?}");
 }
+
+/// A transmit drop under a multiqueue root: the qdisc of the drop's queue is named, and a
+/// `pfifo_fast` (no limit of its own) gets the device's txqueuelen as its knob.
+#[test]
+fn a_transmit_drop_names_the_queue_s_qdisc_and_its_knob() {
+    let qdisc = |kind: &str, handle: &str, parent: Option<&str>| crate::qdiscs::Qdisc {
+        kind: kind.into(),
+        handle: handle.into(),
+        parent: parent.map(Into::into),
+        limit: None,
+        drops: 9,
+        overlimits: 0,
+        backlog: 0,
+        qlen: 0,
+    };
+    let mut diagnosis = Diagnosis::new(no_sockets()).with_qdiscs(Box::new(move |_| {
+        Some(vec![
+            qdisc("mq", "1:", None),
+            qdisc("pfifo_fast", "0:", Some("1:1")),
+            qdisc("pfifo_fast", "0:", Some("1:2")),
+        ])
+    }));
+    let mut dropped = event(
+        What::Drop {
+            reason: DropReason::named("QDISC_DROP"),
+            reason_inferred: false,
+            location: crate::model::Location::Symbol("__dev_queue_xmit+0xdd1".into()),
+            txq: Some(1),
+        },
+        "192.0.2.1:40000",
+        "192.0.2.2:5061",
+        1,
+    );
+    dropped.ifname = Some("eth0".into());
+    diagnosis.observe(&dropped);
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts.len(), 1);
+    let text = verdict_text(&verdicts[0]);
+    assert!(
+        text.contains(
+            "eth0 in namespace host, pfifo_fast 0: (parent 1:2) on transmit queue 1 (queues up \
+             to eth0's txqueuelen, full: QDISC_DROP)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("evidence: qdisc pfifo_fast 0: (parent 1:2) on eth0 transmit queue 1: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("raise eth0's queue length (`ip link set dev eth0 txqueuelen N`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("QDISC_DROP on transmit queue 1 at __dev_queue_xmit"),
+        "{text}"
+    );
+}
