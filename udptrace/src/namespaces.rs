@@ -278,6 +278,45 @@ mod tests {
         assert!(namespaces.sockets(1, after, after).is_none());
     }
 
+    /// Runs `tc` (iproute2 installed, root): the qdisc of the loopback device of udptrace's own
+    /// namespace (`noqueue`, as every namespace's `lo` has), once per device and interval.
+    #[test]
+    fn reads_a_device_s_qdiscs_once_per_interval() {
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let first = namespaces
+            .qdiscs(netns, "lo", now, now)
+            .expect("tc qdisc show ran");
+        let qdiscs = crate::qdiscs::parse_qdiscs(&first);
+        assert_eq!(qdiscs.len(), 1, "{first}");
+        assert_eq!(
+            (qdiscs[0].kind.as_str(), qdiscs[0].parent.as_deref()),
+            ("noqueue", None),
+            "{first}"
+        );
+        let soon = now + QDISCS_REFRESH.as_nanos() as u64 - 1;
+        let again = namespaces.qdiscs(netns, "lo", soon, soon).unwrap();
+        assert!(
+            Rc::ptr_eq(&first, &again),
+            "tc ran again within the interval"
+        );
+        let later = now + QDISCS_REFRESH.as_nanos() as u64;
+        let fresh = namespaces.qdiscs(netns, "lo", later, later).unwrap();
+        assert!(
+            !Rc::ptr_eq(&first, &fresh),
+            "tc did not run after the interval"
+        );
+        // A device the namespace lacks: tc prints no JSON, so no qdisc.
+        let missing = namespaces
+            .qdiscs(netns, "udpt-none0", later, later)
+            .unwrap();
+        assert!(
+            crate::qdiscs::parse_qdiscs(&missing).is_empty(),
+            "{missing}"
+        );
+    }
+
     /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).
     #[test]
     fn reads_a_ruleset_once_per_interval() {
