@@ -1105,7 +1105,7 @@ fn evidence_stops_at_its_maximum() {
 /// `pfifo_fast` (no limit of its own) gets the device's txqueuelen as its knob.
 #[test]
 fn a_transmit_drop_names_the_queue_s_qdisc_and_its_knob() {
-    let qdisc = |kind: &str, handle: &str, parent: Option<&str>| crate::qdiscs::Qdisc {
+    let qdisc = |kind: &str, handle: &str, parent: Option<&str>| Qdisc {
         kind: kind.into(),
         handle: handle.into(),
         parent: parent.map(Into::into),
