@@ -5,7 +5,10 @@
 //! `version` lets the decoder refuse records from a mismatched object instead of misreading them.
 
 /// Bumped whenever [`Event`]'s layout changes.
-pub const EVENT_VERSION: u8 = 4;
+pub const EVENT_VERSION: u8 = 5;
+
+/// [`EventDetail::queue_mapping`] when it was not read (`sk_buff.queue_mapping` is a u16).
+pub const QUEUE_UNKNOWN: u32 = u32::MAX;
 
 /// [`EventDetail::flags`]: the event was reported because its skb was already being followed,
 /// not because its own tuple matched the filter (e.g. after NAT rewrote it).
@@ -188,7 +191,9 @@ pub struct EventDetail {
     pub ct_status: u64,
     /// With [`FLAG_STACK`]: the id `bpf_get_stackid` gave the kernel call stack in `STACKS`.
     pub stack_id: u32,
-    pub padding2: u32,
+    /// Drop: the skb's `queue_mapping` (for a drop on the way out, the transmit queue whose
+    /// qdisc refused it), [`QUEUE_UNKNOWN`] when the kernel's BTF does not locate it.
+    pub queue_mapping: u32,
     /// With [`FLAG_FRAGMENT`]: which fragment of which datagram.
     pub fragment: Fragment,
 }

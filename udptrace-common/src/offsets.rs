@@ -148,6 +148,10 @@ pub struct KernelOffsets {
     pub inode_ino: u32,
     /// `sk_buff._nfct` (conntrack pointer | ctinfo in the low 3 bits).
     pub skb_nfct: u32,
+    /// `sk_buff.queue_mapping` (u16): on the way out, the transmit queue `__dev_queue_xmit`
+    /// picked (`netdev_core_pick_tx` → `skb_set_queue_mapping`, net/core/dev.c) before the
+    /// qdisc of that queue enqueues or drops it.
+    pub skb_queue_mapping: u32,
     /// `nf_conn.tuplehash`: `[ORIGINAL, REPLY]` of `nf_conntrack_tuple_hash`.
     pub ct_tuplehash: u32,
     /// `sizeof(struct nf_conntrack_tuple_hash)`: stride of `ct_tuplehash`.
@@ -221,6 +225,7 @@ impl KernelOffsets {
         socket_inode: OFFSET_MISSING,
         inode_ino: OFFSET_MISSING,
         skb_nfct: OFFSET_MISSING,
+        skb_queue_mapping: OFFSET_MISSING,
         ct_tuplehash: OFFSET_MISSING,
         ct_tuplehash_size: OFFSET_MISSING,
         ct_hash_tuple: OFFSET_MISSING,

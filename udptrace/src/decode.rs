@@ -15,6 +15,7 @@ use udptrace_common::event::{
 use crate::{
     clock::WallClock,
     containers::Container,
+    flows::rule::KnownReason,
     model::{
         Conntrack, DropReason, Endpoints, Errno, Family, IpFragment, Location, PacketBytes, Probe,
         Process, RouteDevice, RouteDirection, SendCall, Skb, SocketErrno, SocketInfo, TraceEvent,
@@ -120,16 +121,24 @@ pub fn decode(
                 .symbol(detail.location)
                 .map_or(Location::Address(detail.location), Location::Symbol);
             let reason = names.drop_reason(detail.reason);
+            // Only a drop on the way out has a transmit queue; on a received skb the field
+            // holds the receive queue plus one (`skb_record_rx_queue`, include/linux/skbuff.h).
+            // `QUEUE_UNKNOWN` (not read) is no u16.
+            let txq = (KnownReason::of_drop(&reason, &location) == Some(KnownReason::TxQueue))
+                .then(|| u16::try_from(detail.queue_mapping).ok())
+                .flatten();
             match named_later(&reason, &location) {
                 Some(name) => What::Drop {
                     reason: DropReason::named(name),
                     reason_inferred: true,
                     location,
+                    txq,
                 },
                 None => What::Drop {
                     reason,
                     reason_inferred: names.reasons_inferred(),
                     location,
+                    txq,
                 },
             }
         }
@@ -320,10 +329,10 @@ mod tests {
     impl KernelNames for Names {
         fn drop_reason(&self, value: u32) -> DropReason {
             DropReason {
-                name: if value == 3 {
-                    "NO_SOCKET".into()
-                } else {
-                    format!("UNKNOWN({value})")
+                name: match value {
+                    3 => "NO_SOCKET".into(),
+                    4 => "QDISC_DROP".into(),
+                    _ => format!("UNKNOWN({value})"),
                 },
                 value: Some(value),
             }
@@ -404,7 +413,8 @@ mod tests {
             What::Drop {
                 reason: DropReason::named("NO_SOCKET"),
                 reason_inferred: false,
-                location: Location::Symbol("__udp4_lib_rcv+0x10".into())
+                location: Location::Symbol("__udp4_lib_rcv+0x10".into()),
+                txq: None,
             }
         );
         assert_eq!(event.saddr.to_string(), "192.0.2.1");
@@ -415,6 +425,25 @@ mod tests {
         assert_eq!(event.probe, Probe(Some(Mechanism::TpBtf)));
         assert_eq!(event.skb, Some(Skb(0xffff_8880_0000_1000)));
         assert_eq!(event.drop_reason().and_then(|r| r.value), Some(3));
+    }
+
+    #[test]
+    fn a_drop_on_the_way_out_names_its_transmit_queue_and_others_none() {
+        let clock = WallClock::fixed(0);
+        let txq = |reason, queue_mapping| {
+            let mut event = drop_event();
+            event.detail.reason = reason;
+            event.detail.queue_mapping = queue_mapping;
+            let What::Drop { txq, .. } = decode(&raw(&event), &Names, &clock).unwrap().what else {
+                panic!("a drop");
+            };
+            txq
+        };
+        assert_eq!(txq(4, 3), Some(3));
+        // Not read (no BTF member): nothing to show.
+        assert_eq!(txq(4, udptrace_common::event::QUEUE_UNKNOWN), None);
+        // A received datagram's field is its receive queue plus one: not shown.
+        assert_eq!(txq(3, 2), None);
     }
 
     #[test]
@@ -564,7 +593,8 @@ mod tests {
             What::Drop {
                 reason: DropReason::named("UNKNOWN(77)"),
                 reason_inferred: false,
-                location: Location::Address(0x1234)
+                location: Location::Address(0x1234),
+                txq: None,
             }
         );
     }

@@ -2,7 +2,8 @@
 //! fired. Reads `nft -a list ruleset` inside the namespace of the drop; iptables-legacy rules
 //! are not read (nft shows iptables-nft rules, the default on current distributions).
 //!
-//! This is the one subprocess udptrace runs while tracing, and only for firewall drops: the
+//! This is one of the two subprocesses udptrace runs while tracing (the other is `qdiscs`'s
+//! `tc`), and only for firewall drops: the
 //! kernel hands nftables rules out as netlink expressions (NFT_MSG_GETRULE), and only
 //! libnftables turns them back into the rule text a user wrote and can search for. Its
 //! caller (`namespaces`) caches the text per namespace and runs `nft` at most once per

@@ -34,6 +34,7 @@ pub mod namespaces;
 pub mod pcapng;
 pub mod probes;
 pub mod procs;
+pub mod qdiscs;
 pub mod recording;
 pub mod render;
 pub mod reorder;

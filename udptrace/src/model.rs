@@ -185,6 +185,10 @@ pub enum What {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         reason_inferred: bool,
         location: Location,
+        /// A drop on the way out (`KnownReason::TxQueue`): the device's transmit queue whose
+        /// qdisc refused it (`skb->queue_mapping`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        txq: Option<u16>,
     },
     /// An ICMP error was sent about the datagram in `src`/`dst`.
     Icmp {

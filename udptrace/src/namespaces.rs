@@ -22,6 +22,7 @@ use crate::{
     host::in_netns,
     icmp_limits::{self, IcmpLimits},
     procs::Processes,
+    qdiscs::qdiscs_in,
     sockets::{SockDiag, SocketList},
 };
 
@@ -31,6 +32,8 @@ pub const SOCKETS_REFRESH: Duration = Duration::from_millis(200);
 pub const RULES_REFRESH: Duration = Duration::from_secs(5);
 /// A namespace's ICMP rate limits and counters are read at most this often.
 pub const ICMP_LIMITS_REFRESH: Duration = Duration::from_secs(1);
+/// A device's qdiscs are read (a subprocess: see `qdiscs`) at most this often.
+pub const QDISCS_REFRESH: Duration = Duration::from_secs(1);
 /// A namespace nobody asked about for this long is released.
 pub const IDLE: Duration = Duration::from_secs(10);
 
@@ -66,6 +69,8 @@ struct Namespace {
     icmp_limits: Option<Snapshot<Option<IcmpLimits>>>,
     /// The last conntrack counters read, or the failure to read them (`conntrack`).
     conntrack: Option<Snapshot<Option<ConntrackStats>>>,
+    /// The last `tc -j qdisc show` of each device asked about, or the failure to run it.
+    qdiscs: HashMap<String, Snapshot<Option<Rc<str>>>>,
     used: u64,
 }
 
@@ -158,6 +163,26 @@ impl Namespaces {
         stats
     }
 
+    /// The qdiscs of device `device` in namespace `netns` (`tc -s -j qdisc show`) for an event
+    /// at `event`; `None` when they cannot be read.
+    pub fn qdiscs(&mut self, netns: u32, device: &str, event: u64, now: u64) -> Option<Rc<str>> {
+        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        if let Some(text) =
+            Snapshot::answer(namespace.qdiscs.get(device), event, now, QDISCS_REFRESH)
+        {
+            return text;
+        }
+        let text = qdiscs_in(&namespace.file, device).ok().map(Rc::from);
+        namespace.qdiscs.insert(
+            device.to_owned(),
+            Snapshot {
+                taken: now,
+                value: text.clone(),
+            },
+        );
+        text
+    }
+
     /// Releases the namespaces nobody asked about for `IDLE`.
     pub fn release_idle(&mut self, now: u64) {
         self.namespaces.retain(|_, namespace| {
@@ -217,6 +242,7 @@ fn namespace<'a>(
                 ruleset: None,
                 icmp_limits: None,
                 conntrack: None,
+                qdiscs: HashMap::new(),
                 used: now,
             })
         }
@@ -341,6 +367,45 @@ mod tests {
         // An event after it: read again, whatever the interval.
         namespaces.conntrack(netns, now + MS, now + 2 * MS);
         assert_eq!(taken(&namespaces), now + 2 * MS);
+    }
+
+    /// Runs `tc` (iproute2 installed, root): the qdisc of the loopback device of udptrace's own
+    /// namespace (`noqueue`, as every namespace's `lo` has), once per device and interval.
+    #[test]
+    fn reads_a_device_s_qdiscs_once_per_interval() {
+        let netns = std::fs::metadata("/proc/self/ns/net").unwrap().ino() as u32;
+        let mut namespaces = Namespaces::new(Rc::default());
+        let now = monotonic_ns();
+        let first = namespaces
+            .qdiscs(netns, "lo", now, now)
+            .expect("tc qdisc show ran");
+        let qdiscs = crate::qdiscs::parse_qdiscs(&first);
+        assert_eq!(qdiscs.len(), 1, "{first}");
+        assert_eq!(
+            (qdiscs[0].kind.as_str(), qdiscs[0].parent.as_deref()),
+            ("noqueue", None),
+            "{first}"
+        );
+        let soon = now + QDISCS_REFRESH.as_nanos() as u64 - 1;
+        let again = namespaces.qdiscs(netns, "lo", soon, soon).unwrap();
+        assert!(
+            Rc::ptr_eq(&first, &again),
+            "tc ran again within the interval"
+        );
+        let later = now + QDISCS_REFRESH.as_nanos() as u64;
+        let fresh = namespaces.qdiscs(netns, "lo", later, later).unwrap();
+        assert!(
+            !Rc::ptr_eq(&first, &fresh),
+            "tc did not run after the interval"
+        );
+        // A device the namespace lacks: tc prints no JSON, so no qdisc.
+        let missing = namespaces
+            .qdiscs(netns, "udpt-none0", later, later)
+            .unwrap();
+        assert!(
+            crate::qdiscs::parse_qdiscs(&missing).is_empty(),
+            "{missing}"
+        );
     }
 
     /// Runs `nft` (nftables installed, root: the ruleset of udptrace's own namespace).

@@ -1,7 +1,7 @@
 //! Recordings (`-o FILE`): the run's NDJSON records, as `--json` writes them, interleaved with
 //! everything else the diagnosis consumed, in the order it consumed it: the socket lists,
-//! firewall rules, ICMP limits and conntrack counters the rules asked for while judging an
-//! event (written right after that event)
+//! firewall rules, ICMP limits, conntrack counters and qdiscs the rules asked for while judging
+//! an event (written right after that event)
 //! and the kernel's per-flow counts (written when they were added). `udptrace replay FILE`
 //! (`replay.rs`) feeds the same inputs to the same rules and gets the same flows and verdicts,
 //! with no kernel and no host. The record types are documented in docs/json-schema.md.
@@ -28,6 +28,7 @@ use crate::{
     icmp_limits::IcmpLimits,
     model::{DropReason, TraceEvent},
     probes::attach::HookOutcome,
+    qdiscs::Qdisc,
     render::{Output, Stats, Status, file_cut_short, json::JsonOutput},
     sockets::{ListedSocket, SocketList},
 };
@@ -78,6 +79,14 @@ pub struct IcmpLimitsAnswer {
 pub struct ConntrackAnswer {
     pub netns: u32,
     pub stats: Option<ConntrackStats>,
+}
+
+/// The qdiscs of a device a rule asked for about a drop there (`None`: they could not be read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QdiscsAnswer {
+    pub netns: u32,
+    pub device: String,
+    pub qdiscs: Option<Vec<Qdisc>>,
 }
 
 /// What a kernel count adds to (`flows::table::Tally`).
@@ -212,6 +221,18 @@ impl Recording {
             &ConntrackAnswer {
                 netns: event.netns,
                 stats: answer,
+            },
+        );
+    }
+
+    /// The qdiscs the rules got about the device of `event`.
+    pub fn qdiscs(&mut self, event: &TraceEvent, answer: Option<&[Qdisc]>) {
+        self.context(
+            "qdiscs",
+            &QdiscsAnswer {
+                netns: event.netns,
+                device: event.ifname.clone().unwrap_or_default(),
+                qdiscs: answer.map(<[Qdisc]>::to_vec),
             },
         );
     }

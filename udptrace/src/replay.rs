@@ -22,14 +22,15 @@ use crate::{
     firewall::FirewallRule,
     flows::{
         diagnosis::Diagnosis,
-        rule::{ConntrackReader, IcmpLimitsReader, RuleLister, SocketLister},
+        rule::{ConntrackReader, IcmpLimitsReader, QdiscLister, RuleLister, SocketLister},
         table::DEFAULT_MAX_FLOWS,
     },
     icmp_limits::IcmpLimits,
     model::TraceEvent,
+    qdiscs::Qdisc,
     recording::{
-        ConntrackAnswer, Header, IcmpLimitsAnswer, KernelCount, RECORDING_VERSION, RulesAnswer,
-        SocketsAnswer,
+        ConntrackAnswer, Header, IcmpLimitsAnswer, KernelCount, QdiscsAnswer, RECORDING_VERSION,
+        RulesAnswer, SocketsAnswer,
     },
     render::{Output, Stats},
     sockets::SocketList,
@@ -42,6 +43,7 @@ enum Answer {
     /// Boxed: the largest answer, and the rarest.
     IcmpLimits(Box<IcmpLimitsAnswer>),
     Conntrack(ConntrackAnswer),
+    Qdiscs(QdiscsAnswer),
 }
 
 /// One record of a recording.
@@ -107,6 +109,7 @@ pub fn replay(input: impl BufRead, output: &mut dyn Output) -> anyhow::Result<Re
         .with_rules(rule_answers(&answers, &mismatches))
         .with_icmp_limits(icmp_limits_answers(&answers, &mismatches))
         .with_conntrack(conntrack_answers(&answers, &mismatches))
+        .with_qdiscs(qdisc_answers(&answers, &mismatches))
         .with_max_flows(if header.max_flows == 0 {
             DEFAULT_MAX_FLOWS
         } else {
@@ -190,6 +193,7 @@ fn parse(line: &str) -> anyhow::Result<Record> {
         "rules" => Record::Answer(Answer::Rules(typed(value)?)),
         "icmp_limits" => Record::Answer(Answer::IcmpLimits(typed(value)?)),
         "conntrack" => Record::Answer(Answer::Conntrack(typed(value)?)),
+        "qdiscs" => Record::Answer(Answer::Qdiscs(typed(value)?)),
         "kernel_count" => Record::KernelCount(typed(value)?),
         "stats" => Record::Stats(Box::new(typed(value)?)),
         _ => Record::Output,
@@ -283,6 +287,25 @@ fn conntrack_answers(
             other => Err(other),
         })?
         .stats
+    })
+}
+
+fn qdisc_answers(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+) -> QdiscLister {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| -> Option<Vec<Qdisc>> {
+        take_answer(&answers, &mismatches, |answer| match answer {
+            Answer::Qdiscs(qdiscs)
+                if qdiscs.netns == event.netns
+                    && Some(qdiscs.device.as_str()) == event.ifname.as_deref() =>
+            {
+                Ok(qdiscs)
+            }
+            other => Err(other),
+        })?
+        .qdiscs
     })
 }
 

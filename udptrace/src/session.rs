@@ -35,7 +35,7 @@ use crate::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
-        rule::{ConntrackReader, IcmpLimitsReader, RuleLister, SocketLister},
+        rule::{ConntrackReader, IcmpLimitsReader, QdiscLister, RuleLister, SocketLister},
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -48,6 +48,7 @@ use crate::{
         plan::Role,
     },
     procs::Processes,
+    qdiscs::parse_qdiscs,
     recording::{Header, RECORDING_VERSION, Recording, RecordingOutput, SharedRecording},
     render::{Output, Stats, Status, Tee, pcap::PcapOutput},
     reorder::{REORDER_WINDOW, Reorder},
@@ -368,6 +369,7 @@ impl Tracer {
                 recording.clone(),
             ))
             .with_conntrack(conntrack_reader(Rc::clone(&namespaces), recording.clone()))
+            .with_qdiscs(qdisc_lister(Rc::clone(&namespaces), recording.clone()))
             .with_max_flows(max_flows)
             .with_reply_timeout(reply_timeout);
         Ok(Self {
@@ -795,6 +797,26 @@ fn conntrack_reader(
             recording.borrow_mut().conntrack(event, stats);
         }
         stats
+    })
+}
+
+/// Lists the qdiscs of the device an event (a drop on the way out) happened at, in its
+/// namespace, for transmit-drop verdicts.
+fn qdisc_lister(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+) -> QdiscLister {
+    Box::new(move |event| {
+        let qdiscs = event.ifname.as_deref().and_then(|device| {
+            namespaces
+                .borrow_mut()
+                .qdiscs(event.netns, device, event.ts_ns, monotonic_ns())
+                .map(|json| parse_qdiscs(&json))
+        });
+        if let Some(recording) = &recording {
+            recording.borrow_mut().qdiscs(event, qdiscs.as_deref());
+        }
+        qdiscs
     })
 }
 

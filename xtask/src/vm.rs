@@ -101,7 +101,8 @@ const MODULE_DIRS: &[&str] = &[
 ];
 
 /// Host programs the tests and the lab run, copied with their libraries.
-/// `tc` shapes the client's device in the tx-queue scenarios (sch_tbf autoloads from kernel/net).
+/// `tc` shapes the client's device in the tx-queue scenarios (sch_tbf autoloads from kernel/net),
+/// and udptrace reads the qdisc a `tx_drop` names with it.
 const TOOLS: &[&str] = &["ip", "tc", "nft", "nc", "python3", "kmod"];
 
 struct KernelImage {

@@ -29,7 +29,7 @@ use udptrace_common::{
         DropEvidence, DropSiteKind, DropSites, FailedCall, InferredReason, freed_with_datagram,
         infer,
     },
-    event::{AF_INET6, EventKind, FLAG_FRAGMENT, Mechanism},
+    event::{AF_INET6, EventKind, FLAG_FRAGMENT, Mechanism, QUEUE_UNKNOWN},
     offsets::ClassicTracepoint,
 };
 
@@ -107,6 +107,14 @@ fn report_drop(
     let mut report = report.with_stack(ctx);
     report.detail.location = location;
     report.detail.reason = reason;
+    // The transmit queue of a drop on the way out (userspace shows it for those only): a
+    // full qdisc drops in `__dev_xmit_skb` after `netdev_core_pick_tx` set it (net/core/dev.c).
+    report.detail.queue_mapping = kernel::field::<u16>(
+        skb,
+        kernel::offset(|o| &o.skb_queue_mapping),
+        Access::of_arguments(mechanism),
+    )
+    .map_or(QUEUE_UNKNOWN, u32::from);
     report.submit(EventKind::Drop, context);
     Ok(())
 }

@@ -6,8 +6,8 @@ use std::{collections::VecDeque, time::Duration};
 use super::{
     ledger::{Ledger, RuleId},
     rule::{
-        ConntrackReader, Context, Environment, HISTORY, IcmpLimitsReader, KnownReason, Rule,
-        RuleLister, SocketLister,
+        ConntrackReader, Context, Environment, HISTORY, IcmpLimitsReader, KnownReason, QdiscLister,
+        Rule, RuleLister, SocketLister,
     },
     rules::{self, DEFAULT_REPLY_TIMEOUT},
     table::{DEFAULT_MAX_FLOWS, FlowKey, FlowTable, Tally},
@@ -35,6 +35,7 @@ impl Diagnosis {
                 rules: Box::new(|_| None),
                 icmp_limits: Box::new(|_| None),
                 conntrack: Box::new(|_| None),
+                qdiscs: Box::new(|_| None),
             },
         )
     }
@@ -83,6 +84,13 @@ impl Diagnosis {
     #[must_use]
     pub fn with_conntrack(mut self, conntrack: ConntrackReader) -> Self {
         self.env.conntrack = conntrack;
+        self
+    }
+
+    /// Names the qdisc behind `tx_drop` verdicts.
+    #[must_use]
+    pub fn with_qdiscs(mut self, qdiscs: QdiscLister) -> Self {
+        self.env.qdiscs = qdiscs;
         self
     }
 

@@ -14,6 +14,7 @@ use crate::{
     firewall::FirewallRule,
     icmp_limits::IcmpLimits,
     model::{DropReason, Location, TraceEvent},
+    qdiscs::Qdisc,
     sockets::SocketList,
 };
 
@@ -33,6 +34,8 @@ pub type IcmpLimitsReader = Box<dyn Fn(&TraceEvent) -> Option<IcmpLimits>>;
 /// Reads the connection-tracking counters of the event's network namespace, as they were at
 /// the event or since; `None` when it cannot be entered or has no conntrack.
 pub type ConntrackReader = Box<dyn Fn(&TraceEvent) -> Option<ConntrackStats>>;
+/// Lists the qdiscs of the device of an event (a drop on the way out) in its namespace.
+pub type QdiscLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<Qdisc>>>;
 
 /// What rules may ask about the namespace of an event.
 pub struct Environment {
@@ -40,6 +43,7 @@ pub struct Environment {
     pub rules: RuleLister,
     pub icmp_limits: IcmpLimitsReader,
     pub conntrack: ConntrackReader,
+    pub qdiscs: QdiscLister,
 }
 
 /// Where a qdisc's drops are freed on kernels without drop reasons (`KnownReason::of_drop`).

@@ -52,6 +52,7 @@ pub fn drop(reason: &str) -> What {
         reason: DropReason::named(reason),
         reason_inferred: false,
         location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+        txq: None,
     }
 }
 

@@ -17,6 +17,7 @@ use crate::{
     model::{
         Conntrack, Errno, Location, Probe, Process, RouteDevice, SendCall, SocketInfo, TraceEvent,
     },
+    qdiscs::Qdisc,
     sockets::{ListedSocket, Mismatch},
 };
 
@@ -226,6 +227,12 @@ pub enum Facts {
         /// The kernel's drop reason (`QDISC_DROP`, `FQ_FLOW_LIMIT`, ...), `NOT_SPECIFIED`
         /// before 5.17.
         reason: String,
+        /// The device's transmit queue the first drop was on (`skb->queue_mapping`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        txq: Option<u16>,
+        /// The qdisc of that queue, read when the verdict opened (its counters then).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        qdisc: Option<Qdisc>,
         /// The process that handed the datagram to the device (its send).
         #[serde(skip_serializing_if = "Option::is_none")]
         process: Option<Process>,

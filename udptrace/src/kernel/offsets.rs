@@ -103,6 +103,7 @@ const MEMBERS: &[Member] = &[
     member(|o| &mut o.skb_dev, "sk_buff.dev", PTR),
     member(|o| &mut o.skb_sk, "sk_buff.sk", PTR),
     member(|o| &mut o.skb_nfct, "sk_buff._nfct", PTR),
+    member(|o| &mut o.skb_queue_mapping, "sk_buff.queue_mapping", U16),
     member(|o| &mut o.dev_ifindex, "net_device.ifindex", U32),
     member(|o| &mut o.dev_name, "net_device.name", IFNAME),
     // possible_net_t holds `struct net *net` with CONFIG_NET_NS (include/net/net_namespace.h).
@@ -432,6 +433,7 @@ mod tests {
             socket_inode: 128,
             inode_ino: 64,
             skb_nfct: 104,
+            skb_queue_mapping: 124,
             ct_tuplehash: 16,
             ct_tuplehash_size: 56,
             ct_hash_tuple: 16,

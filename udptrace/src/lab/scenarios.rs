@@ -364,10 +364,13 @@ pub const OVERFLOW_BURST: usize = 500;
 pub const UNRESOLVED_BURST: usize = 3;
 /// Datagrams the `Unrouted` and `Rejected` clients send.
 pub const UNROUTED_SENDS: usize = 2;
-/// Datagrams of the `Traffic::Shaped` burst (66 bytes each on the wire): more than
-/// `TX_QUEUE_FULL`'s bucket and queue hold together (about 23 and 24), fewer than
-/// `TX_QUEUE_AMPLE`'s bucket takes at once.
+/// Datagrams of the `Traffic::Shaped` burst (66 bytes each on the wire, 86 over IPv6): more
+/// than `TX_QUEUE_FULL`'s bucket and queue hold together (about 23 and 24; 17 and 18), fewer
+/// than `TX_QUEUE_AMPLE`'s bucket takes at once.
 pub const TX_BURST: usize = 100;
+/// The handle the lab gives the shaper (the kernel would pick one, `qdisc_alloc_handle`), which
+/// a `tx_drop` verdict names.
+pub const TX_SHAPER_HANDLE: &str = "1:";
 /// A token bucket of one full-size packet at 80 kbit/s with a 1,600-byte queue: tbf_enqueue
 /// (net/sched/sch_tbf.c) drops what its queue cannot hold (`qdisc_drop`), and the queue
 /// drains in 160 ms.
@@ -651,8 +654,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "tx-queue-full",
-        description: "a connected client (192.0.2.1, IP_RECVERR) sends a burst of 100 datagrams to 192.0.2.2:5061 out of eth0, shaped by `tbf rate 80kbit burst 1540 limit 1600`",
-        diagnosis: "the shaper's queue on the client's eth0 overflows: QDISC_DROP drops in __dev_queue_xmit in the sender's own send (inferred from kfree_skb_list before 5.17), each send returns ENOBUFS and Udp SndbufErrors counts them; fix: `tc -s qdisc show dev eth0`, raise the limit or rate, or pace the sender",
+        description: "a connected client (192.0.2.1, IP_RECVERR) sends a burst of 100 datagrams to 192.0.2.2:5061 out of eth0, shaped by `tbf rate 80kbit burst 1540 limit 1600` (handle 1:)",
+        diagnosis: "the shaper's queue on the client's eth0 overflows: QDISC_DROP drops on transmit queue 0 in __dev_queue_xmit in the sender's own send (inferred from kfree_skb_list before 5.17), each send returns ENOBUFS and Udp SndbufErrors counts them; the verdict names `tbf 1:` and its limit of 1600 bytes; fix: `tc -s qdisc show dev eth0`, raise the limit or rate, or pace the sender",
         expected: &["tx_drop"],
         topology: Topology::TwoHosts,
         ipv6: false,
@@ -670,6 +673,17 @@ pub const SCENARIOS: &[Scenario] = &[
         port: 5062,
         bind_specific: true,
         traffic: Traffic::Shaped(TX_QUEUE_AMPLE),
+    },
+    Scenario {
+        name: "tx-queue-full-v6",
+        description: "a connected client (2001:db8::1, IPV6_RECVERR) sends a burst of 100 datagrams to [2001:db8::2]:5064 out of eth0, shaped by `tbf rate 80kbit burst 1540 limit 1600` (handle 1:)",
+        diagnosis: "as tx-queue-full over IPv6: QDISC_DROP drops on transmit queue 0 in the sender's own send (udp_v6_send_skb → ip6_send_skb; inferred from kfree_skb_list before 5.17), each send returns ENOBUFS and Udp6 SndbufErrors counts them; the verdict names `tbf 1:` and its limit of 1600 bytes; fix: `tc -s qdisc show dev eth0`, raise the limit or rate, or pace the sender",
+        expected: &["tx_drop"],
+        topology: Topology::TwoHosts,
+        ipv6: true,
+        port: 5064,
+        bind_specific: true,
+        traffic: Traffic::Shaped(TX_QUEUE_FULL),
     },
     Scenario {
         name: "neighbor-resolved",
@@ -978,7 +992,16 @@ impl Scenario {
             2
         };
         if let Traffic::Shaped(shaper) = self.traffic {
-            let mut args = vec!["qdisc", "add", "dev", "eth0", "root", "tbf"];
+            let mut args = vec![
+                "qdisc",
+                "add",
+                "dev",
+                "eth0",
+                "root",
+                "handle",
+                TX_SHAPER_HANDLE,
+                "tbf",
+            ];
             args.extend_from_slice(shaper);
             client.tc(&args)?;
         }
@@ -1835,27 +1858,30 @@ mod tests {
         if !root_or_skip() {
             return;
         }
-        let (_lab, outcome) = run("tx-queue-full");
-        let text = outcome.describe();
-        let failed = outcome.client.errors.len();
-        assert!(failed > 0, "{text}");
-        assert!(
-            outcome.client.errors.iter().all(|&e| e == libc::ENOBUFS),
-            "{text}"
-        );
-        assert_eq!(outcome.client.sent + failed, TX_BURST, "{text}");
-        // udp_sendmsg counts every ENOBUFS (net/ipv4/udp.c, `out:`).
-        assert_eq!(
-            outcome.delta("client", "SndbufErrors"),
-            Some(failed as u64),
-            "{text}"
-        );
-        assert_eq!(
-            outcome.server.as_ref().map(|server| server.received),
-            // and the datagram that resolved ARP.
-            Some(outcome.client.sent + 1),
-            "{text}"
-        );
+        for name in ["tx-queue-full", "tx-queue-full-v6"] {
+            let (_lab, outcome) = run(name);
+            let text = outcome.describe();
+            let failed = outcome.client.errors.len();
+            assert!(failed > 0, "{name}: {text}");
+            assert!(
+                outcome.client.errors.iter().all(|&e| e == libc::ENOBUFS),
+                "{name}: {text}"
+            );
+            assert_eq!(outcome.client.sent + failed, TX_BURST, "{name}: {text}");
+            // udp_sendmsg and udpv6_sendmsg count every ENOBUFS (net/ipv4/udp.c,
+            // net/ipv6/udp.c, `out:`).
+            assert_eq!(
+                outcome.delta("client", "SndbufErrors"),
+                Some(failed as u64),
+                "{name}: {text}"
+            );
+            assert_eq!(
+                outcome.server.as_ref().map(|server| server.received),
+                // and the datagram that resolved the neighbour.
+                Some(outcome.client.sent + 1),
+                "{name}: {text}"
+            );
+        }
         let (_lab, outcome) = run("tx-queue-fits");
         let text = outcome.describe();
         assert_eq!(outcome.client.sent, TX_BURST, "{text}");

@@ -40,11 +40,13 @@ fn what_summary(event: &TraceEvent) -> String {
         What::Drop {
             reason,
             reason_inferred,
+            txq,
             ..
         } => format!(
-            "{src} > {dst} {}{}",
+            "{src} > {dst} {}{}{}",
             reason.name,
-            if *reason_inferred { " (inferred)" } else { "" }
+            if *reason_inferred { " (inferred)" } else { "" },
+            txq.map_or_else(String::new, |txq| format!(" on transmit queue {txq}"))
         ),
         What::Icmp {
             icmp_type,

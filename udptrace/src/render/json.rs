@@ -202,11 +202,13 @@ mod tests {
                 },
                 reason_inferred: false,
                 location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+                txq: None,
             },
             What::Drop {
                 reason: DropReason::named("SOCKET_RCVBUFF"),
                 reason_inferred: true,
                 location: Location::Address(0xffff_ffff_8100_0010),
+                txq: None,
             },
             What::Icmp {
                 icmp_type: 3,

@@ -297,6 +297,7 @@ mod tests {
                     reason: DropReason::named("NO_SOCKET"),
                     reason_inferred,
                     location: Location::Symbol("__udp4_lib_rcv+0x2cd".into()),
+                    txq: None,
                 }))
                 .unwrap();
         }
@@ -327,6 +328,7 @@ mod tests {
             reason: DropReason::named("NO_SOCKET"),
             reason_inferred: false,
             location: Location::Symbol("__udp4_lib_rcv+0x4bc".into()),
+            txq: None,
         });
         drop.stack = Some(Box::new(vec![
             "__udp4_lib_rcv+0x4bc".into(),

@@ -20,6 +20,7 @@ use crate::{
     },
     icmp_limits::{IcmpLimits, XRLIM_BURST_FACTOR},
     model::{Process, SocketInfo, TraceEvent, What},
+    qdiscs::Qdisc,
     sockets::{ListedSocket, Mismatch},
 };
 
@@ -125,6 +126,23 @@ pub fn evidence_lines(verdict: &Verdict) -> Vec<String> {
         Facts::Firewall { rules, .. } | Facts::FragmentLoss { rules, .. } => {
             lines.extend(rules.iter().map(|rule| format!("rule {}", rule_text(rule))));
         }
+        Facts::TxDrop {
+            device,
+            txq,
+            qdisc: Some(qdisc),
+            ..
+        } => lines.push(format!(
+            "qdisc {} on {}{}: {}, {} dropped, {} overlimits, {} packets ({} bytes) queued \
+             when udptrace read it (`tc -s qdisc show`)",
+            qdisc.name(),
+            device.as_deref().unwrap_or("?"),
+            txq.map_or_else(String::new, |txq| format!(" transmit queue {txq}")),
+            qdisc_limit_text(qdisc, device.as_deref()),
+            qdisc.drops,
+            qdisc.overlimits,
+            qdisc.qlen,
+            qdisc.backlog
+        )),
         _ => {}
     }
     lines.extend(events);
@@ -389,12 +407,23 @@ pub fn summary(verdict: &Verdict) -> String {
             namespace,
             device,
             reason,
+            txq,
+            qdisc,
             process,
             error,
         } => {
             let who = named(process.as_ref()).map_or_else(String::new, |process| {
                 format!(" sent by {}", process_text(process))
             });
+            let queue = txq.map_or_else(String::new, |txq| format!(" on transmit queue {txq}"));
+            let which = match qdisc {
+                Some(qdisc) => format!(
+                    ", {}{queue} ({}, full: {reason})",
+                    qdisc.name(),
+                    qdisc_limit_text(qdisc, device.as_deref())
+                ),
+                None => format!("{queue} ({reason}: its queue was full)"),
+            };
             let seen = match error {
                 Some(error) => format!(
                     "the sender's send returned {} (it has IP_RECVERR: the application saw it)",
@@ -406,7 +435,7 @@ pub fn summary(verdict: &Verdict) -> String {
             };
             format!(
                 "{} datagram(s) {source} > {destination}{who} were dropped on the way out by \
-                 the queueing discipline of {} in {} ({reason}: its queue was full): {seen}",
+                 the queueing discipline of {} in {}{which}: {seen}",
                 verdict.count,
                 device.as_deref().unwrap_or("?"),
                 namespace_text(namespace)
@@ -654,14 +683,44 @@ pub fn fix(verdict: &Verdict) -> String {
             server.ip()
         ),
         Facts::TxDrop {
-            device, namespace, ..
-        } => format!(
-            "`tc -s qdisc show dev {}` in {} shows the qdisc and its dropped/overlimits \
-             counters: raise its limit or its shaping rate, or pace the sender to the rate the \
-             device is given; a sender that must know sets IP_RECVERR and handles ENOBUFS",
-            device.as_deref().unwrap_or("DEV"),
-            namespace_text(namespace)
-        ),
+            device,
+            namespace,
+            qdisc,
+            ..
+        } => {
+            let device = device.as_deref().unwrap_or("DEV");
+            let knob = match qdisc {
+                Some(qdisc) if qdisc.limited_by_txqueuelen() => format!(
+                    "raise {device}'s queue length (`ip link set dev {device} txqueuelen N`: \
+                     {} queues up to it)",
+                    qdisc.name()
+                ),
+                Some(qdisc) => {
+                    let limit = qdisc.limit.map_or_else(String::new, |limit| {
+                        format!(" (now {limit} {})", qdisc.limit_unit())
+                    });
+                    let rate = if SHAPERS.contains(&qdisc.kind.as_str()) {
+                        " or its shaping rate"
+                    } else {
+                        ""
+                    };
+                    format!(
+                        "raise the limit of {}{limit}{rate} (`tc qdisc change dev {device} \
+                         handle {} {} ...`)",
+                        qdisc.name(),
+                        qdisc.handle,
+                        qdisc.kind
+                    )
+                }
+                None => "raise its limit or its shaping rate".to_owned(),
+            };
+            format!(
+                "`tc -s qdisc show dev {device}` in {} shows the qdisc and its dropped/overlimits \
+                 counters: {knob}, or pace the sender to the rate the device is given; a sender \
+                 that must know sets IP_RECVERR and handles ENOBUFS",
+                namespace_text(namespace)
+            )
+        }
         Facts::FragmentLoss { source, rules, .. } => {
             let through = rules.first().map_or_else(
                 || "let fragments through the firewalls on the path".to_owned(),
@@ -706,6 +765,23 @@ pub fn fix(verdict: &Verdict) -> String {
              namespace show the count and the drops",
             destination.port()
         ),
+    }
+}
+
+/// Qdiscs that shape to a configured rate (whose `rate` is a knob besides their limit).
+const SHAPERS: [&str; 4] = ["tbf", "htb", "hfsc", "cake"];
+
+/// `limit 1600 bytes`; `up to eth0's txqueuelen` for pfifo_fast; `no limit of its own`.
+fn qdisc_limit_text(qdisc: &Qdisc, device: Option<&str>) -> String {
+    match qdisc.limit {
+        Some(limit) => format!("limit {limit} {}", qdisc.limit_unit()),
+        None if qdisc.limited_by_txqueuelen() => {
+            format!(
+                "queues up to {}'s txqueuelen",
+                device.unwrap_or("the device")
+            )
+        }
+        None => "no limit shown".to_owned(),
     }
 }
 

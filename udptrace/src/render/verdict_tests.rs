@@ -748,6 +748,7 @@ fn route_failures_name_the_route_the_namespace_and_the_fix() {
             reason: DropReason::named("NOT_SPECIFIED"),
             reason_inferred: true,
             location: crate::model::Location::Symbol("ip_error+0x94".into()),
+            txq: None,
         },
         "198.51.100.2:40001",
         "203.0.113.42:5042",
@@ -1137,4 +1138,62 @@ fn conntrack_drops_say_it_was_not_a_rule_and_give_the_counters() {
         summary(verdict)
     );
     assert!(fix(verdict).contains("single-request-reopen"));
+}
+
+/// A transmit drop under a multiqueue root: the qdisc of the drop's queue is named, and a
+/// `pfifo_fast` (no limit of its own) gets the device's txqueuelen as its knob.
+#[test]
+fn a_transmit_drop_names_the_queue_s_qdisc_and_its_knob() {
+    let qdisc = |kind: &str, handle: &str, parent: Option<&str>| Qdisc {
+        kind: kind.into(),
+        handle: handle.into(),
+        parent: parent.map(Into::into),
+        limit: None,
+        drops: 9,
+        overlimits: 0,
+        backlog: 0,
+        qlen: 0,
+    };
+    let mut diagnosis = Diagnosis::new(no_sockets()).with_qdiscs(Box::new(move |_| {
+        Some(vec![
+            qdisc("mq", "1:", None),
+            qdisc("pfifo_fast", "0:", Some("1:1")),
+            qdisc("pfifo_fast", "0:", Some("1:2")),
+        ])
+    }));
+    let mut dropped = event(
+        What::Drop {
+            reason: DropReason::named("QDISC_DROP"),
+            reason_inferred: false,
+            location: crate::model::Location::Symbol("__dev_queue_xmit+0xdd1".into()),
+            txq: Some(1),
+        },
+        "192.0.2.1:40000",
+        "192.0.2.2:5061",
+        1,
+    );
+    dropped.ifname = Some("eth0".into());
+    diagnosis.observe(&dropped);
+    let verdicts = diagnosis.ready(u64::MAX, true);
+    assert_eq!(verdicts.len(), 1);
+    let text = verdict_text(&verdicts[0]);
+    assert!(
+        text.contains(
+            "eth0 in namespace host, pfifo_fast 0: (parent 1:2) on transmit queue 1 (queues up \
+             to eth0's txqueuelen, full: QDISC_DROP)"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("evidence: qdisc pfifo_fast 0: (parent 1:2) on eth0 transmit queue 1: "),
+        "{text}"
+    );
+    assert!(
+        text.contains("raise eth0's queue length (`ip link set dev eth0 txqueuelen N`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("QDISC_DROP on transmit queue 1 at __dev_queue_xmit"),
+        "{text}"
+    );
 }

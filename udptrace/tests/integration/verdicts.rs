@@ -398,13 +398,25 @@ fn neighbour_failures_name_the_address_device_and_errno() {
 }
 
 /// Issue 17: a full qdisc on the sender's device. The drops happen in the sender's own send
-/// (`__dev_queue_xmit`): the verdict names the device, namespace and process, counts exactly
-/// the datagrams the kernel dropped (each failed its send with ENOBUFS, which Udp
-/// SndbufErrors counts), and carries the ENOBUFS the IP_RECVERR sender saw. The healthy
-/// control (`tx-queue-fits`) is in `every_scenario_yields_exactly_its_verdicts`.
+/// (`__dev_queue_xmit`): the verdict names the device, namespace and process, the transmit
+/// queue (`skb->queue_mapping`) and the qdisc that dropped (the lab's `tbf 1:` with its limit
+/// and drop counter, read with `tc` in the namespace), counts exactly the datagrams the kernel
+/// dropped (each failed its send with ENOBUFS, which Udp SndbufErrors counts), and carries the
+/// ENOBUFS the IP_RECVERR sender saw. The healthy control (`tx-queue-fits`) is in
+/// `every_scenario_yields_exactly_its_verdicts`.
 #[test]
 fn transmit_queue_drops_name_the_device_the_sender_and_enobufs() {
-    let (lab, outcome, records) = traced("tx-queue-full", &[]);
+    assert_transmit_queue_drops("tx-queue-full");
+}
+
+/// The same over IPv6 (`udp_v6_send_skb`: ENOBUFS, Udp6 SndbufErrors).
+#[test]
+fn transmit_queue_drops_over_ipv6_name_the_queue_and_qdisc() {
+    assert_transmit_queue_drops("tx-queue-full-v6");
+}
+
+fn assert_transmit_queue_drops(name: &str) {
+    let (lab, outcome, records) = traced(name, &[]);
     let text = outcome.describe();
     let client = outcome.client.local.unwrap();
     let failed = outcome.client.errors.len() as u64;
@@ -433,9 +445,21 @@ fn transmit_queue_drops_name_the_device_the_sender_and_enobufs() {
             reason.starts_with("QDISC") || drop["reason_inferred"] == true,
             "{drop}"
         );
+        // A veth has one transmit queue (its /sys/class/net/eth0/queues lists tx-0 alone).
+        assert_eq!(drop["txq"], 0, "{drop}");
     }
     let facts = &verdict["facts"];
     assert_eq!(facts["device"], "eth0", "{verdict:#}");
+    assert_eq!(facts["txq"], 0, "{verdict:#}");
+    // The shaper the lab put at the root, which every queue of the device shares.
+    let qdisc = &facts["qdisc"];
+    assert_eq!(qdisc["kind"], "tbf", "{verdict:#}");
+    assert_eq!(qdisc["handle"], scenario::TX_SHAPER_HANDLE, "{verdict:#}");
+    assert_eq!(qdisc["limit"], 1600, "{verdict:#}");
+    assert!(qdisc.get("parent").is_none(), "{verdict:#}");
+    // Read once the verdict opened: at least its first drop, at most all of them.
+    let counted = qdisc["drops"].as_u64().unwrap();
+    assert!((1..=failed).contains(&counted), "{verdict:#}");
     assert_eq!(facts["namespace"]["netns"], lab.client.inode);
     assert_eq!(facts["process"]["pid"], std::process::id(), "{verdict:#}");
     assert_eq!(facts["error"], "ENOBUFS", "{verdict:#}");
@@ -456,11 +480,14 @@ fn transmit_queue_drops_name_the_device_the_sender_and_enobufs() {
     );
     assert!(summary.contains("returned ENOBUFS"), "{summary}");
     assert!(
-        verdict["fix"]
-            .as_str()
-            .unwrap()
-            .contains("`tc -s qdisc show dev eth0`"),
-        "{verdict:#}"
+        summary.contains(", tbf 1: on transmit queue 0 (limit 1600 bytes, full: "),
+        "{summary}"
+    );
+    let fix = verdict["fix"].as_str().unwrap();
+    assert!(fix.contains("`tc -s qdisc show dev eth0`"), "{fix}");
+    assert!(
+        fix.contains("raise the limit of tbf 1: (now 1600 bytes) or its shaping rate"),
+        "{fix}"
     );
 }
 

@@ -134,6 +134,7 @@ mod tests {
                 reason: DropReason::named("NETFILTER_DROP"),
                 reason_inferred: false,
                 location: Location::Symbol("nf_hook_slow+0x9e".into()),
+                txq: None,
             },
             src,
             SERVER,

@@ -111,6 +111,7 @@ mod tests {
             reason: DropReason::named("NOT_SPECIFIED"),
             reason_inferred: false,
             location: Location::Symbol(symbol.into()),
+            txq: None,
         };
         let mut diagnosis = Diagnosis::new(no_sockets());
         // An ICMPv6 address unreachable before the drop is its first evidence.

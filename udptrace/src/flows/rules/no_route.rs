@@ -430,6 +430,7 @@ mod tests {
                 reason: DropReason::named(reason),
                 reason_inferred: false,
                 location: Location::Symbol(symbol.into()),
+                txq: None,
             },
             "198.51.100.2:40000",
             "203.0.113.42:5042",

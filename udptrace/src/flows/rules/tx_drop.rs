@@ -8,8 +8,11 @@
 //! IP_RECVERR and counts UDP_MIB_SNDBUFERRORS (`Udp SndbufErrors`) either way, so only a
 //! socket with IP_RECVERR sees the failure.
 //!
-//! The drop names the device (the skb's `dev`) but no process: the hop before it, the same
-//! skb handed to the device (`net:net_dev_queue`, in the sender's system call), names it.
+//! The drop names the device (the skb's `dev`) and its transmit queue (`skb->queue_mapping`,
+//! which `netdev_core_pick_tx` set before the enqueue) but no process: the hop before it, the
+//! same skb handed to the device (`net:net_dev_queue`, in the sender's system call), names
+//! it. The qdisc of that queue (kind, handle, limit, drop counter) is read from the
+//! namespace once, when the verdict opens (`qdiscs`).
 
 use crate::{
     flows::{
@@ -18,6 +21,7 @@ use crate::{
         verdict::{Facts, Namespace, VerdictCode},
     },
     model::{Errno, TraceEvent, What},
+    qdiscs::of_queue,
 };
 
 /// `ENOBUFS` (include/uapi/asm-generic/errno.h): `net_xmit_errno(NET_XMIT_DROP)`.
@@ -36,7 +40,7 @@ impl Rule for TxDrop {
     }
 
     fn on_drop(&mut self, event: &TraceEvent, _reason: KnownReason, cx: &mut Context<'_>) {
-        let What::Drop { reason, .. } = &event.what else {
+        let What::Drop { reason, txq, .. } = &event.what else {
             return;
         };
         // The last hop of this skb: its hand-over to the device, in the sender's context.
@@ -51,6 +55,11 @@ impl Rule for TxDrop {
             return;
         }
         let key = FlowKey::of(event);
+        // Reading the qdiscs runs `tc` in the namespace: only for a verdict that opens.
+        if cx.ledger.bump(key, VerdictCode::TxDrop, event) || !cx.room() {
+            return;
+        }
+        let qdisc = (cx.env.qdiscs)(event).and_then(|qdiscs| of_queue(&qdiscs, *txq).cloned());
         let Some(index) = cx.verdict(key, VerdictCode::TxDrop, event, || {
             let process = handed.as_ref().and_then(|hop| hop.process.clone());
             let mut evidence: Vec<TraceEvent> = handed.into_iter().collect();
@@ -62,6 +71,8 @@ impl Rule for TxDrop {
                     namespace: Namespace::of(event),
                     device: event.ifname.clone(),
                     reason: reason.name.clone(),
+                    txq: *txq,
+                    qdisc,
                     process,
                     error: None,
                 },
@@ -70,9 +81,7 @@ impl Rule for TxDrop {
         }) else {
             return;
         };
-        if !self.opened.iter().any(|(flow, _)| *flow == key) {
-            self.opened.push((key, index));
-        }
+        self.opened.push((key, index));
     }
 
     fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
@@ -95,13 +104,17 @@ impl Rule for TxDrop {
 
 #[cfg(test)]
 mod tests {
+    use std::{cell::Cell, rc::Rc};
+
     use crate::{
         flows::{
             diagnosis::Diagnosis,
+            rule::QdiscLister,
             testing::{drop, event, no_sockets, process},
             verdict::{Facts, Namespace, VerdictCode},
         },
         model::{DropReason, Errno, Location, Skb, SocketErrno, TraceEvent, What},
+        qdiscs::Qdisc,
     };
 
     const CLIENT: &str = "192.0.2.1:40000";
@@ -120,20 +133,60 @@ mod tests {
         hop
     }
 
+    /// A multiqueue root with a shaper on its first queue's child, as `tc -s -j` lists it.
+    fn qdiscs() -> Vec<Qdisc> {
+        let qdisc = |kind: &str, handle: &str, parent: Option<&str>, limit| Qdisc {
+            kind: kind.into(),
+            handle: handle.into(),
+            parent: parent.map(Into::into),
+            limit,
+            drops: 1,
+            overlimits: 3,
+            backlog: 1584,
+            qlen: 24,
+        };
+        vec![
+            qdisc("mq", "1:", None, None),
+            qdisc("fq_codel", "0:", Some("1:1"), Some(10_240)),
+            qdisc("tbf", "8001:", Some("1:2"), Some(1_600)),
+        ]
+    }
+
+    /// Lists `qdiscs()` for eth0, counting the lists asked for.
+    fn counted_qdiscs(asked: &Rc<Cell<u32>>) -> QdiscLister {
+        let asked = Rc::clone(asked);
+        Box::new(move |event| {
+            asked.set(asked.get() + 1);
+            (event.ifname.as_deref() == Some("eth0")).then(qdiscs)
+        })
+    }
+
+    fn on_queue(mut event: TraceEvent, queue: u16) -> TraceEvent {
+        if let What::Drop { txq, .. } = &mut event.what {
+            *txq = Some(queue);
+        }
+        event
+    }
+
     fn unnamed_at(symbol: &str) -> What {
         What::Drop {
             reason: DropReason::named("NOT_SPECIFIED"),
             reason_inferred: false,
             location: Location::Symbol(symbol.into()),
+            txq: None,
         }
     }
 
     #[test]
-    fn qdisc_drops_name_device_sender_and_the_enobufs_it_saw() {
-        let mut diagnosis = Diagnosis::new(no_sockets());
+    fn qdisc_drops_name_device_queue_qdisc_sender_and_the_enobufs_it_saw() {
+        let asked = Rc::new(Cell::new(0));
+        let mut diagnosis = Diagnosis::new(no_sockets()).with_qdiscs(counted_qdiscs(&asked));
         let hop = handed(0x100, 1);
         diagnosis.observe(&hop);
-        let first = on_eth0(event(drop("QDISC_DROP"), CLIENT, SERVER, 2), 0x100);
+        let first = on_queue(
+            on_eth0(event(drop("QDISC_DROP"), CLIENT, SERVER, 2), 0x100),
+            1,
+        );
         diagnosis.observe(&first);
         let enobufs = event(
             What::SendError {
@@ -148,6 +201,8 @@ mod tests {
         // A later drop without its hop in the history still counts (a named reason: here the
         // qdisc subsystem's own, as 7.x names them).
         diagnosis.observe(&on_eth0(event(drop("QDISC(1)"), CLIENT, SERVER, 4), 0x200));
+        // The qdiscs are read once, when the verdict opens, not per drop.
+        assert_eq!(asked.get(), 1);
         let verdicts = diagnosis.verdicts();
         assert_eq!(verdicts.len(), 1, "{verdicts:?}");
         assert_eq!(verdicts[0].code, VerdictCode::TxDrop);
@@ -165,6 +220,9 @@ mod tests {
                 },
                 device: Some("eth0".into()),
                 reason: "QDISC_DROP".into(),
+                // The second queue's child of the mq root.
+                txq: Some(1),
+                qdisc: Some(qdiscs()[2].clone()),
                 process: Some(process(42, "sender")),
                 error: Some(Errno(105)),
             }
