@@ -12,7 +12,10 @@
 //! answered from and to other addresses: they are not followed either. Time is the event clock: a request is
 //! unanswered once an event at least the timeout later has been observed, so that a replay of
 //! the recording reaches the same verdicts as the live run; a request still waiting when the
-//! trace ends is not judged.
+//! trace ends is not judged. A server whose answer failed in its own send (EMSGSIZE past the
+//! path MTU, ENETUNREACH, ENOBUFS from a full queue) did answer: that failure has a verdict
+//! of its own (fragment_loss, no_route, tx_drop), and "did not answer" would send the person
+//! on call to the wrong process.
 
 use std::{
     collections::VecDeque,
@@ -93,6 +96,11 @@ pub struct NoReply {
     /// same for all, events come in kernel-time order); at most `capacity` long.
     deadlines: VecDeque<(u64, (Conversation, Seen))>,
     capacity: usize,
+    /// When a send from each socket (namespace, local address) last failed. A failed send names
+    /// its destination only where a function probe saw the call; from the `sock_send_length`
+    /// tracepoint it carries the socket's connected peer, 0.0.0.0:0 for a server's unconnected
+    /// socket: failures are kept by socket.
+    failed_sends: Bounded<(u32, SocketAddr), u64>,
 }
 
 impl NoReply {
@@ -103,6 +111,7 @@ impl NoReply {
             pending: Bounded::new(max_flows),
             deadlines: VecDeque::new(),
             capacity: max_flows,
+            failed_sends: Bounded::new(max_flows),
         }
     }
 
@@ -170,6 +179,23 @@ impl NoReply {
         }
     }
 
+    /// Whether a send from the socket that `request` was delivered to failed after it: its
+    /// owner did answer (see the module comment).
+    fn answer_failed(&self, request: &TraceEvent, server: SocketAddr) -> bool {
+        let wildcard = SocketAddr::new(
+            match server.ip() {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            },
+            server.port(),
+        );
+        [server, wildcard].iter().any(|socket| {
+            self.failed_sends
+                .get(&(request.netns, *socket))
+                .is_some_and(|&failed| failed >= request.ts_ns)
+        })
+    }
+
     fn judge(&self, client: SocketAddr, seen: Seen, pending: &Pending, cx: &mut Context<'_>) {
         let request = &pending.request;
         let server = pending.server;
@@ -181,6 +207,9 @@ impl NoReply {
                 let What::Deliver { socket } = &request.what else {
                     return;
                 };
+                if self.answer_failed(request, server) {
+                    return;
+                }
                 cx.verdict(key, VerdictCode::NoReply, request, || {
                     (
                         Facts::NoReply {
@@ -224,6 +253,10 @@ fn unicast(event: &TraceEvent) -> bool {
 
 impl Rule for NoReply {
     fn on_clock(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
+        if matches!(event.what, What::SendError { .. }) {
+            self.failed_sends
+                .insert((event.netns, canonical(event.source())), event.ts_ns);
+        }
         self.expire(event.ts_ns, cx);
         // A drop or an ICMP error about the flow, either way: what happened is on this host,
         // and other verdicts say what.
@@ -359,6 +392,38 @@ mod tests {
         );
         // Judged by the event clock only: without an event that late, nothing.
         assert!(verdicts(&[delivered("192.0.2.1:53", SECOND)], SECOND + TIMEOUT - 1).is_empty());
+    }
+
+    /// path-mtu's server: its answers fail with EMSGSIZE in its own sendto() (an unconnected
+    /// socket: the error names no peer). It answered; fragment_loss says why nothing arrived.
+    #[test]
+    fn an_answer_that_failed_in_the_servers_send_is_not_a_missing_answer() {
+        let request = delivered("192.0.2.1:53", SECOND);
+        let failed = |socket: &str, ts_ns| {
+            event(
+                What::SendError {
+                    error: crate::model::SocketErrno(crate::model::Errno(
+                        libc::EMSGSIZE.unsigned_abs(),
+                    )),
+                    call: None,
+                },
+                socket,
+                "0.0.0.0:0",
+                ts_ns,
+            )
+        };
+        for socket in ["192.0.2.1:53", "0.0.0.0:53"] {
+            let found = verdicts(
+                &[request.clone(), failed(socket, SECOND + 1)],
+                SECOND + TIMEOUT,
+            );
+            assert!(found.is_empty(), "{socket}: {found:?}");
+        }
+        // A failure before the request, or of another socket, does not answer it.
+        for (socket, ts_ns) in [("192.0.2.1:53", SECOND - 1), ("192.0.2.1:54", SECOND + 1)] {
+            let found = verdicts(&[failed(socket, ts_ns), request.clone()], SECOND + TIMEOUT);
+            assert_eq!(found.len(), 1, "{socket} at {ts_ns}: {found:?}");
+        }
     }
 
     #[test]
