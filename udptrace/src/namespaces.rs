@@ -54,6 +54,25 @@ impl<T: Clone> Snapshot<T> {
         })
         .map(|snapshot| snapshot.value.clone())
     }
+
+    /// `answer`, or else `read()` now, kept in `slot` for the next questions.
+    fn cached(
+        slot: &mut Option<Self>,
+        event: u64,
+        now: u64,
+        interval: Duration,
+        read: impl FnOnce() -> T,
+    ) -> T {
+        if let Some(value) = Self::answer(slot.as_ref(), event, now, interval) {
+            return value;
+        }
+        let value = read();
+        *slot = Some(Snapshot {
+            taken: now,
+            value: value.clone(),
+        });
+        value
+    }
 }
 
 struct Namespace {
@@ -70,7 +89,7 @@ struct Namespace {
     /// The last conntrack counters read, or the failure to read them (`conntrack`).
     conntrack: Option<Snapshot<Option<ConntrackStats>>>,
     /// The last `tc -j qdisc show` of each device asked about, or the failure to run it.
-    qdiscs: HashMap<String, Snapshot<Option<Rc<str>>>>,
+    qdiscs: HashMap<String, Option<Snapshot<Option<Rc<str>>>>>,
     used: u64,
 }
 
@@ -91,54 +110,39 @@ impl Namespaces {
     /// The UDP sockets of namespace `netns` for an event at `event` (CLOCK_MONOTONIC ns);
     /// `None` when the namespace cannot be found or read.
     pub fn sockets(&mut self, netns: u32, event: u64, now: u64) -> Option<SocketList> {
-        let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
-        if let Some(list) =
-            Snapshot::answer(namespace.sockets.as_ref(), event, now, SOCKETS_REFRESH)
-        {
-            return list;
-        }
-        let list = list_sockets(&mut namespace.diag, &namespace.file, &self.processes);
-        namespace.sockets = Some(Snapshot {
-            taken: now,
-            value: list.clone(),
-        });
-        list
+        let Namespace {
+            file,
+            diag,
+            sockets,
+            ..
+        } = namespace(&mut self.namespaces, &self.processes, netns, now)?;
+        Snapshot::cached(sockets, event, now, SOCKETS_REFRESH, || {
+            list_sockets(diag, file, &self.processes)
+        })
     }
 
     /// The nftables ruleset of namespace `netns` (`nft -a list ruleset`) for an event at
     /// `event`; `None` when it cannot be read.
     pub fn ruleset(&mut self, netns: u32, event: u64, now: u64) -> Option<Rc<str>> {
         let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
-        if let Some(text) = Snapshot::answer(namespace.ruleset.as_ref(), event, now, RULES_REFRESH)
-        {
-            return text;
-        }
-        let text = ruleset_in(&namespace.file).ok().map(Rc::from);
-        namespace.ruleset = Some(Snapshot {
-            taken: now,
-            value: text.clone(),
-        });
-        text
+        let file = &namespace.file;
+        Snapshot::cached(&mut namespace.ruleset, event, now, RULES_REFRESH, || {
+            ruleset_in(file).ok().map(Rc::from)
+        })
     }
 
     /// The ICMP rate limits and counters of namespace `netns` (`icmp_limits`) for an event at
     /// `event`; `None` when they cannot be read.
     pub fn icmp_limits(&mut self, netns: u32, event: u64, now: u64) -> Option<IcmpLimits> {
         let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
-        if let Some(limits) = Snapshot::answer(
-            namespace.icmp_limits.as_ref(),
+        let file = &namespace.file;
+        Snapshot::cached(
+            &mut namespace.icmp_limits,
             event,
             now,
             ICMP_LIMITS_REFRESH,
-        ) {
-            return limits;
-        }
-        let limits = icmp_limits::read_in(&namespace.file).ok();
-        namespace.icmp_limits = Some(Snapshot {
-            taken: now,
-            value: limits.clone(),
-        });
-        limits
+            || icmp_limits::read_in(file).ok(),
+        )
     }
 
     /// The connection-tracking counters of namespace `netns` for a drop at `event`; `None`
@@ -148,39 +152,23 @@ impl Namespaces {
     /// netfilter drops on flows without a verdict, within its allowance).
     pub fn conntrack(&mut self, netns: u32, event: u64, now: u64) -> Option<ConntrackStats> {
         let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
-        if let Some(stats) =
-            Snapshot::answer(namespace.conntrack.as_ref(), event, now, Duration::ZERO)
-        {
-            return stats;
-        }
-        let stats = in_netns(&namespace.file, conntrack::read_own_namespace)
-            .ok()
-            .and_then(Result::ok);
-        namespace.conntrack = Some(Snapshot {
-            taken: now,
-            value: stats,
-        });
-        stats
+        let file = &namespace.file;
+        Snapshot::cached(&mut namespace.conntrack, event, now, Duration::ZERO, || {
+            in_netns(file, conntrack::read_own_namespace)
+                .ok()
+                .and_then(Result::ok)
+        })
     }
 
     /// The qdiscs of device `device` in namespace `netns` (`tc -s -j qdisc show`) for an event
     /// at `event`; `None` when they cannot be read.
     pub fn qdiscs(&mut self, netns: u32, device: &str, event: u64, now: u64) -> Option<Rc<str>> {
         let namespace = namespace(&mut self.namespaces, &self.processes, netns, now)?;
-        if let Some(text) =
-            Snapshot::answer(namespace.qdiscs.get(device), event, now, QDISCS_REFRESH)
-        {
-            return text;
-        }
-        let text = qdiscs_in(&namespace.file, device).ok().map(Rc::from);
-        namespace.qdiscs.insert(
-            device.to_owned(),
-            Snapshot {
-                taken: now,
-                value: text.clone(),
-            },
-        );
-        text
+        let file = &namespace.file;
+        let slot = namespace.qdiscs.entry(device.to_owned()).or_default();
+        Snapshot::cached(slot, event, now, QDISCS_REFRESH, || {
+            qdiscs_in(file, device).ok().map(Rc::from)
+        })
     }
 
     /// Releases the namespaces nobody asked about for `IDLE`.

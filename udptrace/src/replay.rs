@@ -18,16 +18,14 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{
-    conntrack::ConntrackStats,
-    firewall::FirewallRule,
     flows::{
         diagnosis::Diagnosis,
-        rule::{ConntrackReader, IcmpLimitsReader, QdiscLister, RuleLister, SocketLister},
+        rule::{
+            ConntrackReader, IcmpLimitsReader, QdiscLister, Question, RuleLister, SocketLister,
+        },
         table::DEFAULT_MAX_FLOWS,
     },
-    icmp_limits::IcmpLimits,
     model::TraceEvent,
-    qdiscs::Qdisc,
     recording::{
         ConntrackAnswer, Header, IcmpLimitsAnswer, KernelCount, QdiscsAnswer, RECORDING_VERSION,
         RulesAnswer, SocketsAnswer,
@@ -226,23 +224,31 @@ fn take_answer<T>(
     }
 }
 
+/// A question the rules ask, answered in turn by the recording's next answer when `pick`
+/// takes it as this event's (`Err` gives it back: it answers another question).
+fn answered<T: 'static>(
+    answers: &Rc<RefCell<VecDeque<Answer>>>,
+    mismatches: &Rc<Mismatches>,
+    pick: impl Fn(Answer, &TraceEvent) -> Result<Option<T>, Answer> + 'static,
+) -> Question<T> {
+    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
+    Box::new(move |event| take_answer(&answers, &mismatches, |answer| pick(answer, event))?)
+}
+
 fn socket_answers(
     answers: &Rc<RefCell<VecDeque<Answer>>>,
     mismatches: &Rc<Mismatches>,
 ) -> SocketLister {
-    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
-    Box::new(move |event| -> Option<SocketList> {
-        take_answer(&answers, &mismatches, |answer| match answer {
-            Answer::Sockets(sockets) if sockets.netns == event.netns => Ok(sockets),
-            other => Err(other),
-        })?
-        .sockets
-        .map(|sockets| {
-            sockets
-                .into_iter()
-                .map(|socket| (socket.entry, socket.owner))
-                .collect()
-        })
+    answered(answers, mismatches, |answer, event| match answer {
+        Answer::Sockets(sockets) if sockets.netns == event.netns => {
+            Ok(sockets.sockets.map(|sockets| {
+                sockets
+                    .into_iter()
+                    .map(|socket| (socket.entry, socket.owner))
+                    .collect::<SocketList>()
+            }))
+        }
+        other => Err(other),
     })
 }
 
@@ -250,15 +256,11 @@ fn rule_answers(
     answers: &Rc<RefCell<VecDeque<Answer>>>,
     mismatches: &Rc<Mismatches>,
 ) -> RuleLister {
-    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
-    Box::new(move |event| -> Option<Vec<FirewallRule>> {
-        take_answer(&answers, &mismatches, |answer| match answer {
-            Answer::Rules(rules) if rules.netns == event.netns && rules.dport == event.dport => {
-                Ok(rules)
-            }
-            other => Err(other),
-        })?
-        .rules
+    answered(answers, mismatches, |answer, event| match answer {
+        Answer::Rules(rules) if rules.netns == event.netns && rules.dport == event.dport => {
+            Ok(rules.rules)
+        }
+        other => Err(other),
     })
 }
 
@@ -266,13 +268,9 @@ fn icmp_limits_answers(
     answers: &Rc<RefCell<VecDeque<Answer>>>,
     mismatches: &Rc<Mismatches>,
 ) -> IcmpLimitsReader {
-    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
-    Box::new(move |event| -> Option<IcmpLimits> {
-        take_answer(&answers, &mismatches, |answer| match answer {
-            Answer::IcmpLimits(limits) if limits.netns == event.netns => Ok(limits),
-            other => Err(other),
-        })?
-        .limits
+    answered(answers, mismatches, |answer, event| match answer {
+        Answer::IcmpLimits(limits) if limits.netns == event.netns => Ok(limits.limits),
+        other => Err(other),
     })
 }
 
@@ -280,13 +278,9 @@ fn conntrack_answers(
     answers: &Rc<RefCell<VecDeque<Answer>>>,
     mismatches: &Rc<Mismatches>,
 ) -> ConntrackReader {
-    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
-    Box::new(move |event| -> Option<ConntrackStats> {
-        take_answer(&answers, &mismatches, |answer| match answer {
-            Answer::Conntrack(stats) if stats.netns == event.netns => Ok(stats),
-            other => Err(other),
-        })?
-        .stats
+    answered(answers, mismatches, |answer, event| match answer {
+        Answer::Conntrack(stats) if stats.netns == event.netns => Ok(stats.stats),
+        other => Err(other),
     })
 }
 
@@ -294,18 +288,14 @@ fn qdisc_answers(
     answers: &Rc<RefCell<VecDeque<Answer>>>,
     mismatches: &Rc<Mismatches>,
 ) -> QdiscLister {
-    let (answers, mismatches) = (Rc::clone(answers), Rc::clone(mismatches));
-    Box::new(move |event| -> Option<Vec<Qdisc>> {
-        take_answer(&answers, &mismatches, |answer| match answer {
-            Answer::Qdiscs(qdiscs)
-                if qdiscs.netns == event.netns
-                    && Some(qdiscs.device.as_str()) == event.ifname.as_deref() =>
-            {
-                Ok(qdiscs)
-            }
-            other => Err(other),
-        })?
-        .qdiscs
+    answered(answers, mismatches, |answer, event| match answer {
+        Answer::Qdiscs(qdiscs)
+            if qdiscs.netns == event.netns
+                && Some(qdiscs.device.as_str()) == event.ifname.as_deref() =>
+        {
+            Ok(qdiscs.qdiscs)
+        }
+        other => Err(other),
     })
 }
 

@@ -35,7 +35,9 @@ use crate::{
         DEFAULT_REPLY_TIMEOUT,
         diagnosis::Diagnosis,
         ledger::SETTLE,
-        rule::{ConntrackReader, IcmpLimitsReader, QdiscLister, RuleLister, SocketLister},
+        rule::{
+            ConntrackReader, IcmpLimitsReader, QdiscLister, Question, RuleLister, SocketLister,
+        },
         table::{DEFAULT_MAX_FLOWS, FlowKey, Tally, canonical},
     },
     host::{check_pid, ifindex_in, open_netns, preflight},
@@ -726,20 +728,35 @@ impl Tracer {
     }
 }
 
+/// A question the rules ask about an event's namespace: answered by `ask` (from the
+/// `Namespaces` cache, at the current time), the answer written to the recording by `record`
+/// so that a replay gets the same one.
+fn asked<T: 'static>(
+    namespaces: Rc<RefCell<Namespaces>>,
+    recording: Option<SharedRecording>,
+    ask: impl Fn(&mut Namespaces, &TraceEvent, u64) -> Option<T> + 'static,
+    record: impl Fn(&mut Recording, &TraceEvent, Option<&T>) + 'static,
+) -> Question<T> {
+    Box::new(move |event| {
+        let answer = ask(&mut namespaces.borrow_mut(), event, monotonic_ns());
+        if let Some(recording) = &recording {
+            record(&mut recording.borrow_mut(), event, answer.as_ref());
+        }
+        answer
+    })
+}
+
 /// Lists a namespace's UDP sockets with their owners, for verdicts.
 fn socket_lister(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
 ) -> SocketLister {
-    Box::new(move |event| {
-        let sockets = namespaces
-            .borrow_mut()
-            .sockets(event.netns, event.ts_ns, monotonic_ns());
-        if let Some(recording) = &recording {
-            recording.borrow_mut().sockets(event, sockets.as_ref());
-        }
-        sockets
-    })
+    asked(
+        namespaces,
+        recording,
+        |namespaces, event, now| namespaces.sockets(event.netns, event.ts_ns, now),
+        Recording::sockets,
+    )
 }
 
 /// Lists the nftables rules that can have dropped an event's datagram (its port's, or the
@@ -748,23 +765,20 @@ fn rule_lister(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
 ) -> RuleLister {
-    Box::new(move |event| {
-        let rules = namespaces
-            .borrow_mut()
-            .ruleset(event.netns, event.ts_ns, monotonic_ns())
-            .map(|ruleset| {
-                let dropped = if event.fragment.is_some() {
-                    Dropped::Fragment
-                } else {
-                    Dropped::Port(event.dport)
-                };
-                parse_ruleset(&ruleset, dropped)
-            });
-        if let Some(recording) = &recording {
-            recording.borrow_mut().rules(event, rules.as_deref());
-        }
-        rules
-    })
+    asked(
+        namespaces,
+        recording,
+        |namespaces, event, now| {
+            let ruleset = namespaces.ruleset(event.netns, event.ts_ns, now)?;
+            let dropped = if event.fragment.is_some() {
+                Dropped::Fragment
+            } else {
+                Dropped::Port(event.dport)
+            };
+            Some(parse_ruleset(&ruleset, dropped))
+        },
+        |recording, event, rules| recording.rules(event, rules.map(Vec::as_slice)),
+    )
 }
 
 /// Reads the ICMP rate limits and counters of an event's namespace, for port_unreachable
@@ -773,15 +787,12 @@ fn icmp_limits_reader(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
 ) -> IcmpLimitsReader {
-    Box::new(move |event| {
-        let limits = namespaces
-            .borrow_mut()
-            .icmp_limits(event.netns, event.ts_ns, monotonic_ns());
-        if let Some(recording) = &recording {
-            recording.borrow_mut().icmp_limits(event, limits.as_ref());
-        }
-        limits
-    })
+    asked(
+        namespaces,
+        recording,
+        |namespaces, event, now| namespaces.icmp_limits(event.netns, event.ts_ns, now),
+        Recording::icmp_limits,
+    )
 }
 
 /// Reads the conntrack counters of an event's namespace, for conntrack_drop verdicts.
@@ -789,15 +800,12 @@ fn conntrack_reader(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
 ) -> ConntrackReader {
-    Box::new(move |event| {
-        let stats = namespaces
-            .borrow_mut()
-            .conntrack(event.netns, event.ts_ns, monotonic_ns());
-        if let Some(recording) = &recording {
-            recording.borrow_mut().conntrack(event, stats);
-        }
-        stats
-    })
+    asked(
+        namespaces,
+        recording,
+        |namespaces, event, now| namespaces.conntrack(event.netns, event.ts_ns, now),
+        |recording, event, stats| recording.conntrack(event, stats.copied()),
+    )
 }
 
 /// Lists the qdiscs of the device an event (a drop on the way out) happened at, in its
@@ -806,18 +814,16 @@ fn qdisc_lister(
     namespaces: Rc<RefCell<Namespaces>>,
     recording: Option<SharedRecording>,
 ) -> QdiscLister {
-    Box::new(move |event| {
-        let qdiscs = event.ifname.as_deref().and_then(|device| {
-            namespaces
-                .borrow_mut()
-                .qdiscs(event.netns, device, event.ts_ns, monotonic_ns())
-                .map(|json| parse_qdiscs(&json))
-        });
-        if let Some(recording) = &recording {
-            recording.borrow_mut().qdiscs(event, qdiscs.as_deref());
-        }
-        qdiscs
-    })
+    asked(
+        namespaces,
+        recording,
+        |namespaces, event, now| {
+            let device = event.ifname.as_deref()?;
+            let json = namespaces.qdiscs(event.netns, device, event.ts_ns, now)?;
+            Some(parse_qdiscs(&json))
+        },
+        |recording, event, qdiscs| recording.qdiscs(event, qdiscs.map(Vec::as_slice)),
+    )
 }
 
 /// The source and destination of the datagrams a kernel count key counts.

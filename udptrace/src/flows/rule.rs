@@ -21,21 +21,25 @@ use crate::{
 /// Recent events remembered for rules that look back (ICMP errors, route lookups, NAT).
 pub const HISTORY: usize = 2_048;
 
-/// Lists the UDP sockets of the event's network namespace, as they were at the event or since;
-/// `None` when it cannot be entered.
-pub type SocketLister = Box<dyn Fn(&TraceEvent) -> Option<SocketList>>;
+/// What a rule may ask about an event's network namespace (or device there), answered by the
+/// live host or by a recording; `None` when it cannot be told.
+pub type Question<T> = Box<dyn Fn(&TraceEvent) -> Option<T>>;
 
-/// Lists the firewall rules of the event's network namespace that drop its destination port.
-pub type RuleLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<FirewallRule>>>;
+/// The UDP sockets of the event's network namespace, as they were at the event or since.
+pub type SocketLister = Question<SocketList>;
 
-/// Reads the ICMP rate limits and counters of the event's network namespace; `None` when it
-/// cannot be entered.
-pub type IcmpLimitsReader = Box<dyn Fn(&TraceEvent) -> Option<IcmpLimits>>;
-/// Reads the connection-tracking counters of the event's network namespace, as they were at
-/// the event or since; `None` when it cannot be entered or has no conntrack.
-pub type ConntrackReader = Box<dyn Fn(&TraceEvent) -> Option<ConntrackStats>>;
-/// Lists the qdiscs of the device of an event (a drop on the way out) in its namespace.
-pub type QdiscLister = Box<dyn Fn(&TraceEvent) -> Option<Vec<Qdisc>>>;
+/// The firewall rules of the event's network namespace that drop its destination port.
+pub type RuleLister = Question<Vec<FirewallRule>>;
+
+/// The ICMP rate limits and counters of the event's network namespace.
+pub type IcmpLimitsReader = Question<IcmpLimits>;
+
+/// The connection-tracking counters of the event's network namespace, as they were at the
+/// event or since; `None` also when it has no conntrack.
+pub type ConntrackReader = Question<ConntrackStats>;
+
+/// The qdiscs of the device of an event (a drop on the way out) in its namespace.
+pub type QdiscLister = Question<Vec<Qdisc>>;
 
 /// What rules may ask about the namespace of an event.
 pub struct Environment {
