@@ -22,7 +22,7 @@ use std::{fs::File, io};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{host::in_netns, lab::netns::snmp_counter};
+use crate::host::{in_netns, snmp_counter};
 
 /// `XRLIM_BURST_FACTOR` (net/ipv4/icmp.c): the per-destination bucket holds this many
 /// intervals' worth of tokens.

@@ -28,7 +28,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use crate::render::note;
+use crate::{host::snmp_counter, render::note};
 
 const PREFIX: &str = "udpt-";
 const NETNS_DIR: &str = "/run/netns";
@@ -295,24 +295,6 @@ fn sysctl_path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
 
-/// Reads one counter from /proc/net/snmp (a header line and a value line per group) or
-/// /proc/net/snmp6 (`NameCounter value` lines).
-pub fn snmp_counter(text: &str, group: &str, counter: &str) -> Option<u64> {
-    let lines: Vec<&str> = text.lines().collect();
-    if let Some(line) = lines
-        .iter()
-        .find(|l| l.split_whitespace().next() == Some(&format!("{group}{counter}")))
-    {
-        return line.split_whitespace().nth(1)?.parse().ok();
-    }
-    let prefix = format!("{group}:");
-    let mut rows = lines.iter().filter(|l| l.starts_with(&prefix));
-    let names = rows.next()?;
-    let values = rows.next()?;
-    let index = names.split_whitespace().position(|name| name == counter)?;
-    values.split_whitespace().nth(index)?.parse().ok()
-}
-
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace destroys its devices (veth pairs lose both ends, bridges go)
@@ -458,17 +440,6 @@ mod tests {
         assert_eq!(line(&["udptrace", "lab-guard", "42", "more"]), None);
         assert_eq!(line(&["udptrace", "port", "42"]), None);
         assert_eq!(line(&[]), None);
-    }
-
-    #[test]
-    fn reads_snmp_counters() {
-        let snmp = "Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
-                    Udp: 10 2 3 4 5 6\nUdpLite: InDatagrams\nUdpLite: 0\n";
-        assert_eq!(snmp_counter(snmp, "Udp", "RcvbufErrors"), Some(5));
-        assert_eq!(snmp_counter(snmp, "Udp", "NoPorts"), Some(2));
-        let snmp6 = "Udp6InDatagrams                 \t7\nUdp6RcvbufErrors                \t9\n";
-        assert_eq!(snmp_counter(snmp6, "Udp6", "RcvbufErrors"), Some(9));
-        assert_eq!(snmp_counter(snmp6, "Udp6", "Nope"), None);
     }
 
     #[test]
