@@ -151,6 +151,11 @@ impl Ledger {
         self.index.contains_key(&(key, code))
     }
 
+    /// The index of the open verdict of `code` on `key`, for `verdict_mut`.
+    pub fn open_verdict(&self, key: FlowKey, code: VerdictCode) -> Option<usize> {
+        self.index.get(&(key, code)).copied()
+    }
+
     /// Whether the event being observed already counted on a verdict (a rule earlier in
     /// `rules::registered` took it).
     pub fn counted(&self) -> bool {

@@ -7,7 +7,7 @@
 //! kernel rate-limits them (`icmp_limits`), and a datagram whose error was suppressed leaves
 //! a connected client waiting for a timeout instead of failing with ECONNREFUSED.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashSet, net::SocketAddr};
 
 use crate::{
     flows::{
@@ -22,9 +22,9 @@ use crate::{
 
 #[derive(Default)]
 pub struct NoSocket {
-    /// The port_unreachable verdicts opened, by flow (at most the rule's allowance), and
-    /// whether their namespace's ICMP limits were asked for (once per verdict).
-    unreachable: HashMap<FlowKey, (usize, bool)>,
+    /// The flows whose port_unreachable verdict asked for its namespace's ICMP limits (once
+    /// per verdict; at most the rule's allowance).
+    asked_limits: HashSet<FlowKey>,
 }
 
 impl Rule for NoSocket {
@@ -133,8 +133,7 @@ impl Rule for NoSocket {
                 evidence,
             )
         });
-        if let Some(index) = opened {
-            self.unreachable.insert(key, (index, false));
+        if opened.is_some() {
             self.ask_limits(key, event, cx);
         }
     }
@@ -144,7 +143,10 @@ impl Rule for NoSocket {
         if !port_unreachable(event) {
             return;
         }
-        let Some(&(index, _)) = self.unreachable.get(&FlowKey::of(event)) else {
+        let Some(index) = cx
+            .ledger
+            .open_verdict(FlowKey::of(event), VerdictCode::PortUnreachable)
+        else {
             return;
         };
         let counted = IcmpCounted::of(event.probe);
@@ -169,10 +171,10 @@ impl NoSocket {
     /// the hook counts attempts, before the limits) exceed what one destination's burst lets
     /// through. Once per verdict: never per drop.
     fn ask_limits(&mut self, key: FlowKey, event: &TraceEvent, cx: &mut Context<'_>) {
-        let Some((index, asked)) = self.unreachable.get_mut(&key) else {
+        let Some(index) = cx.ledger.open_verdict(key, VerdictCode::PortUnreachable) else {
             return;
         };
-        let verdict = cx.ledger.verdict_mut(*index);
+        let verdict = cx.ledger.verdict_mut(index);
         let Facts::PortUnreachable {
             icmp: Some(icmp), ..
         } = &verdict.facts
@@ -183,14 +185,13 @@ impl NoSocket {
             IcmpCounted::Sent => verdict.count > icmp.seen,
             IcmpCounted::Attempted => verdict.count > XRLIM_BURST_FACTOR,
         };
-        if *asked || !due {
+        if !due || !self.asked_limits.insert(key) {
             return;
         }
-        *asked = true;
         let limits = (cx.env.icmp_limits)(event);
         if let Facts::PortUnreachable {
             icmp: Some(icmp), ..
-        } = &mut cx.ledger.verdict_mut(*index).facts
+        } = &mut cx.ledger.verdict_mut(index).facts
         {
             icmp.limits = limits;
         }
