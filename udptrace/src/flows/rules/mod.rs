@@ -35,7 +35,7 @@ pub fn registered(max_flows: usize, reply_timeout: Duration) -> Vec<Box<dyn Rule
         Box::new(checksum::ChecksumError),
         Box::new(neighbor::NeighborUnreachable),
         Box::new(no_route::NoRoute),
-        Box::new(tx_drop::TxDrop::default()),
+        Box::new(tx_drop::TxDrop),
         Box::new(no_reply::NoReply::new(max_flows, reply_timeout)),
         Box::new(fragments::FragmentLoss),
     ]

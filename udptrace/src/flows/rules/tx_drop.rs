@@ -27,12 +27,8 @@ use crate::{
 /// `ENOBUFS` (include/uapi/asm-generic/errno.h): `net_xmit_errno(NET_XMIT_DROP)`.
 const ENOBUFS: u32 = 105;
 
-#[derive(Default)]
-pub struct TxDrop {
-    /// The verdicts this rule opened, by flow: a later ENOBUFS on the flow is their sender's
-    /// errno. At most the rule's allowance of verdicts (`MAX_VERDICTS_PER_RULE`).
-    opened: Vec<(FlowKey, usize)>,
-}
+/// A later ENOBUFS on a flow with a tx_drop verdict is its sender's errno.
+pub struct TxDrop;
 
 impl Rule for TxDrop {
     fn drops(&self) -> &'static [KnownReason] {
@@ -60,7 +56,7 @@ impl Rule for TxDrop {
             return;
         }
         let qdisc = (cx.env.qdiscs)(event).and_then(|qdiscs| of_queue(&qdiscs, *txq).cloned());
-        let Some(index) = cx.verdict(key, VerdictCode::TxDrop, event, || {
+        cx.verdict(key, VerdictCode::TxDrop, event, || {
             let process = handed.as_ref().and_then(|hop| hop.process.clone());
             let mut evidence: Vec<TraceEvent> = handed.into_iter().collect();
             evidence.push(event.clone());
@@ -78,10 +74,7 @@ impl Rule for TxDrop {
                 },
                 evidence,
             )
-        }) else {
-            return;
-        };
-        self.opened.push((key, index));
+        });
     }
 
     fn on_event(&mut self, event: &TraceEvent, cx: &mut Context<'_>) {
@@ -92,7 +85,7 @@ impl Rule for TxDrop {
             return;
         }
         let key = FlowKey::of(event);
-        let Some(&(_, index)) = self.opened.iter().find(|(flow, _)| *flow == key) else {
+        let Some(index) = cx.ledger.open_verdict(key, VerdictCode::TxDrop) else {
             return;
         };
         // The send error itself joins the evidence through its flow (`Diagnosis::observe`).
