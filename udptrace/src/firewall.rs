@@ -9,21 +9,15 @@
 //! caller (`namespaces`) caches the text per namespace and runs `nft` at most once per
 //! namespace every `RULES_REFRESH`.
 
-use std::{fs::File, io, process::Command};
+use std::{fs::File, io};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::in_netns;
+use crate::host::output_in;
 
-/// `nft -a list ruleset` run inside the network namespace `netns` refers to (a child forked
-/// by a thread inherits that thread's network namespace).
+/// `nft -a list ruleset` run inside the network namespace `netns` refers to.
 pub fn ruleset_in(netns: &File) -> io::Result<String> {
-    in_netns(netns, || {
-        let output = Command::new("nft")
-            .args(["-a", "list", "ruleset"])
-            .output()?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    })?
+    output_in(netns, "nft", &["-a", "list", "ruleset"])
 }
 
 /// An nftables rule, where it sits.

@@ -96,6 +96,17 @@ pub fn ifindex_in(netns: Option<&Path>, name: &str) -> anyhow::Result<u32> {
     }
 }
 
+/// The standard output of `program ARGS`, run inside the network namespace `netns` refers to
+/// (a child forked by a thread inherits that thread's network namespace).
+pub fn output_in(netns: &File, program: &str, args: &[&str]) -> std::io::Result<String> {
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    in_netns(netns, move || {
+        let output = command.output()?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    })?
+}
+
 /// Runs `work` on a short-lived thread that entered the network namespace `netns` refers to
 /// (setns affects only the calling thread) and waits for it. Whatever `work` opens under
 /// /proc/thread-self/net or /proc/sys/net, and any socket or child process it creates, belongs

@@ -10,22 +10,20 @@
 //! verdict opens, at most once per device and namespace every `QDISCS_REFRESH`
 //! (`namespaces`), never per event.
 
-use std::{fs::File, io, process::Command};
+use std::{fs::File, io};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{host::in_netns, sanitize::sanitize_kernel_string};
+use crate::{host::output_in, sanitize::sanitize_kernel_string};
 
 /// `tc -s -d -raw -j qdisc show dev DEVICE` run inside the network namespace `netns` refers to.
 pub fn qdiscs_in(netns: &File, device: &str) -> io::Result<String> {
-    let device = device.to_owned();
-    in_netns(netns, move || {
-        let output = Command::new("tc")
-            .args(["-s", "-d", "-raw", "-j", "qdisc", "show", "dev", &device])
-            .output()?;
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    })?
+    output_in(
+        netns,
+        "tc",
+        &["-s", "-d", "-raw", "-j", "qdisc", "show", "dev", device],
+    )
 }
 
 /// One qdisc of a device, as `tc -s -j` shows it.
