@@ -58,6 +58,11 @@ const DURATION: Duration = Duration::from_secs(3);
 const STORM_DATAGRAMS: u64 = 1_000_000;
 const STORM_TIMEOUT: Duration = Duration::from_secs(30);
 const ROUNDS: usize = 3;
+/// The hooks of each floor row: all, `udptrace watch`'s when nothing fails, and the
+/// interactive tracer's while its hop hooks are parked.
+const ALL_ROLES: &[Role] = &[Role::Failure, Role::Path, Role::Hop];
+const WATCH_ROLES: &[Role] = &[Role::Failure];
+const PARKED_ROLES: &[Role] = &[Role::Failure, Role::Path];
 /// Starts of each tracer for the start-up rows (on the idle host, alternating).
 const STARTS: usize = 5;
 const BATCH: usize = 64;
@@ -100,15 +105,19 @@ enum Variant {
     EmptyWatchPrograms,
     WatchDropStorm,
     WatchFlowStorm,
+    EmptyParkedPrograms,
+    UdptraceNoMatchParked,
 }
 
 impl Variant {
-    const ALL: [Self; 18] = [
+    const ALL: [Self; 20] = [
         Self::Baseline,
         Self::EmptyPrograms,
         Self::EmptyWatchPrograms,
+        Self::EmptyParkedPrograms,
         Self::UdptraceWatch,
         Self::UdptraceNoMatch,
+        Self::UdptraceNoMatchParked,
         Self::ReferenceNoMatch,
         Self::UdptraceCostliestFilter,
         Self::UdptraceMatch,
@@ -146,6 +155,12 @@ impl Variant {
             Self::EmptyWatchPrograms => "floor: empty BPF programs on watch's tracepoints",
             Self::WatchDropStorm => "drop storm, udptrace watch matching the drops",
             Self::WatchFlowStorm => "100k flows for minutes, udptrace watch --metrics",
+            Self::EmptyParkedPrograms => {
+                "floor: empty BPF programs on the tracepoints kept while hop hooks are parked"
+            }
+            Self::UdptraceNoMatchParked => {
+                "udptrace, filter matching nothing, hop hooks parked (--park-after)"
+            }
         }
     }
 
@@ -170,6 +185,8 @@ impl Variant {
             Self::EmptyWatchPrograms => "floor-watch",
             Self::WatchDropStorm => "storm-watch",
             Self::WatchFlowStorm => "flows-watch",
+            Self::EmptyParkedPrograms => "floor-parked",
+            Self::UdptraceNoMatchParked => "no-match-parked",
         }
     }
 
@@ -370,6 +387,7 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         | Variant::DropStormBaseline
         | Variant::EmptyPrograms
         | Variant::EmptyWatchPrograms
+        | Variant::EmptyParkedPrograms
         | Variant::FlowStormBaseline => return Ok(None),
         // No filter: everything UDP, as it would run on a host; the load is healthy, so only
         // the failure hooks are attached.
@@ -381,6 +399,21 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         Variant::UdptraceNoMatch | Variant::ReferenceNoMatch => {
             let mut c = Command::new(udptrace_of(variant));
             c.args(["--json", "port", "9"]);
+            c
+        }
+        // The shortest quiet period (the reply timeout plus a second): measured once the
+        // tracer says its hop hooks are parked, as a run left waiting for its filter would be.
+        Variant::UdptraceNoMatchParked => {
+            let mut c = Command::new(udptrace_binary());
+            c.args([
+                "--json",
+                "--park-after",
+                "1",
+                "--reply-timeout",
+                "0.5",
+                "port",
+                "9",
+            ]);
             c
         }
         // Its ready time, next to the one-port filter's above, is the verification cost of the
@@ -459,6 +492,7 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
     let flow_drops = Arc::new(AtomicU64::new(0));
     let hops = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (parked_tx, parked_rx) = std::sync::mpsc::channel();
     {
         let (lines, stats, lost_reported, drops, flow_drops, hops, ready_tx) = (
             Arc::clone(&lines),
@@ -490,6 +524,8 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
                 // bpftrace says "Attaching N probes..." on stdout; udptrace sends `ready`.
                 if line.contains("\"type\":\"ready\"") || line.starts_with("Attaching") {
                     let _ = ready_tx.send(());
+                } else if line.contains("\"code\":\"hops_parked\"") {
+                    let _ = parked_tx.send(());
                 } else if (line.contains("\"type\":\"flow\"")
                     || line.contains("\"type\":\"other_flows\""))
                     && let Ok(flow) = serde_json::from_str::<serde_json::Value>(&line)
@@ -519,6 +555,11 @@ fn start_tool(variant: Variant, receiver: &Netns) -> anyhow::Result<Option<Tool>
         .recv_timeout(Duration::from_secs(30))
         .with_context(|| format!("{} did not become ready", variant.name()))?;
     let ready = started.elapsed();
+    if variant == Variant::UdptraceNoMatchParked {
+        parked_rx
+            .recv_timeout(Duration::from_secs(30))
+            .context("udptrace did not park its hop hooks")?;
+    }
     // Let a tracer's attach settle before the load.
     thread::sleep(Duration::from_millis(300));
     Ok(Some(Tool {
@@ -727,8 +768,9 @@ fn blaster(netns: &Netns, target: SocketAddr, stop: Instant, limit: u64) -> anyh
 fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Result<Sample> {
     // Detached (closed) when this function returns.
     let _floor = match variant {
-        Variant::EmptyPrograms => Some(empty_programs::attach(None)?),
-        Variant::EmptyWatchPrograms => Some(empty_programs::attach(Some(Role::Failure))?),
+        Variant::EmptyPrograms => Some(empty_programs::attach(ALL_ROLES)?),
+        Variant::EmptyWatchPrograms => Some(empty_programs::attach(WATCH_ROLES)?),
+        Variant::EmptyParkedPrograms => Some(empty_programs::attach(PARKED_ROLES)?),
         _ => None,
     };
     let tool = start_tool(variant, receiver_ns)?;
@@ -982,10 +1024,12 @@ fn report(samples: &[(Variant, Sample)]) -> String {
          timed; flow storm: one datagram from each of {FLOW_STORM_FLOWS} distinct flows to a closed port, sent \
          from a raw socket, timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \
          tracepoint udptrace uses ({}): no tracer built on them can cost less; the watch floor row the same \
-         on the tracepoints `udptrace watch` keeps attached when nothing fails ({}).\n",
+         on the tracepoints `udptrace watch` keeps attached when nothing fails ({}); the parked floor row on \
+         those the interactive tracer keeps while its hop hooks are parked ({}).\n",
         DURATION.as_secs(),
-        empty_programs::tracepoints(None).join(", "),
-        empty_programs::tracepoints(Some(Role::Failure)).join(", ")
+        empty_programs::tracepoints(ALL_ROLES).join(", "),
+        empty_programs::tracepoints(WATCH_ROLES).join(", "),
+        empty_programs::tracepoints(PARKED_ROLES).join(", ")
     );
     if samples.iter().any(|(v, _)| *v == Variant::WatchFlowStorm) {
         let _ = writeln!(
@@ -1074,11 +1118,11 @@ mod empty_programs {
     /// `r0 = 0; exit`.
     const RETURN_ZERO: [u64; 2] = [0xb7, 0x95];
 
-    /// The tracepoints of the hooks of `role` (all with `None`), each once.
-    pub fn tracepoints(role: Option<Role>) -> Vec<&'static str> {
+    /// The tracepoints of the hooks of `roles`, each once.
+    pub fn tracepoints(roles: &[Role]) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = HOOKS
             .iter()
-            .filter(|hook| role.is_none_or(|role| hook.role == role))
+            .filter(|hook| roles.contains(&hook.role))
             .flat_map(|hook| hook.attachments.iter())
             .flat_map(|attachment| attachment.programs.iter())
             .filter_map(|(_, target)| match target {
@@ -1105,7 +1149,7 @@ mod empty_programs {
 
     /// Loads the empty program and attaches it to every tracepoint; the links live as long as
     /// the returned descriptors.
-    pub fn attach(role: Option<Role>) -> anyhow::Result<Vec<OwnedFd>> {
+    pub fn attach(roles: &[Role]) -> anyhow::Result<Vec<OwnedFd>> {
         use std::os::fd::AsRawFd as _;
         let license = c"GPL";
         let mut attr = [0u64; 16];
@@ -1115,7 +1159,7 @@ mod empty_programs {
         attr[2] = license.as_ptr() as u64;
         let program = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty program")?;
         let mut links = vec![program];
-        for name in tracepoints(role) {
+        for name in tracepoints(roles) {
             let name = std::ffi::CString::new(name)?;
             // struct { u64 name; u32 prog_fd; }
             let mut attr = [0u64; 16];

@@ -173,6 +173,13 @@ pub struct TraceArgs {
     /// the time has passed.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_reply_timeout)]
     pub reply_timeout: Duration,
+    /// After SECS seconds without a matching event (at least the reply timeout plus one),
+    /// detach the per-datagram hop hooks (device transmit and receive, route lookups,
+    /// delivery) until the next matching event attaches them again: a filter that matches
+    /// nothing then costs only the send and receive hooks. The events before they are back
+    /// are marked "hops not traced" and no verdict is drawn from them. 0 keeps them attached.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_park_after)]
+    pub park_after: Duration,
     /// Only events on this device (name as seen in --netns, else in udptrace's namespace).
     #[arg(short = 'i', long, value_name = "NAME")]
     pub interface: Option<String>,
@@ -270,6 +277,13 @@ fn parse_reply_timeout(text: &str) -> Result<Duration, String> {
         .ok()
         .filter(|timeout| !timeout.is_zero())
         .ok_or_else(|| format!("{text} must be a positive number of seconds"))
+}
+
+fn parse_park_after(text: &str) -> Result<Duration, String> {
+    let secs: u64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_escalate(text: &str) -> Result<Duration, String> {

@@ -204,6 +204,7 @@ pub fn decode(
         skb: (header.skb != 0).then_some(Skb(header.skb)),
         tracked: detail.flags & FLAG_TRACKED != 0,
         escalated: false,
+        hops_untraced: false,
         conntrack: (detail.flags & FLAG_CONNTRACK != 0).then(|| Conntrack {
             original: endpoints(&detail.ct_original),
             reply: endpoints(&detail.ct_reply),

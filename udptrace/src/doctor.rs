@@ -312,6 +312,7 @@ mod tests {
             hook: hook(name),
             attached,
             attempts,
+            parked: false,
         }
     }
 

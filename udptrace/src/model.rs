@@ -295,6 +295,14 @@ pub struct TraceEvent {
     /// escalated it (evidence gathered by escalation).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub escalated: bool,
+    /// Happened while the interactive tracer's hop hooks were parked (its filter had matched
+    /// nothing for `--park-after` seconds), or before they were attached again: the
+    /// datagram's device hops, route lookups and delivery were not traced. Shown, counted in
+    /// its flow, but judged by no rule: a verdict built on half the evidence could name the
+    /// wrong cause, so verdicts start where the hops do (as they would had the run started
+    /// there).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hops_untraced: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conntrack: Option<Conntrack>,
     /// The packet is one IP fragment of the datagram (its ports are the datagram's, learned

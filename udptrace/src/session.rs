@@ -102,6 +102,10 @@ pub struct TraceConfig {
     pub watch: Option<Duration>,
     /// `--metrics ADDR`: serve Prometheus metrics there.
     pub metrics: Option<SocketAddr>,
+    /// `--park-after SECS` (interactive tracer): park the hop hooks on tracepoints after this
+    /// long without a matching event (at least the reply timeout plus a second); `None`
+    /// keeps them attached.
+    pub park_after: Option<Duration>,
     /// `--container`, `--pod`: only events in their network namespaces.
     pub containers: Vec<Wanted>,
 }
@@ -129,6 +133,76 @@ struct Escalation {
     /// `names::ESCALATED_MAP`: the ports the kernel lets path events through for.
     map: aya::maps::HashMap<aya::maps::MapData, u32, u8>,
     attached: bool,
+}
+
+/// The interactive tracer's hop hooks (`Role::Hop`): parked once no event has matched for
+/// `quiet`, attached again by the next event that does (see `TraceEvent::hops_untraced`).
+struct LazyHops {
+    quiet: Duration,
+    /// When an event last came through the filter (or the run started).
+    last_match: Instant,
+    /// Monotonic time the hooks were parked at, while they are.
+    parked_since: Option<u64>,
+    /// The last span they were parked for, `[parked, attached again)` in monotonic time:
+    /// events of it can still come out of the reorder window after they are back.
+    last_gap: Option<(u64, u64)>,
+}
+
+impl LazyHops {
+    /// Parking starts no sooner than the reply timeout and a second after the last match:
+    /// every request is judged (answered or not) before its evidence can have a gap.
+    fn new(park_after: Duration, reply_timeout: Duration) -> Self {
+        Self {
+            quiet: park_after.max(reply_timeout + Duration::from_secs(1)),
+            last_match: Instant::now(),
+            parked_since: None,
+            last_gap: None,
+        }
+    }
+
+    /// Whether an event at `ts_ns` happened while the hooks were parked (or attaching).
+    fn untraced(&self, ts_ns: u64) -> bool {
+        self.parked_since.is_some_and(|since| ts_ns >= since)
+            || self
+                .last_gap
+                .is_some_and(|(from, until)| (from..until).contains(&ts_ns))
+    }
+
+    /// Which hooks it parks: hop hooks attached to tracepoints. Function probes stay: a
+    /// kretprobe re-attached during a drop storm is the suspect of a 6.1 guest's crash (stop
+    /// 21's note), and fentry/fexit re-attach through trampolines.
+    fn parks(outcome: &HookOutcome) -> bool {
+        outcome.hook.role == Role::Hop
+            && matches!(
+                outcome.attached,
+                Some(Mechanism::TpBtf | Mechanism::RawTracepoint | Mechanism::Tracepoint)
+            )
+    }
+}
+
+/// `udptrace watch` parks every hook but the failure hooks between escalations.
+fn watch_parks(outcome: &HookOutcome) -> bool {
+    outcome.hook.role != Role::Failure
+}
+
+/// Parks the hooks `which` picks (see `attach::detach`).
+fn park(ebpf: &mut Ebpf, probes: &mut [HookOutcome], which: fn(&HookOutcome) -> bool) {
+    for outcome in probes.iter_mut().filter(|o| which(o)) {
+        detach(ebpf, outcome);
+    }
+}
+
+/// Attaches the parked hooks again; the failures, as "hook: error".
+fn unpark(ebpf: &mut Ebpf, probes: &mut [HookOutcome], context: &AttachContext<'_>) -> Vec<String> {
+    probes
+        .iter_mut()
+        .filter_map(|outcome| {
+            let name = outcome.hook.name;
+            reattach(ebpf, outcome, context)
+                .err()
+                .map(|error| format!("{name}: {error}"))
+        })
+        .collect()
 }
 
 /// The attach engine's view of this kernel.
@@ -173,6 +247,8 @@ pub struct Tracer {
     pcap: Option<PcapFile>,
     /// `udptrace watch`.
     escalation: Option<Escalation>,
+    /// The interactive tracer's hop hooks, unless `--park-after 0`.
+    lazy_hops: Option<LazyHops>,
     /// `--metrics`: fed as the output is, and with the kernel's drop counts.
     metrics: Option<Metrics>,
     /// Serves `metrics` until the tracer is dropped.
@@ -185,16 +261,17 @@ pub struct Tracer {
 /// whether path events are narrowed to escalated flows (`udptrace watch`).
 fn announce_features(ebpf: &mut Ebpf, probes: &[HookOutcome], narrow: bool) -> anyhow::Result<()> {
     let attached = |name: &str| {
-        probes
-            .iter()
-            .any(|outcome| outcome.hook.name == name && outcome.attached.is_some())
+        probes.iter().any(|outcome| {
+            outcome.hook.name == name && outcome.attached.is_some() && !outcome.parked
+        })
     };
     let mut features = 0;
     if attached("icmp6_error") {
         features |= FEATURE_ICMP6_PROBE;
     }
-    // Under `watch` the device hop is parked (detached) between escalations: icmp_send keeps
-    // reporting fragmentation needed itself (without the MTU), or those errors would be lost.
+    // Under `watch` the device hop is parked (detached) between escalations, and in the
+    // interactive tracer while nothing matches: icmp_send then reports fragmentation needed
+    // itself (without the MTU), or those errors would be lost.
     if attached("xmit") && !narrow {
         features |= FEATURE_XMIT;
     }
@@ -273,7 +350,7 @@ impl Tracer {
             .transpose()?;
         // Every hook is attached once, even under `watch`: what each would use is known (and
         // reported in `ready`) before the path hooks are parked.
-        let probes = attach_all(
+        let mut probes = attach_all(
             &mut ebpf,
             &attach_context(&knowledge, config.probes, &|name| {
                 knowledge.has_function(name)
@@ -299,16 +376,13 @@ impl Tracer {
                 reasons.join("; ")
             );
         }
-        announce_features(&mut ebpf, &probes, config.watch.is_some())?;
         let escalation = config
             .watch
             .map(|duration| -> anyhow::Result<Escalation> {
                 let map = ebpf
                     .take_map(ESCALATED_MAP)
                     .context("the eBPF object has no ESCALATED map")?;
-                for outcome in probes.iter().filter(|o| o.hook.role == Role::Path) {
-                    detach(&mut ebpf, outcome);
-                }
+                park(&mut ebpf, &mut probes, watch_parks);
                 Ok(Escalation {
                     ports: Ports::new(duration),
                     map: aya::maps::HashMap::try_from(map)?,
@@ -316,11 +390,12 @@ impl Tracer {
                 })
             })
             .transpose()?;
+        announce_features(&mut ebpf, &probes, config.watch.is_some())?;
         let (metrics, metrics_server) = match endpoint {
             Some(endpoint) => {
                 let metrics = Metrics::new();
                 // Before the first scrape can come.
-                metrics.path_hooks(&probes, escalation.is_some());
+                metrics.hooks(&probes);
                 let server = endpoint.serve(&metrics)?;
                 (Some(metrics), Some(server))
             }
@@ -347,6 +422,10 @@ impl Tracer {
         ))));
         let max_flows = config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
         let reply_timeout = config.reply_timeout.unwrap_or(DEFAULT_REPLY_TIMEOUT);
+        let lazy_hops = config
+            .park_after
+            .filter(|_| config.watch.is_none())
+            .map(|park_after| LazyHops::new(park_after, reply_timeout));
         let recording = config
             .record
             .as_deref()
@@ -381,6 +460,7 @@ impl Tracer {
             recording,
             pcap,
             escalation,
+            lazy_hops,
             ebpf,
             metrics,
             _metrics_server: metrics_server,
@@ -433,6 +513,10 @@ impl Tracer {
         output
             .ready(&self.filter.expression, &self.probes)
             .context(WRITING)?;
+        // The quiet period starts at `ready`, not with the start-up (seconds under emulation).
+        if let Some(lazy) = &mut self.lazy_hops {
+            lazy.last_match = Instant::now();
+        }
         let deadline = self.config.duration.map(|d| Instant::now() + d);
         let mut stats = Stats::default();
         let mut last_lost = 0;
@@ -477,6 +561,7 @@ impl Tracer {
                 }
                 _ = tick.tick() => {
                     self.expire_escalations(output)?;
+                    self.park_idle_hops(output)?;
                     self.namespaces.borrow_mut().release_idle(monotonic_ns());
                     // Also the generation's end: the sampling allowances restart with it.
                     let counts = self.flow_counts.drain()?;
@@ -602,27 +687,19 @@ impl Tracer {
         if added.is_empty() {
             return Ok(());
         }
+        let seconds = escalation.ports.duration().as_secs();
         if !escalation.attached {
             escalation.attached = true;
-            let knowledge = &self.knowledge;
-            let has_function = |name: &str| knowledge.has_function(name);
-            let context = attach_context(knowledge, self.config.probes, &has_function);
-            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
-                if let Err(error) = reattach(&mut self.ebpf, outcome, &context) {
-                    let error = format!("{}: {error}", outcome.hook.name);
-                    output
-                        .status(&Status::EscalationFailed(error))
-                        .context(WRITING)?;
-                }
+            for error in self.unpark_all()? {
+                output
+                    .status(&Status::EscalationFailed(error))
+                    .context(WRITING)?;
             }
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.path_hooks(&self.probes, !escalation.attached);
         }
         output
             .status(&Status::Escalated {
                 ports: added,
-                seconds: escalation.ports.duration().as_secs(),
+                seconds,
             })
             .context(WRITING)
     }
@@ -638,15 +715,83 @@ impl Tracer {
         }
         if !escalation.ports.any() && escalation.attached {
             escalation.attached = false;
-            for outcome in self.probes.iter().filter(|o| o.hook.role == Role::Path) {
-                detach(&mut self.ebpf, outcome);
-            }
-            if let Some(metrics) = &self.metrics {
-                metrics.path_hooks(&self.probes, true);
-            }
+            self.park(watch_parks)?;
             output.status(&Status::EscalationEnded).context(WRITING)?;
         }
         Ok(())
+    }
+
+    /// Parks the hooks `which` picks, and says so to the programs and the metrics.
+    fn park(&mut self, which: fn(&HookOutcome) -> bool) -> anyhow::Result<()> {
+        park(&mut self.ebpf, &mut self.probes, which);
+        self.hooks_changed()
+    }
+
+    /// Attaches every parked hook again; the failures, as "hook: error".
+    fn unpark_all(&mut self) -> anyhow::Result<Vec<String>> {
+        let knowledge = &self.knowledge;
+        let has_function = |name: &str| knowledge.has_function(name);
+        let context = attach_context(knowledge, self.config.probes, &has_function);
+        let failed = unpark(&mut self.ebpf, &mut self.probes, &context);
+        self.hooks_changed()?;
+        Ok(failed)
+    }
+
+    fn hooks_changed(&mut self) -> anyhow::Result<()> {
+        announce_features(&mut self.ebpf, &self.probes, self.escalation.is_some())?;
+        if let Some(metrics) = &self.metrics {
+            metrics.hooks(&self.probes);
+        }
+        Ok(())
+    }
+
+    /// The interactive tracer: parks the hop hooks once nothing has matched for their quiet
+    /// period.
+    fn park_idle_hops(&mut self, output: &mut dyn Output) -> anyhow::Result<()> {
+        let Some(lazy) = &mut self.lazy_hops else {
+            return Ok(());
+        };
+        if lazy.parked_since.is_some() || lazy.last_match.elapsed() < lazy.quiet {
+            return Ok(());
+        }
+        let quiet = lazy.quiet;
+        lazy.parked_since = Some(monotonic_ns());
+        self.park(LazyHops::parks)?;
+        let hooks = self
+            .probes
+            .iter()
+            .filter(|o| o.parked)
+            .map(|o| o.hook.name)
+            .collect();
+        output
+            .status(&Status::HopsParked { hooks, quiet })
+            .context(WRITING)
+    }
+
+    /// The interactive tracer, after a drain that decoded events: a match. Attaches the hop
+    /// hooks again if they are parked; events until then are marked untraced (`drain`).
+    fn match_seen(&mut self, output: &mut dyn Output) -> anyhow::Result<()> {
+        let Some(lazy) = &mut self.lazy_hops else {
+            return Ok(());
+        };
+        lazy.last_match = Instant::now();
+        let Some(since) = lazy.parked_since else {
+            return Ok(());
+        };
+        let failed = self.unpark_all()?;
+        // Set only now: hooks attached, the events from here on have their hops.
+        let attached = monotonic_ns();
+        if let Some(lazy) = &mut self.lazy_hops {
+            lazy.parked_since = None;
+            lazy.last_gap = Some((since, attached));
+        }
+        output
+            .status(&Status::HopsAttached {
+                untraced_before: self.clock.at(attached),
+                untraced_before_ns: attached,
+                failed,
+            })
+            .context(WRITING)
     }
 
     pub fn knowledge(&self) -> &Knowledge {
@@ -668,10 +813,14 @@ impl Tracer {
         let namespaces = &self.namespaces;
         let mut undecodable = None;
         let watching = self.escalation.is_some();
+        let lazy_hops = self.lazy_hops.as_ref();
         let mut anomalies = Vec::new();
+        let mut decoded = false;
         self.ring.drain(|bytes| {
             match decode::decode(bytes, knowledge as &dyn KernelNames, clock) {
                 Ok(mut event) => {
+                    decoded = true;
+                    event.hops_untraced = lazy_hops.is_some_and(|lazy| lazy.untraced(event.ts_ns));
                     if watching {
                         // Narrowed in the kernel: a path event passed only for an escalated
                         // flow, so escalation is how it was seen.
@@ -704,6 +853,9 @@ impl Tracer {
                 .context(WRITING)?;
         }
         self.escalate(&anomalies, output)?;
+        if decoded {
+            self.match_seen(output)?;
+        }
         let due = self.pending.release(monotonic_ns());
         self.observe(due, output, stats)
     }
@@ -867,4 +1019,38 @@ fn selectors(config: &TraceConfig, known: &Processes) -> anyhow::Result<Selector
         pid: config.pid.unwrap_or(0),
         netns_set: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::LazyHops;
+
+    #[test]
+    fn hop_hooks_park_no_sooner_than_a_second_after_the_reply_timeout() {
+        let secs = Duration::from_secs;
+        assert_eq!(LazyHops::new(secs(10), secs(2)).quiet, secs(10));
+        assert_eq!(LazyHops::new(secs(1), secs(2)).quiet, secs(3));
+        assert_eq!(
+            LazyHops::new(secs(1), Duration::from_millis(500)).quiet,
+            Duration::from_millis(1_500)
+        );
+    }
+
+    /// Untraced: from the park on while parked; afterwards, the last gap only.
+    #[test]
+    fn events_of_a_parked_span_are_untraced() {
+        let mut lazy = LazyHops::new(Duration::from_secs(10), Duration::from_secs(2));
+        assert!(!lazy.untraced(5));
+        lazy.parked_since = Some(100);
+        assert!(!lazy.untraced(99));
+        assert!(lazy.untraced(100));
+        assert!(lazy.untraced(u64::MAX));
+        lazy.parked_since = None;
+        lazy.last_gap = Some((100, 200));
+        assert!(!lazy.untraced(99));
+        assert!(lazy.untraced(199));
+        assert!(!lazy.untraced(200));
+    }
 }

@@ -98,6 +98,10 @@ impl Diagnosis {
     pub fn observe(&mut self, event: &TraceEvent) {
         let opened = self.ledger.opened();
         self.flows.record(event);
+        if event.hops_untraced {
+            // Counted in its flow, judged by no rule (see `TraceEvent::hops_untraced`).
+            return;
+        }
         // Before `begin`: a verdict a timeout opens is not counted towards this event's tally.
         self.each_rule(|rule, cx| rule.on_clock(event, cx));
         self.ledger.begin();

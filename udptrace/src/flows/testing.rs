@@ -31,6 +31,7 @@ pub fn event(what: What, src: &str, dst: &str, ts_ns: u64) -> TraceEvent {
         skb: Some(Skb(ts_ns)),
         tracked: false,
         escalated: false,
+        hops_untraced: false,
         conntrack: None,
         fragment: None,
         family: if src.is_ipv4() {

@@ -19,10 +19,7 @@ pub mod server;
 use std::{
     io,
     net::SocketAddr,
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use prometheus_client::{
@@ -37,7 +34,7 @@ use self::labels::{BoundedCounter, DropLabels, ErrnoLabels, IcmpLabels, Overflow
 use crate::{
     flows::{bounded::Bounded, table::FlowTable, verdict::Verdict},
     model::{DropReason, Family as AddressFamily, TraceEvent, What},
-    probes::{attach::HookOutcome, plan::Role},
+    probes::attach::HookOutcome,
     render::{Output, Stats, Status},
 };
 
@@ -92,8 +89,6 @@ pub struct Metrics {
     lost: Counter,
     sampled: Counter,
     hooks: Family<MechanismLabels, Gauge>,
-    /// `udptrace watch` with its path hooks detached between escalations.
-    path_parked: Arc<AtomicBool>,
     places: Arc<Mutex<Bounded<DroppedFlow, Place>>>,
 }
 
@@ -162,7 +157,6 @@ impl Metrics {
             lost,
             sampled,
             hooks,
-            path_parked: Arc::default(),
             places: Arc::new(Mutex::new(Bounded::new(DROP_PLACES))),
         }
     }
@@ -284,20 +278,9 @@ impl Metrics {
             .inc();
     }
 
-    /// `udptrace watch` detached (`parked`) or attached its path hooks: the hooks gauge
-    /// follows.
-    pub fn path_hooks(&self, probes: &[HookOutcome], parked: bool) {
-        self.path_parked.store(parked, Ordering::Relaxed);
-        self.hooks(probes);
-    }
-
-    /// The hooks attached now, by mechanism.
+    /// The hooks attached now, by mechanism; those parked (detached for now) as `parked`.
     pub fn hooks(&self, probes: &[HookOutcome]) {
-        let parked = |o: &&HookOutcome| {
-            self.path_parked.load(Ordering::Relaxed)
-                && o.attached.is_some()
-                && o.hook.role == Role::Path
-        };
+        let parked = |o: &&HookOutcome| o.parked;
         let count = |mechanism: Option<Mechanism>| {
             probes
                 .iter()

@@ -106,8 +106,12 @@ pub struct NoKprobePmu;
 #[derive(Clone, Debug)]
 pub struct HookOutcome {
     pub hook: &'static Hook,
+    /// The mechanism it attached with at start (also while parked).
     pub attached: Option<Mechanism>,
     pub attempts: Vec<Attempt>,
+    /// Detached for now by [`detach`] (`udptrace watch` between escalations, the interactive
+    /// tracer's hop hooks while its filter matches nothing), until [`reattach`].
+    pub parked: bool,
 }
 
 /// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
@@ -138,9 +142,13 @@ impl HookOutcome {
     }
 }
 
-/// Detaches and unloads the programs of a hook that attached (`udptrace watch` parks its path
-/// hooks between escalations); [`reattach`] puts them back with the same mechanism.
-pub fn detach(ebpf: &mut Ebpf, outcome: &HookOutcome) {
+/// Detaches and unloads the programs of a hook that attached (parks it); [`reattach`] puts
+/// them back with the same mechanism.
+pub fn detach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) {
+    if outcome.attached.is_none() || outcome.parked {
+        return;
+    }
+    outcome.parked = true;
     for (name, _) in outcome.attachment().map_or(&[][..], |a| a.programs) {
         if let Some(program) = ebpf.program_mut(name) {
             // A program attached to several functions is listed once per function: the
@@ -154,11 +162,18 @@ pub fn detach(ebpf: &mut Ebpf, outcome: &HookOutcome) {
 /// took off.
 pub fn reattach(
     ebpf: &mut Ebpf,
-    outcome: &HookOutcome,
+    outcome: &mut HookOutcome,
     context: &AttachContext<'_>,
 ) -> Result<(), AttemptError> {
+    if !outcome.parked {
+        return Ok(());
+    }
     match outcome.attachment() {
-        Some(attachment) => attach(ebpf, attachment, context),
+        Some(attachment) => {
+            attach(ebpf, attachment, context)?;
+            outcome.parked = false;
+            Ok(())
+        }
         None => Ok(()),
     }
 }
@@ -182,6 +197,7 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
                 hook,
                 attached: Some(attachment.mechanism),
                 attempts,
+                parked: false,
             };
         }
     }
@@ -189,6 +205,7 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
         hook,
         attached: None,
         attempts,
+        parked: false,
     }
 }
 

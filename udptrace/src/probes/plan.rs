@@ -110,9 +110,16 @@ pub enum Role {
     /// for every datagram: always attached, `udptrace watch` included. (`enqueue` fires per
     /// delivered datagram, but only on kernels before 5.17, whose drop reasons it infers.)
     Failure,
-    /// Fires for every datagram on the host (device hops, route and socket lookups, sends,
-    /// deliveries): `udptrace watch` attaches them only while it escalates a flow.
+    /// Fires once for every datagram a socket sends or reads (send, recvmsg): stays attached
+    /// in the interactive tracer, which learns from them that its filter matches;
+    /// `udptrace watch` attaches them only while it escalates a flow.
     Path,
+    /// Fires at every hop of every datagram on the host (device transmit and receive, route
+    /// and socket lookups, delivery, consume): the bulk of the tracer's cost. The interactive
+    /// tracer parks (detaches) those attached to tracepoints after `--park-after` seconds
+    /// without a matching event and attaches them again at the next one; `udptrace watch`
+    /// attaches them only while it escalates a flow.
+    Hop,
 }
 
 /// A logical hook: what udptrace observes, independent of how.
@@ -201,7 +208,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "xmit",
-        role: Role::Path,
+        role: Role::Hop,
         description: "datagrams handed to a device, ICMPv6 errors and ICMPv4 fragmentation needed (net:net_dev_queue)",
         core: false,
         attachments: &[
@@ -224,7 +231,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "recv",
-        role: Role::Path,
+        role: Role::Hop,
         description: "datagrams entering a device (net:netif_receive_skb)",
         core: false,
         attachments: &[
@@ -247,7 +254,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "deliver",
-        role: Role::Path,
+        role: Role::Hop,
         description: "datagrams queued to a socket (sock:sk_data_ready, else sock_def_readable)",
         core: false,
         attachments: &[
@@ -279,7 +286,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "consume",
-        role: Role::Path,
+        role: Role::Hop,
         description: "end of a followed datagram (skb:consume_skb)",
         core: false,
         attachments: &[
@@ -302,7 +309,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route4",
-        role: Role::Path,
+        role: Role::Hop,
         description: "IPv4 route lookups: the output device chosen (fib:fib_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -315,7 +322,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "route6",
-        role: Role::Path,
+        role: Role::Hop,
         description: "IPv6 route lookups (fib6:fib6_table_lookup)",
         core: false,
         attachments: &[Attachment {
@@ -517,7 +524,7 @@ pub const HOOKS: &[Hook] = &[
     },
     Hook {
         name: "lookup",
-        role: Role::Path,
+        role: Role::Hop,
         description: "UDP socket lookups for received datagrams: the socket found, or none (__udp4_lib_lookup/__udp6_lib_lookup)",
         core: false,
         attachments: &[

@@ -164,6 +164,9 @@ pub fn context_parts(event: &TraceEvent) -> Vec<String> {
     if event.tracked {
         parts.push("(followed)".into());
     }
+    if event.hops_untraced {
+        parts.push("(hops not traced)".into());
+    }
     if let Some(conntrack) = &event.conntrack {
         parts.push(format!(
             "ct {} / reply {}",

@@ -133,6 +133,23 @@ impl<W: Write> Output for JsonOutput<W> {
             Status::EscalationFailed(error) => {
                 json!({"type": "status", "code": "escalation_failed", "error": error})
             }
+            Status::HopsParked { hooks, quiet } => json!({
+                "type": "status",
+                "code": "hops_parked",
+                "hooks": hooks,
+                "quiet_seconds": quiet.as_secs_f64(),
+            }),
+            Status::HopsAttached {
+                untraced_before,
+                untraced_before_ns,
+                failed,
+            } => json!({
+                "type": "status",
+                "code": "hops_attached",
+                "untraced_before": untraced_before.rfc3339(),
+                "untraced_before_ns": untraced_before_ns,
+                "failed": failed,
+            }),
         })?;
         self.flush()
     }
@@ -294,6 +311,7 @@ mod tests {
                     skb: (index % 2 == 1).then_some(Skb(0xffff_8880_0000_1000 + index)),
                     tracked: index.is_multiple_of(4),
                     escalated: index == 11,
+                    hops_untraced: index == 12,
                     conntrack: index.is_multiple_of(5).then_some(Conntrack {
                         original: Endpoints {
                             src: "192.0.2.1:40000".parse().unwrap(),

@@ -8,12 +8,16 @@ pub mod text;
 pub mod verdict;
 pub mod wire;
 
-use std::io::{self, IsTerminal as _};
+use std::{
+    io::{self, IsTerminal as _},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
+    clock::WallTime,
     decode::DecodeError,
     flows::{table::FlowTable, verdict::Verdict},
     model::TraceEvent,
@@ -123,6 +127,21 @@ pub enum Status {
     EscalationEnded,
     /// The path hooks could not be attached again: the anomaly's verdict lacks path evidence.
     EscalationFailed(String),
+    /// No event matched the filter for `quiet`: the hop hooks on tracepoints (`hooks`) are
+    /// detached until the next event that does.
+    HopsParked {
+        hooks: Vec<&'static str>,
+        quiet: Duration,
+    },
+    /// An event matched while the hop hooks were parked: they are attached again. Datagrams
+    /// before `untraced_before` show no hops and are judged by no rule
+    /// (`TraceEvent::hops_untraced`); `failed`: hooks that could not attach (hook: error).
+    HopsAttached {
+        untraced_before: WallTime,
+        /// The same instant in kernel time (events' `ts_ns`).
+        untraced_before_ns: u64,
+        failed: Vec<String>,
+    },
 }
 
 /// Totals at exit (and the numbers behind the status line).

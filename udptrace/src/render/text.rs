@@ -152,6 +152,26 @@ impl<W: Write> Output for TextOutput<W> {
             Status::EscalationFailed(error) => note(format_args!(
                 "udptrace: cannot attach the path hooks for escalation: {error}"
             )),
+            Status::HopsParked { hooks, quiet } => note(format_args!(
+                "udptrace: nothing matched for {} s: hop hooks parked ({}); the next matching event attaches them again",
+                quiet.as_secs(),
+                hooks.join(", ")
+            )),
+            Status::HopsAttached {
+                untraced_before,
+                failed,
+                ..
+            } => {
+                note(format_args!(
+                    "udptrace: hop hooks attached again; events before {} show no device hops, route lookups or deliveries (marked \"hops not traced\"), and no verdict is drawn from them",
+                    untraced_before.time_of_day()
+                ));
+                for failure in failed {
+                    note(format_args!(
+                        "udptrace: cannot attach a hop hook again: {failure}"
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -276,6 +296,7 @@ mod tests {
             skb: None,
             tracked: false,
             escalated: false,
+            hops_untraced: false,
             conntrack: None,
             fragment: None,
             family: Family::Ipv4,

@@ -10,6 +10,7 @@ mod drops;
 mod filters;
 mod fragments;
 mod hardening;
+mod lazy_hops;
 mod metrics;
 mod path;
 mod pcap;

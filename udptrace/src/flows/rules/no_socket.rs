@@ -278,6 +278,37 @@ mod tests {
         );
     }
 
+    /// The interactive tracer's hop hooks were parked: the events until they are back are
+    /// counted in their flow, but no rule judges them (`TraceEvent::hops_untraced`); the
+    /// next datagram, traced, opens the verdict, which counts it alone.
+    #[test]
+    fn untraced_hops_are_counted_but_not_judged() {
+        let mut diagnosis = Diagnosis::new(no_sockets());
+        let (client, server) = ("192.0.2.1:40000", "192.0.2.2:5801");
+        let untraced = |what: What, ts_ns: u64| {
+            let mut untraced = event(what, client, server, ts_ns);
+            untraced.hops_untraced = true;
+            untraced
+        };
+        diagnosis.observe(&untraced(port_unreachable(), 1));
+        diagnosis.observe(&untraced(drop("NO_SOCKET"), 2));
+        diagnosis.observe(&event(What::Xmit, client, server, 2_000_000_000));
+        assert!(
+            diagnosis.verdicts().is_empty(),
+            "{:?}",
+            diagnosis.verdicts()
+        );
+        // Its ICMP error is in the flow (drops are the kernel's counts, `add_tally`).
+        assert_eq!(diagnosis.flows.sorted()[0].1.icmp_errors, 1);
+        diagnosis.observe(&event(port_unreachable(), client, server, 2_000_000_001));
+        diagnosis.observe(&event(drop("NO_SOCKET"), client, server, 2_000_000_002));
+        let verdict = &diagnosis.verdicts()[0];
+        assert_eq!(verdict.code, VerdictCode::PortUnreachable);
+        assert_eq!(verdict.count, 1);
+        assert!(verdict.evidence.iter().all(|e| !e.hops_untraced));
+        assert_eq!(diagnosis.flows.sorted()[0].1.icmp_errors, 2);
+    }
+
     /// `count` datagrams of one flow to a closed port, the first `sent` with their port
     /// unreachable (before their drop, as `__udp4_lib_rcv` sends it) from `mechanism`; how
     /// often the ICMP limits were asked for, and the verdict.
