@@ -178,7 +178,7 @@ pub struct TraceArgs {
     /// delivery) until the next matching event attaches them again: a filter that matches
     /// nothing then costs only the send and receive hooks. The events before they are back
     /// are marked "hops not traced" and no verdict is drawn from them. 0 keeps them attached.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_park_after)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_whole_seconds)]
     pub park_after: Duration,
     /// Only events on this device (name as seen in --netns, else in udptrace's namespace).
     #[arg(short = 'i', long, value_name = "NAME")]
@@ -279,21 +279,18 @@ fn parse_reply_timeout(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text} must be a positive number of seconds"))
 }
 
-fn parse_park_after(text: &str) -> Result<Duration, String> {
-    let secs: u64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
-    Ok(Duration::from_secs(secs))
+fn parse_whole_seconds(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("`{text}` is not a whole number of seconds"))
 }
 
 fn parse_escalate(text: &str) -> Result<Duration, String> {
-    let secs: u64 = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number of seconds"))?;
-    if secs == 0 {
+    let duration = parse_whole_seconds(text)?;
+    if duration.is_zero() {
         return Err("0 would detach the path hooks as soon as they attach: give at least 1".into());
     }
-    Ok(Duration::from_secs(secs))
+    Ok(duration)
 }
 
 fn parse_log_size(text: &str) -> Result<u64, String> {
@@ -491,6 +488,21 @@ mod tests {
         for bad in ["0", "-1", "soon", "inf"] {
             let error = Cli::try_parse_from(["udptrace", "--reply-timeout", bad]).unwrap_err();
             assert!(error.to_string().contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn park_after_takes_whole_seconds_and_zero() {
+        let cli = Cli::try_parse_from(["udptrace", "port", "53"]).unwrap();
+        assert_eq!(cli.trace.park_after, Duration::from_secs(10));
+        let cli = Cli::try_parse_from(["udptrace", "--park-after", "0"]).unwrap();
+        assert_eq!(cli.trace.park_after, Duration::ZERO);
+        for bad in ["1.5", "soon", "1e3"] {
+            let error = Cli::try_parse_from(["udptrace", "--park-after", bad]).unwrap_err();
+            assert!(
+                error.to_string().contains("whole number of seconds"),
+                "{error}"
+            );
         }
     }
 

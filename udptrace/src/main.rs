@@ -159,8 +159,7 @@ fn trace_config(args: &TraceArgs, watch: Option<Duration>) -> anyhow::Result<Tra
         // DOCKER_HOST's or /run/docker.sock.
         docker_socket: None,
         watch,
-        // `udptrace watch` parks the path hooks itself, until an anomaly.
-        park_after: (watch.is_none() && !args.park_after.is_zero()).then_some(args.park_after),
+        park_after: (!args.park_after.is_zero()).then_some(args.park_after),
         metrics: args.metrics,
         containers: args.containers.iter().chain(&args.pods).cloned().collect(),
     })

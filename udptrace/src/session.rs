@@ -102,9 +102,9 @@ pub struct TraceConfig {
     pub watch: Option<Duration>,
     /// `--metrics ADDR`: serve Prometheus metrics there.
     pub metrics: Option<SocketAddr>,
-    /// `--park-after SECS` (interactive tracer): park the hop hooks on tracepoints after this
-    /// long without a matching event (at least the reply timeout plus a second); `None`
-    /// keeps them attached.
+    /// `--park-after SECS` (interactive tracer; `udptrace watch` parks its path hooks itself,
+    /// until an anomaly): park the hop hooks on tracepoints after this long without a
+    /// matching event (at least the reply timeout plus a second); `None` keeps them attached.
     pub park_after: Option<Duration>,
     /// `--container`, `--pod`: only events in their network namespaces.
     pub containers: Vec<Wanted>,
