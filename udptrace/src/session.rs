@@ -160,6 +160,20 @@ impl LazyHops {
         }
     }
 
+    /// The interactive tracer's, unless `--park-after 0` or none of its hooks can be parked
+    /// (every hop hook a function probe: `--probes kprobe`, or a kernel without the
+    /// tracepoints). Then nothing is ever detached, and no event may be marked untraced.
+    fn of_run(
+        config: &TraceConfig,
+        probes: &[HookOutcome],
+        reply_timeout: Duration,
+    ) -> Option<Self> {
+        config
+            .park_after
+            .filter(|_| config.watch.is_none() && probes.iter().any(Self::parks))
+            .map(|park_after| Self::new(park_after, reply_timeout))
+    }
+
     /// Whether an event at `ts_ns` happened while the hooks were parked (or attaching).
     fn untraced(&self, ts_ns: u64) -> bool {
         self.parked_since.is_some_and(|since| ts_ns >= since)
@@ -422,10 +436,7 @@ impl Tracer {
         ))));
         let max_flows = config.max_flows.unwrap_or(DEFAULT_MAX_FLOWS);
         let reply_timeout = config.reply_timeout.unwrap_or(DEFAULT_REPLY_TIMEOUT);
-        let lazy_hops = config
-            .park_after
-            .filter(|_| config.watch.is_none())
-            .map(|park_after| LazyHops::new(park_after, reply_timeout));
+        let lazy_hops = LazyHops::of_run(&config, &probes, reply_timeout);
         let recording = config
             .record
             .as_deref()
@@ -1025,7 +1036,10 @@ fn selectors(config: &TraceConfig, known: &Processes) -> anyhow::Result<Selector
 mod tests {
     use std::time::Duration;
 
-    use super::LazyHops;
+    use udptrace_common::event::Mechanism;
+
+    use super::{HookOutcome, LazyHops, TraceConfig};
+    use crate::probes::plan::HOOKS;
 
     #[test]
     fn hop_hooks_park_no_sooner_than_a_second_after_the_reply_timeout() {
@@ -1036,6 +1050,40 @@ mod tests {
             LazyHops::new(secs(1), Duration::from_millis(500)).quiet,
             Duration::from_millis(1_500)
         );
+    }
+
+    /// Parking needs a hop hook on a tracepoint: with only function probes (`--probes
+    /// kprobe`) there is nothing to detach, hence no gap to mark.
+    #[test]
+    fn only_hop_hooks_on_tracepoints_make_a_run_lazy() {
+        let hook = |name: &str, attached: Option<Mechanism>| HookOutcome {
+            hook: HOOKS.iter().find(|h| h.name == name).unwrap(),
+            attached,
+            attempts: Vec::new(),
+            parked: false,
+        };
+        let config = TraceConfig {
+            park_after: Some(Duration::from_secs(10)),
+            ..TraceConfig::default()
+        };
+        let lazy = |probes: &[HookOutcome], config: &TraceConfig| {
+            LazyHops::of_run(config, probes, Duration::from_secs(2)).is_some()
+        };
+        let kprobes = [
+            hook("xmit", None),
+            hook("lookup", Some(Mechanism::Kprobe)),
+            hook("send", Some(Mechanism::Kprobe)),
+        ];
+        assert!(!lazy(&kprobes, &config));
+        let tracepoints = [hook("xmit", Some(Mechanism::TpBtf)), hook("send", None)];
+        assert!(lazy(&tracepoints, &config));
+        // Not asked for, or `udptrace watch` (which parks its own way).
+        assert!(!lazy(&tracepoints, &TraceConfig::default()));
+        let watch = TraceConfig {
+            watch: Some(Duration::from_secs(10)),
+            ..config.clone()
+        };
+        assert!(!lazy(&tracepoints, &watch));
     }
 
     /// Untraced: from the park on while parked; afterwards, the last gap only.
