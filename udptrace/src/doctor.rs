@@ -288,7 +288,10 @@ pub fn run(json_output: bool, forced: Option<Mechanism>) -> std::io::Result<u8> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::{attach::Attempt, plan::HOOKS};
+    use crate::probes::{
+        attach::{Attempt, Links},
+        plan::HOOKS,
+    };
 
     fn hook(name: &str) -> &'static Hook {
         HOOKS.iter().find(|h| h.name == name).unwrap()
@@ -313,6 +316,7 @@ mod tests {
             attached,
             attempts,
             parked: false,
+            links: Links::default(),
         }
     }
 

@@ -207,12 +207,12 @@ fn park(ebpf: &mut Ebpf, probes: &mut [HookOutcome], which: fn(&HookOutcome) -> 
 }
 
 /// Attaches the parked hooks again; the failures, as "hook: error".
-fn unpark(ebpf: &mut Ebpf, probes: &mut [HookOutcome], context: &AttachContext<'_>) -> Vec<String> {
+fn unpark(ebpf: &mut Ebpf, probes: &mut [HookOutcome]) -> Vec<String> {
     probes
         .iter_mut()
         .filter_map(|outcome| {
             let name = outcome.hook.name;
-            reattach(ebpf, outcome, context)
+            reattach(ebpf, outcome)
                 .err()
                 .map(|error| format!("{name}: {error}"))
         })
@@ -740,10 +740,7 @@ impl Tracer {
 
     /// Attaches every parked hook again; the failures, as "hook: error".
     fn unpark_all(&mut self) -> anyhow::Result<Vec<String>> {
-        let knowledge = &self.knowledge;
-        let has_function = |name: &str| knowledge.has_function(name);
-        let context = attach_context(knowledge, self.config.probes, &has_function);
-        let failed = unpark(&mut self.ebpf, &mut self.probes, &context);
+        let failed = unpark(&mut self.ebpf, &mut self.probes);
         self.hooks_changed()?;
         Ok(failed)
     }
@@ -1039,6 +1036,7 @@ mod tests {
     use udptrace_common::event::Mechanism;
 
     use super::{HookOutcome, LazyHops, TraceConfig};
+    use crate::probes::attach::Links;
     use crate::probes::plan::HOOKS;
 
     #[test]
@@ -1061,6 +1059,7 @@ mod tests {
             attached,
             attempts: Vec::new(),
             parked: false,
+            links: Links::default(),
         };
         let config = TraceConfig {
             park_after: Some(Duration::from_secs(10)),

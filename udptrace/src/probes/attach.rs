@@ -10,7 +10,11 @@ use std::error::Error as _;
 
 use aya::{
     Btf, Ebpf,
-    programs::{Program, ProgramError},
+    programs::{
+        Program, ProgramError, fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+    },
 };
 use udptrace_common::{
     event::Mechanism,
@@ -103,7 +107,7 @@ pub enum AttemptError {
 )]
 pub struct NoKprobePmu;
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct HookOutcome {
     pub hook: &'static Hook,
     /// The mechanism it attached with at start (also while parked).
@@ -112,6 +116,24 @@ pub struct HookOutcome {
     /// Detached for now by [`detach`] (`udptrace watch` between escalations, the interactive
     /// tracer's hop hooks while its filter matches nothing), until [`reattach`].
     pub parked: bool,
+    /// The links of its programs while attached (none while parked).
+    pub links: Links,
+}
+
+/// The links a hook's programs hold: parking drops them and leaves the programs loaded, so
+/// attaching again needs no second load and verification (seconds per program under TCG).
+#[derive(Debug, Default)]
+pub struct Links(Vec<(&'static str, Link)>);
+
+/// One program's link, in the type of its program (aya's link ids are per program type).
+#[derive(Debug)]
+enum Link {
+    FExit(FExitLinkId),
+    FEntry(FEntryLinkId),
+    KProbe(KProbeLinkId),
+    BtfTracePoint(BtfTracePointLinkId),
+    RawTracePoint(RawTracePointLinkId),
+    TracePoint(TracePointLinkId),
 }
 
 /// Why kprobes are or are not usable: perf's kprobe PMU is what attaching needs.
@@ -142,39 +164,49 @@ impl HookOutcome {
     }
 }
 
-/// Detaches and unloads the programs of a hook that attached (parks it); [`reattach`] puts
-/// them back with the same mechanism.
+/// Detaches the programs of a hook that attached (parks it); they stay loaded, and
+/// [`reattach`] attaches them again with the same mechanism.
 pub fn detach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) {
     if outcome.attached.is_none() || outcome.parked {
         return;
     }
     outcome.parked = true;
-    for (name, _) in outcome.attachment().map_or(&[][..], |a| a.programs) {
-        if let Some(program) = ebpf.program_mut(name) {
-            // A program attached to several functions is listed once per function: the
-            // second unload finds it unloaded, which fails harmlessly.
-            let _ = unload(program);
-        }
-    }
+    drop_links(ebpf, std::mem::take(&mut outcome.links));
 }
 
-/// Loads and attaches again, with the mechanism it attached with at start, a hook [`detach`]
-/// took off.
-pub fn reattach(
-    ebpf: &mut Ebpf,
-    outcome: &mut HookOutcome,
-    context: &AttachContext<'_>,
-) -> Result<(), AttemptError> {
+/// Attaches again, with the mechanism it attached with at start, a hook [`detach`] took off.
+pub fn reattach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) -> Result<(), AttemptError> {
     if !outcome.parked {
         return Ok(());
     }
-    match outcome.attachment() {
-        Some(attachment) => {
-            attach(ebpf, attachment, context)?;
-            outcome.parked = false;
-            Ok(())
+    let Some(attachment) = outcome.attachment() else {
+        return Ok(());
+    };
+    let mut links = Links::default();
+    for (name, target) in attachment.programs {
+        let Some(program) = ebpf.program_mut(name) else {
+            return Err(AttemptError::ProgramMissing(name));
+        };
+        match attach_loaded(program, *target) {
+            Ok(link) => links.0.push((name, link)),
+            Err(error) => {
+                // All or nothing, as at start: a hook half attached would report half a path.
+                drop_links(ebpf, links);
+                return Err(describe(*target, &error));
+            }
         }
-        None => Ok(()),
+    }
+    outcome.links = links;
+    outcome.parked = false;
+    Ok(())
+}
+
+fn drop_links(ebpf: &mut Ebpf, links: Links) {
+    for (name, link) in links.0 {
+        if let Some(program) = ebpf.program_mut(name) {
+            // Fails only for a link the program no longer holds: then it is detached already.
+            let _ = detach_link(program, link);
+        }
     }
 }
 
@@ -187,17 +219,21 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
             }
             _ => precheck(attachment, context).and_then(|()| attach(ebpf, attachment, context)),
         };
-        let attached = result.is_ok();
+        let (result, links) = match result {
+            Ok(links) => (Ok(()), Some(links)),
+            Err(error) => (Err(error), None),
+        };
         attempts.push(Attempt {
             mechanism: attachment.mechanism,
             result,
         });
-        if attached {
+        if let Some(links) = links {
             return HookOutcome {
                 hook,
                 attached: Some(attachment.mechanism),
                 attempts,
                 parked: false,
+                links,
             };
         }
     }
@@ -206,6 +242,7 @@ fn attach_hook(ebpf: &mut Ebpf, hook: &'static Hook, context: &AttachContext<'_>
         attached: None,
         attempts,
         parked: false,
+        links: Links::default(),
     }
 }
 
@@ -284,69 +321,94 @@ fn attach(
     ebpf: &mut Ebpf,
     attachment: &Attachment,
     context: &AttachContext<'_>,
-) -> Result<(), AttemptError> {
+) -> Result<Links, AttemptError> {
     let mut loaded = Vec::new();
+    let mut links = Links::default();
     for (name, target) in attachment.programs {
         let Some(program) = ebpf.program_mut(name) else {
             return Err(AttemptError::ProgramMissing(name));
         };
-        let result = load_and_attach(program, *target, context.btf);
+        let result =
+            load(program, *target, context.btf).and_then(|()| attach_loaded(program, *target));
         loaded.push(*name);
-        if let Err(error) = result {
-            for name in loaded {
-                if let Some(program) = ebpf.program_mut(name) {
-                    // Unloading a program that never loaded fails harmlessly.
-                    let _ = unload(program);
+        match result {
+            Ok(link) => links.0.push((name, link)),
+            Err(error) => {
+                for name in loaded {
+                    if let Some(program) = ebpf.program_mut(name) {
+                        // Unloading a program that never loaded fails harmlessly; unloading
+                        // detaches its links.
+                        let _ = unload(program);
+                    }
                 }
+                return Err(describe(*target, &error));
             }
-            return Err(describe(*target, &error));
         }
     }
-    Ok(())
+    Ok(links)
 }
 
-fn load_and_attach(
-    program: &mut Program,
-    target: Target,
-    btf: Option<&Btf>,
-) -> Result<(), ProgramError> {
+/// Loads the program for `target` unless it is loaded: one kprobe program serves several
+/// functions and is loaded at its first attachment.
+fn load(program: &mut Program, target: Target, btf: Option<&Btf>) -> Result<(), ProgramError> {
+    if program.fd().is_ok() {
+        return Ok(());
+    }
     match (target, program) {
         (Target::Fexit(function), Program::FExit(program)) => {
-            program.load(function, btf.ok_or(ProgramError::NotLoaded)?)?;
-            program.attach()?;
+            program.load(function, btf.ok_or(ProgramError::NotLoaded)?)
         }
         (Target::Fentry(function), Program::FEntry(program)) => {
-            program.load(function, btf.ok_or(ProgramError::NotLoaded)?)?;
-            program.attach()?;
-        }
-        (Target::Kprobe(function) | Target::Kretprobe(function), Program::KProbe(program)) => {
-            // One program serves several functions: loaded at its first attachment.
-            if program.fd().is_err() {
-                program.load()?;
-            }
-            program.attach(function, 0)?;
+            program.load(function, btf.ok_or(ProgramError::NotLoaded)?)
         }
         (Target::TpBtf(tracepoint), Program::BtfTracePoint(program)) => {
-            program.load(tracepoint, btf.ok_or(ProgramError::NotLoaded)?)?;
-            program.attach()?;
+            program.load(tracepoint, btf.ok_or(ProgramError::NotLoaded)?)
+        }
+        (Target::Kprobe(_) | Target::Kretprobe(_), Program::KProbe(program)) => program.load(),
+        (Target::RawTp(_), Program::RawTracePoint(program)) => program.load(),
+        (Target::Tracepoint(_) | Target::RouteTracepoint { .. }, Program::TracePoint(program)) => {
+            program.load()
+        }
+        _ => Err(ProgramError::UnexpectedProgramType),
+    }
+}
+
+/// Attaches a loaded program to `target`.
+fn attach_loaded(program: &mut Program, target: Target) -> Result<Link, ProgramError> {
+    Ok(match (target, program) {
+        (Target::Fexit(_), Program::FExit(program)) => Link::FExit(program.attach()?),
+        (Target::Fentry(_), Program::FEntry(program)) => Link::FEntry(program.attach()?),
+        (Target::Kprobe(function) | Target::Kretprobe(function), Program::KProbe(program)) => {
+            Link::KProbe(program.attach(function, 0)?)
+        }
+        (Target::TpBtf(_), Program::BtfTracePoint(program)) => {
+            Link::BtfTracePoint(program.attach()?)
         }
         (Target::RawTp(tracepoint), Program::RawTracePoint(program)) => {
-            program.load()?;
-            program.attach(tracepoint)?;
+            Link::RawTracePoint(program.attach(tracepoint)?)
         }
         (Target::Tracepoint(event), Program::TracePoint(program)) => {
             let (group, name) = event.event();
-            program.load()?;
-            program.attach(group, name)?;
+            Link::TracePoint(program.attach(group, name)?)
         }
         (Target::RouteTracepoint { ipv6 }, Program::TracePoint(program)) => {
             let (group, name) = Target::route_event(ipv6);
-            program.load()?;
-            program.attach(group, name)?;
+            Link::TracePoint(program.attach(group, name)?)
         }
         _ => return Err(ProgramError::UnexpectedProgramType),
+    })
+}
+
+fn detach_link(program: &mut Program, link: Link) -> Result<(), ProgramError> {
+    match (program, link) {
+        (Program::FExit(program), Link::FExit(link)) => program.detach(link),
+        (Program::FEntry(program), Link::FEntry(link)) => program.detach(link),
+        (Program::KProbe(program), Link::KProbe(link)) => program.detach(link),
+        (Program::BtfTracePoint(program), Link::BtfTracePoint(link)) => program.detach(link),
+        (Program::RawTracePoint(program), Link::RawTracePoint(link)) => program.detach(link),
+        (Program::TracePoint(program), Link::TracePoint(link)) => program.detach(link),
+        _ => Err(ProgramError::UnexpectedProgramType),
     }
-    Ok(())
 }
 
 fn unload(program: &mut Program) -> Result<(), ProgramError> {

@@ -23,6 +23,31 @@ fn attachments(pid: u32) -> usize {
         .count()
 }
 
+/// The ids of the BPF programs the tracer holds (`prog_id` in the fdinfo of its bpf-prog
+/// descriptors, kernel/bpf/syscall.c bpf_prog_show_fdinfo).
+fn programs(pid: u32) -> std::collections::BTreeSet<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the tracer's descriptors")
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            if target.to_string_lossy() != "anon_inode:bpf-prog" {
+                return None;
+            }
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                entry.file_name().to_string_lossy()
+            ))
+            .ok()?;
+            info.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 fn status<'a>(records: &'a [Value], code: &str) -> Option<&'a Value> {
     records
         .iter()
@@ -59,6 +84,7 @@ fn hop_hooks_park_while_nothing_matches_and_the_next_match_brings_them_back() {
     // The shortest quiet period: the reply timeout (0.5 s) plus a second.
     let mut trace = Trace::start(&["--park-after", "1", "--reply-timeout", "0.5", "port", &port]);
     let attached = attachments(trace.pid());
+    let loaded = programs(trace.pid());
     assert!(
         trace.wait_for(Duration::from_secs(10), |r| r["code"] == "hops_parked"),
         "no hops_parked status: {:#?}",
@@ -77,11 +103,17 @@ fn hop_hooks_park_while_nothing_matches_and_the_next_match_brings_them_back() {
             "{hook} not parked: {parked:?}"
         );
     }
-    // The kernel agrees: each parked hook's programs are gone with their links.
+    // The kernel agrees: each parked hook's links are gone, and its programs stay loaded (so
+    // attaching again verifies nothing).
     let while_parked = attachments(trace.pid());
     assert!(
         while_parked + parked.len() <= attached,
         "{attached} attachments before, {while_parked} with {parked:?} parked"
+    );
+    assert_eq!(
+        programs(trace.pid()),
+        loaded,
+        "programs unloaded while parked"
     );
 
     // The first exchange meets the cheap hooks alone, and brings the hop hooks back.
@@ -96,6 +128,7 @@ fn hop_hooks_park_while_nothing_matches_and_the_next_match_brings_them_back() {
         attached,
         "not every hook came back"
     );
+    assert_eq!(programs(trace.pid()), loaded, "programs loaded again");
     let second = scenario.exercise(&lab).expect("exercise");
     let records = trace.stop();
 
