@@ -131,18 +131,19 @@ pub enum Place {
 }
 
 impl Place {
+    /// Fills the header's namespace and device for an event seen in `context`.
     #[inline(always)]
-    fn fill(self, header: &mut EventHeader) {
+    fn fill(self, header: &mut EventHeader, context: Context) {
         match self {
             Self::Skb(skb, access) => kernel::skb_place(skb, access, header),
             Self::Sock(sk, access) => kernel::sock_place(sk, access, header),
-            Self::Task => kernel::task_place(header),
+            Self::Task if context == Context::Process => kernel::task_place(header),
             Self::Net(net) => {
                 header.netns = kernel::net_inum(net, Access::Probe);
                 header.ifindex = 0;
                 header.ifname = [0; 16];
             }
-            Self::Unknown => {
+            Self::Task | Self::Unknown => {
                 header.netns = 0;
                 header.ifindex = 0;
                 header.ifname = [0; 16];
@@ -150,13 +151,14 @@ impl Place {
         }
     }
 
-    /// The place of a process-context hook's event when it ran in an interrupt: the current
-    /// task's namespace is not the event's there.
+    /// Whether the event's namespace is unknown in `context`: the current task's is not the
+    /// event's when a process-context hook ran in an interrupt.
     #[inline(always)]
-    fn outside_process(self) -> Self {
+    fn unknown(self, context: Context) -> bool {
         match self {
-            Self::Task => Self::Unknown,
-            place => place,
+            Self::Unknown => true,
+            Self::Task => context != Context::Process,
+            _ => false,
         }
     }
 
@@ -402,13 +404,6 @@ fn submit(
     stack_ctx: *mut c_void,
 ) -> bool {
     count(Counter::Seen);
-    // Hooks that run in a sender's system call (device transmit, output route lookups) also
-    // run in softirqs and hardirqs, where the current task is not the datagram's.
-    let (context, place) = if context == Context::Process && kernel::in_interrupt() {
-        (Context::Softirq, place.outside_process())
-    } else {
-        (context, place)
-    };
     let event = &mut slot.event;
     // SAFETY: reads of our own static; volatile defeats folding of the placeholder.
     let (want_netns, want_ifindex, want_pid, want_set) = unsafe {
@@ -419,21 +414,24 @@ fn submit(
             read_volatile(&raw const SELECTORS.netns_set),
         )
     };
-    let pid_tgid = if context == Context::Process {
-        bpf_get_current_pid_tgid()
-    } else {
-        0
-    };
+    let place_first = want_netns != 0 || want_set != 0 || want_ifindex != 0;
+    // Whose context this is costs four helper calls (`kernel::in_interrupt`) and the task's
+    // ids one more: paid before the filter only when a selector needs them, otherwise by the
+    // events that pass (a send hook runs for every datagram any socket on the host sends).
+    let context_first = place_first || want_pid != 0;
+    let (mut context, mut pid_tgid) = (context, 0);
+    if context_first {
+        (context, pid_tgid) = whose(context);
+    }
     let header = &mut event.header;
     header.pid = (pid_tgid >> 32) as u32;
-    let place_first = want_netns != 0 || want_set != 0 || want_ifindex != 0;
     if place_first {
-        place.fill(header);
+        place.fill(header, context);
     }
     // An event whose namespace could not be read (0) passes, as with `--netns`; one whose
     // place is unknown (a route lookup in softirq, whose record names no namespace) is not
     // claimed for it.
-    let netns_unread = header.netns == 0 && !matches!(place, Place::Unknown);
+    let netns_unread = header.netns == 0 && !place.unknown(context);
     let selected = (want_netns == 0 || netns_unread || header.netns == want_netns)
         && (want_set == 0
             || netns_unread
@@ -522,8 +520,12 @@ fn submit(
         }
         return true;
     }
+    if !context_first {
+        (context, pid_tgid) = whose(context);
+        event.header.pid = (pid_tgid >> 32) as u32;
+    }
     if !place_first {
-        place.fill(&mut event.header);
+        place.fill(&mut event.header, context);
     }
     if sock != 0 {
         event.detail.sock_ino = kernel::sock_inode(sock);
@@ -587,6 +589,19 @@ fn submit(
         }
     }
     true
+}
+
+/// The context an event really happened in, and the current task's ids when that is a
+/// process (0 otherwise). Hooks that run in a sender's system call (device transmit, output
+/// route lookups) also run in softirqs and hardirqs, where the current task is not the
+/// datagram's.
+#[inline(always)]
+fn whose(context: Context) -> (Context, u64) {
+    if context == Context::Process && !kernel::in_interrupt() {
+        (Context::Process, bpf_get_current_pid_tgid())
+    } else {
+        (Context::Softirq, 0)
+    }
 }
 
 /// Copies the packet of a hop event into `slot` after its event when `-w` asked for packets
