@@ -57,6 +57,8 @@ const DURATION: Duration = Duration::from_secs(3);
 /// went out), bounded by `STORM_TIMEOUT`.
 const STORM_DATAGRAMS: u64 = 1_000_000;
 const STORM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rounds by default; `UDPTRACE_BENCH_ROUNDS` asks for more (medians of more rounds, for
+/// figures near their targets).
 const ROUNDS: usize = 3;
 /// The hooks of each floor row: all, `udptrace watch`'s when nothing fails, and the
 /// interactive tracer's while its hop hooks are parked.
@@ -273,13 +275,13 @@ impl Variant {
         )
     }
 
-    /// Rounds this variant runs in: every one, but the watch flow storm, minutes long, whose
-    /// figure is its peak RSS: once (the first round).
-    fn rounds(self) -> usize {
+    /// Rounds this variant runs in, of the run's `rounds`: every one, but the watch flow
+    /// storm, minutes long, whose figure is its peak RSS: once (the first round).
+    fn rounds(self, rounds: usize) -> usize {
         if self == Self::WatchFlowStorm {
             1
         } else {
-            ROUNDS
+            rounds
         }
     }
 
@@ -346,13 +348,22 @@ struct Tool {
 
 /// `WATCH_FLOWS_DURATION`, or `UDPTRACE_BENCH_WATCH_FLOWS_SECS` seconds to try the row out.
 fn watch_flows_duration() -> anyhow::Result<Duration> {
-    match std::env::var("UDPTRACE_BENCH_WATCH_FLOWS_SECS") {
-        Err(_) => Ok(WATCH_FLOWS_DURATION),
+    Ok(whole_number("UDPTRACE_BENCH_WATCH_FLOWS_SECS")?
+        .map_or(WATCH_FLOWS_DURATION, Duration::from_secs))
+}
+
+/// `ROUNDS`, or `UDPTRACE_BENCH_ROUNDS`.
+fn rounds() -> anyhow::Result<usize> {
+    Ok(whole_number("UDPTRACE_BENCH_ROUNDS")?.map_or(ROUNDS, |rounds| rounds as usize))
+}
+
+/// The whole number above 0 in environment variable `name`, if set.
+fn whole_number(name: &str) -> anyhow::Result<Option<u64>> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
         Ok(text) => match text.trim().parse::<u64>() {
-            Ok(seconds) if seconds > 0 => Ok(Duration::from_secs(seconds)),
-            _ => bail!(
-                "UDPTRACE_BENCH_WATCH_FLOWS_SECS: {text:?} is not a whole number of seconds above 0"
-            ),
+            Ok(number) if number > 0 => Ok(Some(number)),
+            _ => bail!("{name}: {text:?} is not a whole number above 0"),
         },
     }
 }
@@ -976,15 +987,16 @@ fn main() -> anyhow::Result<()> {
     receiver_ns.ip(&["addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
     storm::prepare(&sender, &receiver_ns, Ipv4Addr::new(192, 0, 2, 2))?;
     let variants = Variant::selected()?;
+    let rounds = rounds()?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         // Alternate the order so that drift over the run hits every variant alike.
         let mut order = variants.clone();
         if round % 2 == 1 {
             order.reverse();
         }
         for variant in order {
-            if round >= variant.rounds() {
+            if round >= variant.rounds(rounds) {
                 continue;
             }
             let sample = measure(variant, &sender, &receiver_ns)
@@ -997,7 +1009,7 @@ fn main() -> anyhow::Result<()> {
             samples.push((variant, sample));
         }
     }
-    let mut report = report(&samples);
+    let mut report = report(&samples, rounds);
     if Variant::startup_selected() {
         report.push_str(&startup(&receiver_ns)?);
     }
@@ -1006,7 +1018,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(samples: &[(Variant, Sample)]) -> String {
+fn report(samples: &[(Variant, Sample)], rounds: usize) -> String {
     let rate_of = |variant: Variant| {
         let mut rates: Vec<f64> = samples
             .iter()
@@ -1019,7 +1031,7 @@ fn report(samples: &[(Variant, Sample)]) -> String {
     let _ = writeln!(
         text,
         "# udptrace overhead benchmark\n\nLoad: sendmmsg blaster → recvmmsg receiver over veth between two namespaces, {PAYLOAD}-byte \
-         datagrams, {} s per sample, {ROUNDS} rounds alternating the variants; medians. Throughput is datagrams \
+         datagrams, {} s per sample, {rounds} rounds alternating the variants; medians. Throughput is datagrams \
          per second delivered to the receiver (drop storm: {STORM_DATAGRAMS} datagrams sent to a closed port, \
          timed; flow storm: one datagram from each of {FLOW_STORM_FLOWS} distinct flows to a closed port, sent \
          from a raw socket, timed), as a ratio of the baseline of the same kind from the same run. The floor row attaches a program that only returns to each \

@@ -207,12 +207,12 @@ fn park(ebpf: &mut Ebpf, probes: &mut [HookOutcome], which: fn(&HookOutcome) -> 
 }
 
 /// Attaches the parked hooks again; the failures, as "hook: error".
-fn unpark(ebpf: &mut Ebpf, probes: &mut [HookOutcome]) -> Vec<String> {
+fn unpark(ebpf: &mut Ebpf, probes: &mut [HookOutcome], context: &AttachContext<'_>) -> Vec<String> {
     probes
         .iter_mut()
         .filter_map(|outcome| {
             let name = outcome.hook.name;
-            reattach(ebpf, outcome)
+            reattach(ebpf, outcome, context)
                 .err()
                 .map(|error| format!("{name}: {error}"))
         })
@@ -740,7 +740,10 @@ impl Tracer {
 
     /// Attaches every parked hook again; the failures, as "hook: error".
     fn unpark_all(&mut self) -> anyhow::Result<Vec<String>> {
-        let failed = unpark(&mut self.ebpf, &mut self.probes);
+        let knowledge = &self.knowledge;
+        let has_function = |name: &str| knowledge.has_function(name);
+        let context = attach_context(knowledge, self.config.probes, &has_function);
+        let failed = unpark(&mut self.ebpf, &mut self.probes, &context);
         self.hooks_changed()?;
         Ok(failed)
     }

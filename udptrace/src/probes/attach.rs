@@ -122,6 +122,9 @@ pub struct HookOutcome {
 
 /// The links a hook's programs hold: parking drops them and leaves the programs loaded, so
 /// attaching again needs no second load and verification (seconds per program under TCG).
+/// Trampoline programs (fentry/fexit) are unloaded instead: a tracing program re-attaches
+/// only from Linux 5.12 on (before, its trampoline target is consumed by the first attach:
+/// ENOENT on Debian 11's 5.10, kernel/bpf/syscall.c `bpf_tracing_prog_attach`).
 #[derive(Debug, Default)]
 pub struct Links(Vec<(&'static str, Link)>);
 
@@ -164,8 +167,8 @@ impl HookOutcome {
     }
 }
 
-/// Detaches the programs of a hook that attached (parks it); they stay loaded, and
-/// [`reattach`] attaches them again with the same mechanism.
+/// Detaches the programs of a hook that attached (parks it); [`reattach`] attaches them again
+/// with the same mechanism. They stay loaded, but for trampolines (see [`Links`]).
 pub fn detach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) {
     if outcome.attached.is_none() || outcome.parked {
         return;
@@ -174,8 +177,13 @@ pub fn detach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) {
     drop_links(ebpf, std::mem::take(&mut outcome.links));
 }
 
-/// Attaches again, with the mechanism it attached with at start, a hook [`detach`] took off.
-pub fn reattach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) -> Result<(), AttemptError> {
+/// Attaches again, with the mechanism it attached with at start, a hook [`detach`] took off
+/// (loading what it unloaded).
+pub fn reattach(
+    ebpf: &mut Ebpf,
+    outcome: &mut HookOutcome,
+    context: &AttachContext<'_>,
+) -> Result<(), AttemptError> {
     if !outcome.parked {
         return Ok(());
     }
@@ -187,7 +195,7 @@ pub fn reattach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) -> Result<(), Attemp
         let Some(program) = ebpf.program_mut(name) else {
             return Err(AttemptError::ProgramMissing(name));
         };
-        match attach_loaded(program, *target) {
+        match load(program, *target, context.btf).and_then(|()| attach_loaded(program, *target)) {
             Ok(link) => links.0.push((name, link)),
             Err(error) => {
                 // All or nothing, as at start: a hook half attached would report half a path.
@@ -204,8 +212,13 @@ pub fn reattach(ebpf: &mut Ebpf, outcome: &mut HookOutcome) -> Result<(), Attemp
 fn drop_links(ebpf: &mut Ebpf, links: Links) {
     for (name, link) in links.0 {
         if let Some(program) = ebpf.program_mut(name) {
-            // Fails only for a link the program no longer holds: then it is detached already.
-            let _ = detach_link(program, link);
+            // Fails only for a program no longer loaded or a link it no longer holds: then it
+            // is detached already.
+            let _ = if matches!(link, Link::FEntry(_) | Link::FExit(_)) {
+                unload(program)
+            } else {
+                detach_link(program, link)
+            };
         }
     }
 }
