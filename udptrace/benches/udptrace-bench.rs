@@ -52,6 +52,8 @@ const WATCH_PEAK_RSS_MIB: u64 = 128;
 /// The watch flow storm runs watch as deployed, `--metrics` included (their memory counts);
 /// on loopback, nothing scrapes it.
 const WATCH_METRICS: &str = "127.0.0.1:47200";
+/// Seconds of load per sample by default; `UDPTRACE_BENCH_SECS` asks for longer ones (a cost of
+/// a few percent needs them on a machine whose throughput moves that much second to second).
 const DURATION: Duration = Duration::from_secs(3);
 /// A drop storm is this many datagrams to a closed port (timed: the rate is how fast they
 /// went out), bounded by `STORM_TIMEOUT`.
@@ -377,6 +379,11 @@ struct Tool {
 fn watch_flows_duration() -> anyhow::Result<Duration> {
     Ok(whole_number("UDPTRACE_BENCH_WATCH_FLOWS_SECS")?
         .map_or(WATCH_FLOWS_DURATION, Duration::from_secs))
+}
+
+/// `DURATION`, or `UDPTRACE_BENCH_SECS` seconds.
+fn sample_duration() -> anyhow::Result<Duration> {
+    Ok(whole_number("UDPTRACE_BENCH_SECS")?.map_or(DURATION, Duration::from_secs))
 }
 
 /// `ROUNDS`, or `UDPTRACE_BENCH_ROUNDS`.
@@ -803,7 +810,12 @@ fn blaster(netns: &Netns, target: SocketAddr, stop: Instant, limit: u64) -> anyh
     })
 }
 
-fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Result<Sample> {
+fn measure(
+    variant: Variant,
+    sender: &Netns,
+    receiver_ns: &Netns,
+    duration: Duration,
+) -> anyhow::Result<Sample> {
     // Detached (closed) when this function returns.
     let _floor = match variant {
         Variant::EmptyPrograms => Some(empty_programs::attach(ALL_ROLES)?),
@@ -815,7 +827,7 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
     let mut sample = Sample::default();
     let no_ports_before = receiver_ns.snmp("Udp", "NoPorts")?;
     let start = Instant::now();
-    let stop = start + DURATION;
+    let stop = start + duration;
     let rate = if variant.flow_storm() {
         let (flows, until) = variant.flow_passes(start)?;
         let mut sent = 0;
@@ -845,7 +857,7 @@ fn measure(variant: Variant, sender: &Netns, receiver_ns: &Netns) -> anyhow::Res
         let received = receiving
             .join()
             .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
-        received as f64 / DURATION.as_secs_f64()
+        received as f64 / duration.as_secs_f64()
     };
     sample.rate = rate;
     let no_ports = settled_no_ports(receiver_ns)? - no_ports_before;
@@ -997,6 +1009,7 @@ fn main() -> anyhow::Result<()> {
     storm::prepare(&sender, &receiver_ns, Ipv4Addr::new(192, 0, 2, 2))?;
     let variants = Variant::selected()?;
     let rounds = rounds()?;
+    let duration = sample_duration()?;
     let mut samples: Vec<(Variant, Sample)> = Vec::new();
     for round in 0..rounds {
         // Alternate the order so that drift over the run hits every variant alike.
@@ -1008,7 +1021,7 @@ fn main() -> anyhow::Result<()> {
             if round >= variant.rounds(rounds) {
                 continue;
             }
-            let sample = measure(variant, &sender, &receiver_ns)
+            let sample = measure(variant, &sender, &receiver_ns, duration)
                 .with_context(|| format!("round {round}, {}", variant.name()))?;
             eprintln!(
                 "round {round}: {:<42} {:>12.0} datagrams/s",
@@ -1018,7 +1031,7 @@ fn main() -> anyhow::Result<()> {
             samples.push((variant, sample));
         }
     }
-    let mut report = report(&samples, rounds);
+    let mut report = report(&samples, rounds, duration);
     if Variant::startup_selected() {
         report.push_str(&startup(&receiver_ns)?);
     }
@@ -1027,7 +1040,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report(samples: &[(Variant, Sample)], rounds: usize) -> String {
+fn report(samples: &[(Variant, Sample)], rounds: usize, duration: Duration) -> String {
     let rate_of = |variant: Variant| {
         let mut rates: Vec<f64> = samples
             .iter()
@@ -1047,7 +1060,7 @@ fn report(samples: &[(Variant, Sample)], rounds: usize) -> String {
          tracepoint udptrace uses ({}): no tracer built on them can cost less; the watch floor row the same \
          on the tracepoints `udptrace watch` keeps attached when nothing fails ({}); the parked floor row on \
          those the interactive tracer keeps while its hop hooks are parked ({}).\n",
-        DURATION.as_secs(),
+        duration.as_secs(),
         empty_programs::tracepoints(ALL_ROLES).join(", "),
         empty_programs::tracepoints(WATCH_ROLES).join(", "),
         empty_programs::tracepoints(PARKED_ROLES).join(", ")
