@@ -185,6 +185,25 @@ pub struct DropEvidence {
     pub route_input: FailedCall,
 }
 
+impl DropEvidence {
+    /// Forgets what it holds about `skb`, which is being freed: a later skb allocated at the
+    /// same address (SLUB hands a CPU's last freed object out next) is another datagram. A
+    /// bad-checksum datagram in the skb of a closed-port one just dropped on the same CPU was
+    /// once reported NO_SOCKET (Debian 5.10 guest).
+    #[expect(clippy::inline_always, reason = "eBPF, as `DropSites::kind_of`")]
+    #[inline(always)]
+    pub fn forget(&mut self, skb: u64) {
+        if self.port_unreachable_skb == skb {
+            self.port_unreachable_skb = 0;
+        }
+        for call in [&mut self.enqueue, &mut self.route_input] {
+            if call.skb == skb {
+                *call = FailedCall::default();
+            }
+        }
+    }
+}
+
 /// A kernel function that failed on an skb: which skb, and its negative errno.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -345,6 +364,30 @@ mod tests {
             reason(0x23c2, icmp),
             Some(InferredReason::SocketFilterOrChecksum)
         );
+    }
+
+    #[test]
+    fn a_drop_forgets_the_evidence_about_its_skb() {
+        let mut evidence = DropEvidence {
+            port_unreachable_skb: SKB,
+            enqueue: FailedCall { skb: SKB, rc: -12 },
+            route_input: FailedCall {
+                skb: SKB + 0x100,
+                rc: -18,
+            },
+        };
+        assert_eq!(reason(0x13a3, evidence), Some(InferredReason::NoSocket));
+        evidence.forget(SKB);
+        // The next datagram in the same skb, dropped there without an ICMP error of its own.
+        assert_eq!(
+            reason(0x13a3, evidence),
+            Some(InferredReason::ShortOrChecksum)
+        );
+        assert_eq!(
+            reason(0x23c2, evidence),
+            Some(InferredReason::SocketFilterOrChecksum)
+        );
+        assert_eq!(evidence.route_input.skb, SKB + 0x100, "another skb's stays");
     }
 
     #[test]

@@ -160,8 +160,14 @@ fn on_drop_inferred(
     location: u64,
     mechanism: Mechanism,
 ) -> Result<(), ReadError> {
-    let evidence = match DROP_EVIDENCE.get(0) {
-        Some(evidence) => *evidence,
+    let evidence = match DROP_EVIDENCE.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot (as in `remember_failure`); read, then what it says about
+        // this skb is forgotten: the skb ends here.
+        Some(evidence) => unsafe {
+            let seen = *evidence;
+            (*evidence).forget(skb);
+            seen
+        },
         None => DropEvidence::default(),
     };
     let Some(reason) = infer(drop_sites().kind_of(location), skb, &evidence) else {
