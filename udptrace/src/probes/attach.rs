@@ -11,9 +11,8 @@ use std::error::Error as _;
 use aya::{
     Btf, Ebpf,
     programs::{
-        Program, ProgramError, fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
-        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId,
-        trace_point::TracePointLinkId,
+        Program, ProgramError, kprobe::KProbeLinkId, raw_trace_point::RawTracePointLinkId,
+        tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId,
     },
 };
 use udptrace_common::{
@@ -131,8 +130,8 @@ pub struct Links(Vec<(&'static str, Link)>);
 /// One program's link, in the type of its program (aya's link ids are per program type).
 #[derive(Debug)]
 enum Link {
-    FExit(FExitLinkId),
-    FEntry(FEntryLinkId),
+    /// fentry/fexit: the program holds its link and loses it when unloaded.
+    Trampoline,
     KProbe(KProbeLinkId),
     BtfTracePoint(BtfTracePointLinkId),
     RawTracePoint(RawTracePointLinkId),
@@ -190,21 +189,9 @@ pub fn reattach(
     let Some(attachment) = outcome.attachment() else {
         return Ok(());
     };
-    let mut links = Links::default();
-    for (name, target) in attachment.programs {
-        let Some(program) = ebpf.program_mut(name) else {
-            return Err(AttemptError::ProgramMissing(name));
-        };
-        match load(program, *target, context.btf).and_then(|()| attach_loaded(program, *target)) {
-            Ok(link) => links.0.push((name, link)),
-            Err(error) => {
-                // All or nothing, as at start: a hook half attached would report half a path.
-                drop_links(ebpf, links);
-                return Err(describe(*target, &error));
-            }
-        }
-    }
-    outcome.links = links;
+    // `attach` loads only what is not loaded (the trampolines parking unloaded), and is all or
+    // nothing, as at start: a hook half attached would report half a path.
+    outcome.links = attach(ebpf, attachment, context)?;
     outcome.parked = false;
     Ok(())
 }
@@ -214,10 +201,9 @@ fn drop_links(ebpf: &mut Ebpf, links: Links) {
         if let Some(program) = ebpf.program_mut(name) {
             // Fails only for a program no longer loaded or a link it no longer holds: then it
             // is detached already.
-            let _ = if matches!(link, Link::FEntry(_) | Link::FExit(_)) {
-                unload(program)
-            } else {
-                detach_link(program, link)
+            let _ = match link {
+                Link::Trampoline => unload(program),
+                link => detach_link(program, link),
             };
         }
     }
@@ -389,8 +375,14 @@ fn load(program: &mut Program, target: Target, btf: Option<&Btf>) -> Result<(), 
 /// Attaches a loaded program to `target`.
 fn attach_loaded(program: &mut Program, target: Target) -> Result<Link, ProgramError> {
     Ok(match (target, program) {
-        (Target::Fexit(_), Program::FExit(program)) => Link::FExit(program.attach()?),
-        (Target::Fentry(_), Program::FEntry(program)) => Link::FEntry(program.attach()?),
+        (Target::Fexit(_), Program::FExit(program)) => {
+            program.attach()?;
+            Link::Trampoline
+        }
+        (Target::Fentry(_), Program::FEntry(program)) => {
+            program.attach()?;
+            Link::Trampoline
+        }
         (Target::Kprobe(function) | Target::Kretprobe(function), Program::KProbe(program)) => {
             Link::KProbe(program.attach(function, 0)?)
         }
@@ -412,10 +404,10 @@ fn attach_loaded(program: &mut Program, target: Target) -> Result<Link, ProgramE
     })
 }
 
+/// Drops the link of a program that stays loaded (trampolines are unloaded instead, see
+/// [`Links`]).
 fn detach_link(program: &mut Program, link: Link) -> Result<(), ProgramError> {
     match (program, link) {
-        (Program::FExit(program), Link::FExit(link)) => program.detach(link),
-        (Program::FEntry(program), Link::FEntry(link)) => program.detach(link),
         (Program::KProbe(program), Link::KProbe(link)) => program.detach(link),
         (Program::BtfTracePoint(program), Link::BtfTracePoint(link)) => program.detach(link),
         (Program::RawTracePoint(program), Link::RawTracePoint(link)) => program.detach(link),
